@@ -1,0 +1,109 @@
+//! The two kinds of node the engine propagates through.
+//!
+//! Shapes: every propagated tensor is `[B, n, *shape]`: `B` examples, `n` columns per example
+//! (the nominal "center" pass has `n = 1`), `shape` the layer's own output shape without batch.
+
+use crate::{source::DualSource, Result};
+use candle_core::Tensor;
+
+/// Which earlier outputs a layer reads. Output 0 is the network input, output `t` the output of
+/// layer `t` (1-based).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inputs {
+    /// The most recent output only (a plain Sequential layer).
+    Last,
+    /// The last `m` outputs, oldest first (a `Dense` layer of a DenseSequential network).
+    LastM(usize),
+}
+
+impl Inputs {
+    /// Output indices read by the layer that produces output `t`, oldest first. Indices before
+    /// the network input are reported as `None`.
+    pub fn indices(&self, t: usize) -> Vec<Option<usize>> {
+        match *self {
+            Inputs::Last => vec![Some(t - 1)],
+            Inputs::LastM(m) => (0..m)
+                .map(|i| {
+                    let back = m - i; // 1 = most recent
+                    (t >= back).then(|| t - back)
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The dual of an affine layer `z_out = Σ_i A_i z_{in_i} + b`.
+///
+/// In the dual network of Wong & Kolter (Eq. 10) an affine layer appears twice: applied forward
+/// to the propagated identity columns when layer-wise bounds are computed, and transposed
+/// (`ν̂_i = A_iᵀ ν_{i+1}`) in the objective `J(c)` (Theorem 1). Both are here, together with the
+/// bias term `νᵀ b` of the objective.
+pub trait DualAffine: Send + Sync {
+    /// A short name for messages ("Linear(784->100)").
+    fn name(&self) -> String;
+
+    /// Which earlier outputs the layer reads.
+    fn inputs(&self) -> Inputs {
+        Inputs::Last
+    }
+
+    /// `Σ_i A_i x_i (+ b when with_bias)` for `x_i` shaped `[B, n, *in_shape_i]`; `None` stands for
+    /// a zero input. Returns `None` only when every input is `None` and `with_bias` is false.
+    fn forward(&self, xs: &[Option<&Tensor>], with_bias: bool) -> Result<Option<Tensor>>;
+
+    /// The adjoint: `A_iᵀ ν` for every input `i` (`None` where the layer does not read it),
+    /// for `ν` shaped `[B, n, *out_shape]`.
+    fn transpose(&self, nu: &Tensor) -> Result<Vec<Option<Tensor>>>;
+
+    /// `νᵀ b` for `ν` shaped `[B, n, *out_shape]`, as `[B, n]`; `None` when the layer has no bias.
+    fn bias_term(&self, nu: &Tensor) -> Result<Option<Tensor>>;
+}
+
+/// A piecewise-linear activation (ReLU) whose relaxation is chosen once the bounds of its input
+/// are known.
+pub trait DualActivation: Send + Sync {
+    /// A short name for messages.
+    fn name(&self) -> String;
+
+    /// Choose the relaxation for pre-activation bounds `lower ≤ ẑ ≤ upper`, both `[B, *shape]`.
+    fn relax(&self, lower: &Tensor, upper: &Tensor) -> Result<Box<dyn Relaxation>>;
+}
+
+/// A linear relaxation of an activation with the same slope above and below, as in the dual
+/// network of Wong & Kolter: `z ≈ D ẑ` on the propagated values, plus a source of free variables
+/// whose objective term accounts for the gap (Eq. 10, the `Σ l_ij [ν_ij]_+` term).
+pub trait Relaxation: Send + Sync {
+    /// `D x` for `x` shaped `[B, n, *shape]` (D is diagonal, so it is also its own transpose).
+    fn apply(&self, x: &Tensor) -> Result<Tensor>;
+
+    /// The free variables this relaxation introduces (the unstable units), if any.
+    fn source(&self) -> Option<&dyn DualSource>;
+
+    /// Number of units whose bounds straddle zero, per example (for reports).
+    fn unstable_counts(&self) -> Vec<usize>;
+}
+
+/// One node of a dual network.
+pub enum DualNode {
+    /// An affine layer.
+    Affine(Box<dyn DualAffine>),
+    /// An activation that is relaxed once its input bounds are known.
+    Activation(Box<dyn DualActivation>),
+}
+
+impl DualNode {
+    /// Which earlier outputs the node reads.
+    pub fn inputs(&self) -> Inputs {
+        match self {
+            DualNode::Affine(a) => a.inputs(),
+            DualNode::Activation(_) => Inputs::Last,
+        }
+    }
+    /// The node's name.
+    pub fn name(&self) -> String {
+        match self {
+            DualNode::Affine(a) => a.name(),
+            DualNode::Activation(a) => a.name(),
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! Sources of free variables: the input set and the relaxed activations.
+
+use crate::Result;
+use candle_core::Tensor;
+use std::ops::Range;
+
+/// A set of free variables sitting at one output of the network, with a linear lower bound term.
+///
+/// For a coefficient vector `g` on the variables of the source's output, the source states the
+/// minimum of `gᵀ δ` over its free part `δ`:
+/// * an l_inf ball (InfBall): `-ε ‖g‖₁` (Theorem 1, the `-ε‖ν̂₁‖₁` term),
+/// * the unstable units of a ReLU: `Σ_{j∈I} -d_j l_j · min(g_j, 0)` (the `Σ l_ij [ν_ij]_+` term
+///   of Theorem 1 with `ν = -g`).
+///
+/// Layer-wise bounds (Algorithm 1) are computed by pushing a basis of the source's variables —
+/// its *columns* — forward through the rest of the network; a source then reduces the
+/// propagated columns `P` (one row per column, one entry per target unit) to the same term for
+/// every target unit at once, for both the lower and the upper bound.
+pub trait DualSource: Send + Sync {
+    /// Number of columns (per example; examples with fewer columns pad with zero columns).
+    fn num_columns(&self) -> usize;
+
+    /// Columns `range` of the basis, shaped `[B, range.len(), *shape]`.
+    fn columns(&self, range: Range<usize>) -> Result<Tensor>;
+
+    /// Partial terms of columns `range`, propagated to a layer with `K` units (`p`: `[B, len, K]`):
+    /// `(lower, upper)`, each `[B, K]`. Partial terms of disjoint ranges are added up and then
+    /// handed to [`DualSource::finish_terms`].
+    fn column_terms(&self, p: &Tensor, range: Range<usize>) -> Result<(Tensor, Tensor)>;
+
+    /// Turns summed partial terms into the bound terms (identity unless the term is not a sum,
+    /// e.g. the l2 norm).
+    fn finish_terms(&self, lower: Tensor, upper: Tensor) -> Result<(Tensor, Tensor)> {
+        Ok((lower, upper))
+    }
+
+    /// `min_δ gᵀ δ` over the source's free variables for coefficients `g` shaped
+    /// `[B, n, *shape]`, as `[B, n]`.
+    fn lower_term(&self, g: &Tensor) -> Result<Tensor>;
+
+    /// A short name for messages.
+    fn name(&self) -> String;
+}

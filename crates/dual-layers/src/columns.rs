@@ -1,0 +1,28 @@
+//! Shape helpers for propagated columns `[B, n, *shape]`.
+
+use candle_core::{Result, Tensor};
+
+/// `[B, n, *shape]` → `[B·n, *shape]`, so a layer can treat columns as a batch.
+pub fn merge_columns(x: &Tensor) -> Result<(Tensor, usize, usize)> {
+    let d = x.dims();
+    let (b, n) = (d[0], d[1]);
+    let mut s = vec![b * n];
+    s.extend_from_slice(&d[2..]);
+    Ok((x.reshape(s)?, b, n))
+}
+
+/// `[B·n, *shape]` → `[B, n, *shape]`.
+pub fn split_columns(x: &Tensor, b: usize, n: usize) -> Result<Tensor> {
+    let d = x.dims();
+    let mut s = vec![b, n];
+    s.extend_from_slice(&d[1..]);
+    x.reshape(s)
+}
+
+/// `Σ_r w[b, r] · p[b, r, k]` for `p` `[B, n, K]` and `w` `[B, n]` as a batched matmul → `[B, K]`.
+/// (A sum over the middle dimension is much slower than a matmul on the CPU.)
+pub fn sum_over_columns(p: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (b, n, _k) = p.dims3()?;
+    let w = w.reshape((b, 1, n))?.to_dtype(p.dtype())?;
+    w.matmul(&p.contiguous()?)?.squeeze(1)
+}

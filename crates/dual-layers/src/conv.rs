@@ -1,0 +1,90 @@
+//! Dual of a 2-d convolution.
+
+use crate::columns::{merge_columns, split_columns};
+use candle_core::Tensor;
+use dual_core::{DualAffine, DualError, Result};
+
+/// The dual of `Conv2d`: forward is the convolution applied to every column; its transpose is the
+/// transposed convolution with the output padding that restores the input size (Eq. 10).
+pub struct DualConv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    stride: usize,
+    padding: usize,
+    output_padding: usize,
+}
+
+impl DualConv2d {
+    /// `weight`: `[c_out, c_in, k_h, k_w]`, `bias`: `[c_out]`, `in_hw`: the input's height and
+    /// width (needed so the transpose gives back exactly that size).
+    pub fn new(weight: Tensor, bias: Option<Tensor>, stride: usize, padding: usize, in_hw: (usize, usize)) -> Result<Self> {
+        let (_, _, kh, kw) = weight.dims4()?;
+        let out = |i: usize, k: usize| -> Result<usize> {
+            (i + 2 * padding)
+                .checked_sub(k)
+                .map(|v| v / stride + 1)
+                .ok_or_else(|| DualError::shape(format!("kernel {k} larger than padded input {}", i + 2 * padding)))
+        };
+        let (oh, ow) = (out(in_hw.0, kh)?, out(in_hw.1, kw)?);
+        let op_h = in_hw.0 + 2 * padding - ((oh - 1) * stride + kh);
+        let op_w = in_hw.1 + 2 * padding - ((ow - 1) * stride + kw);
+        if op_h != op_w {
+            return Err(DualError::Unsupported(format!(
+                "Conv2d on a {}x{} input needs different output paddings per axis in its transpose",
+                in_hw.0, in_hw.1
+            )));
+        }
+        Ok(DualConv2d { weight, bias, stride, padding, output_padding: op_h })
+    }
+
+    /// The hot loop: convolution of every column.
+    fn conv_columns(&self, x: &Tensor) -> Result<Tensor> {
+        let (xm, b, n) = merge_columns(x)?;
+        let y = xm.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
+        Ok(split_columns(&y, b, n)?)
+    }
+
+    /// The hot loop of the transpose: transposed convolution of every column.
+    fn conv_transpose_columns(&self, nu: &Tensor) -> Result<Tensor> {
+        let (nm, b, n) = merge_columns(nu)?;
+        let y = nm.conv_transpose2d(&self.weight, self.padding, self.output_padding, self.stride, 1)?;
+        Ok(split_columns(&y, b, n)?)
+    }
+}
+
+impl DualAffine for DualConv2d {
+    fn name(&self) -> String {
+        let d = self.weight.dims();
+        format!("Conv2d({}->{}, k{}, s{}, p{})", d[1], d[0], d[2], self.stride, self.padding)
+    }
+
+    fn forward(&self, xs: &[Option<&Tensor>], with_bias: bool) -> Result<Option<Tensor>> {
+        let y = match xs.first().copied().flatten() {
+            Some(x) => Some(self.conv_columns(x)?),
+            None => None,
+        };
+        match (y, with_bias, &self.bias) {
+            (Some(y), true, Some(b)) => {
+                let c = b.dim(0)?;
+                Ok(Some(y.broadcast_add(&b.reshape((1, 1, c, 1, 1))?)?))
+            }
+            (y, _, _) => Ok(y),
+        }
+    }
+
+    fn transpose(&self, nu: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        Ok(vec![Some(self.conv_transpose_columns(nu)?)])
+    }
+
+    fn bias_term(&self, nu: &Tensor) -> Result<Option<Tensor>> {
+        match &self.bias {
+            None => Ok(None),
+            Some(b) => {
+                let (bs, n, c, h, w) = nu.dims5()?;
+                let per_channel = nu.reshape((bs * n, c, h * w))?.sum(2)?;
+                let t = per_channel.matmul(&b.reshape((c, 1))?)?;
+                Ok(Some(t.reshape((bs, n))?))
+            }
+        }
+    }
+}

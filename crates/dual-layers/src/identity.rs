@@ -1,0 +1,22 @@
+//! Dual of the identity map.
+
+use candle_core::Tensor;
+use dual_core::{DualAffine, Result};
+
+/// The identity: its own transpose, no bias.
+pub struct DualIdentity;
+
+impl DualAffine for DualIdentity {
+    fn name(&self) -> String {
+        "Identity".into()
+    }
+    fn forward(&self, xs: &[Option<&Tensor>], _with_bias: bool) -> Result<Option<Tensor>> {
+        Ok(xs.first().copied().flatten().cloned())
+    }
+    fn transpose(&self, nu: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        Ok(vec![Some(nu.clone())])
+    }
+    fn bias_term(&self, _nu: &Tensor) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+}

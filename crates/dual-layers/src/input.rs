@@ -1,0 +1,248 @@
+//! Input sets: the l_inf ball, the l_inf ball intersected with a box, and the l2 ball.
+
+use crate::columns::sum_over_columns;
+use candle_core::{DType, Tensor};
+use dual_core::{DualError, DualSource, Result};
+use std::ops::Range;
+
+/// The radius of a ball: one number, or a tensor per example (`[B]`) or per feature
+/// (`[B, *in_shape]`).
+#[derive(Debug, Clone)]
+pub enum Epsilon {
+    /// The same radius everywhere.
+    Scalar(f64),
+    /// A radius per example or per feature.
+    Tensor(Tensor),
+}
+
+impl From<f64> for Epsilon {
+    fn from(e: f64) -> Self {
+        Epsilon::Scalar(e)
+    }
+}
+
+impl Epsilon {
+    /// Checks the radius and returns it per feature as `[B, K]` (`None` for a scalar).
+    fn resolve(&self, b: usize, k: usize, dtype: DType) -> Result<(f64, Option<Tensor>)> {
+        match self {
+            Epsilon::Scalar(e) => {
+                if !e.is_finite() || *e < 0.0 {
+                    return Err(DualError::invalid(format!("epsilon must be finite and non-negative, got {e}")));
+                }
+                Ok((*e, None))
+            }
+            Epsilon::Tensor(t) => {
+                let v = t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+                if let Some(bad) = v.iter().find(|e| !e.is_finite() || **e < 0.0) {
+                    return Err(DualError::invalid(format!("epsilon must be finite and non-negative, found {bad}")));
+                }
+                let full = if v.len() == b {
+                    t.reshape((b, 1))?.broadcast_as((b, k))?.contiguous()?
+                } else if v.len() == b * k {
+                    t.reshape((b, k))?
+                } else {
+                    return Err(DualError::shape(format!(
+                        "epsilon has {} entries (shape {:?}); expected {b} (one per example) or {} (one per feature)",
+                        v.len(),
+                        t.dims(),
+                        b * k
+                    )));
+                };
+                Ok((1.0, Some(full.to_dtype(dtype)?)))
+            }
+        }
+    }
+}
+
+fn check_x(x: &Tensor) -> Result<(usize, usize)> {
+    let b = x.dim(0).map_err(|_| DualError::shape("the input needs a batch dimension"))?;
+    if b == 0 {
+        return Err(DualError::invalid("the input batch is empty"));
+    }
+    let bad = x.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?.iter().any(|v| !v.is_finite());
+    if bad {
+        return Err(DualError::invalid("the input contains NaN or infinite values"));
+    }
+    Ok((b, x.elem_count() / b))
+}
+
+/// Identity columns `[B, len, *shape]`, scaled per (example, feature) by `scale` `[B, K]` if given.
+fn identity_columns(x: &Tensor, range: Range<usize>, scale: Option<&Tensor>, s: f64) -> Result<Tensor> {
+    let b = x.dim(0)?;
+    let k = x.elem_count() / b;
+    let len = range.len();
+    let mut data = vec![0f32; len * k];
+    for (j, col) in range.clone().enumerate() {
+        data[j * k + col] = 1.0;
+    }
+    let eye = Tensor::from_vec(data, (1, len, k), x.device())?.to_dtype(x.dtype())?;
+    let cols = match scale {
+        None => {
+            let e = if s == 1.0 { eye } else { eye.affine(s, 0.0)? };
+            e.broadcast_as((b, len, k))?.contiguous()?
+        }
+        Some(sc) => eye.broadcast_mul(&sc.narrow(1, range.start, len)?.unsqueeze(2)?)?,
+    };
+    let mut shape = vec![b, len];
+    shape.extend_from_slice(&x.dims()[1..]);
+    Ok(cols.reshape(shape)?)
+}
+
+fn ones_like_cols(p: &Tensor) -> Result<Tensor> {
+    let (b, n, _) = p.dims3()?;
+    Ok(Tensor::ones((b, n), p.dtype(), p.device())?)
+}
+
+/// The l_inf ball `{x' : |x' - x| ≤ ε}` (Theorem 1's `-ε‖ν̂₁‖₁` term).
+pub struct InfBall {
+    x: Tensor,
+    eps: f64,
+    eps_t: Option<Tensor>,
+}
+
+impl InfBall {
+    /// The ball around `x` (`[B, *in_shape]`). Errors on NaN in `x` or a negative radius.
+    pub fn new(x: &Tensor, eps: impl Into<Epsilon>) -> Result<Self> {
+        let (b, k) = check_x(x)?;
+        let (eps, eps_t) = eps.into().resolve(b, k, x.dtype())?;
+        Ok(InfBall { x: x.clone(), eps, eps_t })
+    }
+}
+
+impl DualSource for InfBall {
+    fn num_columns(&self) -> usize {
+        self.x.elem_count() / self.x.dim(0).unwrap_or(1)
+    }
+    /// Columns `ε_p e_p`.
+    fn columns(&self, range: Range<usize>) -> Result<Tensor> {
+        identity_columns(&self.x, range, self.eps_t.as_ref(), self.eps)
+    }
+    /// `∓ Σ_p |P_pj|`.
+    fn column_terms(&self, p: &Tensor, _range: Range<usize>) -> Result<(Tensor, Tensor)> {
+        let s = sum_over_columns(&p.abs()?, &ones_like_cols(p)?)?;
+        Ok((s.neg()?, s))
+    }
+    /// `-Σ_p ε_p |g_p|`.
+    fn lower_term(&self, g: &Tensor) -> Result<Tensor> {
+        let g = g.flatten_from(2)?.abs()?;
+        match &self.eps_t {
+            None => Ok((g.sum(2)? * (-self.eps))?),
+            Some(e) => Ok(g.broadcast_mul(&e.unsqueeze(1)?)?.sum(2)?.neg()?),
+        }
+    }
+    fn name(&self) -> String {
+        "InfBall".into()
+    }
+}
+
+/// The l_inf ball intersected with a box: `{x' : |x' - x| ≤ ε, lo ≤ x' ≤ hi}` (e.g. `[0, 1]`
+/// for images). The box `[max(x-ε, lo), min(x+ε, hi)]` is written `x + [δ⁻, δ⁺]` with
+/// `δ⁻ ≤ 0 ≤ δ⁺`; the minimum of `gᵀδ` over it is `Σ [g]₊ δ⁻ + [g]₋ δ⁺`.
+pub struct InfBallBounded {
+    x: Tensor,
+    /// `δ⁻`, `δ⁺` as `[B, K]`.
+    lo: Tensor,
+    hi: Tensor,
+}
+
+impl InfBallBounded {
+    /// The ball around `x` clipped to `[lo, hi]`. Errors on NaN, a negative radius, or an `x`
+    /// outside the box.
+    pub fn new(x: &Tensor, eps: impl Into<Epsilon>, lo: f64, hi: f64) -> Result<Self> {
+        let (b, k) = check_x(x)?;
+        if !(lo <= hi) {
+            return Err(DualError::invalid(format!("the box [{lo}, {hi}] is empty")));
+        }
+        let (eps, eps_t) = eps.into().resolve(b, k, x.dtype())?;
+        let xf = x.reshape((b, k))?;
+        let v = xf.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+        if v.iter().any(|&v| v < lo || v > hi) {
+            return Err(DualError::invalid(format!("the input lies outside the box [{lo}, {hi}]")));
+        }
+        let (dlo, dhi) = match eps_t {
+            None => ((xf.affine(1.0, -eps)?.maximum(lo)? - &xf)?, (xf.affine(1.0, eps)?.minimum(hi)? - &xf)?),
+            Some(e) => (
+                ((&xf - &e)?.maximum(lo)? - &xf)?,
+                ((&xf + &e)?.minimum(hi)? - &xf)?,
+            ),
+        };
+        Ok(InfBallBounded { x: x.clone(), lo: dlo, hi: dhi })
+    }
+}
+
+impl DualSource for InfBallBounded {
+    fn num_columns(&self) -> usize {
+        self.lo.dim(1).unwrap_or(0)
+    }
+    /// Unit columns `e_p`.
+    fn columns(&self, range: Range<usize>) -> Result<Tensor> {
+        identity_columns(&self.x, range, None, 1.0)
+    }
+    fn column_terms(&self, p: &Tensor, range: Range<usize>) -> Result<(Tensor, Tensor)> {
+        let lo = self.lo.narrow(1, range.start, range.len())?;
+        let hi = self.hi.narrow(1, range.start, range.len())?;
+        let pos = p.maximum(0.0)?;
+        let neg = p.minimum(0.0)?;
+        let lower = (sum_over_columns(&pos, &lo)? + sum_over_columns(&neg, &hi)?)?;
+        let upper = (sum_over_columns(&pos, &hi)? + sum_over_columns(&neg, &lo)?)?;
+        Ok((lower, upper))
+    }
+    fn lower_term(&self, g: &Tensor) -> Result<Tensor> {
+        let g = g.flatten_from(2)?;
+        let pos = g.maximum(0.0)?.broadcast_mul(&self.lo.unsqueeze(1)?)?;
+        let neg = g.minimum(0.0)?.broadcast_mul(&self.hi.unsqueeze(1)?)?;
+        Ok((pos + neg)?.sum(2)?)
+    }
+    fn name(&self) -> String {
+        "InfBallBounded".into()
+    }
+}
+
+/// Added under square roots so their gradient stays finite where a norm is exactly zero (the
+/// bound only gets looser, by at most √TINY).
+const TINY: f64 = 1e-30;
+
+/// The l2 ball `{x' : ‖(x' - x) / ε‖₂ ≤ 1}`: the term is `-‖ε ⊙ g‖₂`.
+pub struct L2Ball {
+    x: Tensor,
+    eps: f64,
+    eps_t: Option<Tensor>,
+}
+
+impl L2Ball {
+    /// The l2 ball around `x`. Errors on NaN or a negative radius.
+    pub fn new(x: &Tensor, eps: impl Into<Epsilon>) -> Result<Self> {
+        let (b, k) = check_x(x)?;
+        let (eps, eps_t) = eps.into().resolve(b, k, x.dtype())?;
+        Ok(L2Ball { x: x.clone(), eps, eps_t })
+    }
+}
+
+impl DualSource for L2Ball {
+    fn num_columns(&self) -> usize {
+        self.x.elem_count() / self.x.dim(0).unwrap_or(1)
+    }
+    fn columns(&self, range: Range<usize>) -> Result<Tensor> {
+        identity_columns(&self.x, range, self.eps_t.as_ref(), self.eps)
+    }
+    /// Partial sums of squares; [`DualSource::finish_terms`] takes the root.
+    fn column_terms(&self, p: &Tensor, _range: Range<usize>) -> Result<(Tensor, Tensor)> {
+        let s = sum_over_columns(&p.sqr()?, &ones_like_cols(p)?)?;
+        Ok((s.clone(), s))
+    }
+    fn finish_terms(&self, lower: Tensor, _upper: Tensor) -> Result<(Tensor, Tensor)> {
+        let n = (lower + TINY)?.sqrt()?;
+        Ok((n.neg()?, n))
+    }
+    fn lower_term(&self, g: &Tensor) -> Result<Tensor> {
+        let g = g.flatten_from(2)?;
+        let g = match &self.eps_t {
+            None => g.affine(self.eps, 0.0)?,
+            Some(e) => g.broadcast_mul(&e.unsqueeze(1)?)?,
+        };
+        Ok((g.sqr()?.sum(2)? + TINY)?.sqrt()?.neg()?)
+    }
+    fn name(&self) -> String {
+        "L2Ball".into()
+    }
+}

@@ -1,0 +1,38 @@
+//! # dual-layers
+//!
+//! One dual per layer kind, each implementing a trait of `dual-core`:
+//!
+//! | layer | dual | trait |
+//! |---|---|---|
+//! | l_inf ball, ball ∩ box, l2 ball | [`InfBall`], [`InfBallBounded`], [`L2Ball`] | `DualSource` |
+//! | Linear | [`DualLinear`] | `DualAffine` |
+//! | Conv2d | [`DualConv2d`] | `DualAffine` |
+//! | Flatten / reshape | [`DualReshape`] | `DualAffine` |
+//! | Dense (skip connections) | [`DualDense`] | `DualAffine` |
+//! | BatchNorm2d | [`DualBatchNorm2d`] | `DualAffine` |
+//! | Identity | [`DualIdentity`] | `DualAffine` |
+//! | ReLU | [`DualReLU`] | `DualActivation` |
+//!
+//! Architecture invariant: a dual holds the math of its layer and nothing else — no file IO, no
+//! knowledge of the network around it. Hot loops (conv, conv transpose, matmul over columns) sit
+//! in one function per layer kind, so they can be replaced by faster kernels in one place.
+
+mod batchnorm;
+mod columns;
+mod conv;
+mod dense;
+mod identity;
+mod input;
+mod linear;
+mod relu;
+mod reshape;
+
+pub use batchnorm::DualBatchNorm2d;
+pub use columns::{merge_columns, split_columns, sum_over_columns};
+pub use conv::DualConv2d;
+pub use dense::DualDense;
+pub use identity::DualIdentity;
+pub use input::{Epsilon, InfBall, InfBallBounded, L2Ball};
+pub use linear::DualLinear;
+pub use relu::{DualReLU, ReluRelaxation};
+pub use reshape::DualReshape;

@@ -1,0 +1,153 @@
+//! Dual of ReLU: the relaxation of Wong & Kolter (Eq. 5 / Theorem 1).
+
+use crate::columns::sum_over_columns;
+use candle_core::{DType, Device, Tensor};
+use dual_core::{DualActivation, DualSource, Relaxation, Result};
+use std::ops::Range;
+
+/// ReLU. Given pre-activation bounds `l ≤ ẑ ≤ u` it picks the slopes
+/// `d = 0` where `u ≤ 0`, `d = 1` where `l ≥ 0`, and `d = u / (u - l)` on the unstable set
+/// `I = {l < 0 < u}` — the convex outer bound `z ≥ 0, z ≥ ẑ, z ≤ u(ẑ - l)/(u - l)` whose dual
+/// keeps a single slope (Theorem 1).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DualReLU;
+
+impl DualActivation for DualReLU {
+    fn name(&self) -> String {
+        "ReLU".into()
+    }
+
+    fn relax(&self, lower: &Tensor, upper: &Tensor) -> Result<Box<dyn Relaxation>> {
+        Ok(Box::new(ReluRelaxation::new(lower, upper)?))
+    }
+}
+
+/// The chosen slopes `D` and the unstable units as a source of free variables.
+pub struct ReluRelaxation {
+    d: Tensor,
+    source: ReluSource,
+}
+
+impl ReluRelaxation {
+    /// Slopes and unstable set from bounds `[B, *shape]`.
+    pub fn new(lower: &Tensor, upper: &Tensor) -> Result<Self> {
+        let dtype = lower.dtype();
+        let unstable = lower.lt(0.0)?.mul(&upper.gt(0.0)?)?; // u8 mask of I
+        let active = lower.ge(0.0)?.to_dtype(dtype)?;
+        let i_mask = unstable.to_dtype(dtype)?;
+        // d = 1{l ≥ 0} + 1{I} · u / (u - l); the denominator is padded to 1 off I.
+        let denom = ((upper - lower)? + (1.0 - &i_mask)?)?;
+        let d = (active + (&i_mask * (upper / denom)?)?)?;
+        // Weight of each unstable unit in the objective: -d l ≥ 0 on I (the `l [ν]_+` term).
+        let w = (&i_mask * (&d * lower)?.neg()?)?;
+        let b = lower.dim(0)?;
+        let k = lower.elem_count() / b.max(1);
+        let mask = unstable.flatten_all()?.to_vec1::<u8>()?;
+        let idx: Vec<Vec<u32>> = (0..b)
+            .map(|i| (0..k).filter(|&j| mask[i * k + j] != 0).map(|j| j as u32).collect())
+            .collect();
+        let source = ReluSource::new(idx, w.reshape((b, k))?, lower.dims()[1..].to_vec())?;
+        Ok(ReluRelaxation { d, source })
+    }
+
+    /// The slopes `d`, `[B, *shape]`.
+    pub fn slopes(&self) -> &Tensor {
+        &self.d
+    }
+}
+
+impl Relaxation for ReluRelaxation {
+    fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.broadcast_mul(&self.d.unsqueeze(1)?)?)
+    }
+    fn source(&self) -> Option<&dyn DualSource> {
+        Some(&self.source)
+    }
+    fn unstable_counts(&self) -> Vec<usize> {
+        self.source.idx.iter().map(|v| v.len()).collect()
+    }
+}
+
+/// The unstable units of one ReLU: one column per unstable unit of each example (examples with
+/// fewer unstable units pad with zero-weight columns), each a unit vector at the ReLU's output.
+struct ReluSource {
+    idx: Vec<Vec<u32>>,
+    /// `-d l` on I, zero elsewhere: `[B, K]`.
+    w: Tensor,
+    /// The weights gathered per column: `[B, R]`, zero on padding columns.
+    w_cols: Tensor,
+    shape: Vec<usize>,
+    r: usize,
+}
+
+impl ReluSource {
+    fn new(idx: Vec<Vec<u32>>, w: Tensor, shape: Vec<usize>) -> Result<Self> {
+        let b = idx.len();
+        let r = idx.iter().map(|v| v.len()).max().unwrap_or(0);
+        let mut gather_idx = vec![0u32; b * r];
+        let mut valid = vec![0f32; b * r];
+        for (i, v) in idx.iter().enumerate() {
+            for (j, &u) in v.iter().enumerate() {
+                gather_idx[i * r + j] = u;
+                valid[i * r + j] = 1.0;
+            }
+        }
+        let w_cols = if r == 0 {
+            Tensor::zeros((b, 0), w.dtype(), w.device())?
+        } else {
+            let gi = Tensor::from_vec(gather_idx, (b, r), w.device())?;
+            let valid = Tensor::from_vec(valid, (b, r), w.device())?.to_dtype(w.dtype())?;
+            (w.gather(&gi, 1)? * valid)?
+        };
+        Ok(ReluSource { idx, w, w_cols, shape, r })
+    }
+}
+
+/// One-hot columns: `out[b, j, idx[b][start + j]] = 1`, shaped `[B, len, K]`.
+pub(crate) fn one_hot_columns(idx: &[Vec<u32>], range: Range<usize>, k: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    let b = idx.len();
+    let len = range.len();
+    let mut data = vec![0f32; b * len * k];
+    for (i, v) in idx.iter().enumerate() {
+        for (j, col) in range.clone().enumerate() {
+            if let Some(&u) = v.get(col) {
+                data[(i * len + j) * k + u as usize] = 1.0;
+            }
+        }
+    }
+    Ok(Tensor::from_vec(data, (b, len, k), device)?.to_dtype(dtype)?)
+}
+
+impl DualSource for ReluSource {
+    fn num_columns(&self) -> usize {
+        self.r
+    }
+
+    fn columns(&self, range: Range<usize>) -> Result<Tensor> {
+        let k = self.shape.iter().product();
+        let cols = one_hot_columns(&self.idx, range.clone(), k, self.w.dtype(), self.w.device())?;
+        let mut s = vec![self.idx.len(), range.len()];
+        s.extend_from_slice(&self.shape);
+        Ok(cols.reshape(s)?)
+    }
+
+    /// Lower: `Σ_j -d_j l_j min(P_j, 0)`; upper: `Σ_j -d_j l_j max(P_j, 0)`.
+    fn column_terms(&self, p: &Tensor, range: Range<usize>) -> Result<(Tensor, Tensor)> {
+        let w = self.w_cols.narrow(1, range.start, range.len())?;
+        let lower = sum_over_columns(&p.minimum(0.0)?, &w)?;
+        let upper = sum_over_columns(&p.maximum(0.0)?, &w)?;
+        Ok((lower, upper))
+    }
+
+    /// `Σ_{j∈I} -d_j l_j min(g_j, 0)`.
+    fn lower_term(&self, g: &Tensor) -> Result<Tensor> {
+        let (b, n) = (g.dim(0)?, g.dim(1)?);
+        let k = self.w.dim(1)?;
+        let gm = g.reshape((b, n, k))?.minimum(0.0)?;
+        Ok(gm.matmul(&self.w.reshape((b, k, 1))?)?.reshape((b, n))?)
+    }
+
+    fn name(&self) -> String {
+        "ReLU unstable units".into()
+    }
+}

@@ -1,0 +1,44 @@
+//! Dual of Flatten (any reshape that keeps the batch dimension).
+
+use candle_core::Tensor;
+use dual_core::{DualAffine, Result};
+
+/// Reshape between `in_shape` and `out_shape` (both without batch); its transpose reshapes back.
+pub struct DualReshape {
+    in_shape: Vec<usize>,
+    out_shape: Vec<usize>,
+}
+
+impl DualReshape {
+    /// A reshape from `in_shape` to `out_shape` (same number of elements).
+    pub fn new(in_shape: Vec<usize>, out_shape: Vec<usize>) -> Self {
+        DualReshape { in_shape, out_shape }
+    }
+    /// Flatten of an input shaped `in_shape`.
+    pub fn flatten(in_shape: Vec<usize>) -> Self {
+        let n = in_shape.iter().product();
+        DualReshape { in_shape, out_shape: vec![n] }
+    }
+}
+
+fn reshape_columns(x: &Tensor, shape: &[usize]) -> Result<Tensor> {
+    let d = x.dims();
+    let mut s = vec![d[0], d[1]];
+    s.extend_from_slice(shape);
+    Ok(x.reshape(s)?)
+}
+
+impl DualAffine for DualReshape {
+    fn name(&self) -> String {
+        format!("Reshape({:?}->{:?})", self.in_shape, self.out_shape)
+    }
+    fn forward(&self, xs: &[Option<&Tensor>], _with_bias: bool) -> Result<Option<Tensor>> {
+        xs.first().copied().flatten().map(|x| reshape_columns(x, &self.out_shape)).transpose()
+    }
+    fn transpose(&self, nu: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        Ok(vec![Some(reshape_columns(nu, &self.in_shape)?)])
+    }
+    fn bias_term(&self, _nu: &Tensor) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+}

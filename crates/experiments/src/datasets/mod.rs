@@ -1,0 +1,5 @@
+//! Data sets used by the experiments.
+
+pub mod idx;
+
+pub use idx::*;

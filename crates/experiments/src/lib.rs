@@ -1,0 +1,2 @@
+pub mod datasets;
+pub mod attacks;

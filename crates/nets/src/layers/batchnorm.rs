@@ -1,0 +1,59 @@
+use crate::{layer::single, spec::{BatchNormMode, LayerSpec}, Layer};
+use candle_core::{Result as CResult, Tensor, Var, D};
+use dual_core::{DualNode, Result as DResult};
+use dual_layers::DualBatchNorm2d;
+
+/// BatchNorm2d: `γ (x - μ) / √(σ² + ε) + β` per channel, with running statistics (eval mode) or
+/// the statistics of the batch (batch-statistics mode).
+pub struct BatchNorm2d {
+    pub weight: Var,
+    pub bias: Var,
+    pub running_mean: Var,
+    pub running_var: Var,
+    pub eps: f64,
+    pub mode: BatchNormMode,
+}
+
+impl BatchNorm2d {
+    fn stats(&self, x: &Tensor) -> CResult<(Tensor, Tensor)> {
+        match self.mode {
+            BatchNormMode::Eval => Ok((self.running_mean.as_tensor().clone(), self.running_var.as_tensor().clone())),
+            BatchNormMode::BatchStats => {
+                let c = x.dim(1)?;
+                let xc = x.transpose(0, 1)?.reshape((c, ()))?;
+                let mean = xc.mean(D::Minus1)?;
+                let var = xc.broadcast_sub(&mean.unsqueeze(1)?)?.sqr()?.mean(D::Minus1)?;
+                Ok((mean, var))
+            }
+        }
+    }
+}
+
+impl Layer for BatchNorm2d {
+    fn spec(&self) -> LayerSpec {
+        LayerSpec::BatchNorm2d { num_features: self.weight.dim(0).unwrap_or(0), eps: self.eps, mode: self.mode }
+    }
+    fn forward(&self, xs: &[Option<&Tensor>]) -> CResult<Tensor> {
+        let x = single(xs)?;
+        let (mean, var) = self.stats(x)?;
+        let scale = self.weight.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        let shift = (self.bias.as_tensor() - mean.broadcast_mul(&scale)?)?;
+        x.broadcast_mul(&scale.reshape((1, (), 1, 1))?)?.broadcast_add(&shift.reshape((1, (), 1, 1))?)
+    }
+    fn dual(&self, xs: &[Option<&Tensor>]) -> DResult<DualNode> {
+        let x = single(xs)?;
+        let d = match self.mode {
+            BatchNormMode::Eval => DualBatchNorm2d::from_stats(&self.weight, &self.bias, &self.running_mean, &self.running_var, self.eps)?,
+            BatchNormMode::BatchStats => DualBatchNorm2d::from_batch(&self.weight, &self.bias, x, self.eps)?,
+        };
+        Ok(DualNode::Affine(Box::new(d)))
+    }
+    fn params(&self) -> Vec<(String, Var)> {
+        vec![
+            ("weight".into(), self.weight.clone()),
+            ("bias".into(), self.bias.clone()),
+            ("running_mean".into(), self.running_mean.clone()),
+            ("running_var".into(), self.running_var.clone()),
+        ]
+    }
+}

@@ -1,0 +1,51 @@
+use crate::{layer::single, spec::LayerSpec, Layer};
+use candle_core::{Result as CResult, Tensor, Var};
+use dual_core::{DualError, DualNode, Result as DResult};
+use dual_layers::DualConv2d;
+
+/// 2-d convolution, weight `[c_out, c_in, k, k]`.
+pub struct Conv2d {
+    pub weight: Var,
+    pub bias: Option<Var>,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl Layer for Conv2d {
+    fn spec(&self) -> LayerSpec {
+        let d = self.weight.dims();
+        LayerSpec::Conv2d {
+            in_channels: d[1],
+            out_channels: d[0],
+            kernel_size: d[2],
+            stride: self.stride,
+            padding: self.padding,
+            bias: self.bias.is_some(),
+        }
+    }
+    fn forward(&self, xs: &[Option<&Tensor>]) -> CResult<Tensor> {
+        let y = single(xs)?.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
+            None => Ok(y),
+        }
+    }
+    fn dual(&self, xs: &[Option<&Tensor>]) -> DResult<DualNode> {
+        let x = single(xs)?;
+        let (_, _, h, w) = x.dims4().map_err(|_| DualError::shape(format!("Conv2d needs a 4-d input, got {:?}", x.dims())))?;
+        Ok(DualNode::Affine(Box::new(DualConv2d::new(
+            self.weight.as_tensor().clone(),
+            self.bias.as_ref().map(|b| b.as_tensor().clone()),
+            self.stride,
+            self.padding,
+            (h, w),
+        )?)))
+    }
+    fn params(&self) -> Vec<(String, Var)> {
+        let mut v = vec![("weight".to_string(), self.weight.clone())];
+        if let Some(b) = &self.bias {
+            v.push(("bias".into(), b.clone()));
+        }
+        v
+    }
+}

@@ -1,0 +1,59 @@
+use crate::{layer::single, spec::LayerSpec, Layer};
+use candle_core::{Result as CResult, Tensor, Var};
+use dual_core::{DualNode, Result as DResult};
+use dual_layers::{DualIdentity, DualReLU, DualReshape};
+
+/// Rectified linear unit.
+pub struct ReLU;
+
+impl Layer for ReLU {
+    fn spec(&self) -> LayerSpec {
+        LayerSpec::ReLU
+    }
+    fn forward(&self, xs: &[Option<&Tensor>]) -> CResult<Tensor> {
+        single(xs)?.relu()
+    }
+    fn dual(&self, _xs: &[Option<&Tensor>]) -> DResult<DualNode> {
+        Ok(DualNode::Activation(Box::new(DualReLU)))
+    }
+    fn params(&self) -> Vec<(String, Var)> {
+        Vec::new()
+    }
+}
+
+/// Flatten all but the batch dimension.
+pub struct Flatten;
+
+impl Layer for Flatten {
+    fn spec(&self) -> LayerSpec {
+        LayerSpec::Flatten
+    }
+    fn forward(&self, xs: &[Option<&Tensor>]) -> CResult<Tensor> {
+        single(xs)?.flatten_from(1)
+    }
+    fn dual(&self, xs: &[Option<&Tensor>]) -> DResult<DualNode> {
+        let x = single(xs)?;
+        Ok(DualNode::Affine(Box::new(DualReshape::flatten(x.dims()[1..].to_vec()))))
+    }
+    fn params(&self) -> Vec<(String, Var)> {
+        Vec::new()
+    }
+}
+
+/// The identity.
+pub struct Identity;
+
+impl Layer for Identity {
+    fn spec(&self) -> LayerSpec {
+        LayerSpec::Identity
+    }
+    fn forward(&self, xs: &[Option<&Tensor>]) -> CResult<Tensor> {
+        Ok(single(xs)?.clone())
+    }
+    fn dual(&self, _xs: &[Option<&Tensor>]) -> DResult<DualNode> {
+        Ok(DualNode::Affine(Box::new(DualIdentity)))
+    }
+    fn params(&self) -> Vec<(String, Var)> {
+        Vec::new()
+    }
+}

@@ -1,0 +1,210 @@
+//! Sequential and DenseSequential networks.
+
+use crate::{
+    build::{build_layer, ParamInit},
+    spec::{NetworkKind, NetworkSpec},
+    Layer, NetError, Result,
+};
+use candle_core::{DType, Device, Tensor, Var};
+use dual_core::{DualNetwork, DualNode, DualOptions, DualSource, Inputs};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use std::collections::HashMap;
+
+/// A network: layers in order, each reading the previous output (Sequential) or, for Dense
+/// layers, several earlier outputs (DenseSequential). Output 0 is the input.
+pub struct Network {
+    kind: NetworkKind,
+    name: String,
+    input_shape: Vec<usize>,
+    layers: Vec<Box<dyn Layer>>,
+}
+
+impl Network {
+    /// A network from layers built in code (custom layers included).
+    pub fn new(kind: NetworkKind, name: &str, input_shape: &[usize], layers: Vec<Box<dyn Layer>>) -> Result<Self> {
+        if layers.is_empty() {
+            return Err(NetError::BadArchitecture("a network needs at least one layer".into()));
+        }
+        for (k, l) in layers.iter().enumerate() {
+            let t = k + 1;
+            if let Inputs::LastM(m) = l.inputs() {
+                if kind == NetworkKind::Sequential {
+                    return Err(NetError::BadArchitecture(format!(
+                        "layer {k} is a Dense layer; use a DenseSequential network for skip connections"
+                    )));
+                }
+                if m > t {
+                    if let crate::spec::LayerSpec::Dense { parts } = l.spec() {
+                        if parts[..m - t].iter().any(|p| p.is_some()) {
+                            return Err(NetError::BadArchitecture(format!(
+                                "layer {k}: a Dense part reads an output before the network input"
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Network { kind, name: name.into(), input_shape: input_shape.to_vec(), layers })
+    }
+
+    /// Builds the architecture with parameters from `get`.
+    fn from_spec_with(spec: &NetworkSpec, get: &mut crate::build::ParamSource) -> Result<Self> {
+        let mut layers = Vec::new();
+        for (i, l) in spec.layers.iter().enumerate() {
+            layers.push(build_layer(l, &format!("{i}."), get)?);
+        }
+        Network::new(spec.kind, &spec.name, &spec.input_shape, layers)
+    }
+
+    /// A freshly initialised network (PyTorch's default initialisation), reproducible by `seed`.
+    pub fn init(spec: &NetworkSpec, seed: u64, dtype: DType, device: &Device) -> Result<Self> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut get = |_: &str, shape: &[usize], init: ParamInit| -> Result<Tensor> {
+            let n: usize = shape.iter().product();
+            let v: Vec<f64> = match init {
+                ParamInit::Uniform { fan_in } => {
+                    let b = 1.0 / (fan_in.max(1) as f64).sqrt();
+                    (0..n).map(|_| rng.random_range(-b..b)).collect()
+                }
+                ParamInit::Ones => vec![1.0; n],
+                ParamInit::Zeros => vec![0.0; n],
+            };
+            Ok(Tensor::from_vec(v, shape, device)?.to_dtype(dtype)?)
+        };
+        Self::from_spec_with(spec, &mut get)
+    }
+
+    /// The architecture with the parameters of a state dict (names as in PyTorch: `0.weight`,
+    /// `4.Ws.2.bias`, ...). Errors name a missing or mis-shaped tensor, or tensors left unused.
+    pub fn from_state_dict(spec: &NetworkSpec, tensors: &[(String, Tensor)], dtype: DType, device: &Device) -> Result<Self> {
+        let map: HashMap<&str, &Tensor> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let mut used = std::collections::HashSet::new();
+        let mut get = |name: &str, shape: &[usize], _: ParamInit| -> Result<Tensor> {
+            let t = map.get(name).ok_or_else(|| NetError::MissingTensor {
+                name: name.into(),
+                available: summarize(tensors.iter().map(|(n, _)| n.as_str())),
+            })?;
+            if t.dims() != shape {
+                return Err(NetError::WrongShape { name: name.into(), expected: shape.to_vec(), found: t.dims().to_vec() });
+            }
+            used.insert(name.to_string());
+            Ok(t.to_device(device)?.to_dtype(dtype)?)
+        };
+        let net = Self::from_spec_with(spec, &mut get)?;
+        let unused: Vec<&str> = tensors
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .filter(|n| !used.contains(*n) && !n.ends_with("num_batches_tracked"))
+            .collect();
+        if !unused.is_empty() {
+            return Err(NetError::UnusedTensors(summarize(unused.into_iter())));
+        }
+        Ok(net)
+    }
+
+    /// The architecture description.
+    pub fn spec(&self) -> NetworkSpec {
+        NetworkSpec {
+            kind: self.kind,
+            input_shape: self.input_shape.clone(),
+            layers: self.layers.iter().map(|l| l.spec()).collect(),
+            name: self.name.clone(),
+        }
+    }
+
+    /// Shape of one input (without batch).
+    pub fn input_shape(&self) -> &[usize] {
+        &self.input_shape
+    }
+
+    /// The layers.
+    pub fn layers(&self) -> &[Box<dyn Layer>] {
+        &self.layers
+    }
+
+    /// Every parameter with its full name.
+    pub fn params(&self) -> Vec<(String, Var)> {
+        let mut v = Vec::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            for (n, p) in l.params() {
+                v.push((format!("{i}.{n}"), p));
+            }
+        }
+        v
+    }
+
+    /// The trainable parameters (BatchNorm running statistics excluded).
+    pub fn trainable(&self) -> Vec<Var> {
+        self.params().into_iter().filter(|(n, _)| !n.contains("running_")).map(|(_, v)| v).collect()
+    }
+
+    /// The parameters as plain tensors.
+    pub fn state_dict(&self) -> Vec<(String, Tensor)> {
+        self.params().into_iter().map(|(n, v)| (n, v.as_tensor().detach())).collect()
+    }
+
+    /// A copy in another dtype (e.g. f64 for checks).
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        let sd = self.state_dict();
+        let device = sd.first().map(|(_, t)| t.device().clone()).unwrap_or(Device::Cpu);
+        Network::from_state_dict(&self.spec(), &sd, dtype, &device)
+    }
+
+    /// All outputs of a forward pass: `outs[0] = x`, `outs[t]` the output of layer `t`.
+    pub fn forward_all(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        let mut outs = vec![x.clone()];
+        for (k, l) in self.layers.iter().enumerate() {
+            let t = k + 1;
+            let xs: Vec<Option<&Tensor>> = l.inputs().indices(t).into_iter().map(|i| i.map(|i| &outs[i])).collect();
+            let y = l.forward(&xs)?;
+            outs.push(y);
+        }
+        Ok(outs)
+    }
+
+    /// The forward pass (logits).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.forward_all(x)?.pop().expect("at least one layer"))
+    }
+
+    /// The dual nodes for the batch `x` (its forward pass fixes shapes and batch statistics).
+    pub fn dual_nodes(&self, x: &Tensor) -> Result<Vec<DualNode>> {
+        self.check_input(x)?;
+        let outs = self.forward_all(x)?;
+        let mut nodes = Vec::new();
+        for (k, l) in self.layers.iter().enumerate() {
+            let t = k + 1;
+            let xs: Vec<Option<&Tensor>> = l.inputs().indices(t).into_iter().map(|i| i.map(|i| &outs[i])).collect();
+            nodes.push(l.dual(&xs)?);
+        }
+        Ok(nodes)
+    }
+
+    /// The dual network for inputs `x` in the input set `input` (layer-wise bounds computed).
+    pub fn dual(&self, x: &Tensor, input: Box<dyn DualSource>, opts: &DualOptions) -> Result<DualNetwork> {
+        let nodes = self.dual_nodes(x)?;
+        Ok(DualNetwork::build(x, input, nodes, opts)?)
+    }
+
+    /// Checks that `x` is `[B, *input_shape]`.
+    pub fn check_input(&self, x: &Tensor) -> Result<()> {
+        if x.rank() != self.input_shape.len() + 1 || x.dims()[1..] != self.input_shape[..] {
+            return Err(NetError::Dual(dual_core::DualError::shape(format!(
+                "input has shape {:?}; the network `{}` expects [B, {}]",
+                x.dims(),
+                self.name,
+                self.input_shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+            ))));
+        }
+        Ok(())
+    }
+}
+
+fn summarize<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let v: Vec<&str> = names.collect();
+    if v.len() > 12 {
+        format!("{}, ... ({} in all)", v[..12].join(", "), v.len())
+    } else {
+        v.join(", ")
+    }
+}

@@ -1,0 +1,1 @@
+//! Scalable bounds (random projections). Filled by a later issue; see docs/ARCHITECTURE.md.

@@ -1,0 +1,1 @@
+//! Examples live in this folder as `cargo run -p examples --example NAME`.
