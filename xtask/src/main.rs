@@ -1,1 +1,33 @@
-fn main() {}
+//! `cargo xtask <task>`: the project's command line, one module per task.
+//!
+//! A thin layer: raw flags are parsed here into checked configs of the `experiments` crate,
+//! which does the work.
+
+mod certify;
+mod size;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Train, certify and reproduce provably robust networks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Certified evaluation of a model on a test set (clean, PGD and certified robust error).
+    Certify(certify::CertifyArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let res = match cli.task {
+        Task::Certify(a) => certify::run(a),
+    };
+    if let Err(e) = res {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,2 +1,11 @@
-pub mod datasets;
+//! # experiments
+//!
+//! What users run: data sets, attacks, certified evaluation, and (later) training and the
+//! papers' reproductions. `xtask` is a thin command line over this crate.
+//!
+//! Architecture invariant: no bound math here — it calls `dual-core` / `nets` for that.
+
 pub mod attacks;
+pub mod certify;
+pub mod datasets;
+pub mod report;

@@ -1,0 +1,243 @@
+//! Certified evaluation of a model on a data set: clean error, certified robust error (exact
+//! dual bound) and, on request, PGD error.
+
+use crate::attacks::{count_errors, pgd, pgd_l2, PgdConfig};
+use crate::datasets::{load_mnist_like, Dataset, Split};
+use crate::report::{write_json_atomic, Table};
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use dual_core::{robust_bounds, certified_from_bounds, DualOptions, DualSource};
+use dual_layers::{InfBall, InfBallBounded, L2Ball};
+use nets::Network;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The norm of the threat ball.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Norm {
+    /// l_inf ball.
+    Linf,
+    /// l2 ball.
+    L2,
+}
+
+impl std::str::FromStr for Norm {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "linf" | "l_inf" | "inf" => Ok(Norm::Linf),
+            "l2" => Ok(Norm::L2),
+            _ => bail!("unknown norm `{s}` (expected linf or l2)"),
+        }
+    }
+}
+
+/// Checked settings of a certification run.
+#[derive(Debug, Clone, Serialize)]
+pub struct CertifyConfig {
+    /// Model file (.pth or .safetensors).
+    pub model: PathBuf,
+    /// Architecture (zoo name or JSON file) when the file holds none.
+    pub arch: Option<String>,
+    /// Data set name (`mnist`, `fashion-mnist`).
+    pub dataset: String,
+    /// Folder with the data set's files.
+    pub data_dir: PathBuf,
+    /// Radius of the ball.
+    pub eps: f64,
+    /// Norm of the ball.
+    pub norm: Norm,
+    /// Intersect the ball with [0, 1].
+    pub bounded_input: bool,
+    /// Use only the first `limit` test examples.
+    pub limit: Option<usize>,
+    /// Examples per batch.
+    pub batch_size: usize,
+    /// Also run the PGD attack.
+    pub pgd: bool,
+    /// Where to write the JSON results.
+    pub json: Option<PathBuf>,
+    /// Memory budget for the bound, bytes.
+    pub memory_budget: Option<usize>,
+    /// Compute in f64 instead of f32.
+    pub f64: bool,
+}
+
+impl CertifyConfig {
+    /// Checks values that clap cannot (ranges, existing files).
+    pub fn validate(&self) -> Result<()> {
+        if !self.eps.is_finite() || self.eps < 0.0 {
+            bail!("--eps must be a non-negative number, got {}", self.eps);
+        }
+        if self.batch_size == 0 {
+            bail!("--batch-size must be at least 1");
+        }
+        if self.limit == Some(0) {
+            bail!("--limit must be at least 1");
+        }
+        if !self.model.is_file() {
+            bail!("model file {} does not exist", self.model.display());
+        }
+        if self.bounded_input && self.norm == Norm::L2 {
+            bail!("--bounded-input is only supported with --norm linf");
+        }
+        Ok(())
+    }
+}
+
+/// Results of a certification run.
+#[derive(Debug, Clone, Serialize)]
+pub struct CertifyReport {
+    /// Examples evaluated.
+    pub n: usize,
+    /// Fraction misclassified at the clean input.
+    pub clean_error: f64,
+    /// Fraction not certified (exact dual bound).
+    pub robust_error: f64,
+    /// Fraction misclassified at the PGD point, when asked.
+    pub pgd_error: Option<f64>,
+    /// Wall-clock seconds of the whole evaluation.
+    pub seconds: f64,
+    /// The settings.
+    pub settings: CertifyConfig,
+}
+
+impl CertifyReport {
+    /// A human-readable table.
+    pub fn table(&self) -> Table {
+        let mut t = Table::new(&["figure", "value"]);
+        let s = &self.settings;
+        t.row(&["model", &s.model.display().to_string()]);
+        t.row(&["data", &format!("{} ({} test examples)", s.dataset, self.n)]);
+        let ball = match (s.norm, s.bounded_input) {
+            (Norm::Linf, false) => format!("l_inf ball, eps {}", s.eps),
+            (Norm::Linf, true) => format!("l_inf ball ∩ [0,1], eps {}", s.eps),
+            (Norm::L2, _) => format!("l2 ball, eps {}", s.eps),
+        };
+        t.row(&["threat model", &ball]);
+        t.row(&["clean error", &pct(self.clean_error)]);
+        if let Some(p) = self.pgd_error {
+            t.row(&["PGD error (100 steps of 0.01)", &pct(p)]);
+        }
+        t.row(&["certified robust error (exact)", &pct(self.robust_error)]);
+        t.row(&["seconds", &format!("{:.1}", self.seconds)]);
+        t
+    }
+}
+
+fn pct(v: f64) -> String {
+    format!("{:.2} %", 100.0 * v)
+}
+
+/// Loads the test split of a data set by name.
+pub fn load_test_set(name: &str, dir: &Path) -> Result<Dataset> {
+    match name {
+        "mnist" | "fashion-mnist" => {
+            load_mnist_like(dir, Split::Test).with_context(|| format!("loading the {name} test set from {}", dir.display()))
+        }
+        other => bail!("data set `{other}` is not supported by certify yet (supported: mnist, fashion-mnist)"),
+    }
+}
+
+/// The default folder of a data set: `data/NAME`, else Debian's `/usr/share/datasets/NAME`.
+pub fn default_data_dir(name: &str) -> PathBuf {
+    let local = PathBuf::from("data").join(name);
+    let debian = PathBuf::from("/usr/share/datasets").join(name);
+    if !local.is_dir() && debian.is_dir() {
+        debian
+    } else {
+        local
+    }
+}
+
+/// The input set for a batch.
+pub fn input_set(x: &Tensor, eps: f64, norm: Norm, bounded: bool) -> Result<Box<dyn DualSource>> {
+    Ok(match (norm, bounded) {
+        (Norm::Linf, false) => Box::new(InfBall::new(x, eps)?),
+        (Norm::Linf, true) => Box::new(InfBallBounded::new(x, eps, 0.0, 1.0)?),
+        (Norm::L2, _) => Box::new(L2Ball::new(x, eps)?),
+    })
+}
+
+/// Per-batch counts.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BatchCounts {
+    /// Examples.
+    pub n: usize,
+    /// Misclassified clean.
+    pub clean_errors: usize,
+    /// Not certified.
+    pub robust_errors: usize,
+    /// Misclassified at the PGD point.
+    pub pgd_errors: usize,
+}
+
+/// Evaluates one batch.
+pub fn evaluate_batch(net: &Network, x: &Tensor, y: &[u32], cfg: &CertifyConfig) -> Result<BatchCounts> {
+    let logits = net.forward(x)?;
+    let clean_errors = count_errors(&logits, y)?;
+    let opts = DualOptions { memory_budget: cfg.memory_budget };
+    let dual = net.dual(x, input_set(x, cfg.eps, cfg.norm, cfg.bounded_input)?, &opts)?;
+    let f = robust_bounds(&dual, y)?;
+    let robust_errors = certified_from_bounds(&f, y)?.iter().filter(|c| !**c).count();
+    drop(dual);
+    let pgd_errors = if cfg.pgd {
+        let mut pc = PgdConfig::new(cfg.eps);
+        if cfg.bounded_input {
+            pc.clip = Some((0.0, 1.0));
+        }
+        let model = |t: &Tensor| net.forward(t).map_err(|e| candle_core::Error::Msg(e.to_string()));
+        let xa = match cfg.norm {
+            Norm::Linf => pgd(model, x, y, &pc)?,
+            Norm::L2 => pgd_l2(model, x, y, &pc)?,
+        };
+        count_errors(&net.forward(&xa)?, y)?
+    } else {
+        0
+    };
+    Ok(BatchCounts { n: y.len(), clean_errors, robust_errors, pgd_errors })
+}
+
+/// Runs the whole evaluation; `progress(done, total, counts so far)` is called after each batch.
+pub fn certify(cfg: &CertifyConfig, mut progress: impl FnMut(usize, usize, &BatchCounts)) -> Result<CertifyReport> {
+    cfg.validate()?;
+    let dtype = if cfg.f64 { DType::F64 } else { DType::F32 };
+    let device = Device::Cpu;
+    let net = nets::io::load_model(&cfg.model, cfg.arch.as_deref(), dtype, &device)
+        .with_context(|| format!("loading model {}", cfg.model.display()))?;
+    let mut data = load_test_set(&cfg.dataset, &cfg.data_dir)?;
+    if let Some(l) = cfg.limit {
+        data.truncate(l);
+    }
+    let start = Instant::now();
+    let total = data.len();
+    let mut acc = BatchCounts::default();
+    let mut i = 0;
+    while i < total {
+        let end = (i + cfg.batch_size).min(total);
+        let (x, y) = data.batch(i, end, &device)?;
+        let x = x.to_dtype(dtype)?;
+        let c = evaluate_batch(&net, &x, &y, cfg).with_context(|| format!("examples {i}..{end}"))?;
+        acc.n += c.n;
+        acc.clean_errors += c.clean_errors;
+        acc.robust_errors += c.robust_errors;
+        acc.pgd_errors += c.pgd_errors;
+        progress(end, total, &acc);
+        i = end;
+    }
+    let n = acc.n.max(1) as f64;
+    let report = CertifyReport {
+        n: acc.n,
+        clean_error: acc.clean_errors as f64 / n,
+        robust_error: acc.robust_errors as f64 / n,
+        pgd_error: cfg.pgd.then(|| acc.pgd_errors as f64 / n),
+        seconds: start.elapsed().as_secs_f64(),
+        settings: cfg.clone(),
+    };
+    if let Some(p) = &cfg.json {
+        write_json_atomic(p, &report)?;
+    }
+    Ok(report)
+}

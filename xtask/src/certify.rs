@@ -1,0 +1,103 @@
+//! `cargo xtask certify`: certified evaluation of a model on a test set.
+
+use crate::size::parse_size;
+use anyhow::Result;
+use clap::Args;
+use experiments::certify::{certify, default_data_dir, CertifyConfig, Norm};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct CertifyArgs {
+    /// Model file: PyTorch .pth (old or zip format) or .safetensors.
+    #[arg(long)]
+    model: PathBuf,
+    /// Architecture (zoo name such as mnist-small, or a JSON file) when the file holds none.
+    #[arg(long)]
+    arch: Option<String>,
+    /// Data set: mnist or fashion-mnist.
+    #[arg(long, default_value = "fashion-mnist")]
+    dataset: String,
+    /// Folder with the data set's IDX files (.gz or not). Default: data/NAME, else
+    /// /usr/share/datasets/NAME.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Radius of the threat ball.
+    #[arg(long)]
+    eps: f64,
+    /// Norm of the ball: linf or l2.
+    #[arg(long, default_value = "linf")]
+    norm: String,
+    /// Intersect the ball with the data range [0, 1].
+    #[arg(long)]
+    bounded_input: bool,
+    /// Evaluate only the first N test examples.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Examples per batch.
+    #[arg(long, default_value_t = 50)]
+    batch_size: usize,
+    /// Also run PGD (100 steps of 0.01, sign of the gradient, projected to the ball).
+    #[arg(long)]
+    pgd: bool,
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Memory budget for the bound computation (e.g. 4GiB): columns are processed in chunks.
+    #[arg(long)]
+    memory_budget: Option<String>,
+    /// Compute in f64 (default f32).
+    #[arg(long)]
+    f64: bool,
+}
+
+impl CertifyArgs {
+    fn into_config(self) -> Result<CertifyConfig> {
+        let cfg = CertifyConfig {
+            data_dir: self.data_dir.unwrap_or_else(|| default_data_dir(&self.dataset)),
+            model: self.model,
+            arch: self.arch,
+            dataset: self.dataset,
+            eps: self.eps,
+            norm: self.norm.parse::<Norm>()?,
+            bounded_input: self.bounded_input,
+            limit: self.limit,
+            batch_size: self.batch_size,
+            pgd: self.pgd,
+            json: self.json,
+            memory_budget: self.memory_budget.as_deref().map(parse_size).transpose()?,
+            f64: self.f64,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+pub fn run(args: CertifyArgs) -> Result<()> {
+    let cfg = args.into_config()?;
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} ({eta} left) {msg}")
+            .expect("valid template"),
+    );
+    let report = certify(&cfg, |done, total, acc| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+        let n = acc.n.max(1) as f64;
+        let mut msg = format!(
+            "clean err {:.2}% | robust err {:.2}%",
+            100.0 * acc.clean_errors as f64 / n,
+            100.0 * acc.robust_errors as f64 / n
+        );
+        if cfg.pgd {
+            msg.push_str(&format!(" | pgd err {:.2}%", 100.0 * acc.pgd_errors as f64 / n));
+        }
+        bar.set_message(msg);
+    })?;
+    bar.finish_and_clear();
+    println!("{}", report.table());
+    if let Some(p) = &cfg.json {
+        println!("results written to {}", p.display());
+    }
+    Ok(())
+}
