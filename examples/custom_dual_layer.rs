@@ -431,7 +431,7 @@ fn main() -> Result<()> {
 
     // A 4x4 patch in the middle of the image, larger radius.
     let mask: Vec<bool> = (0..64).map(|p| (2..6).contains(&(p / 8)) && (2..6).contains(&(p % 8))).collect();
-    let eps = 0.18;
+    let eps = 0.15;
     let ball = MaskedInfBall::new(&x, eps, &mask)?;
     let radius = ball.radius()?;
     let dual = net.dual(&x, Box::new(ball), &opts)?;

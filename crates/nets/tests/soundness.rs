@@ -59,6 +59,16 @@ enum Radius {
     PerFeature(Vec<f64>),
 }
 
+impl Radius {
+    fn kind(&self) -> &'static str {
+        match self {
+            Radius::Scalar(_) => "scalar",
+            Radius::PerExample(_) => "per-example",
+            Radius::PerFeature(_) => "per-feature",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Norm {
     /// `|x' - x| ≤ ε`.
@@ -261,11 +271,6 @@ struct Problem<'a> {
 }
 
 impl<'a> Problem<'a> {
-    fn new(net: &Network, eval: &'a Network, x: &Tensor, ball: Ball, c: &Tensor, opts: &DualOptions) -> Self {
-        let dual = net.dual(x, ball.source(x), opts).unwrap();
-        Self::from_dual(&dual, eval, x, ball, c)
-    }
-
     fn from_dual(dual: &DualNetwork, eval: &'a Network, x: &Tensor, ball: Ball, c: &Tensor) -> Self {
         let b = x.dim(0).unwrap();
         let xv = flat(x);
@@ -468,7 +473,7 @@ fn dense_mlp_spec() -> NetworkSpec {
             relu(),                                                                 // 4
             dense(vec![Some(LayerSpec::Identity), None, Some(linear(12, 12))]),     // 5: reads 2, 3, 4
             relu(),                                                                 // 6
-            dense(vec![Some(linear(6, 4)), None, None, None, None, Some(linear(12, 4))]), // 7: reads 1..6
+            dense(vec![Some(linear(6, 4)), None, None, None, None, None, Some(linear(12, 4))]), // 7: reads 0..6
         ],
     )
 }
@@ -615,7 +620,7 @@ fn check_net(label: &str, net: &Network, eval: &Network, seed: u64, batch: usize
     let x = inputs(net, batch, &mut rng);
     let c = objectives(eval, &x, 3, &mut rng);
     for ball in balls(&x, eps, &mut rng) {
-        let what = format!("{label} {:?} {:?}", ball.norm, std::mem::discriminant(&ball.radius));
+        let what = format!("{label} {:?} {}", ball.norm, ball.radius.kind());
         let dual = net.dual(&x, ball.source(&x), &DualOptions::default()).unwrap();
         let unstable: usize = dual.unstable_counts().iter().flatten().sum();
         assert!(unstable > 0, "{what}: no unstable unit; the case tests nothing");
@@ -769,8 +774,7 @@ fn zero_radius_gives_the_network_itself() {
             Ball::new(Norm::L2, zeros),
         ];
         for ball in sets {
-            let what = format!("{} {:?} {:?}", net.spec().name, ball.norm, ball.radius.clone() as Radius);
-            let what = &what[..what.len().min(60)];
+            let what = &format!("{} {:?} {}", net.spec().name, ball.norm, ball.radius.kind());
             let dual = net.dual(&x, ball.source(&x), &DualOptions::default()).unwrap();
             assert_eq!(dual.unstable_counts().iter().flatten().sum::<usize>(), 0, "{what}");
             for lb in dual.bounds() {
