@@ -53,7 +53,7 @@ impl ChannelAffine {
 fn per_channel(v: &Tensor, lead: usize, trailing: usize) -> candle_core::Result<Tensor> {
     let mut shape = vec![1; lead];
     shape.push(v.dim(0)?);
-    shape.extend(std::iter::repeat(1).take(trailing));
+    shape.extend(std::iter::repeat_n(1, trailing));
     v.reshape(shape)
 }
 
@@ -336,7 +336,7 @@ pub fn sample(net: &Network, dual: &DualNetwork, x: &Tensor, y: &[u32], radius: 
     let b = x.dim(0)?;
     let k = x.elem_count() / b;
     let u: Vec<f64> = (0..n * b * k)
-        .map(|i| if (i / (b * k)) % 2 == 0 { if rng.random_bool(0.5) { 1.0 } else { -1.0 } } else { rng.random_range(-1.0..=1.0) })
+        .map(|i| if (i / (b * k)).is_multiple_of(2) { if rng.random_bool(0.5) { 1.0 } else { -1.0 } } else { rng.random_range(-1.0..=1.0) })
         .collect();
     let mut shape = vec![n, b];
     shape.extend_from_slice(&x.dims()[1..]);
