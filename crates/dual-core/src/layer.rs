@@ -48,7 +48,8 @@ pub trait DualAffine: Send + Sync {
     }
 
     /// `Σ_i A_i x_i (+ b when with_bias)` for `x_i` shaped `[B, n, *in_shape_i]`; `None` stands for
-    /// a zero input. Returns `None` only when every input is `None` and `with_bias` is false.
+    /// a zero input. May return `None` (a zero output) when every input is `None`; the engine
+    /// asks for the bias only on the nominal pass, whose inputs are never `None`.
     fn forward(&self, xs: &[Option<&Tensor>], with_bias: bool) -> Result<Option<Tensor>>;
 
     /// The adjoint: `A_iᵀ ν` for every input `i` (`None` where the layer does not read it),

@@ -22,8 +22,9 @@ impl From<f64> for Epsilon {
 }
 
 impl Epsilon {
-    /// Checks the radius and returns it per feature as `[B, K]` (`None` for a scalar).
-    fn resolve(&self, b: usize, k: usize, dtype: DType) -> Result<(f64, Option<Tensor>)> {
+    /// Checks the radius; returns `(scale, per-feature radius [B, K])`: `(ε, None)` for a scalar,
+    /// `(1, Some(ε))` for a tensor.
+    pub fn resolve(&self, b: usize, k: usize, dtype: DType) -> Result<(f64, Option<Tensor>)> {
         match self {
             Epsilon::Scalar(e) => {
                 if !e.is_finite() || *e < 0.0 {
@@ -54,7 +55,8 @@ impl Epsilon {
     }
 }
 
-fn check_x(x: &Tensor) -> Result<(usize, usize)> {
+/// Checks an input batch (non-empty, finite); returns `(B, K)` with `K` features per example.
+pub fn validate_input(x: &Tensor) -> Result<(usize, usize)> {
     let b = x.dim(0).map_err(|_| DualError::shape("the input needs a batch dimension"))?;
     if b == 0 {
         return Err(DualError::invalid("the input batch is empty"));
@@ -67,7 +69,7 @@ fn check_x(x: &Tensor) -> Result<(usize, usize)> {
 }
 
 /// Identity columns `[B, len, *shape]`, scaled per (example, feature) by `scale` `[B, K]` if given.
-fn identity_columns(x: &Tensor, range: Range<usize>, scale: Option<&Tensor>, s: f64) -> Result<Tensor> {
+pub fn identity_columns(x: &Tensor, range: Range<usize>, scale: Option<&Tensor>, s: f64) -> Result<Tensor> {
     let b = x.dim(0)?;
     let k = x.elem_count() / b;
     let len = range.len();
@@ -103,7 +105,7 @@ pub struct InfBall {
 impl InfBall {
     /// The ball around `x` (`[B, *in_shape]`). Errors on NaN in `x` or a negative radius.
     pub fn new(x: &Tensor, eps: impl Into<Epsilon>) -> Result<Self> {
-        let (b, k) = check_x(x)?;
+        let (b, k) = validate_input(x)?;
         let (eps, eps_t) = eps.into().resolve(b, k, x.dtype())?;
         Ok(InfBall { x: x.clone(), eps, eps_t })
     }
@@ -149,7 +151,7 @@ impl InfBallBounded {
     /// The ball around `x` clipped to `[lo, hi]`. Errors on NaN, a negative radius, or an `x`
     /// outside the box.
     pub fn new(x: &Tensor, eps: impl Into<Epsilon>, lo: f64, hi: f64) -> Result<Self> {
-        let (b, k) = check_x(x)?;
+        let (b, k) = validate_input(x)?;
         if !(lo <= hi) {
             return Err(DualError::invalid(format!("the box [{lo}, {hi}] is empty")));
         }
@@ -212,7 +214,7 @@ pub struct L2Ball {
 impl L2Ball {
     /// The l2 ball around `x`. Errors on NaN or a negative radius.
     pub fn new(x: &Tensor, eps: impl Into<Epsilon>) -> Result<Self> {
-        let (b, k) = check_x(x)?;
+        let (b, k) = validate_input(x)?;
         let (eps, eps_t) = eps.into().resolve(b, k, x.dtype())?;
         Ok(L2Ball { x: x.clone(), eps, eps_t })
     }

@@ -22,14 +22,20 @@ impl DualActivation for DualReLU {
     }
 }
 
-/// The chosen slopes `D` and the unstable units as a source of free variables.
-pub struct ReluRelaxation {
-    d: Tensor,
-    source: ReluSource,
+/// The pieces of the ReLU relaxation for bounds `[B, *shape]` (Theorem 1):
+/// slopes `d`, objective weights `w = -d l` on the unstable set (zero elsewhere, `[B, K]`), and
+/// the flat indices of the unstable units of every example.
+pub struct ReluParts {
+    /// Slopes `d`, `[B, *shape]`.
+    pub d: Tensor,
+    /// `-d l` on `I`, zero elsewhere, `[B, K]`.
+    pub w: Tensor,
+    /// Unstable units (flat indices into `K`) per example.
+    pub unstable: Vec<Vec<u32>>,
 }
 
-impl ReluRelaxation {
-    /// Slopes and unstable set from bounds `[B, *shape]`.
+impl ReluParts {
+    /// Slopes, weights and unstable sets from pre-activation bounds.
     pub fn new(lower: &Tensor, upper: &Tensor) -> Result<Self> {
         let dtype = lower.dtype();
         let unstable = lower.lt(0.0)?.mul(&upper.gt(0.0)?)?; // u8 mask of I
@@ -46,8 +52,31 @@ impl ReluRelaxation {
         let idx: Vec<Vec<u32>> = (0..b)
             .map(|i| (0..k).filter(|&j| mask[i * k + j] != 0).map(|j| j as u32).collect())
             .collect();
-        let source = ReluSource::new(idx, w.reshape((b, k))?, lower.dims()[1..].to_vec())?;
-        Ok(ReluRelaxation { d, source })
+        Ok(ReluParts { d, w: w.reshape((b, k))?, unstable: idx })
+    }
+}
+
+/// The chosen slopes `D` and the unstable units as a source of free variables (exact columns, or
+/// any other source, e.g. random projections).
+pub struct ReluRelaxation {
+    d: Tensor,
+    source: Box<dyn DualSource>,
+    counts: Vec<usize>,
+}
+
+impl ReluRelaxation {
+    /// The exact relaxation: one column per unstable unit.
+    pub fn new(lower: &Tensor, upper: &Tensor) -> Result<Self> {
+        let p = ReluParts::new(lower, upper)?;
+        let counts = p.unstable.iter().map(|v| v.len()).collect();
+        let source = ReluSource::new(p.unstable, p.w, lower.dims()[1..].to_vec())?;
+        Ok(ReluRelaxation { d: p.d, source: Box::new(source), counts })
+    }
+
+    /// Slopes `d` with another source for the unstable units' term (`counts`: unstable units
+    /// per example, for reports).
+    pub fn with_source(d: Tensor, source: Box<dyn DualSource>, counts: Vec<usize>) -> Self {
+        ReluRelaxation { d, source, counts }
     }
 
     /// The slopes `d`, `[B, *shape]`.
@@ -61,10 +90,10 @@ impl Relaxation for ReluRelaxation {
         Ok(x.broadcast_mul(&self.d.unsqueeze(1)?)?)
     }
     fn source(&self) -> Option<&dyn DualSource> {
-        Some(&self.source)
+        Some(self.source.as_ref())
     }
     fn unstable_counts(&self) -> Vec<usize> {
-        self.source.idx.iter().map(|v| v.len()).collect()
+        self.counts.clone()
     }
 }
 
@@ -104,7 +133,7 @@ impl ReluSource {
 }
 
 /// One-hot columns: `out[b, j, idx[b][start + j]] = 1`, shaped `[B, len, K]`.
-pub(crate) fn one_hot_columns(idx: &[Vec<u32>], range: Range<usize>, k: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+pub fn one_hot_columns(idx: &[Vec<u32>], range: Range<usize>, k: usize, dtype: DType, device: &Device) -> Result<Tensor> {
     let b = idx.len();
     let len = range.len();
     let mut data = vec![0f32; b * len * k];

@@ -25,8 +25,17 @@ fn var(t: Tensor) -> Result<Var> {
     Ok(Var::from_tensor(&t)?)
 }
 
+/// Builds layers the description calls `Custom`: `(kind, config, prefix, params) -> layer`, or
+/// `Ok(None)` for a kind it does not know.
+pub type CustomBuilder<'a> = dyn Fn(&str, &serde_json::Value, &str, &mut ParamSource) -> Result<Option<Box<dyn Layer>>> + 'a;
+
 /// Builds one layer, asking `get` for its parameters under `prefix`.
 pub fn build_layer(spec: &LayerSpec, prefix: &str, get: &mut ParamSource) -> Result<Box<dyn Layer>> {
+    build_layer_with(spec, prefix, get, None)
+}
+
+/// [`build_layer`] with a builder for `Custom` layers.
+pub fn build_layer_with(spec: &LayerSpec, prefix: &str, get: &mut ParamSource, custom: Option<&CustomBuilder>) -> Result<Box<dyn Layer>> {
     let name = |n: &str| format!("{prefix}{n}");
     Ok(match spec {
         LayerSpec::Linear { in_features, out_features, bias } => {
@@ -69,14 +78,19 @@ pub fn build_layer(spec: &LayerSpec, prefix: &str, get: &mut ParamSource) -> Res
                     Some(LayerSpec::Dense { .. }) => {
                         return Err(NetError::BadArchitecture(format!("{prefix}: nested Dense layers are not supported")))
                     }
-                    Some(p) => Some(build_layer(p, &format!("{prefix}Ws.{i}."), get)?),
+                    Some(p) => Some(build_layer_with(p, &format!("{prefix}Ws.{i}."), get, custom)?),
                 });
             }
             Box::new(Dense { parts: built })
         }
-        LayerSpec::Custom { kind, .. } => {
+        LayerSpec::Custom { kind, config } => {
+            if let Some(b) = custom {
+                if let Some(l) = b(kind, config, prefix, get)? {
+                    return Ok(l);
+                }
+            }
             return Err(NetError::BadArchitecture(format!(
-                "{prefix}: custom layer `{kind}` cannot be built from a description; construct it in code and pass it to Network::new"
+                "{prefix}: custom layer `{kind}` cannot be built from a description; pass a CustomBuilder (Network::from_state_dict_with) or construct it in code"
             )))
         }
     })

@@ -28,7 +28,7 @@ pub trait Layer: Send + Sync {
     fn params(&self) -> Vec<(String, Var)>;
 }
 
-/// The one input of a single-input layer.
-pub(crate) fn single<'a>(xs: &[Option<&'a Tensor>]) -> CResult<&'a Tensor> {
+/// The one input of a single-input layer (for `Layer::forward` / `Layer::dual`).
+pub fn single_input<'a>(xs: &[Option<&'a Tensor>]) -> CResult<&'a Tensor> {
     xs.last().copied().flatten().ok_or_else(|| candle_core::Error::Msg("layer called without an input".into()))
 }

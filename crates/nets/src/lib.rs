@@ -20,6 +20,7 @@ pub mod spec;
 pub mod zoo;
 
 pub use error::{NetError, Result};
-pub use layer::Layer;
+pub use layer::{single_input, Layer};
+pub use serde_json;
 pub use network::Network;
 pub use spec::{BatchNormMode, LayerSpec, NetworkKind, NetworkSpec};

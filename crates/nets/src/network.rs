@@ -1,7 +1,7 @@
 //! Sequential and DenseSequential networks.
 
 use crate::{
-    build::{build_layer, ParamInit},
+    build::{build_layer_with, CustomBuilder, ParamInit},
     spec::{NetworkKind, NetworkSpec},
     Layer, NetError, Result,
 };
@@ -48,10 +48,10 @@ impl Network {
     }
 
     /// Builds the architecture with parameters from `get`.
-    fn from_spec_with(spec: &NetworkSpec, get: &mut crate::build::ParamSource) -> Result<Self> {
+    fn from_spec_with(spec: &NetworkSpec, get: &mut crate::build::ParamSource, custom: Option<&CustomBuilder>) -> Result<Self> {
         let mut layers = Vec::new();
         for (i, l) in spec.layers.iter().enumerate() {
-            layers.push(build_layer(l, &format!("{i}."), get)?);
+            layers.push(build_layer_with(l, &format!("{i}."), get, custom)?);
         }
         Network::new(spec.kind, &spec.name, &spec.input_shape, layers)
     }
@@ -71,12 +71,23 @@ impl Network {
             };
             Ok(Tensor::from_vec(v, shape, device)?.to_dtype(dtype)?)
         };
-        Self::from_spec_with(spec, &mut get)
+        Self::from_spec_with(spec, &mut get, None)
     }
 
     /// The architecture with the parameters of a state dict (names as in PyTorch: `0.weight`,
     /// `4.Ws.2.bias`, ...). Errors name a missing or mis-shaped tensor, or tensors left unused.
     pub fn from_state_dict(spec: &NetworkSpec, tensors: &[(String, Tensor)], dtype: DType, device: &Device) -> Result<Self> {
+        Self::from_state_dict_with(spec, tensors, dtype, device, None)
+    }
+
+    /// [`Network::from_state_dict`] with a builder for the description's `Custom` layers.
+    pub fn from_state_dict_with(
+        spec: &NetworkSpec,
+        tensors: &[(String, Tensor)],
+        dtype: DType,
+        device: &Device,
+        custom: Option<&CustomBuilder>,
+    ) -> Result<Self> {
         let map: HashMap<&str, &Tensor> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
         let mut used = std::collections::HashSet::new();
         let mut get = |name: &str, shape: &[usize], _: ParamInit| -> Result<Tensor> {
@@ -90,7 +101,7 @@ impl Network {
             used.insert(name.to_string());
             Ok(t.to_device(device)?.to_dtype(dtype)?)
         };
-        let net = Self::from_spec_with(spec, &mut get)?;
+        let net = Self::from_spec_with(spec, &mut get, custom)?;
         let unused: Vec<&str> = tensors
             .iter()
             .map(|(n, _)| n.as_str())

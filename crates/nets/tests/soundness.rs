@@ -621,13 +621,18 @@ fn check_net(label: &str, net: &Network, eval: &Network, seed: u64, batch: usize
     let c = objectives(eval, &x, 3, &mut rng);
     for ball in balls(&x, eps, &mut rng) {
         let what = format!("{label} {:?} {}", ball.norm, ball.radius.kind());
+        let t0 = std::time::Instant::now();
         let dual = net.dual(&x, ball.source(&x), &DualOptions::default()).unwrap();
+        let t_dual = t0.elapsed();
         let unstable: usize = dual.unstable_counts().iter().flatten().sum();
         assert!(unstable > 0, "{what}: no unstable unit; the case tests nothing");
         let p = Problem::from_dual(&dual, eval, &x, ball.clone(), &c);
+        let t_p = t0.elapsed();
         let s1 = p.check(&p.samples(150, &mut rng), &format!("{what}, samples"));
+        let t_s = t0.elapsed();
         let targets = p.targets(3, &mut rng);
         let s2 = p.check(&p.attack(&targets, 50, &mut rng), &format!("{what}, attack"));
+        eprintln!("TIMING dual {t_dual:?} problem {t_p:?} samples {t_s:?} attack {:?}", t0.elapsed());
         println!("{what}: {unstable} unstable units; min slack cᵀf - J: samples {s1:.4}, attack {s2:.4}");
     }
 }

@@ -1,4 +1,4 @@
-use crate::{layer::single, spec::{BatchNormMode, LayerSpec}, Layer};
+use crate::{layer::single_input as single, spec::{BatchNormMode, LayerSpec}, Layer};
 use candle_core::{Result as CResult, Tensor, Var, D};
 use dual_core::{DualNode, Result as DResult};
 use dual_layers::DualBatchNorm2d;

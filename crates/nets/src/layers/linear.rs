@@ -1,4 +1,4 @@
-use crate::{layer::single, spec::LayerSpec, Layer};
+use crate::{layer::single_input as single, spec::LayerSpec, Layer};
 use candle_core::{Result as CResult, Tensor, Var};
 use dual_core::{DualNode, Result as DResult};
 use dual_layers::DualLinear;
