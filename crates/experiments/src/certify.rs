@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// The norm of the threat ball.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Norm {
     /// l_inf ball.
@@ -174,8 +174,55 @@ pub struct BatchCounts {
     pub pgd_errors: usize,
 }
 
+/// What to evaluate on a batch.
+#[derive(Debug, Clone, Copy)]
+pub struct EvalSettings {
+    /// Radius.
+    pub eps: f64,
+    /// Norm of the ball.
+    pub norm: Norm,
+    /// Ball ∩ [0, 1].
+    pub bounded_input: bool,
+    /// Run PGD too.
+    pub pgd: bool,
+    /// Memory budget of the bound.
+    pub memory_budget: Option<usize>,
+}
+
+impl CertifyConfig {
+    /// The per-batch settings.
+    pub fn eval_settings(&self) -> EvalSettings {
+        EvalSettings { eps: self.eps, norm: self.norm, bounded_input: self.bounded_input, pgd: self.pgd, memory_budget: self.memory_budget }
+    }
+}
+
+/// Evaluates a data set (or its first `limit` examples) batch by batch.
+pub fn evaluate(net: &Network, data: &Dataset, s: &EvalSettings, batch_size: usize, limit: Option<usize>, dtype: DType) -> Result<BatchCounts> {
+    let total = limit.unwrap_or(data.len()).min(data.len());
+    let mut acc = BatchCounts::default();
+    let mut i = 0;
+    while i < total {
+        let end = (i + batch_size.max(1)).min(total);
+        let (x, y) = data.batch(i, end, &Device::Cpu)?;
+        let c = evaluate_batch(net, &x.to_dtype(dtype)?, &y, s)?;
+        acc.add(&c);
+        i = end;
+    }
+    Ok(acc)
+}
+
+impl BatchCounts {
+    /// Adds another batch's counts.
+    pub fn add(&mut self, c: &BatchCounts) {
+        self.n += c.n;
+        self.clean_errors += c.clean_errors;
+        self.robust_errors += c.robust_errors;
+        self.pgd_errors += c.pgd_errors;
+    }
+}
+
 /// Evaluates one batch.
-pub fn evaluate_batch(net: &Network, x: &Tensor, y: &[u32], cfg: &CertifyConfig) -> Result<BatchCounts> {
+pub fn evaluate_batch(net: &Network, x: &Tensor, y: &[u32], cfg: &EvalSettings) -> Result<BatchCounts> {
     let logits = net.forward(x)?;
     let clean_errors = count_errors(&logits, y)?;
     let opts = DualOptions { memory_budget: cfg.memory_budget };
@@ -219,11 +266,8 @@ pub fn certify(cfg: &CertifyConfig, mut progress: impl FnMut(usize, usize, &Batc
         let end = (i + cfg.batch_size).min(total);
         let (x, y) = data.batch(i, end, &device)?;
         let x = x.to_dtype(dtype)?;
-        let c = evaluate_batch(&net, &x, &y, cfg).with_context(|| format!("examples {i}..{end}"))?;
-        acc.n += c.n;
-        acc.clean_errors += c.clean_errors;
-        acc.robust_errors += c.robust_errors;
-        acc.pgd_errors += c.pgd_errors;
+        let c = evaluate_batch(&net, &x, &y, &cfg.eval_settings()).with_context(|| format!("examples {i}..{end}"))?;
+        acc.add(&c);
         progress(end, total, &acc);
         i = end;
     }

@@ -9,3 +9,4 @@ pub mod attacks;
 pub mod certify;
 pub mod datasets;
 pub mod report;
+pub mod train;

@@ -1,0 +1,276 @@
+use super::{EpsilonSchedule, LrSchedule, Optimizer, OptimizerConfig};
+use crate::attacks::{cross_entropy, pgd, PgdConfig};
+use crate::certify::{evaluate, input_set, EvalSettings, Norm};
+use crate::datasets::Dataset;
+use crate::report::write_json_atomic;
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor, D};
+use dual_core::{robust_loss, DualOptions};
+use indicatif::{ProgressBar, ProgressStyle};
+use nets::Network;
+use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The training objective.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum LossKind {
+    /// Plain cross-entropy.
+    Baseline,
+    /// Cross-entropy of the robust bounds (Wong & Kolter, Eq. 14), exact dual network.
+    Robust,
+    /// Madry et al.: cross-entropy at a PGD point (the papers' PGD, `steps` steps of `step`).
+    Madry { steps: usize, step: f64 },
+}
+
+/// Everything a training run needs; saved as `config.json` in the output folder.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Epochs.
+    pub epochs: usize,
+    /// Examples per batch.
+    pub batch_size: usize,
+    /// Optimizer and its hyperparameters.
+    pub optimizer: OptimizerConfig,
+    /// Learning-rate schedule.
+    pub lr: LrSchedule,
+    /// Epsilon schedule.
+    pub eps: EpsilonSchedule,
+    /// Objective.
+    pub loss: LossKind,
+    /// Norm of the ball.
+    pub norm: Norm,
+    /// Ball ∩ [0, 1].
+    pub bounded_input: bool,
+    /// Clip the gradient's global norm.
+    pub clip_grad_norm: Option<f64>,
+    /// Seed of the data order.
+    pub seed: u64,
+    /// Evaluate on only this many test examples after each epoch.
+    pub eval_limit: Option<usize>,
+    /// Compute in f64.
+    pub f64: bool,
+    /// Hide progress bars.
+    #[serde(default)]
+    pub quiet: bool,
+}
+
+/// One line of the training log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EpochLog {
+    /// Epoch (1-based).
+    pub epoch: usize,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Epsilon at the end of the epoch.
+    pub eps: f64,
+    /// Mean training loss (the objective's).
+    pub train_loss: f64,
+    /// Training error at the clean inputs.
+    pub train_error: f64,
+    /// Training robust error (robust loss only).
+    pub train_robust_error: Option<f64>,
+    /// Test clean error.
+    pub test_error: f64,
+    /// Test certified robust error at the final epsilon (exact bound).
+    pub test_robust_error: f64,
+    /// Seconds of the epoch (training and evaluation).
+    pub seconds: f64,
+}
+
+/// State saved beside the checkpoints, for `--resume`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TrainState {
+    epochs_done: usize,
+    best_robust_error: Option<f64>,
+    best_epoch: Option<usize>,
+    optimizer_steps: u64,
+    log: Vec<EpochLog>,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainSummary {
+    /// Per-epoch log.
+    pub log: Vec<EpochLog>,
+    /// Best test robust error and its epoch.
+    pub best_robust_error: f64,
+    /// Epoch of the best model.
+    pub best_epoch: usize,
+    /// Folder with `last.safetensors`, `best.safetensors`, `log.jsonl`, `config.json`.
+    pub out_dir: PathBuf,
+}
+
+fn read_state(dir: &Path) -> Result<Option<TrainState>> {
+    let p = dir.join("state.json");
+    if !p.is_file() {
+        return Ok(None);
+    }
+    let s = std::fs::read_to_string(&p)?;
+    Ok(Some(serde_json::from_str(&s).with_context(|| format!("{} is not a training state", p.display()))?))
+}
+
+fn write_log(dir: &Path, log: &[EpochLog]) -> Result<()> {
+    let mut s = String::new();
+    for l in log {
+        s.push_str(&serde_json::to_string(l)?);
+        s.push('\n');
+    }
+    nets::io::atomic_write(&dir.join("log.jsonl"), s.as_bytes())?;
+    Ok(())
+}
+
+fn argmax_errors(logits: &Tensor, y: &[u32]) -> Result<usize> {
+    let p = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+    Ok(p.iter().zip(y).filter(|(a, b)| a != b).count())
+}
+
+/// Trains `net` in place on `train_set`, evaluating on `test_set` after every epoch. Writes
+/// `last.safetensors` + `optimizer.safetensors` + `state.json` every epoch (atomically),
+/// `best.safetensors` when the test robust error improves, `log.jsonl` and `config.json`. With
+/// `resume`, continues from the state in `out_dir`.
+pub fn train(net: &Network, train_set: &Dataset, test_set: &Dataset, cfg: &TrainConfig, out_dir: &Path, resume: bool) -> Result<TrainSummary> {
+    if cfg.batch_size == 0 || cfg.epochs == 0 {
+        bail!("epochs and batch size must be at least 1");
+    }
+    if train_set.is_empty() || test_set.is_empty() {
+        bail!("empty training or test set");
+    }
+    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let dtype = if cfg.f64 { DType::F64 } else { DType::F32 };
+    let mut opt = Optimizer::new(cfg.optimizer.clone(), net.trainable());
+    let mut state = TrainState { epochs_done: 0, best_robust_error: None, best_epoch: None, optimizer_steps: 0, log: Vec::new() };
+    if resume {
+        if let Some(s) = read_state(out_dir)? {
+            let (_, tensors) = nets::io::read_safetensors(&out_dir.join("last.safetensors"))?;
+            for (name, var) in net.params() {
+                let t = tensors.iter().find(|(n, _)| *n == name).with_context(|| format!("checkpoint lacks {name}"))?;
+                var.set(&t.1.to_dtype(var.dtype())?)?;
+            }
+            let (_, ot) = nets::io::read_safetensors(&out_dir.join("optimizer.safetensors"))?;
+            opt.load_state(&ot, s.optimizer_steps)?;
+            state = s;
+        }
+    }
+    write_json_atomic(&out_dir.join("config.json"), cfg)?;
+    let n = train_set.len();
+    let nb = n.div_ceil(cfg.batch_size);
+    for epoch in state.epochs_done..cfg.epochs {
+        let t0 = Instant::now();
+        let lr = cfg.lr.at(epoch);
+        opt.set_lr(lr);
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(&mut StdRng::seed_from_u64(cfg.seed.wrapping_add(epoch as u64)));
+        let bar = if cfg.quiet { ProgressBar::hidden() } else { ProgressBar::new(nb as u64) };
+        bar.set_style(ProgressStyle::with_template("epoch {prefix} {bar:25} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}").expect("template"));
+        bar.set_prefix(format!("{}/{}", epoch + 1, cfg.epochs));
+        let (mut loss_sum, mut err_sum, mut rerr_sum, mut seen) = (0.0, 0usize, 0.0, 0usize);
+        let mut eps = cfg.eps.at(epoch, 0.0);
+        for b in 0..nb {
+            let idx = &order[b * cfg.batch_size..((b + 1) * cfg.batch_size).min(n)];
+            let (x, y) = gather(train_set, idx, dtype)?;
+            eps = cfg.eps.at(epoch, b as f64 / nb as f64);
+            let logits = net.forward(&x)?;
+            let clean_err = argmax_errors(&logits, &y)?;
+            let (loss, rerr) = match cfg.loss {
+                LossKind::Baseline => (cross_entropy(&logits, &y)?, None),
+                LossKind::Robust => {
+                    let dual = net.dual(&x, input_set(&x, eps, cfg.norm, cfg.bounded_input)?, &DualOptions::default())?;
+                    let rl = robust_loss(&dual, &y)?;
+                    (rl.loss, Some(rl.error))
+                }
+                LossKind::Madry { steps, step } => {
+                    let mut pc = PgdConfig::new(eps);
+                    pc.steps = steps;
+                    pc.step_size = step;
+                    if cfg.bounded_input {
+                        pc.clip = Some((0.0, 1.0));
+                    }
+                    let model = |t: &Tensor| net.forward(t).map_err(|e| candle_core::Error::Msg(e.to_string()));
+                    let xa = pgd(model, &x, &y, &pc)?;
+                    (cross_entropy(&net.forward(&xa)?, &y)?, None)
+                }
+            };
+            let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            if !lv.is_finite() {
+                bail!("the loss became {lv} at epoch {} batch {b}", epoch + 1);
+            }
+            let mut grads = loss.backward()?;
+            if let Some(m) = cfg.clip_grad_norm {
+                opt.clip_grad_norm(&mut grads, m)?;
+            }
+            opt.step(&grads)?;
+            loss_sum += lv * y.len() as f64;
+            err_sum += clean_err;
+            rerr_sum += rerr.unwrap_or(0.0) * y.len() as f64;
+            seen += y.len();
+            let mut msg = format!("eps {eps:.4} loss {:.4} err {:.4}", loss_sum / seen as f64, err_sum as f64 / seen as f64);
+            if rerr.is_some() {
+                msg.push_str(&format!(" robust err {:.4}", rerr_sum / seen as f64));
+            }
+            bar.set_message(msg);
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let settings = EvalSettings { eps: cfg.eps.end, norm: cfg.norm, bounded_input: cfg.bounded_input, pgd: false, memory_budget: None };
+        let ev = evaluate(net, test_set, &settings, cfg.batch_size, cfg.eval_limit, dtype)?;
+        let en = ev.n.max(1) as f64;
+        let entry = EpochLog {
+            epoch: epoch + 1,
+            lr,
+            eps,
+            train_loss: loss_sum / seen.max(1) as f64,
+            train_error: err_sum as f64 / seen.max(1) as f64,
+            train_robust_error: matches!(cfg.loss, LossKind::Robust).then(|| rerr_sum / seen.max(1) as f64),
+            test_error: ev.clean_errors as f64 / en,
+            test_robust_error: ev.robust_errors as f64 / en,
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        if !cfg.quiet {
+            eprintln!(
+                "epoch {}: loss {:.4} err {:.4} | test err {:.4} robust err {:.4} ({:.0} s)",
+                entry.epoch, entry.train_loss, entry.train_error, entry.test_error, entry.test_robust_error, entry.seconds
+            );
+        }
+        // Checkpoints first, then the state that points at them.
+        nets::io::save_safetensors(net, &out_dir.join("last.safetensors"))?;
+        let (ot, steps) = opt.state();
+        let bytes = safetensors_bytes(&ot)?;
+        nets::io::atomic_write(&out_dir.join("optimizer.safetensors"), &bytes)?;
+        if state.best_robust_error.map_or(true, |b| entry.test_robust_error < b) {
+            state.best_robust_error = Some(entry.test_robust_error);
+            state.best_epoch = Some(entry.epoch);
+            nets::io::save_safetensors(net, &out_dir.join("best.safetensors"))?;
+        }
+        state.log.push(entry);
+        state.epochs_done = epoch + 1;
+        state.optimizer_steps = steps;
+        write_log(out_dir, &state.log)?;
+        write_json_atomic(&out_dir.join("state.json"), &state)?;
+    }
+    Ok(TrainSummary {
+        best_robust_error: state.best_robust_error.unwrap_or(1.0),
+        best_epoch: state.best_epoch.unwrap_or(0),
+        log: state.log,
+        out_dir: out_dir.to_path_buf(),
+    })
+}
+
+fn safetensors_bytes(t: &[(String, Tensor)]) -> Result<Vec<u8>> {
+    Ok(safetensors::serialize(t.iter().map(|(n, t)| (n.as_str(), t)), None)?)
+}
+
+/// The examples `idx` as a batch.
+fn gather(data: &Dataset, idx: &[usize], dtype: DType) -> Result<(Tensor, Vec<u32>)> {
+    let size = data.example_size();
+    let mut xs = Vec::with_capacity(idx.len() * size);
+    let mut ys = Vec::with_capacity(idx.len());
+    for &i in idx {
+        xs.extend_from_slice(&data.images[i * size..(i + 1) * size]);
+        ys.push(data.labels[i]);
+    }
+    let x = Tensor::from_vec(xs, (idx.len(), data.channels, data.height, data.width), &Device::Cpu)?.to_dtype(dtype)?;
+    Ok((x, ys))
+}
