@@ -4,6 +4,7 @@
 //! which does the work.
 
 mod certify;
+mod reproduce;
 mod size;
 
 use clap::{Parser, Subcommand};
@@ -19,12 +20,15 @@ struct Cli {
 enum Task {
     /// Certified evaluation of a model on a test set (clean, PGD and certified robust error).
     Certify(certify::CertifyArgs),
+    /// Reproduce a paper experiment (train, then evaluate clean / PGD / certified error).
+    Reproduce(reproduce::ReproduceArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let res = match cli.task {
         Task::Certify(a) => certify::run(a),
+        Task::Reproduce(a) => reproduce::run(a),
     };
     if let Err(e) = res {
         eprintln!("error: {e:#}");

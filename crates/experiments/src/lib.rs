@@ -10,3 +10,4 @@ pub mod certify;
 pub mod datasets;
 pub mod report;
 pub mod train;
+pub mod reproduce;

@@ -1,0 +1,62 @@
+//! `cargo xtask reproduce NAME`: the papers' experiments.
+
+use anyhow::Result;
+use clap::Args;
+use experiments::reproduce::{registry, reproduce, ReproduceOptions};
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct ReproduceArgs {
+    /// Experiment: mnist, fashion-mnist, har, svhn (paper 1); mnist-small, mnist-large, mnist-l2,
+    /// cifar-small, cifar-large, cifar-resnet (paper 2); `list` shows them with their settings.
+    name: String,
+    /// Small subset and few epochs: a few minutes on 2 CPU cores.
+    #[arg(long)]
+    quick: bool,
+    /// Data folder (default data/NAME, else /usr/share/datasets/NAME).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Output folder (default results/NAME).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Override the number of epochs.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Train on only the first N examples.
+    #[arg(long)]
+    train_limit: Option<usize>,
+    /// Evaluate on only the first N test examples.
+    #[arg(long)]
+    test_limit: Option<usize>,
+    /// Continue an interrupted run from its last checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Seed of the initialisation and data order.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+pub fn run(a: ReproduceArgs) -> Result<()> {
+    if a.name == "list" {
+        for e in registry() {
+            println!(
+                "{:14} paper {} · {:13} · {:13} · eps {} · {} epochs, batch {}",
+                e.name, e.paper, e.dataset, e.arch, e.eps, e.train.epochs, e.train.batch_size
+            );
+        }
+        return Ok(());
+    }
+    let opts = ReproduceOptions {
+        quick: a.quick,
+        data_dir: a.data_dir,
+        out_dir: a.out,
+        epochs: a.epochs,
+        train_limit: a.train_limit,
+        test_limit: a.test_limit,
+        resume: a.resume,
+        seed: a.seed,
+    };
+    let r = reproduce(&a.name, &opts)?;
+    println!("{}", r.markdown());
+    Ok(())
+}
