@@ -4,6 +4,7 @@
 //! which does the work.
 
 mod certify;
+mod download;
 mod reproduce;
 mod size;
 
@@ -20,6 +21,8 @@ struct Cli {
 enum Task {
     /// Certified evaluation of a model on a test set (clean, PGD and certified robust error).
     Certify(certify::CertifyArgs),
+    /// Download, verify and unpack a data set (mnist, fashion-mnist, cifar10, svhn, har).
+    Download(download::DownloadArgs),
     /// Reproduce a paper experiment (train, then evaluate clean / PGD / certified error).
     Reproduce(reproduce::ReproduceArgs),
 }
@@ -28,6 +31,7 @@ fn main() {
     let cli = Cli::parse();
     let res = match cli.task {
         Task::Certify(a) => certify::run(a),
+        Task::Download(a) => download::run(a),
         Task::Reproduce(a) => reproduce::run(a),
     };
     if let Err(e) = res {

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 #[derive(Args, Debug)]
 pub struct ReproduceArgs {
     /// Experiment: mnist, fashion-mnist, har, svhn (paper 1); mnist-small, mnist-large, mnist-l2,
-    /// cifar-small, cifar-large, cifar-resnet (paper 2); `list` shows them with their settings.
+    /// cifar-small, cifar-large, cifar-resnet (paper 2); toy2d (the 2-d example, a PNG);
+    /// `list` shows them with their settings.
     name: String,
     /// Small subset and few epochs: a few minutes on 2 CPU cores.
     #[arg(long)]
@@ -44,6 +45,21 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
                 e.name, e.paper, e.dataset, e.arch, e.eps, e.train.epochs, e.train.batch_size
             );
         }
+        return Ok(());
+    }
+    if a.name == "toy2d" {
+        let mut cfg = experiments::toy2d::Toy2dConfig { seed: a.seed, ..Default::default() };
+        if let Some(o) = &a.out {
+            cfg.png = o.join("toy2d.png");
+        }
+        if a.quick {
+            cfg.steps = 300;
+        }
+        let r = experiments::toy2d::run(&cfg)?;
+        println!(
+            "toy2d: {} points, eps {}: standard classifier certifies {}/{} (training error {:.0} %), robust classifier certifies {}/{} (training error {:.0} %)\npicture: {}",
+            r.points, cfg.eps, r.standard_certified, r.points, 100.0 * r.standard_error, r.robust_certified, r.points, 100.0 * r.robust_error, r.png.display()
+        );
         return Ok(());
     }
     let opts = ReproduceOptions {

@@ -8,6 +8,9 @@
 pub mod attacks;
 pub mod certify;
 pub mod datasets;
+pub mod download;
 pub mod report;
 pub mod train;
 pub mod reproduce;
+pub mod plot;
+pub mod toy2d;
