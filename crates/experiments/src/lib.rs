@@ -14,3 +14,4 @@ pub mod train;
 pub mod reproduce;
 pub mod plot;
 pub mod toy2d;
+pub mod cascade;

@@ -1,0 +1,148 @@
+//! Cascades (Wong et al. 2018, §4): stage after stage trained on the examples the previous
+//! stages do not certify; at test time an example goes to the first stage that certifies its
+//! own prediction, and the last stage takes the rest.
+
+use crate::certify::{input_set, Norm};
+use crate::datasets::Dataset;
+use crate::report::write_json_atomic;
+use crate::train::{train, TrainConfig};
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor, D};
+use dual_core::{certified_from_bounds, robust_bounds, DualOptions};
+use nets::{Network, NetworkSpec};
+use serde::Serialize;
+use std::path::Path;
+
+/// The ball used to certify.
+#[derive(Debug, Clone, Copy)]
+pub struct Ball {
+    /// Radius.
+    pub eps: f64,
+    /// Norm.
+    pub norm: Norm,
+    /// Ball ∩ [0, 1].
+    pub bounded_input: bool,
+}
+
+/// Predictions of `net` on `x` and whether each is certified over the ball (for the predicted
+/// class, not the label: a cascade stage must know when it may answer).
+pub fn certify_own_prediction(net: &Network, x: &Tensor, ball: &Ball) -> Result<(Vec<u32>, Vec<bool>)> {
+    let pred = net.forward(x)?.argmax(D::Minus1)?.to_vec1::<u32>()?;
+    let dual = net.dual(x, input_set(x, ball.eps, ball.norm, ball.bounded_input)?, &DualOptions::default())?;
+    let f = robust_bounds(&dual, &pred)?;
+    Ok((pred.clone(), certified_from_bounds(&f, &pred)?))
+}
+
+/// How a cascade does on a data set.
+#[derive(Debug, Clone, Serialize)]
+pub struct CascadeEval {
+    /// Examples.
+    pub n: usize,
+    /// Clean error of the cascade's answers.
+    pub clean_error: f64,
+    /// Examples not certified with their correct label by their assigned stage.
+    pub robust_error: f64,
+    /// Examples assigned to each stage.
+    pub assigned: Vec<usize>,
+}
+
+fn batch(data: &Dataset, idx: &[usize], dtype: DType) -> Result<(Tensor, Vec<u32>)> {
+    let s = data.example_size();
+    let mut xs = Vec::with_capacity(idx.len() * s);
+    for &i in idx {
+        xs.extend_from_slice(&data.images[i * s..(i + 1) * s]);
+    }
+    let x = Tensor::from_vec(xs, (idx.len(), data.channels, data.height, data.width), &Device::Cpu)?.to_dtype(dtype)?;
+    Ok((x, idx.iter().map(|&i| data.labels[i]).collect()))
+}
+
+/// Evaluates a cascade on the first `limit` examples of `data`.
+pub fn evaluate_cascade(stages: &[Network], data: &Dataset, ball: &Ball, batch_size: usize, limit: Option<usize>) -> Result<CascadeEval> {
+    if stages.is_empty() {
+        bail!("a cascade needs at least one stage");
+    }
+    let n = limit.unwrap_or(data.len()).min(data.len());
+    let mut assigned = vec![0usize; stages.len()];
+    let (mut clean_err, mut robust_err) = (0usize, 0usize);
+    let mut start = 0;
+    while start < n {
+        let idx: Vec<usize> = (start..(start + batch_size.max(1)).min(n)).collect();
+        let (x, y) = batch(data, &idx, DType::F32)?;
+        // For each example: (stage, prediction, certified) of its assigned stage.
+        let mut answer: Vec<Option<(usize, u32, bool)>> = vec![None; idx.len()];
+        for (k, net) in stages.iter().enumerate() {
+            let open: Vec<usize> = (0..idx.len()).filter(|&i| answer[i].is_none()).collect();
+            if open.is_empty() {
+                break;
+            }
+            let sel = Tensor::from_vec(open.iter().map(|&i| i as u32).collect::<Vec<_>>(), open.len(), &Device::Cpu)?;
+            let xs = x.index_select(&sel, 0)?;
+            let (pred, cert) = certify_own_prediction(net, &xs, ball)?;
+            let last = k + 1 == stages.len();
+            for (j, &i) in open.iter().enumerate() {
+                if cert[j] || last {
+                    answer[i] = Some((k, pred[j], cert[j]));
+                }
+            }
+        }
+        for (i, a) in answer.iter().enumerate() {
+            let (k, p, c) = a.expect("the last stage answers every example");
+            assigned[k] += 1;
+            if p != y[i] {
+                clean_err += 1;
+            }
+            if !(c && p == y[i]) {
+                robust_err += 1;
+            }
+        }
+        start += idx.len();
+    }
+    Ok(CascadeEval { n, clean_error: clean_err as f64 / n.max(1) as f64, robust_error: robust_err as f64 / n.max(1) as f64, assigned })
+}
+
+/// Trains up to `stages` models: stage `k` is a fresh model (new optimizer, new schedules) on
+/// the training examples no earlier stage certifies for its own prediction. Stage `k` is saved
+/// in `out_dir/stage{k}`; the cascade's evaluation goes to `out_dir/cascade.json`.
+pub fn train_cascade(
+    spec: &NetworkSpec,
+    train_set: &Dataset,
+    test_set: &Dataset,
+    cfg: &TrainConfig,
+    stages: usize,
+    out_dir: &Path,
+    seed: u64,
+) -> Result<(Vec<Network>, CascadeEval)> {
+    let ball = Ball { eps: cfg.eps.end, norm: cfg.norm, bounded_input: cfg.bounded_input };
+    let mut nets: Vec<Network> = Vec::new();
+    let mut remaining: Vec<usize> = (0..train_set.len()).collect();
+    for k in 1..=stages {
+        if remaining.is_empty() {
+            break;
+        }
+        let sub = subset(train_set, &remaining);
+        let net = Network::init(spec, seed + k as u64, DType::F32, &Device::Cpu)?;
+        train(&net, &sub, test_set, cfg, &out_dir.join(format!("stage{k}")), false)?;
+        // Keep the examples this stage does not certify.
+        let mut keep = Vec::new();
+        for chunk in remaining.chunks(cfg.batch_size.max(1)) {
+            let (x, _) = batch(train_set, chunk, DType::F32)?;
+            let (_, cert) = certify_own_prediction(&net, &x, &ball)?;
+            keep.extend(chunk.iter().zip(cert).filter(|(_, c)| !c).map(|(&i, _)| i));
+        }
+        remaining = keep;
+        nets.push(net);
+    }
+    let eval = evaluate_cascade(&nets, test_set, &ball, cfg.batch_size, cfg.eval_limit)?;
+    write_json_atomic(&out_dir.join("cascade.json"), &eval)?;
+    Ok((nets, eval))
+}
+
+/// The examples `idx` of `data` as a new data set.
+pub fn subset(data: &Dataset, idx: &[usize]) -> Dataset {
+    let s = data.example_size();
+    let mut images = Vec::with_capacity(idx.len() * s);
+    for &i in idx {
+        images.extend_from_slice(&data.images[i * s..(i + 1) * s]);
+    }
+    Dataset { images, labels: idx.iter().map(|&i| data.labels[i]).collect(), n: idx.len(), channels: data.channels, height: data.height, width: data.width }
+}
