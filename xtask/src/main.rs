@@ -6,6 +6,7 @@
 mod certify;
 mod download;
 mod reproduce;
+mod train;
 mod size;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +26,8 @@ enum Task {
     Download(download::DownloadArgs),
     /// Reproduce a paper experiment (train, then evaluate clean / PGD / certified error).
     Reproduce(reproduce::ReproduceArgs),
+    /// Train a model (robust, baseline or PGD-adversarial), optionally as a cascade.
+    Train(train::TrainArgs),
 }
 
 fn main() {
@@ -33,6 +36,7 @@ fn main() {
         Task::Certify(a) => certify::run(a),
         Task::Download(a) => download::run(a),
         Task::Reproduce(a) => reproduce::run(a),
+        Task::Train(a) => train::run(a),
     };
     if let Err(e) = res {
         eprintln!("error: {e:#}");
