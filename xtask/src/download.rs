@@ -2,7 +2,9 @@
 
 use anyhow::{bail, Result};
 use clap::Args;
-use experiments::download::{dataset, default_dir, download_dataset, registry, DownloadOptions, Event, Origin};
+use experiments::download::{
+    dataset, default_dir, download_dataset, registry, DownloadOptions, Event, Origin,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::cell::RefCell;
 use std::path::PathBuf;
@@ -84,7 +86,12 @@ pub fn run(a: DownloadArgs) -> Result<()> {
         }
     };
     let progress = |e: &Event| match *e {
-        Event::Transfer { file, url, offset, total } => {
+        Event::Transfer {
+            file,
+            url,
+            offset,
+            total,
+        } => {
             finish(&bar);
             let b = match total {
                 Some(t) => ProgressBar::new(t).with_style(style.clone()),
@@ -104,7 +111,11 @@ pub fn run(a: DownloadArgs) -> Result<()> {
                 b.set_position(done);
             }
         }
-        Event::Verifying { .. } => {}
+        Event::Verifying { file } => {
+            if let Some(b) = bar.borrow().as_ref() {
+                b.set_message(format!("{file} (verifying)"));
+            }
+        }
         Event::Done { file, check } => {
             finish(&bar);
             println!("{file}: {check}");
@@ -121,7 +132,11 @@ pub fn run(a: DownloadArgs) -> Result<()> {
     let res = download_dataset(&src, &dir, &opts, &progress);
     finish(&bar);
     let report = res?;
-    let fetched = report.files.iter().filter(|f| f.origin != Origin::AlreadyPresent).count();
+    let fetched = report
+        .files
+        .iter()
+        .filter(|f| f.origin != Origin::AlreadyPresent)
+        .count();
     println!(
         "{}: {} file(s) in {} ({} fetched, {} already present)",
         report.dataset,
@@ -139,5 +154,9 @@ pub fn run(a: DownloadArgs) -> Result<()> {
 }
 
 fn names() -> String {
-    registry().iter().map(|d| d.name.clone()).collect::<Vec<_>>().join(", ")
+    registry()
+        .iter()
+        .map(|d| d.name.clone())
+        .collect::<Vec<_>>()
+        .join(", ")
 }

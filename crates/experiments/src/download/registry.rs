@@ -17,11 +17,15 @@ pub fn registry() -> Vec<DatasetSource> {
 /// Looks a data set up by name or alias (case-insensitive).
 pub fn find_dataset(name: &str) -> Option<DatasetSource> {
     let n = name.trim().to_ascii_lowercase();
-    registry().into_iter().find(|d| d.name == n || d.aliases.iter().any(|a| *a == n))
+    registry()
+        .into_iter()
+        .find(|d| d.name == n || d.aliases.contains(&n))
 }
 
 fn idx(name: &str, md5: &str, gunzipped_sha256: &str) -> RemoteFile {
-    RemoteFile::new(name).md5(md5).gunzipped_sha256(gunzipped_sha256)
+    RemoteFile::new(name)
+        .md5(md5)
+        .gunzipped_sha256(gunzipped_sha256)
 }
 
 fn mnist() -> DatasetSource {
@@ -129,8 +133,9 @@ fn har() -> DatasetSource {
     DatasetSource {
         name: "har".into(),
         aliases: vec!["uci-har".into(), "uci_har".into()],
-        description: "UCI Human Activity Recognition (smartphones), zip (unpacked to UCI HAR Dataset/)"
-            .into(),
+        description:
+            "UCI Human Activity Recognition (smartphones), zip (unpacked to UCI HAR Dataset/)"
+                .into(),
         // No published checksum: verified against the SHA-256 recorded on first download.
         files: vec![RemoteFile::new("UCI HAR Dataset.zip").unpack(Unpack::Zip)],
         mirrors: vec![
