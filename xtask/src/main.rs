@@ -3,8 +3,10 @@
 //! A thin layer: raw flags are parsed here into checked configs of the `experiments` crate,
 //! which does the work.
 
+mod attack;
 mod certify;
 mod download;
+mod extra;
 mod reproduce;
 mod train;
 mod size;
@@ -20,6 +22,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
+    /// Clean, FGSM and PGD error of a model on a test set (l_inf).
+    Attack(attack::AttackArgs),
     /// Certified evaluation of a model on a test set (clean, PGD and certified robust error).
     Certify(certify::CertifyArgs),
     /// Download, verify and unpack a data set (mnist, fashion-mnist, cifar10, svhn, har).
@@ -33,6 +37,7 @@ enum Task {
 fn main() {
     let cli = Cli::parse();
     let res = match cli.task {
+        Task::Attack(a) => attack::run(a),
         Task::Certify(a) => certify::run(a),
         Task::Download(a) => download::run(a),
         Task::Reproduce(a) => reproduce::run(a),

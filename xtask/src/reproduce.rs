@@ -9,6 +9,7 @@ use std::path::PathBuf;
 pub struct ReproduceArgs {
     /// Experiment: mnist, fashion-mnist, har, svhn (paper 1); mnist-small, mnist-large, mnist-l2,
     /// cifar-small, cifar-large, cifar-resnet (paper 2); toy2d (the 2-d example, a PNG);
+    /// primal (dual bound vs. LP); min-distance (largest certified radius per example);
     /// `list` shows them with their settings.
     name: String,
     /// Small subset and few epochs: a few minutes on 2 CPU cores.
@@ -35,6 +36,8 @@ pub struct ReproduceArgs {
     /// Seed of the initialisation and data order.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    #[command(flatten)]
+    extra: crate::extra::ExtraArgs,
 }
 
 pub fn run(a: ReproduceArgs) -> Result<()> {
@@ -46,6 +49,9 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
             );
         }
         return Ok(());
+    }
+    if a.name == "primal" || a.name == "min-distance" {
+        return crate::extra::run(&a.name, &a.extra, a.data_dir, a.out, a.quick, a.seed, a.epochs, a.train_limit);
     }
     if a.name == "toy2d" {
         let mut cfg = experiments::toy2d::Toy2dConfig { seed: a.seed, ..Default::default() };

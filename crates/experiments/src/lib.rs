@@ -15,3 +15,6 @@ pub mod reproduce;
 pub mod plot;
 pub mod toy2d;
 pub mod cascade;
+pub mod lp;
+pub mod primal;
+pub mod min_distance;

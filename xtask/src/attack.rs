@@ -1,0 +1,124 @@
+//! `cargo xtask attack`: clean, FGSM and PGD error of a model on a test set (l_inf).
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use clap::Args;
+use experiments::attacks::{count_errors, fgsm, pgd, PgdConfig};
+use experiments::certify::{default_data_dir, load_test_set};
+use experiments::report::{write_json_atomic, Table};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Args, Debug)]
+pub struct AttackArgs {
+    /// Model file: PyTorch .pth (old or zip format) or .safetensors.
+    #[arg(long)]
+    model: PathBuf,
+    /// Architecture (zoo name such as mnist-small, or a JSON file) when the file holds none.
+    #[arg(long)]
+    arch: Option<String>,
+    /// Data set: mnist or fashion-mnist.
+    #[arg(long, default_value = "fashion-mnist")]
+    dataset: String,
+    /// Folder with the data set's IDX files. Default: data/NAME, else /usr/share/datasets/NAME.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Radius of the l_inf ball.
+    #[arg(long)]
+    eps: f64,
+    /// Attack only the first N test examples.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Examples per batch.
+    #[arg(long, default_value_t = 50)]
+    batch_size: usize,
+    /// Keep the adversarial points in the data range [0, 1] (the papers' PGD does not clip).
+    #[arg(long)]
+    bounded_input: bool,
+    /// PGD steps (the papers: 100).
+    #[arg(long, default_value_t = 100)]
+    pgd_steps: usize,
+    /// PGD step size (the papers: 0.01).
+    #[arg(long, default_value_t = 0.01)]
+    pgd_step_size: f64,
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Compute in f64 (default f32).
+    #[arg(long)]
+    f64: bool,
+}
+
+fn pct(v: f64) -> String {
+    format!("{:.2} %", 100.0 * v)
+}
+
+pub fn run(a: AttackArgs) -> Result<()> {
+    if !a.eps.is_finite() || a.eps < 0.0 {
+        bail!("--eps must be a non-negative number, got {}", a.eps);
+    }
+    if a.batch_size == 0 || a.limit == Some(0) || a.pgd_steps == 0 {
+        bail!("--batch-size, --limit and --pgd-steps must be at least 1");
+    }
+    if !a.model.is_file() {
+        bail!("model file {} does not exist", a.model.display());
+    }
+    let start = Instant::now();
+    let dtype = if a.f64 { DType::F64 } else { DType::F32 };
+    let dev = Device::Cpu;
+    let net = nets::io::load_model(&a.model, a.arch.as_deref(), dtype, &dev).with_context(|| format!("loading model {}", a.model.display()))?;
+    let data_dir = a.data_dir.clone().unwrap_or_else(|| default_data_dir(&a.dataset));
+    let mut data = load_test_set(&a.dataset, &data_dir)?;
+    if let Some(l) = a.limit {
+        data.truncate(l);
+    }
+    let clip = a.bounded_input.then_some((0.0, 1.0));
+    let cfg = PgdConfig { step_size: a.pgd_step_size, steps: a.pgd_steps, clip, ..PgdConfig::new(a.eps) };
+    let model = |t: &Tensor| net.forward(t).map_err(|e| candle_core::Error::Msg(e.to_string()));
+    let total = data.len();
+    let bar = ProgressBar::new(total as u64);
+    bar.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} ({eta} left) {msg}").expect("valid template"));
+    let (mut clean, mut fg, mut pg) = (0usize, 0usize, 0usize);
+    let mut i = 0;
+    while i < total {
+        let end = (i + a.batch_size).min(total);
+        let (x, y) = data.batch(i, end, &dev)?;
+        let x = x.to_dtype(dtype)?;
+        clean += count_errors(&model(&x)?, &y)?;
+        fg += count_errors(&model(&fgsm(model, &x, &y, a.eps, clip)?)?, &y)?;
+        pg += count_errors(&model(&pgd(model, &x, &y, &cfg)?)?, &y)?;
+        bar.set_position(end as u64);
+        bar.set_message(format!("clean {:.2}% | FGSM {:.2}% | PGD {:.2}%", 100.0 * clean as f64 / end as f64, 100.0 * fg as f64 / end as f64, 100.0 * pg as f64 / end as f64));
+        i = end;
+    }
+    bar.finish_and_clear();
+    let n = total.max(1) as f64;
+    let seconds = start.elapsed().as_secs_f64();
+    let mut t = Table::new(&["figure", "value"]);
+    t.row(&["model", &a.model.display().to_string()]);
+    t.row(&["data", &format!("{} ({total} test examples)", a.dataset)]);
+    t.row(&["threat model", &format!("l_inf ball{}, eps {}", if a.bounded_input { " ∩ [0,1]" } else { "" }, a.eps)]);
+    t.row(&["clean error", &pct(clean as f64 / n)]);
+    t.row(&["FGSM error", &pct(fg as f64 / n)]);
+    t.row(&[&format!("PGD error ({} steps of {})", a.pgd_steps, a.pgd_step_size), &pct(pg as f64 / n)]);
+    t.row(&["seconds", &format!("{seconds:.1}")]);
+    println!("{t}");
+    if let Some(p) = &a.json {
+        let v = serde_json::json!({
+            "n": total,
+            "clean_error": clean as f64 / n,
+            "fgsm_error": fg as f64 / n,
+            "pgd_error": pg as f64 / n,
+            "seconds": seconds,
+            "settings": {
+                "model": a.model, "arch": a.arch, "dataset": a.dataset, "data_dir": data_dir,
+                "eps": a.eps, "limit": a.limit, "batch_size": a.batch_size, "bounded_input": a.bounded_input,
+                "pgd_steps": a.pgd_steps, "pgd_step_size": a.pgd_step_size, "f64": a.f64,
+            },
+        });
+        write_json_atomic(p, &v)?;
+        println!("results written to {}", p.display());
+    }
+    Ok(())
+}
