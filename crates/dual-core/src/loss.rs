@@ -32,7 +32,7 @@ pub fn robust_bounds(dual: &DualNetwork, y: &[u32]) -> Result<Tensor> {
     if y.len() != dual.batch_size() {
         return Err(DualError::shape(format!("{} labels for a batch of {}", y.len(), dual.batch_size())));
     }
-    let c = class_difference_c(y, shape[0], dual.dtype(), &candle_core::Device::Cpu)?;
+    let c = class_difference_c(y, shape[0], dual.dtype(), dual.device())?;
     Ok(dual.objective(&c)?.neg()?)
 }
 

@@ -302,6 +302,11 @@ impl DualNetwork {
         Ok(j)
     }
 
+    /// The device the network computes on.
+    pub fn device(&self) -> &candle_core::Device {
+        self.x.device()
+    }
+
     /// The dtype the network computes in.
     pub fn dtype(&self) -> DType {
         self.x.dtype()
