@@ -40,14 +40,14 @@ impl DualConv2d {
     /// The hot loop: convolution of every column.
     fn conv_columns(&self, x: &Tensor) -> Result<Tensor> {
         let (xm, b, n) = merge_columns(x)?;
-        let y = xm.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
+        let y = crate::kernels::conv2d_fast(&xm, &self.weight, self.stride, self.padding)?;
         Ok(split_columns(&y, b, n)?)
     }
 
     /// The hot loop of the transpose: transposed convolution of every column.
     fn conv_transpose_columns(&self, nu: &Tensor) -> Result<Tensor> {
         let (nm, b, n) = merge_columns(nu)?;
-        let y = nm.conv_transpose2d(&self.weight, self.padding, self.output_padding, self.stride, 1)?;
+        let y = crate::kernels::conv_transpose2d_fast(&nm, &self.weight, self.stride, self.padding, self.output_padding)?;
         Ok(split_columns(&y, b, n)?)
     }
 }

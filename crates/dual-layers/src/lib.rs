@@ -23,6 +23,7 @@ mod conv;
 mod dense;
 mod identity;
 mod input;
+pub mod kernels;
 mod linear;
 mod relu;
 mod reshape;

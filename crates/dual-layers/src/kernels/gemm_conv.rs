@@ -1,0 +1,341 @@
+//! The three convolution products, each as im2col/col2im + one `gemm` call per group of images:
+//!
+//! * [`conv2d_forward`]: `y_n = W · col(x_n)` (`[o, k] · [k, p]`);
+//! * [`conv2d_backward_data`]: `x_n = col2im(Wᵀ · y_n)` — the transposed convolution, and the
+//!   input gradient of `conv2d`;
+//! * [`conv2d_backward_weight`]: `dW = Σ_n g_n · col(x_n)ᵀ` — the kernel gradient, a correlation.
+//!
+//! Images are split into one contiguous range per task, tasks run on rayon's pool with a
+//! single-threaded gemm each (or, when there are fewer images than threads, one task with gemm's
+//! own threading). Within a task, a group of images shares one patch buffer so that the gemm is
+//! wide even when an image has few output pixels; the buffers are allocated once per task and
+//! sized to stay in the core's L2 cache. The patch matrices are built through the phase
+//! decomposition of `im2col.rs`, on an output grid of `oh × wq` columns per image.
+
+use super::im2col::{cols_to_phases, image_to_phases, phases_to_cols, phases_to_image, Geom, ImageView};
+use super::{tuning, Elem};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// Strided 4-d view `[n, c, h, w]` of a buffer (a tensor's storage with its layout).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct View4<'a, T> {
+    pub data: &'a [T],
+    pub start: usize,
+    pub stride: [usize; 4],
+}
+
+impl<T> View4<'_, T> {
+    fn image(&self, i: usize) -> ImageView {
+        ImageView { start: self.start + i * self.stride[0], sc: self.stride[1], sh: self.stride[2], sw: self.stride[3] }
+    }
+
+    /// Stride between consecutive pixels when `(h, w)` of an image can be read as one axis of
+    /// `h·w` pixels, i.e. an image is a plain `[c, h·w]` matrix.
+    pub fn pixel_stride(&self, h: usize, w: usize) -> Option<usize> {
+        let [_, _, sh, sw] = self.stride;
+        if h <= 1 {
+            Some(sw)
+        } else if w <= 1 {
+            Some(sh)
+        } else if sh == w * sw {
+            Some(sw)
+        } else {
+            None
+        }
+    }
+}
+
+/// A read-only matrix inside a slice: element `(i, j)` at `off + i·rs + j·cs`.
+#[derive(Clone, Copy)]
+struct Mat<'a, T> {
+    data: &'a [T],
+    off: usize,
+    rs: usize,
+    cs: usize,
+}
+
+/// `dst (+)= lhs · rhs` for `dst: [m, n]` (row stride `ld`, unit column stride),
+/// `lhs: [m, kk]`, `rhs: [kk, n]`; `accumulate` adds to what `dst` holds.
+#[allow(clippy::too_many_arguments)]
+fn matmul<T: Elem>(
+    m: usize,
+    n: usize,
+    kk: usize,
+    dst: &mut [T],
+    ld: usize,
+    accumulate: bool,
+    lhs: Mat<'_, T>,
+    rhs: Mat<'_, T>,
+    par: Parallelism,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let last = |a: Mat<'_, T>, r: usize, c: usize| a.off + (r - 1) * a.rs + (c - 1) * a.cs;
+    assert!((m - 1) * ld + n <= dst.len(), "gemm destination out of bounds");
+    if kk == 0 {
+        if !accumulate {
+            for i in 0..m {
+                dst[i * ld..i * ld + n].fill(T::ZERO);
+            }
+        }
+        return;
+    }
+    assert!(last(lhs, m, kk) < lhs.data.len(), "gemm lhs out of bounds");
+    assert!(last(rhs, kk, n) < rhs.data.len(), "gemm rhs out of bounds");
+    // SAFETY: every element gemm touches lies inside the slices (checked above); `dst` is an
+    // exclusive borrow that overlaps neither operand.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            kk,
+            dst.as_mut_ptr(),
+            1,
+            ld as isize,
+            accumulate,
+            lhs.data.as_ptr().add(lhs.off),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr().add(rhs.off),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            T::ONE,
+            T::ONE,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// How the images are split: `tasks` tasks of `per_task` images each (the last may have fewer),
+/// each running gemm with `par`.
+struct Plan {
+    tasks: usize,
+    per_task: usize,
+    par: Parallelism,
+}
+
+fn plan(n: usize, macs_per_image: usize) -> Plan {
+    let threads = rayon::current_num_threads().max(1);
+    let total = n.saturating_mul(macs_per_image);
+    let t = tuning();
+    let (tasks, par) = if threads == 1 || total < t.serial_macs || n == 0 {
+        (1, Parallelism::None)
+    } else if t.gemm_threads || n < 2 * threads {
+        (1, Parallelism::Rayon(threads))
+    } else {
+        (n.min(t.tasks_per_thread * threads), Parallelism::None)
+    };
+    let per_task = n.div_ceil(tasks.max(1)).max(1);
+    let tasks = n.div_ceil(per_task).max(1);
+    Plan { tasks, per_task, par }
+}
+
+/// Images per group: as many as keep the `[k, group·pq]` patch buffer within the target size.
+fn group_size<T>(g: &Geom, per_task: usize) -> usize {
+    let per_image = (g.k() * g.pq() * std::mem::size_of::<T>()).max(1);
+    (tuning().group_bytes / per_image).clamp(1, per_task.max(1))
+}
+
+/// Copies images `first..first+gc` of the `[n, o, oh, ow]` side (pixel stride `ps`) into `buf`
+/// as one `[o, gc·pq]` matrix on the `oh × wq` grid (image `j` in columns `j·pq..(j+1)·pq`),
+/// with zeros in the garbage columns.
+fn expand_group<T: Elem>(g: &Geom, y: &View4<'_, T>, ps: usize, first: usize, gc: usize, buf: &mut [T]) {
+    let (pq, wq, ow) = (g.pq(), g.wq(), g.ow);
+    let ld = gc * pq;
+    for j in 0..gc {
+        let base = y.start + (first + j) * y.stride[0];
+        for oc in 0..g.o {
+            for oy in 0..g.oh {
+                let d0 = oc * ld + j * pq + oy * wq;
+                let dst = &mut buf[d0..d0 + wq];
+                let src = base + oc * y.stride[1] + oy * ow * ps;
+                if ps == 1 {
+                    dst[..ow].copy_from_slice(&y.data[src..src + ow]);
+                } else {
+                    for (q, d) in dst[..ow].iter_mut().enumerate() {
+                        *d = y.data[src + q * ps];
+                    }
+                }
+                dst[ow..].fill(T::ZERO);
+            }
+        }
+    }
+}
+
+/// `y = conv2d(x, w)`: `x` any strides, `w` contiguous `[o, k]`. Returns `[n, o, oh, ow]`.
+pub(crate) fn conv2d_forward<T: Elem>(g: &Geom, x: View4<'_, T>, w: &[T]) -> Vec<T> {
+    let (k, p, o, pq, wq, ow) = (g.k(), g.p(), g.o, g.pq(), g.wq(), g.ow);
+    let out_len = g.out_len();
+    let mut out = vec![T::ZERO; g.n * out_len];
+    if out.is_empty() {
+        return out;
+    }
+    let pl = plan(g.n, g.macs_per_image());
+    let wmat = Mat { data: w, off: 0, rs: k, cs: 1 };
+    let pointwise = if g.is_pointwise() { x.pixel_stride(g.h, g.w) } else { None };
+    let body = |(t, chunk): (usize, &mut [T])| {
+        let first = t * pl.per_task;
+        let count = chunk.len() / out_len;
+        if let Some(ps) = pointwise {
+            // 1x1 stride-1 kernel: the image is its own patch matrix.
+            for j in 0..count {
+                let v = x.image(first + j);
+                let rhs = Mat { data: x.data, off: v.start, rs: v.sc, cs: ps };
+                matmul(o, p, k, &mut chunk[j * out_len..(j + 1) * out_len], p, false, wmat, rhs, pl.par);
+            }
+            return;
+        }
+        let gmax = group_size::<T>(g, count);
+        let mut ph = vec![T::ZERO; g.phase_len()];
+        let mut col = vec![T::ZERO; k * gmax * pq];
+        let mut obuf = vec![T::ZERO; o * gmax * pq];
+        let mut j0 = 0;
+        while j0 < count {
+            let gc = gmax.min(count - j0);
+            let ld = gc * pq;
+            for j in 0..gc {
+                image_to_phases(g, x.data, x.image(first + j0 + j), &mut ph);
+                phases_to_cols(g, &ph, &mut col[j * pq..k * ld], ld);
+            }
+            let rhs = Mat { data: &col[..k * ld], off: 0, rs: ld, cs: 1 };
+            matmul(o, ld, k, &mut obuf[..o * ld], ld, false, wmat, rhs, pl.par);
+            for j in 0..gc {
+                let dst = &mut chunk[(j0 + j) * out_len..(j0 + j + 1) * out_len];
+                for oc in 0..o {
+                    for oy in 0..g.oh {
+                        let s0 = oc * ld + j * pq + oy * wq;
+                        dst[oc * p + oy * ow..oc * p + (oy + 1) * ow].copy_from_slice(&obuf[s0..s0 + ow]);
+                    }
+                }
+            }
+            j0 += gc;
+        }
+    };
+    if pl.tasks == 1 {
+        body((0, &mut out[..]));
+    } else {
+        out.par_chunks_mut(pl.per_task * out_len).enumerate().for_each(body);
+    }
+    out
+}
+
+/// `x = conv_transpose2d(y, w)` (the adjoint of [`conv2d_forward`] in its input): `y` is the
+/// `[n, o, oh, ow]` side with `(oh, ow)` mergeable (see [`View4::pixel_stride`]), `w` contiguous
+/// `[o, k]`. Returns `[n, c, h, w]`.
+pub(crate) fn conv2d_backward_data<T: Elem>(g: &Geom, y: View4<'_, T>, ps: usize, w: &[T]) -> Vec<T> {
+    let (k, p, o, pq) = (g.k(), g.p(), g.o, g.pq());
+    let in_len = g.in_len();
+    let mut out = vec![T::ZERO; g.n * in_len];
+    if out.is_empty() {
+        return out;
+    }
+    let pl = plan(g.n, g.macs_per_image());
+    // Wᵀ as a [k, o] matrix.
+    let wt = Mat { data: w, off: 0, rs: 1, cs: k };
+    let pointwise = g.is_pointwise();
+    let body = |(t, chunk): (usize, &mut [T])| {
+        let first = t * pl.per_task;
+        let count = chunk.len() / in_len;
+        if pointwise {
+            for j in 0..count {
+                let rhs = Mat { data: y.data, off: y.start + (first + j) * y.stride[0], rs: y.stride[1], cs: ps };
+                matmul(k, p, o, &mut chunk[j * in_len..(j + 1) * in_len], p, false, wt, rhs, pl.par);
+            }
+            return;
+        }
+        let gmax = group_size::<T>(g, count);
+        let mut ph = vec![T::ZERO; g.phase_len()];
+        let mut cols = vec![T::ZERO; k * gmax * pq];
+        let mut ybuf = vec![T::ZERO; o * gmax * pq];
+        let mut j0 = 0;
+        while j0 < count {
+            let gc = gmax.min(count - j0);
+            let ld = gc * pq;
+            expand_group(g, &y, ps, first + j0, gc, &mut ybuf[..o * ld]);
+            let rhs = Mat { data: &ybuf[..o * ld], off: 0, rs: ld, cs: 1 };
+            matmul(k, ld, o, &mut cols[..k * ld], ld, false, wt, rhs, pl.par);
+            for j in 0..gc {
+                ph.fill(T::ZERO);
+                cols_to_phases(g, &cols[j * pq..k * ld], ld, &mut ph);
+                phases_to_image(g, &ph, &mut chunk[(j0 + j) * in_len..(j0 + j + 1) * in_len]);
+            }
+            j0 += gc;
+        }
+    };
+    if pl.tasks == 1 {
+        body((0, &mut out[..]));
+    } else {
+        out.par_chunks_mut(pl.per_task * in_len).enumerate().for_each(body);
+    }
+    out
+}
+
+/// `dW = Σ_n g_n · col(x_n)ᵀ`: the kernel gradient of `y = conv2d(x, w)` for the output
+/// gradient `gy` (`[n, o, oh, ow]`, `(oh, ow)` mergeable with pixel stride `ps`). `x` any
+/// strides. Returns `[o, k]`.
+pub(crate) fn conv2d_backward_weight<T: Elem>(g: &Geom, x: View4<'_, T>, gy: View4<'_, T>, ps: usize) -> Vec<T> {
+    let (k, p, o, pq) = (g.k(), g.p(), g.o, g.pq());
+    if g.n == 0 {
+        return vec![T::ZERO; o * k];
+    }
+    let pl = plan(g.n, g.macs_per_image());
+    let pointwise = if g.is_pointwise() { x.pixel_stride(g.h, g.w) } else { None };
+    let task = |t: usize| -> Vec<T> {
+        let mut acc = vec![T::ZERO; o * k];
+        let first = t * pl.per_task;
+        let count = pl.per_task.min(g.n - first);
+        if let Some(xs) = pointwise {
+            for j in 0..count {
+                let v = x.image(first + j);
+                let lhs = Mat { data: gy.data, off: gy.start + (first + j) * gy.stride[0], rs: gy.stride[1], cs: ps };
+                let rhs = Mat { data: x.data, off: v.start, rs: xs, cs: v.sc };
+                matmul(o, k, p, &mut acc, k, true, lhs, rhs, pl.par);
+            }
+            return acc;
+        }
+        let gmax = group_size::<T>(g, count);
+        let mut ph = vec![T::ZERO; g.phase_len()];
+        let mut col = vec![T::ZERO; k * gmax * pq];
+        let mut gbuf = vec![T::ZERO; o * gmax * pq];
+        // Accumulated as dWᵀ ([k, o]): gemm then runs its microkernel with the patch matrix as
+        // the packed left operand, which is measurably faster than packing its transpose.
+        let mut acc_t = vec![T::ZERO; k * o];
+        let mut j0 = 0;
+        while j0 < count {
+            let gc = gmax.min(count - j0);
+            let ld = gc * pq;
+            for j in 0..gc {
+                image_to_phases(g, x.data, x.image(first + j0 + j), &mut ph);
+                phases_to_cols(g, &ph, &mut col[j * pq..k * ld], ld);
+            }
+            expand_group(g, &gy, ps, first + j0, gc, &mut gbuf[..o * ld]);
+            let lhs = Mat { data: &col[..k * ld], off: 0, rs: ld, cs: 1 };
+            let rhs = Mat { data: &gbuf[..o * ld], off: 0, rs: 1, cs: ld };
+            matmul(k, o, ld, &mut acc_t, o, true, lhs, rhs, pl.par);
+            j0 += gc;
+        }
+        for kk in 0..k {
+            for oc in 0..o {
+                acc[oc * k + kk] += acc_t[kk * o + oc];
+            }
+        }
+        acc
+    };
+    if pl.tasks == 1 {
+        return task(0);
+    }
+    let parts: Vec<Vec<T>> = (0..pl.tasks).into_par_iter().map(task).collect();
+    let mut parts = parts.into_iter();
+    let mut acc = parts.next().unwrap_or_else(|| vec![T::ZERO; o * k]);
+    for part in parts {
+        for (a, b) in acc.iter_mut().zip(&part) {
+            *a += *b;
+        }
+    }
+    acc
+}

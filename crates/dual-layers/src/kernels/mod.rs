@@ -1,0 +1,381 @@
+//! Fast CPU kernels for the convolutions of the dual network.
+//!
+//! Candle's CPU `conv2d` runs far below matmul speed, and its `conv_transpose2d` — which also
+//! computes the input gradient of every `conv2d` — is a direct loop without gemm. The dual
+//! network pushes tens of thousands of "images" (one per column) through every convolution and
+//! its transpose, and training backpropagates through all of it, so these are the hot loops.
+//!
+//! [`conv2d_fast`], [`conv_transpose2d_fast`] and [`conv2d_weight_grad`] are custom ops
+//! (`CustomOp2` on the input and the kernel) built from im2col/col2im and the `gemm` crate (the
+//! one Candle's matmul uses), with their own backward passes expressed through each other:
+//!
+//! | op | input gradient | kernel gradient |
+//! |---|---|---|
+//! | `conv2d(x, w)` | `conv_transpose2d(g, w)` | `conv2d_weight_grad(x, g)` |
+//! | `conv_transpose2d(x, w)` | `conv2d(g, w)` | `conv2d_weight_grad(g, x)` |
+//!
+//! so gradients of any order work. A gradient is only computed for an argument that is tracked
+//! by autograd (a variable or derived from one). On other devices or dtypes (GPU, f16/bf16) the
+//! functions fall back to Candle's own convolutions. Only dilation 1 and groups 1 are supported,
+//! which is all the dual network needs.
+//!
+//! Inputs may have any strides and start offsets (views from `narrow`, `transpose`, ...).
+
+mod gemm_conv;
+mod im2col;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use gemm_conv::View4;
+use im2col::Geom;
+use std::sync::RwLock;
+
+/// Element types of the kernels: `f32` and `f64`.
+pub trait Elem: Copy + Send + Sync + 'static + std::ops::AddAssign + std::fmt::Debug {
+    /// Additive identity.
+    const ZERO: Self;
+    /// Multiplicative identity.
+    const ONE: Self;
+}
+
+impl Elem for f32 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+}
+
+impl Elem for f64 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+}
+
+/// Knobs of the kernels' scheduling, exposed for benchmarks; the defaults were measured on a
+/// 2-core machine (see `benches/`).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tuning {
+    /// Target size in bytes of the per-task patch buffer: images are grouped into one gemm
+    /// until their patch matrices fill it.
+    pub group_bytes: usize,
+    /// Tasks per rayon thread when splitting the batch (more tasks balance load better).
+    pub tasks_per_thread: usize,
+    /// Below this many multiply-adds in total, run on the calling thread only.
+    pub serial_macs: usize,
+    /// Use gemm's own threading on one task instead of splitting the batch over rayon.
+    pub gemm_threads: bool,
+    /// Route every call to Candle's own convolutions (for before/after comparisons).
+    pub candle: bool,
+}
+
+impl Tuning {
+    /// The defaults.
+    pub const DEFAULT: Tuning = Tuning { group_bytes: 256 << 10, tasks_per_thread: 4, serial_macs: 1 << 18, gemm_threads: false, candle: false };
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning::DEFAULT
+    }
+}
+
+static TUNING: RwLock<Tuning> = RwLock::new(Tuning::DEFAULT);
+
+/// The scheduling knobs in force.
+#[doc(hidden)]
+pub fn tuning() -> Tuning {
+    *TUNING.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Changes the scheduling knobs (for benchmarks).
+#[doc(hidden)]
+pub fn set_tuning(t: Tuning) {
+    *TUNING.write().unwrap_or_else(|e| e.into_inner()) = t;
+}
+
+/// Whether the fast path applies: CPU tensors of one float dtype (f32 or f64), rank 4.
+fn fast_path(a: &Tensor, b: &Tensor) -> bool {
+    !tuning().candle
+        && a.device().is_cpu()
+        && b.device().is_cpu()
+        && a.dtype() == b.dtype()
+        && matches!(a.dtype(), DType::F32 | DType::F64)
+        && a.rank() == 4
+        && b.rank() == 4
+}
+
+/// Output size of a convolution along one axis, or an error when the kernel does not fit.
+fn conv_out(len: usize, k: usize, stride: usize, padding: usize) -> Result<usize> {
+    if stride == 0 {
+        bail!("conv2d: stride must be positive");
+    }
+    match (len + 2 * padding).checked_sub(k) {
+        Some(v) => Ok(v / stride + 1),
+        None => bail!("conv2d: kernel {k} larger than the padded input {}", len + 2 * padding),
+    }
+}
+
+/// Output size of a transposed convolution along one axis.
+fn conv_transpose_out(len: usize, k: usize, stride: usize, padding: usize, output_padding: usize) -> Result<usize> {
+    if stride == 0 {
+        bail!("conv_transpose2d: stride must be positive");
+    }
+    if output_padding >= stride {
+        bail!("conv_transpose2d: output padding {output_padding} must be smaller than the stride {stride}");
+    }
+    if len == 0 {
+        bail!("conv_transpose2d: empty input");
+    }
+    match ((len - 1) * stride + k + output_padding).checked_sub(2 * padding) {
+        Some(v) if v > 0 => Ok(v),
+        _ => bail!("conv_transpose2d: padding {padding} leaves an empty output"),
+    }
+}
+
+/// The output padding that makes a transposed convolution give back an input of size `len`.
+fn output_padding_for(len: usize, k: usize, stride: usize, padding: usize) -> Result<usize> {
+    let out = conv_out(len, k, stride, padding)?;
+    Ok(len + 2 * padding - ((out - 1) * stride + k))
+}
+
+fn dims4(l: &Layout) -> Result<(usize, usize, usize, usize)> {
+    match l.dims() {
+        &[a, b, c, d] => Ok((a, b, c, d)),
+        d => bail!("expected a rank-4 tensor, got shape {d:?}"),
+    }
+}
+
+fn view<'a, T>(data: &'a [T], l: &Layout) -> View4<'a, T> {
+    let s = l.stride();
+    View4 { data, start: l.start_offset(), stride: [s[0], s[1], s[2], s[3]] }
+}
+
+/// The elements of a rank-4 layout in row-major order.
+fn gather<T: Copy>(data: &[T], l: &Layout) -> Vec<T> {
+    if let Some((a, b)) = l.contiguous_offsets() {
+        return data[a..b].to_vec();
+    }
+    let d = l.dims();
+    let s = l.stride();
+    let mut out = Vec::with_capacity(d.iter().product());
+    for i0 in 0..d[0] {
+        for i1 in 0..d[1] {
+            for i2 in 0..d[2] {
+                let base = l.start_offset() + i0 * s[0] + i1 * s[1] + i2 * s[2];
+                out.extend((0..d[3]).map(|i3| data[base + i3 * s[3]]));
+            }
+        }
+    }
+    out
+}
+
+/// A kernel `[o, c, kh, kw]` as a contiguous `[o, k]` slice (borrowed when already contiguous).
+fn kernel_matrix<'a, T: Copy>(data: &'a [T], l: &Layout) -> std::borrow::Cow<'a, [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => std::borrow::Cow::Borrowed(&data[a..b]),
+        None => std::borrow::Cow::Owned(gather(data, l)),
+    }
+}
+
+/// Runs `f` on a view of the `[n, o, oh, ow]` side whose pixels form one strided axis, copying
+/// the tensor into a contiguous buffer first when they do not.
+fn with_matrix_side<T: Copy, R>(data: &[T], l: &Layout, f: impl FnOnce(View4<'_, T>, usize) -> R) -> R {
+    let v = view(data, l);
+    let d = l.dims();
+    match v.pixel_stride(d[2], d[3]) {
+        Some(ps) => f(v, ps),
+        None => {
+            let owned = gather(data, l);
+            let (c, h, w) = (d[1], d[2], d[3]);
+            f(View4 { data: &owned, start: 0, stride: [c * h * w, h * w, w, 1] }, 1)
+        }
+    }
+}
+
+/// Matches two CPU storages of the same float dtype and runs the generic body on them.
+macro_rules! dispatch2 {
+    ($name:expr, $s1:expr, $s2:expr, |$a:ident, $b:ident| $body:expr) => {
+        match ($s1, $s2) {
+            (CpuStorage::F32($a), CpuStorage::F32($b)) => CpuStorage::F32($body),
+            (CpuStorage::F64($a), CpuStorage::F64($b)) => CpuStorage::F64($body),
+            (a, b) => bail!("{}: unsupported dtypes {:?} and {:?}", $name, a.dtype(), b.dtype()),
+        }
+    };
+}
+
+/// `conv2d(x, w)` as a custom op on `(x, w)`.
+struct Conv2dOp {
+    stride: usize,
+    padding: usize,
+}
+
+impl CustomOp2 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "conv2d-gemm"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = dims4(l1)?;
+        let (o, c2, kh, kw) = dims4(l2)?;
+        if c != c2 {
+            bail!("conv2d: input has {c} channels, kernel expects {c2}");
+        }
+        let (oh, ow) = (conv_out(h, kh, self.stride, self.padding)?, conv_out(w, kw, self.stride, self.padding)?);
+        let g = Geom { n, c, h, w, o, kh, kw, stride: self.stride, pad: self.padding, oh, ow };
+        let out = dispatch2!("conv2d", s1, s2, |x, k| {
+            gemm_conv::conv2d_forward(&g, view(x, l1), &kernel_matrix(k, l2))
+        });
+        Ok((out, Shape::from((n, o, oh, ow))))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (_, _, h, wd) = x.dims4()?;
+        let (_, _, kh, kw) = w.dims4()?;
+        let dx = if x.track_op() {
+            let op_h = output_padding_for(h, kh, self.stride, self.padding)?;
+            let op_w = output_padding_for(wd, kw, self.stride, self.padding)?;
+            let dx = conv_transpose2d_fast_hw(grad, w, self.stride, self.padding, (op_h, op_w))?;
+            Some(dx)
+        } else {
+            None
+        };
+        let dw = if w.track_op() {
+            Some(conv2d_weight_grad(x, grad, (kh, kw), self.stride, self.padding)?)
+        } else {
+            None
+        };
+        Ok((dx, dw))
+    }
+}
+
+/// `conv_transpose2d(x, w)` as a custom op on `(x, w)`, with a per-axis output padding.
+struct ConvTranspose2dOp {
+    stride: usize,
+    padding: usize,
+    output_padding: (usize, usize),
+}
+
+impl CustomOp2 for ConvTranspose2dOp {
+    fn name(&self) -> &'static str {
+        "conv-transpose2d-gemm"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, o, oh, ow) = dims4(l1)?;
+        let (o2, c, kh, kw) = dims4(l2)?;
+        if o != o2 {
+            bail!("conv_transpose2d: input has {o} channels, kernel expects {o2}");
+        }
+        let (s, p) = (self.stride, self.padding);
+        let h = conv_transpose_out(oh, kh, s, p, self.output_padding.0)?;
+        let w = conv_transpose_out(ow, kw, s, p, self.output_padding.1)?;
+        let g = Geom { n, c, h, w, o, kh, kw, stride: s, pad: p, oh, ow };
+        let out = dispatch2!("conv_transpose2d", s1, s2, |x, k| {
+            let k = kernel_matrix(k, l2);
+            with_matrix_side(x, l1, |y, ps| gemm_conv::conv2d_backward_data(&g, y, ps, &k))
+        });
+        Ok((out, Shape::from((n, c, h, w))))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (_, _, kh, kw) = w.dims4()?;
+        let dx = if x.track_op() { Some(conv2d_fast(grad, w, self.stride, self.padding)?) } else { None };
+        let dw = if w.track_op() {
+            Some(conv2d_weight_grad(grad, x, (kh, kw), self.stride, self.padding)?)
+        } else {
+            None
+        };
+        Ok((dx, dw))
+    }
+}
+
+/// The kernel gradient of `conv2d`: `(x, gy) ↦ dW` as a custom op.
+struct Conv2dWeightGradOp {
+    kernel: (usize, usize),
+    stride: usize,
+    padding: usize,
+}
+
+impl CustomOp2 for Conv2dWeightGradOp {
+    fn name(&self) -> &'static str {
+        "conv2d-weight-grad-gemm"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = dims4(l1)?;
+        let (n2, o, oh, ow) = dims4(l2)?;
+        let (kh, kw) = self.kernel;
+        let (s, p) = (self.stride, self.padding);
+        if n != n2 {
+            bail!("conv2d weight gradient: batch {n} of the input differs from batch {n2} of the gradient");
+        }
+        if (oh, ow) != (conv_out(h, kh, s, p)?, conv_out(w, kw, s, p)?) {
+            bail!("conv2d weight gradient: gradient of size {oh}x{ow} does not match an input of size {h}x{w}");
+        }
+        let g = Geom { n, c, h, w, o, kh, kw, stride: s, pad: p, oh, ow };
+        let out = dispatch2!("conv2d weight gradient", s1, s2, |x, gy| {
+            with_matrix_side(gy, l2, |gyv, ps| gemm_conv::conv2d_backward_weight(&g, view(x, l1), gyv, ps))
+        });
+        Ok((out, Shape::from((o, c, kh, kw))))
+    }
+
+    fn bwd(&self, x: &Tensor, gy: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // dW is bilinear in (x, gy): dW = <gy, conv2d(x, ·)>.
+        let (_, _, h, w) = x.dims4()?;
+        let (kh, kw) = self.kernel;
+        let (s, p) = (self.stride, self.padding);
+        let dx = if x.track_op() {
+            let op = (output_padding_for(h, kh, s, p)?, output_padding_for(w, kw, s, p)?);
+            Some(conv_transpose2d_fast_hw(gy, grad, s, p, op)?)
+        } else {
+            None
+        };
+        let dgy = if gy.track_op() { Some(conv2d_fast(x, grad, s, p)?) } else { None };
+        Ok((dx, dgy))
+    }
+}
+
+/// `conv2d(x, w)` with stride and zero padding (dilation 1, one group): `x` `[n, c, h, w]`,
+/// `w` `[o, c, kh, kw]` → `[n, o, oh, ow]`. Same result as Candle's
+/// `x.conv2d(w, padding, stride, 1, 1)`, with gemm speed on the CPU.
+pub fn conv2d_fast(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    if !fast_path(x, w) {
+        return x.conv2d(w, padding, stride, 1, 1);
+    }
+    x.apply_op2(w, Conv2dOp { stride, padding })
+}
+
+/// `conv_transpose2d(x, w)`: `x` `[n, o, oh, ow]`, `w` `[o, c, kh, kw]` (the kernel of the
+/// `conv2d` it transposes) → `[n, c, h, w]` with `h = (oh − 1)·stride + kh − 2·padding +
+/// output_padding`. Same result as Candle's `x.conv_transpose2d(w, padding, output_padding,
+/// stride, 1)`; `output_padding` must be smaller than `stride`.
+pub fn conv_transpose2d_fast(x: &Tensor, w: &Tensor, stride: usize, padding: usize, output_padding: usize) -> Result<Tensor> {
+    conv_transpose2d_fast_hw(x, w, stride, padding, (output_padding, output_padding))
+}
+
+/// [`conv_transpose2d_fast`] with separate output paddings for height and width.
+pub fn conv_transpose2d_fast_hw(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    padding: usize,
+    output_padding: (usize, usize),
+) -> Result<Tensor> {
+    if !fast_path(x, w) {
+        if output_padding.0 != output_padding.1 {
+            bail!("conv_transpose2d: per-axis output padding is only supported on the CPU in f32/f64");
+        }
+        return x.conv_transpose2d(w, padding, output_padding.0, stride, 1);
+    }
+    x.apply_op2(w, ConvTranspose2dOp { stride, padding, output_padding })
+}
+
+/// The kernel gradient of `y = conv2d(x, w)` for the output gradient `gy`:
+/// `dW[o, c, i, j] = Σ_{n, y, x} gy[n, o, y, x] · x_pad[n, c, y·stride + i, x·stride + j]`, shape
+/// `[o, c, kh, kw]`. Differentiable in both arguments.
+pub fn conv2d_weight_grad(x: &Tensor, gy: &Tensor, kernel: (usize, usize), stride: usize, padding: usize) -> Result<Tensor> {
+    if !fast_path(x, gy) {
+        // Candle's own formula: a convolution over the batch with the gradient as the kernel.
+        let gw = x.transpose(0, 1)?.conv2d(&gy.transpose(0, 1)?, padding, 1, stride, 1)?.transpose(0, 1)?;
+        return gw.narrow(2, 0, kernel.0)?.narrow(3, 0, kernel.1);
+    }
+    x.apply_op2(gy, Conv2dWeightGradOp { kernel, stride, padding })
+}

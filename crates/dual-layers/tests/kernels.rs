@@ -1,0 +1,349 @@
+//! The gemm convolution kernels against Candle's own `conv2d` / `conv_transpose2d`: forward
+//! values and both gradients, in f64 (to 1e-10) and f32 (to 1e-4 relative), on many shapes —
+//! including the ones that broke Candle's CPU paths before (C == H == W, non-contiguous inputs
+//! and kernels, non-zero start offsets).
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+use dual_layers::kernels::{
+    conv2d_fast, conv2d_weight_grad, conv_transpose2d_fast, conv_transpose2d_fast_hw, set_tuning, tuning, Tuning,
+};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+fn rand_tensor(rng: &mut StdRng, shape: &[usize], dtype: DType) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    let v: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu)?.to_dtype(dtype)
+}
+
+fn tol(dtype: DType) -> f64 {
+    match dtype {
+        DType::F64 => 1e-10,
+        _ => 1e-4,
+    }
+}
+
+/// Max abs difference relative to the reference's scale (at least 1).
+fn assert_close(got: &Tensor, want: &Tensor, dtype: DType, what: &str) -> Result<()> {
+    assert_eq!(got.dims(), want.dims(), "{what}: shapes differ");
+    let g = got.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+    let w = want.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+    let scale = w.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+    let err = g.iter().zip(&w).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+    assert!(err <= tol(dtype) * scale, "{what}: max error {err:e} (scale {scale:e}, dtype {dtype:?})");
+    Ok(())
+}
+
+/// Candle's `conv2d`, as the reference. Candle's backward of `conv2d` uses one output padding
+/// for both axes (taken from the height), which fails when the two axes need different ones; the
+/// input is zero-extended at the bottom or right until they agree, which changes no output.
+fn candle_conv2d(x: &Tensor, w: &Tensor, pad: usize, stride: usize) -> Result<Tensor> {
+    let (_, _, h, wd) = x.dims4()?;
+    let (_, _, kh, kw) = w.dims4()?;
+    let op_h = (h + 2 * pad - kh) % stride;
+    let op_w = (wd + 2 * pad - kw) % stride;
+    let x = if op_h < op_w {
+        x.pad_with_zeros(2, 0, op_w - op_h)?
+    } else if op_w < op_h {
+        x.pad_with_zeros(3, 0, op_h - op_w)?
+    } else {
+        x.clone()
+    };
+    x.conv2d(w, pad, stride, 1, 1)
+}
+
+/// How an argument reaches the op: contiguous, with a start offset, or through a permutation.
+#[derive(Debug, Clone, Copy)]
+enum Form {
+    Contiguous,
+    /// A `narrow` of a larger tensor along dim 0 (non-zero start offset, contiguous strides).
+    Offset,
+    /// Stored as `[d0, d2, d3, d1]` and permuted back (channels last).
+    ChannelsLast,
+    /// Stored with the two spatial axes swapped and transposed back.
+    SpatialSwap,
+    /// A `narrow` along the last axis of a wider tensor (row stride ≠ width).
+    Padded,
+}
+
+const FORMS: [Form; 5] = [Form::Contiguous, Form::Offset, Form::ChannelsLast, Form::SpatialSwap, Form::Padded];
+
+/// A variable holding `shape` and the view of it in `form` that the op will see.
+fn make_arg(rng: &mut StdRng, shape: &[usize], dtype: DType, form: Form) -> Result<(Var, Tensor)> {
+    let (a, b, c, d) = (shape[0], shape[1], shape[2], shape[3]);
+    let (var, view) = match form {
+        Form::Contiguous => {
+            let v = Var::from_tensor(&rand_tensor(rng, shape, dtype)?)?;
+            let t = v.as_tensor().clone();
+            (v, t)
+        }
+        Form::Offset => {
+            let v = Var::from_tensor(&rand_tensor(rng, &[a + 2, b, c, d], dtype)?)?;
+            let t = v.as_tensor().narrow(0, 1, a)?;
+            (v, t)
+        }
+        Form::ChannelsLast => {
+            let v = Var::from_tensor(&rand_tensor(rng, &[a, c, d, b], dtype)?)?;
+            let t = v.as_tensor().permute((0, 3, 1, 2))?;
+            (v, t)
+        }
+        Form::SpatialSwap => {
+            let v = Var::from_tensor(&rand_tensor(rng, &[a, b, d, c], dtype)?)?;
+            let t = v.as_tensor().transpose(2, 3)?;
+            (v, t)
+        }
+        Form::Padded => {
+            let v = Var::from_tensor(&rand_tensor(rng, &[a, b, c, d + 3], dtype)?)?;
+            let t = v.as_tensor().narrow(3, 2, d)?;
+            (v, t)
+        }
+    };
+    assert_eq!(view.dims(), shape);
+    Ok((var, view))
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Case {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    o: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+}
+
+fn cases() -> Vec<Case> {
+    let mut v = Vec::new();
+    // A sweep of small shapes: kernels 1-4, strides 1-2, paddings 0-2, square and not.
+    for k in 1..=4 {
+        for stride in 1..=2 {
+            for pad in 0..=2 {
+                for &(c, h, w) in &[(3, 7, 7), (2, 6, 9), (4, 5, 4)] {
+                    if h + 2 * pad < k || w + 2 * pad < k {
+                        continue;
+                    }
+                    v.push(Case { n: 3, c, h, w, o: 5, k, stride, pad });
+                }
+            }
+        }
+    }
+    // C == H == W (broke Candle's tiled im2col before 0.10).
+    v.push(Case { n: 2, c: 5, h: 5, w: 5, o: 5, k: 3, stride: 1, pad: 1 });
+    v.push(Case { n: 4, c: 8, h: 8, w: 8, o: 6, k: 4, stride: 2, pad: 1 });
+    v.push(Case { n: 2, c: 3, h: 3, w: 3, o: 2, k: 3, stride: 1, pad: 0 });
+    // Single image, single channel, one output pixel.
+    v.push(Case { n: 1, c: 1, h: 4, w: 4, o: 1, k: 4, stride: 1, pad: 0 });
+    // The dual network's shapes, scaled down: first and second conv of the small MNIST model.
+    v.push(Case { n: 40, c: 1, h: 28, w: 28, o: 16, k: 4, stride: 2, pad: 1 });
+    v.push(Case { n: 40, c: 16, h: 14, w: 14, o: 32, k: 4, stride: 2, pad: 1 });
+    // Large enough batches to run in parallel, with several images per gemm group.
+    v.push(Case { n: 64, c: 8, h: 12, w: 12, o: 8, k: 3, stride: 1, pad: 1 });
+    v.push(Case { n: 33, c: 4, h: 9, w: 11, o: 7, k: 1, stride: 1, pad: 0 });
+    v.push(Case { n: 37, c: 6, h: 10, w: 10, o: 12, k: 3, stride: 2, pad: 2 });
+    v
+}
+
+/// Forward and both gradients of `conv2d_fast` against Candle's `conv2d`.
+fn check_conv2d(case: Case, dtype: DType, xform: Form, wform: Form, seed: u64) -> Result<()> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let Case { n, c, h, w, o, k, stride, pad } = case;
+    let (xv, x) = make_arg(&mut rng, &[n, c, h, w], dtype, xform)?;
+    let (wv, wt) = make_arg(&mut rng, &[o, c, k, k], dtype, wform)?;
+    let what = format!("conv2d {case:?} x:{xform:?} w:{wform:?}");
+
+    let got = conv2d_fast(&x, &wt, stride, pad)?;
+    let want = candle_conv2d(&x.contiguous()?, &wt.contiguous()?, pad, stride)?;
+    assert_close(&got, &want, dtype, &format!("{what} forward"))?;
+
+    let r = rand_tensor(&mut rng, want.dims(), dtype)?;
+    let g_got = (got * &r)?.sum_all()?.backward()?;
+    let g_want = (want * &r)?.sum_all()?.backward()?;
+    for (name, v) in [("input grad", &xv), ("kernel grad", &wv)] {
+        let a = g_got.get(v).expect("gradient");
+        let b = g_want.get(v).expect("gradient");
+        assert_close(a, b, dtype, &format!("{what} {name}"))?;
+    }
+    Ok(())
+}
+
+/// Forward and both gradients of `conv_transpose2d_fast` against Candle's `conv_transpose2d`.
+fn check_conv_transpose2d(case: Case, output_padding: usize, dtype: DType, xform: Form, wform: Form, seed: u64) -> Result<()> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let Case { n, c, h, w, o, k, stride, pad } = case;
+    // The transposed convolution maps the conv's output side [n, o, oh, ow] to [n, c, h', w'].
+    let oh = (h + 2 * pad - k) / stride + 1;
+    let ow = (w + 2 * pad - k) / stride + 1;
+    if (oh - 1) * stride + k + output_padding <= 2 * pad {
+        return Ok(());
+    }
+    let (xv, x) = make_arg(&mut rng, &[n, o, oh, ow], dtype, xform)?;
+    let (wv, wt) = make_arg(&mut rng, &[o, c, k, k], dtype, wform)?;
+    let what = format!("conv_transpose2d {case:?} op {output_padding} x:{xform:?} w:{wform:?}");
+
+    let got = conv_transpose2d_fast(&x, &wt, stride, pad, output_padding)?;
+    let want = x.contiguous()?.conv_transpose2d(&wt.contiguous()?, pad, output_padding, stride, 1)?;
+    assert_close(&got, &want, dtype, &format!("{what} forward"))?;
+
+    let r = rand_tensor(&mut rng, want.dims(), dtype)?;
+    let g_got = (got * &r)?.sum_all()?.backward()?;
+    let g_want = (want * &r)?.sum_all()?.backward()?;
+    for (name, v) in [("input grad", &xv), ("kernel grad", &wv)] {
+        let a = g_got.get(v).expect("gradient");
+        let b = g_want.get(v).expect("gradient");
+        assert_close(a, b, dtype, &format!("{what} {name}"))?;
+    }
+    Ok(())
+}
+
+fn run_all(dtype: DType) -> Result<()> {
+    let mut seed = 0u64;
+    for case in cases() {
+        for (i, &xform) in FORMS.iter().enumerate() {
+            // Every input form with a contiguous kernel, and the kernel forms cycled alongside.
+            let wform = FORMS[(i + case.k) % FORMS.len()];
+            for wf in [Form::Contiguous, wform] {
+                seed += 1;
+                check_conv2d(case, dtype, xform, wf, seed)?;
+                for op in 0..case.stride {
+                    seed += 1;
+                    check_conv_transpose2d(case, op, dtype, xform, wf, seed)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn conv_kernels_match_candle_f64() -> Result<()> {
+    run_all(DType::F64)
+}
+
+#[test]
+fn conv_kernels_match_candle_f32() -> Result<()> {
+    run_all(DType::F32)
+}
+
+/// Every scheduling gives the same numbers: one image per gemm, huge groups, gemm's threading,
+/// and no parallelism at all.
+#[test]
+fn conv_kernels_any_tuning() -> Result<()> {
+    let base = tuning();
+    let variants = [
+        Tuning { group_bytes: 1, ..Tuning::DEFAULT },
+        Tuning { group_bytes: 1 << 30, ..Tuning::DEFAULT },
+        Tuning { gemm_threads: true, ..Tuning::DEFAULT },
+        Tuning { serial_macs: usize::MAX, ..Tuning::DEFAULT },
+        Tuning { tasks_per_thread: 1, serial_macs: 0, ..Tuning::DEFAULT },
+    ];
+    let case = Case { n: 23, c: 6, h: 10, w: 10, o: 12, k: 3, stride: 2, pad: 1 };
+    let mut seed = 1000;
+    for t in variants {
+        set_tuning(t);
+        for form in [Form::Contiguous, Form::ChannelsLast] {
+            seed += 1;
+            check_conv2d(case, DType::F64, form, Form::Contiguous, seed)?;
+            check_conv_transpose2d(case, 1, DType::F64, form, Form::Contiguous, seed)?;
+            check_conv2d(Case { k: 1, stride: 1, pad: 0, ..case }, DType::F64, form, Form::Contiguous, seed)?;
+        }
+    }
+    set_tuning(base);
+    Ok(())
+}
+
+/// Non-square inputs whose transpose needs different output paddings per axis.
+#[test]
+fn conv_transpose_per_axis_output_padding() -> Result<()> {
+    let mut rng = StdRng::seed_from_u64(7);
+    let x = rand_tensor(&mut rng, &[3, 4, 5, 6], DType::F64)?;
+    let w = rand_tensor(&mut rng, &[4, 2, 3, 3], DType::F64)?;
+    let got = conv_transpose2d_fast_hw(&x, &w, 2, 1, (0, 1))?;
+    assert_eq!(got.dims(), &[3, 2, 9, 12]);
+    // Reference: the wider output, narrowed; the extra column only gets contributions that the
+    // wider reference also has, so compare on the common part and through conv2d's adjoint.
+    let wide = x.conv_transpose2d(&w, 1, 1, 2, 1)?;
+    assert_close(&got, &wide.narrow(2, 0, 9)?, DType::F64, "per-axis output padding")?;
+
+    // conv2d's input gradient on such an input goes through the per-axis transpose.
+    let xv = Var::from_tensor(&rand_tensor(&mut rng, &[2, 2, 9, 12], DType::F64)?)?;
+    let r = rand_tensor(&mut rng, &[2, 4, 5, 6], DType::F64)?;
+    let g_got = (conv2d_fast(xv.as_tensor(), &w, 2, 1)? * &r)?.sum_all()?.backward()?;
+    let g_want = (candle_conv2d(xv.as_tensor(), &w, 1, 2)? * &r)?.sum_all()?.backward()?;
+    assert_close(g_got.get(&xv).unwrap(), g_want.get(&xv).unwrap(), DType::F64, "conv2d input grad, 9x12")?;
+    Ok(())
+}
+
+/// The kernel gradient as an op of its own, and its gradients: `<R, dW(x, g)> = <g, conv2d(x, R)>`.
+#[test]
+fn weight_grad_op_and_its_gradients() -> Result<()> {
+    for (i, &(n, c, h, w, o, k, s, p)) in
+        [(3, 2, 7, 7, 4, 3, 1, 1), (5, 3, 9, 8, 2, 4, 2, 1), (40, 4, 10, 10, 6, 3, 2, 0), (6, 5, 5, 5, 3, 1, 1, 0)].iter().enumerate()
+    {
+        let mut rng = StdRng::seed_from_u64(100 + i as u64);
+        let oh = (h + 2 * p - k) / s + 1;
+        let ow = (w + 2 * p - k) / s + 1;
+        let (xv, x) = make_arg(&mut rng, &[n, c, h, w], DType::F64, FORMS[i % FORMS.len()])?;
+        let (gv, g) = make_arg(&mut rng, &[n, o, oh, ow], DType::F64, FORMS[(i + 2) % FORMS.len()])?;
+        let r = rand_tensor(&mut rng, &[o, c, k, k], DType::F64)?;
+
+        let dw = conv2d_weight_grad(&x, &g, (k, k), s, p)?;
+        // Reference kernel gradient through Candle's autograd of its own conv2d.
+        let wv = Var::from_tensor(&Tensor::zeros((o, c, k, k), DType::F64, &Device::Cpu)?)?;
+        let y = candle_conv2d(&x.contiguous()?.detach(), wv.as_tensor(), p, s)?;
+        let gw = (y * g.contiguous()?.detach())?.sum_all()?.backward()?;
+        assert_close(&dw, gw.get(&wv).unwrap(), DType::F64, "weight grad op")?;
+
+        let l_got = (dw * &r)?.sum_all()?;
+        let l_want = (g.contiguous()? * candle_conv2d(&x.contiguous()?, &r, p, s)?)?.sum_all()?;
+        assert_close(&l_got, &l_want, DType::F64, "bilinear identity")?;
+        let a = l_got.backward()?;
+        let b = l_want.backward()?;
+        for (name, v) in [("d/dx", &xv), ("d/dg", &gv)] {
+            assert_close(a.get(v).unwrap(), b.get(v).unwrap(), DType::F64, &format!("weight grad {name}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Gradients are computed only for tracked arguments; constants get none and cost nothing.
+#[test]
+fn untracked_arguments_get_no_gradient() -> Result<()> {
+    let mut rng = StdRng::seed_from_u64(3);
+    let x = rand_tensor(&mut rng, &[4, 3, 8, 8], DType::F32)?;
+    let wv = Var::from_tensor(&rand_tensor(&mut rng, &[5, 3, 3, 3], DType::F32)?)?;
+    let y = conv2d_fast(&x, wv.as_tensor(), 1, 1)?;
+    let g = y.sum_all()?.backward()?;
+    assert!(g.get(&x).is_none());
+    let want = x.conv2d(wv.as_tensor(), 1, 1, 1, 1)?.sum_all()?.backward()?;
+    assert_close(g.get(&wv).unwrap(), want.get(&wv).unwrap(), DType::F32, "kernel grad, constant input")?;
+    Ok(())
+}
+
+#[test]
+fn bad_shapes_are_errors() -> Result<()> {
+    let x = Tensor::zeros((2, 3, 4, 4), DType::F32, &Device::Cpu)?;
+    let w = Tensor::zeros((5, 2, 3, 3), DType::F32, &Device::Cpu)?;
+    assert!(conv2d_fast(&x, &w, 1, 0).is_err(), "channel mismatch");
+    let w = Tensor::zeros((5, 3, 7, 7), DType::F32, &Device::Cpu)?;
+    assert!(conv2d_fast(&x, &w, 1, 1).is_err(), "kernel larger than the padded input");
+    let w = Tensor::zeros((3, 2, 3, 3), DType::F32, &Device::Cpu)?;
+    assert!(conv_transpose2d_fast(&x, &w, 2, 1, 2).is_err(), "output padding >= stride");
+    let wd = Tensor::zeros((3, 2, 3, 3), DType::F64, &Device::Cpu)?;
+    assert!(conv_transpose2d_fast(&x, &wd, 2, 1, 1).is_err(), "dtype mismatch");
+    Ok(())
+}
+
+/// f16 falls back to Candle's convolutions.
+#[test]
+fn other_dtypes_fall_back() -> Result<()> {
+    let mut rng = StdRng::seed_from_u64(5);
+    let x = rand_tensor(&mut rng, &[2, 3, 6, 6], DType::F32)?;
+    let w = rand_tensor(&mut rng, &[4, 3, 3, 3], DType::F32)?;
+    let got = conv2d_fast(&x.to_dtype(DType::F16)?, &w.to_dtype(DType::F16)?, 1, 1)?;
+    assert_eq!(got.dtype(), DType::F16);
+    let want = x.conv2d(&w, 1, 1, 1, 1)?;
+    let err = (got.to_dtype(DType::F32)? - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    assert!(err < 0.1, "f16 fallback error {err}");
+    Ok(())
+}

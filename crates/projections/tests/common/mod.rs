@@ -1,0 +1,59 @@
+//! Paths and loaders shared by the tests (after `crates/nets/tests/common`).
+#![allow(dead_code)]
+
+use candle_core::{DType, Device, Tensor};
+use nets::{zoo, Network};
+use std::path::PathBuf;
+
+/// `../shared` beside the checkout, or `$CONVEX_SHARED_DIR`.
+pub fn shared_dir() -> Option<PathBuf> {
+    let p = std::env::var_os("CONVEX_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared")));
+    p.is_dir().then_some(p)
+}
+
+/// The Fashion-MNIST reference folder, or `None` (the test then says it is skipped).
+pub fn fashion_ref() -> Option<PathBuf> {
+    let d = shared_dir()?.join("reference/fashion_mnist_eps0.1");
+    if d.is_dir() {
+        Some(d)
+    } else {
+        eprintln!("skipped: {} not found", d.display());
+        None
+    }
+}
+
+pub fn npy(dir: &PathBuf, name: &str) -> Tensor {
+    Tensor::read_npy(dir.join(name)).unwrap_or_else(|e| panic!("reading {name}: {e}"))
+}
+
+/// The paper's Fashion-MNIST model from the reference weights (.npy, PyTorch layout).
+pub fn fashion_model(dir: &PathBuf, dtype: DType) -> Network {
+    let w = dir.join("weights");
+    let names = ["0.weight", "0.bias", "2.weight", "2.bias", "5.weight", "5.bias", "7.weight", "7.bias"];
+    let sd: Vec<(String, Tensor)> = names.iter().map(|n| (n.to_string(), npy(&w, &format!("{n}.npy")))).collect();
+    Network::from_state_dict(&zoo::by_name("mnist-small").unwrap(), &sd, dtype, &Device::Cpu).unwrap()
+}
+
+pub fn labels(dir: &PathBuf, name: &str) -> Vec<u32> {
+    npy(dir, name).to_dtype(DType::I64).unwrap().to_vec1::<i64>().unwrap().iter().map(|&v| v as u32).collect()
+}
+
+pub fn flat(t: &Tensor) -> Vec<f64> {
+    t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap()
+}
+
+/// Largest absolute difference.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    let (a, b) = (flat(a), flat(b));
+    assert_eq!(a.len(), b.len(), "sizes differ");
+    a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+}
+
+/// Mean absolute difference.
+pub fn mean_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    let (a, b) = (flat(a), flat(b));
+    assert_eq!(a.len(), b.len(), "sizes differ");
+    a.iter().zip(&b).map(|(x, y)| (x - y).abs()).sum::<f64>() / a.len() as f64
+}
