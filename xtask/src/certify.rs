@@ -49,6 +49,9 @@ pub struct CertifyArgs {
     /// Compute in f64 (default f32).
     #[arg(long)]
     f64: bool,
+    /// Where to compute: cpu or cuda[:N] (CUDA needs a build with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 impl CertifyArgs {
@@ -67,6 +70,7 @@ impl CertifyArgs {
             json: self.json,
             memory_budget: self.memory_budget.as_deref().map(parse_size).transpose()?,
             f64: self.f64,
+            device: self.device,
         };
         cfg.validate()?;
         Ok(cfg)

@@ -13,6 +13,9 @@ mod size;
 
 use clap::{Parser, Subcommand};
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Train, certify and reproduce provably robust networks")]
 struct Cli {

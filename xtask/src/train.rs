@@ -84,6 +84,9 @@ pub struct TrainArgs {
     /// Seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Where to compute: cpu or cuda[:N] (CUDA needs a build with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
@@ -142,7 +145,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
             );
         }
         None => {
-            let net = nets::Network::init(&spec, a.seed, candle_core::DType::F32, &candle_core::Device::Cpu)?;
+            let device = experiments::device::parse_device(&a.device)?;
+            let net = nets::Network::init(&spec, a.seed, candle_core::DType::F32, &device)?;
             let s = train(&net, &tr, &te, &cfg, &a.out, a.resume)?;
             println!(
                 "best test robust error {:.2} % at epoch {}; checkpoints and log in {}",

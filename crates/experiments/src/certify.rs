@@ -5,7 +5,7 @@ use crate::attacks::{count_errors, pgd, pgd_l2, PgdConfig};
 use crate::datasets::{load_mnist_like, Dataset, Split};
 use crate::report::{write_json_atomic, Table};
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use dual_core::{robust_bounds, certified_from_bounds, DualOptions, DualSource};
 use dual_layers::{InfBall, InfBallBounded, L2Ball};
 use nets::Network;
@@ -35,7 +35,7 @@ impl std::str::FromStr for Norm {
 }
 
 /// Checked settings of a certification run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct CertifyConfig {
     /// Model file (.pth or .safetensors).
     pub model: PathBuf,
@@ -63,6 +63,13 @@ pub struct CertifyConfig {
     pub memory_budget: Option<usize>,
     /// Compute in f64 instead of f32.
     pub f64: bool,
+    /// `cpu` or `cuda[:N]`.
+    #[serde(default = "cpu")]
+    pub device: String,
+}
+
+fn cpu() -> String {
+    "cpu".into()
 }
 
 impl CertifyConfig {
@@ -199,11 +206,12 @@ impl CertifyConfig {
 /// Evaluates a data set (or its first `limit` examples) batch by batch.
 pub fn evaluate(net: &Network, data: &Dataset, s: &EvalSettings, batch_size: usize, limit: Option<usize>, dtype: DType) -> Result<BatchCounts> {
     let total = limit.unwrap_or(data.len()).min(data.len());
+    let device = net.device();
     let mut acc = BatchCounts::default();
     let mut i = 0;
     while i < total {
         let end = (i + batch_size.max(1)).min(total);
-        let (x, y) = data.batch(i, end, &Device::Cpu)?;
+        let (x, y) = data.batch(i, end, &device)?;
         let c = evaluate_batch(net, &x.to_dtype(dtype)?, &y, s)?;
         acc.add(&c);
         i = end;
@@ -251,7 +259,7 @@ pub fn evaluate_batch(net: &Network, x: &Tensor, y: &[u32], cfg: &EvalSettings) 
 pub fn certify(cfg: &CertifyConfig, mut progress: impl FnMut(usize, usize, &BatchCounts)) -> Result<CertifyReport> {
     cfg.validate()?;
     let dtype = if cfg.f64 { DType::F64 } else { DType::F32 };
-    let device = Device::Cpu;
+    let device = crate::device::parse_device(&cfg.device)?;
     let net = nets::io::load_model(&cfg.model, cfg.arch.as_deref(), dtype, &device)
         .with_context(|| format!("loading model {}", cfg.model.display()))?;
     let mut data = load_test_set(&cfg.dataset, &cfg.data_dir)?;

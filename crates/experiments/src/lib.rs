@@ -18,3 +18,4 @@ pub mod cascade;
 pub mod lp;
 pub mod primal;
 pub mod min_distance;
+pub mod device;

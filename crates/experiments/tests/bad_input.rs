@@ -169,6 +169,7 @@ fn config(dir: &std::path::Path, model: PathBuf) -> CertifyConfig {
         json: Some(dir.join("out/results.json")),
         memory_budget: None,
         f64: false,
+        device: "cpu".into(),
     }
 }
 
@@ -237,6 +238,7 @@ fn certify_matches_the_reference_on_real_data() {
         json: None,
         memory_budget: None,
         f64: false,
+        device: "cpu".into(),
     };
     let r = certify(&cfg, |_, _, _| {}).unwrap();
     let want = Tensor::read_npy(err_ref).unwrap().to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap()[0];

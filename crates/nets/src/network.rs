@@ -123,6 +123,11 @@ impl Network {
         }
     }
 
+    /// The device the parameters live on (CPU for a network without parameters).
+    pub fn device(&self) -> Device {
+        self.params().first().map(|(_, v)| v.device().clone()).unwrap_or(Device::Cpu)
+    }
+
     /// Shape of one input (without batch).
     pub fn input_shape(&self) -> &[usize] {
         &self.input_shape

@@ -171,6 +171,7 @@ pub fn train(net: &Network, train_set: &Dataset, test_set: &Dataset, cfg: &Train
         for b in 0..nb {
             let idx = &order[b * cfg.batch_size..((b + 1) * cfg.batch_size).min(n)];
             let (x, y) = gather(train_set, idx, dtype)?;
+            let x = x.to_device(&net.device())?;
             eps = cfg.eps.at(epoch, b as f64 / nb as f64);
             let logits = net.forward(&x)?;
             let clean_err = argmax_errors(&logits, &y)?;
