@@ -14,8 +14,8 @@
 //!
 //! Networks: sequential or DenseSequential chains of Linear, ReLU, Flatten and Identity layers
 //! (Dense layers whose parts are Linear or Identity). Inputs are flattened row-major, as
-//! PyTorch's `Flatten` does. Input sets: an l_inf box (optionally clipped, e.g. to `[0, 1]`) or
-//! an l2 ball.
+//! PyTorch's `Flatten` does. Input sets: an l_inf box (one radius or one per feature, optionally
+//! clipped, e.g. to `[0, 1]`) or an l2 ball.
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Tensor};
@@ -325,8 +325,18 @@ pub enum InputSet {
 impl InputSet {
     /// The l_inf ball of radius `eps` around `x`, intersected with `clip` if given.
     pub fn linf(x: &[f64], eps: f64, clip: Option<(f64, f64)>) -> Self {
+        Self::linf_per_feature(x, &vec![eps; x.len()], clip)
+    }
+
+    /// The l_inf box `|x'_i - x_i| ≤ eps_i` (one radius per feature), intersected with `clip` if
+    /// given.
+    pub fn linf_per_feature(x: &[f64], eps: &[f64], clip: Option<(f64, f64)>) -> Self {
+        assert_eq!(x.len(), eps.len(), "one radius per feature");
         let (a, b) = clip.unwrap_or((f64::NEG_INFINITY, f64::INFINITY));
-        InputSet::Box { lo: x.iter().map(|v| (v - eps).max(a)).collect(), hi: x.iter().map(|v| (v + eps).min(b)).collect() }
+        InputSet::Box {
+            lo: x.iter().zip(eps).map(|(v, e)| (v - e).max(a)).collect(),
+            hi: x.iter().zip(eps).map(|(v, e)| (v + e).min(b)).collect(),
+        }
     }
 
     fn size(&self) -> usize {
