@@ -30,7 +30,7 @@ fn splitmix64(mut z: u64) -> u64 {
 /// The seed of stream `stream` under the user's `seed`: distinct streams (and distinct seeds)
 /// give unrelated generators.
 pub fn stream_seed(seed: u64, stream: u64) -> u64 {
-    splitmix64(seed ^ splitmix64(stream.wrapping_add(0x5eed_0f_9a3b)))
+    splitmix64(seed ^ splitmix64(stream.wrapping_add(0x005e_ed0f_9a3b)))
 }
 
 /// `n` i.i.d. draws from `kind`, from the generator seeded with `seed`.

@@ -120,7 +120,7 @@ impl Case {
                 let n = d.flatten_from(1).unwrap().sqr().unwrap().sum_keepdim(1).unwrap().sqrt().unwrap();
                 let f = (n / self.eps).unwrap().maximum(1.0).unwrap();
                 let mut s = vec![d.dim(0).unwrap()];
-                s.extend(std::iter::repeat(1).take(d.rank() - 1));
+                s.extend(std::iter::repeat_n(1, d.rank() - 1));
                 d.broadcast_div(&f.reshape(s).unwrap()).unwrap()
             }
         };
@@ -135,7 +135,6 @@ impl Case {
     /// uniform samples, then 30 steps of projected gradient descent on `f_0 - f_j` for every `j`.
     fn points(&self, b: usize, rng: &mut StdRng) -> Tensor {
         let x0 = flat(&self.x.narrow(0, b, 1).unwrap());
-        let n = x0.len();
         let in_shape = &self.x.dims()[1..];
         let mut pts: Vec<f64> = Vec::new();
         let count = 64;
@@ -170,7 +169,7 @@ impl Case {
                     Set::L2 => {
                         let nrm = g.flatten_from(1).unwrap().sqr().unwrap().sum_keepdim(1).unwrap().sqrt().unwrap();
                         let mut s = vec![g.dim(0).unwrap()];
-                        s.extend(std::iter::repeat(1).take(g.rank() - 1));
+                        s.extend(std::iter::repeat_n(1, g.rank() - 1));
                         (g.broadcast_div(&(nrm + 1e-12).unwrap().reshape(s).unwrap()).unwrap() * (0.1 * self.eps)).unwrap()
                     }
                     _ => (g.sign().unwrap() * (0.1 * self.eps)).unwrap(),
@@ -179,7 +178,6 @@ impl Case {
             }
             all.push(p);
         }
-        let _ = n;
         Tensor::cat(&all, 0).unwrap()
     }
 }

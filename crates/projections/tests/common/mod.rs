@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use nets::{zoo, Network};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// `../shared` beside the checkout, or `$CONVEX_SHARED_DIR`.
 pub fn shared_dir() -> Option<PathBuf> {
@@ -24,19 +24,19 @@ pub fn fashion_ref() -> Option<PathBuf> {
     }
 }
 
-pub fn npy(dir: &PathBuf, name: &str) -> Tensor {
+pub fn npy(dir: &Path, name: &str) -> Tensor {
     Tensor::read_npy(dir.join(name)).unwrap_or_else(|e| panic!("reading {name}: {e}"))
 }
 
 /// The paper's Fashion-MNIST model from the reference weights (.npy, PyTorch layout).
-pub fn fashion_model(dir: &PathBuf, dtype: DType) -> Network {
+pub fn fashion_model(dir: &Path, dtype: DType) -> Network {
     let w = dir.join("weights");
     let names = ["0.weight", "0.bias", "2.weight", "2.bias", "5.weight", "5.bias", "7.weight", "7.bias"];
     let sd: Vec<(String, Tensor)> = names.iter().map(|n| (n.to_string(), npy(&w, &format!("{n}.npy")))).collect();
     Network::from_state_dict(&zoo::by_name("mnist-small").unwrap(), &sd, dtype, &Device::Cpu).unwrap()
 }
 
-pub fn labels(dir: &PathBuf, name: &str) -> Vec<u32> {
+pub fn labels(dir: &Path, name: &str) -> Vec<u32> {
     npy(dir, name).to_dtype(DType::I64).unwrap().to_vec1::<i64>().unwrap().iter().map(|&v| v as u32).collect()
 }
 
