@@ -3,7 +3,7 @@
 use crate::size::parse_size;
 use anyhow::Result;
 use clap::Args;
-use experiments::certify::{certify, default_data_dir, CertifyConfig, Norm};
+use experiments::certify::{certify, default_data_dir, is_projected_norm, CertifyConfig, Norm, Projection};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 
@@ -25,9 +25,19 @@ pub struct CertifyArgs {
     /// Radius of the threat ball.
     #[arg(long)]
     eps: f64,
-    /// Norm of the ball: linf or l2.
+    /// Norm of the ball: linf or l2 (exact bound), linf-median or l2-normal (random projections,
+    /// with --proj K: an estimate, not a certificate).
     #[arg(long, default_value = "linf")]
     norm: String,
+    /// Number of random projections for linf-median / l2-normal.
+    #[arg(long)]
+    proj: Option<usize>,
+    /// Seed of the random projections.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Inflate projected estimates so the bound holds with probability 1 - DELTA.
+    #[arg(long)]
+    inflate_delta: Option<f64>,
     /// Intersect the ball with the data range [0, 1].
     #[arg(long)]
     bounded_input: bool,
@@ -56,6 +66,15 @@ pub struct CertifyArgs {
 
 impl CertifyArgs {
     fn into_config(self) -> Result<CertifyConfig> {
+        let projected = is_projected_norm(&self.norm);
+        let proj = match (projected, self.proj) {
+            (true, Some(k)) | (false, Some(k)) => Some(Projection { k, seed: self.seed, inflate_delta: self.inflate_delta }),
+            (true, None) => anyhow::bail!("--norm {} needs --proj K (the number of projections)", self.norm),
+            (false, None) => None,
+        };
+        if proj.map_or(false, |p| p.k == 0) {
+            anyhow::bail!("--proj must be at least 1");
+        }
         let cfg = CertifyConfig {
             data_dir: self.data_dir.unwrap_or_else(|| default_data_dir(&self.dataset)),
             model: self.model,
@@ -71,6 +90,7 @@ impl CertifyArgs {
             memory_budget: self.memory_budget.as_deref().map(parse_size).transpose()?,
             f64: self.f64,
             device: self.device,
+            proj,
         };
         cfg.validate()?;
         Ok(cfg)

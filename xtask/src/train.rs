@@ -87,6 +87,9 @@ pub struct TrainArgs {
     /// Where to compute: cpu or cuda[:N] (CUDA needs a build with --features cuda).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Train with K random projections (linf-median / l2-normal); evaluation stays exact.
+    #[arg(long)]
+    proj: Option<usize>,
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
@@ -122,6 +125,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         eval_limit: a.eval_limit,
         f64: false,
         quiet: false,
+        proj: a.proj,
     };
     let dir = a.data_dir.unwrap_or_else(|| default_data_dir(&a.dataset));
     if !matches!(a.dataset.as_str(), "mnist" | "fashion-mnist") {

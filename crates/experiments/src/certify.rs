@@ -27,9 +27,9 @@ impl std::str::FromStr for Norm {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
         match s {
-            "linf" | "l_inf" | "inf" => Ok(Norm::Linf),
-            "l2" => Ok(Norm::L2),
-            _ => bail!("unknown norm `{s}` (expected linf or l2)"),
+            "linf" | "l_inf" | "inf" | "linf-median" | "l1_median" => Ok(Norm::Linf),
+            "l2" | "l2-normal" | "l2_normal" => Ok(Norm::L2),
+            _ => bail!("unknown norm `{s}` (expected linf, linf-median, l2 or l2-normal)"),
         }
     }
 }
@@ -66,6 +66,25 @@ pub struct CertifyConfig {
     /// `cpu` or `cuda[:N]`.
     #[serde(default = "cpu")]
     pub device: String,
+    /// Random projections instead of the exact bound (an estimate, not a certificate).
+    #[serde(default)]
+    pub proj: Option<Projection>,
+}
+
+/// Settings of the projected (scalable) bound of Wong et al. 2018.
+#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize, PartialEq)]
+pub struct Projection {
+    /// Projections per source.
+    pub k: usize,
+    /// Seed of the projections.
+    pub seed: u64,
+    /// Inflate the estimates so the bound holds with probability `1 - delta`.
+    pub inflate_delta: Option<f64>,
+}
+
+/// Whether a norm name asks for the projected estimate (`linf-median`, `l2-normal`).
+pub fn is_projected_norm(s: &str) -> bool {
+    matches!(s, "linf-median" | "l1_median" | "l2-normal" | "l2_normal")
 }
 
 fn cpu() -> String {
@@ -128,7 +147,13 @@ impl CertifyReport {
         if let Some(p) = self.pgd_error {
             t.row(&["PGD error (100 steps of 0.01)", &pct(p)]);
         }
-        t.row(&["certified robust error (exact)", &pct(self.robust_error)]);
+        match &s.proj {
+            None => t.row(&["certified robust error (exact)", &pct(self.robust_error)]),
+            Some(p) => match p.inflate_delta {
+                None => t.row(&[&format!("robust error, ESTIMATE with k = {} projections (not a certificate)", p.k), &pct(self.robust_error)]),
+                Some(d) => t.row(&[&format!("robust error, k = {} projections, holds with probability ≥ {}", p.k, 1.0 - d), &pct(self.robust_error)]),
+            },
+        }
         t.row(&["seconds", &format!("{:.1}", self.seconds)]);
         t
     }
@@ -168,6 +193,21 @@ pub fn input_set(x: &Tensor, eps: f64, norm: Norm, bounded: bool) -> Result<Box<
     })
 }
 
+/// The projections crate's settings for a ball.
+pub fn projection_config(eps: f64, norm: Norm, bounded: bool, p: &Projection) -> projections::ProjectionConfig {
+    let mut c = match norm {
+        Norm::Linf => projections::ProjectionConfig::linf(eps, p.k, p.seed),
+        Norm::L2 => projections::ProjectionConfig::l2(eps, p.k, p.seed),
+    };
+    if bounded && norm == Norm::Linf {
+        c = c.bounded(0.0, 1.0);
+    }
+    if let Some(d) = p.inflate_delta {
+        c = c.inflate(d);
+    }
+    c
+}
+
 /// Per-batch counts.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct BatchCounts {
@@ -194,12 +234,14 @@ pub struct EvalSettings {
     pub pgd: bool,
     /// Memory budget of the bound.
     pub memory_budget: Option<usize>,
+    /// Projected bound (an estimate) instead of the exact one.
+    pub proj: Option<Projection>,
 }
 
 impl CertifyConfig {
     /// The per-batch settings.
     pub fn eval_settings(&self) -> EvalSettings {
-        EvalSettings { eps: self.eps, norm: self.norm, bounded_input: self.bounded_input, pgd: self.pgd, memory_budget: self.memory_budget }
+        EvalSettings { eps: self.eps, norm: self.norm, bounded_input: self.bounded_input, pgd: self.pgd, memory_budget: self.memory_budget, proj: self.proj }
     }
 }
 
@@ -234,7 +276,10 @@ pub fn evaluate_batch(net: &Network, x: &Tensor, y: &[u32], cfg: &EvalSettings) 
     let logits = net.forward(x)?;
     let clean_errors = count_errors(&logits, y)?;
     let opts = DualOptions { memory_budget: cfg.memory_budget };
-    let dual = net.dual(x, input_set(x, cfg.eps, cfg.norm, cfg.bounded_input)?, &opts)?;
+    let dual = match &cfg.proj {
+        None => net.dual(x, input_set(x, cfg.eps, cfg.norm, cfg.bounded_input)?, &opts)?,
+        Some(p) => projections::projected_dual(x, net.dual_nodes(x)?, &projection_config(cfg.eps, cfg.norm, cfg.bounded_input, p), &opts)?,
+    };
     let f = robust_bounds(&dual, y)?;
     let robust_errors = certified_from_bounds(&f, y)?.iter().filter(|c| !**c).count();
     drop(dual);

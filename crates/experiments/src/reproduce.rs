@@ -55,6 +55,7 @@ fn paper1(eps: f64, epochs: usize) -> TrainConfig {
         eval_limit: None,
         f64: false,
         quiet: false,
+        proj: None,
     }
 }
 
@@ -241,7 +242,7 @@ pub fn reproduce(name: &str, opts: &ReproduceOptions) -> Result<ReproduceReport>
     let summary = train(&net, &train_set, &test_set, &exp.train, &out_dir, opts.resume)?;
     let best = nets::io::load_model(&summary.out_dir.join("best.safetensors"), None, DType::F32, &Device::Cpu)?;
     eprintln!("evaluating the best model (epoch {}) on {} test examples", summary.best_epoch, test_set.len());
-    let settings = EvalSettings { eps: exp.eps, norm: exp.train.norm, bounded_input: exp.train.bounded_input, pgd: true, memory_budget: None };
+    let settings = EvalSettings { eps: exp.eps, norm: exp.train.norm, bounded_input: exp.train.bounded_input, pgd: true, memory_budget: None, proj: None };
     let ev = evaluate(&best, &test_set, &settings, 50, None, DType::F32)?;
     let n = ev.n.max(1) as f64;
     let report = ReproduceReport {

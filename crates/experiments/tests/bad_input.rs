@@ -170,6 +170,7 @@ fn config(dir: &std::path::Path, model: PathBuf) -> CertifyConfig {
         memory_budget: None,
         f64: false,
         device: "cpu".into(),
+        proj: None,
     }
 }
 
@@ -239,6 +240,7 @@ fn certify_matches_the_reference_on_real_data() {
         memory_budget: None,
         f64: false,
         device: "cpu".into(),
+        proj: None,
     };
     let r = certify(&cfg, |_, _, _| {}).unwrap();
     let want = Tensor::read_npy(err_ref).unwrap().to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap()[0];

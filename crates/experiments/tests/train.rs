@@ -49,6 +49,7 @@ fn cfg(epochs: usize) -> TrainConfig {
         eval_limit: None,
         f64: false,
         quiet: true,
+        proj: None,
     }
 }
 

@@ -1,6 +1,6 @@
 use super::{EpsilonSchedule, LrSchedule, Optimizer, OptimizerConfig};
 use crate::attacks::{cross_entropy, pgd, PgdConfig};
-use crate::certify::{evaluate, input_set, EvalSettings, Norm};
+use crate::certify::{evaluate, input_set, projection_config, EvalSettings, Norm, Projection};
 use crate::datasets::Dataset;
 use crate::report::write_json_atomic;
 use anyhow::{bail, Context, Result};
@@ -55,6 +55,10 @@ pub struct TrainConfig {
     /// Hide progress bars.
     #[serde(default)]
     pub quiet: bool,
+    /// Train with `k` random projections (Wong et al. 2018) instead of the exact bound;
+    /// evaluation stays exact.
+    #[serde(default)]
+    pub proj: Option<usize>,
 }
 
 /// One line of the training log.
@@ -178,7 +182,14 @@ pub fn train(net: &Network, train_set: &Dataset, test_set: &Dataset, cfg: &Train
             let (loss, rerr) = match cfg.loss {
                 LossKind::Baseline => (cross_entropy(&logits, &y)?, None),
                 LossKind::Robust => {
-                    let dual = net.dual(&x, input_set(&x, eps, cfg.norm, cfg.bounded_input)?, &DualOptions::default())?;
+                    let dual = match cfg.proj {
+                        None => net.dual(&x, input_set(&x, eps, cfg.norm, cfg.bounded_input)?, &DualOptions::default())?,
+                        Some(k) => {
+                            // Fresh projections every step, reproducible from the seed.
+                            let p = Projection { k, seed: cfg.seed ^ (opt.steps() + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15), inflate_delta: None };
+                            projections::projected_dual(&x, net.dual_nodes(&x)?, &projection_config(eps, cfg.norm, cfg.bounded_input, &p), &DualOptions::default())?
+                        }
+                    };
                     let rl = robust_loss(&dual, &y)?;
                     (rl.loss, Some(rl.error))
                 }
@@ -215,7 +226,7 @@ pub fn train(net: &Network, train_set: &Dataset, test_set: &Dataset, cfg: &Train
             bar.inc(1);
         }
         bar.finish_and_clear();
-        let settings = EvalSettings { eps: cfg.eps.end, norm: cfg.norm, bounded_input: cfg.bounded_input, pgd: false, memory_budget: None };
+        let settings = EvalSettings { eps: cfg.eps.end, norm: cfg.norm, bounded_input: cfg.bounded_input, pgd: false, memory_budget: None, proj: None };
         let ev = evaluate(net, test_set, &settings, cfg.batch_size, cfg.eval_limit, dtype)?;
         let en = ev.n.max(1) as f64;
         let entry = EpochLog {

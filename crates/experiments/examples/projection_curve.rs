@@ -4,7 +4,7 @@
 //! A projected robust error is an estimate, not a certified number: only the exact row certifies.
 //!
 //! ```text
-//! cargo run --release -p projections --example curve -- --n 1000
+//! cargo run --release -p experiments --example projection_curve -- --n 1000
 //! ```
 //! Options: `--n N` (1000), `--batch B` (50), `--seeds S` (3), `--ks 10,50,100,200`,
 //! `--bounded-ks 50` (ball ∩ [0, 1]; empty to skip), `--eps 0.1`, `--rule per-example|batch-total`,
