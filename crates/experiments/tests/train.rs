@@ -139,3 +139,25 @@ fn baseline_and_madry_losses_train() {
         let _ = std::fs::remove_dir_all(&d);
     }
 }
+
+#[test]
+fn projected_training_runs_and_is_reproducible() {
+    let tr = blobs(40, 6);
+    let te = blobs(10, 7);
+    let run = |tag: &str| {
+        let d = tmp(tag);
+        let net = Network::init(&spec(), 1, DType::F32, &Device::Cpu).unwrap();
+        let mut c = cfg(1);
+        c.proj = Some(3);
+        let s = train(&net, &tr, &te, &c, &d, false).unwrap();
+        let _ = std::fs::remove_dir_all(&d);
+        (s.log[0].train_loss, net.state_dict())
+    };
+    let (l1, sd1) = run("proj-a");
+    let (l2, sd2) = run("proj-b");
+    assert!(l1.is_finite());
+    assert_eq!(l1, l2, "same seed, same projections, same loss");
+    for ((_, a), (_, b)) in sd1.iter().zip(&sd2) {
+        assert_eq!((a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+    }
+}
