@@ -29,7 +29,7 @@ fn candle_weight_grad(x: &Tensor, g: &Tensor, k: usize, stride: usize, padding: 
 fn conv_case(c: &mut Criterion, name: &str, dtype: DType, n: usize, cin: usize, hw: usize, cout: usize, k: usize, s: usize, p: usize, with_candle: bool) {
     let o = conv_out(hw, k, s, p);
     let op = hw + 2 * p - ((o - 1) * s + k);
-    let flops = conv_flops(n, cin, hw, hw, cout, k, s, p);
+    let flops = conv_flops(n, (cin, hw, hw), cout, k, s, p);
     let x = uniform(&[n, cin, hw, hw], -1.0, 1.0, dtype, 1).unwrap();
     let w = uniform(&[cout, cin, k, k], -0.5, 0.5, dtype, 2).unwrap();
     let g = uniform(&[n, cout, o, o], -1.0, 1.0, dtype, 3).unwrap();

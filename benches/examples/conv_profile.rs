@@ -56,7 +56,7 @@ fn main() -> candle_core::Result<()> {
     };
     let oh = conv_out(hw, k, s, p);
     let op_pad = hw + 2 * p - ((oh - 1) * s + k);
-    let flops = conv_flops(n, c, hw, hw, o, k, s, p) as f64;
+    let flops = conv_flops(n, (c, hw, hw), o, k, s, p) as f64;
     let x = uniform(&[n, c, hw, hw], -1.0, 1.0, dtype, 1)?;
     let w = uniform(&[o, c, k, k], -0.5, 0.5, dtype, 2)?;
     let g = uniform(&[n, o, oh, oh], -1.0, 1.0, dtype, 3)?;
