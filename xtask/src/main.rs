@@ -37,7 +37,14 @@ enum Task {
     Train(train::TrainArgs),
 }
 
+/// mimalloc's `purge_delay` option (index 15 in the mimalloc it builds).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
 fn main() {
+    // The bound frees and reallocates tensors of hundreds of MB every step; handing them back to
+    // the OS after 10 ms (mimalloc's default) makes every new one page-fault. Keep them.
+    // SAFETY: called once, before any other thread exists.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     let cli = Cli::parse();
     let res = match cli.task {
         Task::Attack(a) => attack::run(a),

@@ -2,6 +2,10 @@
 #![allow(dead_code)]
 
 use candle_core::{DType, Device, Tensor};
+
+// Large tensors are allocated and freed all the time: the system allocator page-faults on each.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use nets::{zoo, Network};
 use std::path::PathBuf;
 
