@@ -183,10 +183,13 @@ impl DualSource for InfBallBounded {
     fn column_terms(&self, p: &Tensor, range: Range<usize>) -> Result<(Tensor, Tensor)> {
         let lo = self.lo.narrow(1, range.start, range.len())?;
         let hi = self.hi.narrow(1, range.start, range.len())?;
-        let pos = p.maximum(0.0)?;
+        // With [P]₊ = P - [P]₋ only one elementwise copy of the (large) columns is made:
+        // lower = Σ [P]₊δ⁻ + [P]₋δ⁺ = Σ P δ⁻ + [P]₋(δ⁺ - δ⁻), upper = Σ P δ⁺ - [P]₋(δ⁺ - δ⁻).
         let neg = p.minimum(0.0)?;
-        let lower = (sum_over_columns(&pos, &lo)? + sum_over_columns(&neg, &hi)?)?;
-        let upper = (sum_over_columns(&pos, &hi)? + sum_over_columns(&neg, &lo)?)?;
+        let width = (&hi - &lo)?;
+        let neg_part = sum_over_columns(&neg, &width)?;
+        let lower = (sum_over_columns(p, &lo)? + &neg_part)?;
+        let upper = (sum_over_columns(p, &hi)? - &neg_part)?;
         Ok((lower, upper))
     }
     fn lower_term(&self, g: &Tensor) -> Result<Tensor> {
