@@ -38,7 +38,7 @@ enum Task {
 }
 
 fn main() {
-    // (MIMALLOC_PURGE_DELAY=-1 is set for `cargo xtask` in .cargo/config.toml: mimalloc reads it
+    // (MIMALLOC_PURGE_DELAY is set for `cargo xtask` in .cargo/config.toml: mimalloc reads it
     // before main, so it cannot be set here.)
     // Candle's CPU thread pool spins 25,000 rounds waiting for work; on 2 cores that steals time
     // from the thread doing it (measured: 14.6 s → 13.4 s for 1,000 certified images).
