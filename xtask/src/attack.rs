@@ -7,32 +7,12 @@ use experiments::attacks::{count_errors, fgsm, pgd, PgdConfig};
 use experiments::certify::{default_data_dir, load_test_set};
 use experiments::report::{write_json_atomic, Table};
 use indicatif::{ProgressBar, ProgressStyle};
-use std::path::PathBuf;
 use std::time::Instant;
 
 #[derive(Args, Debug)]
 pub struct AttackArgs {
-    /// Model file: PyTorch .pth (old or zip format) or .safetensors.
-    #[arg(long)]
-    model: PathBuf,
-    /// Architecture (zoo name such as mnist-small, or a JSON file) when the file holds none.
-    #[arg(long)]
-    arch: Option<String>,
-    /// Data set: mnist or fashion-mnist.
-    #[arg(long, default_value = "fashion-mnist")]
-    dataset: String,
-    /// Folder with the data set's IDX files. Default: data/NAME, else /usr/share/datasets/NAME.
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// Radius of the l_inf ball.
-    #[arg(long)]
-    eps: f64,
-    /// Attack only the first N test examples.
-    #[arg(long)]
-    limit: Option<usize>,
-    /// Examples per batch.
-    #[arg(long, default_value_t = 50)]
-    batch_size: usize,
+    #[command(flatten)]
+    md: crate::args::ModelDataArgs,
     /// Keep the adversarial points in the data range [0, 1] (the papers' PGD does not clip).
     #[arg(long)]
     bounded_input: bool,
@@ -42,23 +22,18 @@ pub struct AttackArgs {
     /// PGD step size (the papers: 0.01).
     #[arg(long, default_value_t = 0.01)]
     pgd_step_size: f64,
-    /// Write the results as JSON to this file.
-    #[arg(long)]
-    json: Option<PathBuf>,
-    /// Compute in f64 (default f32).
-    #[arg(long)]
-    f64: bool,
 }
 
 fn pct(v: f64) -> String {
     format!("{:.2} %", 100.0 * v)
 }
 
-pub fn run(a: AttackArgs) -> Result<()> {
+pub fn run(args: AttackArgs) -> Result<()> {
+    let a = &args.md;
     if !a.eps.is_finite() || a.eps < 0.0 {
         bail!("--eps must be a non-negative number, got {}", a.eps);
     }
-    if a.batch_size == 0 || a.limit == Some(0) || a.pgd_steps == 0 {
+    if a.batch_size == 0 || a.limit == Some(0) || args.pgd_steps == 0 {
         bail!("--batch-size, --limit and --pgd-steps must be at least 1");
     }
     if !a.model.is_file() {
@@ -73,8 +48,8 @@ pub fn run(a: AttackArgs) -> Result<()> {
     if let Some(l) = a.limit {
         data.truncate(l);
     }
-    let clip = a.bounded_input.then_some((0.0, 1.0));
-    let cfg = PgdConfig { step_size: a.pgd_step_size, steps: a.pgd_steps, clip, ..PgdConfig::new(a.eps) };
+    let clip = args.bounded_input.then_some((0.0, 1.0));
+    let cfg = PgdConfig { step_size: args.pgd_step_size, steps: args.pgd_steps, clip, ..PgdConfig::new(a.eps) };
     let model = |t: &Tensor| net.forward(t).map_err(|e| candle_core::Error::Msg(e.to_string()));
     let total = data.len();
     let bar = ProgressBar::new(total as u64);
@@ -98,10 +73,10 @@ pub fn run(a: AttackArgs) -> Result<()> {
     let mut t = Table::new(&["figure", "value"]);
     t.row(&["model", &a.model.display().to_string()]);
     t.row(&["data", &format!("{} ({total} test examples)", a.dataset)]);
-    t.row(&["threat model", &format!("l_inf ball{}, eps {}", if a.bounded_input { " ∩ [0,1]" } else { "" }, a.eps)]);
+    t.row(&["threat model", &format!("l_inf ball{}, eps {}", if args.bounded_input { " ∩ [0,1]" } else { "" }, a.eps)]);
     t.row(&["clean error", &pct(clean as f64 / n)]);
     t.row(&["FGSM error", &pct(fg as f64 / n)]);
-    t.row(&[&format!("PGD error ({} steps of {})", a.pgd_steps, a.pgd_step_size), &pct(pg as f64 / n)]);
+    t.row(&[&format!("PGD error ({} steps of {})", args.pgd_steps, args.pgd_step_size), &pct(pg as f64 / n)]);
     t.row(&["seconds", &format!("{seconds:.1}")]);
     println!("{t}");
     if let Some(p) = &a.json {
@@ -113,8 +88,8 @@ pub fn run(a: AttackArgs) -> Result<()> {
             "seconds": seconds,
             "settings": {
                 "model": a.model, "arch": a.arch, "dataset": a.dataset, "data_dir": data_dir,
-                "eps": a.eps, "limit": a.limit, "batch_size": a.batch_size, "bounded_input": a.bounded_input,
-                "pgd_steps": a.pgd_steps, "pgd_step_size": a.pgd_step_size, "f64": a.f64,
+                "eps": a.eps, "limit": a.limit, "batch_size": a.batch_size, "bounded_input": args.bounded_input,
+                "pgd_steps": args.pgd_steps, "pgd_step_size": args.pgd_step_size, "f64": a.f64,
             },
         });
         write_json_atomic(p, &v)?;

@@ -5,26 +5,11 @@ use anyhow::Result;
 use clap::Args;
 use experiments::certify::{certify, default_data_dir, is_projected_norm, CertifyConfig, Norm, Projection};
 use indicatif::{ProgressBar, ProgressStyle};
-use std::path::PathBuf;
 
 #[derive(Args, Debug)]
 pub struct CertifyArgs {
-    /// Model file: PyTorch .pth (old or zip format) or .safetensors.
-    #[arg(long)]
-    model: PathBuf,
-    /// Architecture (zoo name such as mnist-small, or a JSON file) when the file holds none.
-    #[arg(long)]
-    arch: Option<String>,
-    /// Data set: mnist or fashion-mnist.
-    #[arg(long, default_value = "fashion-mnist")]
-    dataset: String,
-    /// Folder with the data set's IDX files (.gz or not). Default: data/NAME, else
-    /// /usr/share/datasets/NAME.
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// Radius of the threat ball.
-    #[arg(long)]
-    eps: f64,
+    #[command(flatten)]
+    md: crate::args::ModelDataArgs,
     /// Norm of the ball: linf or l2 (exact bound), linf-median or l2-normal (random projections,
     /// with --proj K: an estimate, not a certificate).
     #[arg(long, default_value = "linf")]
@@ -41,24 +26,12 @@ pub struct CertifyArgs {
     /// Intersect the ball with the data range [0, 1].
     #[arg(long)]
     bounded_input: bool,
-    /// Evaluate only the first N test examples.
-    #[arg(long)]
-    limit: Option<usize>,
-    /// Examples per batch.
-    #[arg(long, default_value_t = 50)]
-    batch_size: usize,
     /// Also run PGD (100 steps of 0.01, sign of the gradient, projected to the ball).
     #[arg(long)]
     pgd: bool,
-    /// Write the results as JSON to this file.
-    #[arg(long)]
-    json: Option<PathBuf>,
     /// Memory budget for the bound computation (e.g. 4GiB): columns are processed in chunks.
     #[arg(long)]
     memory_budget: Option<String>,
-    /// Compute in f64 (default f32).
-    #[arg(long)]
-    f64: bool,
     /// Where to compute: cpu or cuda[:N] (CUDA needs a build with --features cuda).
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -76,19 +49,19 @@ impl CertifyArgs {
             anyhow::bail!("--proj must be at least 1");
         }
         let cfg = CertifyConfig {
-            data_dir: self.data_dir.unwrap_or_else(|| default_data_dir(&self.dataset)),
-            model: self.model,
-            arch: self.arch,
-            dataset: self.dataset,
-            eps: self.eps,
+            data_dir: self.md.data_dir.unwrap_or_else(|| default_data_dir(&self.md.dataset)),
+            model: self.md.model,
+            arch: self.md.arch,
+            dataset: self.md.dataset,
+            eps: self.md.eps,
             norm: self.norm.parse::<Norm>()?,
             bounded_input: self.bounded_input,
-            limit: self.limit,
-            batch_size: self.batch_size,
+            limit: self.md.limit,
+            batch_size: self.md.batch_size,
             pgd: self.pgd,
-            json: self.json,
+            json: self.md.json,
             memory_budget: self.memory_budget.as_deref().map(parse_size).transpose()?,
-            f64: self.f64,
+            f64: self.md.f64,
             device: self.device,
             proj,
         };

@@ -3,6 +3,7 @@
 //! A thin layer: raw flags are parsed here into checked configs of the `experiments` crate,
 //! which does the work.
 
+mod args;
 mod attack;
 mod certify;
 mod download;

@@ -1,0 +1,37 @@
+//! Flags shared by the tasks that evaluate a model on a test set.
+
+use clap::Args;
+use std::path::PathBuf;
+
+/// A model, a test set and the radius: what `certify` and `attack` both take.
+#[derive(Args, Debug)]
+pub struct ModelDataArgs {
+    /// Model file: PyTorch .pth (old or zip format) or .safetensors.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Architecture (zoo name such as mnist-small, or a JSON file) when the file holds none.
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Data set: mnist or fashion-mnist.
+    #[arg(long, default_value = "fashion-mnist")]
+    pub dataset: String,
+    /// Folder with the data set's IDX files (.gz or not). Default: data/NAME, else
+    /// /usr/share/datasets/NAME.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Radius of the threat ball.
+    #[arg(long)]
+    pub eps: f64,
+    /// Use only the first N test examples.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Examples per batch.
+    #[arg(long, default_value_t = 50)]
+    pub batch_size: usize,
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Compute in f64 (default f32).
+    #[arg(long)]
+    pub f64: bool,
+}
