@@ -9,7 +9,8 @@
 //! Options: `--n N` (1000), `--batch B` (50), `--seeds S` (3), `--ks 10,50,100,200`,
 //! `--bounded-ks 50` (ball ∩ [0, 1]; empty to skip), `--eps 0.1`, `--rule per-example|batch-total`,
 //! `--model PATH` (../shared/models/fashion_mnist_small_eps0.1.pth), `--data DIR`
-//! (/usr/share/datasets/fashion-mnist), `--no-exact`.
+//! (/usr/share/datasets/fashion-mnist), `--no-exact`, `--png PATH` (the curve as a picture: mean,
+//! lowest and highest robust error over the seeds against k, and the exact error).
 
 use candle_core::{DType, Device};
 use dual_core::{certified_from_bounds, robust_bounds, DualOptions, DualSource};
@@ -37,6 +38,7 @@ struct Args {
     model: PathBuf,
     data: PathBuf,
     exact: bool,
+    png: Option<PathBuf>,
 }
 
 fn list(s: &str) -> Result<Vec<usize>> {
@@ -58,6 +60,7 @@ fn parse() -> Result<Args> {
         model: PathBuf::from("../shared/models/fashion_mnist_small_eps0.1.pth"),
         data: PathBuf::from("/usr/share/datasets/fashion-mnist"),
         exact: true,
+        png: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -65,7 +68,7 @@ fn parse() -> Result<Args> {
             a.exact = false;
             continue;
         }
-        const VALUED: [&str; 9] = ["--n", "--batch", "--seeds", "--ks", "--bounded-ks", "--eps", "--rule", "--model", "--data"];
+        const VALUED: [&str; 10] = ["--n", "--batch", "--seeds", "--ks", "--bounded-ks", "--eps", "--rule", "--model", "--data", "--png"];
         if !VALUED.contains(&flag.as_str()) {
             bail!("unknown option {flag}");
         }
@@ -86,6 +89,7 @@ fn parse() -> Result<Args> {
             }
             "--model" => a.model = PathBuf::from(v),
             "--data" => a.data = PathBuf::from(v),
+            "--png" => a.png = Some(PathBuf::from(v)),
             _ => bail!("unknown option {flag}"),
         }
     }
@@ -148,7 +152,9 @@ fn main() -> Result<()> {
     if !a.bounded_ks.is_empty() {
         rows.push((true, a.bounded_ks.clone()));
     }
+    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
     for (bounded, ks) in rows {
+        let (mut mean_pts, mut lo_pts, mut hi_pts) = (Vec::new(), Vec::new(), Vec::new());
         let set = if bounded { "ball ∩ [0,1]" } else { "ball" };
         for &k in &ks {
             let t = Instant::now();
@@ -157,12 +163,29 @@ fn main() -> Result<()> {
             let mean = errs.iter().sum::<f64>() / errs.len().max(1) as f64;
             let per: Vec<String> = errs.iter().map(|e| format!("{:.1} %", 100.0 * e)).collect();
             println!("| {set} | {k} | {} | {:.2} % | {secs:.0} |", per.join(", "), 100.0 * mean);
+            let (lo, hi) = errs.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |a, &e| (a.0.min(e), a.1.max(e)));
+            mean_pts.push((k as f64, 100.0 * mean));
+            lo_pts.push((k as f64, 100.0 * lo));
+            hi_pts.push((k as f64, 100.0 * hi));
+        }
+        if !mean_pts.is_empty() {
+            series.push((format!("{set}: projected, mean"), mean_pts));
+            series.push((format!("{set}: lowest seed"), lo_pts));
+            series.push((format!("{set}: highest seed"), hi_pts));
         }
         if a.exact {
             let t = Instant::now();
             let e = robust_error(&net, &data, &a, bounded, None, 0)?;
             println!("| {set} | exact | {:.1} % | {:.2} % | {:.0} |", 100.0 * e, 100.0 * e, t.elapsed().as_secs_f64());
+            let kmax = ks.iter().copied().max().unwrap_or(1) as f64;
+            let kmin = ks.iter().copied().min().unwrap_or(1) as f64;
+            series.push((format!("{set}: exact (certified)"), vec![(kmin, 100.0 * e), (kmax, 100.0 * e)]));
         }
+    }
+    if let Some(p) = &a.png {
+        experiments::plot::line_plot(p, "Robust error: projected estimate vs exact", "projections k", "robust error (%)", &series)
+            .map_err(|e| format!("{e}"))?;
+        println!("plot written to {}", p.display());
     }
     Ok(())
 }
