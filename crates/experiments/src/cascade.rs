@@ -46,16 +46,6 @@ pub struct CascadeEval {
     pub assigned: Vec<usize>,
 }
 
-fn batch(data: &Dataset, idx: &[usize], dtype: DType) -> Result<(Tensor, Vec<u32>)> {
-    let s = data.example_size();
-    let mut xs = Vec::with_capacity(idx.len() * s);
-    for &i in idx {
-        xs.extend_from_slice(&data.images[i * s..(i + 1) * s]);
-    }
-    let x = Tensor::from_vec(xs, (idx.len(), data.channels, data.height, data.width), &Device::Cpu)?.to_dtype(dtype)?;
-    Ok((x, idx.iter().map(|&i| data.labels[i]).collect()))
-}
-
 /// Evaluates a cascade on the first `limit` examples of `data`.
 pub fn evaluate_cascade(stages: &[Network], data: &Dataset, ball: &Ball, batch_size: usize, limit: Option<usize>) -> Result<CascadeEval> {
     if stages.is_empty() {
@@ -67,7 +57,7 @@ pub fn evaluate_cascade(stages: &[Network], data: &Dataset, ball: &Ball, batch_s
     let mut start = 0;
     while start < n {
         let idx: Vec<usize> = (start..(start + batch_size.max(1)).min(n)).collect();
-        let (x, y) = batch(data, &idx, DType::F32)?;
+        let (x, y) = data.gather(&idx, DType::F32, &Device::Cpu)?;
         // For each example: (stage, prediction, certified) of its assigned stage.
         let mut answer: Vec<Option<(usize, u32, bool)>> = vec![None; idx.len()];
         for (k, net) in stages.iter().enumerate() {
@@ -119,13 +109,13 @@ pub fn train_cascade(
         if remaining.is_empty() {
             break;
         }
-        let sub = subset(train_set, &remaining);
+        let sub = train_set.subset(&remaining);
         let net = Network::init(spec, seed + k as u64, DType::F32, &Device::Cpu)?;
         train(&net, &sub, test_set, cfg, &out_dir.join(format!("stage{k}")), false)?;
         // Keep the examples this stage does not certify.
         let mut keep = Vec::new();
         for chunk in remaining.chunks(cfg.batch_size.max(1)) {
-            let (x, _) = batch(train_set, chunk, DType::F32)?;
+            let (x, _) = train_set.gather(chunk, DType::F32, &Device::Cpu)?;
             let (_, cert) = certify_own_prediction(&net, &x, &ball)?;
             keep.extend(chunk.iter().zip(cert).filter(|(_, c)| !c).map(|(&i, _)| i));
         }
@@ -135,14 +125,4 @@ pub fn train_cascade(
     let eval = evaluate_cascade(&nets, test_set, &ball, cfg.batch_size, cfg.eval_limit)?;
     write_json_atomic(&out_dir.join("cascade.json"), &eval)?;
     Ok((nets, eval))
-}
-
-/// The examples `idx` of `data` as a new data set.
-pub fn subset(data: &Dataset, idx: &[usize]) -> Dataset {
-    let s = data.example_size();
-    let mut images = Vec::with_capacity(idx.len() * s);
-    for &i in idx {
-        images.extend_from_slice(&data.images[i * s..(i + 1) * s]);
-    }
-    Dataset { images, labels: idx.iter().map(|&i| data.labels[i]).collect(), n: idx.len(), channels: data.channels, height: data.height, width: data.width }
 }

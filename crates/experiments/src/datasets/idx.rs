@@ -109,6 +109,33 @@ impl Dataset {
         }
     }
 
+    /// The examples `idx` (any order, repeats allowed) as a new data set.
+    ///
+    /// Panics if an index is out of range (callers pass indices they made from `0..len()`).
+    pub fn subset(&self, idx: &[usize]) -> Dataset {
+        let s = self.example_size();
+        let mut images = Vec::with_capacity(idx.len() * s);
+        for &i in idx {
+            images.extend_from_slice(&self.images[i * s..(i + 1) * s]);
+        }
+        Dataset {
+            images,
+            labels: idx.iter().map(|&i| self.labels[i]).collect(),
+            n: idx.len(),
+            channels: self.channels,
+            height: self.height,
+            width: self.width,
+        }
+    }
+
+    /// The examples `idx` as a tensor `[idx.len(), C, H, W]` of `dtype` on `device`, with their
+    /// labels.
+    pub fn gather(&self, idx: &[usize], dtype: candle_core::DType, device: &Device) -> candle_core::Result<(Tensor, Vec<u32>)> {
+        let sub = self.subset(idx);
+        let (x, y) = sub.batch(0, sub.n, device)?;
+        Ok((x.to_dtype(dtype)?, y))
+    }
+
     /// Examples `start..end` as an `f32` tensor `[end - start, C, H, W]` on `device`, with their
     /// labels. Fails (without panicking) if the range is not within `0..=len()`.
     pub fn batch(

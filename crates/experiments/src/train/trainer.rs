@@ -174,7 +174,7 @@ pub fn train(net: &Network, train_set: &Dataset, test_set: &Dataset, cfg: &Train
         let mut eps = cfg.eps.at(epoch, 0.0);
         for b in 0..nb {
             let idx = &order[b * cfg.batch_size..((b + 1) * cfg.batch_size).min(n)];
-            let (x, y) = gather(train_set, idx, dtype)?;
+            let (x, y) = train_set.gather(idx, dtype, &Device::Cpu)?;
             let x = x.to_device(&net.device())?;
             eps = cfg.eps.at(epoch, b as f64 / nb as f64);
             let logits = net.forward(&x)?;
@@ -272,17 +272,4 @@ pub fn train(net: &Network, train_set: &Dataset, test_set: &Dataset, cfg: &Train
 
 fn safetensors_bytes(t: &[(String, Tensor)]) -> Result<Vec<u8>> {
     Ok(safetensors::serialize(t.iter().map(|(n, t)| (n.as_str(), t)), None)?)
-}
-
-/// The examples `idx` as a batch.
-fn gather(data: &Dataset, idx: &[usize], dtype: DType) -> Result<(Tensor, Vec<u32>)> {
-    let size = data.example_size();
-    let mut xs = Vec::with_capacity(idx.len() * size);
-    let mut ys = Vec::with_capacity(idx.len());
-    for &i in idx {
-        xs.extend_from_slice(&data.images[i * size..(i + 1) * size]);
-        ys.push(data.labels[i]);
-    }
-    let x = Tensor::from_vec(xs, (idx.len(), data.channels, data.height, data.width), &Device::Cpu)?.to_dtype(dtype)?;
-    Ok((x, ys))
 }
