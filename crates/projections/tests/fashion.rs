@@ -2,6 +2,7 @@
 //! convergence to the exact robust bounds as k grows, exact equality when k is at least every
 //! width, reproducible seeds, the ball ∩ [0, 1], the l2 ball, memory budgets, and gradients.
 
+#[path = "../../nets/tests/common/mod.rs"]
 mod common;
 use candle_core::{DType, Tensor};
 use common::*;
