@@ -35,6 +35,6 @@ pub use dense::DualDense;
 pub use identity::DualIdentity;
 pub use input::{Epsilon, InfBall, InfBallBounded, L2Ball};
 pub use linear::DualLinear;
-pub use relu::{one_hot_columns, DualReLU, ReluParts, ReluRelaxation};
+pub use relu::{one_hot_columns, relu_lower_term, DualReLU, ReluParts, ReluRelaxation};
 pub use input::{identity_columns, validate_input};
 pub use reshape::DualReshape;

@@ -132,6 +132,16 @@ impl ReluSource {
     }
 }
 
+/// The unstable units' objective term for coefficients `g` (`[B, n, *shape]`) and weights
+/// `w = -d l` (`[B, K]`, zero off the unstable set): `Σ_j w_j min(g_j, 0)`, as `[B, n]`
+/// (the `Σ l_ij [ν_ij]_+` term of Theorem 1 with `ν = -g`).
+pub fn relu_lower_term(w: &Tensor, g: &Tensor) -> Result<Tensor> {
+    let (b, n) = (g.dim(0)?, g.dim(1)?);
+    let k = w.dim(1)?;
+    let gm = g.reshape((b, n, k))?.minimum(0.0)?;
+    Ok(gm.matmul(&w.reshape((b, k, 1))?)?.reshape((b, n))?)
+}
+
 /// One-hot columns: `out[b, j, idx[b][start + j]] = 1`, shaped `[B, len, K]`.
 pub fn one_hot_columns(idx: &[Vec<u32>], range: Range<usize>, k: usize, dtype: DType, device: &Device) -> Result<Tensor> {
     let b = idx.len();
@@ -171,10 +181,7 @@ impl DualSource for ReluSource {
 
     /// `Σ_{j∈I} -d_j l_j min(g_j, 0)`.
     fn lower_term(&self, g: &Tensor) -> Result<Tensor> {
-        let (b, n) = (g.dim(0)?, g.dim(1)?);
-        let k = self.w.dim(1)?;
-        let gm = g.reshape((b, n, k))?.minimum(0.0)?;
-        Ok(gm.matmul(&self.w.reshape((b, k, 1))?)?.reshape((b, n))?)
+        relu_lower_term(&self.w, g)
     }
 
     fn name(&self) -> String {

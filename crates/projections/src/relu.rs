@@ -123,10 +123,7 @@ impl DualSource for ReluProjSource {
 
     /// Exact: `Σ_j w_j min(g_j, 0)`.
     fn lower_term(&self, g: &Tensor) -> Result<Tensor> {
-        let (b, n) = (g.dim(0)?, g.dim(1)?);
-        let k = self.w.dim(1)?;
-        let gm = g.reshape((b, n, k))?.minimum(0.0)?;
-        Ok(gm.matmul(&self.w.reshape((b, k, 1))?)?.reshape((b, n))?)
+        dual_layers::relu_lower_term(&self.w, g)
     }
 
     fn name(&self) -> String {
