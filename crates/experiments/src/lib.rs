@@ -19,3 +19,4 @@ pub mod lp;
 pub mod primal;
 pub mod min_distance;
 pub mod device;
+pub mod workloads;

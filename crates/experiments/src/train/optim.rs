@@ -92,11 +92,14 @@ impl Optimizer {
         self.step += 1;
         let t = self.step as i32;
         for (i, var) in self.vars.iter().enumerate() {
-            let Some(g) = grads.get(var) else { continue };
+            // Candle leaves a variable's gradient attached to the graph that computed it (only the
+            // intermediate gradients are detached): without `detach` the moments would hold every
+            // step's forward graph alive, and memory would grow by a whole graph per step.
+            let Some(g) = grads.get(var).map(|g| g.detach()) else { continue };
             if !g.flatten_all()?.to_dtype(candle_core::DType::F64)?.sum_all()?.to_scalar::<f64>()?.is_finite() {
                 bail!("non-finite gradient at step {}: training diverged", self.step);
             }
-            let theta = var.as_tensor();
+            let theta = var.as_tensor().detach();
             match self.cfg {
                 OptimizerConfig::Adam { beta1, beta2, eps, weight_decay, .. } => {
                     let g = if weight_decay != 0.0 { (g + (theta * weight_decay)?)? } else { g.clone() };

@@ -1,0 +1,112 @@
+//! The speed workloads of issue 5, shared by the profiler example and
+//! `cargo xtask bench-vs-pytorch`: the robust loss of a model on one batch (l_inf ball,
+//! optionally ∩ [0, 1]), exact or with `k` random projections, forward only or forward +
+//! backward (gradients of every parameter).
+//!
+//! "Forward" is everything the PyTorch package's `robust_loss(net, eps, X, y)` computes: the
+//! layer-wise bounds (Algorithm 1), `J(c)` for the `classes - 1` class differences (Theorem 1)
+//! and the cross-entropy of `-J` (Eq. 14).
+
+use crate::certify::{input_set, projection_config, Norm, Projection};
+use anyhow::Result;
+use candle_core::{DType, Tensor};
+use dual_core::{robust_loss, DualOptions};
+use nets::Network;
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+/// Which bound a workload computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BoundKind {
+    /// The exact dual network.
+    Exact,
+    /// `k` Cauchy projections with the median estimator (`l1_median` in the package).
+    Projected { k: usize },
+}
+
+/// One workload: a bound, forward only or with the backward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Workload {
+    /// The bound.
+    pub bound: BoundKind,
+    /// Also run the backward pass.
+    pub backward: bool,
+}
+
+impl Workload {
+    /// The four workloads of issue 5: exact and k = 50, forward and forward + backward.
+    pub fn standard() -> Vec<Workload> {
+        let mut v = Vec::new();
+        for bound in [BoundKind::Exact, BoundKind::Projected { k: 50 }] {
+            for backward in [false, true] {
+                v.push(Workload { bound, backward });
+            }
+        }
+        v
+    }
+
+    /// A short name, e.g. `exact/forward` or `proj50/forward+backward`.
+    pub fn name(&self) -> String {
+        let b = match self.bound {
+            BoundKind::Exact => "exact".to_string(),
+            BoundKind::Projected { k } => format!("proj{k}"),
+        };
+        format!("{b}/{}", if self.backward { "forward+backward" } else { "forward" })
+    }
+}
+
+/// What one run of a workload gives: the loss (to compare numbers across implementations) and
+/// its duration.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkloadRun {
+    /// Mean robust cross-entropy over the batch.
+    pub loss: f64,
+    /// Fraction of the batch not certified by this bound.
+    pub robust_error: f64,
+    /// Sum of the absolute gradient entries over all parameters (0 without backward).
+    pub grad_abs_sum: f64,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+/// Runs `w` once on `(x, y)` with radius `eps` (ball ∩ [0, 1] when `bounded`). `seed` draws
+/// the projections.
+pub fn run_workload(net: &Network, x: &Tensor, y: &[u32], eps: f64, bounded: bool, w: Workload, seed: u64) -> Result<WorkloadRun> {
+    let t0 = Instant::now();
+    let dual = match w.bound {
+        BoundKind::Exact => net.dual(x, input_set(x, eps, Norm::Linf, bounded)?, &DualOptions::default())?,
+        BoundKind::Projected { k } => {
+            let p = Projection { k, seed, inflate_delta: None };
+            projections::projected_dual(x, net.dual_nodes(x)?, &projection_config(eps, Norm::Linf, bounded, &p), &DualOptions::default())?
+        }
+    };
+    let rl = robust_loss(&dual, y)?;
+    let loss = rl.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    let mut grad_abs_sum = 0.0;
+    if w.backward {
+        let grads = rl.loss.backward()?;
+        for v in net.trainable() {
+            if let Some(g) = grads.get(v.as_tensor()) {
+                grad_abs_sum += g.abs()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            }
+        }
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    Ok(WorkloadRun { loss, robust_error: rl.error, grad_abs_sum, seconds })
+}
+
+/// The median of `v` (the mean of the two middle values for an even count); NaN when empty.
+pub fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        0.5 * (s[n / 2 - 1] + s[n / 2])
+    }
+}
