@@ -99,7 +99,7 @@ impl Optimizer {
             if !g.flatten_all()?.to_dtype(candle_core::DType::F64)?.sum_all()?.to_scalar::<f64>()?.is_finite() {
                 bail!("non-finite gradient at step {}: training diverged", self.step);
             }
-            let theta = var.as_tensor().detach();
+            let theta = &var.as_tensor().detach();
             match self.cfg {
                 OptimizerConfig::Adam { beta1, beta2, eps, weight_decay, .. } => {
                     let g = if weight_decay != 0.0 { (g + (theta * weight_decay)?)? } else { g.clone() };
