@@ -5,6 +5,7 @@
 
 mod args;
 mod attack;
+mod bench_vs_pytorch;
 mod certify;
 mod download;
 mod extra;
@@ -28,6 +29,11 @@ struct Cli {
 enum Task {
     /// Clean, FGSM and PGD error of a model on a test set (l_inf).
     Attack(attack::AttackArgs),
+    /// Time the robust loss here and in the PyTorch package (same weights, inputs, threads).
+    BenchVsPytorch(bench_vs_pytorch::BenchArgs),
+    /// One measurement of bench-vs-pytorch (internal).
+    #[command(hide = true)]
+    BenchWorker(bench_vs_pytorch::WorkerArgs),
     /// Certified evaluation of a model on a test set (clean, PGD and certified robust error).
     Certify(certify::CertifyArgs),
     /// Download, verify and unpack a data set (mnist, fashion-mnist, cifar10, svhn, har).
@@ -49,6 +55,8 @@ fn main() {
     let cli = Cli::parse();
     let res = match cli.task {
         Task::Attack(a) => attack::run(a),
+        Task::BenchVsPytorch(a) => bench_vs_pytorch::run(a),
+        Task::BenchWorker(a) => bench_vs_pytorch::worker(a),
         Task::Certify(a) => certify::run(a),
         Task::Download(a) => download::run(a),
         Task::Reproduce(a) => reproduce::run(a),

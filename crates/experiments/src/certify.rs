@@ -271,8 +271,14 @@ impl BatchCounts {
     }
 }
 
-/// Evaluates one batch.
+/// Evaluates one batch. Runs under [`nets::no_grad`]: the parameters are not tracked, so the
+/// dual network records no graph (same numbers, a fraction of the memory); PGD still takes
+/// gradients with respect to the input.
 pub fn evaluate_batch(net: &Network, x: &Tensor, y: &[u32], cfg: &EvalSettings) -> Result<BatchCounts> {
+    nets::no_grad(|| evaluate_batch_tracked(net, x, y, cfg))
+}
+
+fn evaluate_batch_tracked(net: &Network, x: &Tensor, y: &[u32], cfg: &EvalSettings) -> Result<BatchCounts> {
     let logits = net.forward(x)?;
     let clean_errors = count_errors(&logits, y)?;
     let opts = DualOptions { memory_budget: cfg.memory_budget };

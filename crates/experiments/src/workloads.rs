@@ -72,7 +72,18 @@ pub struct WorkloadRun {
 
 /// Runs `w` once on `(x, y)` with radius `eps` (ball ∩ [0, 1] when `bounded`). `seed` draws
 /// the projections.
+///
+/// A forward-only workload runs under [`nets::no_grad`] (as the PyTorch side runs under
+/// `torch.no_grad()`): nothing is recorded for a backward pass that will not come.
 pub fn run_workload(net: &Network, x: &Tensor, y: &[u32], eps: f64, bounded: bool, w: Workload, seed: u64) -> Result<WorkloadRun> {
+    if w.backward {
+        run_tracked(net, x, y, eps, bounded, w, seed)
+    } else {
+        nets::no_grad(|| run_tracked(net, x, y, eps, bounded, w, seed))
+    }
+}
+
+fn run_tracked(net: &Network, x: &Tensor, y: &[u32], eps: f64, bounded: bool, w: Workload, seed: u64) -> Result<WorkloadRun> {
     let t0 = Instant::now();
     let dual = match w.bound {
         BoundKind::Exact => net.dual(x, input_set(x, eps, Norm::Linf, bounded)?, &DualOptions::default())?,
@@ -108,5 +119,76 @@ pub fn median(v: &[f64]) -> f64 {
         s[n / 2]
     } else {
         0.5 * (s[n / 2 - 1] + s[n / 2])
+    }
+}
+
+/// What one process reports after timing one workload (`cargo xtask bench-vs-pytorch` runs
+/// every workload in a fresh process, on both sides, so the peak memory is that workload's own).
+/// The PyTorch side (`xtask/python/bench_pytorch.py`) prints the same fields.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerReport {
+    /// `rust` or `pytorch`.
+    pub implementation: String,
+    /// Seconds of every timed run (a first, untimed run warms up).
+    pub seconds: Vec<f64>,
+    /// Robust loss of the last run.
+    pub loss: f64,
+    /// Robust error of the last run.
+    pub robust_error: f64,
+    /// Sum of the absolute parameter gradients of the last run (0 without backward).
+    pub grad_abs_sum: f64,
+    /// Resident memory of the idle process (model and data loaded), bytes.
+    pub idle_rss_bytes: u64,
+    /// Peak resident memory above the idle process, bytes.
+    pub peak_rss_above_idle_bytes: u64,
+}
+
+/// A field of `/proc/self/status` in bytes (`VmRSS`, `VmHWM`); 0 where there is no procfs.
+pub fn proc_status_bytes(field: &str) -> u64 {
+    let Ok(s) = std::fs::read_to_string("/proc/self/status") else { return 0 };
+    s.lines()
+        .find_map(|l| l.strip_prefix(field).and_then(|r| r.strip_prefix(':')))
+        .and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// Times `w` `repeats` times after one warm-up run, in this process, and reports as
+/// [`WorkerReport`]. Run it in a fresh process for a meaningful peak memory.
+pub fn time_workload(net: &Network, x: &Tensor, y: &[u32], eps: f64, bounded: bool, w: Workload, repeats: usize, seed: u64) -> Result<WorkerReport> {
+    let idle = proc_status_bytes("VmRSS");
+    let mut seconds = Vec::new();
+    let mut last = None;
+    for r in 0..=repeats {
+        let run = run_workload(net, x, y, eps, bounded, w, seed.wrapping_add(r as u64))?;
+        if r > 0 {
+            seconds.push(run.seconds);
+        }
+        last = Some(run);
+    }
+    let last = last.expect("at least one run");
+    Ok(WorkerReport {
+        implementation: "rust".into(),
+        seconds,
+        loss: last.loss,
+        robust_error: last.robust_error,
+        grad_abs_sum: last.grad_abs_sum,
+        idle_rss_bytes: idle,
+        peak_rss_above_idle_bytes: proc_status_bytes("VmHWM").saturating_sub(idle),
+    })
+}
+
+/// Do two implementations compute the same thing? Exact bounds must agree to `1e-4` relative
+/// on the loss and `1e-3` on the gradient mass, with the same robust error. Projected bounds are
+/// random on both sides (different generators): `None`, nothing to compare run by run (the
+/// projection curve in `docs/PROJECTIONS.md` compares their statistics).
+pub fn agree(w: Workload, a: &WorkerReport, b: &WorkerReport) -> Option<bool> {
+    let rel = |p: f64, q: f64| (p - q).abs() / p.abs().max(q.abs()).max(1e-12);
+    match w.bound {
+        BoundKind::Exact => Some(
+            rel(a.loss, b.loss) < 1e-4
+                && (a.robust_error - b.robust_error).abs() < 1e-9
+                && (!w.backward || rel(a.grad_abs_sum, b.grad_abs_sum) < 1e-3),
+        ),
+        BoundKind::Projected { .. } => None,
     }
 }

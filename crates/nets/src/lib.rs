@@ -11,6 +11,7 @@
 
 pub mod build;
 mod error;
+mod grad_mode;
 pub mod io;
 mod layer;
 pub mod layers;
@@ -20,6 +21,7 @@ pub mod spec;
 pub mod zoo;
 
 pub use error::{NetError, Result};
+pub use grad_mode::{grad_enabled, no_grad, param};
 pub use layer::{single_input, Layer};
 pub use serde_json;
 pub use network::Network;

@@ -1,4 +1,4 @@
-use crate::{layer::single_input as single, spec::{BatchNormMode, LayerSpec}, Layer};
+use crate::{param, layer::single_input as single, spec::{BatchNormMode, LayerSpec}, Layer};
 use candle_core::{Result as CResult, Tensor, Var, D};
 use dual_core::{DualNode, Result as DResult};
 use dual_layers::DualBatchNorm2d;
@@ -17,7 +17,7 @@ pub struct BatchNorm2d {
 impl BatchNorm2d {
     fn stats(&self, x: &Tensor) -> CResult<(Tensor, Tensor)> {
         match self.mode {
-            BatchNormMode::Eval => Ok((self.running_mean.as_tensor().clone(), self.running_var.as_tensor().clone())),
+            BatchNormMode::Eval => Ok((param(&self.running_mean), param(&self.running_var))),
             BatchNormMode::BatchStats => {
                 let c = x.dim(1)?;
                 let xc = x.transpose(0, 1)?.reshape((c, ()))?;
@@ -36,15 +36,15 @@ impl Layer for BatchNorm2d {
     fn forward(&self, xs: &[Option<&Tensor>]) -> CResult<Tensor> {
         let x = single(xs)?;
         let (mean, var) = self.stats(x)?;
-        let scale = self.weight.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        let shift = (self.bias.as_tensor() - mean.broadcast_mul(&scale)?)?;
+        let scale = param(&self.weight).broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        let shift = (param(&self.bias) - mean.broadcast_mul(&scale)?)?;
         x.broadcast_mul(&scale.reshape((1, (), 1, 1))?)?.broadcast_add(&shift.reshape((1, (), 1, 1))?)
     }
     fn dual(&self, xs: &[Option<&Tensor>]) -> DResult<DualNode> {
         let x = single(xs)?;
         let d = match self.mode {
-            BatchNormMode::Eval => DualBatchNorm2d::from_stats(&self.weight, &self.bias, &self.running_mean, &self.running_var, self.eps)?,
-            BatchNormMode::BatchStats => DualBatchNorm2d::from_batch(&self.weight, &self.bias, x, self.eps)?,
+            BatchNormMode::Eval => DualBatchNorm2d::from_stats(&param(&self.weight), &param(&self.bias), &param(&self.running_mean), &param(&self.running_var), self.eps)?,
+            BatchNormMode::BatchStats => DualBatchNorm2d::from_batch(&param(&self.weight), &param(&self.bias), x, self.eps)?,
         };
         Ok(DualNode::Affine(Box::new(d)))
     }

@@ -1,4 +1,4 @@
-use crate::{layer::single_input as single, spec::LayerSpec, Layer};
+use crate::{param, layer::single_input as single, spec::LayerSpec, Layer};
 use candle_core::{Result as CResult, Tensor, Var};
 use dual_core::{DualError, DualNode, Result as DResult};
 use dual_layers::DualConv2d;
@@ -24,9 +24,9 @@ impl Layer for Conv2d {
         }
     }
     fn forward(&self, xs: &[Option<&Tensor>]) -> CResult<Tensor> {
-        let y = single(xs)?.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
+        let y = single(xs)?.conv2d(&param(&self.weight), self.padding, self.stride, 1, 1)?;
         match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
+            Some(b) => y.broadcast_add(&param(b).reshape((1, (), 1, 1))?),
             None => Ok(y),
         }
     }
@@ -34,8 +34,8 @@ impl Layer for Conv2d {
         let x = single(xs)?;
         let (_, _, h, w) = x.dims4().map_err(|_| DualError::shape(format!("Conv2d needs a 4-d input, got {:?}", x.dims())))?;
         Ok(DualNode::Affine(Box::new(DualConv2d::new(
-            self.weight.as_tensor().clone(),
-            self.bias.as_ref().map(|b| b.as_tensor().clone()),
+            param(&self.weight),
+            self.bias.as_ref().map(param),
             self.stride,
             self.padding,
             (h, w),

@@ -1,4 +1,4 @@
-use crate::{layer::single_input as single, spec::LayerSpec, Layer};
+use crate::{param, layer::single_input as single, spec::LayerSpec, Layer};
 use candle_core::{Result as CResult, Tensor, Var};
 use dual_core::{DualNode, Result as DResult};
 use dual_layers::DualLinear;
@@ -15,16 +15,16 @@ impl Layer for Linear {
         LayerSpec::Linear { in_features: i, out_features: o, bias: self.bias.is_some() }
     }
     fn forward(&self, xs: &[Option<&Tensor>]) -> CResult<Tensor> {
-        let y = single(xs)?.broadcast_matmul(&self.weight.t()?)?;
+        let y = single(xs)?.broadcast_matmul(&param(&self.weight).t()?)?;
         match &self.bias {
-            Some(b) => y.broadcast_add(b),
+            Some(b) => y.broadcast_add(&param(b)),
             None => Ok(y),
         }
     }
     fn dual(&self, _xs: &[Option<&Tensor>]) -> DResult<DualNode> {
         Ok(DualNode::Affine(Box::new(DualLinear::new(
-            self.weight.as_tensor().clone(),
-            self.bias.as_ref().map(|b| b.as_tensor().clone()),
+            param(&self.weight),
+            self.bias.as_ref().map(param),
         ))))
     }
     fn params(&self) -> Vec<(String, Var)> {

@@ -1,0 +1,264 @@
+//! `cargo xtask bench-vs-pytorch`: the issue-5 workloads timed in this project and in the
+//! PyTorch package `convex_adversarial` 0.4.4, same weights, same inputs, same thread count, on
+//! the same machine, one fresh process per (implementation, workload, batch).
+//!
+//! The Python side runs in a virtual environment (default `target/bench-venv`) that this task
+//! creates and fills from PyPI (`torch`, `numpy`, `convex-adversarial==0.4.4`) when it cannot
+//! import them yet. The hidden `bench-worker` task is the Rust side of one measurement.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use clap::Args;
+use experiments::datasets::load_mnist_like;
+use experiments::report::{write_json_atomic, Table};
+use experiments::workloads::{agree, median, time_workload, BoundKind, Workload, WorkerReport};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const PY_SCRIPT: &str = include_str!("../python/bench_pytorch.py");
+
+/// Flags of `bench-vs-pytorch`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// The model (the small MNIST architecture, PyTorch checkpoint).
+    #[arg(long, default_value = "../shared/models/fashion_mnist_small_eps0.1.pth")]
+    model: PathBuf,
+    /// Folder of the Fashion-MNIST IDX files (the first test images are the batch).
+    #[arg(long, default_value = "/usr/share/datasets/fashion-mnist")]
+    data_dir: PathBuf,
+    /// Batch sizes, comma-separated.
+    #[arg(long, default_value = "1,10,50", value_delimiter = ',')]
+    batches: Vec<usize>,
+    /// Workloads, comma-separated, from exact-fwd, exact-fwd-bwd, proj-fwd, proj-fwd-bwd.
+    #[arg(long, default_value = "exact-fwd,exact-fwd-bwd,proj-fwd,proj-fwd-bwd", value_delimiter = ',')]
+    workloads: Vec<String>,
+    /// Projections of the projected workloads.
+    #[arg(long, default_value_t = 50)]
+    k: usize,
+    /// Radius of the l_inf ball (∩ [0, 1] unless --unbounded).
+    #[arg(long, default_value_t = 0.1)]
+    eps: f64,
+    /// The ball alone, not intersected with [0, 1].
+    #[arg(long)]
+    unbounded: bool,
+    /// Timed runs per measurement (after one warm-up run); the median is reported.
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// Threads on both sides.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// The Python virtual environment.
+    #[arg(long, default_value = "target/bench-venv")]
+    venv: PathBuf,
+    /// Python interpreter used to create the environment.
+    #[arg(long, default_value = "python3")]
+    python: String,
+    /// Results folder: bench_vs_pytorch.json and bench_vs_pytorch.md.
+    #[arg(long, default_value = "results")]
+    out: PathBuf,
+}
+
+/// Flags of the hidden `bench-worker` (the Rust side of one measurement).
+#[derive(Args, Debug)]
+pub struct WorkerArgs {
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    x: PathBuf,
+    #[arg(long)]
+    y: PathBuf,
+    #[arg(long)]
+    eps: f64,
+    #[arg(long)]
+    bounded: bool,
+    #[arg(long, default_value_t = 0)]
+    proj: usize,
+    #[arg(long)]
+    backward: bool,
+    #[arg(long)]
+    repeats: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+fn parse_workload(s: &str, k: usize) -> Result<Workload> {
+    Ok(match s {
+        "exact-fwd" => Workload { bound: BoundKind::Exact, backward: false },
+        "exact-fwd-bwd" => Workload { bound: BoundKind::Exact, backward: true },
+        "proj-fwd" => Workload { bound: BoundKind::Projected { k }, backward: false },
+        "proj-fwd-bwd" => Workload { bound: BoundKind::Projected { k }, backward: true },
+        o => bail!("unknown workload `{o}` (exact-fwd, exact-fwd-bwd, proj-fwd, proj-fwd-bwd)"),
+    })
+}
+
+/// The Rust side of one measurement: prints a [`WorkerReport`] as JSON.
+pub fn worker(a: WorkerArgs) -> Result<()> {
+    let net = nets::io::load_model(&a.model, Some("mnist-small"), DType::F32, &Device::Cpu)?;
+    let x = Tensor::read_npy(&a.x).with_context(|| format!("reading {}", a.x.display()))?.to_dtype(DType::F32)?;
+    let y: Vec<u32> = Tensor::read_npy(&a.y)?.to_dtype(DType::I64)?.to_vec1::<i64>()?.into_iter().map(|v| v as u32).collect();
+    let w = Workload { bound: if a.proj > 0 { BoundKind::Projected { k: a.proj } } else { BoundKind::Exact }, backward: a.backward };
+    let rep = time_workload(&net, &x, &y, a.eps, a.bounded, w, a.repeats, a.seed)?;
+    println!("{}", serde_json::to_string(&rep)?);
+    Ok(())
+}
+
+/// The interpreter of a venv with torch and convex_adversarial, created and filled if needed.
+fn ensure_venv(venv: &Path, python: &str) -> Result<PathBuf> {
+    let py = venv.join("bin").join("python");
+    let ready = |py: &Path| {
+        Command::new(py).args(["-c", "import torch, numpy, convex_adversarial"]).output().map(|o| o.status.success()).unwrap_or(false)
+    };
+    if py.is_file() && ready(&py) {
+        return Ok(py);
+    }
+    eprintln!("creating the Python environment {} (torch, numpy, convex-adversarial==0.4.4 from PyPI; several GB, minutes)", venv.display());
+    let st = Command::new(python).args(["-m", "venv"]).arg(venv).status().with_context(|| format!("running {python} -m venv"))?;
+    if !st.success() {
+        bail!("`{python} -m venv {}` failed", venv.display());
+    }
+    let st = Command::new(&py).args(["-m", "pip", "install", "-q", "torch", "numpy", "convex-adversarial==0.4.4"]).status()?;
+    if !st.success() || !ready(&py) {
+        bail!("installing torch, numpy and convex-adversarial==0.4.4 into {} failed", venv.display());
+    }
+    Ok(py)
+}
+
+fn run_json(cmd: &mut Command, what: &str) -> Result<WorkerReport> {
+    let out = cmd.output().with_context(|| format!("starting the {what} worker"))?;
+    if !out.status.success() {
+        bail!("the {what} worker failed ({}):\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    }
+    let s = String::from_utf8_lossy(&out.stdout);
+    let line = s.lines().rev().find(|l| l.trim_start().starts_with('{')).with_context(|| format!("the {what} worker printed no JSON:\n{s}"))?;
+    serde_json::from_str(line).with_context(|| format!("the {what} worker's JSON: {line}"))
+}
+
+#[derive(Serialize)]
+struct Row {
+    workload: String,
+    batch: usize,
+    pytorch: WorkerReport,
+    rust: WorkerReport,
+    pytorch_median_s: f64,
+    rust_median_s: f64,
+    speedup: f64,
+    /// Exact workloads: loss, robust error (and gradients) agree; projected: null (random).
+    numbers_agree: Option<bool>,
+}
+
+#[derive(Serialize)]
+struct Summary<'a> {
+    model: &'a Path,
+    eps: f64,
+    bounded_input: bool,
+    threads: usize,
+    repeats: usize,
+    k: usize,
+    cpu: String,
+    rows: Vec<Row>,
+}
+
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|v| v.trim().to_string()))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn gib(b: u64) -> String {
+    format!("{:.2}", b as f64 / (1u64 << 30) as f64)
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    if a.batches.is_empty() || a.batches.contains(&0) || a.repeats == 0 || a.threads == 0 || !(a.eps >= 0.0) {
+        bail!("--batches must be positive, --repeats and --threads at least 1, --eps ≥ 0");
+    }
+    let workloads = a.workloads.iter().map(|s| parse_workload(s, a.k)).collect::<Result<Vec<_>>>()?;
+    if !a.model.is_file() {
+        bail!("model {} not found", a.model.display());
+    }
+    let py = ensure_venv(&a.venv, &a.python)?;
+    let work = PathBuf::from("target/bench-vs-pytorch");
+    std::fs::create_dir_all(&work)?;
+    let script = work.join("bench_pytorch.py");
+    std::fs::write(&script, PY_SCRIPT)?;
+    let test = load_mnist_like(&a.data_dir, experiments::datasets::Split::Test)?;
+    let exe = std::env::current_exe()?;
+    let mut rows = Vec::new();
+    let bar = indicatif::ProgressBar::new((a.batches.len() * workloads.len()) as u64);
+    bar.set_style(indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").expect("template"));
+    for &b in &a.batches {
+        if b > test.len() {
+            bail!("batch {b} is larger than the test set ({})", test.len());
+        }
+        let idx: Vec<usize> = (0..b).collect();
+        let (x, y) = test.gather(&idx, DType::F32, &Device::Cpu)?;
+        let xp = work.join(format!("x{b}.npy"));
+        let yp = work.join(format!("y{b}.npy"));
+        x.write_npy(&xp)?;
+        Tensor::from_vec(y.iter().map(|&v| v as i64).collect::<Vec<_>>(), b, &Device::Cpu)?.write_npy(&yp)?;
+        for w in &workloads {
+            bar.set_message(format!("batch {b} {}", w.name()));
+            let proj = match w.bound {
+                BoundKind::Exact => 0,
+                BoundKind::Projected { k } => k,
+            };
+            let mut common: Vec<String> = vec!["--eps".into(), a.eps.to_string(), "--proj".into(), proj.to_string(), "--repeats".into(), a.repeats.to_string()];
+            if !a.unbounded {
+                common.push("--bounded".into());
+            }
+            if w.backward {
+                common.push("--backward".into());
+            }
+            let mut pc = Command::new(&py);
+            pc.arg(&script).arg("--weights").arg(&a.model).arg("--x").arg(&xp).arg("--y").arg(&yp).args(&common).args(["--threads", &a.threads.to_string()]);
+            pc.env("OMP_NUM_THREADS", a.threads.to_string()).env("MKL_NUM_THREADS", a.threads.to_string());
+            let pt = run_json(&mut pc, "PyTorch")?;
+            let mut rc = Command::new(&exe);
+            rc.arg("bench-worker").arg("--model").arg(&a.model).arg("--x").arg(&xp).arg("--y").arg(&yp).args(&common);
+            rc.env("RAYON_NUM_THREADS", a.threads.to_string());
+            let rs = run_json(&mut rc, "Rust")?;
+            let (pm, rm) = (median(&pt.seconds), median(&rs.seconds));
+            rows.push(Row { workload: w.name(), batch: b, numbers_agree: agree(*w, &rs, &pt), pytorch_median_s: pm, rust_median_s: rm, speedup: pm / rm, pytorch: pt, rust: rs });
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    let mut t = Table::new(&["workload", "batch", "PyTorch s", "ours s", "speed-up", "PyTorch peak GiB", "ours peak GiB", "loss PyTorch / ours", "agree"]);
+    for r in &rows {
+        t.row(&[
+            &r.workload,
+            &r.batch.to_string(),
+            &format!("{:.3}", r.pytorch_median_s),
+            &format!("{:.3}", r.rust_median_s),
+            &format!("{:.2}x", r.speedup),
+            &gib(r.pytorch.peak_rss_above_idle_bytes),
+            &gib(r.rust.peak_rss_above_idle_bytes),
+            &format!("{:.5} / {:.5}", r.pytorch.loss, r.rust.loss),
+            match r.numbers_agree {
+                Some(true) => "yes",
+                Some(false) => "NO",
+                None => "random",
+            },
+        ]);
+    }
+    let cpu = cpu_name();
+    let head = format!(
+        "bench-vs-pytorch: mnist-small ({}), eps {}, {}, {} threads, median of {} runs, k = {} ({cpu})\n\
+         Seconds are per batch; peak is resident memory above the idle process. Projected losses are random on both sides.\n",
+        a.model.display(),
+        a.eps,
+        if a.unbounded { "ball" } else { "ball ∩ [0,1]" },
+        a.threads,
+        a.repeats,
+        a.k
+    );
+    println!("{head}\n{t}");
+    std::fs::create_dir_all(&a.out)?;
+    nets::io::atomic_write(&a.out.join("bench_vs_pytorch.md"), format!("{head}\n{t}").as_bytes())?;
+    let summary = Summary { model: &a.model, eps: a.eps, bounded_input: !a.unbounded, threads: a.threads, repeats: a.repeats, k: a.k, cpu, rows };
+    write_json_atomic(&a.out.join("bench_vs_pytorch.json"), &summary)?;
+    eprintln!("written {}/bench_vs_pytorch.{{json,md}}", a.out.display());
+    Ok(())
+}
