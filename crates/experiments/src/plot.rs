@@ -2,6 +2,7 @@
 //! Liberation); without one the plots are drawn without text rather than failing.
 
 use anyhow::{anyhow, Result};
+use plotters::coord::ranged1d::ValueFormatter;
 use plotters::prelude::*;
 use std::path::Path;
 use std::sync::OnceLock;
@@ -35,6 +36,19 @@ fn err<E: std::fmt::Display>(e: E) -> anyhow::Error {
 
 /// A line plot of named series `(x, y)`; y as given (e.g. percent).
 pub fn line_plot(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[(String, Vec<(f64, f64)>)]) -> Result<()> {
+    line_plot_axes(path, title, x_label, y_label, series, false)
+}
+
+/// [`line_plot`] with logarithmic x and y axes (every value must be positive), for scaling
+/// curves: a power law is a straight line.
+pub fn log_log_plot(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[(String, Vec<(f64, f64)>)]) -> Result<()> {
+    if series.iter().flat_map(|s| &s.1).any(|p| !(p.0 > 0.0 && p.1 > 0.0)) {
+        return Err(anyhow!("a log-log plot needs positive values"));
+    }
+    line_plot_axes(path, title, x_label, y_label, series, true)
+}
+
+fn line_plot_axes(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[(String, Vec<(f64, f64)>)], log: bool) -> Result<()> {
     let text = has_font();
     let root = BitMapBackend::new(path, (800, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
@@ -45,13 +59,32 @@ pub fn line_plot(path: &Path, title: &str, x_label: &str, y_label: &str, series:
     if !x0.is_finite() {
         return Err(anyhow!("nothing to plot"));
     }
-    let pad = ((y1 - y0) * 0.1).max(1e-3);
     let mut b = ChartBuilder::on(&root);
     b.margin(15);
     if text {
         b.caption(title, ("sans-serif", 24)).x_label_area_size(40).y_label_area_size(60);
     }
-    let mut chart = b.build_cartesian_2d(x0..x1.max(x0 + 1e-9), (y0 - pad)..(y1 + pad)).map_err(err)?;
+    if log {
+        let chart = b.build_cartesian_2d((x0 * 0.8..x1 * 1.25).log_scale(), (y0 * 0.7..y1 * 1.4).log_scale()).map_err(err)?;
+        return draw_series(root.clone(), chart, x_label, y_label, series, text);
+    }
+    let pad = ((y1 - y0) * 0.1).max(1e-3);
+    let chart = b.build_cartesian_2d(x0..x1.max(x0 + 1e-9), (y0 - pad)..(y1 + pad)).map_err(err)?;
+    draw_series(root.clone(), chart, x_label, y_label, series, text)
+}
+
+fn draw_series<'a, X, Y>(
+    root: DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>,
+    mut chart: ChartContext<'a, BitMapBackend<'a>, Cartesian2d<X, Y>>,
+    x_label: &str,
+    y_label: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+    text: bool,
+) -> Result<()>
+where
+    X: Ranged<ValueType = f64> + ValueFormatter<f64>,
+    Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
     if text {
         chart.configure_mesh().x_desc(x_label).y_desc(y_label).draw().map_err(err)?;
     } else {

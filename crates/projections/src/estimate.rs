@@ -14,7 +14,6 @@
 use candle_core::{DType, Tensor};
 use dual_core::{DualError, Result};
 use dual_layers::sum_over_columns;
-use std::cmp::Ordering;
 
 /// Index (0-based) of the median among `k` sorted values: the middle one for odd `k`, the lower
 /// of the two middle ones for even `k` (as PyTorch's `median`).
@@ -22,62 +21,145 @@ pub fn median_rank(k: usize) -> usize {
     k.saturating_sub(1) / 2
 }
 
-/// Values the host-side selection works on.
-trait Val: Copy + Send + Sync {
-    fn abs_val(self) -> Self;
-    fn order(&self, other: &Self) -> Ordering;
-}
-
-impl Val for f32 {
-    fn abs_val(self) -> Self {
-        self.abs()
-    }
-    fn order(&self, other: &Self) -> Ordering {
-        self.total_cmp(other)
-    }
-}
-
-impl Val for f64 {
-    fn abs_val(self) -> Self {
-        self.abs()
-    }
-    fn order(&self, other: &Self) -> Ordering {
-        self.total_cmp(other)
-    }
-}
-
-/// Units handled per block: a block of `BLOCK` units × `k` projections is copied (transposed)
-/// into a small buffer, so the strided reads stay in cache.
+/// Units handled per block: a block of `BLOCK` units × `k` projections is copied into a small
+/// buffer, so the strided reads stay in cache.
 const BLOCK: usize = 64;
 
-/// For `v` laid out `[B, n, K]`, the column (in `offset..offset + k`) holding the lower median of
-/// `|v[b, offset + i, j]|` over `i` for every `(b, j)`, as `[B, K]` row-major indices into dim 1.
-/// Equal values resolve to the lowest column, so the choice is deterministic. Parallel over
-/// examples.
-fn median_indices<T: Val>(v: &[T], b: usize, n: usize, kk: usize, offset: usize, k: usize) -> Vec<u32> {
+/// Up to this many projections the median is found by counting ranks across a block of units
+/// (`k²` compares per unit, all in SIMD lanes); above it by a selection per unit (`O(k)`, scalar).
+const RANK_COUNT_MAX_K: usize = 96;
+
+/// Order-preserving integer keys of absolute values: for non-negative IEEE floats the bit
+/// pattern orders like the value (NaN above infinity, as `total_cmp` orders a positive NaN).
+trait Key: Copy + Ord + Default + Send + Sync {
+    fn abs_key(self) -> Self;
+}
+
+impl Key for u32 {
+    fn abs_key(self) -> Self {
+        self & 0x7fff_ffff
+    }
+}
+
+impl Key for u64 {
+    fn abs_key(self) -> Self {
+        self & 0x7fff_ffff_ffff_ffff
+    }
+}
+
+/// The median of one block by counting: for every column `i`, the rank of unit `jj`'s value in
+/// it (ties broken by column) is the number of smaller values; the median value is the one of
+/// rank `mid`. Then the lowest column holding that value (the same choice as a selection).
+/// `keys` is `[k][BLOCK]`; writes the chosen column of every lane to `out`.
+#[inline(always)]
+fn block_median_by_rank<K: Key>(keys: &[[K; BLOCK]], mid: usize, out: &mut [u32; BLOCK]) {
+    let k = keys.len();
+    let mut med = [K::default(); BLOCK];
+    for i in 0..k {
+        let ki = &keys[i];
+        let mut rank = [0u32; BLOCK];
+        for kj in &keys[..i] {
+            for l in 0..BLOCK {
+                rank[l] += (kj[l] <= ki[l]) as u32;
+            }
+        }
+        for kj in &keys[i + 1..] {
+            for l in 0..BLOCK {
+                rank[l] += (kj[l] < ki[l]) as u32;
+            }
+        }
+        for l in 0..BLOCK {
+            if rank[l] == mid as u32 {
+                med[l] = ki[l];
+            }
+        }
+    }
+    let mut first = [k as u32; BLOCK];
+    for i in (0..k).rev() {
+        for l in 0..BLOCK {
+            if keys[i][l] == med[l] {
+                first[l] = i as u32;
+            }
+        }
+    }
+    *out = first;
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn block_median_by_rank_avx512<K: Key>(keys: &[[K; BLOCK]], mid: usize, out: &mut [u32; BLOCK]) {
+    block_median_by_rank(keys, mid, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn block_median_by_rank_avx2<K: Key>(keys: &[[K; BLOCK]], mid: usize, out: &mut [u32; BLOCK]) {
+    block_median_by_rank(keys, mid, out)
+}
+
+fn block_median<K: Key>(keys: &[[K; BLOCK]], mid: usize, out: &mut [u32; BLOCK]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512bw") && std::arch::is_x86_feature_detected!("avx512vl") {
+        // SAFETY: the CPU supports AVX-512 F/BW/VL (checked just above).
+        return unsafe { block_median_by_rank_avx512(keys, mid, out) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        return unsafe { block_median_by_rank_avx2(keys, mid, out) };
+    }
+    block_median_by_rank(keys, mid, out)
+}
+
+/// For `v` laid out `[B, n, K]` (as integer keys of floats), the column (in
+/// `offset..offset + k`) holding the lower median of `|v[b, offset + i, j]|` over `i` for every
+/// `(b, j)`, as `[B, K]` row-major indices into dim 1. Equal values resolve to the lowest
+/// column, so the choice is deterministic. Parallel over examples.
+fn median_indices<K: Key>(v: &[K], b: usize, n: usize, kk: usize, offset: usize, k: usize) -> Vec<u32> {
     let mid = median_rank(k);
     let mut out = vec![0u32; b * kk];
     let one = |bi: usize, out: &mut [u32]| {
         let base = bi * n * kk;
-        let mut buf: Vec<T> = Vec::with_capacity(BLOCK * k);
-        let mut row: Vec<T> = Vec::with_capacity(k);
+        if k <= RANK_COUNT_MAX_K {
+            let mut keys = vec![[K::default(); BLOCK]; k];
+            let mut res = [0u32; BLOCK];
+            for j0 in (0..kk).step_by(BLOCK) {
+                let w = BLOCK.min(kk - j0);
+                for (i, row) in keys.iter_mut().enumerate() {
+                    let src = &v[base + (offset + i) * kk + j0..][..w];
+                    for (d, x) in row.iter_mut().zip(src) {
+                        *d = x.abs_key();
+                    }
+                    for d in row[w..].iter_mut() {
+                        *d = K::default();
+                    }
+                }
+                block_median(&keys, mid, &mut res);
+                for (o, r) in out[j0..j0 + w].iter_mut().zip(&res) {
+                    *o = offset as u32 + r;
+                }
+            }
+            return;
+        }
+        let mut buf: Vec<K> = Vec::with_capacity(BLOCK * k);
+        let mut row: Vec<K> = Vec::with_capacity(k);
         for j0 in (0..kk).step_by(BLOCK) {
             let w = BLOCK.min(kk - j0);
             buf.clear();
-            buf.resize(w * k, v[0]);
+            buf.resize(w * k, K::default());
             for i in 0..k {
                 let src = &v[base + (offset + i) * kk + j0..][..w];
                 for (jj, x) in src.iter().enumerate() {
-                    buf[jj * k + i] = x.abs_val();
+                    buf[jj * k + i] = x.abs_key();
                 }
             }
             for jj in 0..w {
                 let vals = &buf[jj * k..(jj + 1) * k];
                 row.clear();
                 row.extend_from_slice(vals);
-                let (_, m, _) = row.select_nth_unstable_by(mid, |a, b| a.order(b));
+                let (_, m, _) = row.select_nth_unstable(mid);
                 let m = *m;
-                let i = vals.iter().position(|x| x.order(&m) == Ordering::Equal).expect("the median is one of the values");
+                let i = vals.iter().position(|x| *x == m).expect("the median is one of the values");
                 out[jj + j0] = (offset + i) as u32;
             }
         }
@@ -103,20 +185,43 @@ fn median_indices<T: Val>(v: &[T], b: usize, n: usize, kk: usize, offset: usize,
     out
 }
 
-/// Runs `f` on the values of a contiguous tensor without copying them when possible.
-fn with_values<T: Val + candle_core::WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -> Result<R> {
+/// Runs `f` on the bit patterns of a contiguous f32 (`u32`) or f64 (`u64`) tensor, without
+/// copying them when possible.
+fn with_bits<T: candle_core::WithDType, K: Key + bytemuck_free::FromBits<T>, R>(t: &Tensor, f: impl FnOnce(&[K]) -> R) -> Result<R> {
     let t = t.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
     match &*storage {
         candle_core::Storage::Cpu(cpu) => {
             let all = cpu.as_slice::<T>()?;
             let start = layout.start_offset();
-            Ok(f(&all[start..start + t.elem_count()]))
+            Ok(f(K::cast_slice(&all[start..start + t.elem_count()])))
         }
         _ => {
             drop(storage);
             let v = t.flatten_all()?.to_vec1::<T>()?;
-            Ok(f(&v))
+            Ok(f(K::cast_slice(&v)))
+        }
+    }
+}
+
+/// Reinterpreting float slices as their bit patterns (same size and alignment, every bit
+/// pattern valid), without a dependency.
+mod bytemuck_free {
+    pub trait FromBits<T> {
+        fn cast_slice(v: &[T]) -> &[Self]
+        where
+            Self: Sized;
+    }
+    impl FromBits<f32> for u32 {
+        fn cast_slice(v: &[f32]) -> &[u32] {
+            // SAFETY: f32 and u32 have the same size and alignment; any bits are a valid u32.
+            unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u32>(), v.len()) }
+        }
+    }
+    impl FromBits<f64> for u64 {
+        fn cast_slice(v: &[f64]) -> &[u64] {
+            // SAFETY: f64 and u64 have the same size and alignment; any bits are a valid u64.
+            unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u64>(), v.len()) }
         }
     }
 }
@@ -129,9 +234,9 @@ pub fn median_abs_over_columns(p: &Tensor, offset: usize, k: usize) -> Result<Te
         return Err(DualError::shape(format!("median over columns {offset}..{} of a tensor with {n} columns", offset + k)));
     }
     let idx = match p.dtype() {
-        DType::F64 => with_values::<f64, _>(p, |v| median_indices(v, b, n, kk, offset, k))?,
-        DType::F32 => with_values::<f32, _>(p, |v| median_indices(v, b, n, kk, offset, k))?,
-        _ => with_values::<f32, _>(&p.to_dtype(DType::F32)?, |v| median_indices(v, b, n, kk, offset, k))?,
+        DType::F64 => with_bits::<f64, u64, _>(p, |v| median_indices(v, b, n, kk, offset, k))?,
+        DType::F32 => with_bits::<f32, u32, _>(p, |v| median_indices(v, b, n, kk, offset, k))?,
+        _ => with_bits::<f32, u32, _>(&p.to_dtype(DType::F32)?, |v| median_indices(v, b, n, kk, offset, k))?,
     };
     let idx = Tensor::from_vec(idx, (b, 1, kk), p.device())?;
     Ok(p.contiguous()?.gather(&idx, 1)?.squeeze(1)?.abs()?)
@@ -143,4 +248,42 @@ pub fn mean_square_over_columns(p: &Tensor, k: usize) -> Result<Tensor> {
     let (b, n, _) = p.dims3()?;
     let w = Tensor::full(1.0 / k as f64, (b, n), p.device())?.to_dtype(p.dtype())?;
     Ok(sum_over_columns(&p.sqr()?, &w)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+
+    /// The reference: sort the absolute values of each unit's `k` columns (stable, so ties keep
+    /// column order), take the lower middle value, return the lowest column holding it.
+    fn naive(v: &[f32], b: usize, n: usize, kk: usize, offset: usize, k: usize) -> Vec<u32> {
+        let mut out = Vec::new();
+        for bi in 0..b {
+            for j in 0..kk {
+                let vals: Vec<f32> = (0..k).map(|i| v[bi * n * kk + (offset + i) * kk + j].abs()).collect();
+                let mut s = vals.clone();
+                s.sort_by(|a, b| a.total_cmp(b));
+                let m = s[median_rank(k)];
+                out.push((offset + vals.iter().position(|x| *x == m).unwrap()) as u32);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn both_median_paths_match_a_sort_with_ties_and_tails() {
+        let mut rng = StdRng::seed_from_u64(5);
+        // k on both sides of RANK_COUNT_MAX_K, unit counts with partial blocks, few distinct
+        // values (many ties, signed zeros) and continuous values.
+        for &(b, kk, k, offset, distinct) in &[(3, 70, 5, 1, 3), (2, 64, 50, 0, 4), (4, 131, 51, 2, 0), (2, 10, 97, 1, 5), (1, 65, 200, 0, 0), (5, 1, 1, 0, 0), (2, 3, 2, 0, 2)] {
+            let n = offset + k + 1;
+            let v: Vec<f32> = (0..b * n * kk)
+                .map(|_| if distinct > 0 { rng.random_range(0..distinct) as f32 * if rng.random::<bool>() { -1.0 } else { 1.0 } } else { rng.random_range(-3.0f32..3.0) })
+                .collect();
+            let bits: Vec<u32> = v.iter().map(|x| x.to_bits()).collect();
+            let got = median_indices(&bits, b, n, kk, offset, k);
+            assert_eq!(got, naive(&v, b, n, kk, offset, k), "b {b} K {kk} k {k} offset {offset} distinct {distinct}");
+        }
+    }
 }

@@ -80,12 +80,17 @@ impl DualActivation for DualReLUProj {
     }
 }
 
-/// The unstable units of a ReLU as `1 + k` columns at its output: `w` and `w ⊙ r_i`.
+/// The unstable units of a ReLU as `1 + k` columns at its output: `w` and `w ⊙ r_i`. The
+/// columns are drawn when first asked for: a ReLU with no activation after it (the last one)
+/// never propagates its columns, so it never draws them.
 struct ReluProjSource {
     /// `w = -d·l` on the unstable set, zero elsewhere: `[B, K]`.
     w: Tensor,
-    /// `[B, 1 + k, *shape]`.
-    cols: Tensor,
+    /// `[B, 1 + k, *shape]`, built on first use.
+    cols: std::sync::OnceLock<Tensor>,
+    unstable: Vec<Vec<u32>>,
+    shape: Vec<usize>,
+    seed: u64,
     k: usize,
     scale: f64,
 }
@@ -93,13 +98,22 @@ struct ReluProjSource {
 impl ReluProjSource {
     /// `w` is zero off the unstable units, so the projections are drawn on those only.
     fn new(w: Tensor, unstable: &[Vec<u32>], shape: &[usize], k: usize, seed: u64, scale: f64) -> Result<Self> {
-        let (b, kk) = w.dims2()?;
-        let r = projection_tensor_on(Projection::Cauchy, k, &[kk], unstable, seed, w.dtype(), w.device())?;
-        let wu = w.unsqueeze(1)?;
+        w.dims2()?;
+        Ok(ReluProjSource { w, cols: std::sync::OnceLock::new(), unstable: unstable.to_vec(), shape: shape.to_vec(), seed, k, scale })
+    }
+
+    fn all_columns(&self) -> Result<&Tensor> {
+        if let Some(c) = self.cols.get() {
+            return Ok(c);
+        }
+        let (b, kk) = self.w.dims2()?;
+        let r = projection_tensor_on(Projection::Cauchy, self.k, &[kk], &self.unstable, self.seed, self.w.dtype(), self.w.device())?;
+        let wu = self.w.unsqueeze(1)?;
         let cols = Tensor::cat(&[wu.clone(), r.broadcast_mul(&wu)?], 1)?;
-        let mut dims = vec![b, k + 1];
-        dims.extend_from_slice(shape);
-        Ok(ReluProjSource { w, cols: cols.reshape(dims)?, k, scale })
+        let mut dims = vec![b, self.k + 1];
+        dims.extend_from_slice(&self.shape);
+        let cols = cols.reshape(dims)?;
+        Ok(self.cols.get_or_init(|| cols))
     }
 }
 
@@ -109,7 +123,7 @@ impl DualSource for ReluProjSource {
     }
 
     fn columns(&self, range: Range<usize>) -> Result<Tensor> {
-        Ok(self.cols.narrow(1, range.start, range.len())?)
+        Ok(self.all_columns()?.narrow(1, range.start, range.len())?)
     }
 
     /// Lower `½(P_0 - med)`, upper `½(P_0 + med)`, `med = median_i |P_{1+i}|`.
