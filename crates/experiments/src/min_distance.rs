@@ -4,7 +4,7 @@
 
 use crate::certify::{load_test_set, Norm};
 use crate::plot::histogram;
-use crate::report::{write_json_atomic, Table};
+use crate::report::{median, write_json_atomic, Table};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, D};
 use dual_core::{robust_bounds, DualOptions, DualSource};
@@ -209,19 +209,6 @@ pub struct MinDistanceReport {
     pub settings: MinDistanceConfig,
 }
 
-fn median(v: &[f64]) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    let n = s.len();
-    if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        0.5 * (s[n / 2 - 1] + s[n / 2])
-    }
-}
 
 fn mean(v: &[f64]) -> f64 {
     if v.is_empty() {

@@ -8,6 +8,7 @@
 //! and the cross-entropy of `-J` (Eq. 14).
 
 use crate::certify::{input_set, projection_config, Norm, Projection};
+pub use crate::report::median;
 use anyhow::Result;
 use candle_core::{DType, Tensor};
 use dual_core::{robust_loss, DualOptions};
@@ -107,20 +108,6 @@ fn run_tracked(net: &Network, x: &Tensor, y: &[u32], eps: f64, bounded: bool, w:
     Ok(WorkloadRun { loss, robust_error: rl.error, grad_abs_sum, seconds })
 }
 
-/// The median of `v` (the mean of the two middle values for an even count); NaN when empty.
-pub fn median(v: &[f64]) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    let n = s.len();
-    if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        0.5 * (s[n / 2 - 1] + s[n / 2])
-    }
-}
 
 /// What one process reports after timing one workload (`cargo xtask bench-vs-pytorch` runs
 /// every workload in a fresh process, on both sides, so the peak memory is that workload's own).
