@@ -12,7 +12,7 @@ pub struct ModelDataArgs {
     /// Architecture (zoo name such as mnist-small, or a JSON file) when the file holds none.
     #[arg(long)]
     pub arch: Option<String>,
-    /// Data set: mnist or fashion-mnist.
+    /// Data set: mnist, fashion-mnist or cifar10.
     #[arg(long, default_value = "fashion-mnist")]
     pub dataset: String,
     /// Folder with the data set's IDX files (.gz or not). Default: data/NAME, else

@@ -3,7 +3,7 @@
 use anyhow::{bail, Result};
 use clap::Args;
 use experiments::certify::{default_data_dir, Norm};
-use experiments::datasets::{load_mnist_like, Split};
+use experiments::datasets::{load, Split};
 use experiments::train::{train, EpsilonSchedule, LossKind, LrSchedule, OptimizerConfig, TrainConfig};
 use std::path::PathBuf;
 
@@ -12,7 +12,7 @@ pub struct TrainArgs {
     /// Architecture: a zoo name (mnist-small, mnist-large, ...) or a JSON description.
     #[arg(long, default_value = "mnist-small")]
     arch: String,
-    /// Data set: mnist or fashion-mnist.
+    /// Data set: mnist, fashion-mnist or cifar10.
     #[arg(long, default_value = "fashion-mnist")]
     dataset: String,
     /// Data folder (default data/NAME, else /usr/share/datasets/NAME).
@@ -128,11 +128,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
         proj: a.proj,
     };
     let dir = a.data_dir.unwrap_or_else(|| default_data_dir(&a.dataset));
-    if !matches!(a.dataset.as_str(), "mnist" | "fashion-mnist") {
-        bail!("train supports mnist and fashion-mnist for now");
-    }
-    let mut tr = load_mnist_like(&dir, Split::Train)?;
-    let te = load_mnist_like(&dir, Split::Test)?;
+    let mut tr = load(&a.dataset, &dir, Split::Train)?;
+    let te = load(&a.dataset, &dir, Split::Test)?;
     if let Some(l) = a.train_limit {
         tr.truncate(l);
     }

@@ -2,7 +2,7 @@
 //! dual bound) and, on request, PGD error.
 
 use crate::attacks::{count_errors, pgd, pgd_l2, PgdConfig};
-use crate::datasets::{load_mnist_like, Dataset, Split};
+use crate::datasets::{Dataset, Split};
 use crate::report::{write_json_atomic, Table};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
@@ -165,12 +165,7 @@ fn pct(v: f64) -> String {
 
 /// Loads the test split of a data set by name.
 pub fn load_test_set(name: &str, dir: &Path) -> Result<Dataset> {
-    match name {
-        "mnist" | "fashion-mnist" => {
-            load_mnist_like(dir, Split::Test).with_context(|| format!("loading the {name} test set from {}", dir.display()))
-        }
-        other => bail!("data set `{other}` is not supported by certify yet (supported: mnist, fashion-mnist)"),
-    }
+    crate::datasets::load(name, dir, Split::Test)
 }
 
 /// The default folder of a data set: `data/NAME`, else Debian's `/usr/share/datasets/NAME`.

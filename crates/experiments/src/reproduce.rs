@@ -1,14 +1,14 @@
 //! The papers' experiments with their hyperparameters as defaults, and a `--quick` mode.
 
 use crate::certify::{default_data_dir, evaluate, EvalSettings, Norm};
-use crate::datasets::{load_mnist_like, Dataset, Split};
+use crate::datasets::{load, Split};
 use crate::report::{write_json_atomic, Table};
 use crate::train::{train, EpsilonSchedule, LossKind, LrSchedule, OptimizerConfig, TrainConfig};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use nets::{zoo, Network};
 use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Published figures of one experiment (error rates, fractions).
 #[derive(Debug, Clone, Copy, Serialize, Default)]
@@ -198,12 +198,6 @@ impl ReproduceReport {
     }
 }
 
-fn load(dataset: &str, dir: &Path, split: Split) -> Result<Dataset> {
-    match dataset {
-        "mnist" | "fashion-mnist" => Ok(load_mnist_like(dir, split).with_context(|| format!("loading {dataset} from {} (try `cargo xtask download {dataset}`)", dir.display()))?),
-        other => bail!("the {other} loader is not available yet; supported now: mnist, fashion-mnist"),
-    }
-}
 
 /// Runs experiment `name`: trains with the paper's settings (or the quick ones), evaluates
 /// clean, PGD and certified robust error, and writes `results.json` / `results.md`.

@@ -62,6 +62,10 @@ pub enum DatasetError {
     /// None of the candidate file names exists in the directory.
     #[error("none of {tried:?} found in {dir}")]
     MissingFile { dir: PathBuf, tried: Vec<String> },
+    /// A file of fixed-size records (CIFAR-10's binary batches) whose length is not a positive
+    /// multiple of the record size.
+    #[error("{path}: {len} bytes is not a whole number of {record}-byte records")]
+    BadRecords { path: PathBuf, len: usize, record: usize },
     /// A label is outside `0..NUM_CLASSES`.
     #[error("{path}: label {label} at index {index} is not in 0..{}", NUM_CLASSES)]
     BadLabel {
@@ -74,7 +78,9 @@ pub enum DatasetError {
 /// An in-memory image classification data set.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Dataset {
-    /// Pixels scaled to `[0, 1]` (byte / 255), row-major `n x channels x height x width`.
+    /// The inputs as the model takes them, row-major `n x channels x height x width`: pixels
+    /// scaled to `[0, 1]` (byte / 255), normalised per channel where the data set's models
+    /// expect it (CIFAR-10).
     pub images: Vec<f32>,
     /// One label per image.
     pub labels: Vec<u32>,
