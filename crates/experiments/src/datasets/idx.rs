@@ -66,6 +66,9 @@ pub enum DatasetError {
     /// multiple of the record size.
     #[error("{path}: {len} bytes is not a whole number of {record}-byte records")]
     BadRecords { path: PathBuf, len: usize, record: usize },
+    /// A text file (UCI HAR) with a value that is not a number or a row of the wrong length.
+    #[error("{path}, line {line}: {msg}")]
+    Parse { path: PathBuf, line: usize, msg: String },
     /// A label is outside `0..NUM_CLASSES`.
     #[error("{path}: label {label} at index {index} is not in 0..{}", NUM_CLASSES)]
     BadLabel {
@@ -101,6 +104,16 @@ impl Dataset {
         self.n == 0
     }
 
+    /// The shape of one example as the model takes it: `[channels, height, width]`, or
+    /// `[channels]` for flat feature vectors (stored with `height = width = 1`, e.g. UCI HAR).
+    pub fn example_shape(&self) -> Vec<usize> {
+        if self.height == 1 && self.width == 1 {
+            vec![self.channels]
+        } else {
+            vec![self.channels, self.height, self.width]
+        }
+    }
+
     /// Number of values per example (`channels * height * width`).
     pub fn example_size(&self) -> usize {
         self.channels * self.height * self.width
@@ -134,16 +147,16 @@ impl Dataset {
         }
     }
 
-    /// The examples `idx` as a tensor `[idx.len(), C, H, W]` of `dtype` on `device`, with their
-    /// labels.
+    /// The examples `idx` as a tensor `[idx.len(), *example_shape]` of `dtype` on `device`,
+    /// with their labels.
     pub fn gather(&self, idx: &[usize], dtype: candle_core::DType, device: &Device) -> candle_core::Result<(Tensor, Vec<u32>)> {
         let sub = self.subset(idx);
         let (x, y) = sub.batch(0, sub.n, device)?;
         Ok((x.to_dtype(dtype)?, y))
     }
 
-    /// Examples `start..end` as an `f32` tensor `[end - start, C, H, W]` on `device`, with their
-    /// labels. Fails (without panicking) if the range is not within `0..=len()`.
+    /// Examples `start..end` as an `f32` tensor `[end - start, *example_shape]` on `device`,
+    /// with their labels. Fails (without panicking) if the range is not within `0..=len()`.
     pub fn batch(
         &self,
         start: usize,
@@ -157,11 +170,9 @@ impl Dataset {
             );
         }
         let size = self.example_size();
-        let x = Tensor::from_slice(
-            &self.images[start * size..end * size],
-            (end - start, self.channels, self.height, self.width),
-            device,
-        )?;
+        let mut shape = vec![end - start];
+        shape.extend(self.example_shape());
+        let x = Tensor::from_slice(&self.images[start * size..end * size], shape, device)?;
         Ok((x, self.labels[start..end].to_vec()))
     }
 }

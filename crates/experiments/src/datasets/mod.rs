@@ -2,16 +2,18 @@
 //! that maps a data-set name to its reader.
 
 pub mod cifar;
+pub mod har;
 pub mod idx;
 
 pub use cifar::load_cifar10;
+pub use har::load_har;
 pub use idx::*;
 
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 
 /// Data sets with a loader.
-pub const LOADABLE: &[&str] = &["mnist", "fashion-mnist", "cifar10"];
+pub const LOADABLE: &[&str] = &["mnist", "fashion-mnist", "cifar10", "har"];
 
 /// Loads a split of the named data set from `dir`, as the papers' models take it (CIFAR-10
 /// normalised per channel, the others in `[0, 1]`).
@@ -20,6 +22,7 @@ pub fn load(name: &str, dir: &Path, split: Split) -> Result<Dataset> {
     Ok(match name {
         "mnist" | "fashion-mnist" => load_mnist_like(dir, split).with_context(hint)?,
         "cifar10" | "cifar-10" | "cifar" => load_cifar10(dir, split, true).with_context(hint)?,
+        "har" | "uci-har" => load_har(dir, split).with_context(hint)?,
         other => bail!("no loader for the data set `{other}` yet (loaders: {})", LOADABLE.join(", ")),
     })
 }
