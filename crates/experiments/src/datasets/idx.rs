@@ -69,6 +69,9 @@ pub enum DatasetError {
     /// A text file (UCI HAR) with a value that is not a number or a row of the wrong length.
     #[error("{path}, line {line}: {msg}")]
     Parse { path: PathBuf, line: usize, msg: String },
+    /// A MATLAB file (SVHN) that is malformed or lacks what the data set needs.
+    #[error("{path}: {msg}")]
+    Mat { path: PathBuf, msg: String },
     /// A label is outside `0..NUM_CLASSES`.
     #[error("{path}: label {label} at index {index} is not in 0..{}", NUM_CLASSES)]
     BadLabel {

@@ -4,16 +4,18 @@
 pub mod cifar;
 pub mod har;
 pub mod idx;
+pub mod svhn;
 
 pub use cifar::load_cifar10;
 pub use har::load_har;
+pub use svhn::load_svhn;
 pub use idx::*;
 
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 
 /// Data sets with a loader.
-pub const LOADABLE: &[&str] = &["mnist", "fashion-mnist", "cifar10", "har"];
+pub const LOADABLE: &[&str] = &["mnist", "fashion-mnist", "cifar10", "har", "svhn"];
 
 /// Loads a split of the named data set from `dir`, as the papers' models take it (CIFAR-10
 /// normalised per channel, the others in `[0, 1]`).
@@ -23,6 +25,7 @@ pub fn load(name: &str, dir: &Path, split: Split) -> Result<Dataset> {
         "mnist" | "fashion-mnist" => load_mnist_like(dir, split).with_context(hint)?,
         "cifar10" | "cifar-10" | "cifar" => load_cifar10(dir, split, true).with_context(hint)?,
         "har" | "uci-har" => load_har(dir, split).with_context(hint)?,
+        "svhn" => load_svhn(dir, split).with_context(hint)?,
         other => bail!("no loader for the data set `{other}` yet (loaders: {})", LOADABLE.join(", ")),
     })
 }
