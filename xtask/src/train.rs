@@ -126,6 +126,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         f64: false,
         quiet: false,
         proj: a.proj,
+        augment: None,
     };
     let dir = a.data_dir.unwrap_or_else(|| default_data_dir(&a.dataset));
     let mut tr = load(&a.dataset, &dir, Split::Train)?;

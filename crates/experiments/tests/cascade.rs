@@ -65,6 +65,7 @@ fn cfg() -> TrainConfig {
         f64: false,
         quiet: true,
         proj: None,
+        augment: None,
     }
 }
 

@@ -29,3 +29,18 @@ fn paper_settings_are_the_defaults() {
     assert!(!c.train.bounded_input);
     assert_eq!(get("har").eps, 0.05);
 }
+
+#[test]
+fn paper2_trains_with_50_projections_and_cifar_augments() {
+    let r = registry();
+    for e in r.iter().filter(|e| e.paper == 2) {
+        assert_eq!(e.train.proj, Some(50), "{}", e.name);
+    }
+    for e in r.iter().filter(|e| e.paper == 1) {
+        assert_eq!(e.train.proj, None, "{}: paper 1 trains with the exact bound", e.name);
+    }
+    let c = r.iter().find(|e| e.name == "cifar-small").unwrap();
+    let a = c.train.augment.as_ref().expect("CIFAR augments");
+    assert!(a.flip && a.crop_padding == 4);
+    assert!(r.iter().filter(|e| e.dataset != "cifar10").all(|e| e.train.augment.is_none()));
+}

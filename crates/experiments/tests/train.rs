@@ -50,6 +50,7 @@ fn cfg(epochs: usize) -> TrainConfig {
         f64: false,
         quiet: true,
         proj: None,
+        augment: None,
     }
 }
 

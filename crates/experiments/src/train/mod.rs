@@ -1,10 +1,12 @@
 //! Training: robust (the dual bound's loss), baseline and PGD adversarial training, with the
 //! papers' schedules, checkpoints every epoch, resume, best-model tracking and a JSON-lines log.
 
+pub mod augment;
 pub mod optim;
 pub mod schedule;
 mod trainer;
 
+pub use augment::Augment;
 pub use optim::{Optimizer, OptimizerConfig};
 pub use schedule::{EpsilonSchedule, LrSchedule};
 pub use trainer::{train, EpochLog, LossKind, TrainConfig, TrainSummary};

@@ -59,6 +59,10 @@ pub struct TrainConfig {
     /// evaluation stays exact.
     #[serde(default)]
     pub proj: Option<usize>,
+    /// Augment training batches (paper 2's CIFAR-10 runs); drawn from the seed and the step, so
+    /// a resumed run sees the same batches.
+    #[serde(default)]
+    pub augment: Option<super::Augment>,
 }
 
 /// One line of the training log.
@@ -174,7 +178,16 @@ pub fn train(net: &Network, train_set: &Dataset, test_set: &Dataset, cfg: &Train
         let mut eps = cfg.eps.at(epoch, 0.0);
         for b in 0..nb {
             let idx = &order[b * cfg.batch_size..((b + 1) * cfg.batch_size).min(n)];
-            let (x, y) = train_set.gather(idx, dtype, &Device::Cpu)?;
+            let (x, y) = match &cfg.augment {
+                None => train_set.gather(idx, dtype, &Device::Cpu)?,
+                Some(aug) => {
+                    let mut sub = train_set.subset(idx);
+                    let step = (epoch * nb + b) as u64;
+                    aug.apply(&mut sub, &mut StdRng::seed_from_u64(cfg.seed ^ step.wrapping_mul(0xA24B_AED4_963E_E407) ^ 0x5EED));
+                    let (x, y) = sub.batch(0, sub.n, &Device::Cpu)?;
+                    (x.to_dtype(dtype)?, y)
+                }
+            };
             let x = x.to_device(&net.device())?;
             eps = cfg.eps.at(epoch, b as f64 / nb as f64);
             let logits = net.forward(&x)?;
