@@ -70,7 +70,7 @@ impl Layer for ChannelAffine {
             candle_core::bail!("ChannelAffine({}) got an input shaped {:?}", self.channels(), x.dims());
         }
         let trailing = x.rank() - 2;
-        x.broadcast_mul(&per_channel(&self.scale, 1, trailing)?)?.broadcast_add(&per_channel(&self.shift, 1, trailing)?)
+        x.broadcast_mul(&per_channel(&nets::param(&self.scale), 1, trailing)?)?.broadcast_add(&per_channel(&nets::param(&self.shift), 1, trailing)?)
     }
 
     fn dual(&self, xs: &[Option<&Tensor>]) -> DResult<DualNode> {
@@ -78,11 +78,9 @@ impl Layer for ChannelAffine {
         if x.rank() < 2 || x.dims()[1] != self.channels() {
             return Err(DualError::shape(format!("ChannelAffine({}) got an input shaped {:?}", self.channels(), x.dims())));
         }
-        // Clones of the Vars' tensors: the bound stays differentiable in the parameters.
-        Ok(DualNode::Affine(Box::new(DualChannelAffine {
-            scale: self.scale.as_tensor().clone(),
-            shift: self.shift.as_tensor().clone(),
-        })))
+        // `nets::param`: the Var itself while training (the bound stays differentiable in the
+        // parameters), a detached view inside `nets::no_grad` (certification records no graph).
+        Ok(DualNode::Affine(Box::new(DualChannelAffine { scale: nets::param(&self.scale), shift: nets::param(&self.shift) })))
     }
 
     fn params(&self) -> Vec<(String, Var)> {
