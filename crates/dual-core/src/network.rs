@@ -168,11 +168,13 @@ impl DualNetwork {
                     }
                     let mut acc: Option<(Tensor, Tensor)> = None;
                     let mut add = |p: &Tensor, range: Range<usize>| -> Result<()> {
-                        let p = p.reshape((b, range.len(), k))?;
+                        // Shared columns (batch 1) stay shared until a per-example layer.
+                        let pb = p.dim(0)?;
+                        let p = p.reshape((pb, range.len(), k))?;
                         let (l, u) = src.column_terms(&p, range)?;
                         acc = Some(match acc.take() {
                             None => (l, u),
-                            Some((al, au)) => ((al + l)?, (au + u)?),
+                            Some((al, au)) => (al.broadcast_add(&l)?, au.broadcast_add(&u)?),
                         });
                         Ok(())
                     };
@@ -198,8 +200,8 @@ impl DualNetwork {
                     }
                     if let Some((al, au)) = acc {
                         let (l, u) = src.finish_terms(al, au)?;
-                        lo = (lo + l)?;
-                        up = (up + u)?;
+                        lo = lo.broadcast_add(&l)?;
+                        up = up.broadcast_add(&u)?;
                     }
                 }
                 let mut full_shape = vec![b];

@@ -20,11 +20,15 @@ pub trait DualSource: Send + Sync {
     /// Number of columns (per example; examples with fewer columns pad with zero columns).
     fn num_columns(&self) -> usize;
 
-    /// Columns `range` of the basis, shaped `[B, range.len(), *shape]`.
+    /// Columns `range` of the basis, shaped `[B, range.len(), *shape]`, or `[1, range.len(),
+    /// *shape]` when they are the same for every example (the input ball's identity): the engine
+    /// then pushes them once, and they become per-example at the first layer that differs by
+    /// example (a ReLU's slopes). Layers must therefore broadcast over the batch dimension.
     fn columns(&self, range: Range<usize>) -> Result<Tensor>;
 
-    /// Partial terms of columns `range`, propagated to a layer with `K` units (`p`: `[B, len, K]`):
-    /// `(lower, upper)`, each `[B, K]`. Partial terms of disjoint ranges are added up and then
+    /// Partial terms of columns `range`, propagated to a layer with `K` units (`p`: `[B, len, K]`,
+    /// or `[1, len, K]` for shared columns not yet made per-example): `(lower, upper)`, each
+    /// `[B, K]` (or `[1, K]` when the same for every example; the engine broadcasts). Partial terms of disjoint ranges are added up and then
     /// handed to [`DualSource::finish_terms`].
     fn column_terms(&self, p: &Tensor, range: Range<usize>) -> Result<(Tensor, Tensor)>;
 

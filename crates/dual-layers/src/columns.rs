@@ -21,8 +21,15 @@ pub fn split_columns(x: &Tensor, b: usize, n: usize) -> Result<Tensor> {
 
 /// `Σ_r w[b, r] · p[b, r, k]` for `p` `[B, n, K]` and `w` `[B, n]` as a batched matmul → `[B, K]`.
 /// (A sum over the middle dimension is much slower than a matmul on the CPU.)
+/// Columns shared by the whole batch (`p` `[1, n, K]`, `w` `[B, n]`) make it one matmul
+/// `[B, n] × [n, K]`.
 pub fn sum_over_columns(p: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let (b, n, _k) = p.dims3()?;
-    let w = w.reshape((b, 1, n))?.to_dtype(p.dtype())?;
+    let (pb, n, _k) = p.dims3()?;
+    let b = w.elem_count() / n.max(1);
+    let w = w.to_dtype(p.dtype())?;
+    if pb == 1 && b != 1 {
+        return w.reshape((b, n))?.matmul(&p.squeeze(0)?.contiguous()?);
+    }
+    let w = w.reshape((b, 1, n))?;
     w.matmul(&p.contiguous()?)?.squeeze(1)
 }

@@ -43,7 +43,8 @@ impl DualAffine for DualDense {
             if let Some(y) = part.forward(&[*x], with_bias)? {
                 sum = Some(match sum {
                     None => y,
-                    Some(s) => (s + y)?,
+                    // Shared columns (batch 1) may meet per-example ones.
+                    Some(s) => s.broadcast_add(&y)?,
                 });
             }
         }

@@ -68,7 +68,8 @@ pub fn validate_input(x: &Tensor) -> Result<(usize, usize)> {
     Ok((b, x.elem_count() / b))
 }
 
-/// Identity columns `[B, len, *shape]`, scaled per (example, feature) by `scale` `[B, K]` if given.
+/// Identity columns `[B, len, *shape]` scaled per (example, feature) by `scale` `[B, K]` if
+/// given; without `scale`, `s·I` shared by the batch, shaped `[1, len, *shape]`.
 pub fn identity_columns(x: &Tensor, range: Range<usize>, scale: Option<&Tensor>, s: f64) -> Result<Tensor> {
     let b = x.dim(0)?;
     let k = x.elem_count() / b;
@@ -78,12 +79,11 @@ pub fn identity_columns(x: &Tensor, range: Range<usize>, scale: Option<&Tensor>,
         data[j * k + col] = 1.0;
     }
     let eye = Tensor::from_vec(data, (1, len, k), x.device())?.to_dtype(x.dtype())?;
-    let cols = match scale {
-        None => {
-            let e = if s == 1.0 { eye } else { eye.affine(s, 0.0)? };
-            e.broadcast_as((b, len, k))?.contiguous()?
-        }
-        Some(sc) => eye.broadcast_mul(&sc.narrow(1, range.start, len)?.unsqueeze(2)?)?,
+    // Without a per-example scale the columns are the same for every example: one copy,
+    // batch dimension 1 (the engine pushes it once).
+    let (cols, b) = match scale {
+        None => (if s == 1.0 { eye } else { eye.affine(s, 0.0)? }, 1),
+        Some(sc) => (eye.broadcast_mul(&sc.narrow(1, range.start, len)?.unsqueeze(2)?)?, b),
     };
     let mut shape = vec![b, len];
     shape.extend_from_slice(&x.dims()[1..]);

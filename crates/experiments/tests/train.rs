@@ -106,7 +106,7 @@ fn robust_training_lowers_the_loss_and_resume_is_exact() {
     assert_eq!(s1.log.len(), 3);
     assert!(s1.log[2].train_loss < s1.log[0].train_loss, "loss did not decrease: {:?}", s1.log);
     assert!(s1.log[2].test_robust_error <= 0.5, "robust error {:?}", s1.log[2]);
-    for f in ["last.safetensors", "best.safetensors", "optimizer.safetensors", "state.json", "log.jsonl", "config.json"] {
+    for f in ["last.safetensors", "best.safetensors", "optimizer.safetensors", "state.json", "log.jsonl", "config.json", "errors.png"] {
         assert!(d1.join(f).is_file(), "{f} missing");
     }
     assert_eq!(std::fs::read_to_string(d1.join("log.jsonl")).unwrap().lines().count(), 3);

@@ -9,4 +9,4 @@ mod trainer;
 pub use augment::Augment;
 pub use optim::{Optimizer, OptimizerConfig};
 pub use schedule::{EpsilonSchedule, LrSchedule};
-pub use trainer::{train, EpochLog, LossKind, TrainConfig, TrainSummary};
+pub use trainer::{plot_log, train, EpochLog, LossKind, TrainConfig, TrainSummary};

@@ -127,7 +127,26 @@ fn write_log(dir: &Path, log: &[EpochLog]) -> Result<()> {
         s.push('\n');
     }
     nets::io::atomic_write(&dir.join("log.jsonl"), s.as_bytes())?;
+    // The errors per epoch as a picture; a failure to draw never stops training.
+    if let Err(e) = plot_log(&dir.join("errors.png"), log) {
+        eprintln!("warning: could not draw {}: {e:#}", dir.join("errors.png").display());
+    }
     Ok(())
+}
+
+/// `errors.png`: test certified robust error, test error and (robust training) training robust
+/// error per epoch, in percent.
+pub fn plot_log(path: &Path, log: &[EpochLog]) -> Result<()> {
+    let pct = |f: &dyn Fn(&EpochLog) -> Option<f64>| -> Vec<(f64, f64)> { log.iter().filter_map(|l| f(l).map(|v| (l.epoch as f64, 100.0 * v))).collect() };
+    let mut series = vec![
+        ("test certified robust error (exact)".to_string(), pct(&|l| Some(l.test_robust_error))),
+        ("test error".to_string(), pct(&|l| Some(l.test_error))),
+    ];
+    let tr = pct(&|l| l.train_robust_error);
+    if !tr.is_empty() {
+        series.push(("training robust error (training bound)".to_string(), tr));
+    }
+    crate::plot::line_plot(path, "Errors per epoch", "epoch", "error (%)", &series)
 }
 
 fn argmax_errors(logits: &Tensor, y: &[u32]) -> Result<usize> {
@@ -137,7 +156,8 @@ fn argmax_errors(logits: &Tensor, y: &[u32]) -> Result<usize> {
 
 /// Trains `net` in place on `train_set`, evaluating on `test_set` after every epoch. Writes
 /// `last.safetensors` + `optimizer.safetensors` + `state.json` every epoch (atomically),
-/// `best.safetensors` when the test robust error improves, `log.jsonl` and `config.json`. With
+/// `best.safetensors` when the test robust error improves, `log.jsonl`, `errors.png` and
+/// `config.json`. With
 /// `resume`, continues from the state in `out_dir`.
 pub fn train(net: &Network, train_set: &Dataset, test_set: &Dataset, cfg: &TrainConfig, out_dir: &Path, resume: bool) -> Result<TrainSummary> {
     if cfg.batch_size == 0 || cfg.epochs == 0 {
