@@ -27,7 +27,9 @@ fn main() -> Result<()> {
         if let experiments::workloads::BoundKind::Projected { k: kk } = &mut w.bound {
             *kk = k;
         }
-        if only.as_ref().is_some_and(|o| !w.name().contains(o.as_str())) {
+        // A full name (`exact/forward`) selects that workload only, anything else by substring.
+        let full = Workload::standard().iter().any(|s| only.as_deref() == Some(s.name().as_str()));
+        if only.as_ref().is_some_and(|o| if full { w.name() != *o } else { !w.name().contains(o.as_str()) }) {
             continue;
         }
         let mut t = Vec::new();
