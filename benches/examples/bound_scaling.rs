@@ -13,11 +13,10 @@ use anyhow::{bail, Context, Result};
 use benches::scaling::{scaling_net, scaling_step, ScalingBound};
 use benches::{labels, uniform};
 use candle_core::DType;
-use experiments::workloads::{median, proc_status_bytes};
+use experiments::workloads::{median, time_repeats};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Instant;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -41,17 +40,8 @@ fn point(width: usize, bound: ScalingBound, backward: bool) -> Result<Point> {
     let net = scaling_net(width, 0)?;
     let x = uniform(&[BATCH, 1, 28, 28], 0.0, 1.0, DType::F32, 21)?;
     let y = labels(BATCH, 2, 22);
-    let idle = proc_status_bytes("VmRSS");
-    let mut t = Vec::new();
-    let mut loss = 0.0;
-    for r in 0..4 {
-        let t0 = Instant::now();
-        loss = scaling_step(&net, &x, &y, bound, backward, 1)?;
-        if r > 0 {
-            t.push(t0.elapsed().as_secs_f64());
-        }
-    }
-    Ok(Point { width, bound: bound.name(), backward, seconds: median(&t), peak_above_idle_bytes: proc_status_bytes("VmHWM").saturating_sub(idle), loss })
+    let t = time_repeats(3, |_| Ok(scaling_step(&net, &x, &y, bound, backward, 1)?))?;
+    Ok(Point { width, bound: bound.name(), backward, seconds: median(&t.seconds), peak_above_idle_bytes: t.peak_rss_above_idle_bytes, loss: t.last })
 }
 
 fn parse_bound(s: &str) -> Result<ScalingBound> {

@@ -28,8 +28,8 @@ pub trait DualSource: Send + Sync {
 
     /// Partial terms of columns `range`, propagated to a layer with `K` units (`p`: `[B, len, K]`,
     /// or `[1, len, K]` for shared columns not yet made per-example): `(lower, upper)`, each
-    /// `[B, K]` (or `[1, K]` when the same for every example; the engine broadcasts). Partial terms of disjoint ranges are added up and then
-    /// handed to [`DualSource::finish_terms`].
+    /// `[B, K]` (or `[1, K]` when the same for every example; the engine broadcasts). Partial
+    /// terms of disjoint ranges are added up and then handed to [`DualSource::finish_terms`].
     fn column_terms(&self, p: &Tensor, range: Range<usize>) -> Result<(Tensor, Tensor)>;
 
     /// Turns summed partial terms into the bound terms (identity unless the term is not a sum,

@@ -270,10 +270,11 @@ impl BatchCounts {
 /// dual network records no graph (same numbers, a fraction of the memory); PGD still takes
 /// gradients with respect to the input.
 pub fn evaluate_batch(net: &Network, x: &Tensor, y: &[u32], cfg: &EvalSettings) -> Result<BatchCounts> {
-    nets::no_grad(|| evaluate_batch_tracked(net, x, y, cfg))
+    nets::no_grad(|| evaluate_batch_inner(net, x, y, cfg))
 }
 
-fn evaluate_batch_tracked(net: &Network, x: &Tensor, y: &[u32], cfg: &EvalSettings) -> Result<BatchCounts> {
+/// [`evaluate_batch`] in the current gradient mode.
+fn evaluate_batch_inner(net: &Network, x: &Tensor, y: &[u32], cfg: &EvalSettings) -> Result<BatchCounts> {
     let logits = net.forward(x)?;
     let clean_errors = count_errors(&logits, y)?;
     let opts = DualOptions { memory_budget: cfg.memory_budget };

@@ -209,7 +209,6 @@ pub struct MinDistanceReport {
     pub settings: MinDistanceConfig,
 }
 
-
 fn mean(v: &[f64]) -> f64 {
     if v.is_empty() {
         f64::NAN

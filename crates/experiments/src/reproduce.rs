@@ -203,7 +203,6 @@ impl ReproduceReport {
     }
 }
 
-
 /// Runs experiment `name`: trains with the paper's settings (or the quick ones), evaluates
 /// clean, PGD and certified robust error, and writes `results.json` / `results.md`.
 pub fn reproduce(name: &str, opts: &ReproduceOptions) -> Result<ReproduceReport> {

@@ -78,13 +78,14 @@ pub struct WorkloadRun {
 /// `torch.no_grad()`): nothing is recorded for a backward pass that will not come.
 pub fn run_workload(net: &Network, x: &Tensor, y: &[u32], eps: f64, bounded: bool, w: Workload, seed: u64) -> Result<WorkloadRun> {
     if w.backward {
-        run_tracked(net, x, y, eps, bounded, w, seed)
+        run_once(net, x, y, eps, bounded, w, seed)
     } else {
-        nets::no_grad(|| run_tracked(net, x, y, eps, bounded, w, seed))
+        nets::no_grad(|| run_once(net, x, y, eps, bounded, w, seed))
     }
 }
 
-fn run_tracked(net: &Network, x: &Tensor, y: &[u32], eps: f64, bounded: bool, w: Workload, seed: u64) -> Result<WorkloadRun> {
+/// One run in the current gradient mode.
+fn run_once(net: &Network, x: &Tensor, y: &[u32], eps: f64, bounded: bool, w: Workload, seed: u64) -> Result<WorkloadRun> {
     let t0 = Instant::now();
     let dual = match w.bound {
         BoundKind::Exact => net.dual(x, input_set(x, eps, Norm::Linf, bounded)?, &DualOptions::default())?,
@@ -107,7 +108,6 @@ fn run_tracked(net: &Network, x: &Tensor, y: &[u32], eps: f64, bounded: bool, w:
     let seconds = t0.elapsed().as_secs_f64();
     Ok(WorkloadRun { loss, robust_error: rl.error, grad_abs_sum, seconds })
 }
-
 
 /// What one process reports after timing one workload (`cargo xtask bench-vs-pytorch` runs
 /// every workload in a fresh process, on both sides, so the peak memory is that workload's own).
@@ -139,28 +139,47 @@ pub fn proc_status_bytes(field: &str) -> u64 {
         .map_or(0, |kib| kib * 1024)
 }
 
+/// What [`time_repeats`] measured: wall seconds of every timed run, the last run's result, and
+/// the process's peak resident memory above what it held before the first run.
+#[derive(Debug, Clone)]
+pub struct Timed<T> {
+    /// Seconds of every timed run.
+    pub seconds: Vec<f64>,
+    /// The last run's result.
+    pub last: T,
+    /// Resident memory before the first run, bytes.
+    pub idle_rss_bytes: u64,
+    /// Peak resident memory above `idle_rss_bytes`, bytes.
+    pub peak_rss_above_idle_bytes: u64,
+}
+
+/// Runs `f(r)` for `r = 0..=repeats`: run 0 warms up and is not timed. Run it in a fresh
+/// process for a meaningful peak memory.
+pub fn time_repeats<T>(repeats: usize, mut f: impl FnMut(usize) -> Result<T>) -> Result<Timed<T>> {
+    let idle = proc_status_bytes("VmRSS");
+    let mut seconds = Vec::with_capacity(repeats);
+    let mut last = f(0)?;
+    for r in 1..=repeats {
+        let t0 = Instant::now();
+        last = f(r)?;
+        seconds.push(t0.elapsed().as_secs_f64());
+    }
+    Ok(Timed { seconds, last, idle_rss_bytes: idle, peak_rss_above_idle_bytes: proc_status_bytes("VmHWM").saturating_sub(idle) })
+}
+
 /// Times `w` `repeats` times after one warm-up run, in this process, and reports as
 /// [`WorkerReport`]. Run it in a fresh process for a meaningful peak memory.
 pub fn time_workload(net: &Network, x: &Tensor, y: &[u32], eps: f64, bounded: bool, w: Workload, repeats: usize, seed: u64) -> Result<WorkerReport> {
-    let idle = proc_status_bytes("VmRSS");
-    let mut seconds = Vec::new();
-    let mut last = None;
-    for r in 0..=repeats {
-        let run = run_workload(net, x, y, eps, bounded, w, seed.wrapping_add(r as u64))?;
-        if r > 0 {
-            seconds.push(run.seconds);
-        }
-        last = Some(run);
-    }
-    let last = last.expect("at least one run");
+    let t = time_repeats(repeats, |r| run_workload(net, x, y, eps, bounded, w, seed.wrapping_add(r as u64)))?;
+    let last = t.last;
     Ok(WorkerReport {
         implementation: "rust".into(),
-        seconds,
+        seconds: t.seconds,
         loss: last.loss,
         robust_error: last.robust_error,
         grad_abs_sum: last.grad_abs_sum,
-        idle_rss_bytes: idle,
-        peak_rss_above_idle_bytes: proc_status_bytes("VmHWM").saturating_sub(idle),
+        idle_rss_bytes: t.idle_rss_bytes,
+        peak_rss_above_idle_bytes: t.peak_rss_above_idle_bytes,
     })
 }
 

@@ -111,6 +111,54 @@ fn block_median<K: Key>(keys: &[[K; BLOCK]], mid: usize, out: &mut [u32; BLOCK])
     block_median_by_rank(keys, mid, out)
 }
 
+/// One example's medians (`example` laid out `[n, K]`) by counting ranks, a block of `BLOCK`
+/// units at a time; writes the chosen column of every unit to `out` (`[K]`).
+fn example_medians_by_rank<K: Key>(example: &[K], kk: usize, offset: usize, k: usize, mid: usize, out: &mut [u32]) {
+    let mut keys = vec![[K::default(); BLOCK]; k];
+    let mut res = [0u32; BLOCK];
+    for j0 in (0..kk).step_by(BLOCK) {
+        let w = BLOCK.min(kk - j0);
+        for (i, row) in keys.iter_mut().enumerate() {
+            let src = &example[(offset + i) * kk + j0..][..w];
+            for (d, x) in row.iter_mut().zip(src) {
+                *d = x.abs_key();
+            }
+            row[w..].fill(K::default());
+        }
+        block_median(&keys, mid, &mut res);
+        for (o, r) in out[j0..j0 + w].iter_mut().zip(&res) {
+            *o = offset as u32 + r;
+        }
+    }
+}
+
+/// One example's medians by a selection per unit (for large `k`); the same choice of column
+/// as [`example_medians_by_rank`].
+fn example_medians_by_selection<K: Key>(example: &[K], kk: usize, offset: usize, k: usize, mid: usize, out: &mut [u32]) {
+    let mut buf: Vec<K> = Vec::with_capacity(BLOCK * k);
+    let mut row: Vec<K> = Vec::with_capacity(k);
+    for j0 in (0..kk).step_by(BLOCK) {
+        let w = BLOCK.min(kk - j0);
+        buf.clear();
+        buf.resize(w * k, K::default());
+        for i in 0..k {
+            let src = &example[(offset + i) * kk + j0..][..w];
+            for (jj, x) in src.iter().enumerate() {
+                buf[jj * k + i] = x.abs_key();
+            }
+        }
+        for jj in 0..w {
+            let vals = &buf[jj * k..(jj + 1) * k];
+            row.clear();
+            row.extend_from_slice(vals);
+            let (_, m, _) = row.select_nth_unstable(mid);
+            let m = *m;
+            let i = vals.iter().position(|x| *x == m).expect("the median is one of the values");
+            out[jj + j0] = (offset + i) as u32;
+        }
+    }
+}
+
 /// For `v` laid out `[B, n, K]` (as integer keys of floats), the column (in
 /// `offset..offset + k`) holding the lower median of `|v[b, offset + i, j]|` over `i` for every
 /// `(b, j)`, as `[B, K]` row-major indices into dim 1. Equal values resolve to the lowest
@@ -119,49 +167,11 @@ fn median_indices<K: Key>(v: &[K], b: usize, n: usize, kk: usize, offset: usize,
     let mid = median_rank(k);
     let mut out = vec![0u32; b * kk];
     let one = |bi: usize, out: &mut [u32]| {
-        let base = bi * n * kk;
+        let example = &v[bi * n * kk..(bi + 1) * n * kk];
         if k <= RANK_COUNT_MAX_K {
-            let mut keys = vec![[K::default(); BLOCK]; k];
-            let mut res = [0u32; BLOCK];
-            for j0 in (0..kk).step_by(BLOCK) {
-                let w = BLOCK.min(kk - j0);
-                for (i, row) in keys.iter_mut().enumerate() {
-                    let src = &v[base + (offset + i) * kk + j0..][..w];
-                    for (d, x) in row.iter_mut().zip(src) {
-                        *d = x.abs_key();
-                    }
-                    for d in row[w..].iter_mut() {
-                        *d = K::default();
-                    }
-                }
-                block_median(&keys, mid, &mut res);
-                for (o, r) in out[j0..j0 + w].iter_mut().zip(&res) {
-                    *o = offset as u32 + r;
-                }
-            }
-            return;
-        }
-        let mut buf: Vec<K> = Vec::with_capacity(BLOCK * k);
-        let mut row: Vec<K> = Vec::with_capacity(k);
-        for j0 in (0..kk).step_by(BLOCK) {
-            let w = BLOCK.min(kk - j0);
-            buf.clear();
-            buf.resize(w * k, K::default());
-            for i in 0..k {
-                let src = &v[base + (offset + i) * kk + j0..][..w];
-                for (jj, x) in src.iter().enumerate() {
-                    buf[jj * k + i] = x.abs_key();
-                }
-            }
-            for jj in 0..w {
-                let vals = &buf[jj * k..(jj + 1) * k];
-                row.clear();
-                row.extend_from_slice(vals);
-                let (_, m, _) = row.select_nth_unstable(mid);
-                let m = *m;
-                let i = vals.iter().position(|x| *x == m).expect("the median is one of the values");
-                out[jj + j0] = (offset + i) as u32;
-            }
+            example_medians_by_rank(example, kk, offset, k, mid, out)
+        } else {
+            example_medians_by_selection(example, kk, offset, k, mid, out)
         }
     };
     let threads = std::thread::available_parallelism().map(|t| t.get()).unwrap_or(1).min(b);

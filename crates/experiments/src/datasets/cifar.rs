@@ -7,7 +7,8 @@
 //! with means (0.485, 0.456, 0.406); epsilons are given in these normalised units
 //! (2/255 → 0.0348, 8/255 → 0.139).
 
-use super::idx::{Dataset, DatasetError, Split, NUM_CLASSES};
+use super::data_root;
+use super::idx::{io_err, Dataset, DatasetError, Split, NUM_CLASSES};
 use std::path::{Path, PathBuf};
 
 /// Bytes per record: 1 label + 3 × 32 × 32 pixels.
@@ -55,17 +56,14 @@ fn parse_batch(path: &Path, bytes: &[u8], normalize: bool, images: &mut Vec<f32>
 /// otherwise pixels are in `[0, 1]`.
 pub fn load_cifar10(dir: &Path, split: Split, normalize: bool) -> Result<Dataset, DatasetError> {
     let names = cifar10_files(split);
-    let base = [dir.to_path_buf(), dir.join("cifar-10-batches-bin")]
-        .into_iter()
-        .find(|d| d.join(&names[0]).is_file())
-        .ok_or_else(|| DatasetError::MissingFile { dir: dir.to_path_buf(), tried: names.clone() })?;
+    let base = data_root(dir, "cifar-10-batches-bin", &names[0], &names)?;
     let (mut images, mut labels) = (Vec::new(), Vec::new());
     for name in &names {
         let path: PathBuf = base.join(name);
         if !path.is_file() {
             return Err(DatasetError::MissingFile { dir: base.clone(), tried: vec![name.clone()] });
         }
-        let bytes = std::fs::read(&path).map_err(|source| DatasetError::Io { path: path.clone(), source })?;
+        let bytes = std::fs::read(&path).map_err(io_err(&path))?;
         parse_batch(&path, &bytes, normalize, &mut images, &mut labels)?;
     }
     Ok(Dataset { n: labels.len(), images, labels, channels: 3, height: 32, width: 32 })

@@ -4,7 +4,8 @@
 //! activity label 1–6 per line (stored here as 0–5). Examples are flat feature vectors
 //! (`channels = 561`, `height = width = 1`, batched as `[n, 561]`).
 
-use super::idx::{Dataset, DatasetError, Split};
+use super::data_root;
+use super::idx::{io_err, Dataset, DatasetError, Split};
 use std::path::{Path, PathBuf};
 
 /// Features per example.
@@ -13,7 +14,7 @@ pub const HAR_FEATURES: usize = 561;
 pub const HAR_CLASSES: usize = 6;
 
 fn read(path: &Path) -> Result<String, DatasetError> {
-    std::fs::read_to_string(path).map_err(|source| DatasetError::Io { path: path.to_path_buf(), source })
+    std::fs::read_to_string(path).map_err(io_err(path))
 }
 
 /// Loads a split from `dir` (the `UCI HAR Dataset` folder, or its parent).
@@ -24,10 +25,7 @@ pub fn load_har(dir: &Path, split: Split) -> Result<Dataset, DatasetError> {
     };
     let xs = format!("{part}/X_{part}.txt");
     let ys = format!("{part}/y_{part}.txt");
-    let base = [dir.to_path_buf(), dir.join("UCI HAR Dataset")]
-        .into_iter()
-        .find(|d| d.join(&xs).is_file())
-        .ok_or_else(|| DatasetError::MissingFile { dir: dir.to_path_buf(), tried: vec![xs.clone()] })?;
+    let base = data_root(dir, "UCI HAR Dataset", &xs, std::slice::from_ref(&xs))?;
     let xp: PathBuf = base.join(&xs);
     let yp: PathBuf = base.join(&ys);
     if !yp.is_file() {

@@ -197,7 +197,8 @@ impl Split {
     }
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DatasetError + '_ {
+/// Wraps an I/O error with the path it happened on.
+pub(super) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DatasetError + '_ {
     move |source| DatasetError::Io {
         path: path.to_path_buf(),
         source,

@@ -12,7 +12,17 @@ pub use svhn::load_svhn;
 pub use idx::*;
 
 use anyhow::{bail, Context, Result};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// The folder holding a data set's files: `dir` itself, or its sub-folder `sub` (the name the
+/// data set's archive unpacks to), whichever contains `probe`; else a
+/// [`DatasetError::MissingFile`] listing `tried`.
+pub(crate) fn data_root(dir: &Path, sub: &str, probe: &str, tried: &[String]) -> Result<PathBuf, DatasetError> {
+    [dir.to_path_buf(), dir.join(sub)]
+        .into_iter()
+        .find(|d| d.join(probe).is_file())
+        .ok_or_else(|| DatasetError::MissingFile { dir: dir.to_path_buf(), tried: tried.to_vec() })
+}
 
 /// Data sets with a loader.
 pub const LOADABLE: &[&str] = &["mnist", "fashion-mnist", "cifar10", "har", "svhn"];

@@ -7,7 +7,7 @@
 //! `miMATRIX` arrays. Every length is checked against the bytes present; malformed files give
 //! [`DatasetError::Mat`], never a panic.
 
-use super::idx::{Dataset, DatasetError, Split, NUM_CLASSES};
+use super::idx::{io_err, Dataset, DatasetError, Split, NUM_CLASSES};
 use std::io::Read;
 use std::path::Path;
 
@@ -170,7 +170,7 @@ pub fn load_svhn(dir: &Path, split: Split) -> Result<Dataset, DatasetError> {
     if !path.is_file() {
         return Err(DatasetError::MissingFile { dir: dir.to_path_buf(), tried: vec![name.into()] });
     }
-    let bytes = std::fs::read(&path).map_err(|source| DatasetError::Io { path: path.clone(), source })?;
+    let bytes = std::fs::read(&path).map_err(io_err(&path))?;
     let mat = |msg: String| DatasetError::Mat { path: path.clone(), msg };
     let arrays = parse_mat(&bytes).map_err(mat)?;
     let x = arrays.iter().find(|a| a.name == "X").ok_or_else(|| mat("no variable `X`".into()))?;

@@ -198,17 +198,13 @@ pub fn train(net: &Network, train_set: &Dataset, test_set: &Dataset, cfg: &Train
         let mut eps = cfg.eps.at(epoch, 0.0);
         for b in 0..nb {
             let idx = &order[b * cfg.batch_size..((b + 1) * cfg.batch_size).min(n)];
-            let (x, y) = match &cfg.augment {
-                None => train_set.gather(idx, dtype, &Device::Cpu)?,
-                Some(aug) => {
-                    let mut sub = train_set.subset(idx);
-                    let step = (epoch * nb + b) as u64;
-                    aug.apply(&mut sub, &mut StdRng::seed_from_u64(cfg.seed ^ step.wrapping_mul(0xA24B_AED4_963E_E407) ^ 0x5EED));
-                    let (x, y) = sub.batch(0, sub.n, &Device::Cpu)?;
-                    (x.to_dtype(dtype)?, y)
-                }
-            };
-            let x = x.to_device(&net.device())?;
+            let mut sub = train_set.subset(idx);
+            if let Some(aug) = &cfg.augment {
+                let step = (epoch * nb + b) as u64;
+                aug.apply(&mut sub, &mut StdRng::seed_from_u64(cfg.seed ^ step.wrapping_mul(0xA24B_AED4_963E_E407) ^ 0x5EED));
+            }
+            let (x, y) = sub.batch(0, sub.n, &Device::Cpu)?;
+            let x = x.to_dtype(dtype)?.to_device(&net.device())?;
             eps = cfg.eps.at(epoch, b as f64 / nb as f64);
             let logits = net.forward(&x)?;
             let clean_err = argmax_errors(&logits, &y)?;
