@@ -159,7 +159,7 @@ fn same_bounds_as_the_conv_with_the_affine_folded_in() {
         let folded = folded_network(&p).unwrap();
         assert!(max_abs_diff(&net.forward(&x).unwrap(), &folded.forward(&x).unwrap()) < 1e-12);
         for budget in [None, Some(100_000)] {
-            let opts = DualOptions { memory_budget: budget };
+            let opts = DualOptions { memory_budget: budget, ..Default::default() };
             let a = net.dual(&x, ball(&x, 0.03), &opts).unwrap();
             let b = folded.dual(&x, ball(&x, 0.03), &opts).unwrap();
             assert_same_duals(&format!("seed {seed}, budget {budget:?}"), &a, &b, &y);
@@ -177,7 +177,7 @@ fn masked_ball_equals_a_per_pixel_radius() {
     let per_pixel = radius.unsqueeze(0).unwrap().broadcast_as(x.dims()).unwrap().contiguous().unwrap();
     let reference = net.dual(&x, Box::new(InfBall::new(&x, Epsilon::Tensor(per_pixel)).unwrap()), &DualOptions::default()).unwrap();
     for budget in [None, Some(100_000)] {
-        let opts = DualOptions { memory_budget: budget };
+        let opts = DualOptions { memory_budget: budget, ..Default::default() };
         let m = MaskedInfBall::new(&x, 0.1, &center_patch()).unwrap();
         let dual = net.dual(&x, Box::new(m), &opts).unwrap();
         assert_same_duals(&format!("patch, budget {budget:?}"), &dual, &reference, &y);

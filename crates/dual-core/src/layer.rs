@@ -58,6 +58,13 @@ pub trait DualAffine: Send + Sync {
 
     /// `νᵀ b` for `ν` shaped `[B, n, *out_shape]`, as `[B, n]`; `None` when the layer has no bias.
     fn bias_term(&self, nu: &Tensor) -> Result<Option<Tensor>>;
+
+    /// Multiply-adds to apply the layer (or its transpose) to one column, given the number of
+    /// elements of each input (`None`: not read) and of the output. Only used to choose between
+    /// the forward and backward forms of the bounds; the default is that of a dense matrix.
+    fn macs_per_column(&self, in_numels: &[Option<usize>], out_numel: usize) -> usize {
+        in_numels.iter().flatten().map(|n| n * out_numel).sum()
+    }
 }
 
 /// A piecewise-linear activation (ReLU) whose relaxation is chosen once the bounds of its input

@@ -12,9 +12,17 @@
 //! The objective J(c) for a given `c` runs the dual network itself: `c` goes backwards through
 //! the transposed layers, and every node adds its term (bias, source) on the way (Theorem 1).
 //!
-//! With a memory budget the columns of each source are pushed in chunks, recomputed from the
-//! source for every ReLU, so memory stays bounded at the price of repeated work; the numbers are
-//! the same up to the order of summation.
+//! The same bounds also have a *backward* form (the form CROWN uses): the identity on the `K`
+//! units, `g = I_K`, goes backwards through the transposed layers and the slopes like `c` in
+//! `J(c)`, and every source reduces the coefficients `g` on its own variables to its term for all
+//! `K` units at once. `P_s` of the forward form is exactly `g` at source `s`, transposed, so both
+//! forms give the same numbers (up to the order of summation); their costs differ: forward is
+//! `#columns × layers`, backward `K × layers`, and the first layer of each is shared by the
+//! whole batch. [`BoundForm::Auto`] picks the cheaper per activation; sources whose term is an
+//! estimate from pushed columns (random projections) always go forward.
+//!
+//! With a memory budget the columns of each source (forward) or the rows of `g` (backward) go in
+//! chunks, so memory stays bounded; the numbers are the same up to the order of summation.
 
 use crate::{
     layer::{DualNode, Relaxation},
@@ -31,6 +39,22 @@ pub struct DualOptions {
     /// Upper limit, in bytes, for the propagated columns held at once. `None`: push every column
     /// of every source at once (fastest). With a budget, columns go in chunks sized to fit.
     pub memory_budget: Option<usize>,
+    /// Which form computes the layer-wise bounds of sources with exact terms.
+    pub bound_form: BoundForm,
+}
+
+/// The form in which layer-wise bounds are computed (both give the same numbers).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BoundForm {
+    /// Per activation, the cheaper of the two by a count of multiply-adds
+    /// ([`crate::DualAffine::macs_per_column`]).
+    #[default]
+    Auto,
+    /// Forward: every source's columns are pushed to the activation (Algorithm 1 as written).
+    Columns,
+    /// Backward: the identity on the activation's units goes back through the transposed
+    /// layers to every source with an exact term.
+    Backward,
 }
 
 /// Pre-activation bounds of one activation layer.
@@ -146,11 +170,8 @@ impl DualNetwork {
         let mut shapes: Vec<Vec<usize>> = vec![x.dims()[1..].to_vec()];
         let plan = Plan { nodes: &nodes, last_use };
         let mut center = Block::new(0, 0..1, x.unsqueeze(1)?, true);
-        // Full mode: one persistent block per source.
+        // Full mode: one persistent block per source pushed forward, made on first use.
         let mut blocks: Vec<Block> = Vec::new();
-        if opts.memory_budget.is_none() && input.num_columns() > 0 {
-            blocks.push(Block::new(0, 0..input.num_columns(), input.columns(0..input.num_columns())?, false));
-        }
         for t in 1..=n {
             if let DualNode::Activation(act) = &nodes[t - 1] {
                 plan.advance(&mut center, t - 1, &relaxations)?;
@@ -160,7 +181,13 @@ impl DualNetwork {
                 let c = c.reshape((b, k))?;
                 let (mut lo, mut up) = (c.clone(), c);
                 let sources = source_positions(&relaxations, t);
-                for pos in sources {
+                let (backward, forward) = choose_forms(&nodes, &shapes, input.as_ref(), &relaxations, &sources, t, k, opts.bound_form);
+                if !backward.is_empty() {
+                    let (l, u) = backward_terms(&nodes, &shapes, input.as_ref(), &relaxations, &backward, t, b, x, opts)?;
+                    lo = lo.broadcast_add(&l)?;
+                    up = up.broadcast_add(&u)?;
+                }
+                for pos in forward {
                     let src = source_at(input.as_ref(), &relaxations, pos);
                     let ncols = src.num_columns();
                     if ncols == 0 {
@@ -180,6 +207,9 @@ impl DualNetwork {
                     };
                     match opts.memory_budget {
                         None => {
+                            if !blocks.iter().any(|bl| bl.pos == pos) {
+                                blocks.push(Block::new(pos, 0..ncols, src.columns(0..ncols)?, false));
+                            }
                             let blk = blocks.iter_mut().find(|bl| bl.pos == pos).expect("one block per source");
                             plan.advance(blk, t - 1, &relaxations)?;
                             add(&blk.states[&(t - 1)], blk.range.clone())?;
@@ -211,14 +241,6 @@ impl DualNetwork {
                 let relax = act.relax(&lo, &up)?;
                 bounds.push(LayerBounds { layer: t, lower: lo, upper: up });
                 relaxations[t] = Some(relax);
-                if opts.memory_budget.is_none() {
-                    if let Some(src) = relaxations[t].as_ref().and_then(|r| r.source()) {
-                        let m = src.num_columns();
-                        if m > 0 && t < last_act {
-                            blocks.push(Block::new(t, 0..m, src.columns(0..m)?, false));
-                        }
-                    }
-                }
             }
             if t <= last_act || t == n {
                 plan.advance(&mut center, t, &relaxations)?;
@@ -228,7 +250,6 @@ impl DualNetwork {
                 shapes.push(Vec::new());
             }
         }
-        let _ = last_act;
         Ok(DualNetwork { nodes, x: x.clone(), input, relaxations, bounds, shapes })
     }
 
@@ -317,6 +338,179 @@ impl DualNetwork {
 
 /// Propagated tensors and their temporaries take a few times the size of one state.
 const BYTES_FACTOR: usize = 4;
+
+/// Without a memory budget, the rows of the backward form still go in chunks of about this
+/// many bytes per state: the numbers are the same, the working set stays in memory that is
+/// reused (a forward pass without gradients then peaks far lower, at no cost in speed).
+const BACKWARD_CHUNK_BYTES: usize = 256 << 20;
+
+/// Multiply-adds per column of node `t` (1-based) of the network.
+fn node_cost(nodes: &[DualNode], shapes: &[Vec<usize>], t: usize) -> usize {
+    let out = numel(&shapes[t]);
+    match &nodes[t - 1] {
+        DualNode::Affine(a) => {
+            let ins: Vec<Option<usize>> = a.inputs().indices(t).iter().map(|i| i.map(|i| numel(&shapes[i]))).collect();
+            a.macs_per_column(&ins, out)
+        }
+        DualNode::Activation(_) => out,
+    }
+}
+
+/// Splits the sources before activation `t` (whose input has `k` units) into those computed in
+/// backward form and those pushed forward.
+///
+/// Cost per example, in multiply-adds: forward `Σ_s columns_s · Σ_{nodes after s} cost`, where the
+/// nodes before the first activation after a shared source (the input's identity) count once
+/// for the batch and are left out; backward `K · Σ_{nodes from the last activation before t down
+/// to the lowest source} cost` (the rows are shared until they meet that activation's slopes).
+#[allow(clippy::too_many_arguments)]
+fn choose_forms(
+    nodes: &[DualNode],
+    shapes: &[Vec<usize>],
+    input: &dyn DualSource,
+    relax: &[Option<Box<dyn Relaxation>>],
+    sources: &[usize],
+    t: usize,
+    k: usize,
+    form: BoundForm,
+) -> (Vec<usize>, Vec<usize>) {
+    let exact = |pos: &usize| source_at(input, relax, *pos).exact_from_coefficients();
+    let (eligible, rest): (Vec<usize>, Vec<usize>) = match form {
+        BoundForm::Columns => (Vec::new(), sources.to_vec()),
+        _ => sources.iter().partition(|p| exact(p)),
+    };
+    if eligible.is_empty() || form == BoundForm::Backward {
+        return (eligible, rest);
+    }
+    let is_act = |t: usize| matches!(nodes[t - 1], DualNode::Activation(_));
+    let path = |from: usize, to: usize| -> usize { (from + 1..=to).map(|i| node_cost(nodes, shapes, i)).sum() };
+    let forward: usize = eligible
+        .iter()
+        .map(|&pos| {
+            let cols = source_at(input, relax, pos).num_columns();
+            let start = if pos == 0 { (1..t).find(|&i| is_act(i)).map(|i| i - 1).unwrap_or(t - 1) } else { pos };
+            cols.saturating_mul(path(start, t - 1))
+        })
+        .sum();
+    let lowest = eligible[0];
+    let last_act = (lowest + 1..t).rev().find(|&i| is_act(i));
+    let backward = last_act.map(|a| k.saturating_mul(path(lowest, a))).unwrap_or(0);
+    if backward < forward {
+        (eligible, rest)
+    } else {
+        (Vec::new(), sources.to_vec())
+    }
+}
+
+/// Rows `range` of the identity on the `K` units of output `t`, shared by the batch:
+/// `[1, len, *shape]`.
+fn identity_rows(range: Range<usize>, shape: &[usize], dtype: DType, device: &candle_core::Device) -> Result<Tensor> {
+    let k = numel(shape);
+    let len = range.len();
+    let mut data = vec![0f32; len * k];
+    for (j, r) in range.enumerate() {
+        data[j * k + r] = 1.0;
+    }
+    let mut s = vec![1, len];
+    s.extend_from_slice(shape);
+    Ok(Tensor::from_vec(data, s, device)?.to_dtype(dtype)?)
+}
+
+fn accumulate_broadcast(slot: &mut Option<Tensor>, v: Tensor) -> Result<()> {
+    *slot = Some(match slot.take() {
+        None => v,
+        Some(s) => s.broadcast_add(&v)?,
+    });
+    Ok(())
+}
+
+/// The terms of the sources at `positions` (oldest first) for every unit of output `t - 1`, in
+/// backward form: `g = I_K` goes back through the transposed layers and the slopes `D`, and
+/// each source adds `(min, max)` of `gᵀδ` over its variables ([`DualSource::coefficient_terms`]).
+/// Rows go in chunks sized by the memory budget; returns `([B, K], [B, K])`.
+#[allow(clippy::too_many_arguments)]
+fn backward_terms(
+    nodes: &[DualNode],
+    shapes: &[Vec<usize>],
+    input: &dyn DualSource,
+    relax: &[Option<Box<dyn Relaxation>>],
+    positions: &[usize],
+    t: usize,
+    b: usize,
+    x: &Tensor,
+    opts: &DualOptions,
+) -> Result<(Tensor, Tensor)> {
+    let top = t - 1;
+    let shape = &shapes[top];
+    let k = numel(shape);
+    let lowest = positions[0];
+    let widest = shapes[lowest..t].iter().map(|s| numel(s)).max().unwrap_or(1);
+    let per_row = b * widest * x.dtype().size_in_bytes() * BYTES_FACTOR;
+    let budget = opts.memory_budget.unwrap_or(BACKWARD_CHUNK_BYTES * BYTES_FACTOR);
+    let chunk = (budget / per_row.max(1)).clamp(1, k.max(1));
+    let (mut lows, mut ups) = (Vec::new(), Vec::new());
+    let mut start = 0;
+    while start < k {
+        let range = start..(start + chunk).min(k);
+        let len = range.len();
+        let mut g: Vec<Option<Tensor>> = (0..=top).map(|_| None).collect();
+        g[top] = Some(identity_rows(range, shape, x.dtype(), x.device())?);
+        let (mut lo, mut up): (Option<Tensor>, Option<Tensor>) = (None, None);
+        let add = |src: &dyn DualSource, gt: &Tensor, lo: &mut Option<Tensor>, up: &mut Option<Tensor>| -> Result<()> {
+            let (l, u) = src.coefficient_terms(gt)?;
+            accumulate_broadcast(lo, l)?;
+            accumulate_broadcast(up, u)
+        };
+        for s in (lowest.max(1)..=top).rev() {
+            let Some(gs) = g[s].take() else { continue };
+            match &nodes[s - 1] {
+                DualNode::Activation(_) => {
+                    let r = relax[s].as_ref().ok_or_else(|| DualError::shape(format!("activation {s} has no relaxation")))?;
+                    if positions.contains(&s) {
+                        let src = r.source().expect("source position holds a source");
+                        add(src, &gs, &mut lo, &mut up)?;
+                    }
+                    if s > lowest {
+                        accumulate_broadcast(&mut g[s - 1], r.apply(&gs)?)?;
+                    }
+                }
+                DualNode::Affine(a) => {
+                    let contribs = a.transpose(&gs)?;
+                    for (i, v) in a.inputs().indices(s).into_iter().zip(contribs) {
+                        if let (Some(i), Some(v)) = (i, v) {
+                            if i >= lowest {
+                                accumulate_broadcast(&mut g[i], v)?;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if lowest == 0 {
+            if let Some(g0) = g[0].take() {
+                add(input, &g0, &mut lo, &mut up)?;
+            }
+        }
+        let zeros = || Tensor::zeros((b, len), x.dtype(), x.device());
+        let full = |v: Option<Tensor>| -> Result<Tensor> {
+            match v {
+                Some(v) => Ok(v.broadcast_as((b, len))?.contiguous()?),
+                None => Ok(zeros()?),
+            }
+        };
+        lows.push(full(lo)?);
+        ups.push(full(up)?);
+        start += chunk;
+    }
+    let cat = |v: Vec<Tensor>| -> Result<Tensor> {
+        if v.len() == 1 {
+            Ok(v.into_iter().next().expect("one chunk"))
+        } else {
+            Ok(Tensor::cat(&v, 1)?)
+        }
+    };
+    Ok((cat(lows)?, cat(ups)?))
+}
 
 fn accumulate(slot: &mut Option<Tensor>, v: Tensor) -> Result<()> {
     *slot = Some(match slot.take() {

@@ -42,6 +42,25 @@ pub trait DualSource: Send + Sync {
     /// `[B, n, *shape]`, as `[B, n]`.
     fn lower_term(&self, g: &Tensor) -> Result<Tensor>;
 
+    /// Whether the source's term is exact once the coefficients `g` on its variables are known,
+    /// so layer-wise bounds may be computed in backward form (see [`crate::BoundForm`]). Sources
+    /// whose term is an *estimate* from pushed columns (random projections) return `false` and
+    /// always go forward.
+    fn exact_from_coefficients(&self) -> bool {
+        true
+    }
+
+    /// `(min_δ gᵀδ, max_δ gᵀδ)` over the free variables, for the coefficients of `K` target
+    /// units at once: `g` is `[B, K, *shape]`, or `[1, K, *shape]` when the same for every example
+    /// (implementations broadcast against their per-example data); each result is `[B, K]` (or
+    /// `[1, K]` when the same for every example). Used by the backward form of the layer-wise
+    /// bounds. Default: `(lower_term(g), -lower_term(-g))`.
+    fn coefficient_terms(&self, g: &Tensor) -> Result<(Tensor, Tensor)> {
+        let lower = self.lower_term(g)?;
+        let upper = self.lower_term(&g.neg()?)?.neg()?;
+        Ok((lower, upper))
+    }
+
     /// A short name for messages.
     fn name(&self) -> String;
 }

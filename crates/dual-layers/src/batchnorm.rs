@@ -52,6 +52,10 @@ impl DualAffine for DualBatchNorm2d {
     fn transpose(&self, nu: &Tensor) -> Result<Vec<Option<Tensor>>> {
         Ok(vec![Some(nu.broadcast_mul(&self.per_channel(&self.scale)?)?)])
     }
+    /// An elementwise map: one multiply-add (or copy) per element.
+    fn macs_per_column(&self, _in_numels: &[Option<usize>], out_numel: usize) -> usize {
+        out_numel
+    }
     fn bias_term(&self, nu: &Tensor) -> Result<Option<Tensor>> {
         let (b, n, c, h, w) = nu.dims5()?;
         let per_channel = nu.reshape((b * n, c, h * w))?.sum(2)?;

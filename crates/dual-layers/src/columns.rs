@@ -33,3 +33,17 @@ pub fn sum_over_columns(p: &Tensor, w: &Tensor) -> Result<Tensor> {
     let w = w.reshape((b, 1, n))?;
     w.matmul(&p.contiguous()?)?.squeeze(1)
 }
+
+/// `Σ_p g[b, k, p] · w[b, p]` for coefficients `g` `[B, K, *shape]` (or `[1, K, *shape]`, shared by
+/// the batch) and per-example weights `w` `[B, P]` (`P` the elements of `shape`) → `[B, K]`, as a
+/// matmul: `[B, K, P] × [B, P, 1]`, or `[B, P] × [P, K]` when `g` is shared.
+pub fn contract_features(g: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let g = g.flatten_from(2)?;
+    let (gb, k, p) = g.dims3()?;
+    let b = w.elem_count() / p.max(1);
+    let w = w.to_dtype(g.dtype())?.reshape((b, p))?;
+    if gb == 1 && b != 1 {
+        return w.matmul(&g.squeeze(0)?.t()?);
+    }
+    g.contiguous()?.matmul(&w.unsqueeze(2)?)?.reshape((gb, k))
+}

@@ -76,6 +76,12 @@ impl DualAffine for DualConv2d {
         Ok(vec![Some(self.conv_transpose_columns(nu)?)])
     }
 
+    /// Every output element reads `c_in · k_h · k_w` inputs.
+    fn macs_per_column(&self, _in_numels: &[Option<usize>], out_numel: usize) -> usize {
+        let d = self.weight.dims();
+        out_numel * d[1] * d[2] * d[3]
+    }
+
     fn bias_term(&self, nu: &Tensor) -> Result<Option<Tensor>> {
         match &self.bias {
             None => Ok(None),

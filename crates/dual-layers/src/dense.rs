@@ -61,6 +61,18 @@ impl DualAffine for DualDense {
             .collect()
     }
 
+    /// The sum of the parts' costs, each on its own input.
+    fn macs_per_column(&self, in_numels: &[Option<usize>], out_numel: usize) -> usize {
+        self.parts
+            .iter()
+            .zip(in_numels)
+            .map(|(p, n)| match p {
+                Some(p) => p.macs_per_column(&[*n], out_numel),
+                None => 0,
+            })
+            .sum()
+    }
+
     fn bias_term(&self, nu: &Tensor) -> Result<Option<Tensor>> {
         let mut sum: Option<Tensor> = None;
         for p in self.parts.iter().flatten() {

@@ -1,6 +1,7 @@
 //! Input sets: the l_inf ball, the l_inf ball intersected with a box, and the l2 ball.
 
-use crate::columns::sum_over_columns;
+use crate::columns::{contract_features, sum_over_columns};
+use crate::kernels::abs_contract;
 use candle_core::{DType, Tensor};
 use dual_core::{DualError, DualSource, Result};
 use std::ops::Range;
@@ -132,6 +133,19 @@ impl DualSource for InfBall {
             Some(e) => Ok(g.broadcast_mul(&e.unsqueeze(1)?)?.sum(2)?.neg()?),
         }
     }
+    /// `∓ Σ_p ε_p |g_kp|`.
+    fn coefficient_terms(&self, g: &Tensor) -> Result<(Tensor, Tensor)> {
+        let g = g.flatten_from(2)?;
+        let s = match (&self.eps_t, g.dim(0)?) {
+            (None, 1) => (g.abs()?.sum(2)? * self.eps)?,
+            (None, b) => {
+                let w = Tensor::full(self.eps, (b, g.dim(2)?), g.device())?.to_dtype(g.dtype())?;
+                abs_contract(&g, &w)?
+            }
+            (Some(e), _) => abs_contract(&g, e)?,
+        };
+        Ok((s.neg()?, s))
+    }
     fn name(&self) -> String {
         "InfBall".into()
     }
@@ -198,6 +212,15 @@ impl DualSource for InfBallBounded {
         let neg = g.minimum(0.0)?.broadcast_mul(&self.hi.unsqueeze(1)?)?;
         Ok((pos + neg)?.sum(2)?)
     }
+    /// With the box's centre `m = (δ⁻ + δ⁺) / 2` and radius `ρ = (δ⁺ - δ⁻) / 2`:
+    /// `Σ [g]₊δ⁻ + [g]₋δ⁺ = gᵀm - |g|ᵀρ` and the upper bound `gᵀm + |g|ᵀρ`.
+    fn coefficient_terms(&self, g: &Tensor) -> Result<(Tensor, Tensor)> {
+        let mid = ((&self.lo + &self.hi)? * 0.5)?;
+        let rad = ((&self.hi - &self.lo)? * 0.5)?;
+        let lin = contract_features(g, &mid)?;
+        let abs = abs_contract(g, &rad)?;
+        Ok(((&lin - &abs)?, (lin + abs)?))
+    }
     fn name(&self) -> String {
         "InfBallBounded".into()
     }
@@ -246,6 +269,16 @@ impl DualSource for L2Ball {
             Some(e) => g.broadcast_mul(&e.unsqueeze(1)?)?,
         };
         Ok((g.sqr()?.sum(2)? + TINY)?.sqrt()?.neg()?)
+    }
+    /// `∓ ‖ε ⊙ g_k‖₂`.
+    fn coefficient_terms(&self, g: &Tensor) -> Result<(Tensor, Tensor)> {
+        let sq = g.flatten_from(2)?.sqr()?;
+        let s = match &self.eps_t {
+            None => (sq.sum(2)? * (self.eps * self.eps))?,
+            Some(e) => contract_features(&sq, &e.sqr()?)?,
+        };
+        let n = (s + TINY)?.sqrt()?;
+        Ok((n.neg()?, n))
     }
     fn name(&self) -> String {
         "L2Ball".into()

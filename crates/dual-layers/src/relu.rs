@@ -1,6 +1,6 @@
 //! Dual of ReLU: the relaxation of Wong & Kolter (Eq. 5 / Theorem 1).
 
-use crate::columns::sum_over_columns;
+use crate::columns::{contract_features, sum_over_columns};
 use candle_core::{DType, Device, Tensor};
 use dual_core::{DualActivation, DualSource, Relaxation, Result};
 use std::ops::Range;
@@ -86,8 +86,14 @@ impl ReluRelaxation {
 }
 
 impl Relaxation for ReluRelaxation {
+    /// `D x` on every column, with a fused backward ([`crate::kernels::scale_columns`]).
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.broadcast_mul(&self.d.unsqueeze(1)?)?)
+        let (b, n) = (self.d.dim(0)?, x.dim(1)?);
+        let k = self.d.elem_count() / b.max(1);
+        let y = crate::kernels::scale_columns(&x.reshape((x.dim(0)?, n, k))?, &self.d.reshape((b, k))?)?;
+        let mut shape = x.dims().to_vec();
+        shape[0] = b;
+        Ok(y.reshape(shape)?)
     }
     fn source(&self) -> Option<&dyn DualSource> {
         Some(self.source.as_ref())
@@ -135,11 +141,9 @@ impl ReluSource {
 /// The unstable units' objective term for coefficients `g` (`[B, n, *shape]`) and weights
 /// `w = -d l` (`[B, K]`, zero off the unstable set): `Σ_j w_j min(g_j, 0)`, as `[B, n]`
 /// (the `Σ l_ij [ν_ij]_+` term of Theorem 1 with `ν = -g`).
+/// `g` may be shared by the batch (`[1, n, *shape]`); the result is then still `[B, n]`.
 pub fn relu_lower_term(w: &Tensor, g: &Tensor) -> Result<Tensor> {
-    let (b, n) = (g.dim(0)?, g.dim(1)?);
-    let k = w.dim(1)?;
-    let gm = g.reshape((b, n, k))?.minimum(0.0)?;
-    Ok(gm.matmul(&w.reshape((b, k, 1))?)?.reshape((b, n))?)
+    Ok(contract_features(&g.minimum(0.0)?, w)?)
 }
 
 /// One-hot columns: `out[b, j, idx[b][start + j]] = 1`, shaped `[B, len, K]`.
@@ -182,6 +186,14 @@ impl DualSource for ReluSource {
     /// `Σ_{j∈I} -d_j l_j min(g_j, 0)`.
     fn lower_term(&self, g: &Tensor) -> Result<Tensor> {
         relu_lower_term(&self.w, g)
+    }
+
+    /// Lower `Σ_{j∈I} -d_j l_j min(g_kj, 0)`, upper `Σ_{j∈I} -d_j l_j max(g_kj, 0)`, written
+    /// with `min(g, 0) = (g - |g|) / 2` as a matmul and a weighted l1 norm.
+    fn coefficient_terms(&self, g: &Tensor) -> Result<(Tensor, Tensor)> {
+        let lin = contract_features(g, &self.w)?;
+        let abs = crate::kernels::abs_contract(g, &self.w)?;
+        Ok((((&lin - &abs)? * 0.5)?, ((lin + abs)? * 0.5)?))
     }
 
     fn name(&self) -> String {

@@ -38,6 +38,10 @@ impl DualAffine for DualReshape {
     fn transpose(&self, nu: &Tensor) -> Result<Vec<Option<Tensor>>> {
         Ok(vec![Some(reshape_columns(nu, &self.in_shape)?)])
     }
+    /// An elementwise map: one multiply-add (or copy) per element.
+    fn macs_per_column(&self, _in_numels: &[Option<usize>], out_numel: usize) -> usize {
+        out_numel
+    }
     fn bias_term(&self, _nu: &Tensor) -> Result<Option<Tensor>> {
         Ok(None)
     }

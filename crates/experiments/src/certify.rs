@@ -277,7 +277,7 @@ pub fn evaluate_batch(net: &Network, x: &Tensor, y: &[u32], cfg: &EvalSettings) 
 fn evaluate_batch_inner(net: &Network, x: &Tensor, y: &[u32], cfg: &EvalSettings) -> Result<BatchCounts> {
     let logits = net.forward(x)?;
     let clean_errors = count_errors(&logits, y)?;
-    let opts = DualOptions { memory_budget: cfg.memory_budget };
+    let opts = DualOptions { memory_budget: cfg.memory_budget, ..Default::default() };
     let dual = match &cfg.proj {
         None => net.dual(x, input_set(x, cfg.eps, cfg.norm, cfg.bounded_input)?, &opts)?,
         Some(p) => projections::projected_dual(x, net.dual_nodes(x)?, &projection_config(cfg.eps, cfg.norm, cfg.bounded_input, p), &opts)?,

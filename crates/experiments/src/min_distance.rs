@@ -69,7 +69,7 @@ pub fn margins(net: &Network, x: &Tensor, y: &[u32], eps: &[f64], cfg: &SearchCo
         (Norm::Linf, true) => Box::new(InfBallBounded::new(x, e, 0.0, 1.0)?),
         (Norm::L2, _) => Box::new(L2Ball::new(x, e)?),
     };
-    let dual = net.dual(x, src, &DualOptions { memory_budget: cfg.memory_budget })?;
+    let dual = net.dual(x, src, &DualOptions { memory_budget: cfg.memory_budget, ..Default::default() })?;
     let f = robust_bounds(&dual, y)?.to_dtype(DType::F64)?.to_vec2::<f64>()?;
     Ok(f.iter().zip(y).map(|(r, &yi)| r.iter().enumerate().filter(|(j, _)| *j != yi as usize).map(|(_, v)| *v).fold(f64::NEG_INFINITY, f64::max)).collect())
 }

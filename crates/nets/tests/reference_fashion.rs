@@ -31,7 +31,7 @@ fn check_f(dtype: DType, bounded: bool, budget: Option<usize>) {
     let y = labels(&dir, "fashion_y20.npy");
     let logits = net.forward(&x).unwrap();
     assert!(max_abs_diff(&logits, &npy(&dir, "logits20.npy")) < 1e-4);
-    let opts = DualOptions { memory_budget: budget };
+    let opts = DualOptions { memory_budget: budget, ..Default::default() };
     let dual = net.dual(&x, input(&x, bounded, 0.1.into()), &opts).unwrap();
     let f = robust_bounds(&dual, &y).unwrap();
     let b = bounded as u8;

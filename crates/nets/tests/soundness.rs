@@ -12,7 +12,7 @@
 //! exhaustive grid over a 2-input net.
 
 use candle_core::{DType, Device, Tensor, Var};
-use dual_core::{class_difference_c, DualNetwork, DualOptions, DualSource};
+use dual_core::{class_difference_c, BoundForm, DualNetwork, DualOptions, DualSource};
 use dual_layers::{Epsilon, InfBall, InfBallBounded, L2Ball};
 use nets::spec::build::{conv, dense, flatten, linear, relu};
 use nets::{BatchNormMode, LayerSpec, Network, NetworkSpec};
@@ -814,9 +814,37 @@ fn memory_budget_gives_the_same_bounds() {
             let full = net.dual(&x, ball.source(&x), &DualOptions::default()).unwrap();
             assert!(full.unstable_counts().iter().flatten().sum::<usize>() > 0);
             for &budget in budgets {
-                let opts = DualOptions { memory_budget: Some(budget) };
+                let opts = DualOptions { memory_budget: Some(budget), ..Default::default() };
                 let chunked = net.dual(&x, ball.source(&x), &opts).unwrap();
                 assert_same_dual(&full, &chunked, &c, 1e-10, &format!("{} {:?} budget {budget}", net.spec().name, ball.norm));
+            }
+        }
+    }
+}
+
+#[test]
+fn forward_and_backward_forms_give_the_same_bounds() {
+    // Columns pushed forward (Algorithm 1 as written) and the identity on each activation's units
+    // pushed backward (chunked by a small budget too) must agree on every bound and objective.
+    let cases: Vec<(Network, f64)> = vec![
+        (init(&mlp_spec(), 31), 0.15),
+        (init(&conv_spec(), 32), 0.08),
+        (init(&resnet_spec(), 33), 0.05),
+        (init(&dense_mlp_spec(), 34), 0.15),
+        (init(&bn_spec(BatchNormMode::BatchStats), 35), 0.05),
+    ];
+    let mut rng = StdRng::seed_from_u64(810);
+    for (net, eps) in &cases {
+        let x = inputs(net, 3, &mut rng);
+        let c = objectives(net, &x, 2, &mut rng);
+        for ball in balls(&x, *eps, &mut rng) {
+            let what = format!("{} {:?} {}", net.spec().name, ball.norm, ball.radius.kind());
+            let opts = |form, budget| DualOptions { memory_budget: budget, bound_form: form };
+            let columns = net.dual(&x, ball.source(&x), &opts(BoundForm::Columns, None)).unwrap();
+            assert!(columns.unstable_counts().iter().flatten().sum::<usize>() > 0, "{what}");
+            for (form, budget) in [(BoundForm::Backward, None), (BoundForm::Backward, Some(5_000)), (BoundForm::Auto, None)] {
+                let other = net.dual(&x, ball.source(&x), &opts(form, budget)).unwrap();
+                assert_same_dual(&columns, &other, &c, 1e-10, &format!("{what} {form:?} budget {budget:?}"));
             }
         }
     }

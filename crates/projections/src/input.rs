@@ -91,6 +91,10 @@ impl InfBallProj {
 }
 
 impl DualSource for InfBallProj {
+    /// The term is an estimate from the pushed random columns: always forward.
+    fn exact_from_coefficients(&self) -> bool {
+        false
+    }
     fn num_columns(&self) -> usize {
         self.k
     }
@@ -156,6 +160,10 @@ impl InfBallProjBounded {
 }
 
 impl DualSource for InfBallProjBounded {
+    /// The term is an estimate from the pushed random columns: always forward.
+    fn exact_from_coefficients(&self) -> bool {
+        false
+    }
     fn num_columns(&self) -> usize {
         self.k + 1
     }
@@ -212,6 +220,10 @@ impl L2BallProj {
 }
 
 impl DualSource for L2BallProj {
+    /// The term is an estimate from the pushed random columns: always forward.
+    fn exact_from_coefficients(&self) -> bool {
+        false
+    }
     fn num_columns(&self) -> usize {
         self.k
     }

@@ -118,6 +118,10 @@ impl ReluProjSource {
 }
 
 impl DualSource for ReluProjSource {
+    /// The term is an estimate from the pushed random columns: always forward.
+    fn exact_from_coefficients(&self) -> bool {
+        false
+    }
     fn num_columns(&self) -> usize {
         self.k + 1
     }

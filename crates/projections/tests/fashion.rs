@@ -120,11 +120,11 @@ fn memory_budget() {
     let cfg = ProjectionConfig::linf(0.1, 20, 5);
     let full = projected_f(&net, &x, &y, &cfg);
     // A budget that holds each source's columns at once gives the same numbers.
-    let big = DualOptions { memory_budget: Some(64 << 20) };
+    let big = DualOptions { memory_budget: Some(64 << 20), ..Default::default() };
     let d = projected_dual(&x, net.dual_nodes(&x).unwrap(), &cfg, &big).unwrap();
     assert!(max_abs_diff(&robust_bounds(&d, &y).unwrap(), &full) < 1e-4);
     // One too small to hold them is refused with a message (a median needs all its columns).
-    let small = DualOptions { memory_budget: Some(1 << 20) };
+    let small = DualOptions { memory_budget: Some(1 << 20), ..Default::default() };
     let err = projected_dual(&x, net.dual_nodes(&x).unwrap(), &cfg, &small).err().expect("refused");
     assert!(err.to_string().contains("propagated together"), "{err}");
     // The l2 input sums partial means of squares, so it works in chunks.

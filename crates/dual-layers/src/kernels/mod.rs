@@ -23,6 +23,9 @@
 
 mod gemm_conv;
 mod im2col;
+mod slopes;
+
+pub use slopes::{abs_contract, scale_columns};
 
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};

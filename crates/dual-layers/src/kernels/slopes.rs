@@ -1,0 +1,409 @@
+//! Elementwise kernels of the dual network with fused backward passes: the ReLU slopes applied
+//! to propagated columns (`D x`, Eq. 10's `ν_i = D_i ν̂_i`) and the weighted absolute sums that
+//! turn coefficients into source terms (`ε‖ν̂₁‖₁`, the box term, `Σ l_ij [ν_ij]_+`).
+//!
+//! These run on the largest tensors of the dual network (`[B, n, K]`: examples × columns ×
+//! units). Written with Candle's broadcasting ops, their backward passes materialise several
+//! full-size temporaries each (broadcast products, masks, sign tensors) and reduce over the
+//! broadcast dimension with a slow strided sum; here every gradient is one pass over the data.
+//!
+//! | op | gradient of the first argument | gradient of the second |
+//! |---|---|---|
+//! | `scale_columns(x, d) = x ⊙ d` (d per example, broadcast over columns) | `grad ⊙ d` (summed over the batch when `x` is shared) | `Σ_n grad ⊙ x` |
+//! | `abs_contract(g, w) = Σ_p |g_p| w_p` | `sign(g) grad w` | `Σ_r grad |g|` |
+//!
+//! The gradient helpers are first-order only (a second derivative through them is reported as
+//! unsupported). On other devices or dtypes the functions use Candle's own ops.
+
+use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Element types of these kernels.
+trait Real:
+    Copy
+    + Send
+    + Sync
+    + Default
+    + std::ops::Add<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::AddAssign
+{
+    fn abs(self) -> Self;
+    fn signum0(self) -> Self;
+}
+
+impl Real for f32 {
+    fn abs(self) -> Self {
+        f32::abs(self)
+    }
+    fn signum0(self) -> Self {
+        if self > 0.0 {
+            1.0
+        } else if self < 0.0 {
+            -1.0
+        } else {
+            0.0
+        }
+    }
+}
+
+impl Real for f64 {
+    fn abs(self) -> Self {
+        f64::abs(self)
+    }
+    fn signum0(self) -> Self {
+        if self > 0.0 {
+            1.0
+        } else if self < 0.0 {
+            -1.0
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Rows of work below which a loop stays on the calling thread.
+const MIN_ROWS: usize = 16;
+
+fn fast(ts: &[&Tensor]) -> bool {
+    !super::tuning().candle
+        && ts
+            .iter()
+            .all(|t| t.device().is_cpu() && t.dtype() == ts[0].dtype())
+        && matches!(ts[0].dtype(), DType::F32 | DType::F64)
+}
+
+fn contiguous<'a, T>(data: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => bail!("{what}: expects a contiguous tensor"),
+    }
+}
+
+macro_rules! dispatch {
+    ($name:expr, $($s:expr),+ ; |$($a:ident),+| $body:expr) => {
+        match ($($s),+) {
+            ($(CpuStorage::F32($a)),+) => CpuStorage::F32($body),
+            ($(CpuStorage::F64($a)),+) => CpuStorage::F64($body),
+            _ => bail!("{}: unsupported or mixed dtypes", $name),
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------------------------
+// scale_columns
+
+/// `out[b, j, i] = x[b', j, i] · d[b, i]` for columns `x` `[Bx, n, K]` (`Bx` = `B`, or 1 when
+/// shared by the batch) and per-example slopes `d` `[B, K]`: the relaxation `D x` on every column
+/// (Eq. 10). Returns `[B, n, K]`.
+pub fn scale_columns(x: &Tensor, d: &Tensor) -> Result<Tensor> {
+    let (bx, _, k) = x.dims3()?;
+    let (b, k2) = d.dims2()?;
+    if k != k2 || (bx != 1 && bx != b) {
+        bail!(
+            "scale_columns: columns {:?} and slopes {:?} do not match",
+            x.dims(),
+            d.dims()
+        );
+    }
+    if !fast(&[x, d]) {
+        return x.broadcast_mul(&d.unsqueeze(1)?);
+    }
+    x.contiguous()?.apply_op2(&d.contiguous()?, ScaleColumns)
+}
+
+struct ScaleColumns;
+
+fn scale_rows<T: Real>(x: &[T], d: &[T], bx: usize, b: usize, n: usize, k: usize) -> Vec<T> {
+    let mut out = vec![T::default(); b * n * k];
+    out.par_chunks_mut(k)
+        .with_min_len(MIN_ROWS)
+        .enumerate()
+        .for_each(|(q, row)| {
+            let (e, j) = (q / n, q % n);
+            let src = &x[((if bx == 1 { 0 } else { e }) * n + j) * k..][..k];
+            let dd = &d[e * k..][..k];
+            for ((o, &s), &w) in row.iter_mut().zip(src).zip(dd) {
+                *o = s * w;
+            }
+        });
+    out
+}
+
+impl CustomOp2 for ScaleColumns {
+    fn name(&self) -> &'static str {
+        "scale-columns"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (bx, n, k) = l1.shape().dims3()?;
+        let (b, _) = l2.shape().dims2()?;
+        let out = dispatch!("scale_columns", s1, s2; |x, d| {
+            scale_rows(contiguous(x, l1, "scale_columns")?, contiguous(d, l2, "scale_columns")?, bx, b, n, k)
+        });
+        Ok((out, Shape::from((b, n, k))))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        d: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let dx = if x.track_op() {
+            Some(if x.dim(0)? == d.dim(0)? {
+                scale_columns(&grad, d)?
+            } else {
+                grad.apply_op2_no_bwd(d, &BatchWeightedSum)?
+            })
+        } else {
+            None
+        };
+        let dd = if d.track_op() {
+            Some(grad.apply_op2_no_bwd(x, &ColumnDot)?)
+        } else {
+            None
+        };
+        Ok((dx, dd))
+    }
+}
+
+/// `out[0, j, i] = Σ_b g[b, j, i] d[b, i]`: the gradient of shared columns.
+struct BatchWeightedSum;
+
+impl CustomOp2 for BatchWeightedSum {
+    fn name(&self) -> &'static str {
+        "batch-weighted-sum"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, n, k) = l1.shape().dims3()?;
+        let out = dispatch!("batch_weighted_sum", s1, s2; |g, d| {
+            let (g, d) = (contiguous(g, l1, "batch_weighted_sum")?, contiguous(d, l2, "batch_weighted_sum")?);
+            let mut out = vec![Default::default(); n * k];
+            out.par_chunks_mut(k).with_min_len(MIN_ROWS).enumerate().for_each(|(j, row)| {
+                for e in 0..b {
+                    let src = &g[(e * n + j) * k..][..k];
+                    for ((o, &s), &w) in row.iter_mut().zip(src).zip(&d[e * k..][..k]) {
+                        *o += s * w;
+                    }
+                }
+            });
+            out
+        });
+        Ok((out, Shape::from((1, n, k))))
+    }
+}
+
+/// `out[b, i] = Σ_j g[b, j, i] x[b', j, i]`: the gradient of the slopes.
+struct ColumnDot;
+
+impl CustomOp2 for ColumnDot {
+    fn name(&self) -> &'static str {
+        "column-dot"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, n, k) = l1.shape().dims3()?;
+        let (bx, _, _) = l2.shape().dims3()?;
+        // Tasks: (example, block of units), so one example still uses every core.
+        const BLOCK: usize = 1024;
+        let blocks = k.div_ceil(BLOCK);
+        let out = dispatch!("column_dot", s1, s2; |g, x| {
+            let (g, x) = (contiguous(g, l1, "column_dot")?, contiguous(x, l2, "column_dot")?);
+            let mut out = vec![Default::default(); b * k];
+            let mut tasks: Vec<(usize, usize, &mut [_])> = Vec::with_capacity(b * blocks);
+            for (e, row) in out.chunks_mut(k).enumerate() {
+                for (blk, part) in row.chunks_mut(BLOCK).enumerate() {
+                    tasks.push((e, blk * BLOCK, part));
+                }
+            }
+            tasks.into_par_iter().for_each(|(e, i0, part)| {
+                let xe = if bx == 1 { 0 } else { e };
+                let len = part.len();
+                for j in 0..n {
+                    let gs = &g[(e * n + j) * k + i0..][..len];
+                    let xs = &x[(xe * n + j) * k + i0..][..len];
+                    for ((o, &a), &c) in part.iter_mut().zip(gs).zip(xs) {
+                        *o += a * c;
+                    }
+                }
+            });
+            out
+        });
+        Ok((out, Shape::from((b, k))))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// abs_contract
+
+/// `out[b, r] = Σ_p |g[b, r, p]| · w[b, p]` for coefficients `g` `[B, R, *shape]` (or
+/// `[1, R, *shape]`, shared by the batch) and weights `w` `[B, P]`: the weighted l1 norms behind
+/// the source terms (`ε‖ν̂₁‖₁` of Theorem 1, the box term, the ReLU term). Returns `[B, R]`.
+pub fn abs_contract(g: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let g = g.flatten_from(2)?;
+    let (gb, r, p) = g.dims3()?;
+    let b = w.dim(0)?;
+    let w = w.reshape((b, p))?.to_dtype(g.dtype())?;
+    if gb == 1 && b != 1 {
+        // Shared coefficients: one small |g| and a matmul.
+        return w.matmul(&g.squeeze(0)?.abs()?.t()?);
+    }
+    if gb != b {
+        bail!(
+            "abs_contract: coefficients {:?} and weights {:?} do not match",
+            g.dims(),
+            w.dims()
+        );
+    }
+    if !fast(&[&g, &w]) {
+        return g
+            .abs()?
+            .contiguous()?
+            .matmul(&w.unsqueeze(2)?)?
+            .reshape((b, r));
+    }
+    g.contiguous()?.apply_op2(&w.contiguous()?, AbsContract)
+}
+
+struct AbsContract;
+
+impl CustomOp2 for AbsContract {
+    fn name(&self) -> &'static str {
+        "abs-contract"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, r, p) = l1.shape().dims3()?;
+        let out = dispatch!("abs_contract", s1, s2; |g, w| {
+            let (g, w) = (contiguous(g, l1, "abs_contract")?, contiguous(w, l2, "abs_contract")?);
+            let mut out = vec![Default::default(); b * r];
+            out.par_iter_mut().with_min_len(MIN_ROWS).enumerate().for_each(|(q, o)| {
+                let ws = &w[(q / r) * p..][..p];
+                let mut acc = Default::default();
+                for (&a, &c) in g[q * p..][..p].iter().zip(ws) {
+                    acc += Real::abs(a) * c;
+                }
+                *o = acc;
+            });
+            out
+        });
+        Ok((out, Shape::from((b, r))))
+    }
+    fn bwd(
+        &self,
+        g: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let dg = if g.track_op() {
+            Some(g.apply_op3_no_bwd(&grad, w, &SignedOuter)?)
+        } else {
+            None
+        };
+        let dw = if w.track_op() {
+            Some(grad.apply_op2_no_bwd(g, &AbsWeightedRows)?)
+        } else {
+            None
+        };
+        Ok((dg, dw))
+    }
+}
+
+/// `out[b, r, p] = sign(g[b, r, p]) · grad[b, r] · w[b, p]`: the gradient of the coefficients.
+struct SignedOuter;
+
+impl CustomOp3 for SignedOuter {
+    fn name(&self) -> &'static str {
+        "signed-outer"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, r, p) = l1.shape().dims3()?;
+        let out = dispatch!("signed_outer", s1, s2, s3; |g, gr, w| {
+            let (g, gr, w) = (contiguous(g, l1, "signed_outer")?, contiguous(gr, l2, "signed_outer")?, contiguous(w, l3, "signed_outer")?);
+            let mut out = vec![Default::default(); b * r * p];
+            out.par_chunks_mut(p).with_min_len(MIN_ROWS).enumerate().for_each(|(q, row)| {
+                let s = gr[q];
+                let ws = &w[(q / r) * p..][..p];
+                for ((o, &a), &c) in row.iter_mut().zip(&g[q * p..][..p]).zip(ws) {
+                    *o = Real::signum0(a) * s * c;
+                }
+            });
+            out
+        });
+        Ok((out, Shape::from((b, r, p))))
+    }
+}
+
+/// `out[b, p] = Σ_r grad[b, r] |g[b, r, p]|`: the gradient of the weights.
+struct AbsWeightedRows;
+
+impl CustomOp2 for AbsWeightedRows {
+    fn name(&self) -> &'static str {
+        "abs-weighted-rows"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, r) = l1.shape().dims2()?;
+        let (_, _, p) = l2.shape().dims3()?;
+        const BLOCK: usize = 1024;
+        let out = dispatch!("abs_weighted_rows", s1, s2; |gr, g| {
+            let (gr, g) = (contiguous(gr, l1, "abs_weighted_rows")?, contiguous(g, l2, "abs_weighted_rows")?);
+            let mut out = vec![Default::default(); b * p];
+            let mut tasks: Vec<(usize, usize, &mut [_])> = Vec::new();
+            for (e, row) in out.chunks_mut(p).enumerate() {
+                for (blk, part) in row.chunks_mut(BLOCK).enumerate() {
+                    tasks.push((e, blk * BLOCK, part));
+                }
+            }
+            tasks.into_par_iter().for_each(|(e, i0, part)| {
+                let len = part.len();
+                for j in 0..r {
+                    let s = gr[e * r + j];
+                    for (o, &a) in part.iter_mut().zip(&g[(e * r + j) * p + i0..][..len]) {
+                        *o += s * Real::abs(a);
+                    }
+                }
+            });
+            out
+        });
+        Ok((out, Shape::from((b, p))))
+    }
+}
