@@ -263,8 +263,11 @@ pub fn abs_contract(g: &Tensor, w: &Tensor) -> Result<Tensor> {
     let b = w.dim(0)?;
     let w = w.reshape((b, p))?.to_dtype(g.dtype())?;
     if gb == 1 && b != 1 {
-        // Shared coefficients: one small |g| and a matmul.
-        return w.matmul(&g.squeeze(0)?.abs()?.t()?);
+        // Shared coefficients: one small |g| and a matmul; |g| = g · sign(g) keeps the
+        // subgradient sign(0) = 0 of the fused kernel (and of PyTorch).
+        let g = g.squeeze(0)?;
+        let sign = (g.gt(0.0)?.to_dtype(g.dtype())? - g.lt(0.0)?.to_dtype(g.dtype())?)?;
+        return w.matmul(&(&g * sign)?.t()?);
     }
     if gb != b {
         bail!(
