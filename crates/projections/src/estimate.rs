@@ -239,17 +239,142 @@ mod bytemuck_free {
 /// `median_i |p[b, offset + i, j]|` over `i < k`, for `p` shaped `[B, n, K]`; returns `[B, K]`.
 /// Differentiable in `p` (the gradient goes to the selected element).
 pub fn median_abs_over_columns(p: &Tensor, offset: usize, k: usize) -> Result<Tensor> {
+    Ok(median_terms(p, offset, k, false)?.squeeze(1)?)
+}
+
+/// Column 0 of `p` (the exact linear part of a projected source) and
+/// `median_i |p[b, offset + i, j]|` over `i < k` (`offset ≥ 1`), for `p` `[B, n, K]`: both
+/// `[B, K]`, from one fused op whose backward writes a single gradient of `p` (the linear part's
+/// gradient to column 0, the median's to the selected column) instead of one full-size
+/// gradient per use.
+pub fn linear_and_median_abs(p: &Tensor, offset: usize, k: usize) -> Result<(Tensor, Tensor)> {
+    if offset == 0 {
+        return Err(DualError::shape("the linear part is column 0: the projected columns must start at 1"));
+    }
+    let both = median_terms(p, offset, k, true)?;
+    Ok((both.narrow(1, 0, 1)?.squeeze(1)?, both.narrow(1, 1, 1)?.squeeze(1)?))
+}
+
+/// `[B, 1 + with_linear, K]`: (column 0 if `with_linear`,) the median of the absolute values.
+fn median_terms(p: &Tensor, offset: usize, k: usize, with_linear: bool) -> Result<Tensor> {
     let (b, n, kk) = p.dims3()?;
     if k == 0 || offset + k > n {
         return Err(DualError::shape(format!("median over columns {offset}..{} of a tensor with {n} columns", offset + k)));
     }
+    let p = if matches!(p.dtype(), DType::F32 | DType::F64) { p.contiguous()? } else { p.to_dtype(DType::F32)?.contiguous()? };
     let idx = match p.dtype() {
-        DType::F64 => with_bits::<f64, u64, _>(p, |v| median_indices(v, b, n, kk, offset, k))?,
-        DType::F32 => with_bits::<f32, u32, _>(p, |v| median_indices(v, b, n, kk, offset, k))?,
-        _ => with_bits::<f32, u32, _>(&p.to_dtype(DType::F32)?, |v| median_indices(v, b, n, kk, offset, k))?,
+        DType::F64 => with_bits::<f64, u64, _>(&p, |v| median_indices(v, b, n, kk, offset, k))?,
+        _ => with_bits::<f32, u32, _>(&p, |v| median_indices(v, b, n, kk, offset, k))?,
     };
-    let idx = Tensor::from_vec(idx, (b, 1, kk), p.device())?;
-    Ok(p.contiguous()?.gather(&idx, 1)?.squeeze(1)?.abs()?)
+    if !p.device().is_cpu() {
+        // Other devices: the same values from Candle's gather.
+        let idx = Tensor::from_vec(idx, (b, 1, kk), p.device())?;
+        let med = p.gather(&idx, 1)?.abs()?;
+        return Ok(if with_linear { Tensor::cat(&[p.narrow(1, 0, 1)?, med], 1)? } else { med });
+    }
+    Ok(p.apply_op1(MedianTerms { idx: std::sync::Arc::new(idx), with_linear })?)
+}
+
+/// The fused op behind [`linear_and_median_abs`]: the selected columns are fixed when it is built.
+struct MedianTerms {
+    /// `[B, K]` row-major: the column of each unit's median.
+    idx: std::sync::Arc<Vec<u32>>,
+    with_linear: bool,
+}
+
+fn median_terms_fwd<T: Copy + PartialOrd + std::ops::Neg<Output = T> + Default>(p: &[T], b: usize, n: usize, kk: usize, idx: &[u32], lin: bool) -> Vec<T> {
+    let rows = 1 + lin as usize;
+    let mut out = vec![T::default(); b * rows * kk];
+    for bi in 0..b {
+        let o = &mut out[bi * rows * kk..(bi + 1) * rows * kk];
+        if lin {
+            o[..kk].copy_from_slice(&p[bi * n * kk..bi * n * kk + kk]);
+        }
+        let m = &mut o[(rows - 1) * kk..];
+        for j in 0..kk {
+            let v = p[(bi * n + idx[bi * kk + j] as usize) * kk + j];
+            m[j] = if v < T::default() { -v } else { v };
+        }
+    }
+    out
+}
+
+/// The gradient of `p`: zero except column 0 (the linear part's gradient) and the selected
+/// columns (the median's gradient times the sign of the selected value).
+fn median_terms_bwd<T: Copy + PartialOrd + std::ops::Neg<Output = T> + Default>(p: &[T], g: &[T], b: usize, n: usize, kk: usize, idx: &[u32], lin: bool) -> Vec<T> {
+    let rows = 1 + lin as usize;
+    let mut out = vec![T::default(); b * n * kk];
+    for bi in 0..b {
+        let gb = &g[bi * rows * kk..(bi + 1) * rows * kk];
+        let ob = &mut out[bi * n * kk..(bi + 1) * n * kk];
+        if lin {
+            ob[..kk].copy_from_slice(&gb[..kk]);
+        }
+        let gm = &gb[(rows - 1) * kk..];
+        for j in 0..kk {
+            let at = idx[bi * kk + j] as usize * kk + j;
+            let v = p[bi * n * kk + at];
+            let gv = gm[j];
+            let zero = T::default();
+            ob[at] = if v > zero { gv } else if v < zero { -gv } else { zero };
+        }
+    }
+    out
+}
+
+fn cpu_slice<'a, T>(data: &'a [T], l: &candle_core::Layout) -> candle_core::Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, z)) => Ok(&data[a..z]),
+        None => candle_core::bail!("median terms: expects a contiguous tensor"),
+    }
+}
+
+impl candle_core::CustomOp1 for MedianTerms {
+    fn name(&self) -> &'static str {
+        "median-terms"
+    }
+    fn cpu_fwd(&self, s: &candle_core::CpuStorage, l: &candle_core::Layout) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::CpuStorage as S;
+        let (b, n, kk) = l.shape().dims3()?;
+        let out = match s {
+            S::F32(v) => S::F32(median_terms_fwd(cpu_slice(v, l)?, b, n, kk, &self.idx, self.with_linear)),
+            S::F64(v) => S::F64(median_terms_fwd(cpu_slice(v, l)?, b, n, kk, &self.idx, self.with_linear)),
+            _ => candle_core::bail!("median terms: unsupported dtype"),
+        };
+        Ok((out, candle_core::Shape::from((b, 1 + self.with_linear as usize, kk))))
+    }
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let op = MedianTermsGrad { idx: self.idx.clone(), with_linear: self.with_linear };
+        Ok(Some(arg.apply_op2_no_bwd(&grad.contiguous()?, &op)?))
+    }
+}
+
+/// `(p, grad) ↦ dp` of [`MedianTerms`] (first order only).
+struct MedianTermsGrad {
+    idx: std::sync::Arc<Vec<u32>>,
+    with_linear: bool,
+}
+
+impl candle_core::CustomOp2 for MedianTermsGrad {
+    fn name(&self) -> &'static str {
+        "median-terms-grad"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::CpuStorage as S;
+        let (b, n, kk) = l1.shape().dims3()?;
+        let out = match (s1, s2) {
+            (S::F32(p), S::F32(g)) => S::F32(median_terms_bwd(cpu_slice(p, l1)?, cpu_slice(g, l2)?, b, n, kk, &self.idx, self.with_linear)),
+            (S::F64(p), S::F64(g)) => S::F64(median_terms_bwd(cpu_slice(p, l1)?, cpu_slice(g, l2)?, b, n, kk, &self.idx, self.with_linear)),
+            _ => candle_core::bail!("median terms: unsupported or mixed dtypes"),
+        };
+        Ok((out, candle_core::Shape::from((b, n, kk))))
+    }
 }
 
 /// `Σ_{i<len} p[b, i, j]² / k` for `p` shaped `[B, len, K]` (a partial mean of squares over `k`

@@ -3,7 +3,7 @@
 //! Each holds the exact set too: the objective `J(c)` (run backward with exact coefficients) uses
 //! the exact term, only the layer-wise bounds use the projected estimate.
 
-use crate::estimate::{mean_square_over_columns, median_abs_over_columns};
+use crate::estimate::{linear_and_median_abs, mean_square_over_columns, median_abs_over_columns};
 use crate::random::{projection_tensor, stream_seed, Projection};
 use candle_core::Tensor;
 use dual_core::{DualError, DualSource, Result};
@@ -173,8 +173,7 @@ impl DualSource for InfBallProjBounded {
     /// `lin ∓ median_i |P_{1+i}|` with `lin = P_0`.
     fn column_terms(&self, p: &Tensor, range: Range<usize>) -> Result<(Tensor, Tensor)> {
         need_all_columns(&range, self.k + 1, "InfBallProjBounded")?;
-        let lin = p.narrow(1, 0, 1)?.squeeze(1)?;
-        let mut n = median_abs_over_columns(p, 1, self.k)?;
+        let (lin, mut n) = linear_and_median_abs(p, 1, self.k)?;
         if self.scale != 1.0 {
             n = (n * self.scale)?;
         }

@@ -31,7 +31,7 @@ pub use config::{
     count_estimates, epsilon_from_model, inflation, input_projected, project_nodes, projected_dual, projected_input,
     EstimateCount, Inflation, ProjNorm, ProjectionConfig,
 };
-pub use estimate::{mean_square_over_columns, median_abs_over_columns, median_rank};
+pub use estimate::{linear_and_median_abs, mean_square_over_columns, median_abs_over_columns, median_rank};
 pub use guarantee::{
     cauchy_abs_cdf, median_epsilon, median_epsilon_hoeffding, median_epsilon_lower, median_failure, normal_epsilon,
     normal_epsilon_lower, normal_failure,

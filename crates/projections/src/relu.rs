@@ -1,6 +1,6 @@
 //! The projected ReLU relaxation.
 
-use crate::estimate::median_abs_over_columns;
+use crate::estimate::linear_and_median_abs;
 use crate::input::{inflation_factor, need_all_columns};
 use crate::random::{projection_tensor_on, stream_seed, Projection};
 use candle_core::Tensor;
@@ -133,8 +133,7 @@ impl DualSource for ReluProjSource {
     /// Lower `½(P_0 - med)`, upper `½(P_0 + med)`, `med = median_i |P_{1+i}|`.
     fn column_terms(&self, p: &Tensor, range: Range<usize>) -> Result<(Tensor, Tensor)> {
         need_all_columns(&range, self.k + 1, "projected ReLU")?;
-        let lin = p.narrow(1, 0, 1)?.squeeze(1)?;
-        let n = median_abs_over_columns(p, 1, self.k)?;
+        let (lin, n) = linear_and_median_abs(p, 1, self.k)?;
         let n = if self.scale != 1.0 { (n * self.scale)? } else { n };
         Ok((((&lin - &n)? * 0.5)?, ((lin + n)? * 0.5)?))
     }

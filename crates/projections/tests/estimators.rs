@@ -83,6 +83,41 @@ fn median_is_the_lower_middle_element_and_differentiable() {
 }
 
 #[test]
+fn linear_and_median_share_one_gradient() {
+    // [2, 6, 3]: column 0 the linear part, columns 1..6 the projections; the fused op must give
+    // the values and gradient of column 0 plus the median of |columns 1..6| computed apart.
+    let mut rng = StdRng::seed_from_u64(77);
+    for dtype in [DType::F64, DType::F32] {
+        let vals: Vec<f64> = (0..36).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let v = Var::from_tensor(&Tensor::from_vec(vals, (2, 6, 3), &Device::Cpu).unwrap().to_dtype(dtype).unwrap()).unwrap();
+        let (lin, med) = linear_and_median_abs(v.as_tensor(), 1, 5).unwrap();
+        let want_lin = v.as_tensor().narrow(1, 0, 1).unwrap().squeeze(1).unwrap();
+        let want_med = median_abs_over_columns(v.as_tensor(), 1, 5).unwrap();
+        let flat = |t: &Tensor| t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        assert_eq!(flat(&lin), flat(&want_lin));
+        assert_eq!(flat(&med), flat(&want_med));
+        // Weights 2 on the linear part and 3 on the median: every unit's gradient has a 2 in
+        // column 0 and ±3 at its median's column (the sign of the selected value), zero elsewhere.
+        let loss = ((lin * 2.0).unwrap() + (med * 3.0).unwrap()).unwrap().sum_all().unwrap();
+        let g = flat(loss.backward().unwrap().get(v.as_tensor()).unwrap());
+        let x = flat(v.as_tensor());
+        for b in 0..2 {
+            for j in 0..3 {
+                let col: Vec<f64> = (0..6).map(|i| g[(b * 6 + i) * 3 + j]).collect();
+                assert_eq!(col[0], 2.0, "{dtype:?} example {b} unit {j}: {col:?}");
+                let picked: Vec<usize> = (1..6).filter(|&i| col[i] != 0.0).collect();
+                assert_eq!(picked.len(), 1, "{dtype:?} {col:?}");
+                let i = picked[0];
+                let xv = x[(b * 6 + i) * 3 + j];
+                assert!((xv.abs() - flat(&want_med)[b * 3 + j]).abs() < 1e-6);
+                assert_eq!(col[i], 3.0 * xv.signum());
+            }
+        }
+    }
+    assert!(linear_and_median_abs(&Tensor::zeros((1, 4, 2), DType::F32, &Device::Cpu).unwrap(), 0, 3).is_err());
+}
+
+#[test]
 fn median_error_shrinks_like_one_over_sqrt_k() {
     let a = fixed_matrix();
     let e100 = mean_rel_err(&a, Projection::Cauchy, 100, 12);
