@@ -8,7 +8,7 @@
 use candle_core::{DType, Device, Tensor};
 use dual_core::Result;
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use rand_distr::{Cauchy, StandardNormal};
+use rand_distr::StandardNormal;
 
 /// The distribution of the entries of a projection matrix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,12 +40,39 @@ pub fn draw(kind: Projection, n: usize, seed: u64) -> Vec<f64> {
     v
 }
 
+/// `tan(x)` for `|x| ≤ π/4`: `x + x z P(z) / Q(z)` with `z = x²` (the rational approximation of
+/// Cephes' `tan`, relative error ~2e-16 on this range).
+#[inline]
+fn tan_quarter(x: f64) -> f64 {
+    const P: [f64; 3] = [-1.309_369_391_813_837_8e4, 1.153_516_648_385_874_2e6, -1.795_652_519_764_848_8e7];
+    const Q: [f64; 4] = [1.368_129_634_706_929_5e4, -1.320_892_344_402_109_7e6, 2.500_838_018_233_579e7, -5.386_957_559_294_546e7];
+    let z = x * x;
+    let p = (P[0] * z + P[1]) * z + P[2];
+    let q = (((z + Q[0]) * z + Q[1]) * z + Q[2]) * z + Q[3];
+    x + x * z * p / q
+}
+
+/// A standard Cauchy draw from `u` uniform on the open interval (0, 1): `tan(π (u - ½))`, the
+/// inverse of the Cauchy CDF, computed with `tan` on `[-π/4, π/4]` only — in the tails as
+/// `∓1 / tan(π u')` with `u' = u` or `1 - u` (exact in floating point), so no digits are lost
+/// near the poles. Several times faster than the library `tan`, and finite for every `u` in (0, 1).
+#[inline]
+pub fn cauchy_from_uniform(u: f64) -> f64 {
+    let pi = std::f64::consts::PI;
+    if u < 0.25 {
+        -1.0 / tan_quarter(pi * u)
+    } else if u > 0.75 {
+        1.0 / tan_quarter(pi * (1.0 - u))
+    } else {
+        tan_quarter(pi * (u - 0.5))
+    }
+}
+
 fn fill<T>(kind: Projection, out: &mut [T], seed: u64, conv: impl Fn(f64) -> T) {
     let mut rng = StdRng::seed_from_u64(seed);
     match kind {
         Projection::Cauchy => {
-            let c = Cauchy::new(0.0, 1.0).expect("valid Cauchy parameters");
-            out.iter_mut().for_each(|o| *o = conv(rng.sample(c)));
+            out.iter_mut().for_each(|o| *o = conv(cauchy_from_uniform(rng.sample(rand_distr::Open01))));
         }
         Projection::Normal => out.iter_mut().for_each(|o| *o = conv(rng.sample::<f64, _>(StandardNormal))),
     }
@@ -145,4 +172,34 @@ pub fn projection_tensor_on(
         |i, c| scatter(kind, k, kk, &support[i], stream_seed(seed, i as u64), c, |x| x),
         |i, c| scatter(kind, k, kk, &support[i], stream_seed(seed, i as u64), c, |x| x as f32),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cauchy_from_uniform_is_the_inverse_cdf() {
+        for i in 1..200_000 {
+            let u = i as f64 / 200_000.0;
+            // Near the poles tan(π(u - ½)) loses digits to the rounding of its argument; the
+            // cotangent form is exact there.
+            let pi = std::f64::consts::PI;
+            let want = if u < 0.25 { -1.0 / (pi * u).tan() } else if u > 0.75 { 1.0 / (pi * (1.0 - u)).tan() } else { (pi * (u - 0.5)).tan() };
+            let got = cauchy_from_uniform(u);
+            assert!((got - want).abs() <= 1e-12 * want.abs().max(1.0), "u {u}: {got} vs {want}");
+        }
+        assert!(cauchy_from_uniform(1e-300).is_finite() && cauchy_from_uniform(1.0 - 1e-16).is_finite());
+    }
+
+    #[test]
+    fn cauchy_draws_have_the_cauchy_quantiles() {
+        // P(|X| ≤ tan(π q / 2)) = q for a standard Cauchy X.
+        let v = draw(Projection::Cauchy, 400_000, 9);
+        for q in [0.1, 0.25, 0.5, 0.75, 0.9, 0.99] {
+            let x = (std::f64::consts::PI * q / 2.0).tan();
+            let frac = v.iter().filter(|d| d.abs() <= x).count() as f64 / v.len() as f64;
+            assert!((frac - q).abs() < 0.004, "quantile {q}: {frac}");
+        }
+    }
 }
