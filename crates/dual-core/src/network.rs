@@ -197,7 +197,9 @@ impl DualNetwork {
                     let mut add = |p: &Tensor, range: Range<usize>| -> Result<()> {
                         // Shared columns (batch 1) stay shared until a per-example layer.
                         let pb = p.dim(0)?;
-                        let p = p.reshape((pb, range.len(), k))?;
+                        // (A reshape that changes nothing would still cost a full-size gradient
+                        // accumulation in the backward pass.)
+                        let p = if p.dims() == [pb, range.len(), k] { p.clone() } else { p.reshape((pb, range.len(), k))? };
                         let (l, u) = src.column_terms(&p, range)?;
                         acc = Some(match acc.take() {
                             None => (l, u),

@@ -1,6 +1,5 @@
 //! Dual of a 2-d convolution.
 
-use crate::columns::{merge_columns, split_columns};
 use candle_core::Tensor;
 use dual_core::{DualAffine, DualError, Result};
 
@@ -39,16 +38,12 @@ impl DualConv2d {
 
     /// The hot loop: convolution of every column.
     fn conv_columns(&self, x: &Tensor) -> Result<Tensor> {
-        let (xm, b, n) = merge_columns(x)?;
-        let y = crate::kernels::conv2d_fast(&xm, &self.weight, self.stride, self.padding)?;
-        Ok(split_columns(&y, b, n)?)
+        Ok(crate::kernels::conv2d_columns(x, &self.weight, self.stride, self.padding)?)
     }
 
     /// The hot loop of the transpose: transposed convolution of every column.
     fn conv_transpose_columns(&self, nu: &Tensor) -> Result<Tensor> {
-        let (nm, b, n) = merge_columns(nu)?;
-        let y = crate::kernels::conv_transpose2d_fast(&nm, &self.weight, self.stride, self.padding, self.output_padding)?;
-        Ok(split_columns(&y, b, n)?)
+        Ok(crate::kernels::conv_transpose2d_columns(nu, &self.weight, self.stride, self.padding, self.output_padding)?)
     }
 }
 

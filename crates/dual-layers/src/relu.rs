@@ -88,12 +88,7 @@ impl ReluRelaxation {
 impl Relaxation for ReluRelaxation {
     /// `D x` on every column, with a fused backward ([`crate::kernels::scale_columns`]).
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, n) = (self.d.dim(0)?, x.dim(1)?);
-        let k = self.d.elem_count() / b.max(1);
-        let y = crate::kernels::scale_columns(&x.reshape((x.dim(0)?, n, k))?, &self.d.reshape((b, k))?)?;
-        let mut shape = x.dims().to_vec();
-        shape[0] = b;
-        Ok(y.reshape(shape)?)
+        Ok(crate::kernels::scale_columns(x, &self.d)?)
     }
     fn source(&self) -> Option<&dyn DualSource> {
         Some(self.source.as_ref())

@@ -347,3 +347,41 @@ fn other_dtypes_fall_back() -> Result<()> {
     assert!(err < 0.1, "f16 fallback error {err}");
     Ok(())
 }
+
+#[test]
+fn column_convolutions_equal_the_merged_batch() -> Result<()> {
+    // [B, n, c, h, w] columns straight into the ops equal the [B·n, c, h, w] kernels, values and
+    // both gradients, also for shared (batch 1) and for leading dims that do not merge (a
+    // transpose of B and n, which takes the copying path).
+    use dual_layers::kernels::{conv2d_columns, conv_transpose2d_columns};
+    let mut rng = StdRng::seed_from_u64(41);
+    for dtype in [DType::F64, DType::F32] {
+        for (b, n, permuted) in [(2, 3, false), (1, 4, false), (3, 2, true)] {
+            let what = format!("{dtype:?} b {b} n {n} permuted {permuted}");
+            let w = Var::from_tensor(&rand_tensor(&mut rng, &[4, 3, 3, 3], dtype)?)?;
+            let base = Var::from_tensor(&rand_tensor(&mut rng, &[n, b, 3, 7, 7], dtype)?)?;
+            let x = if permuted { base.as_tensor().transpose(0, 1)? } else { base.as_tensor().reshape((b, n, 3, 7, 7))? };
+            let up = rand_tensor(&mut rng, &[b, n, 4, 4, 4], dtype)?;
+            let got = conv2d_columns(&x, w.as_tensor(), 2, 1)?;
+            let want = conv2d_fast(&x.contiguous()?.reshape((b * n, 3, 7, 7))?, w.as_tensor(), 2, 1)?.reshape((b, n, 4, 4, 4))?;
+            assert_close(&got, &want, dtype, &format!("{what} conv"))?;
+            let gg = (got * &up)?.sum_all()?.backward()?;
+            let gw = (want * &up)?.sum_all()?.backward()?;
+            for (v, name) in [(&base, "dx"), (&w, "dw")] {
+                assert_close(gg.get(v.as_tensor()).unwrap(), gw.get(v.as_tensor()).unwrap(), dtype, &format!("{what} conv {name}"))?;
+            }
+            let y = up.clone();
+            let yv = Var::from_tensor(&y)?;
+            let got = conv_transpose2d_columns(yv.as_tensor(), w.as_tensor(), 2, 1, 0)?;
+            let want = conv_transpose2d_fast(&yv.as_tensor().reshape((b * n, 4, 4, 4))?, w.as_tensor(), 2, 1, 0)?.reshape((b, n, 3, 7, 7))?;
+            assert_close(&got, &want, dtype, &format!("{what} transpose"))?;
+            let up2 = rand_tensor(&mut rng, &[b, n, 3, 7, 7], dtype)?;
+            let gg = (got * &up2)?.sum_all()?.backward()?;
+            let gw = (want * &up2)?.sum_all()?.backward()?;
+            for (v, name) in [(&yv, "dx"), (&w, "dw")] {
+                assert_close(gg.get(v.as_tensor()).unwrap(), gw.get(v.as_tensor()).unwrap(), dtype, &format!("{what} transpose {name}"))?;
+            }
+        }
+    }
+    Ok(())
+}

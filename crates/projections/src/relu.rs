@@ -108,11 +108,15 @@ impl ReluProjSource {
         }
         let (b, kk) = self.w.dims2()?;
         let r = projection_tensor_on(Projection::Cauchy, self.k, &[kk], &self.unstable, self.seed, self.w.dtype(), self.w.device())?;
-        let wu = self.w.unsqueeze(1)?;
-        let cols = Tensor::cat(&[wu.clone(), r.broadcast_mul(&wu)?], 1)?;
+        // [1; r] ⊙ w in one op (no concatenation of parameter-dependent tensors, so the backward
+        // pass accumulates one gradient): column 0 is w itself.
+        let ones = Tensor::ones((b, 1, kk), r.dtype(), r.device())?;
         let mut dims = vec![b, self.k + 1];
         dims.extend_from_slice(&self.shape);
-        let cols = cols.reshape(dims)?;
+        let r = Tensor::cat(&[ones, r], 1)?.reshape(dims)?;
+        let mut wdims = vec![b];
+        wdims.extend_from_slice(&self.shape);
+        let cols = dual_layers::kernels::scale_columns(&r, &self.w.reshape(wdims)?)?;
         Ok(self.cols.get_or_init(|| cols))
     }
 }

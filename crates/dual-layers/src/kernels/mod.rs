@@ -105,6 +105,37 @@ fn fast_path(a: &Tensor, b: &Tensor) -> bool {
         && b.rank() == 4
 }
 
+/// Whether columns `x` (rank > 4, leading dims that merge) can go to the ops directly.
+fn fast_columns(x: &Tensor, w: &Tensor) -> bool {
+    !tuning().candle
+        && x.device().is_cpu()
+        && w.device().is_cpu()
+        && x.dtype() == w.dtype()
+        && matches!(x.dtype(), DType::F32 | DType::F64)
+        && x.rank() > 4
+        && w.rank() == 4
+        && as_rank4(x.layout()).is_ok()
+}
+
+/// [`conv2d_fast`] on columns `[B, n, c, h, w]` (any rank ≥ 4: the leading dims are merged into
+/// the batch inside the op, so no reshape enters the autograd graph) → `[B, n, o, oh, ow]`.
+pub fn conv2d_columns(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    if !fast_columns(x, w) {
+        let y = conv2d_fast(&to_rank4(x)?, w, stride, padding)?;
+        return like_leading(&y, x);
+    }
+    x.apply_op2(w, Conv2dOp { stride, padding })
+}
+
+/// [`conv_transpose2d_fast`] on columns of any rank ≥ 4, like [`conv2d_columns`].
+pub fn conv_transpose2d_columns(x: &Tensor, w: &Tensor, stride: usize, padding: usize, output_padding: usize) -> Result<Tensor> {
+    if !fast_columns(x, w) {
+        let y = conv_transpose2d_fast(&to_rank4(x)?, w, stride, padding, output_padding)?;
+        return like_leading(&y, x);
+    }
+    x.apply_op2(w, ConvTranspose2dOp { stride, padding, output_padding: (output_padding, output_padding) })
+}
+
 /// Output size of a convolution along one axis, or an error when the kernel does not fit.
 fn conv_out(len: usize, k: usize, stride: usize, padding: usize) -> Result<usize> {
     if stride == 0 {
@@ -144,6 +175,72 @@ fn dims4(l: &Layout) -> Result<(usize, usize, usize, usize)> {
         &[a, b, c, d] => Ok((a, b, c, d)),
         d => bail!("expected a rank-4 tensor, got shape {d:?}"),
     }
+}
+
+/// A layout of rank ≥ 4 seen as rank 4, `[Π leading dims, c, h, w]`: the leading dims (columns
+/// of examples, `[B, n, c, h, w]`) must merge into one strided axis. This lets the dual network
+/// convolve its `[B, n, ...]` columns without reshapes, each of which would cost a full-size
+/// gradient accumulation in Candle's backward pass.
+fn as_rank4(l: &Layout) -> Result<Layout> {
+    let d = l.dims();
+    let s = l.stride();
+    if d.len() == 4 {
+        return Ok(l.clone());
+    }
+    if d.len() < 4 {
+        bail!("expected a tensor of rank 4 or more, got shape {d:?}");
+    }
+    let lead = d.len() - 3;
+    let n: usize = d[..lead].iter().product();
+    // The merged axis steps by the stride of the innermost leading dim that is not 1.
+    let mut step = s[lead - 1];
+    for i in (0..lead).rev() {
+        if d[i] != 1 {
+            step = s[i];
+            break;
+        }
+    }
+    let mut expect = step;
+    for i in (0..lead).rev() {
+        if d[i] == 1 {
+            continue;
+        }
+        if s[i] != expect {
+            bail!("the leading dimensions of {d:?} (strides {s:?}) do not merge into one axis");
+        }
+        expect = s[i] * d[i];
+    }
+    Ok(Layout::new(Shape::from((n, d[lead], d[lead + 1], d[lead + 2])), vec![step, s[lead], s[lead + 1], s[lead + 2]], l.start_offset()))
+}
+
+/// The shape of an op's rank-4 result `[n, a, b, c]` with the leading dims of `like` restored.
+fn with_leading(like: &Layout, tail: (usize, usize, usize)) -> Shape {
+    let d = like.dims();
+    let mut v = d[..d.len() - 3].to_vec();
+    v.extend_from_slice(&[tail.0, tail.1, tail.2]);
+    Shape::from(v)
+}
+
+/// `t` of rank ≥ 4 as rank 4 (merging the leading dims, a view when they are contiguous).
+fn to_rank4(t: &Tensor) -> Result<Tensor> {
+    if t.rank() == 4 {
+        return Ok(t.clone());
+    }
+    let d = t.dims();
+    let lead = d.len() - 3;
+    let n: usize = d[..lead].iter().product();
+    t.reshape((n, d[lead], d[lead + 1], d[lead + 2]))
+}
+
+/// `t` (rank 4) with the leading dims of `like` restored.
+fn like_leading(t: &Tensor, like: &Tensor) -> Result<Tensor> {
+    if like.rank() == 4 {
+        return Ok(t.clone());
+    }
+    let d = like.dims();
+    let mut v = d[..d.len() - 3].to_vec();
+    v.extend_from_slice(&t.dims()[1..]);
+    t.reshape(v)
 }
 
 fn view<'a, T>(data: &'a [T], l: &Layout) -> View4<'a, T> {
@@ -216,6 +313,8 @@ impl CustomOp2 for Conv2dOp {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let full = l1;
+        let l1 = &as_rank4(l1)?;
         let (n, c, h, w) = dims4(l1)?;
         let (o, c2, kh, kw) = dims4(l2)?;
         if c != c2 {
@@ -226,22 +325,23 @@ impl CustomOp2 for Conv2dOp {
         let out = dispatch2!("conv2d", s1, s2, |x, k| {
             gemm_conv::conv2d_forward(&g, view(x, l1), &kernel_matrix(k, l2))
         });
-        Ok((out, Shape::from((n, o, oh, ow))))
+        Ok((out, with_leading(full, (o, oh, ow))))
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (_, _, h, wd) = x.dims4()?;
+        let (x4, g4) = (to_rank4(x)?, to_rank4(grad)?);
+        let (_, _, h, wd) = x4.dims4()?;
         let (_, _, kh, kw) = w.dims4()?;
         let dx = if x.track_op() {
             let op_h = output_padding_for(h, kh, self.stride, self.padding)?;
             let op_w = output_padding_for(wd, kw, self.stride, self.padding)?;
-            let dx = conv_transpose2d_fast_hw(grad, w, self.stride, self.padding, (op_h, op_w))?;
-            Some(dx)
+            let dx = conv_transpose2d_fast_hw(&g4, w, self.stride, self.padding, (op_h, op_w))?;
+            Some(like_leading(&dx, x)?)
         } else {
             None
         };
         let dw = if w.track_op() {
-            Some(conv2d_weight_grad(x, grad, (kh, kw), self.stride, self.padding)?)
+            Some(conv2d_weight_grad(&x4, &g4, (kh, kw), self.stride, self.padding)?)
         } else {
             None
         };
@@ -262,6 +362,8 @@ impl CustomOp2 for ConvTranspose2dOp {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let full = l1;
+        let l1 = &as_rank4(l1)?;
         let (n, o, oh, ow) = dims4(l1)?;
         let (o2, c, kh, kw) = dims4(l2)?;
         if o != o2 {
@@ -275,14 +377,15 @@ impl CustomOp2 for ConvTranspose2dOp {
             let k = kernel_matrix(k, l2);
             with_matrix_side(x, l1, |y, ps| gemm_conv::conv2d_backward_data(&g, y, ps, &k))
         });
-        Ok((out, Shape::from((n, c, h, w))))
+        Ok((out, with_leading(full, (c, h, w))))
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (x4, g4) = (to_rank4(x)?, to_rank4(grad)?);
         let (_, _, kh, kw) = w.dims4()?;
-        let dx = if x.track_op() { Some(conv2d_fast(grad, w, self.stride, self.padding)?) } else { None };
+        let dx = if x.track_op() { Some(like_leading(&conv2d_fast(&g4, w, self.stride, self.padding)?, x)?) } else { None };
         let dw = if w.track_op() {
-            Some(conv2d_weight_grad(grad, x, (kh, kw), self.stride, self.padding)?)
+            Some(conv2d_weight_grad(&g4, &x4, (kh, kw), self.stride, self.padding)?)
         } else {
             None
         };

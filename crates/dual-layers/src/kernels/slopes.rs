@@ -93,40 +93,47 @@ macro_rules! dispatch {
 // ---------------------------------------------------------------------------------------------
 // scale_columns
 
-/// `out[b, j, i] = x[b', j, i] · d[b, i]` for columns `x` `[Bx, n, K]` (`Bx` = `B`, or 1 when
-/// shared by the batch) and per-example slopes `d` `[B, K]`: the relaxation `D x` on every column
-/// (Eq. 10). Returns `[B, n, K]`.
+/// `out[b, j, i] = x[b', j, i] · d[b, i]` for columns `x` `[Bx, n, *shape]` (`Bx` = `B`, or 1 when
+/// shared by the batch) and per-example slopes `d` `[B, *shape]` (or `[B, K]`): the relaxation
+/// `D x` on every column (Eq. 10). Returns `[B, n, *shape]` (the shape of `x`, batch `B`). Any
+/// trailing shape works without a reshape (each would cost a full-size gradient accumulation).
 pub fn scale_columns(x: &Tensor, d: &Tensor) -> Result<Tensor> {
-    let (bx, _, k) = x.dims3()?;
-    let (b, k2) = d.dims2()?;
-    if k != k2 || (bx != 1 && bx != b) {
-        bail!(
-            "scale_columns: columns {:?} and slopes {:?} do not match",
-            x.dims(),
-            d.dims()
-        );
+    if x.rank() < 2 || d.rank() < 1 {
+        bail!("scale_columns: columns {:?} and slopes {:?} do not match", x.dims(), d.dims());
+    }
+    let (bx, n) = (x.dim(0)?, x.dim(1)?);
+    let b = d.dim(0)?;
+    let k = x.elem_count() / (bx * n).max(1);
+    if d.elem_count() != b * k || (bx != 1 && bx != b) {
+        bail!("scale_columns: columns {:?} and slopes {:?} do not match", x.dims(), d.dims());
     }
     if !fast(&[x, d]) {
-        return x.broadcast_mul(&d.unsqueeze(1)?);
+        let mut ds = vec![b, 1];
+        ds.extend_from_slice(&x.dims()[2..]);
+        return x.broadcast_mul(&d.reshape(ds)?);
     }
     x.contiguous()?.apply_op2(&d.contiguous()?, ScaleColumns)
 }
 
 struct ScaleColumns;
 
+/// `(Bx, n, K)` of columns and `B` of slopes.
+fn columns_dims(x: &Layout, d: &Layout) -> Result<(usize, usize, usize, usize)> {
+    let (bx, n) = (x.dims()[0], x.dims()[1]);
+    let b = d.dims()[0];
+    Ok((bx, n, x.shape().elem_count() / (bx * n).max(1), b))
+}
+
 fn scale_rows<T: Real>(x: &[T], d: &[T], bx: usize, b: usize, n: usize, k: usize) -> Vec<T> {
     let mut out = vec![T::default(); b * n * k];
-    out.par_chunks_mut(k)
-        .with_min_len(MIN_ROWS)
-        .enumerate()
-        .for_each(|(q, row)| {
-            let (e, j) = (q / n, q % n);
-            let src = &x[((if bx == 1 { 0 } else { e }) * n + j) * k..][..k];
-            let dd = &d[e * k..][..k];
-            for ((o, &s), &w) in row.iter_mut().zip(src).zip(dd) {
-                *o = s * w;
-            }
-        });
+    out.par_chunks_mut(k.max(1)).with_min_len(MIN_ROWS).enumerate().for_each(|(q, row)| {
+        let (e, j) = (q / n, q % n);
+        let src = &x[((if bx == 1 { 0 } else { e }) * n + j) * k..][..k];
+        let dd = &d[e * k..][..k];
+        for ((o, &s), &w) in row.iter_mut().zip(src).zip(dd) {
+            *o = s * w;
+        }
+    });
     out
 }
 
@@ -134,65 +141,40 @@ impl CustomOp2 for ScaleColumns {
     fn name(&self) -> &'static str {
         "scale-columns"
     }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (bx, n, k) = l1.shape().dims3()?;
-        let (b, _) = l2.shape().dims2()?;
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (bx, n, k, b) = columns_dims(l1, l2)?;
         let out = dispatch!("scale_columns", s1, s2; |x, d| {
             scale_rows(contiguous(x, l1, "scale_columns")?, contiguous(d, l2, "scale_columns")?, bx, b, n, k)
         });
-        Ok((out, Shape::from((b, n, k))))
+        let mut dims = l1.dims().to_vec();
+        dims[0] = b;
+        Ok((out, Shape::from(dims)))
     }
-    fn bwd(
-        &self,
-        x: &Tensor,
-        d: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, x: &Tensor, d: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let dx = if x.track_op() {
-            Some(if x.dim(0)? == d.dim(0)? {
-                scale_columns(&grad, d)?
-            } else {
-                grad.apply_op2_no_bwd(d, &BatchWeightedSum)?
-            })
+            Some(if x.dim(0)? == d.dim(0)? { scale_columns(&grad, d)? } else { grad.apply_op2_no_bwd(d, &BatchWeightedSum)? })
         } else {
             None
         };
-        let dd = if d.track_op() {
-            Some(grad.apply_op2_no_bwd(x, &ColumnDot)?)
-        } else {
-            None
-        };
+        let dd = if d.track_op() { Some(grad.apply_op2_no_bwd(x, &ColumnDot { out: d.shape().clone() })?) } else { None };
         Ok((dx, dd))
     }
 }
 
-/// `out[0, j, i] = Σ_b g[b, j, i] d[b, i]`: the gradient of shared columns.
+/// `out[0, j, i] = Σ_b g[b, j, i] d[b, i]`: the gradient of shared columns (shape of `g`, batch 1).
 struct BatchWeightedSum;
 
 impl CustomOp2 for BatchWeightedSum {
     fn name(&self) -> &'static str {
         "batch-weighted-sum"
     }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (b, n, k) = l1.shape().dims3()?;
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, n, k, _) = columns_dims(l1, l2)?;
         let out = dispatch!("batch_weighted_sum", s1, s2; |g, d| {
             let (g, d) = (contiguous(g, l1, "batch_weighted_sum")?, contiguous(d, l2, "batch_weighted_sum")?);
             let mut out = vec![Default::default(); n * k];
-            out.par_chunks_mut(k).with_min_len(MIN_ROWS).enumerate().for_each(|(j, row)| {
+            out.par_chunks_mut(k.max(1)).with_min_len(MIN_ROWS).enumerate().for_each(|(j, row)| {
                 for e in 0..b {
                     let src = &g[(e * n + j) * k..][..k];
                     for ((o, &s), &w) in row.iter_mut().zip(src).zip(&d[e * k..][..k]) {
@@ -202,26 +184,23 @@ impl CustomOp2 for BatchWeightedSum {
             });
             out
         });
-        Ok((out, Shape::from((1, n, k))))
+        let mut dims = l1.dims().to_vec();
+        dims[0] = 1;
+        Ok((out, Shape::from(dims)))
     }
 }
 
-/// `out[b, i] = Σ_j g[b, j, i] x[b', j, i]`: the gradient of the slopes.
-struct ColumnDot;
+/// `out[b, i] = Σ_j g[b, j, i] x[b', j, i]`: the gradient of the slopes, shaped like them.
+struct ColumnDot {
+    out: Shape,
+}
 
 impl CustomOp2 for ColumnDot {
     fn name(&self) -> &'static str {
         "column-dot"
     }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (b, n, k) = l1.shape().dims3()?;
-        let (bx, _, _) = l2.shape().dims3()?;
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, n, k, bx) = columns_dims(l1, l2)?;
         // Tasks: (example, block of units), so one example still uses every core.
         const BLOCK: usize = 1024;
         let blocks = k.div_ceil(BLOCK);
@@ -229,7 +208,7 @@ impl CustomOp2 for ColumnDot {
             let (g, x) = (contiguous(g, l1, "column_dot")?, contiguous(x, l2, "column_dot")?);
             let mut out = vec![Default::default(); b * k];
             let mut tasks: Vec<(usize, usize, &mut [_])> = Vec::with_capacity(b * blocks);
-            for (e, row) in out.chunks_mut(k).enumerate() {
+            for (e, row) in out.chunks_mut(k.max(1)).enumerate() {
                 for (blk, part) in row.chunks_mut(BLOCK).enumerate() {
                     tasks.push((e, blk * BLOCK, part));
                 }
@@ -247,7 +226,7 @@ impl CustomOp2 for ColumnDot {
             });
             out
         });
-        Ok((out, Shape::from((b, k))))
+        Ok((out, self.out.clone()))
     }
 }
 
