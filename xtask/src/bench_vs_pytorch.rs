@@ -57,6 +57,11 @@ pub struct BenchArgs {
     /// Results folder: bench_vs_pytorch.json and bench_vs_pytorch.md.
     #[arg(long, default_value = "results")]
     out: PathBuf,
+    /// Instead of the per-batch workloads: certify the whole test set (exact bound, forward) on
+    /// both sides in batches of the first --batches value, timed once as a whole; writes
+    /// bench_vs_pytorch_full.{json,md}.
+    #[arg(long)]
+    full_test_set: bool,
 }
 
 /// Flags of the hidden `bench-worker` (the Rust side of one measurement).
@@ -80,6 +85,9 @@ pub struct WorkerArgs {
     repeats: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Certify all of `--x` in batches of this size, timed once as a whole.
+    #[arg(long, default_value_t = 0)]
+    full_batch: usize,
 }
 
 fn parse_workload(s: &str, k: usize) -> Result<Workload> {
@@ -98,8 +106,115 @@ pub fn worker(a: WorkerArgs) -> Result<()> {
     let x = Tensor::read_npy(&a.x).with_context(|| format!("reading {}", a.x.display()))?.to_dtype(DType::F32)?;
     let y: Vec<u32> = Tensor::read_npy(&a.y)?.to_dtype(DType::I64)?.to_vec1::<i64>()?.into_iter().map(|v| v as u32).collect();
     let w = Workload { bound: if a.proj > 0 { BoundKind::Projected { k: a.proj } } else { BoundKind::Exact }, backward: a.backward };
-    let rep = time_workload(&net, &x, &y, a.eps, a.bounded, w, a.repeats, a.seed)?;
+    let rep = if a.full_batch > 0 { time_full_set(&net, &x, &y, a.eps, a.bounded, w, a.full_batch)? } else { time_workload(&net, &x, &y, a.eps, a.bounded, w, a.repeats, a.seed)? };
     println!("{}", serde_json::to_string(&rep)?);
+    Ok(())
+}
+
+/// The whole of `x` in batches of `batch`, timed once as a whole (loading excluded): mean loss
+/// and the fraction of examples not certified.
+fn time_full_set(net: &nets::Network, x: &Tensor, y: &[u32], eps: f64, bounded: bool, w: Workload, batch: usize) -> Result<WorkerReport> {
+    let idle = experiments::workloads::proc_status_bytes("VmRSS");
+    let n = y.len();
+    let t0 = std::time::Instant::now();
+    let (mut loss, mut err) = (0.0, 0.0);
+    let mut i = 0;
+    while i < n {
+        let end = (i + batch).min(n);
+        let run = experiments::workloads::run_workload(net, &x.narrow(0, i, end - i)?, &y[i..end], eps, bounded, w, i as u64)?;
+        loss += run.loss * (end - i) as f64;
+        err += run.robust_error * (end - i) as f64;
+        i = end;
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    let peak = experiments::workloads::proc_status_bytes("VmHWM");
+    Ok(WorkerReport {
+        implementation: "rust".into(),
+        seconds: vec![seconds],
+        loss: loss / n.max(1) as f64,
+        robust_error: err / n.max(1) as f64,
+        grad_abs_sum: 0.0,
+        idle_rss_bytes: idle,
+        peak_rss_above_idle_bytes: peak.saturating_sub(idle),
+    })
+}
+
+/// `--full-test-set`: the whole test set certified on both sides, one process each.
+fn run_full(a: &BenchArgs, py: &Path, script: &Path, work: &Path, test: &experiments::datasets::Dataset) -> Result<()> {
+    let batch = a.batches[0];
+    let idx: Vec<usize> = (0..test.len()).collect();
+    let (x, y) = test.gather(&idx, DType::F32, &Device::Cpu)?;
+    let xp = work.join("x_test.npy");
+    let yp = work.join("y_test.npy");
+    x.write_npy(&xp)?;
+    Tensor::from_vec(y.iter().map(|&v| v as i64).collect::<Vec<_>>(), y.len(), &Device::Cpu)?.write_npy(&yp)?;
+    let mut common: Vec<String> = vec!["--eps".into(), a.eps.to_string(), "--proj".into(), "0".into(), "--repeats".into(), "1".into(), "--full-batch".into(), batch.to_string()];
+    if !a.unbounded {
+        common.push("--bounded".into());
+    }
+    eprintln!("certifying {} test images in batches of {batch} with the PyTorch package, then with this project", y.len());
+    let mut pc = Command::new(py);
+    pc.arg(script).arg("--weights").arg(&a.model).arg("--x").arg(&xp).arg("--y").arg(&yp).args(&common).args(["--threads", &a.threads.to_string()]);
+    pc.env("OMP_NUM_THREADS", a.threads.to_string()).env("MKL_NUM_THREADS", a.threads.to_string());
+    let pt = run_json(&mut pc, "PyTorch")?;
+    let mut rc = Command::new(std::env::current_exe()?);
+    rc.arg("bench-worker").arg("--model").arg(&a.model).arg("--x").arg(&xp).arg("--y").arg(&yp).args(&common);
+    rc.env("RAYON_NUM_THREADS", a.threads.to_string());
+    let rs = run_json(&mut rc, "Rust")?;
+    let w = Workload { bound: BoundKind::Exact, backward: false };
+    // f32 on both sides: an example whose certificate margin is within rounding may fall either
+    // way, so up to 2 of the test set may differ; the mean loss must agree to 1e-4.
+    let n = y.len() as f64;
+    let differ = ((pt.robust_error - rs.robust_error).abs() * n).round() as usize;
+    let agree = (pt.loss - rs.loss).abs() <= 1e-4 * pt.loss.abs().max(1e-12) && differ <= 2;
+    let mut t = Table::new(&["workload", "images", "batch", "PyTorch s", "ours s", "speed-up", "certified PyTorch / ours", "PyTorch peak GiB", "ours peak GiB", "agree (certificates differing)"]);
+    let (ps, rsec) = (pt.seconds[0], rs.seconds[0]);
+    t.row(&[
+        &w.name(),
+        &y.len().to_string(),
+        &batch.to_string(),
+        &format!("{ps:.1}"),
+        &format!("{rsec:.1}"),
+        &format!("{:.2}x", ps / rsec),
+        &format!("{:.2} % / {:.2} %", 100.0 * (1.0 - pt.robust_error), 100.0 * (1.0 - rs.robust_error)),
+        &gib(pt.peak_rss_above_idle_bytes),
+        &gib(rs.peak_rss_above_idle_bytes),
+        &format!("{} ({differ})", if agree { "yes" } else { "NO" }),
+    ]);
+    let head = format!(
+        "bench-vs-pytorch --full-test-set: mnist-small ({}), eps {}, {}, {} threads ({})\n\
+         Wall time of certifying the whole test set once (exact bound, no gradients), data loading excluded.\n",
+        a.model.display(),
+        a.eps,
+        if a.unbounded { "ball" } else { "ball ∩ [0,1]" },
+        a.threads,
+        cpu_name()
+    );
+    println!("{head}
+{t}");
+    std::fs::create_dir_all(&a.out)?;
+    nets::io::atomic_write(&a.out.join("bench_vs_pytorch_full.md"), format!("{head}
+{t}").as_bytes())?;
+    #[derive(Serialize)]
+    struct Full<'a> {
+        model: &'a Path,
+        eps: f64,
+        bounded_input: bool,
+        threads: usize,
+        batch: usize,
+        images: usize,
+        cpu: String,
+        pytorch: WorkerReport,
+        rust: WorkerReport,
+        speedup: f64,
+        numbers_agree: bool,
+    }
+    let full = Full { model: &a.model, eps: a.eps, bounded_input: !a.unbounded, threads: a.threads, batch, images: y.len(), cpu: cpu_name(), speedup: ps / rsec, pytorch: pt, rust: rs, numbers_agree: agree };
+    write_json_atomic(&a.out.join("bench_vs_pytorch_full.json"), &full)?;
+    eprintln!("written {}/bench_vs_pytorch_full.{{json,md}}", a.out.display());
+    if !agree {
+        bail!("the two implementations disagree on the full test set");
+    }
     Ok(())
 }
 
@@ -184,6 +299,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let script = work.join("bench_pytorch.py");
     std::fs::write(&script, PY_SCRIPT)?;
     let test = load_mnist_like(&a.data_dir, experiments::datasets::Split::Test)?;
+    if a.full_test_set {
+        return run_full(&a, &py, &script, &work, &test);
+    }
     let exe = std::env::current_exe()?;
     let mut rows = Vec::new();
     let bar = indicatif::ProgressBar::new((a.batches.len() * workloads.len()) as u64);
