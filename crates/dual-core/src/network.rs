@@ -181,9 +181,10 @@ impl DualNetwork {
                 let c = c.reshape((b, k))?;
                 let (mut lo, mut up) = (c.clone(), c);
                 let sources = source_positions(&relaxations, t);
-                let (backward, forward) = choose_forms(&nodes, &shapes, input.as_ref(), &relaxations, &sources, t, k, opts.bound_form);
+                let walk = Walk { nodes: &nodes, shapes: &shapes, input: input.as_ref(), relax: &relaxations };
+                let (backward, forward) = choose_forms(&walk, &sources, t, k, b, opts.bound_form);
                 if !backward.is_empty() {
-                    let (l, u) = backward_terms(&nodes, &shapes, input.as_ref(), &relaxations, &backward, t, b, x, opts)?;
+                    let (l, u) = backward_terms(&walk, &backward, t, b, x, opts)?;
                     lo = lo.broadcast_add(&l)?;
                     up = up.broadcast_add(&u)?;
                 }
@@ -346,6 +347,16 @@ const BYTES_FACTOR: usize = 4;
 /// reused (a forward pass without gradients then peaks far lower, at no cost in speed).
 const BACKWARD_CHUNK_BYTES: usize = 256 << 20;
 
+/// What the layer-wise bounds of one activation read: the nodes, the output shapes known so far,
+/// the input set and the relaxations chosen so far.
+#[derive(Clone, Copy)]
+struct Walk<'a> {
+    nodes: &'a [DualNode],
+    shapes: &'a [Vec<usize>],
+    input: &'a dyn DualSource,
+    relax: &'a [Option<Box<dyn Relaxation>>],
+}
+
 /// Multiply-adds per column of node `t` (1-based) of the network.
 fn node_cost(nodes: &[DualNode], shapes: &[Vec<usize>], t: usize) -> usize {
     let out = numel(&shapes[t]);
@@ -359,23 +370,17 @@ fn node_cost(nodes: &[DualNode], shapes: &[Vec<usize>], t: usize) -> usize {
 }
 
 /// Splits the sources before activation `t` (whose input has `k` units) into those computed in
-/// backward form and those pushed forward.
+/// backward form and those pushed forward, for a batch of `b`.
 ///
-/// Cost per example, in multiply-adds: forward `Σ_s columns_s · Σ_{nodes after s} cost`, where the
-/// nodes before the first activation after a shared source (the input's identity) count once
-/// for the batch and are left out; backward `K · Σ_{nodes from the last activation before t down
-/// to the lowest source} cost` (the rows are shared until they meet that activation's slopes).
-#[allow(clippy::too_many_arguments)]
-fn choose_forms(
-    nodes: &[DualNode],
-    shapes: &[Vec<usize>],
-    input: &dyn DualSource,
-    relax: &[Option<Box<dyn Relaxation>>],
-    sources: &[usize],
-    t: usize,
-    k: usize,
-    form: BoundForm,
-) -> (Vec<usize>, Vec<usize>) {
+/// Cost in multiply-adds, `path(a, z)` being the cost per column of nodes `a+1 ..= z`:
+/// forward `Σ_s columns_s · (b · path(start_s, t-1) + shared_s)`, where a shared source (the
+/// input's identity) goes through the nodes before the first activation once for the batch
+/// (`shared_s = path(pos_s, start_s)`, `start_s` that activation's input); backward
+/// `K · (b · path(lowest, a) + path(a, t-1))`, `a` the last activation before `t`: the rows are
+/// shared by the batch until they meet its slopes. With a batch of one nothing is amortised,
+/// so small batches go forward more often.
+fn choose_forms(net: &Walk<'_>, sources: &[usize], t: usize, k: usize, b: usize, form: BoundForm) -> (Vec<usize>, Vec<usize>) {
+    let Walk { nodes, shapes, input, relax } = *net;
     let exact = |pos: &usize| source_at(input, relax, *pos).exact_from_coefficients();
     let (eligible, rest): (Vec<usize>, Vec<usize>) = match form {
         BoundForm::Columns => (Vec::new(), sources.to_vec()),
@@ -391,12 +396,15 @@ fn choose_forms(
         .map(|&pos| {
             let cols = source_at(input, relax, pos).num_columns();
             let start = if pos == 0 { (1..t).find(|&i| is_act(i)).map(|i| i - 1).unwrap_or(t - 1) } else { pos };
-            cols.saturating_mul(path(start, t - 1))
+            cols.saturating_mul(b.saturating_mul(path(start, t - 1)).saturating_add(path(pos, start)))
         })
-        .sum();
+        .fold(0usize, |a, c| a.saturating_add(c));
     let lowest = eligible[0];
     let last_act = (lowest + 1..t).rev().find(|&i| is_act(i));
-    let backward = last_act.map(|a| k.saturating_mul(path(lowest, a))).unwrap_or(0);
+    let backward = match last_act {
+        Some(a) => k.saturating_mul(b.saturating_mul(path(lowest, a)).saturating_add(path(a, t - 1))),
+        None => k.saturating_mul(path(lowest, t - 1)),
+    };
     if backward < forward {
         (eligible, rest)
     } else {
@@ -430,18 +438,8 @@ fn accumulate_broadcast(slot: &mut Option<Tensor>, v: Tensor) -> Result<()> {
 /// backward form: `g = I_K` goes back through the transposed layers and the slopes `D`, and
 /// each source adds `(min, max)` of `gᵀδ` over its variables ([`DualSource::coefficient_terms`]).
 /// Rows go in chunks sized by the memory budget; returns `([B, K], [B, K])`.
-#[allow(clippy::too_many_arguments)]
-fn backward_terms(
-    nodes: &[DualNode],
-    shapes: &[Vec<usize>],
-    input: &dyn DualSource,
-    relax: &[Option<Box<dyn Relaxation>>],
-    positions: &[usize],
-    t: usize,
-    b: usize,
-    x: &Tensor,
-    opts: &DualOptions,
-) -> Result<(Tensor, Tensor)> {
+fn backward_terms(net: &Walk<'_>, positions: &[usize], t: usize, b: usize, x: &Tensor, opts: &DualOptions) -> Result<(Tensor, Tensor)> {
+    let Walk { nodes, shapes, input, relax } = *net;
     let top = t - 1;
     let shape = &shapes[top];
     let k = numel(shape);

@@ -1,11 +1,13 @@
 //! The gemm convolution kernels against Candle's own `conv2d` / `conv_transpose2d`: forward
 //! values and both gradients, in f64 (to 1e-10) and f32 (to 1e-4 relative), on many shapes —
 //! including the ones that broke Candle's CPU paths before (C == H == W, non-contiguous inputs
-//! and kernels, non-zero start offsets).
+//! and kernels, non-zero start offsets). Then the fused slope and weighted-l1 ops against the
+//! same maths written with Candle's broadcasting ops (values and both gradients, shared and
+//! per-example columns, exact zeros included, whose subgradient of |·| is 0 on both sides).
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use dual_layers::kernels::{
-    conv2d_fast, conv2d_weight_grad, conv_transpose2d_fast, conv_transpose2d_fast_hw, set_tuning, tuning, Tuning,
+    abs_contract, scale_columns, conv2d_fast, conv2d_weight_grad, conv_transpose2d_fast, conv_transpose2d_fast_hw, set_tuning, tuning, Tuning,
 };
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -383,5 +385,82 @@ fn column_convolutions_equal_the_merged_batch() -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The slope and weighted-l1 ops.
+
+/// Values in [-1, 1] with about one in eight exactly zero.
+fn rand_with_zeros(rng: &mut StdRng, shape: &[usize], dtype: DType) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    let v: Vec<f64> = (0..n).map(|_| if rng.random_range(0..8) == 0 { 0.0 } else { rng.random_range(-1.0..1.0) }).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu)?.to_dtype(dtype)
+}
+
+/// sign(x) with sign(0) = 0, from Candle ops.
+fn sign(x: &Tensor) -> Result<Tensor> {
+    x.gt(0.0)?.to_dtype(x.dtype())? - x.lt(0.0)?.to_dtype(x.dtype())?
+}
+
+#[test]
+fn scale_columns_matches_broadcast_mul() -> Result<()> {
+    let mut rng = StdRng::seed_from_u64(1);
+    for dtype in [DType::F64, DType::F32] {
+        for (bx, b, n, k) in [(1, 3, 5, 7), (3, 3, 5, 7), (1, 1, 4, 3000), (2, 2, 40, 33), (1, 4, 1, 1)] {
+            let what = format!("bx {bx} b {b} n {n} k {k}");
+            let x = Var::from_tensor(&rand_with_zeros(&mut rng, &[bx, n, k], dtype)?)?;
+            let d = Var::from_tensor(&rand_with_zeros(&mut rng, &[b, k], dtype)?)?;
+            let up = rand_with_zeros(&mut rng, &[b, n, k], dtype)?;
+            let got = scale_columns(x.as_tensor(), d.as_tensor())?;
+            let want = x.as_tensor().broadcast_mul(&d.as_tensor().unsqueeze(1)?)?;
+            assert_close(&got, &want, dtype, &format!("{what} forward"))?;
+            let gg = (got * &up)?.sum_all()?.backward()?;
+            let gw = (want * &up)?.sum_all()?.backward()?;
+            for (v, name) in [(&x, "dx"), (&d, "dd")] {
+                assert_close(gg.get(v.as_tensor()).unwrap(), gw.get(v.as_tensor()).unwrap(), dtype, &format!("{what} {name}"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn abs_contract_matches_candle_ops() -> Result<()> {
+    let mut rng = StdRng::seed_from_u64(2);
+    for dtype in [DType::F64, DType::F32] {
+        for (gb, b, r, p) in [(3, 3, 5, 7), (1, 3, 5, 7), (1, 1, 2, 5000), (4, 4, 30, 17)] {
+            let what = format!("gb {gb} b {b} r {r} p {p}");
+            let g = Var::from_tensor(&rand_with_zeros(&mut rng, &[gb, r, p], dtype)?)?;
+            let w = Var::from_tensor(&rand_with_zeros(&mut rng, &[b, p], dtype)?)?;
+            let up = rand_with_zeros(&mut rng, &[b, r], dtype)?;
+            let got = abs_contract(g.as_tensor(), w.as_tensor())?;
+            // Σ_p |g| w with |g| = g·sign(g), so Candle's gradient also uses sign(0) = 0.
+            let gt = g.as_tensor();
+            let absg = (gt * sign(gt)?.detach())?;
+            let want = absg.broadcast_mul(&w.as_tensor().unsqueeze(1)?)?.sum(2)?;
+            assert_close(&got, &want, dtype, &format!("{what} forward"))?;
+            let gg = (got * &up)?.sum_all()?.backward()?;
+            let gw = (want * &up)?.sum_all()?.backward()?;
+            for (v, name) in [(&g, "dg"), (&w, "dw")] {
+                assert_close(gg.get(v.as_tensor()).unwrap(), gw.get(v.as_tensor()).unwrap(), dtype, &format!("{what} {name}"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn untracked_arguments_and_bad_shapes() -> Result<()> {
+    let mut rng = StdRng::seed_from_u64(3);
+    let x = Var::from_tensor(&rand_with_zeros(&mut rng, &[2, 3, 4], DType::F32)?)?;
+    let d = rand_with_zeros(&mut rng, &[2, 4], DType::F32)?;
+    let grads = scale_columns(x.as_tensor(), &d)?.sum_all()?.backward()?;
+    assert!(grads.get(x.as_tensor()).is_some());
+    assert!(grads.get(&d).is_none(), "a constant got a gradient");
+    // Slopes for 5 units on columns of 4; 3 examples of slopes for 2 examples of columns.
+    assert!(scale_columns(x.as_tensor(), &rand_with_zeros(&mut rng, &[2, 5], DType::F32)?).is_err());
+    assert!(scale_columns(x.as_tensor(), &rand_with_zeros(&mut rng, &[3, 4], DType::F32)?).is_err());
+    assert!(abs_contract(x.as_tensor(), &rand_with_zeros(&mut rng, &[3, 4], DType::F32)?).is_err());
     Ok(())
 }

@@ -32,35 +32,26 @@ trait Real:
     fn signum0(self) -> Self;
 }
 
-impl Real for f32 {
-    fn abs(self) -> Self {
-        f32::abs(self)
-    }
-    fn signum0(self) -> Self {
-        if self > 0.0 {
-            1.0
-        } else if self < 0.0 {
-            -1.0
-        } else {
-            0.0
+macro_rules! impl_real {
+    ($($t:ty),*) => {$(
+        impl Real for $t {
+            fn abs(self) -> Self {
+                <$t>::abs(self)
+            }
+            fn signum0(self) -> Self {
+                if self > 0.0 {
+                    1.0
+                } else if self < 0.0 {
+                    -1.0
+                } else {
+                    0.0
+                }
+            }
         }
-    }
+    )*};
 }
 
-impl Real for f64 {
-    fn abs(self) -> Self {
-        f64::abs(self)
-    }
-    fn signum0(self) -> Self {
-        if self > 0.0 {
-            1.0
-        } else if self < 0.0 {
-            -1.0
-        } else {
-            0.0
-        }
-    }
-}
+impl_real!(f32, f64);
 
 /// Rows of work below which a loop stays on the calling thread.
 const MIN_ROWS: usize = 16;
