@@ -68,6 +68,17 @@ pub struct LayerBounds {
     pub upper: Tensor,
 }
 
+/// How the layer-wise bounds of one activation were computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FormsUsed {
+    /// Index of the activation's output (1-based layer index in the network).
+    pub layer: usize,
+    /// Sources whose terms came from the backward form.
+    pub backward: usize,
+    /// Sources whose columns were pushed forward.
+    pub forward: usize,
+}
+
 /// A dual network for a batch of inputs: the relaxations chosen at every activation and what is
 /// needed to evaluate the objective J(c).
 pub struct DualNetwork {
@@ -76,6 +87,7 @@ pub struct DualNetwork {
     input: Box<dyn DualSource>,
     relaxations: Vec<Option<Box<dyn Relaxation>>>,
     bounds: Vec<LayerBounds>,
+    forms: Vec<FormsUsed>,
     shapes: Vec<Vec<usize>>,
 }
 
@@ -167,6 +179,7 @@ impl DualNetwork {
         let b = x.dim(0)?;
         let mut relaxations: Vec<Option<Box<dyn Relaxation>>> = (0..=n).map(|_| None).collect();
         let mut bounds = Vec::new();
+        let mut forms = Vec::new();
         let mut shapes: Vec<Vec<usize>> = vec![x.dims()[1..].to_vec()];
         let plan = Plan { nodes: &nodes, last_use };
         let mut center = Block::new(0, 0..1, x.unsqueeze(1)?, true);
@@ -183,6 +196,7 @@ impl DualNetwork {
                 let sources = source_positions(&relaxations, t);
                 let walk = Walk { nodes: &nodes, shapes: &shapes, input: input.as_ref(), relax: &relaxations };
                 let (backward, forward) = choose_forms(&walk, &sources, t, k, b, opts.bound_form);
+                forms.push(FormsUsed { layer: t, backward: backward.len(), forward: forward.len() });
                 if !backward.is_empty() {
                     let (l, u) = backward_terms(&walk, &backward, t, b, x, opts)?;
                     lo = lo.broadcast_add(&l)?;
@@ -253,12 +267,17 @@ impl DualNetwork {
                 shapes.push(Vec::new());
             }
         }
-        Ok(DualNetwork { nodes, x: x.clone(), input, relaxations, bounds, shapes })
+        Ok(DualNetwork { nodes, x: x.clone(), input, relaxations, bounds, forms, shapes })
     }
 
     /// Pre-activation bounds of every activation, in network order.
     pub fn bounds(&self) -> &[LayerBounds] {
         &self.bounds
+    }
+
+    /// Which form computed the bounds of every activation, in network order.
+    pub fn forms_used(&self) -> &[FormsUsed] {
+        &self.forms
     }
 
     /// Number of unstable units of every activation, per example.

@@ -842,12 +842,34 @@ fn forward_and_backward_forms_give_the_same_bounds() {
             let opts = |form, budget| DualOptions { memory_budget: budget, bound_form: form };
             let columns = net.dual(&x, ball.source(&x), &opts(BoundForm::Columns, None)).unwrap();
             assert!(columns.unstable_counts().iter().flatten().sum::<usize>() > 0, "{what}");
+            assert!(columns.forms_used().iter().all(|f| f.backward == 0), "{what}: {:?}", columns.forms_used());
             for (form, budget) in [(BoundForm::Backward, None), (BoundForm::Backward, Some(5_000)), (BoundForm::Auto, None)] {
                 let other = net.dual(&x, ball.source(&x), &opts(form, budget)).unwrap();
+                if form == BoundForm::Backward {
+                    assert!(other.forms_used().iter().all(|f| f.forward == 0 && f.backward > 0), "{what}: {:?}", other.forms_used());
+                }
                 assert_same_dual(&columns, &other, &c, 1e-10, &format!("{what} {form:?} budget {budget:?}"));
             }
         }
     }
+}
+
+#[test]
+fn auto_form_goes_backward_on_the_mnist_conv_model_at_batch_50() {
+    // The paper's small MNIST model: at batch 50 the identity on the units of the second and
+    // third ReLU, pushed backward, costs a fraction of the forward columns (one shared transpose,
+    // then small ones per example), so the cost model must pick the backward form there; the
+    // first ReLU's bounds are the input's identity through one convolution, shared by the
+    // batch: forward, once.
+    let net = init(&nets::zoo::small_conv("mnist-small", 1, 28), 41);
+    let mut rng = StdRng::seed_from_u64(820);
+    let x = tensor(uniform(&mut rng, 50 * 784, 0.0, 1.0), &[50, 1, 28, 28]);
+    let ball = Ball::new(Norm::Inf, Radius::Scalar(0.05));
+    let dual = net.dual(&x, ball.source(&x), &DualOptions::default()).unwrap();
+    let forms = dual.forms_used();
+    assert_eq!(forms.iter().map(|f| f.layer).collect::<Vec<_>>(), vec![2, 4, 7], "{forms:?}");
+    assert_eq!((forms[0].backward, forms[0].forward), (0, 1), "{forms:?}");
+    assert!(forms[1..].iter().all(|f| f.forward == 0 && f.backward > 0), "{forms:?}");
 }
 
 #[test]
