@@ -464,3 +464,40 @@ fn untracked_arguments_and_bad_shapes() -> Result<()> {
     assert!(abs_contract(x.as_tensor(), &rand_with_zeros(&mut rng, &[3, 4], DType::F32)?).is_err());
     Ok(())
 }
+
+#[test]
+fn sparse_inputs_scatter_to_the_same_convolution() -> Result<()> {
+    // Inputs with 0–3 % non-zeros (and one all-zero image) take the scatter path; the result
+    // must equal Candle's conv2d and the gemm path, and gradients stay those of the convolution.
+    let mut rng = StdRng::seed_from_u64(51);
+    for dtype in [DType::F64, DType::F32] {
+        for case in cases() {
+            let Case { n, c, h, w, o, k, stride, pad } = case;
+            let len = n * c * h * w;
+            let mut v = vec![0f64; len];
+            for _ in 0..(len / 40).max(1) {
+                v[rng.random_range(0..len)] = rng.random_range(-1.0..1.0);
+            }
+            // The first image stays all zero.
+            v[..c * h * w].iter_mut().for_each(|e| *e = 0.0);
+            let x = Var::from_tensor(&Tensor::from_vec(v, (n, c, h, w), &Device::Cpu)?.to_dtype(dtype)?)?;
+            let wt = Var::from_tensor(&rand_tensor(&mut rng, &[o, c, k, k], dtype)?)?;
+            let what = format!("{case:?} {dtype:?}");
+            let got = conv2d_fast(x.as_tensor(), wt.as_tensor(), stride, pad)?;
+            assert_close(&got, &candle_conv2d(x.as_tensor(), wt.as_tensor(), pad, stride)?, dtype, &format!("{what} vs candle"))?;
+            let before = tuning();
+            set_tuning(Tuning { sparse_below: 0.0, ..before });
+            let dense = conv2d_fast(x.as_tensor(), wt.as_tensor(), stride, pad);
+            set_tuning(before);
+            assert_close(&got, &dense?, dtype, &format!("{what} vs gemm"))?;
+            let up = rand_tensor(&mut rng, got.dims(), dtype)?;
+            let gg = (got * &up)?.sum_all()?.backward()?;
+            let want = candle_conv2d(x.as_tensor(), wt.as_tensor(), pad, stride)?;
+            let gw = (want * &up)?.sum_all()?.backward()?;
+            for (var, name) in [(&x, "dx"), (&wt, "dw")] {
+                assert_close(gg.get(var.as_tensor()).unwrap(), gw.get(var.as_tensor()).unwrap(), dtype, &format!("{what} {name}"))?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -24,6 +24,7 @@
 mod gemm_conv;
 mod im2col;
 mod slopes;
+mod sparse;
 
 pub use slopes::{abs_contract, scale_columns};
 
@@ -54,7 +55,7 @@ impl Elem for f64 {
 /// Knobs of the kernels' scheduling, exposed for benchmarks; the defaults were measured on a
 /// 2-core machine (see `benches/`).
 #[doc(hidden)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Tuning {
     /// Target size in bytes of the per-task patch buffer: images are grouped into one gemm
     /// until their patch matrices fill it.
@@ -67,11 +68,14 @@ pub struct Tuning {
     pub gemm_threads: bool,
     /// Route every call to Candle's own convolutions (for before/after comparisons).
     pub candle: bool,
+    /// Convolve by scattering from the non-zeros when fewer than this fraction of the input is
+    /// non-zero (0 turns it off).
+    pub sparse_below: f64,
 }
 
 impl Tuning {
     /// The defaults.
-    pub const DEFAULT: Tuning = Tuning { group_bytes: 256 << 10, tasks_per_thread: 4, serial_macs: 1 << 18, gemm_threads: false, candle: false };
+    pub const DEFAULT: Tuning = Tuning { group_bytes: 256 << 10, tasks_per_thread: 4, serial_macs: 1 << 18, gemm_threads: false, candle: false, sparse_below: 0.05 };
 }
 
 impl Default for Tuning {
@@ -322,8 +326,14 @@ impl CustomOp2 for Conv2dOp {
         }
         let (oh, ow) = (conv_out(h, kh, self.stride, self.padding)?, conv_out(w, kw, self.stride, self.padding)?);
         let g = Geom { n, c, h, w, o, kh, kw, stride: self.stride, pad: self.padding, oh, ow };
+        let sparse_below = tuning().sparse_below;
         let out = dispatch2!("conv2d", s1, s2, |x, k| {
-            gemm_conv::conv2d_forward(&g, view(x, l1), &kernel_matrix(k, l2))
+            let xv = view(x, l1);
+            if !g.is_pointwise() && sparse::mostly_zero(&g, xv, sparse_below) {
+                sparse::conv2d_forward(&g, xv, &kernel_matrix(k, l2))
+            } else {
+                gemm_conv::conv2d_forward(&g, xv, &kernel_matrix(k, l2))
+            }
         });
         Ok((out, with_leading(full, (o, oh, ow))))
     }
