@@ -58,13 +58,17 @@ fn tan_quarter(x: f64) -> f64 {
 /// near the poles. Several times faster than the library `tan`, and finite for every `u` in (0, 1).
 #[inline]
 pub fn cauchy_from_uniform(u: f64) -> f64 {
-    let pi = std::f64::consts::PI;
-    if u < 0.25 {
-        -1.0 / tan_quarter(pi * u)
-    } else if u > 0.75 {
-        1.0 / tan_quarter(pi * (1.0 - u))
+    // Written with selects rather than branches, so a loop over many draws vectorises.
+    let (lo, hi) = (u < 0.25, u > 0.75);
+    let y = if lo { u } else if hi { 1.0 - u } else { u - 0.5 };
+    let t = tan_quarter(std::f64::consts::PI * y);
+    let r = 1.0 / t;
+    if lo {
+        -r
+    } else if hi {
+        r
     } else {
-        tan_quarter(pi * (u - 0.5))
+        t
     }
 }
 
@@ -72,7 +76,11 @@ fn fill<T>(kind: Projection, out: &mut [T], seed: u64, conv: impl Fn(f64) -> T) 
     let mut rng = StdRng::seed_from_u64(seed);
     match kind {
         Projection::Cauchy => {
-            out.iter_mut().for_each(|o| *o = conv(cauchy_from_uniform(rng.sample(rand_distr::Open01))));
+            // Uniforms first, then the inverse CDF over the whole buffer (same values, one tight
+            // loop the compiler vectorises).
+            let mut u: Vec<f64> = (0..out.len()).map(|_| rng.sample(rand_distr::Open01)).collect();
+            u.iter_mut().for_each(|v| *v = cauchy_from_uniform(*v));
+            out.iter_mut().zip(&u).for_each(|(o, &v)| *o = conv(v));
         }
         Projection::Normal => out.iter_mut().for_each(|o| *o = conv(rng.sample::<f64, _>(StandardNormal))),
     }
@@ -153,24 +161,60 @@ pub fn projection_tensor_on(
     dtype: DType,
     device: &Device,
 ) -> Result<Tensor> {
+    projection_on(kind, k, shape, support, seed, dtype, device, false)
+}
+
+/// [`projection_tensor_on`] with a row of ones in front: `[B, 1 + k, *shape]`, row 0 all ones,
+/// rows `1..` the same values as `projection_tensor_on` (the projected ReLU's columns are this
+/// times its weights, without a concatenation).
+pub fn projection_tensor_on_after_ones(
+    kind: Projection,
+    k: usize,
+    shape: &[usize],
+    support: &[Vec<u32>],
+    seed: u64,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
+    projection_on(kind, k, shape, support, seed, dtype, device, true)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn projection_on(kind: Projection, k: usize, shape: &[usize], support: &[Vec<u32>], seed: u64, dtype: DType, device: &Device, ones: bool) -> Result<Tensor> {
     let kk: usize = shape.iter().product();
-    fn scatter<T: Copy>(kind: Projection, k: usize, kk: usize, idx: &[u32], seed: u64, out: &mut [T], conv: impl Fn(f64) -> T) {
+    let lead = ones as usize;
+    let scatter = |idx: &[u32], seed: u64, out: &mut [f64]| {
         let mut vals = vec![0f64; k * idx.len()];
         fill(kind, &mut vals, seed, |x| x);
+        if ones {
+            out[..kk].iter_mut().for_each(|v| *v = 1.0);
+        }
         for i in 0..k {
             for (j, &u) in idx.iter().enumerate() {
-                out[i * kk + u as usize] = conv(vals[i * idx.len() + j]);
+                out[(lead + i) * kk + u as usize] = vals[i * idx.len() + j];
             }
         }
-    }
+    };
+    let scatter32 = |idx: &[u32], seed: u64, out: &mut [f32]| {
+        let mut vals = vec![0f64; k * idx.len()];
+        fill(kind, &mut vals, seed, |x| x);
+        if ones {
+            out[..kk].iter_mut().for_each(|v| *v = 1.0);
+        }
+        for i in 0..k {
+            for (j, &u) in idx.iter().enumerate() {
+                out[(lead + i) * kk + u as usize] = vals[i * idx.len() + j] as f32;
+            }
+        }
+    };
     build(
         support.len(),
-        k,
+        k + lead,
         shape,
         dtype,
         device,
-        |i, c| scatter(kind, k, kk, &support[i], stream_seed(seed, i as u64), c, |x| x),
-        |i, c| scatter(kind, k, kk, &support[i], stream_seed(seed, i as u64), c, |x| x as f32),
+        |i, c| scatter(&support[i], stream_seed(seed, i as u64), c),
+        |i, c| scatter32(&support[i], stream_seed(seed, i as u64), c),
     )
 }
 

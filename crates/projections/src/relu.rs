@@ -2,7 +2,7 @@
 
 use crate::estimate::linear_and_median_abs;
 use crate::input::{inflation_factor, need_all_columns};
-use crate::random::{projection_tensor_on, stream_seed, Projection};
+use crate::random::{projection_tensor_on_after_ones, stream_seed, Projection};
 use candle_core::Tensor;
 use dual_core::{DualActivation, DualSource, Relaxation, Result};
 use dual_layers::{ReluParts, ReluRelaxation};
@@ -106,14 +106,11 @@ impl ReluProjSource {
         if let Some(c) = self.cols.get() {
             return Ok(c);
         }
-        let (b, kk) = self.w.dims2()?;
-        let r = projection_tensor_on(Projection::Cauchy, self.k, &[kk], &self.unstable, self.seed, self.w.dtype(), self.w.device())?;
+        let (b, _) = self.w.dims2()?;
         // [1; r] ⊙ w in one op (no concatenation of parameter-dependent tensors, so the backward
         // pass accumulates one gradient): column 0 is w itself.
-        let ones = Tensor::ones((b, 1, kk), r.dtype(), r.device())?;
-        let mut dims = vec![b, self.k + 1];
-        dims.extend_from_slice(&self.shape);
-        let r = Tensor::cat(&[ones, r], 1)?.reshape(dims)?;
+        let r = projection_tensor_on_after_ones(Projection::Cauchy, self.k, &self.shape, &self.unstable, self.seed, self.w.dtype(), self.w.device())?;
+        debug_assert_eq!(r.dims()[..2], [b, self.k + 1]);
         let mut wdims = vec![b];
         wdims.extend_from_slice(&self.shape);
         let cols = dual_layers::kernels::scale_columns(&r, &self.w.reshape(wdims)?)?;
