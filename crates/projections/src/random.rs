@@ -151,7 +151,10 @@ pub fn projection_tensor(
 
 /// Like [`projection_tensor`] for `K` features, but with non-zero entries only at the features
 /// `support[b]` of example `b` (zero elsewhere): only `k·|support[b]|` values are drawn. Entry
-/// `(b, i, support[b][j])` is draw `i·|support[b]| + j` of stream `b` of `seed`.
+/// `(b, i, support[b][j])` is draw `i·|support[b]| + j` of stream `b` of `seed`. With
+/// `leading_ones` a row of ones comes first (`[B, 1 + k, *shape]`, the draws in rows `1..`): the
+/// projected ReLU's columns are this times its weights, without a concatenation.
+#[allow(clippy::too_many_arguments)]
 pub fn projection_tensor_on(
     kind: Projection,
     k: usize,
@@ -160,61 +163,31 @@ pub fn projection_tensor_on(
     seed: u64,
     dtype: DType,
     device: &Device,
+    leading_ones: bool,
 ) -> Result<Tensor> {
-    projection_on(kind, k, shape, support, seed, dtype, device, false)
-}
-
-/// [`projection_tensor_on`] with a row of ones in front: `[B, 1 + k, *shape]`, row 0 all ones,
-/// rows `1..` the same values as `projection_tensor_on` (the projected ReLU's columns are this
-/// times its weights, without a concatenation).
-pub fn projection_tensor_on_after_ones(
-    kind: Projection,
-    k: usize,
-    shape: &[usize],
-    support: &[Vec<u32>],
-    seed: u64,
-    dtype: DType,
-    device: &Device,
-) -> Result<Tensor> {
-    projection_on(kind, k, shape, support, seed, dtype, device, true)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn projection_on(kind: Projection, k: usize, shape: &[usize], support: &[Vec<u32>], seed: u64, dtype: DType, device: &Device, ones: bool) -> Result<Tensor> {
+    let ones = leading_ones;
     let kk: usize = shape.iter().product();
     let lead = ones as usize;
-    let scatter = |idx: &[u32], seed: u64, out: &mut [f64]| {
+    /// Example's draws into `out` (`[lead + k, K]`): row 0 ones when `lead` is 1, then the draws
+    /// at the support.
+    fn scatter<T: Copy>(kind: Projection, k: usize, kk: usize, lead: usize, idx: &[u32], seed: u64, out: &mut [T], conv: impl Fn(f64) -> T) {
         let mut vals = vec![0f64; k * idx.len()];
         fill(kind, &mut vals, seed, |x| x);
-        if ones {
-            out[..kk].iter_mut().for_each(|v| *v = 1.0);
-        }
+        out[..lead * kk].iter_mut().for_each(|v| *v = conv(1.0));
         for i in 0..k {
             for (j, &u) in idx.iter().enumerate() {
-                out[(lead + i) * kk + u as usize] = vals[i * idx.len() + j];
+                out[(lead + i) * kk + u as usize] = conv(vals[i * idx.len() + j]);
             }
         }
-    };
-    let scatter32 = |idx: &[u32], seed: u64, out: &mut [f32]| {
-        let mut vals = vec![0f64; k * idx.len()];
-        fill(kind, &mut vals, seed, |x| x);
-        if ones {
-            out[..kk].iter_mut().for_each(|v| *v = 1.0);
-        }
-        for i in 0..k {
-            for (j, &u) in idx.iter().enumerate() {
-                out[(lead + i) * kk + u as usize] = vals[i * idx.len() + j] as f32;
-            }
-        }
-    };
+    }
     build(
         support.len(),
         k + lead,
         shape,
         dtype,
         device,
-        |i, c| scatter(&support[i], stream_seed(seed, i as u64), c),
-        |i, c| scatter32(&support[i], stream_seed(seed, i as u64), c),
+        |i, c| scatter(kind, k, kk, lead, &support[i], stream_seed(seed, i as u64), c, |x| x),
+        |i, c| scatter(kind, k, kk, lead, &support[i], stream_seed(seed, i as u64), c, |x| x as f32),
     )
 }
 
