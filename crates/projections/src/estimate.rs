@@ -13,6 +13,7 @@
 
 use candle_core::{DType, Tensor};
 use dual_core::{DualError, Result};
+use dual_layers::kernels::Elem;
 use dual_layers::sum_over_columns;
 
 /// Index (0-based) of the median among `k` sorted values: the middle one for odd `k`, the lower
@@ -282,9 +283,9 @@ struct MedianTerms {
     with_linear: bool,
 }
 
-fn median_terms_fwd<T: Copy + PartialOrd + std::ops::Neg<Output = T> + Default>(p: &[T], b: usize, n: usize, kk: usize, idx: &[u32], lin: bool) -> Vec<T> {
+fn median_terms_fwd<T: Elem>(p: &[T], b: usize, n: usize, kk: usize, idx: &[u32], lin: bool) -> Vec<T> {
     let rows = 1 + lin as usize;
-    let mut out = vec![T::default(); b * rows * kk];
+    let mut out = vec![T::ZERO; b * rows * kk];
     for bi in 0..b {
         let o = &mut out[bi * rows * kk..(bi + 1) * rows * kk];
         if lin {
@@ -293,7 +294,7 @@ fn median_terms_fwd<T: Copy + PartialOrd + std::ops::Neg<Output = T> + Default>(
         let m = &mut o[(rows - 1) * kk..];
         for j in 0..kk {
             let v = p[(bi * n + idx[bi * kk + j] as usize) * kk + j];
-            m[j] = if v < T::default() { -v } else { v };
+            m[j] = v.abs();
         }
     }
     out
@@ -301,9 +302,9 @@ fn median_terms_fwd<T: Copy + PartialOrd + std::ops::Neg<Output = T> + Default>(
 
 /// The gradient of `p`: zero except column 0 (the linear part's gradient) and the selected
 /// columns (the median's gradient times the sign of the selected value).
-fn median_terms_bwd<T: Copy + PartialOrd + std::ops::Neg<Output = T> + Default>(p: &[T], g: &[T], b: usize, n: usize, kk: usize, idx: &[u32], lin: bool) -> Vec<T> {
+fn median_terms_bwd<T: Elem>(p: &[T], g: &[T], b: usize, n: usize, kk: usize, idx: &[u32], lin: bool) -> Vec<T> {
     let rows = 1 + lin as usize;
-    let mut out = vec![T::default(); b * n * kk];
+    let mut out = vec![T::ZERO; b * n * kk];
     for bi in 0..b {
         let gb = &g[bi * rows * kk..(bi + 1) * rows * kk];
         let ob = &mut out[bi * n * kk..(bi + 1) * n * kk];
@@ -313,10 +314,7 @@ fn median_terms_bwd<T: Copy + PartialOrd + std::ops::Neg<Output = T> + Default>(
         let gm = &gb[(rows - 1) * kk..];
         for j in 0..kk {
             let at = idx[bi * kk + j] as usize * kk + j;
-            let v = p[bi * n * kk + at];
-            let gv = gm[j];
-            let zero = T::default();
-            ob[at] = if v > zero { gv } else if v < zero { -gv } else { zero };
+            ob[at] = p[bi * n * kk + at].signum0() * gm[j];
         }
     }
     out

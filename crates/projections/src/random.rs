@@ -165,9 +165,8 @@ pub fn projection_tensor_on(
     device: &Device,
     leading_ones: bool,
 ) -> Result<Tensor> {
-    let ones = leading_ones;
     let kk: usize = shape.iter().product();
-    let lead = ones as usize;
+    let lead = leading_ones as usize;
     /// Example's draws into `out` (`[lead + k, K]`): row 0 ones when `lead` is 1, then the draws
     /// at the support.
     fn scatter<T: Copy>(kind: Projection, k: usize, kk: usize, lead: usize, idx: &[u32], seed: u64, out: &mut [T], conv: impl Fn(f64) -> T) {

@@ -21,6 +21,18 @@
 //!
 //! Inputs may have any strides and start offsets (views from `narrow`, `transpose`, ...).
 
+/// Matches CPU storages of one float dtype (f32 or f64) and runs the generic body on their
+/// slices: `dispatch!("name", s1, s2; |a, b| body)`.
+macro_rules! dispatch {
+    ($name:expr, $($s:expr),+ ; |$($a:ident),+| $body:expr) => {
+        match ($($s),+) {
+            ($(CpuStorage::F32($a)),+) => CpuStorage::F32($body),
+            ($(CpuStorage::F64($a)),+) => CpuStorage::F64($body),
+            _ => bail!("{}: unsupported or mixed dtypes", $name),
+        }
+    };
+}
+
 mod gemm_conv;
 mod im2col;
 mod slopes;
@@ -28,28 +40,60 @@ mod sparse;
 
 pub use slopes::{abs_contract, scale_columns};
 
-use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use gemm_conv::View4;
 use im2col::Geom;
 use std::sync::RwLock;
 
 /// Element types of the kernels: `f32` and `f64`.
-pub trait Elem: Copy + Send + Sync + 'static + std::ops::AddAssign + std::fmt::Debug {
+pub trait Elem:
+    Copy
+    + Send
+    + Sync
+    + 'static
+    + PartialOrd
+    + std::ops::Add<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::Neg<Output = Self>
+    + std::ops::AddAssign
+    + std::fmt::Debug
+{
     /// Additive identity.
     const ZERO: Self;
     /// Multiplicative identity.
     const ONE: Self;
+    /// `|x|`.
+    fn abs(self) -> Self;
+    /// The sign, with `sign(0) = 0` (the subgradient of `|x|` at 0 that PyTorch uses).
+    fn signum0(self) -> Self {
+        if self > Self::ZERO {
+            Self::ONE
+        } else if self < Self::ZERO {
+            -Self::ONE
+        } else {
+            Self::ZERO
+        }
+    }
 }
 
-impl Elem for f32 {
-    const ZERO: Self = 0.0;
-    const ONE: Self = 1.0;
+macro_rules! impl_elem {
+    ($($t:ty),*) => {$(
+        impl Elem for $t {
+            const ZERO: Self = 0.0;
+            const ONE: Self = 1.0;
+            fn abs(self) -> Self {
+                <$t>::abs(self)
+            }
+        }
+    )*};
 }
 
-impl Elem for f64 {
-    const ZERO: Self = 0.0;
-    const ONE: Self = 1.0;
+impl_elem!(f32, f64);
+
+/// Whether the kernels apply to these tensors: all on the CPU, all of one float dtype (f32 or
+/// f64), and Candle's own ops not forced by the tuning.
+fn cpu_float(ts: &[&Tensor]) -> bool {
+    !tuning().candle && ts.iter().all(|t| t.device().is_cpu() && t.dtype() == ts[0].dtype()) && matches!(ts[0].dtype(), DType::F32 | DType::F64)
 }
 
 /// Knobs of the kernels' scheduling, exposed for benchmarks; the defaults were measured on a
@@ -98,27 +142,14 @@ pub fn set_tuning(t: Tuning) {
     *TUNING.write().unwrap_or_else(|e| e.into_inner()) = t;
 }
 
-/// Whether the fast path applies: CPU tensors of one float dtype (f32 or f64), rank 4.
+/// Whether the fast path applies: [`cpu_float`] tensors of rank 4.
 fn fast_path(a: &Tensor, b: &Tensor) -> bool {
-    !tuning().candle
-        && a.device().is_cpu()
-        && b.device().is_cpu()
-        && a.dtype() == b.dtype()
-        && matches!(a.dtype(), DType::F32 | DType::F64)
-        && a.rank() == 4
-        && b.rank() == 4
+    cpu_float(&[a, b]) && a.rank() == 4 && b.rank() == 4
 }
 
 /// Whether columns `x` (rank > 4, leading dims that merge) can go to the ops directly.
 fn fast_columns(x: &Tensor, w: &Tensor) -> bool {
-    !tuning().candle
-        && x.device().is_cpu()
-        && w.device().is_cpu()
-        && x.dtype() == w.dtype()
-        && matches!(x.dtype(), DType::F32 | DType::F64)
-        && x.rank() > 4
-        && w.rank() == 4
-        && as_rank4(x.layout()).is_ok()
+    cpu_float(&[x, w]) && x.rank() > 4 && w.rank() == 4 && as_rank4(x.layout()).is_ok()
 }
 
 /// [`conv2d_fast`] on columns `[B, n, c, h, w]` (any rank ≥ 4: the leading dims are merged into
@@ -196,24 +227,18 @@ fn as_rank4(l: &Layout) -> Result<Layout> {
     }
     let lead = d.len() - 3;
     let n: usize = d[..lead].iter().product();
-    // The merged axis steps by the stride of the innermost leading dim that is not 1.
-    let mut step = s[lead - 1];
-    for i in (0..lead).rev() {
-        if d[i] != 1 {
-            step = s[i];
-            break;
-        }
-    }
-    let mut expect = step;
-    for i in (0..lead).rev() {
-        if d[i] == 1 {
-            continue;
-        }
-        if s[i] != expect {
+    // The merged axis steps by the stride of the innermost leading dim that is not 1; every
+    // outer one (dims of size 1 aside) must step by the inner one's whole extent.
+    let mut step: Option<usize> = None;
+    let mut expect = 0;
+    for i in (0..lead).rev().filter(|&i| d[i] != 1) {
+        if step.is_some() && s[i] != expect {
             bail!("the leading dimensions of {d:?} (strides {s:?}) do not merge into one axis");
         }
+        step.get_or_insert(s[i]);
         expect = s[i] * d[i];
     }
+    let step = step.unwrap_or(s[lead - 1]);
     Ok(Layout::new(Shape::from((n, d[lead], d[lead + 1], d[lead + 2])), vec![step, s[lead], s[lead + 1], s[lead + 2]], l.start_offset()))
 }
 
@@ -241,10 +266,8 @@ fn like_leading(t: &Tensor, like: &Tensor) -> Result<Tensor> {
     if like.rank() == 4 {
         return Ok(t.clone());
     }
-    let d = like.dims();
-    let mut v = d[..d.len() - 3].to_vec();
-    v.extend_from_slice(&t.dims()[1..]);
-    t.reshape(v)
+    let (_, a, b, c) = t.dims4()?;
+    t.reshape(with_leading(like.layout(), (a, b, c)))
 }
 
 fn view<'a, T>(data: &'a [T], l: &Layout) -> View4<'a, T> {
@@ -294,17 +317,6 @@ fn with_matrix_side<T: Copy, R>(data: &[T], l: &Layout, f: impl FnOnce(View4<'_,
     }
 }
 
-/// Matches two CPU storages of the same float dtype and runs the generic body on them.
-macro_rules! dispatch2 {
-    ($name:expr, $s1:expr, $s2:expr, |$a:ident, $b:ident| $body:expr) => {
-        match ($s1, $s2) {
-            (CpuStorage::F32($a), CpuStorage::F32($b)) => CpuStorage::F32($body),
-            (CpuStorage::F64($a), CpuStorage::F64($b)) => CpuStorage::F64($body),
-            (a, b) => bail!("{}: unsupported dtypes {:?} and {:?}", $name, a.dtype(), b.dtype()),
-        }
-    };
-}
-
 /// `conv2d(x, w)` as a custom op on `(x, w)`.
 struct Conv2dOp {
     stride: usize,
@@ -327,7 +339,7 @@ impl CustomOp2 for Conv2dOp {
         let (oh, ow) = (conv_out(h, kh, self.stride, self.padding)?, conv_out(w, kw, self.stride, self.padding)?);
         let g = Geom { n, c, h, w, o, kh, kw, stride: self.stride, pad: self.padding, oh, ow };
         let sparse_below = tuning().sparse_below;
-        let out = dispatch2!("conv2d", s1, s2, |x, k| {
+        let out = dispatch!("conv2d", s1, s2; |x, k| {
             let xv = view(x, l1);
             if !g.is_pointwise() && sparse::mostly_zero(&g, xv, sparse_below) {
                 sparse::conv2d_forward(&g, xv, &kernel_matrix(k, l2))
@@ -383,7 +395,7 @@ impl CustomOp2 for ConvTranspose2dOp {
         let h = conv_transpose_out(oh, kh, s, p, self.output_padding.0)?;
         let w = conv_transpose_out(ow, kw, s, p, self.output_padding.1)?;
         let g = Geom { n, c, h, w, o, kh, kw, stride: s, pad: p, oh, ow };
-        let out = dispatch2!("conv_transpose2d", s1, s2, |x, k| {
+        let out = dispatch!("conv_transpose2d", s1, s2; |x, k| {
             let k = kernel_matrix(k, l2);
             with_matrix_side(x, l1, |y, ps| gemm_conv::conv2d_backward_data(&g, y, ps, &k))
         });
@@ -427,7 +439,7 @@ impl CustomOp2 for Conv2dWeightGradOp {
             bail!("conv2d weight gradient: gradient of size {oh}x{ow} does not match an input of size {h}x{w}");
         }
         let g = Geom { n, c, h, w, o, kh, kw, stride: s, pad: p, oh, ow };
-        let out = dispatch2!("conv2d weight gradient", s1, s2, |x, gy| {
+        let out = dispatch!("conv2d weight gradient", s1, s2; |x, gy| {
             with_matrix_side(gy, l2, |gyv, ps| gemm_conv::conv2d_backward_weight(&g, view(x, l1), gyv, ps))
         });
         Ok((out, Shape::from((o, c, kh, kw))))

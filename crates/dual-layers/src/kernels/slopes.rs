@@ -15,70 +15,18 @@
 //! The gradient helpers are first-order only (a second derivative through them is reported as
 //! unsupported). On other devices or dtypes the functions use Candle's own ops.
 
-use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use super::{cpu_float, Elem};
+use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
-
-/// Element types of these kernels.
-trait Real:
-    Copy
-    + Send
-    + Sync
-    + Default
-    + std::ops::Add<Output = Self>
-    + std::ops::Mul<Output = Self>
-    + std::ops::AddAssign
-{
-    fn abs(self) -> Self;
-    fn signum0(self) -> Self;
-}
-
-macro_rules! impl_real {
-    ($($t:ty),*) => {$(
-        impl Real for $t {
-            fn abs(self) -> Self {
-                <$t>::abs(self)
-            }
-            fn signum0(self) -> Self {
-                if self > 0.0 {
-                    1.0
-                } else if self < 0.0 {
-                    -1.0
-                } else {
-                    0.0
-                }
-            }
-        }
-    )*};
-}
-
-impl_real!(f32, f64);
 
 /// Rows of work below which a loop stays on the calling thread.
 const MIN_ROWS: usize = 16;
-
-fn fast(ts: &[&Tensor]) -> bool {
-    !super::tuning().candle
-        && ts
-            .iter()
-            .all(|t| t.device().is_cpu() && t.dtype() == ts[0].dtype())
-        && matches!(ts[0].dtype(), DType::F32 | DType::F64)
-}
 
 fn contiguous<'a, T>(data: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
         None => bail!("{what}: expects a contiguous tensor"),
     }
-}
-
-macro_rules! dispatch {
-    ($name:expr, $($s:expr),+ ; |$($a:ident),+| $body:expr) => {
-        match ($($s),+) {
-            ($(CpuStorage::F32($a)),+) => CpuStorage::F32($body),
-            ($(CpuStorage::F64($a)),+) => CpuStorage::F64($body),
-            _ => bail!("{}: unsupported or mixed dtypes", $name),
-        }
-    };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -98,7 +46,7 @@ pub fn scale_columns(x: &Tensor, d: &Tensor) -> Result<Tensor> {
     if d.elem_count() != b * k || (bx != 1 && bx != b) {
         bail!("scale_columns: columns {:?} and slopes {:?} do not match", x.dims(), d.dims());
     }
-    if !fast(&[x, d]) {
+    if !cpu_float(&[x, d]) {
         let mut ds = vec![b, 1];
         ds.extend_from_slice(&x.dims()[2..]);
         return x.broadcast_mul(&d.reshape(ds)?);
@@ -115,8 +63,8 @@ fn columns_dims(x: &Layout, d: &Layout) -> Result<(usize, usize, usize, usize)> 
     Ok((bx, n, x.shape().elem_count() / (bx * n).max(1), b))
 }
 
-fn scale_rows<T: Real>(x: &[T], d: &[T], bx: usize, b: usize, n: usize, k: usize) -> Vec<T> {
-    let mut out = vec![T::default(); b * n * k];
+fn scale_rows<T: Elem>(x: &[T], d: &[T], bx: usize, b: usize, n: usize, k: usize) -> Vec<T> {
+    let mut out = vec![T::ZERO; b * n * k];
     out.par_chunks_mut(k.max(1)).with_min_len(MIN_ROWS).enumerate().for_each(|(q, row)| {
         let (e, j) = (q / n, q % n);
         let src = &x[((if bx == 1 { 0 } else { e }) * n + j) * k..][..k];
@@ -246,7 +194,7 @@ pub fn abs_contract(g: &Tensor, w: &Tensor) -> Result<Tensor> {
             w.dims()
         );
     }
-    if !fast(&[&g, &w]) {
+    if !cpu_float(&[&g, &w]) {
         return g
             .abs()?
             .contiguous()?
@@ -277,7 +225,7 @@ impl CustomOp2 for AbsContract {
                 let ws = &w[(q / r) * p..][..p];
                 let mut acc = Default::default();
                 for (&a, &c) in g[q * p..][..p].iter().zip(ws) {
-                    acc += Real::abs(a) * c;
+                    acc += Elem::abs(a) * c;
                 }
                 *o = acc;
             });
@@ -331,7 +279,7 @@ impl CustomOp3 for SignedOuter {
                 let s = gr[q];
                 let ws = &w[(q / r) * p..][..p];
                 for ((o, &a), &c) in row.iter_mut().zip(&g[q * p..][..p]).zip(ws) {
-                    *o = Real::signum0(a) * s * c;
+                    *o = Elem::signum0(a) * s * c;
                 }
             });
             out
@@ -371,7 +319,7 @@ impl CustomOp2 for AbsWeightedRows {
                 for j in 0..r {
                     let s = gr[e * r + j];
                     for (o, &a) in part.iter_mut().zip(&g[(e * r + j) * p + i0..][..len]) {
-                        *o += s * Real::abs(a);
+                        *o += s * Elem::abs(a);
                     }
                 }
             });

@@ -13,13 +13,9 @@ use super::im2col::Geom;
 use super::Elem;
 use rayon::prelude::*;
 
-/// Element types with the multiplication the scatter needs.
-pub(crate) trait Scalar: Elem + std::ops::Mul<Output = Self> + PartialEq {}
-impl<T: Elem + std::ops::Mul<Output = T> + PartialEq> Scalar for T {}
-
 /// Whether fewer than `fraction` of the input's elements are non-zero. Stops reading as soon as
 /// the count is exceeded, so a dense input costs a small fraction of one pass.
-pub(crate) fn mostly_zero<T: Scalar>(g: &Geom, x: View4<'_, T>, fraction: f64) -> bool {
+pub(crate) fn mostly_zero<T: Elem>(g: &Geom, x: View4<'_, T>, fraction: f64) -> bool {
     let total = g.n * g.c * g.h * g.w;
     if fraction <= 0.0 || total == 0 {
         return false;
@@ -58,7 +54,7 @@ fn contiguous<'a, T>(g: &Geom, x: View4<'a, T>) -> Option<&'a [T]> {
 
 /// `y = conv2d(x, w)` for a mostly-zero `x` (any strides), `w` contiguous `[o, c·kh·kw]`;
 /// returns `[n, o, oh, ow]`, the same values as the gemm kernel up to the order of summation.
-pub(crate) fn conv2d_forward<T: Scalar>(g: &Geom, x: View4<'_, T>, w: &[T]) -> Vec<T> {
+pub(crate) fn conv2d_forward<T: Elem>(g: &Geom, x: View4<'_, T>, w: &[T]) -> Vec<T> {
     let (o, p, k) = (g.o, g.p(), g.k());
     // Kernel taps with the output channels contiguous: wt[(c, ky, kx), o].
     let mut wt = vec![T::ZERO; k * o];
