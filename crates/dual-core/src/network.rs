@@ -316,30 +316,20 @@ impl DualNetwork {
         let mut g: Vec<Option<Tensor>> = (0..=n).map(|_| None).collect();
         g[n] = Some(c);
         let mut j = Tensor::zeros((b, nc), self.x.dtype(), self.x.device())?;
-        for t in (1..=n).rev() {
-            let Some(gt) = g[t].take() else { continue };
-            match &self.nodes[t - 1] {
-                DualNode::Affine(a) => {
-                    if let Some(bt) = a.bias_term(&gt)? {
-                        j = (j + bt)?;
-                    }
-                    let contribs = a.transpose(&gt)?;
-                    for (i, v) in a.inputs().indices(t).into_iter().zip(contribs) {
-                        if let (Some(i), Some(v)) = (i, v) {
-                            accumulate(&mut g[i], v)?;
-                        }
-                    }
-                }
-                DualNode::Activation(_) => {
-                    let r = self.relaxations[t].as_ref().expect("every activation is relaxed");
-                    if let Some(src) = r.source() {
-                        j = (j + src.lower_term(&gt)?)?;
-                    }
-                    accumulate(&mut g[t - 1], r.apply(&gt)?)?;
-                }
+        let g0 = propagate_back(&self.nodes, &self.relaxations, g, 0, |t, node, gt| {
+            let term = match node {
+                DualNode::Affine(a) => a.bias_term(gt)?,
+                DualNode::Activation(_) => match self.relaxations[t].as_ref().and_then(|r| r.source()) {
+                    Some(src) => Some(src.lower_term(gt)?),
+                    None => None,
+                },
+            };
+            if let Some(term) = term {
+                j = (&j + term)?;
             }
-        }
-        if let Some(g0) = g[0].take() {
+            Ok(())
+        })?;
+        if let Some(g0) = g0 {
             let xg = g0.broadcast_mul(&self.x.unsqueeze(1)?)?.flatten_from(2)?.sum(2)?;
             j = (j + xg)?;
             j = (j + self.input.lower_term(&g0)?)?;
@@ -445,14 +435,6 @@ fn identity_rows(range: Range<usize>, shape: &[usize], dtype: DType, device: &ca
     Ok(Tensor::from_vec(data, s, device)?.to_dtype(dtype)?)
 }
 
-fn accumulate_broadcast(slot: &mut Option<Tensor>, v: Tensor) -> Result<()> {
-    *slot = Some(match slot.take() {
-        None => v,
-        Some(s) => s.broadcast_add(&v)?,
-    });
-    Ok(())
-}
-
 /// The terms of the sources at `positions` (oldest first) for every unit of output `t - 1`, in
 /// backward form: `g = I_K` goes back through the transposed layers and the slopes `D`, and
 /// each source adds `(min, max)` of `gᵀδ` over its variables ([`DualSource::coefficient_terms`]).
@@ -477,38 +459,15 @@ fn backward_terms(net: &Walk<'_>, positions: &[usize], t: usize, b: usize, x: &T
         let (mut lo, mut up): (Option<Tensor>, Option<Tensor>) = (None, None);
         let add = |src: &dyn DualSource, gt: &Tensor, lo: &mut Option<Tensor>, up: &mut Option<Tensor>| -> Result<()> {
             let (l, u) = src.coefficient_terms(gt)?;
-            accumulate_broadcast(lo, l)?;
-            accumulate_broadcast(up, u)
+            accumulate(lo, l)?;
+            accumulate(up, u)
         };
-        for s in (lowest.max(1)..=top).rev() {
-            let Some(gs) = g[s].take() else { continue };
-            match &nodes[s - 1] {
-                DualNode::Activation(_) => {
-                    let r = relax[s].as_ref().ok_or_else(|| DualError::shape(format!("activation {s} has no relaxation")))?;
-                    if positions.contains(&s) {
-                        let src = r.source().expect("source position holds a source");
-                        add(src, &gs, &mut lo, &mut up)?;
-                    }
-                    if s > lowest {
-                        accumulate_broadcast(&mut g[s - 1], r.apply(&gs)?)?;
-                    }
-                }
-                DualNode::Affine(a) => {
-                    let contribs = a.transpose(&gs)?;
-                    for (i, v) in a.inputs().indices(s).into_iter().zip(contribs) {
-                        if let (Some(i), Some(v)) = (i, v) {
-                            if i >= lowest {
-                                accumulate_broadcast(&mut g[i], v)?;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        if lowest == 0 {
-            if let Some(g0) = g[0].take() {
-                add(input, &g0, &mut lo, &mut up)?;
-            }
+        let g0 = propagate_back(nodes, relax, g, lowest, |s, _, gs| match relax[s].as_ref().and_then(|r| r.source()) {
+            Some(src) if positions.contains(&s) => add(src, gs, &mut lo, &mut up),
+            _ => Ok(()),
+        })?;
+        if let Some(g0) = g0 {
+            add(input, &g0, &mut lo, &mut up)?;
         }
         let zeros = || Tensor::zeros((b, len), x.dtype(), x.device());
         let full = |v: Option<Tensor>| -> Result<Tensor> {
@@ -531,12 +490,53 @@ fn backward_terms(net: &Walk<'_>, positions: &[usize], t: usize, b: usize, x: &T
     Ok((cat(lows)?, cat(ups)?))
 }
 
+/// Adds `v` into `slot` (broadcasting: coefficients shared by the batch meet per-example ones).
 fn accumulate(slot: &mut Option<Tensor>, v: Tensor) -> Result<()> {
     *slot = Some(match slot.take() {
         None => v,
-        Some(s) => (s + v)?,
+        Some(s) => s.broadcast_add(&v)?,
     });
     Ok(())
+}
+
+/// Runs the coefficients `g` (indexed by output, the last one set) backwards through the
+/// transposed layers and the relaxations' slopes, down to output `lowest` (Theorem 1's dual
+/// network): `visit(t, node, g_t)` sees the coefficients at the output of every node
+/// `t = top, …, max(lowest, 1)` before they move on; contributions to outputs below `lowest` are
+/// dropped, and an activation at `lowest` is visited but not passed through. Returns the
+/// coefficients on the network input when `lowest` is 0.
+fn propagate_back(
+    nodes: &[DualNode],
+    relax: &[Option<Box<dyn Relaxation>>],
+    mut g: Vec<Option<Tensor>>,
+    lowest: usize,
+    mut visit: impl FnMut(usize, &DualNode, &Tensor) -> Result<()>,
+) -> Result<Option<Tensor>> {
+    let top = g.len() - 1;
+    for t in (lowest.max(1)..=top).rev() {
+        let Some(gt) = g[t].take() else { continue };
+        let node = &nodes[t - 1];
+        visit(t, node, &gt)?;
+        if t == lowest {
+            break;
+        }
+        match node {
+            DualNode::Affine(a) => {
+                for (i, v) in a.inputs().indices(t).into_iter().zip(a.transpose(&gt)?) {
+                    if let (Some(i), Some(v)) = (i, v) {
+                        if i >= lowest {
+                            accumulate(&mut g[i], v)?;
+                        }
+                    }
+                }
+            }
+            DualNode::Activation(_) => {
+                let r = relax[t].as_ref().ok_or_else(|| DualError::shape(format!("activation {t} has no relaxation")))?;
+                accumulate(&mut g[t - 1], r.apply(&gt)?)?;
+            }
+        }
+    }
+    Ok(if lowest == 0 { g[0].take() } else { None })
 }
 
 /// Positions of the sources that exist before output `t`: the input and every relaxed activation
