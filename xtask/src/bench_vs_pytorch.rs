@@ -153,14 +153,7 @@ fn run_full(a: &BenchArgs, py: &Path, script: &Path, work: &Path, test: &experim
         common.push("--bounded".into());
     }
     eprintln!("certifying {} test images in batches of {batch} with the PyTorch package, then with this project", y.len());
-    let mut pc = Command::new(py);
-    pc.arg(script).arg("--weights").arg(&a.model).arg("--x").arg(&xp).arg("--y").arg(&yp).args(&common).args(["--threads", &a.threads.to_string()]);
-    pc.env("OMP_NUM_THREADS", a.threads.to_string()).env("MKL_NUM_THREADS", a.threads.to_string());
-    let pt = run_json(&mut pc, "PyTorch")?;
-    let mut rc = Command::new(std::env::current_exe()?);
-    rc.arg("bench-worker").arg("--model").arg(&a.model).arg("--x").arg(&xp).arg("--y").arg(&yp).args(&common);
-    rc.env("RAYON_NUM_THREADS", a.threads.to_string());
-    let rs = run_json(&mut rc, "Rust")?;
+    let (pt, rs) = measure_both(a, py, script, &std::env::current_exe()?, &xp, &yp, &common)?;
     let w = Workload { bound: BoundKind::Exact, backward: false };
     // f32 on both sides: an example whose certificate margin is within rounding may fall either
     // way, so up to 2 of the test set may differ; the mean loss must agree to 1e-4.
@@ -190,11 +183,9 @@ fn run_full(a: &BenchArgs, py: &Path, script: &Path, work: &Path, test: &experim
         a.threads,
         cpu_name()
     );
-    println!("{head}
-{t}");
+    println!("{head}\n{t}");
     std::fs::create_dir_all(&a.out)?;
-    nets::io::atomic_write(&a.out.join("bench_vs_pytorch_full.md"), format!("{head}
-{t}").as_bytes())?;
+    nets::io::atomic_write(&a.out.join("bench_vs_pytorch_full.md"), format!("{head}\n{t}").as_bytes())?;
     #[derive(Serialize)]
     struct Full<'a> {
         model: &'a Path,
@@ -237,6 +228,22 @@ fn ensure_venv(venv: &Path, python: &str) -> Result<PathBuf> {
         bail!("installing torch, numpy and convex-adversarial==0.4.4 into {} failed", venv.display());
     }
     Ok(py)
+}
+
+/// One measurement on each side, each in a fresh process with `a.threads` threads: the PyTorch
+/// worker (`script` under `py`) and this binary's `bench-worker` (`exe`), on the inputs `xp`,
+/// `yp` with the workload flags `common`.
+fn measure_both(a: &BenchArgs, py: &Path, script: &Path, exe: &Path, xp: &Path, yp: &Path, common: &[String]) -> Result<(WorkerReport, WorkerReport)> {
+    let threads = a.threads.to_string();
+    let mut pc = Command::new(py);
+    pc.arg(script).arg("--weights").arg(&a.model).arg("--x").arg(xp).arg("--y").arg(yp).args(common).args(["--threads", &threads]);
+    pc.env("OMP_NUM_THREADS", &threads).env("MKL_NUM_THREADS", &threads);
+    let pt = run_json(&mut pc, "PyTorch")?;
+    let mut rc = Command::new(exe);
+    rc.arg("bench-worker").arg("--model").arg(&a.model).arg("--x").arg(xp).arg("--y").arg(yp).args(common);
+    rc.env("RAYON_NUM_THREADS", &threads);
+    let rs = run_json(&mut rc, "Rust")?;
+    Ok((pt, rs))
 }
 
 fn run_json(cmd: &mut Command, what: &str) -> Result<WorkerReport> {
@@ -329,14 +336,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             if w.backward {
                 common.push("--backward".into());
             }
-            let mut pc = Command::new(&py);
-            pc.arg(&script).arg("--weights").arg(&a.model).arg("--x").arg(&xp).arg("--y").arg(&yp).args(&common).args(["--threads", &a.threads.to_string()]);
-            pc.env("OMP_NUM_THREADS", a.threads.to_string()).env("MKL_NUM_THREADS", a.threads.to_string());
-            let pt = run_json(&mut pc, "PyTorch")?;
-            let mut rc = Command::new(&exe);
-            rc.arg("bench-worker").arg("--model").arg(&a.model).arg("--x").arg(&xp).arg("--y").arg(&yp).args(&common);
-            rc.env("RAYON_NUM_THREADS", a.threads.to_string());
-            let rs = run_json(&mut rc, "Rust")?;
+            let (pt, rs) = measure_both(&a, &py, &script, &exe, &xp, &yp, &common)?;
             let (pm, rm) = (median(&pt.seconds), median(&rs.seconds));
             rows.push(Row { workload: w.name(), batch: b, numbers_agree: agree(*w, &rs, &pt), pytorch_median_s: pm, rust_median_s: rm, speedup: pm / rm, pytorch: pt, rust: rs });
             bar.inc(1);
