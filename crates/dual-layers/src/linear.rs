@@ -15,13 +15,6 @@ impl DualLinear {
         DualLinear { weight, bias }
     }
 
-    /// The hot loop: `x [B, n, in] → x Wᵀ [B, n, out]` as one matmul over all columns.
-    fn matmul_columns(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-        let d = x.dims();
-        let (b, n, k) = (d[0], d[1], d[d.len() - 1]);
-        let y = x.reshape((b * n, k))?.matmul(w)?;
-        Ok(y.reshape((b, n, w.dim(1)?))?)
-    }
 }
 
 impl DualAffine for DualLinear {
@@ -32,7 +25,8 @@ impl DualAffine for DualLinear {
 
     fn forward(&self, xs: &[Option<&Tensor>], with_bias: bool) -> Result<Option<Tensor>> {
         let y = match xs.first().copied().flatten() {
-            Some(x) => Some(Self::matmul_columns(x, &self.weight.t()?)?),
+            // The hot loop: `x [B, n, in] → x Wᵀ [B, n, out]`, one product over all columns.
+            Some(x) => Some(crate::kernels::linear_columns(x, &self.weight)?),
             None => None,
         };
         match (y, with_bias, &self.bias) {
@@ -42,7 +36,7 @@ impl DualAffine for DualLinear {
     }
 
     fn transpose(&self, nu: &Tensor) -> Result<Vec<Option<Tensor>>> {
-        Ok(vec![Some(Self::matmul_columns(nu, &self.weight)?)])
+        Ok(vec![Some(crate::kernels::linear_columns(nu, &self.weight.t()?)?)])
     }
 
     fn bias_term(&self, nu: &Tensor) -> Result<Option<Tensor>> {

@@ -7,7 +7,8 @@
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use dual_layers::kernels::{
-    abs_contract, scale_columns, conv2d_fast, conv2d_weight_grad, conv_transpose2d_fast, conv_transpose2d_fast_hw, set_tuning, tuning, Tuning,
+    abs_contract, conv2d_fast, conv2d_weight_grad, conv_transpose2d_fast, conv_transpose2d_fast_hw, linear_columns, linear_weight_grad, scale_columns,
+    set_tuning, tuning, Tuning,
 };
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -71,6 +72,17 @@ const FORMS: [Form; 5] = [Form::Contiguous, Form::Offset, Form::ChannelsLast, Fo
 
 /// A variable holding `shape` and the view of it in `form` that the op will see.
 fn make_arg(rng: &mut StdRng, shape: &[usize], dtype: DType, form: Form) -> Result<(Var, Tensor)> {
+    make_arg_with(rng, shape, dtype, form, rand_tensor)
+}
+
+/// [`make_arg`] with the values drawn by `rand_tensor`.
+fn make_arg_with(
+    rng: &mut StdRng,
+    shape: &[usize],
+    dtype: DType,
+    form: Form,
+    rand_tensor: fn(&mut StdRng, &[usize], DType) -> Result<Tensor>,
+) -> Result<(Var, Tensor)> {
     let (a, b, c, d) = (shape[0], shape[1], shape[2], shape[3]);
     let (var, view) = match form {
         Form::Contiguous => {
@@ -499,5 +511,153 @@ fn sparse_inputs_scatter_to_the_same_convolution() -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// About 2 % non-zeros, the first image (along dim 0) all zero: the dual network's projected
+/// columns and their gradients look like this.
+fn rand_sparse(rng: &mut StdRng, shape: &[usize], dtype: DType) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    let first = n / shape[0].max(1);
+    let v: Vec<f64> = (0..n).map(|i| if i < first || rng.random_range(0..50) != 0 { 0.0 } else { rng.random_range(-1.0..1.0) }).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu)?.to_dtype(dtype)
+}
+
+/// `f` run with the sparse paths turned off (the gemm kernels only).
+fn dense_only<R>(f: impl FnOnce() -> R) -> R {
+    let before = tuning();
+    set_tuning(Tuning { sparse_below: 0.0, ..before });
+    let r = f();
+    set_tuning(before);
+    r
+}
+
+#[test]
+fn mostly_zero_gradients_take_the_sparse_paths() -> Result<()> {
+    // The transposed convolution of a mostly-zero input (the input gradient of conv2d), the
+    // kernel gradient of a mostly-zero output gradient, and conv2d's gradients under a
+    // mostly-zero upstream gradient: equal to Candle's and to the gemm paths', for every shape and
+    // operand layout.
+    let mut rng = StdRng::seed_from_u64(77);
+    for dtype in [DType::F64, DType::F32] {
+        for (i, case) in cases().into_iter().enumerate() {
+            let Case { n, c, h, w, o, k, stride, pad } = case;
+            let (form, wform) = (FORMS[i % FORMS.len()], FORMS[(i + 1) % FORMS.len()]);
+            let what = format!("{case:?} {dtype:?} {form:?}");
+            let (oh, ow) = ((h + 2 * pad - k) / stride + 1, (w + 2 * pad - k) / stride + 1);
+            let (_, wt) = make_arg(&mut rng, &[o, c, k, k], dtype, wform)?;
+
+            if (oh - 1) * stride + k > 2 * pad {
+                let (_, y) = make_arg_with(&mut rng, &[n, o, oh, ow], dtype, form, rand_sparse)?;
+                let got = conv_transpose2d_fast(&y, &wt, stride, pad, 0)?;
+                let want = y.contiguous()?.conv_transpose2d(&wt.contiguous()?, pad, 0, stride, 1)?;
+                assert_close(&got, &want, dtype, &format!("{what} sparse transposed conv vs candle"))?;
+                let dense = dense_only(|| conv_transpose2d_fast(&y, &wt, stride, pad, 0))?;
+                assert_close(&got, &dense, dtype, &format!("{what} sparse transposed conv vs gemm"))?;
+            }
+
+            let (_, x) = make_arg(&mut rng, &[n, c, h, w], dtype, form)?;
+            let (_, gy) = make_arg_with(&mut rng, &[n, o, oh, ow], dtype, wform, rand_sparse)?;
+            let got = conv2d_weight_grad(&x, &gy, (k, k), stride, pad)?;
+            let dense = dense_only(|| conv2d_weight_grad(&x, &gy, (k, k), stride, pad))?;
+            assert_close(&got, &dense, dtype, &format!("{what} sparse kernel gradient vs gemm"))?;
+            let wv = Var::from_tensor(&Tensor::zeros((o, c, k, k), dtype, &Device::Cpu)?)?;
+            let y = candle_conv2d(&x.contiguous()?, wv.as_tensor(), pad, stride)?;
+            let want = (y * gy.contiguous()?)?.sum_all()?.backward()?;
+            assert_close(&got, want.get(&wv).unwrap(), dtype, &format!("{what} sparse kernel gradient vs candle"))?;
+
+            let xv = Var::from_tensor(&x.contiguous()?)?;
+            let kv = Var::from_tensor(&wt.contiguous()?)?;
+            let up = rand_sparse(&mut rng, &[n, o, oh, ow], dtype)?;
+            let a = (conv2d_fast(xv.as_tensor(), kv.as_tensor(), stride, pad)? * &up)?.sum_all()?.backward()?;
+            let b = (candle_conv2d(xv.as_tensor(), kv.as_tensor(), pad, stride)? * &up)?.sum_all()?.backward()?;
+            for (v, name) in [(&xv, "dx"), (&kv, "dw")] {
+                assert_close(a.get(v).unwrap(), b.get(v).unwrap(), dtype, &format!("{what} conv2d {name} under a sparse gradient"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `x Wᵀ` with Candle's matmul, as the reference.
+fn candle_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let d = x.dims();
+    let k = d[d.len() - 1];
+    let rows = x.elem_count() / k;
+    let mut shape = d[..d.len() - 1].to_vec();
+    shape.push(w.dim(0)?);
+    x.contiguous()?.reshape((rows, k))?.matmul(&w.t()?)?.reshape(shape)
+}
+
+#[test]
+fn linear_columns_match_candle_matmul() -> Result<()> {
+    // Dense and mostly-zero columns, contiguous and transposed weights, dense and mostly-zero
+    // upstream gradients: values and both gradients equal Candle's matmul, in f64 and f32.
+    let mut rng = StdRng::seed_from_u64(91);
+    let gens: [fn(&mut StdRng, &[usize], DType) -> Result<Tensor>; 2] = [rand_tensor, rand_sparse];
+    for dtype in [DType::F64, DType::F32] {
+        for &(b, n, k, o) in &[(1, 1, 1, 1), (3, 4, 7, 5), (2, 60, 98, 10), (5, 51, 200, 37)] {
+            for (xi, xgen) in gens.iter().enumerate() {
+                for (gi, ggen) in gens.iter().enumerate() {
+                    for transposed in [false, true] {
+                        let what = format!("[{b}, {n}, {k}] x [{o}, {k}] {dtype:?} sparse x {xi} sparse g {gi} transposed w {transposed}");
+                        let xv = Var::from_tensor(&xgen(&mut rng, &[b, n, k], dtype)?)?;
+                        // The weight as stored, or as the transpose of a stored [k, o].
+                        let (wv, wt) = if transposed {
+                            let v = Var::from_tensor(&rand_tensor(&mut rng, &[k, o], dtype)?)?;
+                            let t = v.as_tensor().t()?;
+                            (v, t)
+                        } else {
+                            let v = Var::from_tensor(&rand_tensor(&mut rng, &[o, k], dtype)?)?;
+                            let t = v.as_tensor().clone();
+                            (v, t)
+                        };
+                        let got = linear_columns(xv.as_tensor(), &wt)?;
+                        let want = candle_linear(xv.as_tensor(), &wt)?;
+                        assert_close(&got, &want, dtype, &format!("{what} forward"))?;
+                        let up = ggen(&mut rng, &[b, n, o], dtype)?;
+                        let a = (got * &up)?.sum_all()?.backward()?;
+                        let c = (want * &up)?.sum_all()?.backward()?;
+                        for (v, name) in [(&xv, "dx"), (&wv, "dw")] {
+                            assert_close(a.get(v).unwrap(), c.get(v).unwrap(), dtype, &format!("{what} {name}"))?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn linear_weight_grad_op_and_its_gradients() -> Result<()> {
+    // dW = Σ_r g_rᵀ x_r for dense and mostly-zero operands, and its own gradients (the op is
+    // bilinear: <G, dW> = Σ_r g_r G x_rᵀ) against Candle's matmuls.
+    let mut rng = StdRng::seed_from_u64(92);
+    let gens: [fn(&mut StdRng, &[usize], DType) -> Result<Tensor>; 2] = [rand_tensor, rand_sparse];
+    for (xi, xgen) in gens.iter().enumerate() {
+        for (gi, ggen) in gens.iter().enumerate() {
+            let (b, n, k, o) = (4, 30, 23, 9);
+            let what = format!("sparse x {xi} sparse g {gi}");
+            let xv = Var::from_tensor(&xgen(&mut rng, &[b, n, k], DType::F64)?)?;
+            let gv = Var::from_tensor(&ggen(&mut rng, &[b, n, o], DType::F64)?)?;
+            let dw = linear_weight_grad(xv.as_tensor(), gv.as_tensor())?;
+            let want = gv.as_tensor().reshape((b * n, o))?.t()?.matmul(&xv.as_tensor().reshape((b * n, k))?)?;
+            assert_close(&dw, &want, DType::F64, &format!("{what} value"))?;
+            let r = rand_tensor(&mut rng, &[o, k], DType::F64)?;
+            let a = (dw * &r)?.sum_all()?.backward()?;
+            let c = (want * &r)?.sum_all()?.backward()?;
+            for (v, name) in [(&xv, "d/dx"), (&gv, "d/dg")] {
+                assert_close(a.get(v).unwrap(), c.get(v).unwrap(), DType::F64, &format!("{what} {name}"))?;
+            }
+        }
+    }
+    let x = Tensor::zeros((2, 3, 4), DType::F32, &Device::Cpu)?;
+    assert!(linear_columns(&x, &Tensor::zeros((5, 3), DType::F32, &Device::Cpu)?).is_err(), "width mismatch");
+    assert!(linear_columns(&x, &Tensor::zeros((5, 4, 1), DType::F32, &Device::Cpu)?).is_err(), "weight of rank 3");
+    assert!(linear_weight_grad(&x, &Tensor::zeros((2, 4, 5), DType::F32, &Device::Cpu)?).is_err(), "rows mismatch");
+    // Other dtypes go to Candle's matmul.
+    let h = linear_columns(&x.to_dtype(DType::F16)?, &Tensor::ones((5, 4), DType::F16, &Device::Cpu)?)?;
+    assert_eq!(h.dims(), &[2, 3, 5]);
     Ok(())
 }

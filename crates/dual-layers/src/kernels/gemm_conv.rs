@@ -48,17 +48,17 @@ impl<T> View4<'_, T> {
 
 /// A read-only matrix inside a slice: element `(i, j)` at `off + i·rs + j·cs`.
 #[derive(Clone, Copy)]
-struct Mat<'a, T> {
-    data: &'a [T],
-    off: usize,
-    rs: usize,
-    cs: usize,
+pub(crate) struct Mat<'a, T> {
+    pub data: &'a [T],
+    pub off: usize,
+    pub rs: usize,
+    pub cs: usize,
 }
 
 /// `dst (+)= lhs · rhs` for `dst: [m, n]` (row stride `ld`, unit column stride),
 /// `lhs: [m, kk]`, `rhs: [kk, n]`; `accumulate` adds to what `dst` holds.
 #[allow(clippy::too_many_arguments)]
-fn matmul<T: Elem>(
+pub(crate) fn matmul<T: Elem>(
     m: usize,
     n: usize,
     kk: usize,

@@ -35,9 +35,11 @@ macro_rules! dispatch {
 
 mod gemm_conv;
 mod im2col;
+mod linear;
 mod slopes;
 mod sparse;
 
+pub use linear::{linear_columns, linear_weight_grad};
 pub use slopes::{abs_contract, scale_columns};
 
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
@@ -112,8 +114,8 @@ pub struct Tuning {
     pub gemm_threads: bool,
     /// Route every call to Candle's own convolutions (for before/after comparisons).
     pub candle: bool,
-    /// Convolve by scattering from the non-zeros when fewer than this fraction of the input is
-    /// non-zero (0 turns it off).
+    /// Visit the non-zeros only when fewer than this fraction of an operand is non-zero: the
+    /// input of a convolution, the gradient in its input and kernel gradients (0 turns it off).
     pub sparse_below: f64,
 }
 
@@ -341,7 +343,7 @@ impl CustomOp2 for Conv2dOp {
         let sparse_below = tuning().sparse_below;
         let out = dispatch!("conv2d", s1, s2; |x, k| {
             let xv = view(x, l1);
-            if !g.is_pointwise() && sparse::mostly_zero(&g, xv, sparse_below) {
+            if !g.is_pointwise() && sparse::mostly_zero([n, c, h, w], xv, sparse_below) {
                 sparse::conv2d_forward(&g, xv, &kernel_matrix(k, l2))
             } else {
                 gemm_conv::conv2d_forward(&g, xv, &kernel_matrix(k, l2))
@@ -395,9 +397,14 @@ impl CustomOp2 for ConvTranspose2dOp {
         let h = conv_transpose_out(oh, kh, s, p, self.output_padding.0)?;
         let w = conv_transpose_out(ow, kw, s, p, self.output_padding.1)?;
         let g = Geom { n, c, h, w, o, kh, kw, stride: s, pad: p, oh, ow };
+        let sparse_below = tuning().sparse_below;
         let out = dispatch!("conv_transpose2d", s1, s2; |x, k| {
             let k = kernel_matrix(k, l2);
-            with_matrix_side(x, l1, |y, ps| gemm_conv::conv2d_backward_data(&g, y, ps, &k))
+            if sparse::mostly_zero([n, o, oh, ow], view(x, l1), sparse_below) {
+                sparse::conv2d_backward_data(&g, view(x, l1), &k)
+            } else {
+                with_matrix_side(x, l1, |y, ps| gemm_conv::conv2d_backward_data(&g, y, ps, &k))
+            }
         });
         Ok((out, with_leading(full, (c, h, w))))
     }
@@ -439,8 +446,13 @@ impl CustomOp2 for Conv2dWeightGradOp {
             bail!("conv2d weight gradient: gradient of size {oh}x{ow} does not match an input of size {h}x{w}");
         }
         let g = Geom { n, c, h, w, o, kh, kw, stride: s, pad: p, oh, ow };
+        let sparse_below = tuning().sparse_below;
         let out = dispatch!("conv2d weight gradient", s1, s2; |x, gy| {
-            with_matrix_side(gy, l2, |gyv, ps| gemm_conv::conv2d_backward_weight(&g, view(x, l1), gyv, ps))
+            if sparse::mostly_zero([n, o, oh, ow], view(gy, l2), sparse_below) {
+                sparse::conv2d_backward_weight(&g, view(x, l1), view(gy, l2))
+            } else {
+                with_matrix_side(gy, l2, |gyv, ps| gemm_conv::conv2d_backward_weight(&g, view(x, l1), gyv, ps))
+            }
         });
         Ok((out, Shape::from((o, c, kh, kw))))
     }

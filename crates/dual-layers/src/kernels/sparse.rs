@@ -1,28 +1,38 @@
-//! Convolution of mostly-zero inputs by scattering from the non-zeros.
+//! Convolution products with a mostly-zero operand, by visiting the non-zeros only.
 //!
 //! Columns of the dual network are often almost all zeros: the identity pushed into the first
 //! convolution (one non-zero per column), and the projected columns of a ReLU layer, which live
-//! on its unstable units only (on the paper's MNIST model 2–3 % of the units). A gemm spends the
-//! same time on zeros as on anything else; here every non-zero input adds its value times the
-//! kernel to the outputs it reaches, `c_out` multiply-adds per kernel tap, vectorised over the
-//! output channels. Only the forward pass changes: gradients are those of the convolution, from
-//! the dense kernels, whatever the input holds.
+//! on its unstable units only (on the paper's MNIST model 2–3 % of the units). Their gradients
+//! are sparser still: the loss depends on a layer's bounds through its unstable units only (a
+//! stable unit's slope is a constant 0 or 1), and a median over `k` projections passes its
+//! gradient to one or two of them, so the gradient reaching the columns of a projected bound is
+//! a few per cent non-zero. A gemm spends the same time on zeros as on anything else; here every
+//! non-zero adds its products to the entries it reaches:
+//!
+//! * [`conv2d_forward`]: a mostly-zero input scatters `value × kernel tap` to its outputs;
+//! * [`conv2d_backward_data`] (the transposed convolution, the input gradient of `conv2d`): a
+//!   mostly-zero gradient scatters `value × kernel` to the input pixels it reads;
+//! * [`conv2d_backward_weight`]: a mostly-zero gradient adds `value × input patch` to the kernel.
+//!
+//! Each gives the same numbers as its gemm kernel up to the order of summation; the choice is
+//! made per call by counting non-zeros ([`mostly_zero`]), so it holds whatever the operands hold.
 
 use super::gemm_conv::View4;
 use super::im2col::Geom;
 use super::Elem;
 use rayon::prelude::*;
 
-/// Whether fewer than `fraction` of the input's elements are non-zero. Stops reading as soon as
-/// the count is exceeded, so a dense input costs a small fraction of one pass.
-pub(crate) fn mostly_zero<T: Elem>(g: &Geom, x: View4<'_, T>, fraction: f64) -> bool {
-    let total = g.n * g.c * g.h * g.w;
+/// Whether fewer than `fraction` of the elements of the `[d0, d1, d2, d3]` view are non-zero.
+/// Stops reading as soon as the count is exceeded, so a dense operand costs a small fraction of
+/// one pass.
+pub(crate) fn mostly_zero<T: Elem>(dims: [usize; 4], x: View4<'_, T>, fraction: f64) -> bool {
+    let total: usize = dims.iter().product();
     if fraction <= 0.0 || total == 0 {
         return false;
     }
     let limit = (fraction * total as f64) as usize;
     let mut count = 0usize;
-    if let Some(flat) = contiguous(g, x) {
+    if let Some(flat) = contiguous(dims, x) {
         for chunk in flat.chunks(1 << 12) {
             count += chunk.iter().filter(|&&v| v != T::ZERO).count();
             if count > limit {
@@ -31,12 +41,12 @@ pub(crate) fn mostly_zero<T: Elem>(g: &Geom, x: View4<'_, T>, fraction: f64) -> 
         }
         return true;
     }
-    for i in 0..g.n {
+    for i in 0..dims[0] {
         let base = x.start + i * x.stride[0];
-        for c in 0..g.c {
-            for y in 0..g.h {
+        for c in 0..dims[1] {
+            for y in 0..dims[2] {
                 let row = base + c * x.stride[1] + y * x.stride[2];
-                count += (0..g.w).filter(|&xx| x.data[row + xx * x.stride[3]] != T::ZERO).count();
+                count += (0..dims[3]).filter(|&xx| x.data[row + xx * x.stride[3]] != T::ZERO).count();
                 if count > limit {
                     return false;
                 }
@@ -46,10 +56,174 @@ pub(crate) fn mostly_zero<T: Elem>(g: &Geom, x: View4<'_, T>, fraction: f64) -> 
     true
 }
 
-/// The input as one row-major slice `[n, c, h, w]`, when it is stored that way.
-fn contiguous<'a, T>(g: &Geom, x: View4<'a, T>) -> Option<&'a [T]> {
-    let img = g.c * g.h * g.w;
-    (x.stride == [img, g.h * g.w, g.w, 1]).then(|| &x.data[x.start..x.start + g.n * img])
+/// The view as one row-major slice `[d0, d1, d2, d3]`, when it is stored that way.
+fn contiguous<T>(dims: [usize; 4], x: View4<'_, T>) -> Option<&[T]> {
+    let img = dims[1] * dims[2] * dims[3];
+    (x.stride == [img, dims[2] * dims[3], dims[3], 1]).then(|| &x.data[x.start..x.start + dims[0] * img])
+}
+
+/// Appends the non-zeros of image `i` of the `[d0, d1, d2, d3]` view to `nz`, as (flat index
+/// within the image, value).
+fn image_nonzeros<T: Elem>(dims: [usize; 4], x: View4<'_, T>, i: usize, nz: &mut Vec<(usize, T)>) {
+    let [_, c, h, w] = dims;
+    let img = c * h * w;
+    match contiguous(dims, x) {
+        Some(f) => nz.extend(f[i * img..(i + 1) * img].iter().enumerate().filter(|(_, &v)| v != T::ZERO).map(|(j, &v)| (j, v))),
+        None => {
+            let base = x.start + i * x.stride[0];
+            for cc in 0..c {
+                for y in 0..h {
+                    for xx in 0..w {
+                        let v = x.data[base + cc * x.stride[1] + y * x.stride[2] + xx * x.stride[3]];
+                        if v != T::ZERO {
+                            nz.push(((cc * h + y) * w + xx, v));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Along one axis: the kernel taps `k0..k1` through which output position `o` reads an input
+/// inside `0..len` (tap `t` reads input `o·s + t − pad`), and the input position of tap `k0`
+/// (0 when there is none).
+fn taps(o: usize, s: usize, pad: usize, k: usize, len: usize) -> (usize, usize, usize) {
+    let base = o * s;
+    let k0 = pad.saturating_sub(base).min(k);
+    let k1 = (len + pad).saturating_sub(base).clamp(k0, k);
+    if k1 == k0 {
+        return (k0, k0, 0);
+    }
+    (k0, k1, base + k0 - pad)
+}
+
+/// `w` `[o, c, kh, kw]` (contiguous `[o, c·kh·kw]`) with the channels last:
+/// `[o, kh, kw, c]`.
+fn channels_last_kernel<T: Elem>(g: &Geom, w: &[T]) -> Vec<T> {
+    let (c, kk) = (g.c, g.kh * g.kw);
+    let mut wt = vec![T::ZERO; g.o * kk * c];
+    for oc in 0..g.o {
+        for cc in 0..c {
+            for t in 0..kk {
+                wt[(oc * kk + t) * c + cc] = w[(oc * c + cc) * kk + t];
+            }
+        }
+    }
+    wt
+}
+
+/// `a += v · b` over two slices of one length.
+#[inline]
+fn axpy<T: Elem>(a: &mut [T], v: T, b: &[T]) {
+    for (a, &b) in a.iter_mut().zip(b) {
+        *a += v * b;
+    }
+}
+
+/// `dx = conv_transpose2d(gy, w)` (the input gradient of `conv2d`) for a mostly-zero `gy`
+/// `[n, o, oh, ow]` (any strides) and `w` contiguous `[o, c·kh·kw]`: every non-zero `gy[o, y, x]`
+/// adds `gy · w[o, :, ky, kx]` to `dx[:, y·s + ky − pad, x·s + kx − pad]`, vectorised over the
+/// input channels (an image is accumulated channels-last, then transposed). Returns
+/// `[n, c, h, w]`.
+pub(crate) fn conv2d_backward_data<T: Elem>(g: &Geom, gy: View4<'_, T>, w: &[T]) -> Vec<T> {
+    let (c, h, wd, kh, kw) = (g.c, g.h, g.w, g.kh, g.kw);
+    let hw = h * wd;
+    let mut out = vec![T::ZERO; g.n * g.in_len()];
+    if out.is_empty() {
+        return out;
+    }
+    let wt = channels_last_kernel(g, w);
+    let dims = [g.n, g.o, g.oh, g.ow];
+    out.par_chunks_mut(g.in_len()).with_min_len(8).enumerate().for_each_init(
+        || (Vec::new(), vec![T::ZERO; hw * c]),
+        |(nz, acc), (i, dst)| {
+            nz.clear();
+            image_nonzeros(dims, gy, i, nz);
+            if nz.is_empty() {
+                return;
+            }
+            acc.fill(T::ZERO);
+            for &(j, v) in nz.iter() {
+                let (oc, oy, ox) = (j / g.p(), (j / g.ow) % g.oh, j % g.ow);
+                let (ky0, ky1, iy0) = taps(oy, g.stride, g.pad, kh, h);
+                let (kx0, kx1, ix0) = taps(ox, g.stride, g.pad, kw, wd);
+                for (dy, ky) in (ky0..ky1).enumerate() {
+                    let len = (kx1 - kx0) * c;
+                    let a = &mut acc[((iy0 + dy) * wd + ix0) * c..][..len];
+                    axpy(a, v, &wt[((oc * kh + ky) * kw + kx0) * c..][..len]);
+                }
+            }
+            for q in 0..hw {
+                for cc in 0..c {
+                    dst[cc * hw + q] = acc[q * c + cc];
+                }
+            }
+        },
+    );
+    out
+}
+
+/// `dW[o, c, ky, kx] = Σ_n Σ_{y,x} gy_n[o, y, x] · x_n[c, y·s + ky − pad, x·s + kx − pad]` (the
+/// kernel gradient of `conv2d`) for a mostly-zero `gy` `[n, o, oh, ow]`, visiting its non-zeros
+/// only, vectorised over the input channels (each image of `x` is read channels-last); `x`
+/// `[n, c, h, w]`, both with any strides. Returns `[o, c, kh, kw]`.
+pub(crate) fn conv2d_backward_weight<T: Elem>(g: &Geom, x: View4<'_, T>, gy: View4<'_, T>) -> Vec<T> {
+    let (c, h, wd, kh, kw) = (g.c, g.h, g.w, g.kh, g.kw);
+    let (hw, kk) = (h * wd, kh * kw);
+    let klen = g.o * g.k();
+    let dims = [g.n, g.o, g.oh, g.ow];
+    let [_, sc, sy, sx] = x.stride;
+    let add = |mut a: Vec<T>, b: Vec<T>| {
+        for (a, b) in a.iter_mut().zip(b) {
+            *a += b;
+        }
+        a
+    };
+    // acc[((o·kh + ky)·kw + kx)·c + cc]: the kernel gradient with the channels last.
+    let acc = (0..g.n)
+        .into_par_iter()
+        .with_min_len(8)
+        .fold(
+            || (vec![T::ZERO; klen], Vec::new(), vec![T::ZERO; hw * c]),
+            |(mut acc, mut nz, mut xt), i| {
+                nz.clear();
+                image_nonzeros(dims, gy, i, &mut nz);
+                if nz.is_empty() {
+                    return (acc, nz, xt);
+                }
+                let base = x.start + i * x.stride[0];
+                for cc in 0..c {
+                    for y in 0..h {
+                        for xx in 0..wd {
+                            xt[(y * wd + xx) * c + cc] = x.data[base + cc * sc + y * sy + xx * sx];
+                        }
+                    }
+                }
+                for &(j, v) in &nz {
+                    let (oc, oy, ox) = (j / g.p(), (j / g.ow) % g.oh, j % g.ow);
+                    let (ky0, ky1, iy0) = taps(oy, g.stride, g.pad, kh, h);
+                    let (kx0, kx1, ix0) = taps(ox, g.stride, g.pad, kw, wd);
+                    for (dy, ky) in (ky0..ky1).enumerate() {
+                        let len = (kx1 - kx0) * c;
+                        let a = &mut acc[((oc * kh + ky) * kw + kx0) * c..][..len];
+                        axpy(a, v, &xt[((iy0 + dy) * wd + ix0) * c..][..len]);
+                    }
+                }
+                (acc, nz, xt)
+            },
+        )
+        .map(|(acc, _, _)| acc)
+        .reduce(|| vec![T::ZERO; klen], add);
+    let mut out = vec![T::ZERO; klen];
+    for oc in 0..g.o {
+        for t in 0..kk {
+            for cc in 0..c {
+                out[(oc * c + cc) * kk + t] = acc[(oc * kk + t) * c + cc];
+            }
+        }
+    }
+    out
 }
 
 /// `y = conv2d(x, w)` for a mostly-zero `x` (any strides), `w` contiguous `[o, c·kh·kw]`;
@@ -68,27 +242,10 @@ pub(crate) fn conv2d_forward<T: Elem>(g: &Geom, x: View4<'_, T>, w: &[T]) -> Vec
         return out;
     }
     let (s, pad) = (g.stride, g.pad);
-    let flat = contiguous(g, x);
-    let img = g.c * g.h * g.w;
+    let dims = [g.n, g.c, g.h, g.w];
     out.par_chunks_mut(o * p).with_min_len(8).enumerate().for_each(|(i, dst)| {
-        // The image's non-zeros as (flat index c·h·w + y·w + x, value).
         let mut nz: Vec<(usize, T)> = Vec::new();
-        match flat {
-            Some(f) => nz.extend(f[i * img..(i + 1) * img].iter().enumerate().filter(|(_, &v)| v != T::ZERO).map(|(j, &v)| (j, v))),
-            None => {
-                let base = x.start + i * x.stride[0];
-                for c in 0..g.c {
-                    for y in 0..g.h {
-                        for xx in 0..g.w {
-                            let v = x.data[base + c * x.stride[1] + y * x.stride[2] + xx * x.stride[3]];
-                            if v != T::ZERO {
-                                nz.push(((c * g.h + y) * g.w + xx, v));
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        image_nonzeros(dims, x, i, &mut nz);
         if nz.is_empty() {
             return;
         }
