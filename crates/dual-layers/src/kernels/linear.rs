@@ -14,7 +14,7 @@
 //! Off the CPU, or in other dtypes, Candle's matmul does the work.
 
 use super::gemm_conv::{matmul, Mat, View4};
-use super::sparse::mostly_zero;
+use super::sparse::{density_limit, mostly_zero};
 use super::{cpu_float, tuning, Elem};
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
@@ -158,7 +158,7 @@ struct LinearOp;
 
 impl LinearOp {
     fn run<T: Elem>(x: &[T], rows: usize, k: usize, w: Mat<'_, T>, o: usize) -> Vec<T> {
-        if mostly_zero_rows(x, rows, k, tuning().sparse_below) {
+        if mostly_zero_rows(x, rows, k, density_limit(o)) {
             // Wᵀ as a contiguous [k, o].
             return scatter_rows(x, k, &transposed(w, o, k), o);
         }
@@ -202,11 +202,10 @@ struct LinearWeightGradOp;
 impl LinearWeightGradOp {
     fn run<T: Elem>(x: &[T], k: usize, g: &[T], o: usize) -> Vec<T> {
         let rows = x.len() / k.max(1);
-        let fraction = tuning().sparse_below;
-        if mostly_zero_rows(g, rows, o, fraction) {
+        if mostly_zero_rows(g, rows, o, density_limit(k)) {
             return outer_rows(g, o, x, k);
         }
-        if mostly_zero_rows(x, rows, k, fraction) {
+        if mostly_zero_rows(x, rows, k, density_limit(o)) {
             let t = outer_rows(x, k, g, o);
             return transposed(Mat { data: &t, off: 0, rs: o, cs: 1 }, k, o);
         }

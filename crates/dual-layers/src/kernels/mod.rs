@@ -114,8 +114,10 @@ pub struct Tuning {
     pub gemm_threads: bool,
     /// Route every call to Candle's own convolutions (for before/after comparisons).
     pub candle: bool,
-    /// Visit the non-zeros only when fewer than this fraction of an operand is non-zero: the
-    /// input of a convolution, the gradient in its input and kernel gradients (0 turns it off).
+    /// Visit the non-zeros only when fewer than this fraction of an operand is non-zero (and the
+    /// dense product costs enough per element to pay for finding them): the input of a
+    /// convolution or linear layer, the gradient in their input and kernel gradients (0 turns
+    /// it off).
     pub sparse_below: f64,
 }
 
@@ -340,10 +342,11 @@ impl CustomOp2 for Conv2dOp {
         }
         let (oh, ow) = (conv_out(h, kh, self.stride, self.padding)?, conv_out(w, kw, self.stride, self.padding)?);
         let g = Geom { n, c, h, w, o, kh, kw, stride: self.stride, pad: self.padding, oh, ow };
-        let sparse_below = tuning().sparse_below;
+        // Each input element costs about `macs_per_image / in_len` multiply-adds in the gemm.
+        let limit = sparse::density_limit(g.macs_per_image() / g.in_len().max(1));
         let out = dispatch!("conv2d", s1, s2; |x, k| {
             let xv = view(x, l1);
-            if !g.is_pointwise() && sparse::mostly_zero([n, c, h, w], xv, sparse_below) {
+            if !g.is_pointwise() && sparse::mostly_zero([n, c, h, w], xv, limit) {
                 sparse::conv2d_forward(&g, xv, &kernel_matrix(k, l2))
             } else {
                 gemm_conv::conv2d_forward(&g, xv, &kernel_matrix(k, l2))
@@ -397,10 +400,10 @@ impl CustomOp2 for ConvTranspose2dOp {
         let h = conv_transpose_out(oh, kh, s, p, self.output_padding.0)?;
         let w = conv_transpose_out(ow, kw, s, p, self.output_padding.1)?;
         let g = Geom { n, c, h, w, o, kh, kw, stride: s, pad: p, oh, ow };
-        let sparse_below = tuning().sparse_below;
+        let limit = sparse::density_limit(g.k());
         let out = dispatch!("conv_transpose2d", s1, s2; |x, k| {
             let k = kernel_matrix(k, l2);
-            if sparse::mostly_zero([n, o, oh, ow], view(x, l1), sparse_below) {
+            if sparse::mostly_zero([n, o, oh, ow], view(x, l1), limit) {
                 sparse::conv2d_backward_data(&g, view(x, l1), &k)
             } else {
                 with_matrix_side(x, l1, |y, ps| gemm_conv::conv2d_backward_data(&g, y, ps, &k))
@@ -446,9 +449,9 @@ impl CustomOp2 for Conv2dWeightGradOp {
             bail!("conv2d weight gradient: gradient of size {oh}x{ow} does not match an input of size {h}x{w}");
         }
         let g = Geom { n, c, h, w, o, kh, kw, stride: s, pad: p, oh, ow };
-        let sparse_below = tuning().sparse_below;
+        let limit = sparse::density_limit(g.k());
         let out = dispatch!("conv2d weight gradient", s1, s2; |x, gy| {
-            if sparse::mostly_zero([n, o, oh, ow], view(gy, l2), sparse_below) {
+            if sparse::mostly_zero([n, o, oh, ow], view(gy, l2), limit) {
                 sparse::conv2d_backward_weight(&g, view(x, l1), view(gy, l2))
             } else {
                 with_matrix_side(gy, l2, |gyv, ps| gemm_conv::conv2d_backward_weight(&g, view(x, l1), gyv, ps))
