@@ -138,7 +138,7 @@ impl ReluSource {
 /// (the `Σ l_ij [ν_ij]_+` term of Theorem 1 with `ν = -g`).
 /// `g` may be shared by the batch (`[1, n, *shape]`); the result is then still `[B, n]`.
 pub fn relu_lower_term(w: &Tensor, g: &Tensor) -> Result<Tensor> {
-    Ok(contract_features(&g.minimum(0.0)?, w)?)
+    Ok(crate::kernels::neg_part_contract(g, w)?)
 }
 
 /// One-hot columns: `out[b, j, idx[b][start + j]] = 1`, shaped `[B, len, K]`.

@@ -7,7 +7,8 @@
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use dual_layers::kernels::{
-    abs_contract, conv2d_fast, conv2d_weight_grad, conv_transpose2d_fast, conv_transpose2d_fast_hw, linear_columns, linear_weight_grad, scale_columns,
+    abs_contract, conv2d_fast, conv2d_weight_grad, conv_transpose2d_fast, conv_transpose2d_fast_hw, linear_columns, linear_weight_grad, neg_part_contract,
+    scale_columns,
     set_tuning, tuning, Tuning,
 };
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -438,24 +439,33 @@ fn scale_columns_matches_broadcast_mul() -> Result<()> {
 }
 
 #[test]
-fn abs_contract_matches_candle_ops() -> Result<()> {
+fn abs_and_neg_part_contract_match_candle_ops() -> Result<()> {
+    // Σ_p |g| w and Σ_p min(g, 0) w, written with Candle's ops as g·sign(g) and g·1{g ≤ 0} so
+    // that Candle's gradient has the same (sub)gradient at the exact zeros: sign(0) = 0 for |·|
+    // (PyTorch's abs) and slope 1 at 0 for min(·, 0) (PyTorch's clamp).
+    type Contract = fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>;
+    let pieces: [(&str, Contract, fn(&Tensor) -> Result<Tensor>); 2] = [
+        ("abs", abs_contract, sign),
+        ("neg part", neg_part_contract, |g| g.le(0.0)?.to_dtype(g.dtype())),
+    ];
     let mut rng = StdRng::seed_from_u64(2);
-    for dtype in [DType::F64, DType::F32] {
-        for (gb, b, r, p) in [(3, 3, 5, 7), (1, 3, 5, 7), (1, 1, 2, 5000), (4, 4, 30, 17)] {
-            let what = format!("gb {gb} b {b} r {r} p {p}");
-            let g = Var::from_tensor(&rand_with_zeros(&mut rng, &[gb, r, p], dtype)?)?;
-            let w = Var::from_tensor(&rand_with_zeros(&mut rng, &[b, p], dtype)?)?;
-            let up = rand_with_zeros(&mut rng, &[b, r], dtype)?;
-            let got = abs_contract(g.as_tensor(), w.as_tensor())?;
-            // Σ_p |g| w with |g| = g·sign(g), so Candle's gradient also uses sign(0) = 0.
-            let gt = g.as_tensor();
-            let absg = (gt * sign(gt)?.detach())?;
-            let want = absg.broadcast_mul(&w.as_tensor().unsqueeze(1)?)?.sum(2)?;
-            assert_close(&got, &want, dtype, &format!("{what} forward"))?;
-            let gg = (got * &up)?.sum_all()?.backward()?;
-            let gw = (want * &up)?.sum_all()?.backward()?;
-            for (v, name) in [(&g, "dg"), (&w, "dw")] {
-                assert_close(gg.get(v.as_tensor()).unwrap(), gw.get(v.as_tensor()).unwrap(), dtype, &format!("{what} {name}"))?;
+    for (name, contract, factor) in pieces {
+        for dtype in [DType::F64, DType::F32] {
+            for (gb, b, r, p) in [(3, 3, 5, 7), (1, 3, 5, 7), (1, 1, 2, 5000), (4, 4, 30, 17)] {
+                let what = format!("{name} gb {gb} b {b} r {r} p {p}");
+                let g = Var::from_tensor(&rand_with_zeros(&mut rng, &[gb, r, p], dtype)?)?;
+                let w = Var::from_tensor(&rand_with_zeros(&mut rng, &[b, p], dtype)?)?;
+                let up = rand_with_zeros(&mut rng, &[b, r], dtype)?;
+                let got = contract(g.as_tensor(), w.as_tensor())?;
+                let gt = g.as_tensor();
+                let piece = (gt * factor(gt)?.detach())?;
+                let want = piece.broadcast_mul(&w.as_tensor().unsqueeze(1)?)?.sum(2)?;
+                assert_close(&got, &want, dtype, &format!("{what} forward"))?;
+                let gg = (got * &up)?.sum_all()?.backward()?;
+                let gw = (want * &up)?.sum_all()?.backward()?;
+                for (v, name) in [(&g, "dg"), (&w, "dw")] {
+                    assert_close(gg.get(v.as_tensor()).unwrap(), gw.get(v.as_tensor()).unwrap(), dtype, &format!("{what} {name}"))?;
+                }
             }
         }
     }

@@ -40,7 +40,7 @@ mod slopes;
 mod sparse;
 
 pub use linear::{linear_columns, linear_weight_grad};
-pub use slopes::{abs_contract, scale_columns};
+pub use slopes::{abs_contract, neg_part_contract, scale_columns};
 
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use gemm_conv::View4;

@@ -170,45 +170,94 @@ impl CustomOp2 for ColumnDot {
 }
 
 // ---------------------------------------------------------------------------------------------
-// abs_contract
+// abs_contract, neg_part_contract
+
+/// The piecewise-linear function of the coefficients that a contraction weighs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Piece {
+    /// `|a|`, with the subgradient `sign(0) = 0` (as PyTorch's `abs`).
+    Abs,
+    /// `min(a, 0)`, with the derivative 1 at 0 (as PyTorch's `clamp`).
+    NegPart,
+}
+
+impl Piece {
+    #[inline]
+    fn value<T: Elem>(self, a: T) -> T {
+        match self {
+            Piece::Abs => a.abs(),
+            Piece::NegPart => {
+                if a < T::ZERO {
+                    a
+                } else {
+                    T::ZERO
+                }
+            }
+        }
+    }
+    #[inline]
+    fn slope<T: Elem>(self, a: T) -> T {
+        match self {
+            Piece::Abs => a.signum0(),
+            Piece::NegPart => {
+                if a <= T::ZERO {
+                    T::ONE
+                } else {
+                    T::ZERO
+                }
+            }
+        }
+    }
+    /// The same function from Candle's ops, with the same (sub)gradient at 0.
+    fn candle(self, g: &Tensor) -> Result<Tensor> {
+        match self {
+            // |g| = g · sign(g) keeps sign(0) = 0.
+            Piece::Abs => g * (g.gt(0.0)?.to_dtype(g.dtype())? - g.lt(0.0)?.to_dtype(g.dtype())?)?,
+            // min(g, 0) = g · 1{g ≤ 0} has the slope 1 at 0.
+            Piece::NegPart => g * g.le(0.0)?.to_dtype(g.dtype())?,
+        }
+    }
+}
 
 /// `out[b, r] = Σ_p |g[b, r, p]| · w[b, p]` for coefficients `g` `[B, R, *shape]` (or
 /// `[1, R, *shape]`, shared by the batch) and weights `w` `[B, P]`: the weighted l1 norms behind
-/// the source terms (`ε‖ν̂₁‖₁` of Theorem 1, the box term, the ReLU term). Returns `[B, R]`.
+/// the source terms (`ε‖ν̂₁‖₁` of Theorem 1, the box term). Returns `[B, R]`.
 pub fn abs_contract(g: &Tensor, w: &Tensor) -> Result<Tensor> {
+    piece_contract(g, w, Piece::Abs)
+}
+
+/// `out[b, r] = Σ_p min(g[b, r, p], 0) · w[b, p]`, shaped like [`abs_contract`]: the ReLU term
+/// `Σ_{j∈I} l_j [ν_j]_+` of Theorem 1 with `g = -ν` and `w = -d l` (zero off `I`).
+pub fn neg_part_contract(g: &Tensor, w: &Tensor) -> Result<Tensor> {
+    piece_contract(g, w, Piece::NegPart)
+}
+
+fn piece_contract(g: &Tensor, w: &Tensor, piece: Piece) -> Result<Tensor> {
     let g = g.flatten_from(2)?;
     let (gb, r, p) = g.dims3()?;
     let b = w.dim(0)?;
     let w = w.reshape((b, p))?.to_dtype(g.dtype())?;
     if gb == 1 && b != 1 {
-        // Shared coefficients: one small |g| and a matmul; |g| = g · sign(g) keeps the
-        // subgradient sign(0) = 0 of the fused kernel (and of PyTorch).
-        let g = g.squeeze(0)?;
-        let sign = (g.gt(0.0)?.to_dtype(g.dtype())? - g.lt(0.0)?.to_dtype(g.dtype())?)?;
-        return w.matmul(&(&g * sign)?.t()?);
+        // Shared coefficients: one small piece(g) and a matmul.
+        return w.matmul(&piece.candle(&g.squeeze(0)?)?.t()?);
     }
     if gb != b {
-        bail!(
-            "abs_contract: coefficients {:?} and weights {:?} do not match",
-            g.dims(),
-            w.dims()
-        );
+        bail!("{piece:?} contraction: coefficients {:?} and weights {:?} do not match", g.dims(), w.dims());
     }
     if !cpu_float(&[&g, &w]) {
-        return g
-            .abs()?
-            .contiguous()?
-            .matmul(&w.unsqueeze(2)?)?
-            .reshape((b, r));
+        return piece.candle(&g)?.contiguous()?.matmul(&w.unsqueeze(2)?)?.reshape((b, r));
     }
-    g.contiguous()?.apply_op2(&w.contiguous()?, AbsContract)
+    g.contiguous()?.apply_op2(&w.contiguous()?, PieceContract(piece))
 }
 
-struct AbsContract;
+struct PieceContract(Piece);
 
-impl CustomOp2 for AbsContract {
+impl CustomOp2 for PieceContract {
     fn name(&self) -> &'static str {
-        "abs-contract"
+        match self.0 {
+            Piece::Abs => "abs-contract",
+            Piece::NegPart => "neg-part-contract",
+        }
     }
     fn cpu_fwd(
         &self,
@@ -218,14 +267,15 @@ impl CustomOp2 for AbsContract {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (b, r, p) = l1.shape().dims3()?;
-        let out = dispatch!("abs_contract", s1, s2; |g, w| {
-            let (g, w) = (contiguous(g, l1, "abs_contract")?, contiguous(w, l2, "abs_contract")?);
+        let piece = self.0;
+        let out = dispatch!("piece_contract", s1, s2; |g, w| {
+            let (g, w) = (contiguous(g, l1, "piece_contract")?, contiguous(w, l2, "piece_contract")?);
             let mut out = vec![Default::default(); b * r];
             out.par_iter_mut().with_min_len(MIN_ROWS).enumerate().for_each(|(q, o)| {
                 let ws = &w[(q / r) * p..][..p];
                 let mut acc = Default::default();
                 for (&a, &c) in g[q * p..][..p].iter().zip(ws) {
-                    acc += Elem::abs(a) * c;
+                    acc += piece.value(a) * c;
                 }
                 *o = acc;
             });
@@ -242,12 +292,12 @@ impl CustomOp2 for AbsContract {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let dg = if g.track_op() {
-            Some(g.apply_op3_no_bwd(&grad, w, &SignedOuter)?)
+            Some(g.apply_op3_no_bwd(&grad, w, &SlopeOuter(self.0))?)
         } else {
             None
         };
         let dw = if w.track_op() {
-            Some(grad.apply_op2_no_bwd(g, &AbsWeightedRows)?)
+            Some(grad.apply_op2_no_bwd(g, &PieceWeightedRows(self.0))?)
         } else {
             None
         };
@@ -255,12 +305,12 @@ impl CustomOp2 for AbsContract {
     }
 }
 
-/// `out[b, r, p] = sign(g[b, r, p]) · grad[b, r] · w[b, p]`: the gradient of the coefficients.
-struct SignedOuter;
+/// `out[b, r, p] = piece'(g[b, r, p]) · grad[b, r] · w[b, p]`: the gradient of the coefficients.
+struct SlopeOuter(Piece);
 
-impl CustomOp3 for SignedOuter {
+impl CustomOp3 for SlopeOuter {
     fn name(&self) -> &'static str {
-        "signed-outer"
+        "slope-outer"
     }
     fn cpu_fwd(
         &self,
@@ -272,14 +322,15 @@ impl CustomOp3 for SignedOuter {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (b, r, p) = l1.shape().dims3()?;
-        let out = dispatch!("signed_outer", s1, s2, s3; |g, gr, w| {
-            let (g, gr, w) = (contiguous(g, l1, "signed_outer")?, contiguous(gr, l2, "signed_outer")?, contiguous(w, l3, "signed_outer")?);
+        let piece = self.0;
+        let out = dispatch!("slope_outer", s1, s2, s3; |g, gr, w| {
+            let (g, gr, w) = (contiguous(g, l1, "slope_outer")?, contiguous(gr, l2, "slope_outer")?, contiguous(w, l3, "slope_outer")?);
             let mut out = vec![Default::default(); b * r * p];
             out.par_chunks_mut(p).with_min_len(MIN_ROWS).enumerate().for_each(|(q, row)| {
                 let s = gr[q];
                 let ws = &w[(q / r) * p..][..p];
                 for ((o, &a), &c) in row.iter_mut().zip(&g[q * p..][..p]).zip(ws) {
-                    *o = Elem::signum0(a) * s * c;
+                    *o = piece.slope(a) * s * c;
                 }
             });
             out
@@ -288,12 +339,12 @@ impl CustomOp3 for SignedOuter {
     }
 }
 
-/// `out[b, p] = Σ_r grad[b, r] |g[b, r, p]|`: the gradient of the weights.
-struct AbsWeightedRows;
+/// `out[b, p] = Σ_r grad[b, r] · piece(g[b, r, p])`: the gradient of the weights.
+struct PieceWeightedRows(Piece);
 
-impl CustomOp2 for AbsWeightedRows {
+impl CustomOp2 for PieceWeightedRows {
     fn name(&self) -> &'static str {
-        "abs-weighted-rows"
+        "piece-weighted-rows"
     }
     fn cpu_fwd(
         &self,
@@ -305,8 +356,9 @@ impl CustomOp2 for AbsWeightedRows {
         let (b, r) = l1.shape().dims2()?;
         let (_, _, p) = l2.shape().dims3()?;
         const BLOCK: usize = 1024;
-        let out = dispatch!("abs_weighted_rows", s1, s2; |gr, g| {
-            let (gr, g) = (contiguous(gr, l1, "abs_weighted_rows")?, contiguous(g, l2, "abs_weighted_rows")?);
+        let piece = self.0;
+        let out = dispatch!("piece_weighted_rows", s1, s2; |gr, g| {
+            let (gr, g) = (contiguous(gr, l1, "piece_weighted_rows")?, contiguous(g, l2, "piece_weighted_rows")?);
             let mut out = vec![Default::default(); b * p];
             let mut tasks: Vec<(usize, usize, &mut [_])> = Vec::new();
             for (e, row) in out.chunks_mut(p).enumerate() {
@@ -319,7 +371,7 @@ impl CustomOp2 for AbsWeightedRows {
                 for j in 0..r {
                     let s = gr[e * r + j];
                     for (o, &a) in part.iter_mut().zip(&g[(e * r + j) * p + i0..][..len]) {
-                        *o += s * Elem::abs(a);
+                        *o += s * piece.value(a);
                     }
                 }
             });
