@@ -303,11 +303,14 @@ fn median_terms_fwd<T: Elem>(p: &[T], b: usize, n: usize, kk: usize, idx: &[u32]
 /// The gradient of `p`: zero except column 0 (the linear part's gradient) and the selected
 /// columns (the median's gradient times the sign of the selected value).
 fn median_terms_bwd<T: Elem>(p: &[T], g: &[T], b: usize, n: usize, kk: usize, idx: &[u32], lin: bool) -> Vec<T> {
+    use rayon::prelude::*;
     let rows = 1 + lin as usize;
-    let mut out = vec![T::ZERO; b * n * kk];
-    for bi in 0..b {
+    let mut out = dual_layers::kernels::zeroed::<T>(b * n * kk);
+    if kk == 0 || n == 0 {
+        return out;
+    }
+    out.par_chunks_mut(n * kk).enumerate().for_each(|(bi, ob)| {
         let gb = &g[bi * rows * kk..(bi + 1) * rows * kk];
-        let ob = &mut out[bi * n * kk..(bi + 1) * n * kk];
         if lin {
             ob[..kk].copy_from_slice(&gb[..kk]);
         }
@@ -316,7 +319,7 @@ fn median_terms_bwd<T: Elem>(p: &[T], g: &[T], b: usize, n: usize, kk: usize, id
             let at = idx[bi * kk + j] as usize * kk + j;
             ob[at] = p[bi * n * kk + at].signum0() * gm[j];
         }
-    }
+    });
     out
 }
 

@@ -171,7 +171,7 @@ fn expand_group<T: Elem>(g: &Geom, y: &View4<'_, T>, ps: usize, first: usize, gc
 pub(crate) fn conv2d_forward<T: Elem>(g: &Geom, x: View4<'_, T>, w: &[T]) -> Vec<T> {
     let (k, p, o, pq, wq, ow) = (g.k(), g.p(), g.o, g.pq(), g.wq(), g.ow);
     let out_len = g.out_len();
-    let mut out = vec![T::ZERO; g.n * out_len];
+    let mut out = super::zeroed::<T>(g.n * out_len);
     if out.is_empty() {
         return out;
     }
@@ -230,7 +230,7 @@ pub(crate) fn conv2d_forward<T: Elem>(g: &Geom, x: View4<'_, T>, w: &[T]) -> Vec
 pub(crate) fn conv2d_backward_data<T: Elem>(g: &Geom, y: View4<'_, T>, ps: usize, w: &[T]) -> Vec<T> {
     let (k, p, o, pq) = (g.k(), g.p(), g.o, g.pq());
     let in_len = g.in_len();
-    let mut out = vec![T::ZERO; g.n * in_len];
+    let mut out = super::zeroed::<T>(g.n * in_len);
     if out.is_empty() {
         return out;
     }

@@ -92,7 +92,7 @@ fn parallelism(macs: usize) -> Parallelism {
 /// `b` `[inner, cols]`, visiting the non-zeros of `a` only.
 fn scatter_rows<T: Elem>(a: &[T], inner: usize, b: &[T], cols: usize) -> Vec<T> {
     let rows = a.len() / inner.max(1);
-    let mut out = vec![T::ZERO; rows * cols];
+    let mut out = super::zeroed::<T>(rows * cols);
     if cols == 0 {
         return out;
     }
@@ -162,7 +162,7 @@ impl LinearOp {
             // Wᵀ as a contiguous [k, o].
             return scatter_rows(x, k, &transposed(w, o, k), o);
         }
-        let mut out = vec![T::ZERO; rows * o];
+        let mut out = super::zeroed::<T>(rows * o);
         let wt = Mat { data: w.data, off: w.off, rs: w.cs, cs: w.rs };
         matmul(rows, o, k, &mut out, o, false, Mat { data: x, off: 0, rs: k, cs: 1 }, wt, parallelism(rows * o * k));
         out

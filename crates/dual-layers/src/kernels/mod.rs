@@ -59,6 +59,7 @@ pub trait Elem:
     + std::ops::Neg<Output = Self>
     + std::ops::AddAssign
     + std::fmt::Debug
+    + Default
 {
     /// Additive identity.
     const ZERO: Self;
@@ -91,6 +92,29 @@ macro_rules! impl_elem {
 }
 
 impl_elem!(f32, f64);
+
+/// A zero-filled buffer of `len` elements, filled by rayon's threads when it is large: a single
+/// thread zeroing the tens of megabytes of a column block is a serial step every other thread
+/// waits for (and the pages are then first touched by the threads that work on them).
+#[doc(hidden)]
+pub fn zeroed<T: Copy + Send + Sync + Default>(len: usize) -> Vec<T> {
+    const CHUNK: usize = 1 << 16;
+    if len < 4 * CHUNK || rayon::current_num_threads() == 1 {
+        return vec![T::default(); len];
+    }
+    let mut v: Vec<T> = Vec::with_capacity(len);
+    {
+        use rayon::prelude::*;
+        v.spare_capacity_mut()[..len].par_chunks_mut(CHUNK).for_each(|c| {
+            for e in c {
+                e.write(T::default());
+            }
+        });
+    }
+    // SAFETY: the first `len` elements were all initialised just above.
+    unsafe { v.set_len(len) };
+    v
+}
 
 /// Whether the kernels apply to these tensors: all on the CPU, all of one float dtype (f32 or
 /// f64), and Candle's own ops not forced by the tuning.

@@ -64,7 +64,7 @@ fn columns_dims(x: &Layout, d: &Layout) -> Result<(usize, usize, usize, usize)> 
 }
 
 fn scale_rows<T: Elem>(x: &[T], d: &[T], bx: usize, b: usize, n: usize, k: usize) -> Vec<T> {
-    let mut out = vec![T::ZERO; b * n * k];
+    let mut out = super::zeroed::<T>(b * n * k);
     out.par_chunks_mut(k.max(1)).with_min_len(MIN_ROWS).enumerate().for_each(|(q, row)| {
         let (e, j) = (q / n, q % n);
         let src = &x[((if bx == 1 { 0 } else { e }) * n + j) * k..][..k];
@@ -325,7 +325,7 @@ impl CustomOp3 for SlopeOuter {
         let piece = self.0;
         let out = dispatch!("slope_outer", s1, s2, s3; |g, gr, w| {
             let (g, gr, w) = (contiguous(g, l1, "slope_outer")?, contiguous(gr, l2, "slope_outer")?, contiguous(w, l3, "slope_outer")?);
-            let mut out = vec![Default::default(); b * r * p];
+            let mut out = super::zeroed(b * r * p);
             out.par_chunks_mut(p).with_min_len(MIN_ROWS).enumerate().for_each(|(q, row)| {
                 let s = gr[q];
                 let ws = &w[(q / r) * p..][..p];

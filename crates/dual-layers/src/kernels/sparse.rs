@@ -155,7 +155,7 @@ fn axpy<T: Elem>(a: &mut [T], v: T, b: &[T]) {
 pub(crate) fn conv2d_backward_data<T: Elem>(g: &Geom, gy: View4<'_, T>, w: &[T]) -> Vec<T> {
     let (c, h, wd, kh, kw) = (g.c, g.h, g.w, g.kh, g.kw);
     let hw = h * wd;
-    let mut out = vec![T::ZERO; g.n * g.in_len()];
+    let mut out = super::zeroed::<T>(g.n * g.in_len());
     if out.is_empty() {
         return out;
     }
@@ -263,7 +263,7 @@ pub(crate) fn conv2d_forward<T: Elem>(g: &Geom, x: View4<'_, T>, w: &[T]) -> Vec
             wt[r * o + oc] = w[oc * k + r];
         }
     }
-    let mut out = vec![T::ZERO; g.n * o * p];
+    let mut out = super::zeroed::<T>(g.n * o * p);
     if out.is_empty() {
         return out;
     }
