@@ -2,7 +2,7 @@
 //!
 //! `cargo run --release -p experiments --example workload_profile -- [BATCH] [REPEATS]`
 //!
-//! `K=10` changes the number of projections (default 50). Prints one line per run: the workload, seconds, loss, robust error and gradient mass.
+//! `K=10` changes the number of projections (default 50). Prints one line per run: the workload, seconds, CPU seconds, loss, robust error and gradient mass.
 
 use anyhow::Result;
 use candle_core::{DType, Device};
@@ -12,6 +12,18 @@ use std::path::Path;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// User + system CPU time of this process so far, in seconds (from `/proc/self/stat`; 0 where
+/// that is not readable). On a noisy machine CPU time compares two builds better than wall time.
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    // Fields after the command name (which is in parentheses and may contain spaces).
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the file, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -32,13 +44,18 @@ fn main() -> Result<()> {
         if only.as_ref().is_some_and(|o| if full { w.name() != *o } else { !w.name().contains(o.as_str()) }) {
             continue;
         }
-        let mut t = Vec::new();
+        let (mut t, mut cpu) = (Vec::new(), Vec::new());
         for r in 0..reps {
+            let c0 = cpu_seconds();
             let run = run_workload(&net, &x, &y, 0.1, true, w, r as u64)?;
-            println!("{:28} {:.3} s  loss {:.5}  err {:.3}  |g| {:.4}", w.name(), run.seconds, run.loss, run.robust_error, run.grad_abs_sum);
+            let c = cpu_seconds() - c0;
+            println!("{:28} {:.3} s  cpu {:.3} s  loss {:.5}  err {:.3}  |g| {:.4}", w.name(), run.seconds, c, run.loss, run.robust_error, run.grad_abs_sum);
             t.push(run.seconds);
+            if r > 0 {
+                cpu.push(c);
+            }
         }
-        println!("{:28} median {:.3} s", w.name(), median(&t));
+        println!("{:28} median {:.3} s  (cpu median {:.3} s after the first run)", w.name(), median(&t), median(&cpu));
     }
     Ok(())
 }
