@@ -93,6 +93,21 @@ macro_rules! impl_elem {
 
 impl_elem!(f32, f64);
 
+/// A buffer of `rows × len` elements whose every row is written by `fill(row index, row)` on
+/// rayon's threads (at least `min_rows` rows per task): no zero fill first, since nothing is
+/// left unwritten.
+pub(crate) fn rows_filled<T: Send>(rows: usize, len: usize, min_rows: usize, fill: impl Fn(usize, &mut [std::mem::MaybeUninit<T>]) + Sync + Send) -> Vec<T> {
+    use rayon::prelude::*;
+    let total = rows * len;
+    let mut v: Vec<T> = Vec::with_capacity(total);
+    if len > 0 {
+        v.spare_capacity_mut()[..total].par_chunks_mut(len).with_min_len(min_rows.max(1)).enumerate().for_each(|(q, row)| fill(q, row));
+    }
+    // SAFETY: `fill` wrote every element of every row (each caller writes its whole row).
+    unsafe { v.set_len(total) };
+    v
+}
+
 /// A zero-filled buffer of `len` elements, filled by rayon's threads when it is large: a single
 /// thread zeroing the tens of megabytes of a column block is a serial step every other thread
 /// waits for (and the pages are then first touched by the threads that work on them).

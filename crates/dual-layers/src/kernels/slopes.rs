@@ -64,16 +64,14 @@ fn columns_dims(x: &Layout, d: &Layout) -> Result<(usize, usize, usize, usize)> 
 }
 
 fn scale_rows<T: Elem>(x: &[T], d: &[T], bx: usize, b: usize, n: usize, k: usize) -> Vec<T> {
-    let mut out = super::zeroed::<T>(b * n * k);
-    out.par_chunks_mut(k.max(1)).with_min_len(MIN_ROWS).enumerate().for_each(|(q, row)| {
+    super::rows_filled(b * n, k, MIN_ROWS, |q, row| {
         let (e, j) = (q / n, q % n);
         let src = &x[((if bx == 1 { 0 } else { e }) * n + j) * k..][..k];
         let dd = &d[e * k..][..k];
         for ((o, &s), &w) in row.iter_mut().zip(src).zip(dd) {
-            *o = s * w;
+            o.write(s * w);
         }
-    });
-    out
+    })
 }
 
 impl CustomOp2 for ScaleColumns {
@@ -325,15 +323,13 @@ impl CustomOp3 for SlopeOuter {
         let piece = self.0;
         let out = dispatch!("slope_outer", s1, s2, s3; |g, gr, w| {
             let (g, gr, w) = (contiguous(g, l1, "slope_outer")?, contiguous(gr, l2, "slope_outer")?, contiguous(w, l3, "slope_outer")?);
-            let mut out = super::zeroed(b * r * p);
-            out.par_chunks_mut(p).with_min_len(MIN_ROWS).enumerate().for_each(|(q, row)| {
+            super::rows_filled(b * r, p, MIN_ROWS, |q, row| {
                 let s = gr[q];
                 let ws = &w[(q / r) * p..][..p];
                 for ((o, &a), &c) in row.iter_mut().zip(&g[q * p..][..p]).zip(ws) {
-                    *o = piece.slope(a) * s * c;
+                    o.write(piece.slope(a) * s * c);
                 }
-            });
-            out
+            })
         });
         Ok((out, Shape::from((b, r, p))))
     }
