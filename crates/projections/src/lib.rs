@@ -26,6 +26,7 @@ mod guarantee;
 mod input;
 pub mod random;
 mod relu;
+mod relu_columns;
 
 pub use config::{
     count_estimates, epsilon_from_model, inflation, input_projected, project_nodes, projected_dual, projected_input,

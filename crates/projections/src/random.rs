@@ -170,8 +170,7 @@ pub fn projection_tensor_on(
     /// Example's draws into `out` (`[lead + k, K]`): row 0 ones when `lead` is 1, then the draws
     /// at the support.
     fn scatter<T: Copy>(kind: Projection, k: usize, kk: usize, lead: usize, idx: &[u32], seed: u64, out: &mut [T], conv: impl Fn(f64) -> T) {
-        let mut vals = vec![0f64; k * idx.len()];
-        fill(kind, &mut vals, seed, |x| x);
+        let vals = draws_at(kind, k, idx.len(), seed);
         out[..lead * kk].iter_mut().for_each(|v| *v = conv(1.0));
         for i in 0..k {
             for (j, &u) in idx.iter().enumerate() {
@@ -188,6 +187,14 @@ pub fn projection_tensor_on(
         |i, c| scatter(kind, k, kk, lead, &support[i], stream_seed(seed, i as u64), c, |x| x),
         |i, c| scatter(kind, k, kk, lead, &support[i], stream_seed(seed, i as u64), c, |x| x as f32),
     )
+}
+
+/// The `k · m` draws of one example with `m` supported features, in the order
+/// [`projection_tensor_on`] places them (draw `i·m + j` for projection `i`, feature `j`).
+pub(crate) fn draws_at(kind: Projection, k: usize, m: usize, seed: u64) -> Vec<f64> {
+    let mut vals = vec![0f64; k * m];
+    fill(kind, &mut vals, seed, |x| x);
+    vals
 }
 
 #[cfg(test)]

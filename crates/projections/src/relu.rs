@@ -2,7 +2,7 @@
 
 use crate::estimate::linear_and_median_abs;
 use crate::input::{inflation_factor, need_all_columns};
-use crate::random::{projection_tensor_on, stream_seed, Projection};
+use crate::random::stream_seed;
 use candle_core::Tensor;
 use dual_core::{DualActivation, DualSource, Relaxation, Result};
 use dual_layers::{ReluParts, ReluRelaxation};
@@ -106,14 +106,10 @@ impl ReluProjSource {
         if let Some(c) = self.cols.get() {
             return Ok(c);
         }
-        let (b, _) = self.w.dims2()?;
-        // [1; r] ⊙ w in one op (no concatenation of parameter-dependent tensors, so the backward
-        // pass accumulates one gradient): column 0 is w itself.
-        let r = projection_tensor_on(Projection::Cauchy, self.k, &self.shape, &self.unstable, self.seed, self.w.dtype(), self.w.device(), true)?;
-        debug_assert_eq!(r.dims()[..2], [b, self.k + 1]);
-        let mut wdims = vec![b];
-        wdims.extend_from_slice(&self.shape);
-        let cols = dual_layers::kernels::scale_columns(&r, &self.w.reshape(wdims)?)?;
+        // [w; r_1 ⊙ w; …; r_k ⊙ w] in one op that writes and reads the support only (no
+        // concatenation of parameter-dependent tensors, so the backward pass accumulates one
+        // gradient): column 0 is w itself.
+        let cols = crate::relu_columns::relu_proj_columns(&self.w, &self.shape, &self.unstable, self.k, self.seed)?;
         Ok(self.cols.get_or_init(|| cols))
     }
 }
