@@ -2,7 +2,9 @@
 //!
 //! `cargo run --release -p experiments --example workload_profile -- [BATCH] [REPEATS]`
 //!
-//! `K=10` changes the number of projections (default 50). Prints one line per run: the workload, seconds, CPU seconds, loss, robust error and gradient mass.
+//! `K=10` changes the number of projections (default 50); `SEED=3` gives every run the same seed
+//! (by default run `r` uses seed `r`). Prints one line per run: the workload, seconds, CPU
+//! seconds, loss, robust error and gradient mass.
 
 use anyhow::Result;
 use candle_core::{DType, Device};
@@ -47,7 +49,8 @@ fn main() -> Result<()> {
         let (mut t, mut cpu) = (Vec::new(), Vec::new());
         for r in 0..reps {
             let c0 = cpu_seconds();
-            let run = run_workload(&net, &x, &y, 0.1, true, w, r as u64)?;
+            let seed = std::env::var("SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(r as u64);
+            let run = run_workload(&net, &x, &y, 0.1, true, w, seed)?;
             let c = cpu_seconds() - c0;
             println!("{:28} {:.3} s  cpu {:.3} s  loss {:.5}  err {:.3}  |g| {:.4}", w.name(), run.seconds, c, run.loss, run.robust_error, run.grad_abs_sum);
             t.push(run.seconds);
