@@ -533,6 +533,25 @@ fn rand_sparse(rng: &mut StdRng, shape: &[usize], dtype: DType) -> Result<Tensor
     Tensor::from_vec(v, shape, &Device::Cpu)?.to_dtype(dtype)
 }
 
+/// Mostly zero with a few dense images: about every 30th image (along dim 0) fully non-zero,
+/// 0.5 % non-zeros elsewhere — the shape of a projected bound's gradient, whose few columns that
+/// meet a later layer's unstable units are dense.
+fn rand_row_sparse(rng: &mut StdRng, shape: &[usize], dtype: DType) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    let img = n / shape[0].max(1);
+    let v: Vec<f64> = (0..n)
+        .map(|i| {
+            let dense = (i / img) % 30 == 7;
+            if dense || rng.random_range(0..200) == 0 {
+                rng.random_range(-1.0..1.0)
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu)?.to_dtype(dtype)
+}
+
 /// `f` run with the sparse paths turned off (the gemm kernels only).
 fn dense_only<R>(f: impl FnOnce() -> R) -> R {
     let before = tuning();
@@ -546,19 +565,21 @@ fn dense_only<R>(f: impl FnOnce() -> R) -> R {
 fn mostly_zero_gradients_take_the_sparse_paths() -> Result<()> {
     // The transposed convolution of a mostly-zero input (the input gradient of conv2d), the
     // kernel gradient of a mostly-zero output gradient, and conv2d's gradients under a
-    // mostly-zero upstream gradient: equal to Candle's and to the gemm paths', for every shape and
-    // operand layout.
+    // mostly-zero upstream gradient — scattered non-zeros, or a few dense images among them
+    // (which go to the gemm) — equal Candle's and the gemm paths', for every shape and operand
+    // layout.
     let mut rng = StdRng::seed_from_u64(77);
-    for dtype in [DType::F64, DType::F32] {
+    let gens: [(&str, fn(&mut StdRng, &[usize], DType) -> Result<Tensor>); 2] = [("scattered", rand_sparse), ("dense images", rand_row_sparse)];
+    for (dtype, (kind, sparse_gen)) in [DType::F64, DType::F32].into_iter().flat_map(|d| gens.map(|g| (d, g))) {
         for (i, case) in cases().into_iter().enumerate() {
             let Case { n, c, h, w, o, k, stride, pad } = case;
             let (form, wform) = (FORMS[i % FORMS.len()], FORMS[(i + 1) % FORMS.len()]);
-            let what = format!("{case:?} {dtype:?} {form:?}");
+            let what = format!("{case:?} {dtype:?} {form:?} {kind}");
             let (oh, ow) = ((h + 2 * pad - k) / stride + 1, (w + 2 * pad - k) / stride + 1);
             let (_, wt) = make_arg(&mut rng, &[o, c, k, k], dtype, wform)?;
 
             if (oh - 1) * stride + k > 2 * pad {
-                let (_, y) = make_arg_with(&mut rng, &[n, o, oh, ow], dtype, form, rand_sparse)?;
+                let (_, y) = make_arg_with(&mut rng, &[n, o, oh, ow], dtype, form, sparse_gen)?;
                 let got = conv_transpose2d_fast(&y, &wt, stride, pad, 0)?;
                 let want = y.contiguous()?.conv_transpose2d(&wt.contiguous()?, pad, 0, stride, 1)?;
                 assert_close(&got, &want, dtype, &format!("{what} sparse transposed conv vs candle"))?;
@@ -567,7 +588,7 @@ fn mostly_zero_gradients_take_the_sparse_paths() -> Result<()> {
             }
 
             let (_, x) = make_arg(&mut rng, &[n, c, h, w], dtype, form)?;
-            let (_, gy) = make_arg_with(&mut rng, &[n, o, oh, ow], dtype, wform, rand_sparse)?;
+            let (_, gy) = make_arg_with(&mut rng, &[n, o, oh, ow], dtype, wform, sparse_gen)?;
             let got = conv2d_weight_grad(&x, &gy, (k, k), stride, pad)?;
             let dense = dense_only(|| conv2d_weight_grad(&x, &gy, (k, k), stride, pad))?;
             assert_close(&got, &dense, dtype, &format!("{what} sparse kernel gradient vs gemm"))?;
@@ -578,7 +599,7 @@ fn mostly_zero_gradients_take_the_sparse_paths() -> Result<()> {
 
             let xv = Var::from_tensor(&x.contiguous()?)?;
             let kv = Var::from_tensor(&wt.contiguous()?)?;
-            let up = rand_sparse(&mut rng, &[n, o, oh, ow], dtype)?;
+            let up = sparse_gen(&mut rng, &[n, o, oh, ow], dtype)?;
             let a = (conv2d_fast(xv.as_tensor(), kv.as_tensor(), stride, pad)? * &up)?.sum_all()?.backward()?;
             let b = (candle_conv2d(xv.as_tensor(), kv.as_tensor(), pad, stride)? * &up)?.sum_all()?.backward()?;
             for (v, name) in [(&xv, "dx"), (&kv, "dw")] {

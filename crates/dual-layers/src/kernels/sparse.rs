@@ -124,6 +124,55 @@ fn taps(o: usize, s: usize, pad: usize, k: usize, len: usize) -> (usize, usize, 
     (k0, k1, base + k0 - pad)
 }
 
+/// Within a mostly-zero gradient, images above this density go to the gemm (scattering a
+/// non-zero costs about `SPARSE_MAC_COST` times a gemm multiply-add, plus the scan).
+fn dense_image_density(macs: usize) -> f64 {
+    let m = macs as f64;
+    ((m - SCAN_MACS) / (SPARSE_MAC_COST * m)).max(0.0)
+}
+
+/// The images of the `[d0, d1, d2, d3]` view with more than `fraction` of their elements
+/// non-zero: the gradient of a projected bound is mostly zero overall, but the few columns that
+/// meet a later layer's unstable units carry a dense row each.
+fn dense_images<T: Elem>(dims: [usize; 4], x: View4<'_, T>, fraction: f64) -> Vec<usize> {
+    let img = dims[1] * dims[2] * dims[3];
+    let limit = (fraction * img as f64) as usize;
+    (0..dims[0])
+        .into_par_iter()
+        .with_min_len(16)
+        .filter(|&i| {
+            let mut nz = Vec::new();
+            image_nonzeros(dims, x, i, &mut nz);
+            nz.len() > limit
+        })
+        .collect()
+}
+
+/// The images `idx` of the `[d0, d1, d2, d3]` view copied into a contiguous buffer
+/// `[idx.len(), d1, d2, d3]`.
+fn gather_images<T: Elem>(dims: [usize; 4], x: View4<'_, T>, idx: &[usize]) -> Vec<T> {
+    let [_, c, h, w] = dims;
+    let img = c * h * w;
+    let mut out = vec![T::ZERO; idx.len() * img];
+    out.par_chunks_mut(img.max(1)).zip(idx.par_iter()).for_each(|(dst, &i)| {
+        let base = x.start + i * x.stride[0];
+        for cc in 0..c {
+            for y in 0..h {
+                for xx in 0..w {
+                    dst[(cc * h + y) * w + xx] = x.data[base + cc * x.stride[1] + y * x.stride[2] + xx * x.stride[3]];
+                }
+            }
+        }
+    });
+    out
+}
+
+/// A contiguous `[n, d1, d2, d3]` buffer as a view.
+fn packed<T>(data: &[T], dims: [usize; 4]) -> View4<'_, T> {
+    let img = dims[1] * dims[2] * dims[3];
+    View4 { data, start: 0, stride: [img, dims[2] * dims[3], dims[3], 1] }
+}
+
 /// `w` `[o, c, kh, kw]` (contiguous `[o, c·kh·kw]`) with the channels last:
 /// `[o, kh, kw, c]`.
 fn channels_last_kernel<T: Elem>(g: &Geom, w: &[T]) -> Vec<T> {
@@ -161,9 +210,15 @@ pub(crate) fn conv2d_backward_data<T: Elem>(g: &Geom, gy: View4<'_, T>, w: &[T])
     }
     let wt = channels_last_kernel(g, w);
     let dims = [g.n, g.o, g.oh, g.ow];
+    let dense = dense_images(dims, gy, dense_image_density(g.k()));
+    let mut is_dense = vec![false; g.n];
+    dense.iter().for_each(|&i| is_dense[i] = true);
     out.par_chunks_mut(g.in_len()).with_min_len(8).enumerate().for_each_init(
         || (Vec::new(), vec![T::ZERO; hw * c]),
         |(nz, acc), (i, dst)| {
+            if is_dense[i] {
+                return;
+            }
             nz.clear();
             image_nonzeros(dims, gy, i, nz);
             if nz.is_empty() {
@@ -187,6 +242,16 @@ pub(crate) fn conv2d_backward_data<T: Elem>(g: &Geom, gy: View4<'_, T>, w: &[T])
             }
         },
     );
+    if !dense.is_empty() {
+        // The dense images through the gemm kernel, as one packed batch.
+        let buf = gather_images(dims, gy, &dense);
+        let gd = Geom { n: dense.len(), ..*g };
+        let dx = super::gemm_conv::conv2d_backward_data(&gd, packed(&buf, [gd.n, g.o, g.oh, g.ow]), 1, w);
+        let len = g.in_len();
+        for (j, &i) in dense.iter().enumerate() {
+            out[i * len..(i + 1) * len].copy_from_slice(&dx[j * len..(j + 1) * len]);
+        }
+    }
     out
 }
 
@@ -206,6 +271,9 @@ pub(crate) fn conv2d_backward_weight<T: Elem>(g: &Geom, x: View4<'_, T>, gy: Vie
         }
         a
     };
+    let dense = dense_images(dims, gy, dense_image_density(g.k()));
+    let mut is_dense = vec![false; g.n];
+    dense.iter().for_each(|&i| is_dense[i] = true);
     // acc[((o·kh + ky)·kw + kx)·c + cc]: the kernel gradient with the channels last.
     let acc = (0..g.n)
         .into_par_iter()
@@ -213,6 +281,9 @@ pub(crate) fn conv2d_backward_weight<T: Elem>(g: &Geom, x: View4<'_, T>, gy: Vie
         .fold(
             || (vec![T::ZERO; klen], Vec::new(), vec![T::ZERO; hw * c]),
             |(mut acc, mut nz, mut xt), i| {
+                if is_dense[i] {
+                    return (acc, nz, xt);
+                }
                 nz.clear();
                 image_nonzeros(dims, gy, i, &mut nz);
                 if nz.is_empty() {
@@ -247,6 +318,16 @@ pub(crate) fn conv2d_backward_weight<T: Elem>(g: &Geom, x: View4<'_, T>, gy: Vie
             for cc in 0..c {
                 out[(oc * c + cc) * kk + t] = acc[(oc * kk + t) * c + cc];
             }
+        }
+    }
+    if !dense.is_empty() {
+        // The dense images through the gemm kernel, as one packed batch.
+        let gd = Geom { n: dense.len(), ..*g };
+        let xs = gather_images([g.n, c, h, wd], x, &dense);
+        let gys = gather_images(dims, gy, &dense);
+        let dw = super::gemm_conv::conv2d_backward_weight(&gd, packed(&xs, [gd.n, c, h, wd]), packed(&gys, [gd.n, g.o, g.oh, g.ow]), 1);
+        for (o, d) in out.iter_mut().zip(dw) {
+            *o += d;
         }
     }
     out
