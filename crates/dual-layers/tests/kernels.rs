@@ -692,3 +692,24 @@ fn linear_weight_grad_op_and_its_gradients() -> Result<()> {
     assert_eq!(h.dims(), &[2, 3, 5]);
     Ok(())
 }
+
+#[test]
+fn transposes_match_the_definition() {
+    // The 8×8 SIMD tiles (f32) and the element-by-element edges, on the kernels' shapes and odd
+    // ones, against dst[j·rows + i] = src[i·cols + j].
+    use dual_layers::kernels::Elem;
+    fn check<T: Elem + From<u16>>(rows: usize, cols: usize) {
+        let src: Vec<T> = (0..rows * cols).map(|v| T::from((v % 60_000) as u16)).collect();
+        let mut dst = vec![T::ZERO; rows * cols];
+        T::transpose(&src, rows, cols, &mut dst);
+        for i in 0..rows {
+            for j in 0..cols {
+                assert_eq!(dst[j * rows + i], src[i * cols + j], "{rows}x{cols} at ({i}, {j})");
+            }
+        }
+    }
+    for (rows, cols) in [(1, 1), (3, 5), (8, 8), (9, 17), (16, 196), (196, 16), (49, 32), (64, 8), (7, 64)] {
+        check::<f32>(rows, cols);
+        check::<f64>(rows, cols);
+    }
+}

@@ -235,11 +235,7 @@ pub(crate) fn conv2d_backward_data<T: Elem>(g: &Geom, gy: View4<'_, T>, w: &[T])
                     axpy(a, v, &wt[((oc * kh + ky) * kw + kx0) * c..][..len]);
                 }
             }
-            for q in 0..hw {
-                for cc in 0..c {
-                    dst[cc * hw + q] = acc[q * c + cc];
-                }
-            }
+            T::transpose(acc, hw, c, dst);
         },
     );
     if !dense.is_empty() {
@@ -290,10 +286,14 @@ pub(crate) fn conv2d_backward_weight<T: Elem>(g: &Geom, x: View4<'_, T>, gy: Vie
                     return (acc, nz, xt);
                 }
                 let base = x.start + i * x.stride[0];
-                for cc in 0..c {
-                    for y in 0..h {
-                        for xx in 0..wd {
-                            xt[(y * wd + xx) * c + cc] = x.data[base + cc * sc + y * sy + xx * sx];
+                if sy == wd * sx && sx == 1 && sc == hw {
+                    T::transpose(&x.data[base..base + c * hw], c, hw, &mut xt);
+                } else {
+                    for cc in 0..c {
+                        for y in 0..h {
+                            for xx in 0..wd {
+                                xt[(y * wd + xx) * c + cc] = x.data[base + cc * sc + y * sy + xx * sx];
+                            }
                         }
                     }
                 }
@@ -380,11 +380,7 @@ pub(crate) fn conv2d_forward<T: Elem>(g: &Geom, x: View4<'_, T>, w: &[T]) -> Vec
                 }
             }
         }
-        for q in 0..p {
-            for oc in 0..o {
-                dst[oc * p + q] = acc[q * o + oc];
-            }
-        }
+        T::transpose(&acc, p, o, dst);
     });
     out
 }
