@@ -37,6 +37,18 @@ fn assert_close(got: &Tensor, want: &Tensor, dtype: DType, what: &str) -> Result
     Ok(())
 }
 
+/// The gradients of `Σ got · up` and of `Σ want · up` agree in every variable of `vars` (`what`
+/// and the variable's name label a failure).
+fn assert_same_gradients(got: Tensor, want: Tensor, up: &Tensor, vars: &[(&Var, &str)], dtype: DType, what: &str) -> Result<()> {
+    let a = (got * up)?.sum_all()?.backward()?;
+    let b = (want * up)?.sum_all()?.backward()?;
+    for (v, name) in vars {
+        let (ga, gb) = (a.get(v.as_tensor()).expect("gradient"), b.get(v.as_tensor()).expect("gradient"));
+        assert_close(ga, gb, dtype, &format!("{what} {name}"))?;
+    }
+    Ok(())
+}
+
 /// Candle's `conv2d`, as the reference. Candle's backward of `conv2d` uses one output padding
 /// for both axes (taken from the height), which fails when the two axes need different ones; the
 /// input is zero-extended at the bottom or right until they agree, which changes no output.
@@ -172,14 +184,7 @@ fn check_conv2d(case: Case, dtype: DType, xform: Form, wform: Form, seed: u64) -
     assert_close(&got, &want, dtype, &format!("{what} forward"))?;
 
     let r = rand_tensor(&mut rng, want.dims(), dtype)?;
-    let g_got = (got * &r)?.sum_all()?.backward()?;
-    let g_want = (want * &r)?.sum_all()?.backward()?;
-    for (name, v) in [("input grad", &xv), ("kernel grad", &wv)] {
-        let a = g_got.get(v).expect("gradient");
-        let b = g_want.get(v).expect("gradient");
-        assert_close(a, b, dtype, &format!("{what} {name}"))?;
-    }
-    Ok(())
+    assert_same_gradients(got, want, &r, &[(&xv, "input grad"), (&wv, "kernel grad")], dtype, &what)
 }
 
 /// Forward and both gradients of `conv_transpose2d_fast` against Candle's `conv_transpose2d`.
@@ -201,14 +206,7 @@ fn check_conv_transpose2d(case: Case, output_padding: usize, dtype: DType, xform
     assert_close(&got, &want, dtype, &format!("{what} forward"))?;
 
     let r = rand_tensor(&mut rng, want.dims(), dtype)?;
-    let g_got = (got * &r)?.sum_all()?.backward()?;
-    let g_want = (want * &r)?.sum_all()?.backward()?;
-    for (name, v) in [("input grad", &xv), ("kernel grad", &wv)] {
-        let a = g_got.get(v).expect("gradient");
-        let b = g_want.get(v).expect("gradient");
-        assert_close(a, b, dtype, &format!("{what} {name}"))?;
-    }
-    Ok(())
+    assert_same_gradients(got, want, &r, &[(&xv, "input grad"), (&wv, "kernel grad")], dtype, &what)
 }
 
 fn run_all(dtype: DType) -> Result<()> {
@@ -380,22 +378,14 @@ fn column_convolutions_equal_the_merged_batch() -> Result<()> {
             let got = conv2d_columns(&x, w.as_tensor(), 2, 1)?;
             let want = conv2d_fast(&x.contiguous()?.reshape((b * n, 3, 7, 7))?, w.as_tensor(), 2, 1)?.reshape((b, n, 4, 4, 4))?;
             assert_close(&got, &want, dtype, &format!("{what} conv"))?;
-            let gg = (got * &up)?.sum_all()?.backward()?;
-            let gw = (want * &up)?.sum_all()?.backward()?;
-            for (v, name) in [(&base, "dx"), (&w, "dw")] {
-                assert_close(gg.get(v.as_tensor()).unwrap(), gw.get(v.as_tensor()).unwrap(), dtype, &format!("{what} conv {name}"))?;
-            }
+            assert_same_gradients(got, want, &up, &[(&base, "dx"), (&w, "dw")], dtype, &format!("{what} conv"))?;
             let y = up.clone();
             let yv = Var::from_tensor(&y)?;
             let got = conv_transpose2d_columns(yv.as_tensor(), w.as_tensor(), 2, 1, 0)?;
             let want = conv_transpose2d_fast(&yv.as_tensor().reshape((b * n, 4, 4, 4))?, w.as_tensor(), 2, 1, 0)?.reshape((b, n, 3, 7, 7))?;
             assert_close(&got, &want, dtype, &format!("{what} transpose"))?;
             let up2 = rand_tensor(&mut rng, &[b, n, 3, 7, 7], dtype)?;
-            let gg = (got * &up2)?.sum_all()?.backward()?;
-            let gw = (want * &up2)?.sum_all()?.backward()?;
-            for (v, name) in [(&yv, "dx"), (&w, "dw")] {
-                assert_close(gg.get(v.as_tensor()).unwrap(), gw.get(v.as_tensor()).unwrap(), dtype, &format!("{what} transpose {name}"))?;
-            }
+            assert_same_gradients(got, want, &up2, &[(&yv, "dx"), (&w, "dw")], dtype, &format!("{what} transpose"))?;
         }
     }
     Ok(())
@@ -428,11 +418,7 @@ fn scale_columns_matches_broadcast_mul() -> Result<()> {
             let got = scale_columns(x.as_tensor(), d.as_tensor())?;
             let want = x.as_tensor().broadcast_mul(&d.as_tensor().unsqueeze(1)?)?;
             assert_close(&got, &want, dtype, &format!("{what} forward"))?;
-            let gg = (got * &up)?.sum_all()?.backward()?;
-            let gw = (want * &up)?.sum_all()?.backward()?;
-            for (v, name) in [(&x, "dx"), (&d, "dd")] {
-                assert_close(gg.get(v.as_tensor()).unwrap(), gw.get(v.as_tensor()).unwrap(), dtype, &format!("{what} {name}"))?;
-            }
+            assert_same_gradients(got, want, &up, &[(&x, "dx"), (&d, "dd")], dtype, &what)?;
         }
     }
     Ok(())
@@ -461,11 +447,7 @@ fn abs_and_neg_part_contract_match_candle_ops() -> Result<()> {
                 let piece = (gt * factor(gt)?.detach())?;
                 let want = piece.broadcast_mul(&w.as_tensor().unsqueeze(1)?)?.sum(2)?;
                 assert_close(&got, &want, dtype, &format!("{what} forward"))?;
-                let gg = (got * &up)?.sum_all()?.backward()?;
-                let gw = (want * &up)?.sum_all()?.backward()?;
-                for (v, name) in [(&g, "dg"), (&w, "dw")] {
-                    assert_close(gg.get(v.as_tensor()).unwrap(), gw.get(v.as_tensor()).unwrap(), dtype, &format!("{what} {name}"))?;
-                }
+                assert_same_gradients(got, want, &up, &[(&g, "dg"), (&w, "dw")], dtype, &what)?;
             }
         }
     }
@@ -507,18 +489,11 @@ fn sparse_inputs_scatter_to_the_same_convolution() -> Result<()> {
             let what = format!("{case:?} {dtype:?}");
             let got = conv2d_fast(x.as_tensor(), wt.as_tensor(), stride, pad)?;
             assert_close(&got, &candle_conv2d(x.as_tensor(), wt.as_tensor(), pad, stride)?, dtype, &format!("{what} vs candle"))?;
-            let before = tuning();
-            set_tuning(Tuning { sparse_below: 0.0, ..before });
-            let dense = conv2d_fast(x.as_tensor(), wt.as_tensor(), stride, pad);
-            set_tuning(before);
-            assert_close(&got, &dense?, dtype, &format!("{what} vs gemm"))?;
+            let dense = dense_only(|| conv2d_fast(x.as_tensor(), wt.as_tensor(), stride, pad))?;
+            assert_close(&got, &dense, dtype, &format!("{what} vs gemm"))?;
             let up = rand_tensor(&mut rng, got.dims(), dtype)?;
-            let gg = (got * &up)?.sum_all()?.backward()?;
             let want = candle_conv2d(x.as_tensor(), wt.as_tensor(), pad, stride)?;
-            let gw = (want * &up)?.sum_all()?.backward()?;
-            for (var, name) in [(&x, "dx"), (&wt, "dw")] {
-                assert_close(gg.get(var.as_tensor()).unwrap(), gw.get(var.as_tensor()).unwrap(), dtype, &format!("{what} {name}"))?;
-            }
+            assert_same_gradients(got, want, &up, &[(&x, "dx"), (&wt, "dw")], dtype, &what)?;
         }
     }
     Ok(())
@@ -600,11 +575,9 @@ fn mostly_zero_gradients_take_the_sparse_paths() -> Result<()> {
             let xv = Var::from_tensor(&x.contiguous()?)?;
             let kv = Var::from_tensor(&wt.contiguous()?)?;
             let up = sparse_gen(&mut rng, &[n, o, oh, ow], dtype)?;
-            let a = (conv2d_fast(xv.as_tensor(), kv.as_tensor(), stride, pad)? * &up)?.sum_all()?.backward()?;
-            let b = (candle_conv2d(xv.as_tensor(), kv.as_tensor(), pad, stride)? * &up)?.sum_all()?.backward()?;
-            for (v, name) in [(&xv, "dx"), (&kv, "dw")] {
-                assert_close(a.get(v).unwrap(), b.get(v).unwrap(), dtype, &format!("{what} conv2d {name} under a sparse gradient"))?;
-            }
+            let got = conv2d_fast(xv.as_tensor(), kv.as_tensor(), stride, pad)?;
+            let want = candle_conv2d(xv.as_tensor(), kv.as_tensor(), pad, stride)?;
+            assert_same_gradients(got, want, &up, &[(&xv, "dx"), (&kv, "dw")], dtype, &format!("{what} conv2d under a sparse gradient"))?;
         }
     }
     Ok(())
@@ -647,11 +620,7 @@ fn linear_columns_match_candle_matmul() -> Result<()> {
                         let want = candle_linear(xv.as_tensor(), &wt)?;
                         assert_close(&got, &want, dtype, &format!("{what} forward"))?;
                         let up = ggen(&mut rng, &[b, n, o], dtype)?;
-                        let a = (got * &up)?.sum_all()?.backward()?;
-                        let c = (want * &up)?.sum_all()?.backward()?;
-                        for (v, name) in [(&xv, "dx"), (&wv, "dw")] {
-                            assert_close(a.get(v).unwrap(), c.get(v).unwrap(), dtype, &format!("{what} {name}"))?;
-                        }
+                        assert_same_gradients(got, want, &up, &[(&xv, "dx"), (&wv, "dw")], dtype, &what)?;
                     }
                 }
             }
@@ -676,11 +645,7 @@ fn linear_weight_grad_op_and_its_gradients() -> Result<()> {
             let want = gv.as_tensor().reshape((b * n, o))?.t()?.matmul(&xv.as_tensor().reshape((b * n, k))?)?;
             assert_close(&dw, &want, DType::F64, &format!("{what} value"))?;
             let r = rand_tensor(&mut rng, &[o, k], DType::F64)?;
-            let a = (dw * &r)?.sum_all()?.backward()?;
-            let c = (want * &r)?.sum_all()?.backward()?;
-            for (v, name) in [(&xv, "d/dx"), (&gv, "d/dg")] {
-                assert_close(a.get(v).unwrap(), c.get(v).unwrap(), DType::F64, &format!("{what} {name}"))?;
-            }
+            assert_same_gradients(dw, want, &r, &[(&xv, "d/dx"), (&gv, "d/dg")], DType::F64, &what)?;
         }
     }
     let x = Tensor::zeros((2, 3, 4), DType::F32, &Device::Cpu)?;
