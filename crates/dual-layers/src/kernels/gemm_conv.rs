@@ -333,9 +333,7 @@ pub(crate) fn conv2d_backward_weight<T: Elem>(g: &Geom, x: View4<'_, T>, gy: Vie
     let mut parts = parts.into_iter();
     let mut acc = parts.next().unwrap_or_else(|| vec![T::ZERO; o * k]);
     for part in parts {
-        for (a, b) in acc.iter_mut().zip(&part) {
-            *a += *b;
-        }
+        super::add_into(&mut acc, &part);
     }
     acc
 }

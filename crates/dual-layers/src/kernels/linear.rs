@@ -15,7 +15,7 @@
 
 use super::gemm_conv::{matmul, Mat, View4};
 use super::sparse::{density_limit, mostly_zero};
-use super::{cpu_float, tuning, Elem};
+use super::{add_into, axpy, cpu_float, tuning, Elem};
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -99,9 +99,7 @@ fn scatter_rows<T: Elem>(a: &[T], inner: usize, b: &[T], cols: usize) -> Vec<T> 
     out.par_chunks_mut(cols).with_min_len(MIN_ROWS).zip(a.par_chunks(inner.max(1))).for_each(|(dst, row)| {
         for (j, &v) in row.iter().enumerate() {
             if v != T::ZERO {
-                for (d, &e) in dst.iter_mut().zip(&b[j * cols..(j + 1) * cols]) {
-                    *d += v * e;
-                }
+                axpy(dst, v, &b[j * cols..(j + 1) * cols]);
             }
         }
     });
@@ -123,9 +121,7 @@ fn outer_rows<T: Elem>(a: &[T], ca: usize, b: &[T], cb: usize) -> Vec<T> {
             |mut acc, (ra, rb)| {
                 for (i, &v) in ra.iter().enumerate() {
                     if v != T::ZERO {
-                        for (d, &e) in acc[i * cb..(i + 1) * cb].iter_mut().zip(rb) {
-                            *d += v * e;
-                        }
+                        axpy(&mut acc[i * cb..(i + 1) * cb], v, rb);
                     }
                 }
                 acc
@@ -134,9 +130,7 @@ fn outer_rows<T: Elem>(a: &[T], ca: usize, b: &[T], cb: usize) -> Vec<T> {
         .reduce(
             || vec![T::ZERO; len],
             |mut a, b| {
-                for (a, b) in a.iter_mut().zip(b) {
-                    *a += b;
-                }
+                add_into(&mut a, &b);
                 a
             },
         )
@@ -207,7 +201,9 @@ impl LinearWeightGradOp {
         }
         if mostly_zero_rows(x, rows, k, density_limit(o)) {
             let t = outer_rows(x, k, g, o);
-            return transposed(Mat { data: &t, off: 0, rs: o, cs: 1 }, k, o);
+            let mut out = vec![T::ZERO; o * k];
+            T::transpose(&t, k, o, &mut out);
+            return out;
         }
         let mut out = vec![T::ZERO; o * k];
         let gt = Mat { data: g, off: 0, rs: 1, cs: o };

@@ -176,17 +176,35 @@ unsafe fn transpose8x8_avx(s: *const f32, ss: usize, d: *mut f32, ds: usize) {
     }
 }
 
+/// `a += v · b` over two slices of one length.
+#[inline]
+pub(crate) fn axpy<T: Elem>(a: &mut [T], v: T, b: &[T]) {
+    for (a, &b) in a.iter_mut().zip(b) {
+        *a += v * b;
+    }
+}
+
+/// `a += b` element by element (the reduction of per-thread accumulators).
+pub(crate) fn add_into<T: Elem>(a: &mut [T], b: &[T]) {
+    for (a, &b) in a.iter_mut().zip(b) {
+        *a += b;
+    }
+}
+
 /// A buffer of `rows × len` elements whose every row is written by `fill(row index, row)` on
 /// rayon's threads (at least `min_rows` rows per task): no zero fill first, since nothing is
 /// left unwritten.
-pub(crate) fn rows_filled<T: Send>(rows: usize, len: usize, min_rows: usize, fill: impl Fn(usize, &mut [std::mem::MaybeUninit<T>]) + Sync + Send) -> Vec<T> {
+///
+/// # Safety
+/// `fill` must write every element of the row it is given.
+pub(crate) unsafe fn rows_filled<T: Send>(rows: usize, len: usize, min_rows: usize, fill: impl Fn(usize, &mut [std::mem::MaybeUninit<T>]) + Sync + Send) -> Vec<T> {
     use rayon::prelude::*;
     let total = rows * len;
     let mut v: Vec<T> = Vec::with_capacity(total);
     if len > 0 {
         v.spare_capacity_mut()[..total].par_chunks_mut(len).with_min_len(min_rows.max(1)).enumerate().for_each(|(q, row)| fill(q, row));
     }
-    // SAFETY: `fill` wrote every element of every row (each caller writes its whole row).
+    // SAFETY: `fill` wrote every element of every row (the caller's contract).
     unsafe { v.set_len(total) };
     v
 }

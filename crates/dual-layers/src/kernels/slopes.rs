@@ -64,14 +64,17 @@ fn columns_dims(x: &Layout, d: &Layout) -> Result<(usize, usize, usize, usize)> 
 }
 
 fn scale_rows<T: Elem>(x: &[T], d: &[T], bx: usize, b: usize, n: usize, k: usize) -> Vec<T> {
-    super::rows_filled(b * n, k, MIN_ROWS, |q, row| {
-        let (e, j) = (q / n, q % n);
-        let src = &x[((if bx == 1 { 0 } else { e }) * n + j) * k..][..k];
-        let dd = &d[e * k..][..k];
-        for ((o, &s), &w) in row.iter_mut().zip(src).zip(dd) {
-            o.write(s * w);
-        }
-    })
+    // SAFETY: every row of `k` is zipped with two slices of `k` and so written in full.
+    unsafe {
+        super::rows_filled(b * n, k, MIN_ROWS, |q, row| {
+            let (e, j) = (q / n, q % n);
+            let src = &x[((if bx == 1 { 0 } else { e }) * n + j) * k..][..k];
+            let dd = &d[e * k..][..k];
+            for ((o, &s), &w) in row.iter_mut().zip(src).zip(dd) {
+                o.write(s * w);
+            }
+        })
+    }
 }
 
 impl CustomOp2 for ScaleColumns {
@@ -323,13 +326,16 @@ impl CustomOp3 for SlopeOuter {
         let piece = self.0;
         let out = dispatch!("slope_outer", s1, s2, s3; |g, gr, w| {
             let (g, gr, w) = (contiguous(g, l1, "slope_outer")?, contiguous(gr, l2, "slope_outer")?, contiguous(w, l3, "slope_outer")?);
-            super::rows_filled(b * r, p, MIN_ROWS, |q, row| {
-                let s = gr[q];
-                let ws = &w[(q / r) * p..][..p];
-                for ((o, &a), &c) in row.iter_mut().zip(&g[q * p..][..p]).zip(ws) {
-                    o.write(piece.slope(a) * s * c);
-                }
-            })
+            // SAFETY: every row of `p` is zipped with two slices of `p` and so written in full.
+            unsafe {
+                super::rows_filled(b * r, p, MIN_ROWS, |q, row| {
+                    let s = gr[q];
+                    let ws = &w[(q / r) * p..][..p];
+                    for ((o, &a), &c) in row.iter_mut().zip(&g[q * p..][..p]).zip(ws) {
+                        o.write(piece.slope(a) * s * c);
+                    }
+                })
+            }
         });
         Ok((out, Shape::from((b, r, p))))
     }

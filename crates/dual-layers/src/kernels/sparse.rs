@@ -19,7 +19,7 @@
 
 use super::gemm_conv::View4;
 use super::im2col::Geom;
-use super::{tuning, Elem};
+use super::{add_into, axpy, tuning, Elem};
 use rayon::prelude::*;
 
 /// Finding the non-zeros reads every element once, which takes about as long as this many of the
@@ -34,11 +34,17 @@ const SPARSE_MAC_COST: f64 = 5.0;
 /// `Tuning::sparse_below`; 0 (never) when a scan alone costs more than the dense product, as for
 /// the transposed convolution of a one-channel image.
 pub(crate) fn density_limit(macs: usize) -> f64 {
+    break_even_density(macs).min(tuning().sparse_below)
+}
+
+/// The density `ρ` below which `SCAN_MACS + ρ · macs · SPARSE_MAC_COST < macs` (0 when a scan
+/// alone costs more than the dense product).
+fn break_even_density(macs: usize) -> f64 {
     let m = macs as f64;
     if m <= SCAN_MACS {
         return 0.0;
     }
-    ((m - SCAN_MACS) / (SPARSE_MAC_COST * m)).min(tuning().sparse_below).max(0.0)
+    (m - SCAN_MACS) / (SPARSE_MAC_COST * m)
 }
 
 /// Whether fewer than `fraction` of the elements of the `[d0, d1, d2, d3]` view are non-zero.
@@ -124,28 +130,26 @@ fn taps(o: usize, s: usize, pad: usize, k: usize, len: usize) -> (usize, usize, 
     (k0, k1, base + k0 - pad)
 }
 
-/// Within a mostly-zero gradient, images above this density go to the gemm (scattering a
-/// non-zero costs about `SPARSE_MAC_COST` times a gemm multiply-add, plus the scan).
-fn dense_image_density(macs: usize) -> f64 {
-    let m = macs as f64;
-    ((m - SCAN_MACS) / (SPARSE_MAC_COST * m)).max(0.0)
-}
-
-/// The images of the `[d0, d1, d2, d3]` view with more than `fraction` of their elements
-/// non-zero: the gradient of a projected bound is mostly zero overall, but the few columns that
-/// meet a later layer's unstable units carry a dense row each.
-fn dense_images<T: Elem>(dims: [usize; 4], x: View4<'_, T>, fraction: f64) -> Vec<usize> {
+/// The images of a mostly-zero `[n, o, oh, ow]` gradient that are dense enough for the gemm
+/// (above the break-even density of a product costing `macs` per element; the gradient of a
+/// projected bound is mostly zero overall, but the few columns that meet a later layer's
+/// unstable units carry a dense row each): their indices, and a mask over all images.
+fn dense_images<T: Elem>(dims: [usize; 4], x: View4<'_, T>, macs: usize) -> (Vec<usize>, Vec<bool>) {
     let img = dims[1] * dims[2] * dims[3];
-    let limit = (fraction * img as f64) as usize;
-    (0..dims[0])
+    let limit = (break_even_density(macs) * img as f64) as usize;
+    let dense: Vec<usize> = (0..dims[0])
         .into_par_iter()
         .with_min_len(16)
-        .filter(|&i| {
-            let mut nz = Vec::new();
-            image_nonzeros(dims, x, i, &mut nz);
-            nz.len() > limit
+        .map_init(Vec::new, |nz, i| {
+            nz.clear();
+            image_nonzeros(dims, x, i, nz);
+            (i, nz.len() > limit)
         })
-        .collect()
+        .filter_map(|(i, dense)| dense.then_some(i))
+        .collect();
+    let mut mask = vec![false; dims[0]];
+    dense.iter().for_each(|&i| mask[i] = true);
+    (dense, mask)
 }
 
 /// The images `idx` of the `[d0, d1, d2, d3]` view copied into a contiguous buffer
@@ -176,24 +180,12 @@ fn packed<T>(data: &[T], dims: [usize; 4]) -> View4<'_, T> {
 /// `w` `[o, c, kh, kw]` (contiguous `[o, c·kh·kw]`) with the channels last:
 /// `[o, kh, kw, c]`.
 fn channels_last_kernel<T: Elem>(g: &Geom, w: &[T]) -> Vec<T> {
-    let (c, kk) = (g.c, g.kh * g.kw);
-    let mut wt = vec![T::ZERO; g.o * kk * c];
-    for oc in 0..g.o {
-        for cc in 0..c {
-            for t in 0..kk {
-                wt[(oc * kk + t) * c + cc] = w[(oc * c + cc) * kk + t];
-            }
-        }
+    let (c, kk, k) = (g.c, g.kh * g.kw, g.k());
+    let mut wt = vec![T::ZERO; g.o * k];
+    for (src, dst) in w[..g.o * k].chunks(k.max(1)).zip(wt.chunks_mut(k.max(1))) {
+        T::transpose(src, c, kk, dst);
     }
     wt
-}
-
-/// `a += v · b` over two slices of one length.
-#[inline]
-fn axpy<T: Elem>(a: &mut [T], v: T, b: &[T]) {
-    for (a, &b) in a.iter_mut().zip(b) {
-        *a += v * b;
-    }
 }
 
 /// `dx = conv_transpose2d(gy, w)` (the input gradient of `conv2d`) for a mostly-zero `gy`
@@ -210,9 +202,7 @@ pub(crate) fn conv2d_backward_data<T: Elem>(g: &Geom, gy: View4<'_, T>, w: &[T])
     }
     let wt = channels_last_kernel(g, w);
     let dims = [g.n, g.o, g.oh, g.ow];
-    let dense = dense_images(dims, gy, dense_image_density(g.k()));
-    let mut is_dense = vec![false; g.n];
-    dense.iter().for_each(|&i| is_dense[i] = true);
+    let (dense, is_dense) = dense_images(dims, gy, g.k());
     out.par_chunks_mut(g.in_len()).with_min_len(8).enumerate().for_each_init(
         || (Vec::new(), vec![T::ZERO; hw * c]),
         |(nz, acc), (i, dst)| {
@@ -261,15 +251,7 @@ pub(crate) fn conv2d_backward_weight<T: Elem>(g: &Geom, x: View4<'_, T>, gy: Vie
     let klen = g.o * g.k();
     let dims = [g.n, g.o, g.oh, g.ow];
     let [_, sc, sy, sx] = x.stride;
-    let add = |mut a: Vec<T>, b: Vec<T>| {
-        for (a, b) in a.iter_mut().zip(b) {
-            *a += b;
-        }
-        a
-    };
-    let dense = dense_images(dims, gy, dense_image_density(g.k()));
-    let mut is_dense = vec![false; g.n];
-    dense.iter().for_each(|&i| is_dense[i] = true);
+    let (dense, is_dense) = dense_images(dims, gy, g.k());
     // acc[((o·kh + ky)·kw + kx)·c + cc]: the kernel gradient with the channels last.
     let acc = (0..g.n)
         .into_par_iter()
@@ -311,14 +293,17 @@ pub(crate) fn conv2d_backward_weight<T: Elem>(g: &Geom, x: View4<'_, T>, gy: Vie
             },
         )
         .map(|(acc, _, _)| acc)
-        .reduce(|| vec![T::ZERO; klen], add);
+        .reduce(
+            || vec![T::ZERO; klen],
+            |mut a, b| {
+                add_into(&mut a, &b);
+                a
+            },
+        );
+    // Back from channels last: [o, kh·kw, c] → [o, c, kh·kw].
     let mut out = vec![T::ZERO; klen];
-    for oc in 0..g.o {
-        for t in 0..kk {
-            for cc in 0..c {
-                out[(oc * c + cc) * kk + t] = acc[(oc * kk + t) * c + cc];
-            }
-        }
+    for (src, dst) in acc.chunks(g.k().max(1)).zip(out.chunks_mut(g.k().max(1))) {
+        T::transpose(src, kk, c, dst);
     }
     if !dense.is_empty() {
         // The dense images through the gemm kernel, as one packed batch.
@@ -339,11 +324,7 @@ pub(crate) fn conv2d_forward<T: Elem>(g: &Geom, x: View4<'_, T>, w: &[T]) -> Vec
     let (o, p, k) = (g.o, g.p(), g.k());
     // Kernel taps with the output channels contiguous: wt[(c, ky, kx), o].
     let mut wt = vec![T::ZERO; k * o];
-    for oc in 0..o {
-        for r in 0..k {
-            wt[r * o + oc] = w[oc * k + r];
-        }
-    }
+    T::transpose(&w[..o * k], o, k, &mut wt);
     let mut out = super::zeroed::<T>(g.n * o * p);
     if out.is_empty() {
         return out;
@@ -372,11 +353,7 @@ pub(crate) fn conv2d_forward<T: Elem>(g: &Geom, x: View4<'_, T>, w: &[T]) -> Vec
                         continue;
                     }
                     let ox = (tx - kx) / s;
-                    let taps = &wt[((c * g.kh + ky) * g.kw + kx) * o..][..o];
-                    let a = &mut acc[(oy * g.ow + ox) * o..][..o];
-                    for (a, &t) in a.iter_mut().zip(taps) {
-                        *a += v * t;
-                    }
+                    axpy(&mut acc[(oy * g.ow + ox) * o..][..o], v, &wt[((c * g.kh + ky) * g.kw + kx) * o..][..o]);
                 }
             }
         }
