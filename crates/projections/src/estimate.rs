@@ -324,10 +324,7 @@ fn median_terms_bwd<T: Elem>(p: &[T], g: &[T], b: usize, n: usize, kk: usize, id
 }
 
 fn cpu_slice<'a, T>(data: &'a [T], l: &candle_core::Layout) -> candle_core::Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, z)) => Ok(&data[a..z]),
-        None => candle_core::bail!("median terms: expects a contiguous tensor"),
-    }
+    dual_layers::kernels::contiguous_slice(data, l, "median terms")
 }
 
 impl candle_core::CustomOp1 for MedianTerms {

@@ -15,6 +15,7 @@
 use crate::random::{draws_at, projection_tensor_on, Projection};
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use dual_core::Result;
+use dual_layers::kernels::Elem;
 use rayon::prelude::*;
 use std::sync::Arc;
 
@@ -57,10 +58,7 @@ fn per_example<T: Send>(out: &mut [T], row: usize, f: impl Fn(usize, &mut [T]) +
 }
 
 fn slice<'a, T>(data: &'a [T], l: &Layout) -> candle_core::Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, z)) => Ok(&data[a..z]),
-        None => bail!("projected ReLU columns: expects a contiguous tensor"),
-    }
+    dual_layers::kernels::contiguous_slice(data, l, "projected ReLU columns")
 }
 
 struct ReluProjColumns {
@@ -69,7 +67,7 @@ struct ReluProjColumns {
 }
 
 impl ReluProjColumns {
-    fn fwd<T: Copy + Send + Sync + Default + std::ops::Mul<Output = T>>(&self, w: &[T], conv: impl Fn(f64) -> T + Sync + Send) -> Vec<T> {
+    fn fwd<T: Elem>(&self, w: &[T], conv: impl Fn(f64) -> T + Sync + Send) -> Vec<T> {
         let d = &self.draws;
         let kk = w.len() / d.support.len().max(1);
         let mut out = dual_layers::kernels::zeroed::<T>(d.support.len() * (1 + d.k) * kk);
@@ -118,11 +116,11 @@ struct ReluProjColumnsGrad {
 }
 
 impl ReluProjColumnsGrad {
-    fn bwd<T: Copy + Send + Sync + Default + std::ops::Mul<Output = T> + std::ops::AddAssign>(&self, g: &[T], conv: impl Fn(f64) -> T + Sync + Send) -> Vec<T> {
+    fn bwd<T: Elem>(&self, g: &[T], conv: impl Fn(f64) -> T + Sync + Send) -> Vec<T> {
         let d = &self.draws;
         let b = d.support.len();
         let kk = g.len() / (b * (1 + d.k)).max(1);
-        let mut out = vec![T::default(); b * kk];
+        let mut out = vec![T::ZERO; b * kk];
         per_example(&mut out, kk, |e, o| {
             let gb = &g[e * (1 + d.k) * kk..(e + 1) * (1 + d.k) * kk];
             o.copy_from_slice(&gb[..kk]);

@@ -15,7 +15,7 @@
 
 use super::gemm_conv::{matmul, Mat, View4};
 use super::sparse::{density_limit, mostly_zero};
-use super::{add_into, axpy, cpu_float, tuning, Elem};
+use super::{add_into, axpy, contiguous_slice, cpu_float, tuning, Elem};
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -64,12 +64,9 @@ pub fn linear_weight_grad(x: &Tensor, g: &Tensor) -> Result<Tensor> {
 
 /// `[rows, last]` of a contiguous layout, and its slice.
 fn rows_of<'a, T>(data: &'a [T], l: &Layout, what: &str) -> Result<(&'a [T], usize, usize)> {
-    let d = l.dims();
-    let last = d[d.len() - 1];
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok((&data[a..b], (b - a) / last.max(1), last)),
-        None => bail!("{what}: expects contiguous columns"),
-    }
+    let last = l.dims()[l.dims().len() - 1];
+    let rows = contiguous_slice(data, l, what)?;
+    Ok((rows, rows.len() / last.max(1), last))
 }
 
 /// Whether fewer than `fraction` of a `[rows, len]` slice are non-zero.

@@ -176,6 +176,16 @@ unsafe fn transpose8x8_avx(s: *const f32, ss: usize, d: *mut f32, ds: usize) {
     }
 }
 
+/// The elements of a contiguous layout as a slice of its storage; an error naming `what`
+/// otherwise (custom ops that need contiguous operands make them so before they are applied).
+#[doc(hidden)]
+pub fn contiguous_slice<'a, T>(data: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => bail!("{what}: expects a contiguous tensor"),
+    }
+}
+
 /// `a += v · b` over two slices of one length.
 #[inline]
 pub(crate) fn axpy<T: Elem>(a: &mut [T], v: T, b: &[T]) {

@@ -15,19 +15,13 @@
 //! The gradient helpers are first-order only (a second derivative through them is reported as
 //! unsupported). On other devices or dtypes the functions use Candle's own ops.
 
-use super::{cpu_float, Elem};
+use super::{contiguous_slice, cpu_float, Elem};
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Rows of work below which a loop stays on the calling thread.
 const MIN_ROWS: usize = 16;
 
-fn contiguous<'a, T>(data: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => bail!("{what}: expects a contiguous tensor"),
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // scale_columns
@@ -84,7 +78,7 @@ impl CustomOp2 for ScaleColumns {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (bx, n, k, b) = columns_dims(l1, l2)?;
         let out = dispatch!("scale_columns", s1, s2; |x, d| {
-            scale_rows(contiguous(x, l1, "scale_columns")?, contiguous(d, l2, "scale_columns")?, bx, b, n, k)
+            scale_rows(contiguous_slice(x, l1, "scale_columns")?, contiguous_slice(d, l2, "scale_columns")?, bx, b, n, k)
         });
         let mut dims = l1.dims().to_vec();
         dims[0] = b;
@@ -112,7 +106,7 @@ impl CustomOp2 for BatchWeightedSum {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (b, n, k, _) = columns_dims(l1, l2)?;
         let out = dispatch!("batch_weighted_sum", s1, s2; |g, d| {
-            let (g, d) = (contiguous(g, l1, "batch_weighted_sum")?, contiguous(d, l2, "batch_weighted_sum")?);
+            let (g, d) = (contiguous_slice(g, l1, "batch_weighted_sum")?, contiguous_slice(d, l2, "batch_weighted_sum")?);
             let mut out = vec![Default::default(); n * k];
             out.par_chunks_mut(k.max(1)).with_min_len(MIN_ROWS).enumerate().for_each(|(j, row)| {
                 for e in 0..b {
@@ -145,7 +139,7 @@ impl CustomOp2 for ColumnDot {
         const BLOCK: usize = 1024;
         let blocks = k.div_ceil(BLOCK);
         let out = dispatch!("column_dot", s1, s2; |g, x| {
-            let (g, x) = (contiguous(g, l1, "column_dot")?, contiguous(x, l2, "column_dot")?);
+            let (g, x) = (contiguous_slice(g, l1, "column_dot")?, contiguous_slice(x, l2, "column_dot")?);
             let mut out = vec![Default::default(); b * k];
             let mut tasks: Vec<(usize, usize, &mut [_])> = Vec::with_capacity(b * blocks);
             for (e, row) in out.chunks_mut(k.max(1)).enumerate() {
@@ -270,7 +264,7 @@ impl CustomOp2 for PieceContract {
         let (b, r, p) = l1.shape().dims3()?;
         let piece = self.0;
         let out = dispatch!("piece_contract", s1, s2; |g, w| {
-            let (g, w) = (contiguous(g, l1, "piece_contract")?, contiguous(w, l2, "piece_contract")?);
+            let (g, w) = (contiguous_slice(g, l1, "piece_contract")?, contiguous_slice(w, l2, "piece_contract")?);
             let mut out = vec![Default::default(); b * r];
             out.par_iter_mut().with_min_len(MIN_ROWS).enumerate().for_each(|(q, o)| {
                 let ws = &w[(q / r) * p..][..p];
@@ -325,7 +319,7 @@ impl CustomOp3 for SlopeOuter {
         let (b, r, p) = l1.shape().dims3()?;
         let piece = self.0;
         let out = dispatch!("slope_outer", s1, s2, s3; |g, gr, w| {
-            let (g, gr, w) = (contiguous(g, l1, "slope_outer")?, contiguous(gr, l2, "slope_outer")?, contiguous(w, l3, "slope_outer")?);
+            let (g, gr, w) = (contiguous_slice(g, l1, "slope_outer")?, contiguous_slice(gr, l2, "slope_outer")?, contiguous_slice(w, l3, "slope_outer")?);
             // SAFETY: every row of `p` is zipped with two slices of `p` and so written in full.
             unsafe {
                 super::rows_filled(b * r, p, MIN_ROWS, |q, row| {
@@ -360,7 +354,7 @@ impl CustomOp2 for PieceWeightedRows {
         const BLOCK: usize = 1024;
         let piece = self.0;
         let out = dispatch!("piece_weighted_rows", s1, s2; |gr, g| {
-            let (gr, g) = (contiguous(gr, l1, "piece_weighted_rows")?, contiguous(g, l2, "piece_weighted_rows")?);
+            let (gr, g) = (contiguous_slice(gr, l1, "piece_weighted_rows")?, contiguous_slice(g, l2, "piece_weighted_rows")?);
             let mut out = vec![Default::default(); b * p];
             let mut tasks: Vec<(usize, usize, &mut [_])> = Vec::new();
             for (e, row) in out.chunks_mut(p).enumerate() {
