@@ -23,7 +23,8 @@ fn cpu_seconds() -> f64 {
     let rest = stat.rsplit(')').next().unwrap_or("");
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 of the file, 12 and 13 after the name.
+    // utime and stime are fields 14 and 15 of the file: indices 11 and 12 of what follows the
+    // name (which starts at field 3); in clock ticks of 1/100 s on Linux.
     (ticks(11) + ticks(12)) / 100.0
 }
 
@@ -37,6 +38,7 @@ fn main() -> Result<()> {
     let idx: Vec<usize> = (0..batch).collect();
     let (x, y) = te.gather(&idx, DType::F32, &Device::Cpu)?;
     let k: usize = std::env::var("K").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
+    let fixed_seed: Option<u64> = std::env::var("SEED").ok().and_then(|v| v.parse().ok());
     for mut w in Workload::standard() {
         if let experiments::workloads::BoundKind::Projected { k: kk } = &mut w.bound {
             *kk = k;
@@ -49,8 +51,7 @@ fn main() -> Result<()> {
         let (mut t, mut cpu) = (Vec::new(), Vec::new());
         for r in 0..reps {
             let c0 = cpu_seconds();
-            let seed = std::env::var("SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(r as u64);
-            let run = run_workload(&net, &x, &y, 0.1, true, w, seed)?;
+            let run = run_workload(&net, &x, &y, 0.1, true, w, fixed_seed.unwrap_or(r as u64))?;
             let c = cpu_seconds() - c0;
             println!("{:28} {:.3} s  cpu {:.3} s  loss {:.5}  err {:.3}  |g| {:.4}", w.name(), run.seconds, c, run.loss, run.robust_error, run.grad_abs_sum);
             t.push(run.seconds);
