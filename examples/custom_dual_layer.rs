@@ -17,7 +17,9 @@
 
 use anyhow::{bail, ensure, Result};
 use candle_core::{DType, Device, Tensor, Var};
-use dual_core::{class_difference_c, DualAffine, DualError, DualNetwork, DualNode, DualOptions, DualSource, Result as DResult};
+use dual_core::{
+    class_difference_c, DualAffine, DualError, DualNetwork, DualNode, DualOptions, DualSource, Result as DResult,
+};
 use dual_layers::InfBall;
 use nets::layers::{Conv2d, Flatten, Linear, ReLU};
 use nets::{Layer, LayerSpec, Network, NetworkKind};
@@ -38,7 +40,12 @@ pub struct ChannelAffine {
 impl ChannelAffine {
     /// From `scale` and `shift`, both `[C]`.
     pub fn new(scale: &Tensor, shift: &Tensor) -> Result<Self> {
-        ensure!(scale.rank() == 1 && scale.dims() == shift.dims(), "scale {:?} and shift {:?} must both be [C]", scale.dims(), shift.dims());
+        ensure!(
+            scale.rank() == 1 && scale.dims() == shift.dims(),
+            "scale {:?} and shift {:?} must both be [C]",
+            scale.dims(),
+            shift.dims()
+        );
         Ok(ChannelAffine { scale: Var::from_tensor(scale)?, shift: Var::from_tensor(shift)? })
     }
 
@@ -70,17 +77,29 @@ impl Layer for ChannelAffine {
             candle_core::bail!("ChannelAffine({}) got an input shaped {:?}", self.channels(), x.dims());
         }
         let trailing = x.rank() - 2;
-        x.broadcast_mul(&per_channel(&nets::param(&self.scale), 1, trailing)?)?.broadcast_add(&per_channel(&nets::param(&self.shift), 1, trailing)?)
+        x.broadcast_mul(&per_channel(&nets::param(&self.scale), 1, trailing)?)?.broadcast_add(&per_channel(
+            &nets::param(&self.shift),
+            1,
+            trailing,
+        )?)
     }
 
     fn dual(&self, xs: &[Option<&Tensor>]) -> DResult<DualNode> {
-        let x = xs.last().copied().flatten().ok_or_else(|| DualError::shape("ChannelAffine called without an input"))?;
+        let x =
+            xs.last().copied().flatten().ok_or_else(|| DualError::shape("ChannelAffine called without an input"))?;
         if x.rank() < 2 || x.dims()[1] != self.channels() {
-            return Err(DualError::shape(format!("ChannelAffine({}) got an input shaped {:?}", self.channels(), x.dims())));
+            return Err(DualError::shape(format!(
+                "ChannelAffine({}) got an input shaped {:?}",
+                self.channels(),
+                x.dims()
+            )));
         }
         // `nets::param`: the Var itself while training (the bound stays differentiable in the
         // parameters), a detached view inside `nets::no_grad` (certification records no graph).
-        Ok(DualNode::Affine(Box::new(DualChannelAffine { scale: nets::param(&self.scale), shift: nets::param(&self.shift) })))
+        Ok(DualNode::Affine(Box::new(DualChannelAffine {
+            scale: nets::param(&self.scale),
+            shift: nets::param(&self.shift),
+        })))
     }
 
     fn params(&self) -> Vec<(String, Var)> {
@@ -246,7 +265,11 @@ impl Params {
         let scale: Vec<f64> = (0..4)
             .map(|_| {
                 let s = rng.random_range(0.5..2.0);
-                if rng.random_bool(0.25) { -s } else { s }
+                if rng.random_bool(0.25) {
+                    -s
+                } else {
+                    s
+                }
             })
             .collect();
         let scale = Tensor::from_vec(scale, 4, &Device::Cpu)?.to_dtype(dtype)?;
@@ -329,12 +352,30 @@ pub struct Sampled {
 /// Samples `n` points `x' = x + radius ⊙ u` per example (`radius` shaped like one example): half
 /// at vertices (`u ∈ {-1, 1}`), half uniform in the box. Records the smallest margins and how far
 /// any pre-activation strays outside the bounds of `dual`.
-pub fn sample(net: &Network, dual: &DualNetwork, x: &Tensor, y: &[u32], radius: &Tensor, n: usize, seed: u64) -> Result<Sampled> {
+pub fn sample(
+    net: &Network,
+    dual: &DualNetwork,
+    x: &Tensor,
+    y: &[u32],
+    radius: &Tensor,
+    n: usize,
+    seed: u64,
+) -> Result<Sampled> {
     let mut rng = StdRng::seed_from_u64(seed);
     let b = x.dim(0)?;
     let k = x.elem_count() / b;
     let u: Vec<f64> = (0..n * b * k)
-        .map(|i| if (i / (b * k)).is_multiple_of(2) { if rng.random_bool(0.5) { 1.0 } else { -1.0 } } else { rng.random_range(-1.0..=1.0) })
+        .map(|i| {
+            if (i / (b * k)).is_multiple_of(2) {
+                if rng.random_bool(0.5) {
+                    1.0
+                } else {
+                    -1.0
+                }
+            } else {
+                rng.random_range(-1.0..=1.0)
+            }
+        })
         .collect();
     let mut shape = vec![n, b];
     shape.extend_from_slice(&x.dims()[1..]);
@@ -392,7 +433,9 @@ fn report(name: &str, net: &Network, dual: &DualNetwork, x: &Tensor, y: &[u32], 
     println!("  example  label  bound min_j J(e_y-e_j)  sampled min_j f_y-f_j  certified");
     for (i, (jr, mr)) in j.iter().zip(&s.min_margin).enumerate() {
         let yi = y[i] as usize;
-        let (jb, mb) = (0..CLASSES).filter(|&c| c != yi).fold((f64::INFINITY, f64::INFINITY), |(a, b), c| (a.min(jr[c]), b.min(mr[c])));
+        let (jb, mb) = (0..CLASSES)
+            .filter(|&c| c != yi)
+            .fold((f64::INFINITY, f64::INFINITY), |(a, b), c| (a.min(jr[c]), b.min(mr[c])));
         println!("  {i:>7}  {yi:>5}  {jb:>22.6}  {mb:>21.6}  {}", jb > 0.0);
     }
     let gap = worst_gap(&j, &s, y);

@@ -21,13 +21,17 @@ fn scaling(c: &mut Criterion) {
     for j in [1usize, 4, 16, 64] {
         let net = scaling_net(j, 0).unwrap();
         for bound in [ScalingBound::Exact, ScalingBound::Projected(50)] {
-            group.bench_with_input(BenchmarkId::new(bound.name(), j), &j, |b, _| b.iter(|| scaling_step(&net, &x, &y, bound, false, 1).unwrap()));
+            group.bench_with_input(BenchmarkId::new(bound.name(), j), &j, |b, _| {
+                b.iter(|| scaling_step(&net, &x, &y, bound, false, 1).unwrap())
+            });
         }
     }
     for j in [256usize, 1000] {
         let net = scaling_net(j, 0).unwrap();
         let bound = ScalingBound::Projected(50);
-        group.bench_with_input(BenchmarkId::new(bound.name(), j), &j, |b, _| b.iter(|| scaling_step(&net, &x, &y, bound, false, 1).unwrap()));
+        group.bench_with_input(BenchmarkId::new(bound.name(), j), &j, |b, _| {
+            b.iter(|| scaling_step(&net, &x, &y, bound, false, 1).unwrap())
+        });
     }
     group.finish();
 }

@@ -35,7 +35,15 @@ fn run(net: &Network, x: &Tensor, y: &[u32], w: Workload) -> f64 {
     run_workload(net, x, y, 0.1, true, w, 0).expect("workload").loss
 }
 
-fn group(c: &mut Criterion, name: &str, net: &Network, batch: usize, workloads: &[Workload], seconds: u64, with_candle: bool) {
+fn group(
+    c: &mut Criterion,
+    name: &str,
+    net: &Network,
+    batch: usize,
+    workloads: &[Workload],
+    seconds: u64,
+    with_candle: bool,
+) {
     let x = uniform(&[batch, 1, 28, 28], 0.0, 1.0, DType::F32, 11).expect("input");
     let y = labels(batch, 10, 12);
     let mut g = c.benchmark_group(format!("{name}_b{batch}"));
@@ -55,12 +63,14 @@ fn group(c: &mut Criterion, name: &str, net: &Network, batch: usize, workloads: 
 }
 
 fn bounds(c: &mut Criterion) {
-    let all: Vec<Workload> = [EXACT, PROJ].iter().flat_map(|&bound| [false, true].map(|backward| Workload { bound, backward })).collect();
+    let all: Vec<Workload> =
+        [EXACT, PROJ].iter().flat_map(|&bound| [false, true].map(|backward| Workload { bound, backward })).collect();
     let small = small_model();
     for (batch, seconds) in [(1usize, 3u64), (10, 8), (50, 20)] {
         group(c, "mnist_small", &small, batch, &all, seconds, batch == 10);
     }
-    let large = Network::init(&nets::zoo::by_name("mnist-large").expect("zoo model"), 0, DType::F32, &Device::Cpu).expect("init");
+    let large = Network::init(&nets::zoo::by_name("mnist-large").expect("zoo model"), 0, DType::F32, &Device::Cpu)
+        .expect("init");
     let fwd = |bound| Workload { bound, backward: false };
     let proj_both = [fwd(PROJ), Workload { bound: PROJ, backward: true }];
     group(c, "mnist_large", &large, 1, &[fwd(EXACT), proj_both[0], proj_both[1]], 20, false);

@@ -26,7 +26,19 @@ fn candle_weight_grad(x: &Tensor, g: &Tensor, k: usize, stride: usize, padding: 
 }
 
 #[allow(clippy::too_many_arguments)]
-fn conv_case(c: &mut Criterion, name: &str, dtype: DType, n: usize, cin: usize, hw: usize, cout: usize, k: usize, s: usize, p: usize, with_candle: bool) {
+fn conv_case(
+    c: &mut Criterion,
+    name: &str,
+    dtype: DType,
+    n: usize,
+    cin: usize,
+    hw: usize,
+    cout: usize,
+    k: usize,
+    s: usize,
+    p: usize,
+    with_candle: bool,
+) {
     let o = conv_out(hw, k, s, p);
     let op = hw + 2 * p - ((o - 1) * s + k);
     let flops = conv_flops(n, (cin, hw, hw), cout, k, s, p);
@@ -47,7 +59,8 @@ fn conv_case(c: &mut Criterion, name: &str, dtype: DType, n: usize, cin: usize, 
     group.bench_function("weight_grad/gemm", |bch| bch.iter(|| conv2d_weight_grad(&x, &g, (k, k), s, p).unwrap()));
     if with_candle {
         group.bench_function("conv2d/candle", |bch| bch.iter(|| x.conv2d(&w, p, s, 1, 1).unwrap()));
-        group.bench_function("conv_transpose2d/candle", |bch| bch.iter(|| g.conv_transpose2d(&w, p, op, s, 1).unwrap()));
+        group
+            .bench_function("conv_transpose2d/candle", |bch| bch.iter(|| g.conv_transpose2d(&w, p, op, s, 1).unwrap()));
         group.bench_function("weight_grad/candle", |bch| bch.iter(|| candle_weight_grad(&x, &g, k, s, p).unwrap()));
     }
     group.finish();

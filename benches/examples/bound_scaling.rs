@@ -41,7 +41,14 @@ fn point(width: usize, bound: ScalingBound, backward: bool) -> Result<Point> {
     let x = uniform(&[BATCH, 1, 28, 28], 0.0, 1.0, DType::F32, 21)?;
     let y = labels(BATCH, 2, 22);
     let t = time_repeats(3, |_| Ok(scaling_step(&net, &x, &y, bound, backward, 1)?))?;
-    Ok(Point { width, bound: bound.name(), backward, seconds: median(&t.seconds), peak_above_idle_bytes: t.peak_rss_above_idle_bytes, loss: t.last })
+    Ok(Point {
+        width,
+        bound: bound.name(),
+        backward,
+        seconds: median(&t.seconds),
+        peak_above_idle_bytes: t.peak_rss_above_idle_bytes,
+        loss: t.last,
+    })
 }
 
 fn parse_bound(s: &str) -> Result<ScalingBound> {
@@ -81,7 +88,14 @@ fn main() -> Result<()> {
                     bail!("point j={w} {} failed: {}", bound.name(), String::from_utf8_lossy(&o.stderr));
                 }
                 let p: Point = serde_json::from_slice(o.stdout.trim_ascii())?;
-                eprintln!("j {:5} {:7} {:17} {:8.3} s {:8.1} MiB", p.width, p.bound, if backward { "forward+backward" } else { "forward" }, p.seconds, p.peak_above_idle_bytes as f64 / 1048576.0);
+                eprintln!(
+                    "j {:5} {:7} {:17} {:8.3} s {:8.1} MiB",
+                    p.width,
+                    p.bound,
+                    if backward { "forward+backward" } else { "forward" },
+                    p.seconds,
+                    p.peak_above_idle_bytes as f64 / 1048576.0
+                );
                 points.push(p);
             }
         }
@@ -100,7 +114,9 @@ fn main() -> Result<()> {
     ]);
     let get = |w: usize, b: &str, bw: bool| points.iter().find(|p| p.width == w && p.bound == b && p.backward == bw);
     let s = |p: Option<&Point>| p.map_or("–".to_string(), |p| format!("{:.3}", p.seconds));
-    let m = |p: Option<&Point>| p.map_or("–".to_string(), |p| format!("{:.0}", p.peak_above_idle_bytes as f64 / 1048576.0));
+    let m = |p: Option<&Point>| {
+        p.map_or("–".to_string(), |p| format!("{:.0}", p.peak_above_idle_bytes as f64 / 1048576.0))
+    };
     for &w in WIDTHS {
         t.row(&[
             &w.to_string(),
@@ -126,14 +142,35 @@ fn main() -> Result<()> {
     experiments::report::write_json_atomic(&out.join("bound_scaling.json"), &points)?;
     let series = |f: &dyn Fn(&Point) -> f64| -> Vec<(String, Vec<(f64, f64)>)> {
         let mut v = Vec::new();
-        for (b, bw, label) in [("exact", false, "exact, forward"), ("proj50", false, "k = 50, forward"), ("exact", true, "exact, forward+backward"), ("proj50", true, "k = 50, forward+backward")] {
-            let pts: Vec<(f64, f64)> = points.iter().filter(|p| p.bound == b && p.backward == bw).map(|p| (p.width as f64, f(p).max(1e-6))).collect();
+        for (b, bw, label) in [
+            ("exact", false, "exact, forward"),
+            ("proj50", false, "k = 50, forward"),
+            ("exact", true, "exact, forward+backward"),
+            ("proj50", true, "k = 50, forward+backward"),
+        ] {
+            let pts: Vec<(f64, f64)> = points
+                .iter()
+                .filter(|p| p.bound == b && p.backward == bw)
+                .map(|p| (p.width as f64, f(p).max(1e-6)))
+                .collect();
             v.push((label.to_string(), pts));
         }
         v
     };
-    experiments::plot::log_log_plot(&out.join("bound_scaling_time.png"), "Bound computation time vs width (batch 10)", "filters j", "seconds", &series(&|p| p.seconds))?;
-    experiments::plot::log_log_plot(&out.join("bound_scaling_memory.png"), "Peak memory vs width (batch 10)", "filters j", "MiB above idle", &series(&|p| (p.peak_above_idle_bytes as f64 / 1048576.0).max(0.1)))?;
+    experiments::plot::log_log_plot(
+        &out.join("bound_scaling_time.png"),
+        "Bound computation time vs width (batch 10)",
+        "filters j",
+        "seconds",
+        &series(&|p| p.seconds),
+    )?;
+    experiments::plot::log_log_plot(
+        &out.join("bound_scaling_memory.png"),
+        "Peak memory vs width (batch 10)",
+        "filters j",
+        "MiB above idle",
+        &series(&|p| (p.peak_above_idle_bytes as f64 / 1048576.0).max(0.1)),
+    )?;
     eprintln!("written {}", out.display());
     Ok(())
 }

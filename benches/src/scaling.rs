@@ -15,7 +15,11 @@ pub const SCALING_EPS: f64 = 0.08;
 
 /// The network with `j` filters.
 pub fn scaling_spec(j: usize) -> NetworkSpec {
-    NetworkSpec::sequential(&format!("conv{j}"), &[1, 28, 28], vec![conv(1, j, 3, 1, 1), relu(), flatten(), linear(j * 784, 2)])
+    NetworkSpec::sequential(
+        &format!("conv{j}"),
+        &[1, 28, 28],
+        vec![conv(1, j, 3, 1, 1), relu(), flatten(), linear(j * 784, 2)],
+    )
 }
 
 /// The network with `j` filters, PyTorch's default initialisation from `seed`.
@@ -47,7 +51,9 @@ pub fn scaling_dual(net: &Network, x: &Tensor, bound: ScalingBound, seed: u64) -
     let e = |e: dual_core::DualError| candle_core::Error::Msg(e.to_string());
     let n = |e: nets::NetError| candle_core::Error::Msg(e.to_string());
     match bound {
-        ScalingBound::Exact => net.dual(x, Box::new(InfBallBounded::new(x, SCALING_EPS, 0.0, 1.0).map_err(e)?), &DualOptions::default()).map_err(n),
+        ScalingBound::Exact => net
+            .dual(x, Box::new(InfBallBounded::new(x, SCALING_EPS, 0.0, 1.0).map_err(e)?), &DualOptions::default())
+            .map_err(n),
         ScalingBound::Projected(k) => {
             let cfg = ProjectionConfig::linf(SCALING_EPS, k, seed).bounded(0.0, 1.0);
             projected_dual(x, net.dual_nodes(x).map_err(n)?, &cfg, &DualOptions::default()).map_err(e)
@@ -56,7 +62,14 @@ pub fn scaling_dual(net: &Network, x: &Tensor, bound: ScalingBound, seed: u64) -
 }
 
 /// The robust loss of the batch (forward); with `backward`, also its gradients. Returns the loss.
-pub fn scaling_step(net: &Network, x: &Tensor, y: &[u32], bound: ScalingBound, backward: bool, seed: u64) -> Result<f32> {
+pub fn scaling_step(
+    net: &Network,
+    x: &Tensor,
+    y: &[u32],
+    bound: ScalingBound,
+    backward: bool,
+    seed: u64,
+) -> Result<f32> {
     let run = || -> Result<f32> {
         let dual = scaling_dual(net, x, bound, seed)?;
         let rl = robust_loss(&dual, y).map_err(|e| candle_core::Error::Msg(e.to_string()))?;

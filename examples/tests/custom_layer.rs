@@ -120,7 +120,10 @@ fn bounds_are_sound_on_sampled_points() {
         let (_, net, x, y) = setup(seed);
         for eps in [0.01, 0.05] {
             let dual = net.dual(&x, ball(&x, eps), &DualOptions::default()).unwrap();
-            assert!(dual.unstable_counts().iter().flatten().any(|&c| c > 0), "no unstable ReLU: the test would be trivial");
+            assert!(
+                dual.unstable_counts().iter().flatten().any(|&c| c > 0),
+                "no unstable ReLU: the test would be trivial"
+            );
             let radius = Tensor::full(eps, INPUT.to_vec(), &Device::Cpu).unwrap();
             assert_sound(&format!("seed {seed}, l_inf {eps}"), &net, &dual, &x, &y, &radius);
         }
@@ -175,7 +178,8 @@ fn masked_ball_equals_a_per_pixel_radius() {
     let masked = MaskedInfBall::new(&x, 0.1, &center_patch()).unwrap();
     let radius = masked.radius().unwrap();
     let per_pixel = radius.unsqueeze(0).unwrap().broadcast_as(x.dims()).unwrap().contiguous().unwrap();
-    let reference = net.dual(&x, Box::new(InfBall::new(&x, Epsilon::Tensor(per_pixel)).unwrap()), &DualOptions::default()).unwrap();
+    let reference =
+        net.dual(&x, Box::new(InfBall::new(&x, Epsilon::Tensor(per_pixel)).unwrap()), &DualOptions::default()).unwrap();
     for budget in [None, Some(100_000)] {
         let opts = DualOptions { memory_budget: budget, ..Default::default() };
         let m = MaskedInfBall::new(&x, 0.1, &center_patch()).unwrap();
@@ -278,10 +282,20 @@ fn the_folding_check_catches_a_wrong_dual() {
     let params = net.params();
     let mut layers: Vec<Box<dyn Layer>> = Vec::new();
     let var = |n: &str| params.iter().find(|(k, _)| k == n).unwrap().1.clone();
-    layers.push(Box::new(nets::layers::Conv2d { weight: var("0.weight"), bias: Some(var("0.bias")), stride: 1, padding: 1 }));
+    layers.push(Box::new(nets::layers::Conv2d {
+        weight: var("0.weight"),
+        bias: Some(var("0.bias")),
+        stride: 1,
+        padding: 1,
+    }));
     layers.push(Box::new(ForgetsBias(ChannelAffine::new(&p.affine.0, &p.affine.1).unwrap())));
     layers.push(Box::new(nets::layers::ReLU));
-    layers.push(Box::new(nets::layers::Conv2d { weight: var("3.weight"), bias: Some(var("3.bias")), stride: 2, padding: 1 }));
+    layers.push(Box::new(nets::layers::Conv2d {
+        weight: var("3.weight"),
+        bias: Some(var("3.bias")),
+        stride: 2,
+        padding: 1,
+    }));
     layers.push(Box::new(nets::layers::ReLU));
     layers.push(Box::new(nets::layers::Flatten));
     layers.push(Box::new(nets::layers::Linear { weight: var("6.weight"), bias: Some(var("6.bias")) }));

@@ -42,7 +42,8 @@ pub fn run(args: AttackArgs) -> Result<()> {
     let start = Instant::now();
     let dtype = if a.f64 { DType::F64 } else { DType::F32 };
     let dev = Device::Cpu;
-    let net = nets::io::load_model(&a.model, a.arch.as_deref(), dtype, &dev).with_context(|| format!("loading model {}", a.model.display()))?;
+    let net = nets::io::load_model(&a.model, a.arch.as_deref(), dtype, &dev)
+        .with_context(|| format!("loading model {}", a.model.display()))?;
     let data_dir = a.data_dir.clone().unwrap_or_else(|| default_data_dir(&a.dataset));
     let mut data = load_test_set(&a.dataset, &data_dir)?;
     if let Some(l) = a.limit {
@@ -53,7 +54,10 @@ pub fn run(args: AttackArgs) -> Result<()> {
     let model = |t: &Tensor| net.forward(t).map_err(|e| candle_core::Error::Msg(e.to_string()));
     let total = data.len();
     let bar = ProgressBar::new(total as u64);
-    bar.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} ({eta} left) {msg}").expect("valid template"));
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} ({eta} left) {msg}")
+            .expect("valid template"),
+    );
     let (mut clean, mut fg, mut pg) = (0usize, 0usize, 0usize);
     let mut i = 0;
     while i < total {
@@ -64,7 +68,12 @@ pub fn run(args: AttackArgs) -> Result<()> {
         fg += count_errors(&model(&fgsm(model, &x, &y, a.eps, clip)?)?, &y)?;
         pg += count_errors(&model(&pgd(model, &x, &y, &cfg)?)?, &y)?;
         bar.set_position(end as u64);
-        bar.set_message(format!("clean {:.2}% | FGSM {:.2}% | PGD {:.2}%", 100.0 * clean as f64 / end as f64, 100.0 * fg as f64 / end as f64, 100.0 * pg as f64 / end as f64));
+        bar.set_message(format!(
+            "clean {:.2}% | FGSM {:.2}% | PGD {:.2}%",
+            100.0 * clean as f64 / end as f64,
+            100.0 * fg as f64 / end as f64,
+            100.0 * pg as f64 / end as f64
+        ));
         i = end;
     }
     bar.finish_and_clear();

@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use clap::Args;
 use experiments::datasets::load_mnist_like;
 use experiments::report::{write_json_atomic, Table};
-use experiments::workloads::{agree, median, time_workload, BoundKind, Workload, WorkerReport};
+use experiments::workloads::{agree, median, time_workload, BoundKind, WorkerReport, Workload};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -104,16 +104,32 @@ fn parse_workload(s: &str, k: usize) -> Result<Workload> {
 pub fn worker(a: WorkerArgs) -> Result<()> {
     let net = nets::io::load_model(&a.model, Some("mnist-small"), DType::F32, &Device::Cpu)?;
     let x = Tensor::read_npy(&a.x).with_context(|| format!("reading {}", a.x.display()))?.to_dtype(DType::F32)?;
-    let y: Vec<u32> = Tensor::read_npy(&a.y)?.to_dtype(DType::I64)?.to_vec1::<i64>()?.into_iter().map(|v| v as u32).collect();
-    let w = Workload { bound: if a.proj > 0 { BoundKind::Projected { k: a.proj } } else { BoundKind::Exact }, backward: a.backward };
-    let rep = if a.full_batch > 0 { time_full_set(&net, &x, &y, a.eps, a.bounded, w, a.full_batch)? } else { time_workload(&net, &x, &y, a.eps, a.bounded, w, a.repeats, a.seed)? };
+    let y: Vec<u32> =
+        Tensor::read_npy(&a.y)?.to_dtype(DType::I64)?.to_vec1::<i64>()?.into_iter().map(|v| v as u32).collect();
+    let w = Workload {
+        bound: if a.proj > 0 { BoundKind::Projected { k: a.proj } } else { BoundKind::Exact },
+        backward: a.backward,
+    };
+    let rep = if a.full_batch > 0 {
+        time_full_set(&net, &x, &y, a.eps, a.bounded, w, a.full_batch)?
+    } else {
+        time_workload(&net, &x, &y, a.eps, a.bounded, w, a.repeats, a.seed)?
+    };
     println!("{}", serde_json::to_string(&rep)?);
     Ok(())
 }
 
 /// The whole of `x` in batches of `batch`, timed once as a whole (loading excluded): mean loss
 /// and the fraction of examples not certified.
-fn time_full_set(net: &nets::Network, x: &Tensor, y: &[u32], eps: f64, bounded: bool, w: Workload, batch: usize) -> Result<WorkerReport> {
+fn time_full_set(
+    net: &nets::Network,
+    x: &Tensor,
+    y: &[u32],
+    eps: f64,
+    bounded: bool,
+    w: Workload,
+    batch: usize,
+) -> Result<WorkerReport> {
     let idle = experiments::workloads::proc_status_bytes("VmRSS");
     let n = y.len();
     let t0 = std::time::Instant::now();
@@ -121,7 +137,15 @@ fn time_full_set(net: &nets::Network, x: &Tensor, y: &[u32], eps: f64, bounded: 
     let mut i = 0;
     while i < n {
         let end = (i + batch).min(n);
-        let run = experiments::workloads::run_workload(net, &x.narrow(0, i, end - i)?, &y[i..end], eps, bounded, w, i as u64)?;
+        let run = experiments::workloads::run_workload(
+            net,
+            &x.narrow(0, i, end - i)?,
+            &y[i..end],
+            eps,
+            bounded,
+            w,
+            i as u64,
+        )?;
         loss += run.loss * (end - i) as f64;
         err += run.robust_error * (end - i) as f64;
         i = end;
@@ -148,11 +172,23 @@ fn run_full(a: &BenchArgs, py: &Path, script: &Path, work: &Path, test: &experim
     let yp = work.join("y_test.npy");
     x.write_npy(&xp)?;
     Tensor::from_vec(y.iter().map(|&v| v as i64).collect::<Vec<_>>(), y.len(), &Device::Cpu)?.write_npy(&yp)?;
-    let mut common: Vec<String> = vec!["--eps".into(), a.eps.to_string(), "--proj".into(), "0".into(), "--repeats".into(), "1".into(), "--full-batch".into(), batch.to_string()];
+    let mut common: Vec<String> = vec![
+        "--eps".into(),
+        a.eps.to_string(),
+        "--proj".into(),
+        "0".into(),
+        "--repeats".into(),
+        "1".into(),
+        "--full-batch".into(),
+        batch.to_string(),
+    ];
     if !a.unbounded {
         common.push("--bounded".into());
     }
-    eprintln!("certifying {} test images in batches of {batch} with the PyTorch package, then with this project", y.len());
+    eprintln!(
+        "certifying {} test images in batches of {batch} with the PyTorch package, then with this project",
+        y.len()
+    );
     let (pt, rs) = measure_both(a, py, script, &std::env::current_exe()?, &xp, &yp, &common)?;
     let w = Workload { bound: BoundKind::Exact, backward: false };
     // f32 on both sides: an example whose certificate margin is within rounding may fall either
@@ -160,7 +196,18 @@ fn run_full(a: &BenchArgs, py: &Path, script: &Path, work: &Path, test: &experim
     let n = y.len() as f64;
     let differ = ((pt.robust_error - rs.robust_error).abs() * n).round() as usize;
     let agree = (pt.loss - rs.loss).abs() <= 1e-4 * pt.loss.abs().max(1e-12) && differ <= 2;
-    let mut t = Table::new(&["workload", "images", "batch", "PyTorch s", "ours s", "speed-up", "certified PyTorch / ours", "PyTorch peak GiB", "ours peak GiB", "agree (certificates differing)"]);
+    let mut t = Table::new(&[
+        "workload",
+        "images",
+        "batch",
+        "PyTorch s",
+        "ours s",
+        "speed-up",
+        "certified PyTorch / ours",
+        "PyTorch peak GiB",
+        "ours peak GiB",
+        "agree (certificates differing)",
+    ]);
     let (ps, rsec) = (pt.seconds[0], rs.seconds[0]);
     t.row(&[
         &w.name(),
@@ -200,7 +247,19 @@ fn run_full(a: &BenchArgs, py: &Path, script: &Path, work: &Path, test: &experim
         speedup: f64,
         numbers_agree: bool,
     }
-    let full = Full { model: &a.model, eps: a.eps, bounded_input: !a.unbounded, threads: a.threads, batch, images: y.len(), cpu: cpu_name(), speedup: ps / rsec, pytorch: pt, rust: rs, numbers_agree: agree };
+    let full = Full {
+        model: &a.model,
+        eps: a.eps,
+        bounded_input: !a.unbounded,
+        threads: a.threads,
+        batch,
+        images: y.len(),
+        cpu: cpu_name(),
+        speedup: ps / rsec,
+        pytorch: pt,
+        rust: rs,
+        numbers_agree: agree,
+    };
     write_json_atomic(&a.out.join("bench_vs_pytorch_full.json"), &full)?;
     eprintln!("written {}/bench_vs_pytorch_full.{{json,md}}", a.out.display());
     if !agree {
@@ -213,17 +272,30 @@ fn run_full(a: &BenchArgs, py: &Path, script: &Path, work: &Path, test: &experim
 fn ensure_venv(venv: &Path, python: &str) -> Result<PathBuf> {
     let py = venv.join("bin").join("python");
     let ready = |py: &Path| {
-        Command::new(py).args(["-c", "import torch, numpy, convex_adversarial"]).output().map(|o| o.status.success()).unwrap_or(false)
+        Command::new(py)
+            .args(["-c", "import torch, numpy, convex_adversarial"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
     };
     if py.is_file() && ready(&py) {
         return Ok(py);
     }
-    eprintln!("creating the Python environment {} (torch, numpy, convex-adversarial==0.4.4 from PyPI; several GB, minutes)", venv.display());
-    let st = Command::new(python).args(["-m", "venv"]).arg(venv).status().with_context(|| format!("running {python} -m venv"))?;
+    eprintln!(
+        "creating the Python environment {} (torch, numpy, convex-adversarial==0.4.4 from PyPI; several GB, minutes)",
+        venv.display()
+    );
+    let st = Command::new(python)
+        .args(["-m", "venv"])
+        .arg(venv)
+        .status()
+        .with_context(|| format!("running {python} -m venv"))?;
     if !st.success() {
         bail!("`{python} -m venv {}` failed", venv.display());
     }
-    let st = Command::new(&py).args(["-m", "pip", "install", "-q", "torch", "numpy", "convex-adversarial==0.4.4"]).status()?;
+    let st = Command::new(&py)
+        .args(["-m", "pip", "install", "-q", "torch", "numpy", "convex-adversarial==0.4.4"])
+        .status()?;
     if !st.success() || !ready(&py) {
         bail!("installing torch, numpy and convex-adversarial==0.4.4 into {} failed", venv.display());
     }
@@ -233,10 +305,26 @@ fn ensure_venv(venv: &Path, python: &str) -> Result<PathBuf> {
 /// One measurement on each side, each in a fresh process with `a.threads` threads: the PyTorch
 /// worker (`script` under `py`) and this binary's `bench-worker` (`exe`), on the inputs `xp`,
 /// `yp` with the workload flags `common`.
-fn measure_both(a: &BenchArgs, py: &Path, script: &Path, exe: &Path, xp: &Path, yp: &Path, common: &[String]) -> Result<(WorkerReport, WorkerReport)> {
+fn measure_both(
+    a: &BenchArgs,
+    py: &Path,
+    script: &Path,
+    exe: &Path,
+    xp: &Path,
+    yp: &Path,
+    common: &[String],
+) -> Result<(WorkerReport, WorkerReport)> {
     let threads = a.threads.to_string();
     let mut pc = Command::new(py);
-    pc.arg(script).arg("--weights").arg(&a.model).arg("--x").arg(xp).arg("--y").arg(yp).args(common).args(["--threads", &threads]);
+    pc.arg(script)
+        .arg("--weights")
+        .arg(&a.model)
+        .arg("--x")
+        .arg(xp)
+        .arg("--y")
+        .arg(yp)
+        .args(common)
+        .args(["--threads", &threads]);
     pc.env("OMP_NUM_THREADS", &threads).env("MKL_NUM_THREADS", &threads);
     let pt = run_json(&mut pc, "PyTorch")?;
     let mut rc = Command::new(exe);
@@ -252,7 +340,11 @@ fn run_json(cmd: &mut Command, what: &str) -> Result<WorkerReport> {
         bail!("the {what} worker failed ({}):\n{}", out.status, String::from_utf8_lossy(&out.stderr));
     }
     let s = String::from_utf8_lossy(&out.stdout);
-    let line = s.lines().rev().find(|l| l.trim_start().starts_with('{')).with_context(|| format!("the {what} worker printed no JSON:\n{s}"))?;
+    let line = s
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .with_context(|| format!("the {what} worker printed no JSON:\n{s}"))?;
     serde_json::from_str(line).with_context(|| format!("the {what} worker's JSON: {line}"))
 }
 
@@ -284,7 +376,12 @@ struct Summary<'a> {
 fn cpu_name() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|v| v.trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|v| v.trim().to_string())
+        })
         .unwrap_or_else(|| "unknown".into())
 }
 
@@ -329,7 +426,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 BoundKind::Exact => 0,
                 BoundKind::Projected { k } => k,
             };
-            let mut common: Vec<String> = vec!["--eps".into(), a.eps.to_string(), "--proj".into(), proj.to_string(), "--repeats".into(), a.repeats.to_string()];
+            let mut common: Vec<String> = vec![
+                "--eps".into(),
+                a.eps.to_string(),
+                "--proj".into(),
+                proj.to_string(),
+                "--repeats".into(),
+                a.repeats.to_string(),
+            ];
             if !a.unbounded {
                 common.push("--bounded".into());
             }
@@ -338,12 +442,31 @@ pub fn run(a: BenchArgs) -> Result<()> {
             }
             let (pt, rs) = measure_both(&a, &py, &script, &exe, &xp, &yp, &common)?;
             let (pm, rm) = (median(&pt.seconds), median(&rs.seconds));
-            rows.push(Row { workload: w.name(), batch: b, numbers_agree: agree(*w, &rs, &pt), pytorch_median_s: pm, rust_median_s: rm, speedup: pm / rm, pytorch: pt, rust: rs });
+            rows.push(Row {
+                workload: w.name(),
+                batch: b,
+                numbers_agree: agree(*w, &rs, &pt),
+                pytorch_median_s: pm,
+                rust_median_s: rm,
+                speedup: pm / rm,
+                pytorch: pt,
+                rust: rs,
+            });
             bar.inc(1);
         }
     }
     bar.finish_and_clear();
-    let mut t = Table::new(&["workload", "batch", "PyTorch s", "ours s", "speed-up", "PyTorch peak GiB", "ours peak GiB", "loss PyTorch / ours", "agree"]);
+    let mut t = Table::new(&[
+        "workload",
+        "batch",
+        "PyTorch s",
+        "ours s",
+        "speed-up",
+        "PyTorch peak GiB",
+        "ours peak GiB",
+        "loss PyTorch / ours",
+        "agree",
+    ]);
     for r in &rows {
         t.row(&[
             &r.workload,
@@ -375,7 +498,16 @@ pub fn run(a: BenchArgs) -> Result<()> {
     println!("{head}\n{t}");
     std::fs::create_dir_all(&a.out)?;
     nets::io::atomic_write(&a.out.join("bench_vs_pytorch.md"), format!("{head}\n{t}").as_bytes())?;
-    let summary = Summary { model: &a.model, eps: a.eps, bounded_input: !a.unbounded, threads: a.threads, repeats: a.repeats, k: a.k, cpu, rows };
+    let summary = Summary {
+        model: &a.model,
+        eps: a.eps,
+        bounded_input: !a.unbounded,
+        threads: a.threads,
+        repeats: a.repeats,
+        k: a.k,
+        cpu,
+        rows,
+    };
     write_json_atomic(&a.out.join("bench_vs_pytorch.json"), &summary)?;
     eprintln!("written {}/bench_vs_pytorch.{{json,md}}", a.out.display());
     Ok(())

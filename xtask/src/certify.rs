@@ -41,7 +41,9 @@ impl CertifyArgs {
     fn into_config(self) -> Result<CertifyConfig> {
         let projected = is_projected_norm(&self.norm);
         let proj = match (projected, self.proj) {
-            (true, Some(k)) | (false, Some(k)) => Some(Projection { k, seed: self.seed, inflate_delta: self.inflate_delta }),
+            (true, Some(k)) | (false, Some(k)) => {
+                Some(Projection { k, seed: self.seed, inflate_delta: self.inflate_delta })
+            }
             (true, None) => anyhow::bail!("--norm {} needs --proj K (the number of projections)", self.norm),
             (false, None) => None,
         };

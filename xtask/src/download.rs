@@ -2,9 +2,7 @@
 
 use anyhow::{bail, Result};
 use clap::Args;
-use experiments::download::{
-    dataset, default_dir, download_dataset, registry, DownloadOptions, Event, Origin,
-};
+use experiments::download::{dataset, default_dir, download_dataset, registry, DownloadOptions, Event, Origin};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::cell::RefCell;
 use std::path::PathBuf;
@@ -73,11 +71,9 @@ pub fn run(a: DownloadArgs) -> Result<()> {
         ..DownloadOptions::default()
     };
     let bar: RefCell<Option<ProgressBar>> = RefCell::new(None);
-    let style = ProgressStyle::with_template(
-        "{msg:30!} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-    )
-    .unwrap_or_else(|_| ProgressStyle::default_bar())
-    .progress_chars("=> ");
+    let style = ProgressStyle::with_template("{msg:30!} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
     let spinner = ProgressStyle::with_template("{msg:30!} {spinner} {bytes} {bytes_per_sec}")
         .unwrap_or_else(|_| ProgressStyle::default_spinner());
     let finish = |bar: &RefCell<Option<ProgressBar>>| {
@@ -86,12 +82,7 @@ pub fn run(a: DownloadArgs) -> Result<()> {
         }
     };
     let progress = |e: &Event| match *e {
-        Event::Transfer {
-            file,
-            url,
-            offset,
-            total,
-        } => {
+        Event::Transfer { file, url, offset, total } => {
             finish(&bar);
             let b = match total {
                 Some(t) => ProgressBar::new(t).with_style(style.clone()),
@@ -132,11 +123,7 @@ pub fn run(a: DownloadArgs) -> Result<()> {
     let res = download_dataset(&src, &dir, &opts, &progress);
     finish(&bar);
     let report = res?;
-    let fetched = report
-        .files
-        .iter()
-        .filter(|f| f.origin != Origin::AlreadyPresent)
-        .count();
+    let fetched = report.files.iter().filter(|f| f.origin != Origin::AlreadyPresent).count();
     println!(
         "{}: {} file(s) in {} ({} fetched, {} already present)",
         report.dataset,
@@ -154,9 +141,5 @@ pub fn run(a: DownloadArgs) -> Result<()> {
 }
 
 fn names() -> String {
-    registry()
-        .iter()
-        .map(|d| d.name.clone())
-        .collect::<Vec<_>>()
-        .join(", ")
+    registry().iter().map(|d| d.name.clone()).collect::<Vec<_>>().join(", ")
 }

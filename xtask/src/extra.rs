@@ -55,7 +55,16 @@ pub struct ExtraArgs {
 }
 
 /// Runs `name` (`primal` or `min-distance`).
-pub fn run(name: &str, a: &ExtraArgs, data_dir: Option<PathBuf>, out: Option<PathBuf>, quick: bool, seed: u64, epochs: Option<usize>, train_limit: Option<usize>) -> Result<()> {
+pub fn run(
+    name: &str,
+    a: &ExtraArgs,
+    data_dir: Option<PathBuf>,
+    out: Option<PathBuf>,
+    quick: bool,
+    seed: u64,
+    epochs: Option<usize>,
+    train_limit: Option<usize>,
+) -> Result<()> {
     match name {
         "primal" => primal(a, data_dir, out, quick, seed, epochs, train_limit),
         "min-distance" => min_distance(a, data_dir, out, quick),
@@ -63,9 +72,22 @@ pub fn run(name: &str, a: &ExtraArgs, data_dir: Option<PathBuf>, out: Option<Pat
     }
 }
 
-fn primal(a: &ExtraArgs, data_dir: Option<PathBuf>, out: Option<PathBuf>, quick: bool, seed: u64, epochs: Option<usize>, train_limit: Option<usize>) -> Result<()> {
+fn primal(
+    a: &ExtraArgs,
+    data_dir: Option<PathBuf>,
+    out: Option<PathBuf>,
+    quick: bool,
+    seed: u64,
+    epochs: Option<usize>,
+    train_limit: Option<usize>,
+) -> Result<()> {
     let d = PrimalConfig::default();
-    let hidden = a.hidden.split(',').map(|s| s.trim().parse::<usize>()).collect::<Result<Vec<_>, _>>().map_err(|_| anyhow::anyhow!("--hidden must be comma-separated widths, got `{}`", a.hidden))?;
+    let hidden = a
+        .hidden
+        .split(',')
+        .map(|s| s.trim().parse::<usize>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| anyhow::anyhow!("--hidden must be comma-separated widths, got `{}`", a.hidden))?;
     let cfg = PrimalConfig {
         examples: a.limit.unwrap_or(if quick { 3 } else { d.examples }),
         eps: a.eps.unwrap_or(d.eps),
@@ -83,7 +105,11 @@ fn primal(a: &ExtraArgs, data_dir: Option<PathBuf>, out: Option<PathBuf>, quick:
     println!("{}", r.markdown());
     println!("results: {}", cfg.out_dir.join("results.json").display());
     if r.violations > 0 {
-        bail!("{} rows with LP < J - {:e}: the dual bound is not below the LP", r.violations, experiments::primal::TOLERANCE);
+        bail!(
+            "{} rows with LP < J - {:e}: the dual bound is not below the LP",
+            r.violations,
+            experiments::primal::TOLERANCE
+        );
     }
     Ok(())
 }
@@ -99,7 +125,10 @@ fn min_distance(a: &ExtraArgs, data_dir: Option<PathBuf>, out: Option<PathBuf>, 
     };
     let (model, arch) = match &a.model {
         Some(m) => (m.clone(), a.arch.clone()),
-        None => (PathBuf::from("../shared/models/fashion_mnist_small_eps0.1.pth"), Some(a.arch.clone().unwrap_or_else(|| "mnist-small".into()))),
+        None => (
+            PathBuf::from("../shared/models/fashion_mnist_small_eps0.1.pth"),
+            Some(a.arch.clone().unwrap_or_else(|| "mnist-small".into())),
+        ),
     };
     let cfg = MinDistanceConfig {
         model,
@@ -113,7 +142,10 @@ fn min_distance(a: &ExtraArgs, data_dir: Option<PathBuf>, out: Option<PathBuf>, 
         out_dir: out.unwrap_or_else(|| PathBuf::from("results/min-distance")),
     };
     let bar = ProgressBar::new(0);
-    bar.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} ({eta} left)").expect("valid template"));
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} ({eta} left)")
+            .expect("valid template"),
+    );
     let r = experiments::min_distance::run(&cfg, |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);

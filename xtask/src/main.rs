@@ -10,8 +10,8 @@ mod certify;
 mod download;
 mod extra;
 mod reproduce;
-mod train;
 mod size;
+mod train;
 
 use clap::{Parser, Subcommand};
 

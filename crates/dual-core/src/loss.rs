@@ -11,7 +11,9 @@ pub fn class_difference_c(y: &[u32], classes: usize, dtype: DType, device: &cand
     for (i, &yi) in y.iter().enumerate() {
         let yi = yi as usize;
         if yi >= classes {
-            return Err(DualError::invalid(format!("label {yi} of example {i} is not below the number of classes {classes}")));
+            return Err(DualError::invalid(format!(
+                "label {yi} of example {i} is not below the number of classes {classes}"
+            )));
         }
         for j in 0..classes {
             let row = (i * classes + j) * classes;
@@ -62,11 +64,7 @@ pub fn robust_loss(dual: &DualNetwork, y: &[u32]) -> Result<RobustLoss> {
 /// Certified iff `f_j < 0` for every `j ≠ y`.
 pub fn certified_from_bounds(f: &Tensor, y: &[u32]) -> Result<Vec<bool>> {
     let rows = f.to_dtype(DType::F64)?.to_vec2::<f64>()?;
-    Ok(rows
-        .iter()
-        .zip(y)
-        .map(|(r, &yi)| r.iter().enumerate().all(|(j, &v)| j == yi as usize || v < 0.0))
-        .collect())
+    Ok(rows.iter().zip(y).map(|(r, &yi)| r.iter().enumerate().all(|(j, &v)| j == yi as usize || v < 0.0)).collect())
 }
 
 /// Mean cross-entropy `log Σ_j exp(f_j) - f_y`, computed stably and differentiably.

@@ -123,10 +123,7 @@ impl Plan<'_> {
             let out = match node {
                 DualNode::Affine(a) => {
                     let idx = a.inputs().indices(t);
-                    let xs: Vec<Option<&Tensor>> = idx
-                        .iter()
-                        .map(|i| i.and_then(|i| block.states.get(&i)))
-                        .collect();
+                    let xs: Vec<Option<&Tensor>> = idx.iter().map(|i| i.and_then(|i| block.states.get(&i))).collect();
                     a.forward(&xs, block.with_bias)?
                 }
                 DualNode::Activation(_) => {
@@ -171,11 +168,7 @@ impl DualNetwork {
                 last_use[i] = last_use[i].max(t);
             }
         }
-        let last_act = nodes
-            .iter()
-            .rposition(|nd| matches!(nd, DualNode::Activation(_)))
-            .map(|k| k + 1)
-            .unwrap_or(0);
+        let last_act = nodes.iter().rposition(|nd| matches!(nd, DualNode::Activation(_))).map(|k| k + 1).unwrap_or(0);
         let b = x.dim(0)?;
         let mut relaxations: Vec<Option<Box<dyn Relaxation>>> = (0..=n).map(|_| None).collect();
         let mut bounds = Vec::new();
@@ -214,7 +207,8 @@ impl DualNetwork {
                         let pb = p.dim(0)?;
                         // (A reshape that changes nothing would still cost a full-size gradient
                         // accumulation in the backward pass.)
-                        let p = if p.dims() == [pb, range.len(), k] { p.clone() } else { p.reshape((pb, range.len(), k))? };
+                        let p =
+                            if p.dims() == [pb, range.len(), k] { p.clone() } else { p.reshape((pb, range.len(), k))? };
                         let (l, u) = src.column_terms(&p, range)?;
                         acc = Some(match acc.take() {
                             None => (l, u),
@@ -388,7 +382,14 @@ fn node_cost(nodes: &[DualNode], shapes: &[Vec<usize>], t: usize) -> usize {
 /// `K · (b · path(lowest, a) + path(a, t-1))`, `a` the last activation before `t`: the rows are
 /// shared by the batch until they meet its slopes. With a batch of one nothing is amortised,
 /// so small batches go forward more often.
-fn choose_forms(net: &Walk<'_>, sources: &[usize], t: usize, k: usize, b: usize, form: BoundForm) -> (Vec<usize>, Vec<usize>) {
+fn choose_forms(
+    net: &Walk<'_>,
+    sources: &[usize],
+    t: usize,
+    k: usize,
+    b: usize,
+    form: BoundForm,
+) -> (Vec<usize>, Vec<usize>) {
     let Walk { nodes, shapes, input, relax } = *net;
     let exact = |pos: &usize| source_at(input, relax, *pos).exact_from_coefficients();
     let (eligible, rest): (Vec<usize>, Vec<usize>) = match form {
@@ -439,7 +440,14 @@ fn identity_rows(range: Range<usize>, shape: &[usize], dtype: DType, device: &ca
 /// backward form: `g = I_K` goes back through the transposed layers and the slopes `D`, and
 /// each source adds `(min, max)` of `gᵀδ` over its variables ([`DualSource::coefficient_terms`]).
 /// Rows go in chunks sized by the memory budget; returns `([B, K], [B, K])`.
-fn backward_terms(net: &Walk<'_>, positions: &[usize], t: usize, b: usize, x: &Tensor, opts: &DualOptions) -> Result<(Tensor, Tensor)> {
+fn backward_terms(
+    net: &Walk<'_>,
+    positions: &[usize],
+    t: usize,
+    b: usize,
+    x: &Tensor,
+    opts: &DualOptions,
+) -> Result<(Tensor, Tensor)> {
     let Walk { nodes, shapes, input, relax } = *net;
     let top = t - 1;
     let shape = &shapes[top];
@@ -462,10 +470,11 @@ fn backward_terms(net: &Walk<'_>, positions: &[usize], t: usize, b: usize, x: &T
             accumulate(lo, l)?;
             accumulate(up, u)
         };
-        let g0 = propagate_back(nodes, relax, g, lowest, |s, _, gs| match relax[s].as_ref().and_then(|r| r.source()) {
-            Some(src) if positions.contains(&s) => add(src, gs, &mut lo, &mut up),
-            _ => Ok(()),
-        })?;
+        let g0 =
+            propagate_back(nodes, relax, g, lowest, |s, _, gs| match relax[s].as_ref().and_then(|r| r.source()) {
+                Some(src) if positions.contains(&s) => add(src, gs, &mut lo, &mut up),
+                _ => Ok(()),
+            })?;
         if let Some(g0) = g0 {
             add(input, &g0, &mut lo, &mut up)?;
         }
@@ -531,7 +540,8 @@ fn propagate_back(
                 }
             }
             DualNode::Activation(_) => {
-                let r = relax[t].as_ref().ok_or_else(|| DualError::shape(format!("activation {t} has no relaxation")))?;
+                let r =
+                    relax[t].as_ref().ok_or_else(|| DualError::shape(format!("activation {t} has no relaxation")))?;
                 accumulate(&mut g[t - 1], r.apply(&gt)?)?;
             }
         }
@@ -547,7 +557,11 @@ fn source_positions(relax: &[Option<Box<dyn Relaxation>>], t: usize) -> Vec<usiz
     v
 }
 
-fn source_at<'a>(input: &'a dyn DualSource, relax: &'a [Option<Box<dyn Relaxation>>], pos: usize) -> &'a dyn DualSource {
+fn source_at<'a>(
+    input: &'a dyn DualSource,
+    relax: &'a [Option<Box<dyn Relaxation>>],
+    pos: usize,
+) -> &'a dyn DualSource {
     if pos == 0 {
         input
     } else {

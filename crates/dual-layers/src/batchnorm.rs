@@ -23,7 +23,8 @@ impl DualBatchNorm2d {
 
     /// With the statistics of the nominal batch `x` (`[B, C, H, W]`) at the layer's input.
     pub fn from_batch(gamma: &Tensor, beta: &Tensor, x: &Tensor, eps: f64) -> Result<Self> {
-        let (_, c, _, _) = x.dims4().map_err(|_| DualError::shape(format!("BatchNorm2d needs a 4-d input, got {:?}", x.dims())))?;
+        let (_, c, _, _) =
+            x.dims4().map_err(|_| DualError::shape(format!("BatchNorm2d needs a 4-d input, got {:?}", x.dims())))?;
         let xc = x.transpose(0, 1)?.reshape((c, ()))?;
         let mean = xc.mean(D::Minus1)?;
         let var = xc.broadcast_sub(&mean.unsqueeze(1)?)?.sqr()?.mean(D::Minus1)?;

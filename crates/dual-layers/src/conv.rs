@@ -16,7 +16,13 @@ pub struct DualConv2d {
 impl DualConv2d {
     /// `weight`: `[c_out, c_in, k_h, k_w]`, `bias`: `[c_out]`, `in_hw`: the input's height and
     /// width (needed so the transpose gives back exactly that size).
-    pub fn new(weight: Tensor, bias: Option<Tensor>, stride: usize, padding: usize, in_hw: (usize, usize)) -> Result<Self> {
+    pub fn new(
+        weight: Tensor,
+        bias: Option<Tensor>,
+        stride: usize,
+        padding: usize,
+        in_hw: (usize, usize),
+    ) -> Result<Self> {
         let (_, _, kh, kw) = weight.dims4()?;
         let out = |i: usize, k: usize| -> Result<usize> {
             (i + 2 * padding)

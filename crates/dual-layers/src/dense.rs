@@ -25,7 +25,8 @@ impl DualDense {
 
 impl DualAffine for DualDense {
     fn name(&self) -> String {
-        let names: Vec<String> = self.parts.iter().map(|p| p.as_ref().map(|p| p.name()).unwrap_or_else(|| "-".into())).collect();
+        let names: Vec<String> =
+            self.parts.iter().map(|p| p.as_ref().map(|p| p.name()).unwrap_or_else(|| "-".into())).collect();
         format!("Dense({})", names.join(", "))
     }
 

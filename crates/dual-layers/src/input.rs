@@ -177,10 +177,7 @@ impl InfBallBounded {
         }
         let (dlo, dhi) = match eps_t {
             None => ((xf.affine(1.0, -eps)?.maximum(lo)? - &xf)?, (xf.affine(1.0, eps)?.minimum(hi)? - &xf)?),
-            Some(e) => (
-                ((&xf - &e)?.maximum(lo)? - &xf)?,
-                ((&xf + &e)?.minimum(hi)? - &xf)?,
-            ),
+            Some(e) => (((&xf - &e)?.maximum(lo)? - &xf)?, ((&xf + &e)?.minimum(hi)? - &xf)?),
         };
         Ok(InfBallBounded { x: x.clone(), lo: dlo, hi: dhi })
     }

@@ -14,7 +14,6 @@ impl DualLinear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
         DualLinear { weight, bias }
     }
-
 }
 
 impl DualAffine for DualLinear {

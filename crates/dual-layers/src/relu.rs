@@ -49,9 +49,8 @@ impl ReluParts {
         let b = lower.dim(0)?;
         let k = lower.elem_count() / b.max(1);
         let mask = unstable.flatten_all()?.to_vec1::<u8>()?;
-        let idx: Vec<Vec<u32>> = (0..b)
-            .map(|i| (0..k).filter(|&j| mask[i * k + j] != 0).map(|j| j as u32).collect())
-            .collect();
+        let idx: Vec<Vec<u32>> =
+            (0..b).map(|i| (0..k).filter(|&j| mask[i * k + j] != 0).map(|j| j as u32).collect()).collect();
         Ok(ReluParts { d, w: w.reshape((b, k))?, unstable: idx })
     }
 }
@@ -142,7 +141,13 @@ pub fn relu_lower_term(w: &Tensor, g: &Tensor) -> Result<Tensor> {
 }
 
 /// One-hot columns: `out[b, j, idx[b][start + j]] = 1`, shaped `[B, len, K]`.
-pub fn one_hot_columns(idx: &[Vec<u32>], range: Range<usize>, k: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+pub fn one_hot_columns(
+    idx: &[Vec<u32>],
+    range: Range<usize>,
+    k: usize,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
     let b = idx.len();
     let len = range.len();
     let mut data = vec![0f32; b * len * k];

@@ -7,9 +7,8 @@
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use dual_layers::kernels::{
-    abs_contract, conv2d_fast, conv2d_weight_grad, conv_transpose2d_fast, conv_transpose2d_fast_hw, linear_columns, linear_weight_grad, neg_part_contract,
-    scale_columns,
-    set_tuning, tuning, Tuning,
+    abs_contract, conv2d_fast, conv2d_weight_grad, conv_transpose2d_fast, conv_transpose2d_fast_hw, linear_columns,
+    linear_weight_grad, neg_part_contract, scale_columns, set_tuning, tuning, Tuning,
 };
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -39,7 +38,14 @@ fn assert_close(got: &Tensor, want: &Tensor, dtype: DType, what: &str) -> Result
 
 /// The gradients of `Σ got · up` and of `Σ want · up` agree in every variable of `vars` (`what`
 /// and the variable's name label a failure).
-fn assert_same_gradients(got: Tensor, want: Tensor, up: &Tensor, vars: &[(&Var, &str)], dtype: DType, what: &str) -> Result<()> {
+fn assert_same_gradients(
+    got: Tensor,
+    want: Tensor,
+    up: &Tensor,
+    vars: &[(&Var, &str)],
+    dtype: DType,
+    what: &str,
+) -> Result<()> {
     let a = (got * up)?.sum_all()?.backward()?;
     let b = (want * up)?.sum_all()?.backward()?;
     for (v, name) in vars {
@@ -188,7 +194,14 @@ fn check_conv2d(case: Case, dtype: DType, xform: Form, wform: Form, seed: u64) -
 }
 
 /// Forward and both gradients of `conv_transpose2d_fast` against Candle's `conv_transpose2d`.
-fn check_conv_transpose2d(case: Case, output_padding: usize, dtype: DType, xform: Form, wform: Form, seed: u64) -> Result<()> {
+fn check_conv_transpose2d(
+    case: Case,
+    output_padding: usize,
+    dtype: DType,
+    xform: Form,
+    wform: Form,
+    seed: u64,
+) -> Result<()> {
     let mut rng = StdRng::seed_from_u64(seed);
     let Case { n, c, h, w, o, k, stride, pad } = case;
     // The transposed convolution maps the conv's output side [n, o, oh, ow] to [n, c, h', w'].
@@ -291,7 +304,9 @@ fn conv_transpose_per_axis_output_padding() -> Result<()> {
 #[test]
 fn weight_grad_op_and_its_gradients() -> Result<()> {
     for (i, &(n, c, h, w, o, k, s, p)) in
-        [(3, 2, 7, 7, 4, 3, 1, 1), (5, 3, 9, 8, 2, 4, 2, 1), (40, 4, 10, 10, 6, 3, 2, 0), (6, 5, 5, 5, 3, 1, 1, 0)].iter().enumerate()
+        [(3, 2, 7, 7, 4, 3, 1, 1), (5, 3, 9, 8, 2, 4, 2, 1), (40, 4, 10, 10, 6, 3, 2, 0), (6, 5, 5, 5, 3, 1, 1, 0)]
+            .iter()
+            .enumerate()
     {
         let mut rng = StdRng::seed_from_u64(100 + i as u64);
         let oh = (h + 2 * p - k) / s + 1;
@@ -373,16 +388,19 @@ fn column_convolutions_equal_the_merged_batch() -> Result<()> {
             let what = format!("{dtype:?} b {b} n {n} permuted {permuted}");
             let w = Var::from_tensor(&rand_tensor(&mut rng, &[4, 3, 3, 3], dtype)?)?;
             let base = Var::from_tensor(&rand_tensor(&mut rng, &[n, b, 3, 7, 7], dtype)?)?;
-            let x = if permuted { base.as_tensor().transpose(0, 1)? } else { base.as_tensor().reshape((b, n, 3, 7, 7))? };
+            let x =
+                if permuted { base.as_tensor().transpose(0, 1)? } else { base.as_tensor().reshape((b, n, 3, 7, 7))? };
             let up = rand_tensor(&mut rng, &[b, n, 4, 4, 4], dtype)?;
             let got = conv2d_columns(&x, w.as_tensor(), 2, 1)?;
-            let want = conv2d_fast(&x.contiguous()?.reshape((b * n, 3, 7, 7))?, w.as_tensor(), 2, 1)?.reshape((b, n, 4, 4, 4))?;
+            let want = conv2d_fast(&x.contiguous()?.reshape((b * n, 3, 7, 7))?, w.as_tensor(), 2, 1)?
+                .reshape((b, n, 4, 4, 4))?;
             assert_close(&got, &want, dtype, &format!("{what} conv"))?;
             assert_same_gradients(got, want, &up, &[(&base, "dx"), (&w, "dw")], dtype, &format!("{what} conv"))?;
             let y = up.clone();
             let yv = Var::from_tensor(&y)?;
             let got = conv_transpose2d_columns(yv.as_tensor(), w.as_tensor(), 2, 1, 0)?;
-            let want = conv_transpose2d_fast(&yv.as_tensor().reshape((b * n, 4, 4, 4))?, w.as_tensor(), 2, 1, 0)?.reshape((b, n, 3, 7, 7))?;
+            let want = conv_transpose2d_fast(&yv.as_tensor().reshape((b * n, 4, 4, 4))?, w.as_tensor(), 2, 1, 0)?
+                .reshape((b, n, 3, 7, 7))?;
             assert_close(&got, &want, dtype, &format!("{what} transpose"))?;
             let up2 = rand_tensor(&mut rng, &[b, n, 3, 7, 7], dtype)?;
             assert_same_gradients(got, want, &up2, &[(&yv, "dx"), (&w, "dw")], dtype, &format!("{what} transpose"))?;
@@ -397,7 +415,8 @@ fn column_convolutions_equal_the_merged_batch() -> Result<()> {
 /// Values in [-1, 1] with about one in eight exactly zero.
 fn rand_with_zeros(rng: &mut StdRng, shape: &[usize], dtype: DType) -> Result<Tensor> {
     let n: usize = shape.iter().product();
-    let v: Vec<f64> = (0..n).map(|_| if rng.random_range(0..8) == 0 { 0.0 } else { rng.random_range(-1.0..1.0) }).collect();
+    let v: Vec<f64> =
+        (0..n).map(|_| if rng.random_range(0..8) == 0 { 0.0 } else { rng.random_range(-1.0..1.0) }).collect();
     Tensor::from_vec(v, shape, &Device::Cpu)?.to_dtype(dtype)
 }
 
@@ -430,10 +449,8 @@ fn abs_and_neg_part_contract_match_candle_ops() -> Result<()> {
     // that Candle's gradient has the same (sub)gradient at the exact zeros: sign(0) = 0 for |·|
     // (PyTorch's abs) and slope 1 at 0 for min(·, 0) (PyTorch's clamp).
     type Contract = fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>;
-    let pieces: [(&str, Contract, fn(&Tensor) -> Result<Tensor>); 2] = [
-        ("abs", abs_contract, sign),
-        ("neg part", neg_part_contract, |g| g.le(0.0)?.to_dtype(g.dtype())),
-    ];
+    let pieces: [(&str, Contract, fn(&Tensor) -> Result<Tensor>); 2] =
+        [("abs", abs_contract, sign), ("neg part", neg_part_contract, |g| g.le(0.0)?.to_dtype(g.dtype()))];
     let mut rng = StdRng::seed_from_u64(2);
     for (name, contract, factor) in pieces {
         for dtype in [DType::F64, DType::F32] {
@@ -488,7 +505,12 @@ fn sparse_inputs_scatter_to_the_same_convolution() -> Result<()> {
             let wt = Var::from_tensor(&rand_tensor(&mut rng, &[o, c, k, k], dtype)?)?;
             let what = format!("{case:?} {dtype:?}");
             let got = conv2d_fast(x.as_tensor(), wt.as_tensor(), stride, pad)?;
-            assert_close(&got, &candle_conv2d(x.as_tensor(), wt.as_tensor(), pad, stride)?, dtype, &format!("{what} vs candle"))?;
+            assert_close(
+                &got,
+                &candle_conv2d(x.as_tensor(), wt.as_tensor(), pad, stride)?,
+                dtype,
+                &format!("{what} vs candle"),
+            )?;
             let dense = dense_only(|| conv2d_fast(x.as_tensor(), wt.as_tensor(), stride, pad))?;
             assert_close(&got, &dense, dtype, &format!("{what} vs gemm"))?;
             let up = rand_tensor(&mut rng, got.dims(), dtype)?;
@@ -504,7 +526,9 @@ fn sparse_inputs_scatter_to_the_same_convolution() -> Result<()> {
 fn rand_sparse(rng: &mut StdRng, shape: &[usize], dtype: DType) -> Result<Tensor> {
     let n: usize = shape.iter().product();
     let first = n / shape[0].max(1);
-    let v: Vec<f64> = (0..n).map(|i| if i < first || rng.random_range(0..50) != 0 { 0.0 } else { rng.random_range(-1.0..1.0) }).collect();
+    let v: Vec<f64> = (0..n)
+        .map(|i| if i < first || rng.random_range(0..50) != 0 { 0.0 } else { rng.random_range(-1.0..1.0) })
+        .collect();
     Tensor::from_vec(v, shape, &Device::Cpu)?.to_dtype(dtype)
 }
 
@@ -544,7 +568,8 @@ fn mostly_zero_gradients_take_the_sparse_paths() -> Result<()> {
     // (which go to the gemm) — equal Candle's and the gemm paths', for every shape and operand
     // layout.
     let mut rng = StdRng::seed_from_u64(77);
-    let gens: [(&str, fn(&mut StdRng, &[usize], DType) -> Result<Tensor>); 2] = [("scattered", rand_sparse), ("dense images", rand_row_sparse)];
+    let gens: [(&str, fn(&mut StdRng, &[usize], DType) -> Result<Tensor>); 2] =
+        [("scattered", rand_sparse), ("dense images", rand_row_sparse)];
     for (dtype, (kind, sparse_gen)) in [DType::F64, DType::F32].into_iter().flat_map(|d| gens.map(|g| (d, g))) {
         for (i, case) in cases().into_iter().enumerate() {
             let Case { n, c, h, w, o, k, stride, pad } = case;
@@ -577,7 +602,14 @@ fn mostly_zero_gradients_take_the_sparse_paths() -> Result<()> {
             let up = sparse_gen(&mut rng, &[n, o, oh, ow], dtype)?;
             let got = conv2d_fast(xv.as_tensor(), kv.as_tensor(), stride, pad)?;
             let want = candle_conv2d(xv.as_tensor(), kv.as_tensor(), pad, stride)?;
-            assert_same_gradients(got, want, &up, &[(&xv, "dx"), (&kv, "dw")], dtype, &format!("{what} conv2d under a sparse gradient"))?;
+            assert_same_gradients(
+                got,
+                want,
+                &up,
+                &[(&xv, "dx"), (&kv, "dw")],
+                dtype,
+                &format!("{what} conv2d under a sparse gradient"),
+            )?;
         }
     }
     Ok(())

@@ -68,7 +68,8 @@ fn parse() -> Result<Args> {
             a.exact = false;
             continue;
         }
-        const VALUED: [&str; 10] = ["--n", "--batch", "--seeds", "--ks", "--bounded-ks", "--eps", "--rule", "--model", "--data", "--png"];
+        const VALUED: [&str; 10] =
+            ["--n", "--batch", "--seeds", "--ks", "--bounded-ks", "--eps", "--rule", "--model", "--data", "--png"];
         if !VALUED.contains(&flag.as_str()) {
             bail!("unknown option {flag}");
         }
@@ -118,7 +119,8 @@ fn robust_error(net: &Network, data: &Dataset, a: &Args, bounded: bool, k: Optio
                 net.dual(&x, src, &DualOptions::default())?
             }
             Some(k) => {
-                let mut cfg = ProjectionConfig::linf(a.eps, k, seed.wrapping_mul(1_000_003).wrapping_add(batch_idx)).rule(a.rule);
+                let mut cfg =
+                    ProjectionConfig::linf(a.eps, k, seed.wrapping_mul(1_000_003).wrapping_add(batch_idx)).rule(a.rule);
                 if bounded {
                     cfg = cfg.bounded(0.0, 1.0);
                 }
@@ -158,7 +160,8 @@ fn main() -> Result<()> {
         let set = if bounded { "ball ∩ [0,1]" } else { "ball" };
         for &k in &ks {
             let t = Instant::now();
-            let errs: Vec<f64> = (0..a.seeds).map(|s| robust_error(&net, &data, &a, bounded, Some(k), s)).collect::<Result<_>>()?;
+            let errs: Vec<f64> =
+                (0..a.seeds).map(|s| robust_error(&net, &data, &a, bounded, Some(k), s)).collect::<Result<_>>()?;
             let secs = t.elapsed().as_secs_f64() / a.seeds.max(1) as f64;
             let mean = errs.iter().sum::<f64>() / errs.len().max(1) as f64;
             let per: Vec<String> = errs.iter().map(|e| format!("{:.1} %", 100.0 * e)).collect();
@@ -183,8 +186,14 @@ fn main() -> Result<()> {
         }
     }
     if let Some(p) = &a.png {
-        experiments::plot::line_plot(p, "Robust error: projected estimate vs exact", "projections k", "robust error (%)", &series)
-            .map_err(|e| format!("{e}"))?;
+        experiments::plot::line_plot(
+            p,
+            "Robust error: projected estimate vs exact",
+            "projections k",
+            "robust error (%)",
+            &series,
+        )
+        .map_err(|e| format!("{e}"))?;
         println!("plot written to {}", p.display());
     }
     Ok(())

@@ -33,7 +33,12 @@ fn main() -> Result<()> {
     let batch: usize = args.get(1).and_then(|v| v.parse().ok()).unwrap_or(50);
     let reps: usize = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(3);
     let only: Option<String> = args.get(3).cloned();
-    let net = nets::io::load_model(Path::new("../shared/models/fashion_mnist_small_eps0.1.pth"), Some("mnist-small"), DType::F32, &Device::Cpu)?;
+    let net = nets::io::load_model(
+        Path::new("../shared/models/fashion_mnist_small_eps0.1.pth"),
+        Some("mnist-small"),
+        DType::F32,
+        &Device::Cpu,
+    )?;
     let te = load_mnist_like(Path::new("/usr/share/datasets/fashion-mnist"), Split::Test)?;
     let idx: Vec<usize> = (0..batch).collect();
     let (x, y) = te.gather(&idx, DType::F32, &Device::Cpu)?;
@@ -53,7 +58,15 @@ fn main() -> Result<()> {
             let c0 = cpu_seconds();
             let run = run_workload(&net, &x, &y, 0.1, true, w, fixed_seed.unwrap_or(r as u64))?;
             let c = cpu_seconds() - c0;
-            println!("{:28} {:.3} s  cpu {:.3} s  loss {:.5}  err {:.3}  |g| {:.4}", w.name(), run.seconds, c, run.loss, run.robust_error, run.grad_abs_sum);
+            println!(
+                "{:28} {:.3} s  cpu {:.3} s  loss {:.5}  err {:.3}  |g| {:.4}",
+                w.name(),
+                run.seconds,
+                c,
+                run.loss,
+                run.robust_error,
+                run.grad_abs_sum
+            );
             t.push(run.seconds);
             if r > 0 {
                 cpu.push(c);

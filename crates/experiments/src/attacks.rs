@@ -37,14 +37,7 @@ impl PgdConfig {
     /// The papers' settings (step 0.01, 100 steps, no clipping, no random start) at radius
     /// `epsilon`.
     pub fn new(epsilon: f64) -> Self {
-        Self {
-            epsilon,
-            step_size: 0.01,
-            steps: 100,
-            clip: None,
-            random_start: false,
-            seed: 0,
-        }
+        Self { epsilon, step_size: 0.01, steps: 100, clip: None, random_start: false, seed: 0 }
     }
 }
 
@@ -55,11 +48,7 @@ impl Default for PgdConfig {
     }
 }
 
-fn labels_tensor(
-    y: &[u32],
-    batch: usize,
-    device: &candle_core::Device,
-) -> candle_core::Result<Tensor> {
+fn labels_tensor(y: &[u32], batch: usize, device: &candle_core::Device) -> candle_core::Result<Tensor> {
     if y.len() != batch {
         candle_core::bail!("{} labels for a batch of {batch}", y.len());
     }
@@ -71,12 +60,7 @@ fn labels_tensor(
 fn cross_entropy_per_example(logits: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
     let (b, _k) = logits.dims2()?;
     let m = logits.max_keepdim(D::Minus1)?.detach();
-    let lse = (logits
-        .broadcast_sub(&m)?
-        .exp()?
-        .sum_keepdim(D::Minus1)?
-        .log()?
-        + &m)?;
+    let lse = (logits.broadcast_sub(&m)?.exp()?.sum_keepdim(D::Minus1)?.log()? + &m)?;
     let y = y.to_dtype(DType::U32)?.reshape((b, 1))?;
     let true_logit = logits.gather(&y, D::Minus1)?;
     (lse - true_logit)?.reshape(b)
@@ -93,9 +77,7 @@ pub fn cross_entropy(logits: &Tensor, y: &[u32]) -> candle_core::Result<Tensor> 
 pub fn cross_entropy_values(logits: &Tensor, y: &[u32]) -> candle_core::Result<Vec<f64>> {
     let (b, _) = logits.dims2()?;
     let yt = labels_tensor(y, b, logits.device())?;
-    cross_entropy_per_example(logits, &yt)?
-        .to_dtype(DType::F64)?
-        .to_vec1()
+    cross_entropy_per_example(logits, &yt)?.to_dtype(DType::F64)?.to_vec1()
 }
 
 /// Gradient of the summed cross-entropy with respect to the input `x` (same shape as `x`).
@@ -125,13 +107,7 @@ fn clip_to(x: &Tensor, clip: Option<(f64, f64)>) -> candle_core::Result<Tensor> 
 }
 
 /// FGSM: `x + epsilon * sign(grad_x CE(model(x), y))`, then clipped to `clip` if given.
-pub fn fgsm<F>(
-    model: F,
-    x: &Tensor,
-    y: &[u32],
-    epsilon: f64,
-    clip: Option<(f64, f64)>,
-) -> candle_core::Result<Tensor>
+pub fn fgsm<F>(model: F, x: &Tensor, y: &[u32], epsilon: f64, clip: Option<(f64, f64)>) -> candle_core::Result<Tensor>
 where
     F: Fn(&Tensor) -> candle_core::Result<Tensor>,
 {
@@ -143,9 +119,7 @@ where
 
 /// Uniform noise in `[-epsilon, epsilon]` with the shape, dtype and device of `x`.
 fn uniform_like(x: &Tensor, epsilon: f64, rng: &mut StdRng) -> candle_core::Result<Tensor> {
-    let data: Vec<f64> = (0..x.elem_count())
-        .map(|_| rng.random_range(-1.0..=1.0) * epsilon)
-        .collect();
+    let data: Vec<f64> = (0..x.elem_count()).map(|_| rng.random_range(-1.0..=1.0) * epsilon).collect();
     Tensor::from_vec(data, x.shape(), x.device())?.to_dtype(x.dtype())
 }
 
@@ -187,21 +161,14 @@ fn per_example_norm(t: &Tensor) -> candle_core::Result<Tensor> {
     let b = t.dim(0)?;
     let mut shape = vec![1usize; t.rank()];
     shape[0] = b;
-    t.flatten_from(1)?
-        .sqr()?
-        .sum_keepdim(1)?
-        .sqrt()?
-        .reshape(shape)
+    t.flatten_from(1)?.sqr()?.sum_keepdim(1)?.sqrt()?.reshape(shape)
 }
 
 /// Scales each example of `delta` so that its l2 norm is at most `epsilon`.
 fn project_l2(delta: &Tensor, epsilon: f64) -> candle_core::Result<Tensor> {
     let norm = per_example_norm(delta)?;
     // factor = min(1, eps / norm); the 1e-12 guards a zero norm (factor is then 1 anyway).
-    let factor = (norm + 1e-12)?
-        .recip()?
-        .affine(epsilon, 0.0)?
-        .clamp(0.0, 1.0)?;
+    let factor = (norm + 1e-12)?.recip()?.affine(epsilon, 0.0)?.clamp(0.0, 1.0)?;
     delta.broadcast_mul(&factor)
 }
 
@@ -275,12 +242,7 @@ pub fn count_errors(logits: &Tensor, y: &[u32]) -> candle_core::Result<usize> {
 }
 
 /// The papers' evaluation: `(clean errors, errors under l_inf PGD)` on one batch.
-pub fn pgd_error_counts<F>(
-    model: F,
-    x: &Tensor,
-    y: &[u32],
-    cfg: &PgdConfig,
-) -> candle_core::Result<(usize, usize)>
+pub fn pgd_error_counts<F>(model: F, x: &Tensor, y: &[u32], cfg: &PgdConfig) -> candle_core::Result<(usize, usize)>
 where
     F: Fn(&Tensor) -> candle_core::Result<Tensor>,
 {

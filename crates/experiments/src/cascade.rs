@@ -47,7 +47,13 @@ pub struct CascadeEval {
 }
 
 /// Evaluates a cascade on the first `limit` examples of `data`.
-pub fn evaluate_cascade(stages: &[Network], data: &Dataset, ball: &Ball, batch_size: usize, limit: Option<usize>) -> Result<CascadeEval> {
+pub fn evaluate_cascade(
+    stages: &[Network],
+    data: &Dataset,
+    ball: &Ball,
+    batch_size: usize,
+    limit: Option<usize>,
+) -> Result<CascadeEval> {
     if stages.is_empty() {
         bail!("a cascade needs at least one stage");
     }
@@ -87,7 +93,12 @@ pub fn evaluate_cascade(stages: &[Network], data: &Dataset, ball: &Ball, batch_s
         }
         start += idx.len();
     }
-    Ok(CascadeEval { n, clean_error: clean_err as f64 / n.max(1) as f64, robust_error: robust_err as f64 / n.max(1) as f64, assigned })
+    Ok(CascadeEval {
+        n,
+        clean_error: clean_err as f64 / n.max(1) as f64,
+        robust_error: robust_err as f64 / n.max(1) as f64,
+        assigned,
+    })
 }
 
 /// Trains up to `stages` models: stage `k` is a fresh model (new optimizer, new schedules) on

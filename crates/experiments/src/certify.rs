@@ -6,7 +6,7 @@ use crate::datasets::{Dataset, Split};
 use crate::report::{write_json_atomic, Table};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
-use dual_core::{robust_bounds, certified_from_bounds, DualOptions, DualSource};
+use dual_core::{certified_from_bounds, robust_bounds, DualOptions, DualSource};
 use dual_layers::{InfBall, InfBallBounded, L2Ball};
 use nets::Network;
 use serde::Serialize;
@@ -150,8 +150,14 @@ impl CertifyReport {
         match &s.proj {
             None => t.row(&["certified robust error (exact)", &pct(self.robust_error)]),
             Some(p) => match p.inflate_delta {
-                None => t.row(&[&format!("robust error, ESTIMATE with k = {} projections (not a certificate)", p.k), &pct(self.robust_error)]),
-                Some(d) => t.row(&[&format!("robust error, k = {} projections, holds with probability ≥ {}", p.k, 1.0 - d), &pct(self.robust_error)]),
+                None => t.row(&[
+                    &format!("robust error, ESTIMATE with k = {} projections (not a certificate)", p.k),
+                    &pct(self.robust_error),
+                ]),
+                Some(d) => t.row(&[
+                    &format!("robust error, k = {} projections, holds with probability ≥ {}", p.k, 1.0 - d),
+                    &pct(self.robust_error),
+                ]),
             },
         }
         t.row(&["seconds", &format!("{:.1}", self.seconds)]);
@@ -236,12 +242,26 @@ pub struct EvalSettings {
 impl CertifyConfig {
     /// The per-batch settings.
     pub fn eval_settings(&self) -> EvalSettings {
-        EvalSettings { eps: self.eps, norm: self.norm, bounded_input: self.bounded_input, pgd: self.pgd, memory_budget: self.memory_budget, proj: self.proj }
+        EvalSettings {
+            eps: self.eps,
+            norm: self.norm,
+            bounded_input: self.bounded_input,
+            pgd: self.pgd,
+            memory_budget: self.memory_budget,
+            proj: self.proj,
+        }
     }
 }
 
 /// Evaluates a data set (or its first `limit` examples) batch by batch.
-pub fn evaluate(net: &Network, data: &Dataset, s: &EvalSettings, batch_size: usize, limit: Option<usize>, dtype: DType) -> Result<BatchCounts> {
+pub fn evaluate(
+    net: &Network,
+    data: &Dataset,
+    s: &EvalSettings,
+    batch_size: usize,
+    limit: Option<usize>,
+    dtype: DType,
+) -> Result<BatchCounts> {
     let total = limit.unwrap_or(data.len()).min(data.len());
     let device = net.device();
     let mut acc = BatchCounts::default();
@@ -280,7 +300,12 @@ fn evaluate_batch_inner(net: &Network, x: &Tensor, y: &[u32], cfg: &EvalSettings
     let opts = DualOptions { memory_budget: cfg.memory_budget, ..Default::default() };
     let dual = match &cfg.proj {
         None => net.dual(x, input_set(x, cfg.eps, cfg.norm, cfg.bounded_input)?, &opts)?,
-        Some(p) => projections::projected_dual(x, net.dual_nodes(x)?, &projection_config(cfg.eps, cfg.norm, cfg.bounded_input, p), &opts)?,
+        Some(p) => projections::projected_dual(
+            x,
+            net.dual_nodes(x)?,
+            &projection_config(cfg.eps, cfg.norm, cfg.bounded_input, p),
+            &opts,
+        )?,
     };
     let f = robust_bounds(&dual, y)?;
     let robust_errors = certified_from_bounds(&f, y)?.iter().filter(|c| !**c).count();

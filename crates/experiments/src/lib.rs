@@ -6,17 +6,17 @@
 //! Architecture invariant: no bound math here — it calls `dual-core` / `nets` for that.
 
 pub mod attacks;
+pub mod cascade;
 pub mod certify;
 pub mod datasets;
-pub mod download;
-pub mod report;
-pub mod train;
-pub mod reproduce;
-pub mod plot;
-pub mod toy2d;
-pub mod cascade;
-pub mod lp;
-pub mod primal;
-pub mod min_distance;
 pub mod device;
+pub mod download;
+pub mod lp;
+pub mod min_distance;
+pub mod plot;
+pub mod primal;
+pub mod report;
+pub mod reproduce;
+pub mod toy2d;
+pub mod train;
 pub mod workloads;

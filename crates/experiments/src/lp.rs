@@ -139,7 +139,8 @@ impl LinearProgram {
             .max_iter(500)
             .build()
             .map_err(|e| anyhow!("clarabel settings: {e:?}"))?;
-        let mut solver = DefaultSolver::new(&p, &q, &a, &b, &cones, settings).map_err(|e| anyhow!("clarabel setup: {e}"))?;
+        let mut solver =
+            DefaultSolver::new(&p, &q, &a, &b, &cones, settings).map_err(|e| anyhow!("clarabel setup: {e}"))?;
         solver.solve();
         let s = &solver.solution;
         match s.status {
@@ -235,7 +236,11 @@ impl LpNetwork {
                     if m == 0 || m > t {
                         bail!("layer {i}: a Dense layer with {m} parts at position {t}");
                     }
-                    parts.iter().enumerate().filter_map(|(p, s)| s.as_ref().map(|s| (t - m + p, s, format!("{i}.Ws.{p}.")))).collect()
+                    parts
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(p, s)| s.as_ref().map(|s| (t - m + p, s, format!("{i}.Ws.{p}."))))
+                        .collect()
                 }
                 other => vec![(t - 1, other, format!("{i}."))],
             };
@@ -248,7 +253,8 @@ impl LpNetwork {
                         if *in_features != widths[src] {
                             bail!("layer {i}: Linear expects {in_features} inputs, output {src} has {}", widths[src]);
                         }
-                        let w = sd.get(&format!("{prefix}weight")).with_context(|| format!("no weight {prefix}weight"))?;
+                        let w =
+                            sd.get(&format!("{prefix}weight")).with_context(|| format!("no weight {prefix}weight"))?;
                         if let Some(b) = sd.get(&format!("{prefix}bias")) {
                             let b = to_f64(b)?;
                             bias = Some(match bias {
@@ -259,7 +265,9 @@ impl LpNetwork {
                         (Some(Matrix { rows: *out_features, cols: *in_features, data: to_f64(w)? }), *out_features)
                     }
                     LayerSpec::Identity => (None, widths[src]),
-                    other => bail!("layer {i}: no LP for {other:?} (only Linear, ReLU, Flatten, Identity and Dense layers)"),
+                    other => {
+                        bail!("layer {i}: no LP for {other:?} (only Linear, ReLU, Flatten, Identity and Dense layers)")
+                    }
                 };
                 if width.is_some_and(|k| k != out) {
                     bail!("layer {i}: Dense parts of different widths");
@@ -369,7 +377,13 @@ pub struct NetworkLp {
 
 impl NetworkLp {
     /// Builds the relaxation of layers `1..=last` (`None`: the whole network).
-    pub fn build(net: &LpNetwork, set: &InputSet, bounds: &ReluBounds, relax: Relaxation, last: Option<usize>) -> Result<Self> {
+    pub fn build(
+        net: &LpNetwork,
+        set: &InputSet,
+        bounds: &ReluBounds,
+        relax: Relaxation,
+        last: Option<usize>,
+    ) -> Result<Self> {
         let last = last.unwrap_or(net.steps.len());
         if last > net.steps.len() {
             bail!("layer {last} of a network of {} layers", net.steps.len());
@@ -406,7 +420,12 @@ impl NetworkLp {
                     let (l, u) = bounds.get(&t).with_context(|| format!("no bounds for the ReLU at layer {t}"))?;
                     let zhat = outs[t - 1].clone();
                     if l.len() != zhat.len() || u.len() != zhat.len() {
-                        bail!("bounds of the ReLU at layer {t} have {} / {} entries for {} units", l.len(), u.len(), zhat.len());
+                        bail!(
+                            "bounds of the ReLU at layer {t} have {} / {} entries for {} units",
+                            l.len(),
+                            u.len(),
+                            zhat.len()
+                        );
                     }
                     let z = lp.add_vars(zhat.len());
                     for j in 0..zhat.len() {
@@ -440,7 +459,13 @@ impl NetworkLp {
                         let mut e = vec![(zr, 1.0)];
                         for (src, w) in parts {
                             match w {
-                                Some(w) => e.extend(w.row(r).iter().zip(&outs[*src]).filter(|(a, _)| **a != 0.0).map(|(&a, &v)| (v, -a))),
+                                Some(w) => e.extend(
+                                    w.row(r)
+                                        .iter()
+                                        .zip(&outs[*src])
+                                        .filter(|(a, _)| **a != 0.0)
+                                        .map(|(&a, &v)| (v, -a)),
+                                ),
                                 None => e.push((outs[*src][r], -1.0)),
                             }
                         }

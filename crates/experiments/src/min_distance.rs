@@ -37,7 +37,16 @@ pub struct SearchConfig {
 
 impl Default for SearchConfig {
     fn default() -> Self {
-        SearchConfig { norm: Norm::Linf, bounded_input: false, initial: 0.1, max_eps: 1.0, bound_tol: 1e-4, eps_tol: 1e-5, max_iters: 60, memory_budget: None }
+        SearchConfig {
+            norm: Norm::Linf,
+            bounded_input: false,
+            initial: 0.1,
+            max_eps: 1.0,
+            bound_tol: 1e-4,
+            eps_tol: 1e-5,
+            max_iters: 60,
+            memory_budget: None,
+        }
     }
 }
 
@@ -71,7 +80,12 @@ pub fn margins(net: &Network, x: &Tensor, y: &[u32], eps: &[f64], cfg: &SearchCo
     };
     let dual = net.dual(x, src, &DualOptions { memory_budget: cfg.memory_budget, ..Default::default() })?;
     let f = robust_bounds(&dual, y)?.to_dtype(DType::F64)?.to_vec2::<f64>()?;
-    Ok(f.iter().zip(y).map(|(r, &yi)| r.iter().enumerate().filter(|(j, _)| *j != yi as usize).map(|(_, v)| *v).fold(f64::NEG_INFINITY, f64::max)).collect())
+    Ok(f.iter()
+        .zip(y)
+        .map(|(r, &yi)| {
+            r.iter().enumerate().filter(|(j, _)| *j != yi as usize).map(|(_, v)| *v).fold(f64::NEG_INFINITY, f64::max)
+        })
+        .collect())
 }
 
 #[derive(Clone, Copy)]
@@ -259,7 +273,8 @@ pub fn run(cfg: &MinDistanceConfig, mut progress: impl FnMut(usize, usize)) -> R
     }
     let dtype = if cfg.f64 { DType::F64 } else { DType::F32 };
     let dev = Device::Cpu;
-    let net = nets::io::load_model(&cfg.model, cfg.arch.as_deref(), dtype, &dev).with_context(|| format!("loading model {}", cfg.model.display()))?;
+    let net = nets::io::load_model(&cfg.model, cfg.arch.as_deref(), dtype, &dev)
+        .with_context(|| format!("loading model {}", cfg.model.display()))?;
     let mut data = load_test_set(&cfg.dataset, &cfg.data_dir)?;
     if let Some(l) = cfg.limit {
         data.truncate(l);

@@ -35,20 +35,39 @@ fn err<E: std::fmt::Display>(e: E) -> anyhow::Error {
 }
 
 /// A line plot of named series `(x, y)`; y as given (e.g. percent).
-pub fn line_plot(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[(String, Vec<(f64, f64)>)]) -> Result<()> {
+pub fn line_plot(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+) -> Result<()> {
     line_plot_axes(path, title, x_label, y_label, series, false)
 }
 
 /// [`line_plot`] with logarithmic x and y axes (every value must be positive), for scaling
 /// curves: a power law is a straight line.
-pub fn log_log_plot(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[(String, Vec<(f64, f64)>)]) -> Result<()> {
+pub fn log_log_plot(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+) -> Result<()> {
     if series.iter().flat_map(|s| &s.1).any(|p| !(p.0 > 0.0 && p.1 > 0.0)) {
         return Err(anyhow!("a log-log plot needs positive values"));
     }
     line_plot_axes(path, title, x_label, y_label, series, true)
 }
 
-fn line_plot_axes(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[(String, Vec<(f64, f64)>)], log: bool) -> Result<()> {
+fn line_plot_axes(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+    log: bool,
+) -> Result<()> {
     let text = has_font();
     let root = BitMapBackend::new(path, (800, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
@@ -65,7 +84,8 @@ fn line_plot_axes(path: &Path, title: &str, x_label: &str, y_label: &str, series
         b.caption(title, ("sans-serif", 24)).x_label_area_size(40).y_label_area_size(60);
     }
     if log {
-        let chart = b.build_cartesian_2d((x0 * 0.8..x1 * 1.25).log_scale(), (y0 * 0.7..y1 * 1.4).log_scale()).map_err(err)?;
+        let chart =
+            b.build_cartesian_2d((x0 * 0.8..x1 * 1.25).log_scale(), (y0 * 0.7..y1 * 1.4).log_scale()).map_err(err)?;
         return draw_series(root.clone(), chart, x_label, y_label, series, text);
     }
     let pad = ((y1 - y0) * 0.1).max(1e-3);
@@ -94,7 +114,8 @@ where
         let color = Palette99::pick(i).to_rgba();
         let s = chart.draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2))).map_err(err)?;
         if text {
-            s.label(name.clone()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            s.label(name.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
         }
         chart.draw_series(pts.iter().map(|p| Circle::new(*p, 3, color.filled()))).map_err(err)?;
     }

@@ -82,7 +82,16 @@ pub fn compare(net: &Network, x: &Tensor, y: &[u32], eps: f64, bounded: bool) ->
             cv[jj] = -1.0;
             let s = lp.minimize_output(&cv).with_context(|| format!("example {e}, class {jj}"))?;
             let d = j[e][jj];
-            rows.push(Row { example: e, label: y[e], j: jj, dual: d, lp: s.value, gap: s.value - d, unstable: lp.unstable, status: s.status });
+            rows.push(Row {
+                example: e,
+                label: y[e],
+                j: jj,
+                dual: d,
+                lp: s.value,
+                gap: s.value - d,
+                unstable: lp.unstable,
+                status: s.status,
+            });
         }
     }
     Ok(rows)
@@ -229,11 +238,13 @@ pub fn run(cfg: &PrimalConfig) -> Result<PrimalReport> {
     let test = load_mnist_like(&data_dir, Split::Test).ok();
     let (net, source) = match (&cfg.model, &test) {
         (Some(m), _) => {
-            let net = nets::io::load_model(m, cfg.arch.as_deref(), DType::F32, &dev).with_context(|| format!("loading {}", m.display()))?;
+            let net = nets::io::load_model(m, cfg.arch.as_deref(), DType::F32, &dev)
+                .with_context(|| format!("loading {}", m.display()))?;
             (net, format!("model {}", m.display()))
         }
         (None, Some(_)) => {
-            let mut train_set = load_mnist_like(&data_dir, Split::Train).with_context(|| format!("loading the training set from {}", data_dir.display()))?;
+            let mut train_set = load_mnist_like(&data_dir, Split::Train)
+                .with_context(|| format!("loading the training set from {}", data_dir.display()))?;
             train_set.truncate(cfg.train_examples);
             let net = Network::init(&mlp_spec(&cfg.hidden), cfg.seed, DType::F32, &dev)?;
             let mut opt = Optimizer::new(OptimizerConfig::adam(1e-3), net.trainable());
@@ -247,11 +258,22 @@ pub fn run(cfg: &PrimalConfig) -> Result<PrimalReport> {
                     i = end;
                 }
             }
-            (net, format!("Fashion-MNIST test set; robust training on {} examples for {} epoch{}", train_set.len(), cfg.epochs, if cfg.epochs == 1 { "" } else { "s" }))
+            (
+                net,
+                format!(
+                    "Fashion-MNIST test set; robust training on {} examples for {} epoch{}",
+                    train_set.len(),
+                    cfg.epochs,
+                    if cfg.epochs == 1 { "" } else { "s" }
+                ),
+            )
         }
         (None, None) => {
             eprintln!("primal: no Fashion-MNIST in {}; random network and random inputs", data_dir.display());
-            (Network::init(&mlp_spec(&cfg.hidden), cfg.seed, DType::F32, &dev)?, "random network, random inputs".to_string())
+            (
+                Network::init(&mlp_spec(&cfg.hidden), cfg.seed, DType::F32, &dev)?,
+                "random network, random inputs".to_string(),
+            )
         }
     };
     let (x, y) = match &test {
@@ -269,7 +291,11 @@ pub fn run(cfg: &PrimalConfig) -> Result<PrimalReport> {
         }
     };
     let x = x.reshape([&[x.dim(0)?][..], net.input_shape()].concat())?;
-    let dual = net.to_dtype(DType::F64)?.dual(&x.to_dtype(DType::F64)?, input_set(&x.to_dtype(DType::F64)?, cfg.eps, cfg.bounded_input)?, &DualOptions::default())?;
+    let dual = net.to_dtype(DType::F64)?.dual(
+        &x.to_dtype(DType::F64)?,
+        input_set(&x.to_dtype(DType::F64)?, cfg.eps, cfg.bounded_input)?,
+        &DualOptions::default(),
+    )?;
     let certified = robust_loss(&dual, &y)?.certified;
     drop(dual);
     let lp_start = Instant::now();
@@ -279,7 +305,14 @@ pub fn run(cfg: &PrimalConfig) -> Result<PrimalReport> {
     let gaps: Vec<f64> = rows.iter().map(|r| r.gap).collect();
     let lpnet = LpNetwork::from_network(&net)?;
     let mut w: Vec<usize> = vec![lpnet.input_size];
-    w.extend(lpnet.steps.iter().enumerate().filter(|(_, s)| matches!(s, Step::Affine { .. })).map(|(k, _)| lpnet.widths[k + 1]));
+    w.extend(
+        lpnet
+            .steps
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| matches!(s, Step::Affine { .. }))
+            .map(|(k, _)| lpnet.widths[k + 1]),
+    );
     let report = PrimalReport {
         violations,
         max_violation: gaps.iter().map(|g| -g).fold(f64::NEG_INFINITY, f64::max),

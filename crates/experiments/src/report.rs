@@ -38,10 +38,12 @@ impl std::fmt::Display for Table {
             }
         }
         let line = |r: &Vec<String>| -> String {
-            let cells: Vec<String> = (0..n).map(|i| {
-                let c = r.get(i).map(String::as_str).unwrap_or("");
-                format!("{c}{}", " ".repeat(w[i] - c.chars().count()))
-            }).collect();
+            let cells: Vec<String> = (0..n)
+                .map(|i| {
+                    let c = r.get(i).map(String::as_str).unwrap_or("");
+                    format!("{c}{}", " ".repeat(w[i] - c.chars().count()))
+                })
+                .collect();
             format!("| {} |", cells.join(" | "))
         };
         writeln!(f, "{}", line(&self.header))?;

@@ -101,7 +101,15 @@ pub fn registry() -> Vec<Experiment> {
             eps: 0.1,
             paper_figures: p(0.018, Some(0.041), 0.058),
         },
-        Experiment { name: "fashion-mnist", paper: 1, dataset: "fashion-mnist", arch: "mnist-small", train: paper1(0.1, 20), eps: 0.1, paper_figures: p(0.2173, Some(0.3163), 0.3453) },
+        Experiment {
+            name: "fashion-mnist",
+            paper: 1,
+            dataset: "fashion-mnist",
+            arch: "mnist-small",
+            train: paper1(0.1, 20),
+            eps: 0.1,
+            paper_figures: p(0.2173, Some(0.3163), 0.3453),
+        },
         Experiment {
             name: "har",
             paper: 1,
@@ -116,16 +124,68 @@ pub fn registry() -> Vec<Experiment> {
             paper: 1,
             dataset: "svhn",
             arch: "svhn-small",
-            train: TrainConfig { batch_size: 20, eps: EpsilonSchedule { start: 0.001, end: 0.01, ramp_epochs: 10 }, ..paper1(0.01, 20) },
+            train: TrainConfig {
+                batch_size: 20,
+                eps: EpsilonSchedule { start: 0.001, end: 0.01, ramp_epochs: 10 },
+                ..paper1(0.01, 20)
+            },
             eps: 0.01,
             paper_figures: r(0.4067),
         },
-        Experiment { name: "mnist-small", paper: 2, dataset: "mnist", arch: "mnist-small", train: paper2_mnist(0.3, Norm::Linf), eps: 0.3, paper_figures: r(0.4310) },
-        Experiment { name: "mnist-large", paper: 2, dataset: "mnist", arch: "mnist-large", train: paper2_mnist(0.1, Norm::Linf), eps: 0.1, paper_figures: r(0.0367) },
-        Experiment { name: "mnist-l2", paper: 2, dataset: "mnist", arch: "mnist-small", train: paper2_mnist(1.58, Norm::L2), eps: 1.58, paper_figures: r(0.1186) },
-        Experiment { name: "cifar-small", paper: 2, dataset: "cifar10", arch: "cifar-small", train: paper2_cifar(0.139), eps: 0.139, paper_figures: PaperFigures::default() },
-        Experiment { name: "cifar-large", paper: 2, dataset: "cifar10", arch: "cifar-large", train: paper2_cifar(0.139), eps: 0.139, paper_figures: PaperFigures::default() },
-        Experiment { name: "cifar-resnet", paper: 2, dataset: "cifar10", arch: "cifar-resnet", train: paper2_cifar(0.0348), eps: 0.0348, paper_figures: r(0.4611) },
+        Experiment {
+            name: "mnist-small",
+            paper: 2,
+            dataset: "mnist",
+            arch: "mnist-small",
+            train: paper2_mnist(0.3, Norm::Linf),
+            eps: 0.3,
+            paper_figures: r(0.4310),
+        },
+        Experiment {
+            name: "mnist-large",
+            paper: 2,
+            dataset: "mnist",
+            arch: "mnist-large",
+            train: paper2_mnist(0.1, Norm::Linf),
+            eps: 0.1,
+            paper_figures: r(0.0367),
+        },
+        Experiment {
+            name: "mnist-l2",
+            paper: 2,
+            dataset: "mnist",
+            arch: "mnist-small",
+            train: paper2_mnist(1.58, Norm::L2),
+            eps: 1.58,
+            paper_figures: r(0.1186),
+        },
+        Experiment {
+            name: "cifar-small",
+            paper: 2,
+            dataset: "cifar10",
+            arch: "cifar-small",
+            train: paper2_cifar(0.139),
+            eps: 0.139,
+            paper_figures: PaperFigures::default(),
+        },
+        Experiment {
+            name: "cifar-large",
+            paper: 2,
+            dataset: "cifar10",
+            arch: "cifar-large",
+            train: paper2_cifar(0.139),
+            eps: 0.139,
+            paper_figures: PaperFigures::default(),
+        },
+        Experiment {
+            name: "cifar-resnet",
+            paper: 2,
+            dataset: "cifar10",
+            arch: "cifar-resnet",
+            train: paper2_cifar(0.0348),
+            eps: 0.0348,
+            paper_figures: r(0.4611),
+        },
     ]
 }
 
@@ -207,12 +267,16 @@ impl ReproduceReport {
 /// clean, PGD and certified robust error, and writes `results.json` / `results.md`.
 pub fn reproduce(name: &str, opts: &ReproduceOptions) -> Result<ReproduceReport> {
     let start = std::time::Instant::now();
-    let mut exp = registry()
-        .into_iter()
-        .find(|e| e.name == name)
-        .with_context(|| format!("unknown experiment `{name}`; known: {}", registry().iter().map(|e| e.name).collect::<Vec<_>>().join(", ")))?;
+    let mut exp = registry().into_iter().find(|e| e.name == name).with_context(|| {
+        format!(
+            "unknown experiment `{name}`; known: {}",
+            registry().iter().map(|e| e.name).collect::<Vec<_>>().join(", ")
+        )
+    })?;
     let data_dir = opts.data_dir.clone().unwrap_or_else(|| default_data_dir(exp.dataset));
-    let out_dir = opts.out_dir.clone().unwrap_or_else(|| PathBuf::from("results").join(if opts.quick { format!("{name}-quick") } else { name.to_string() }));
+    let out_dir = opts.out_dir.clone().unwrap_or_else(|| {
+        PathBuf::from("results").join(if opts.quick { format!("{name}-quick") } else { name.to_string() })
+    });
     let mut train_set = load(exp.dataset, &data_dir, Split::Train)?;
     let mut test_set = load(exp.dataset, &data_dir, Split::Test)?;
     let (mut train_limit, mut test_limit) = (opts.train_limit, opts.test_limit);
@@ -240,11 +304,24 @@ pub fn reproduce(name: &str, opts: &ReproduceOptions) -> Result<ReproduceReport>
     }
     let spec = zoo::by_name(exp.arch)?;
     let net = Network::init(&spec, opts.seed, DType::F32, &Device::Cpu)?;
-    eprintln!("reproduce {name}: training {} on {} examples for {} epochs (out: {})", exp.arch, train_set.len(), exp.train.epochs, out_dir.display());
+    eprintln!(
+        "reproduce {name}: training {} on {} examples for {} epochs (out: {})",
+        exp.arch,
+        train_set.len(),
+        exp.train.epochs,
+        out_dir.display()
+    );
     let summary = train(&net, &train_set, &test_set, &exp.train, &out_dir, opts.resume)?;
     let best = nets::io::load_model(&summary.out_dir.join("best.safetensors"), None, DType::F32, &Device::Cpu)?;
     eprintln!("evaluating the best model (epoch {}) on {} test examples", summary.best_epoch, test_set.len());
-    let settings = EvalSettings { eps: exp.eps, norm: exp.train.norm, bounded_input: exp.train.bounded_input, pgd: true, memory_budget: None, proj: None };
+    let settings = EvalSettings {
+        eps: exp.eps,
+        norm: exp.train.norm,
+        bounded_input: exp.train.bounded_input,
+        pgd: true,
+        memory_budget: None,
+        proj: None,
+    };
     let ev = evaluate(&best, &test_set, &settings, 50, None, DType::F32)?;
     let n = ev.n.max(1) as f64;
     let report = ReproduceReport {

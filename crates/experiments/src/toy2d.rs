@@ -1,7 +1,7 @@
 //! The 2-d toy example of paper 1 (Figure 2): random separated points with random labels, a
 //! standard and a robust classifier, and a picture of both decision regions with the eps-boxes.
 
-use crate::plot::{has_font};
+use crate::plot::has_font;
 use crate::train::{Optimizer, OptimizerConfig};
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, D};
@@ -35,7 +35,15 @@ pub struct Toy2dConfig {
 
 impl Default for Toy2dConfig {
     fn default() -> Self {
-        Toy2dConfig { points: 12, min_distance: 0.32, eps: 0.08, steps: 1000, lr: 1e-3, seed: 0, png: PathBuf::from("results/toy2d.png") }
+        Toy2dConfig {
+            points: 12,
+            min_distance: 0.32,
+            eps: 0.08,
+            steps: 1000,
+            lr: 1e-3,
+            seed: 0,
+            png: PathBuf::from("results/toy2d.png"),
+        }
     }
 }
 
@@ -126,7 +134,8 @@ fn draw(path: &Path, pts: &[[f64; 2]], y: &[u32], eps: f64, nets: &[(&str, &Netw
     root.fill(&WHITE).map_err(err)?;
     let panels = root.split_evenly((1, nets.len()));
     let g = 160usize;
-    let grid: Vec<f64> = (0..g * g).flat_map(|k| [((k % g) as f64 + 0.5) / g as f64, ((k / g) as f64 + 0.5) / g as f64]).collect();
+    let grid: Vec<f64> =
+        (0..g * g).flat_map(|k| [((k % g) as f64 + 0.5) / g as f64, ((k / g) as f64 + 0.5) / g as f64]).collect();
     let gx = Tensor::from_vec(grid, (g * g, 2), &Device::Cpu)?;
     let region = [RGBColor(250, 200, 200), RGBColor(200, 210, 250)];
     let point = [RGBColor(200, 30, 30), RGBColor(30, 60, 200)];
@@ -147,7 +156,12 @@ fn draw(path: &Path, pts: &[[f64; 2]], y: &[u32], eps: f64, nets: &[(&str, &Netw
             .map_err(err)?;
         for (p, &l) in pts.iter().zip(y) {
             let col = point[l as usize % 2];
-            chart.draw_series(std::iter::once(Rectangle::new([(p[0] - eps, p[1] - eps), (p[0] + eps, p[1] + eps)], col.stroke_width(2)))).map_err(err)?;
+            chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(p[0] - eps, p[1] - eps), (p[0] + eps, p[1] + eps)],
+                    col.stroke_width(2),
+                )))
+                .map_err(err)?;
             chart.draw_series(std::iter::once(Circle::new((p[0], p[1]), 4, col.filled()))).map_err(err)?;
         }
     }

@@ -76,7 +76,15 @@ pub struct WorkloadRun {
 ///
 /// A forward-only workload runs under [`nets::no_grad`] (as the PyTorch side runs under
 /// `torch.no_grad()`): nothing is recorded for a backward pass that will not come.
-pub fn run_workload(net: &Network, x: &Tensor, y: &[u32], eps: f64, bounded: bool, w: Workload, seed: u64) -> Result<WorkloadRun> {
+pub fn run_workload(
+    net: &Network,
+    x: &Tensor,
+    y: &[u32],
+    eps: f64,
+    bounded: bool,
+    w: Workload,
+    seed: u64,
+) -> Result<WorkloadRun> {
     if w.backward {
         run_once(net, x, y, eps, bounded, w, seed)
     } else {
@@ -85,13 +93,26 @@ pub fn run_workload(net: &Network, x: &Tensor, y: &[u32], eps: f64, bounded: boo
 }
 
 /// One run in the current gradient mode.
-fn run_once(net: &Network, x: &Tensor, y: &[u32], eps: f64, bounded: bool, w: Workload, seed: u64) -> Result<WorkloadRun> {
+fn run_once(
+    net: &Network,
+    x: &Tensor,
+    y: &[u32],
+    eps: f64,
+    bounded: bool,
+    w: Workload,
+    seed: u64,
+) -> Result<WorkloadRun> {
     let t0 = Instant::now();
     let dual = match w.bound {
         BoundKind::Exact => net.dual(x, input_set(x, eps, Norm::Linf, bounded)?, &DualOptions::default())?,
         BoundKind::Projected { k } => {
             let p = Projection { k, seed, inflate_delta: None };
-            projections::projected_dual(x, net.dual_nodes(x)?, &projection_config(eps, Norm::Linf, bounded, &p), &DualOptions::default())?
+            projections::projected_dual(
+                x,
+                net.dual_nodes(x)?,
+                &projection_config(eps, Norm::Linf, bounded, &p),
+                &DualOptions::default(),
+            )?
         }
     };
     let rl = robust_loss(&dual, y)?;
@@ -164,12 +185,26 @@ pub fn time_repeats<T>(repeats: usize, mut f: impl FnMut(usize) -> Result<T>) ->
         last = f(r)?;
         seconds.push(t0.elapsed().as_secs_f64());
     }
-    Ok(Timed { seconds, last, idle_rss_bytes: idle, peak_rss_above_idle_bytes: proc_status_bytes("VmHWM").saturating_sub(idle) })
+    Ok(Timed {
+        seconds,
+        last,
+        idle_rss_bytes: idle,
+        peak_rss_above_idle_bytes: proc_status_bytes("VmHWM").saturating_sub(idle),
+    })
 }
 
 /// Times `w` `repeats` times after one warm-up run, in this process, and reports as
 /// [`WorkerReport`]. Run it in a fresh process for a meaningful peak memory.
-pub fn time_workload(net: &Network, x: &Tensor, y: &[u32], eps: f64, bounded: bool, w: Workload, repeats: usize, seed: u64) -> Result<WorkerReport> {
+pub fn time_workload(
+    net: &Network,
+    x: &Tensor,
+    y: &[u32],
+    eps: f64,
+    bounded: bool,
+    w: Workload,
+    repeats: usize,
+    seed: u64,
+) -> Result<WorkerReport> {
     let t = time_repeats(repeats, |r| run_workload(net, x, y, eps, bounded, w, seed.wrapping_add(r as u64)))?;
     let last = t.last;
     Ok(WorkerReport {

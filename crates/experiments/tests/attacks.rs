@@ -2,8 +2,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use experiments::attacks::{
-    count_errors, cross_entropy, cross_entropy_values, fgsm, pgd, pgd_error_counts, pgd_l2,
-    PgdConfig,
+    count_errors, cross_entropy, cross_entropy_values, fgsm, pgd, pgd_error_counts, pgd_l2, PgdConfig,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -24,16 +23,8 @@ fn two_class_weights() -> Vec<f64> {
     ]
 }
 
-fn linear_model(
-    w: Vec<f64>,
-    d: usize,
-    k: usize,
-    dtype: DType,
-) -> impl Fn(&Tensor) -> candle_core::Result<Tensor> {
-    let w = Tensor::from_vec(w, (d, k), &Device::Cpu)
-        .unwrap()
-        .to_dtype(dtype)
-        .unwrap();
+fn linear_model(w: Vec<f64>, d: usize, k: usize, dtype: DType) -> impl Fn(&Tensor) -> candle_core::Result<Tensor> {
+    let w = Tensor::from_vec(w, (d, k), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
     move |x: &Tensor| x.flatten_from(1)?.matmul(&w)
 }
 
@@ -41,30 +32,16 @@ fn random_tensor(shape: &[usize], lo: f64, hi: f64, seed: u64, dtype: DType) -> 
     let mut rng = StdRng::seed_from_u64(seed);
     let n: usize = shape.iter().product();
     let v: Vec<f64> = (0..n).map(|_| rng.random_range(lo..hi)).collect();
-    Tensor::from_vec(v, shape, &Device::Cpu)
-        .unwrap()
-        .to_dtype(dtype)
-        .unwrap()
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap().to_dtype(dtype).unwrap()
 }
 
 fn to_vec(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
+    t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap()
 }
 
 /// The worst point of the l_inf box for the two-class linear model: each coordinate moves by
 /// eps in the direction of sign(w_other - w_true), then is clipped.
-fn analytic_corner(
-    x: &[f64],
-    y: &[u32],
-    w: &[f64],
-    eps: f64,
-    clip: Option<(f64, f64)>,
-) -> Vec<f64> {
+fn analytic_corner(x: &[f64], y: &[u32], w: &[f64], eps: f64, clip: Option<(f64, f64)>) -> Vec<f64> {
     let mut out = x.to_vec();
     for (i, &yi) in y.iter().enumerate() {
         for j in 0..D {
@@ -81,10 +58,7 @@ fn analytic_corner(
 
 fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(p, q)| (p - q).abs())
-        .fold(0.0, f64::max)
+    a.iter().zip(b).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max)
 }
 
 #[test]
@@ -105,20 +79,11 @@ fn pgd_reaches_analytic_corner_of_linear_model() {
 
         // Clipped to [0, 1] with points at the edges of the range, random start.
         let x = random_tensor(&[B, D], 0.0, 1.0, 2, dtype);
-        let cfg = PgdConfig {
-            epsilon: 0.3,
-            step_size: 0.05,
-            steps: 40,
-            clip: Some((0.0, 1.0)),
-            random_start: true,
-            seed: 7,
-        };
+        let cfg =
+            PgdConfig { epsilon: 0.3, step_size: 0.05, steps: 40, clip: Some((0.0, 1.0)), random_start: true, seed: 7 };
         let x_adv = pgd(&model, &x, &y, &cfg).unwrap();
         let corner = analytic_corner(&to_vec(&x), &y, &w, 0.3, Some((0.0, 1.0)));
-        assert!(
-            max_abs_diff(&to_vec(&x_adv), &corner) < tol,
-            "{dtype:?} clipped"
-        );
+        assert!(max_abs_diff(&to_vec(&x_adv), &corner) < tol, "{dtype:?} clipped");
     }
 }
 
@@ -146,13 +111,7 @@ fn mlp(seed: u64) -> impl Fn(&Tensor) -> candle_core::Result<Tensor> {
     let w1 = random_tensor(&[16, 32], -1.0, 1.0, seed, DType::F32);
     let b1 = random_tensor(&[32], -0.2, 0.2, seed + 1, DType::F32);
     let w2 = random_tensor(&[32, 5], -1.0, 1.0, seed + 2, DType::F32);
-    move |x: &Tensor| {
-        x.flatten_from(1)?
-            .matmul(&w1)?
-            .broadcast_add(&b1)?
-            .relu()?
-            .matmul(&w2)
-    }
+    move |x: &Tensor| x.flatten_from(1)?.matmul(&w1)?.broadcast_add(&b1)?.relu()?.matmul(&w2)
 }
 
 #[test]
@@ -163,19 +122,8 @@ fn pgd_stays_in_ball_and_range_and_increases_loss() {
     let y: Vec<u32> = (0..n as u32).map(|i| i % 5).collect();
     let clean = cross_entropy_values(&model(&x).unwrap(), &y).unwrap();
     let xv = to_vec(&x);
-    for (random_start, clip) in [
-        (false, None),
-        (true, Some((0.0, 1.0))),
-        (false, Some((0.0, 1.0))),
-    ] {
-        let cfg = PgdConfig {
-            epsilon: 0.1,
-            step_size: 0.01,
-            steps: 30,
-            clip,
-            random_start,
-            seed: 3,
-        };
+    for (random_start, clip) in [(false, None), (true, Some((0.0, 1.0))), (false, Some((0.0, 1.0)))] {
+        let cfg = PgdConfig { epsilon: 0.1, step_size: 0.01, steps: 30, clip, random_start, seed: 3 };
         let x_adv = pgd(&model, &x, &y, &cfg).unwrap();
         let av = to_vec(&x_adv);
         assert!(max_abs_diff(&av, &xv) <= 0.1 + 1e-6);
@@ -184,15 +132,9 @@ fn pgd_stays_in_ball_and_range_and_increases_loss() {
         }
         let adv = cross_entropy_values(&model(&x_adv).unwrap(), &y).unwrap();
         for (i, (a, c)) in adv.iter().zip(&clean).enumerate() {
-            assert!(
-                a >= &(c - 1e-5),
-                "example {i}: adversarial loss {a} < clean loss {c} ({cfg:?})"
-            );
+            assert!(a >= &(c - 1e-5), "example {i}: adversarial loss {a} < clean loss {c} ({cfg:?})");
         }
-        let mean_adv = cross_entropy(&model(&x_adv).unwrap(), &y)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap() as f64;
+        let mean_adv = cross_entropy(&model(&x_adv).unwrap(), &y).unwrap().to_scalar::<f32>().unwrap() as f64;
         let mean_clean = clean.iter().sum::<f64>() / n as f64;
         assert!(mean_adv > mean_clean + 0.01, "{mean_adv} vs {mean_clean}");
         // The attack never lowers the error count below the clean one on this easy setting.
@@ -201,12 +143,7 @@ fn pgd_stays_in_ball_and_range_and_increases_loss() {
         assert!(e_adv >= e_clean, "{e_adv} < {e_clean}");
     }
     // Same seed, same result; the input is left untouched.
-    let cfg = PgdConfig {
-        random_start: true,
-        seed: 5,
-        steps: 5,
-        ..PgdConfig::default()
-    };
+    let cfg = PgdConfig { random_start: true, seed: 5, steps: 5, ..PgdConfig::default() };
     let a = to_vec(&pgd(&model, &x, &y, &cfg).unwrap());
     let b = to_vec(&pgd(&model, &x, &y, &cfg).unwrap());
     assert_eq!(a, b);
@@ -235,9 +172,7 @@ fn pgd_l2_reaches_analytic_optimum_and_stays_in_ball() {
         let xv = to_vec(&x);
         // Optimum: x + eps * (w_other - w_true) / ||w_other - w_true||_2.
         for (i, &yi) in y.iter().enumerate() {
-            let dir: Vec<f64> = (0..D)
-                .map(|j| w[j * 2 + 1 - yi as usize] - w[j * 2 + yi as usize])
-                .collect();
+            let dir: Vec<f64> = (0..D).map(|j| w[j * 2 + 1 - yi as usize] - w[j * 2 + yi as usize]).collect();
             let norm = dir.iter().map(|v| v * v).sum::<f64>().sqrt();
             let delta: Vec<f64> = (0..D).map(|j| x_adv[i * D + j] - xv[i * D + j]).collect();
             let dnorm = delta.iter().map(|v| v * v).sum::<f64>().sqrt();
@@ -256,22 +191,13 @@ fn pgd_l2_reaches_analytic_optimum_and_stays_in_ball() {
     let model = mlp(20);
     let x = random_tensor(&[8, 1, 4, 4], 0.0, 1.0, 21, DType::F32);
     let y: Vec<u32> = (0..8).map(|i| i % 5).collect();
-    let cfg = PgdConfig {
-        epsilon: 0.5,
-        step_size: 0.05,
-        steps: 20,
-        clip: Some((0.0, 1.0)),
-        random_start: true,
-        seed: 1,
-    };
+    let cfg =
+        PgdConfig { epsilon: 0.5, step_size: 0.05, steps: 20, clip: Some((0.0, 1.0)), random_start: true, seed: 1 };
     let x_adv = pgd_l2(&model, &x, &y, &cfg).unwrap();
     let (av, xv) = (to_vec(&x_adv), to_vec(&x));
     assert!(av.iter().all(|&v| (0.0..=1.0).contains(&v)));
     for i in 0..8 {
-        let n2: f64 = (0..16)
-            .map(|j| (av[i * 16 + j] - xv[i * 16 + j]).powi(2))
-            .sum::<f64>()
-            .sqrt();
+        let n2: f64 = (0..16).map(|j| (av[i * 16 + j] - xv[i * 16 + j]).powi(2)).sum::<f64>().sqrt();
         assert!(n2 <= 0.5 + 1e-5, "example {i}: l2 distance {n2}");
     }
     let clean = cross_entropy_values(&model(&x).unwrap(), &y).unwrap();
@@ -281,16 +207,8 @@ fn pgd_l2_reaches_analytic_optimum_and_stays_in_ball() {
 
 #[test]
 fn count_errors_and_cross_entropy_by_hand() {
-    let logits = Tensor::new(
-        &[
-            [2.0f32, 1.0, 0.0],
-            [0.0, 3.0, 1.0],
-            [1.0, 1.0, 5.0],
-            [0.5, 0.0, 0.1],
-        ],
-        &Device::Cpu,
-    )
-    .unwrap();
+    let logits =
+        Tensor::new(&[[2.0f32, 1.0, 0.0], [0.0, 3.0, 1.0], [1.0, 1.0, 5.0], [0.5, 0.0, 0.1]], &Device::Cpu).unwrap();
     assert_eq!(count_errors(&logits, &[0, 1, 2, 0]).unwrap(), 0);
     assert_eq!(count_errors(&logits, &[1, 1, 0, 2]).unwrap(), 3);
     assert!(count_errors(&logits, &[0, 1]).is_err());
@@ -303,10 +221,7 @@ fn count_errors_and_cross_entropy_by_hand() {
         let lse = r.iter().map(|v| v.exp()).sum::<f64>().ln();
         assert!((ours[i] - (lse - r[yi as usize])).abs() < 1e-5);
     }
-    let mean = cross_entropy(&logits, &y)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap() as f64;
+    let mean = cross_entropy(&logits, &y).unwrap().to_scalar::<f32>().unwrap() as f64;
     let candle_ce = candle_nn::loss::cross_entropy(&logits, &Tensor::new(&y, &Device::Cpu).unwrap())
         .unwrap()
         .to_scalar::<f32>()

@@ -50,7 +50,11 @@ fn flips_mirror_rows_and_crops_shift_with_padding() {
             (0..size).all(|i| {
                 let (ch, r, col) = (i / (h * w), ((i / w) % h) as isize, (i % w) as isize);
                 let (sr, sc) = (r + dy, col + dx);
-                let want = if sr < 0 || sc < 0 || sr >= h as isize || sc >= w as isize { [-1.0, -2.0][ch] } else { a[ch * h * w + sr as usize * w + sc as usize] };
+                let want = if sr < 0 || sc < 0 || sr >= h as isize || sc >= w as isize {
+                    [-1.0, -2.0][ch]
+                } else {
+                    a[ch * h * w + sr as usize * w + sc as usize]
+                };
                 b[i] == want
             })
         });

@@ -79,9 +79,10 @@ fn missing_or_misshaped_tensor_is_named() {
     assert!(matches!(&err, NetError::WrongShape { name, .. } if name == "0.weight"), "{err}");
     assert!(err.to_string().contains("[2, 1, 4, 4]") && err.to_string().contains("[2, 1, 3, 3]"), "{err}");
     // A checkpoint for another architecture.
-    let err = Network::from_state_dict(&zoo::by_name("mnist-small").unwrap(), &net.state_dict(), DType::F32, &Device::Cpu)
-        .err()
-        .unwrap();
+    let err =
+        Network::from_state_dict(&zoo::by_name("mnist-small").unwrap(), &net.state_dict(), DType::F32, &Device::Cpu)
+            .err()
+            .unwrap();
     assert!(err.to_string().contains("0.weight"), "{err}");
 }
 
@@ -129,9 +130,14 @@ fn corrupt_model_files_are_errors() {
         let err = nets::io::load_model(&p, Some("mnist-small"), DType::F32, &Device::Cpu).err().unwrap();
         assert!(err.to_string().to_lowercase().contains("truncated"), "{err}");
         // The right file without an architecture.
-        let err = nets::io::load_model("../../../shared/models/fashion_mnist_small_eps0.1.pth".as_ref(), None, DType::F32, &Device::Cpu)
-            .err()
-            .unwrap();
+        let err = nets::io::load_model(
+            "../../../shared/models/fashion_mnist_small_eps0.1.pth".as_ref(),
+            None,
+            DType::F32,
+            &Device::Cpu,
+        )
+        .err()
+        .unwrap();
         assert!(err.to_string().contains("--arch"), "{err}");
     }
     std::fs::remove_dir_all(&d).ok();
@@ -189,7 +195,8 @@ fn certify_end_to_end_and_its_bad_settings() {
     let pgd = r.pgd_error.unwrap();
     // Soundness: an example PGD breaks can never be certified.
     assert!(r.robust_error >= pgd && pgd >= 0.0 && r.robust_error <= 1.0);
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("out/results.json")).unwrap()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("out/results.json")).unwrap()).unwrap();
     for k in ["n", "clean_error", "robust_error", "pgd_error", "seconds", "settings"] {
         assert!(json.get(k).is_some(), "JSON lacks {k}");
     }
@@ -243,6 +250,13 @@ fn certify_matches_the_reference_on_real_data() {
         proj: None,
     };
     let r = certify(&cfg, |_, _, _| {}).unwrap();
-    let want = Tensor::read_npy(err_ref).unwrap().to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap()[0];
+    let want = Tensor::read_npy(err_ref)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap()[0];
     assert!((r.robust_error - want).abs() < 1e-9, "robust error {} vs reference {want}", r.robust_error);
 }

@@ -95,9 +95,12 @@ fn trained_cascade_and_single_stage_agree_with_plain_evaluation() {
     assert_eq!(eval.assigned.iter().sum::<usize>(), 30);
     assert!(dir.join("stage1/best.safetensors").is_file() && dir.join("cascade.json").is_file());
     // One stage alone: the cascade's robust error equals the model's own.
-    let s = EvalSettings { eps: 0.05, norm: Norm::Linf, bounded_input: true, pgd: false, memory_budget: None, proj: None };
+    let s =
+        EvalSettings { eps: 0.05, norm: Norm::Linf, bounded_input: true, pgd: false, memory_budget: None, proj: None };
     let own = evaluate(&nets[0], &te, &s, 10, None, DType::F32).unwrap();
-    let single = evaluate_cascade(&nets[..1], &te, &Ball { eps: 0.05, norm: Norm::Linf, bounded_input: true }, 10, None).unwrap();
+    let single =
+        evaluate_cascade(&nets[..1], &te, &Ball { eps: 0.05, norm: Norm::Linf, bounded_input: true }, 10, None)
+            .unwrap();
     assert!((single.robust_error - own.robust_errors as f64 / 30.0).abs() < 1e-12);
     assert!((single.clean_error - own.clean_errors as f64 / 30.0).abs() < 1e-12);
     std::fs::remove_dir_all(&dir).ok();

@@ -68,7 +68,9 @@ fn malformed_batches_give_typed_errors() {
     bytes.extend_from_slice(&record(2)[..CIFAR_RECORD / 2]);
     std::fs::write(d.join("test_batch.bin"), &bytes).unwrap();
     match load_cifar10(&d, Split::Test, true) {
-        Err(DatasetError::BadRecords { len, record, .. }) => assert_eq!((len, record), (CIFAR_RECORD + CIFAR_RECORD / 2, CIFAR_RECORD)),
+        Err(DatasetError::BadRecords { len, record, .. }) => {
+            assert_eq!((len, record), (CIFAR_RECORD + CIFAR_RECORD / 2, CIFAR_RECORD))
+        }
         other => panic!("expected BadRecords, got {other:?}"),
     }
     // Empty file.

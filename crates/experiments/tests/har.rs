@@ -19,7 +19,8 @@ fn row(r: usize) -> String {
 fn write_split(root: &Path, part: &str, rows: &[String], labels: &str) {
     let d = root.join(part);
     std::fs::create_dir_all(&d).unwrap();
-    std::fs::write(d.join(format!("X_{part}.txt")), rows.iter().map(|r| format!("  {r}\n")).collect::<String>()).unwrap();
+    std::fs::write(d.join(format!("X_{part}.txt")), rows.iter().map(|r| format!("  {r}\n")).collect::<String>())
+        .unwrap();
     std::fs::write(d.join(format!("y_{part}.txt")), labels).unwrap();
 }
 

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{Device, Tensor};
 use experiments::datasets::{
-    load_idx_pair, load_mnist_like, read_idx_images, read_idx_labels, DatasetError, Split,
-    IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC,
+    load_idx_pair, load_mnist_like, read_idx_images, read_idx_labels, DatasetError, Split, IDX_IMAGES_MAGIC,
+    IDX_LABELS_MAGIC,
 };
 
 /// A fresh directory under the system temp dir, removed on drop.
@@ -18,14 +18,9 @@ impl TempDir {
     fn new(tag: &str) -> Self {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let dir = std::env::temp_dir().join(format!(
-            "experiments-idx-{tag}-{}-{nanos}-{n}",
-            std::process::id()
-        ));
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!("experiments-idx-{tag}-{}-{nanos}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         TempDir(dir)
     }
@@ -92,10 +87,7 @@ fn round_trip_plain_and_gzipped() {
 
     for (i, l) in [(&ip, &lp), (&igz, &lgz), (&ip, &lgz)] {
         let ds = load_idx_pair(i, l).unwrap();
-        assert_eq!(
-            (ds.len(), ds.n, ds.channels, ds.height, ds.width),
-            (3, 3, 1, 2, 4)
-        );
+        assert_eq!((ds.len(), ds.n, ds.channels, ds.height, ds.width), (3, 3, 1, 2, 4));
         assert_eq!(ds.labels, vec![7, 0, 9]);
         assert_eq!(ds.images.len(), 24);
         for (k, &v) in ds.images.iter().enumerate() {
@@ -141,45 +133,20 @@ fn wrong_magic() {
     let lp = write(tmp.path(), "l", &labels);
     // Labels read as images and vice versa.
     match read_idx_images(&lp) {
-        Err(DatasetError::BadMagic {
-            found, expected, ..
-        }) => {
+        Err(DatasetError::BadMagic { found, expected, .. }) => {
             assert_eq!((found, expected), (IDX_LABELS_MAGIC, IDX_IMAGES_MAGIC))
         }
         other => panic!("expected BadMagic, got {other:?}"),
     }
-    assert!(matches!(
-        read_idx_labels(&ip),
-        Err(DatasetError::BadMagic { .. })
-    ));
+    assert!(matches!(read_idx_labels(&ip), Err(DatasetError::BadMagic { .. })));
     // Garbage, plain and gzipped.
     let junk = write(tmp.path(), "junk", b"hello world, not an idx file");
-    assert!(matches!(
-        read_idx_images(&junk),
-        Err(DatasetError::BadMagic {
-            found: 0x68656c6c,
-            ..
-        })
-    ));
-    let junkgz = write(
-        tmp.path(),
-        "junk.gz",
-        &gzip(b"hello world, not an idx file"),
-    );
-    assert!(matches!(
-        read_idx_labels(&junkgz),
-        Err(DatasetError::BadMagic { .. })
-    ));
+    assert!(matches!(read_idx_images(&junk), Err(DatasetError::BadMagic { found: 0x68656c6c, .. })));
+    let junkgz = write(tmp.path(), "junk.gz", &gzip(b"hello world, not an idx file"));
+    assert!(matches!(read_idx_labels(&junkgz), Err(DatasetError::BadMagic { .. })));
     // Float IDX type (0x0D) is not accepted.
-    let f = write(
-        tmp.path(),
-        "float",
-        &idx_bytes(0x0000_0D03, &[1, 1, 1], &[0, 0, 0, 0]),
-    );
-    assert!(matches!(
-        read_idx_images(&f),
-        Err(DatasetError::BadMagic { found: 0x0D03, .. })
-    ));
+    let f = write(tmp.path(), "float", &idx_bytes(0x0000_0D03, &[1, 1, 1], &[0, 0, 0, 0]));
+    assert!(matches!(read_idx_images(&f), Err(DatasetError::BadMagic { found: 0x0D03, .. })));
 }
 
 #[test]
@@ -189,42 +156,21 @@ fn truncated_files() {
     // Body cut short.
     let cut = write(tmp.path(), "cut", &images[..images.len() - 5]);
     match read_idx_images(&cut) {
-        Err(DatasetError::SizeMismatch {
-            expected, found, ..
-        }) => assert_eq!((expected, found), (24, 19)),
+        Err(DatasetError::SizeMismatch { expected, found, .. }) => assert_eq!((expected, found), (24, 19)),
         other => panic!("expected SizeMismatch, got {other:?}"),
     }
     let cutgz = write(tmp.path(), "cut.gz", &gzip(&labels[..labels.len() - 1]));
     match read_idx_labels(&cutgz) {
-        Err(DatasetError::SizeMismatch {
-            expected, found, ..
-        }) => assert_eq!((expected, found), (3, 2)),
+        Err(DatasetError::SizeMismatch { expected, found, .. }) => assert_eq!((expected, found), (3, 2)),
         other => panic!("expected SizeMismatch, got {other:?}"),
     }
     // Header cut short.
     let head = write(tmp.path(), "head", &images[..10]);
-    assert!(matches!(
-        read_idx_images(&head),
-        Err(DatasetError::TruncatedHeader {
-            needed: 16,
-            found: 10,
-            ..
-        })
-    ));
+    assert!(matches!(read_idx_images(&head), Err(DatasetError::TruncatedHeader { needed: 16, found: 10, .. })));
     let tiny = write(tmp.path(), "tiny", &[0, 0]);
-    assert!(matches!(
-        read_idx_labels(&tiny),
-        Err(DatasetError::TruncatedHeader {
-            needed: 4,
-            found: 2,
-            ..
-        })
-    ));
+    assert!(matches!(read_idx_labels(&tiny), Err(DatasetError::TruncatedHeader { needed: 4, found: 2, .. })));
     let empty = write(tmp.path(), "empty", &[]);
-    assert!(matches!(
-        read_idx_images(&empty),
-        Err(DatasetError::TruncatedHeader { found: 0, .. })
-    ));
+    assert!(matches!(read_idx_images(&empty), Err(DatasetError::TruncatedHeader { found: 0, .. })));
     // A gzip stream that is itself cut off is an I/O error, not a panic.
     let gz = gzip(&images);
     let badgz = write(tmp.path(), "bad.gz", &gz[..gz.len() / 2]);
@@ -245,79 +191,26 @@ fn header_size_mismatch() {
     let tmp = TempDir::new("size");
     let pixels: Vec<u8> = vec![1; 24];
     // Header says 4 images of 2x4 = 32 bytes; 24 present.
-    let p = write(
-        tmp.path(),
-        "short",
-        &idx_bytes(IDX_IMAGES_MAGIC, &[4, 2, 4], &pixels),
-    );
-    assert!(matches!(
-        read_idx_images(&p),
-        Err(DatasetError::SizeMismatch {
-            expected: 32,
-            found: 24,
-            ..
-        })
-    ));
+    let p = write(tmp.path(), "short", &idx_bytes(IDX_IMAGES_MAGIC, &[4, 2, 4], &pixels));
+    assert!(matches!(read_idx_images(&p), Err(DatasetError::SizeMismatch { expected: 32, found: 24, .. })));
     // Trailing bytes beyond the header's size.
-    let p = write(
-        tmp.path(),
-        "long",
-        &idx_bytes(IDX_IMAGES_MAGIC, &[2, 2, 4], &pixels),
-    );
-    assert!(matches!(
-        read_idx_images(&p),
-        Err(DatasetError::SizeMismatch {
-            expected: 16,
-            found: 24,
-            ..
-        })
-    ));
-    let p = write(
-        tmp.path(),
-        "longlabels",
-        &idx_bytes(IDX_LABELS_MAGIC, &[2], &[1, 2, 3]),
-    );
-    assert!(matches!(
-        read_idx_labels(&p),
-        Err(DatasetError::SizeMismatch {
-            expected: 2,
-            found: 3,
-            ..
-        })
-    ));
+    let p = write(tmp.path(), "long", &idx_bytes(IDX_IMAGES_MAGIC, &[2, 2, 4], &pixels));
+    assert!(matches!(read_idx_images(&p), Err(DatasetError::SizeMismatch { expected: 16, found: 24, .. })));
+    let p = write(tmp.path(), "longlabels", &idx_bytes(IDX_LABELS_MAGIC, &[2], &[1, 2, 3]));
+    assert!(matches!(read_idx_labels(&p), Err(DatasetError::SizeMismatch { expected: 2, found: 3, .. })));
     // Absurd headers must fail cleanly, without trying to allocate terabytes.
-    let p = write(
-        tmp.path(),
-        "huge",
-        &idx_bytes(IDX_IMAGES_MAGIC, &[u32::MAX, 28, 28], &pixels),
-    );
+    let p = write(tmp.path(), "huge", &idx_bytes(IDX_IMAGES_MAGIC, &[u32::MAX, 28, 28], &pixels));
     match read_idx_images(&p) {
-        Err(DatasetError::SizeMismatch {
-            expected, found, ..
-        }) => {
+        Err(DatasetError::SizeMismatch { expected, found, .. }) => {
             assert_eq!(expected, u32::MAX as usize * 784);
             assert_eq!(found, 24);
         }
         other => panic!("expected SizeMismatch, got {other:?}"),
     }
-    let p = write(
-        tmp.path(),
-        "hugest",
-        &idx_bytes(IDX_IMAGES_MAGIC, &[u32::MAX, u32::MAX, u32::MAX], &pixels),
-    );
-    assert!(matches!(
-        read_idx_images(&p),
-        Err(DatasetError::SizeMismatch { found: 24, .. })
-    ));
-    let p = write(
-        tmp.path(),
-        "hugelabels.gz",
-        &gzip(&idx_bytes(IDX_LABELS_MAGIC, &[u32::MAX], &[1, 2])),
-    );
-    assert!(matches!(
-        read_idx_labels(&p),
-        Err(DatasetError::SizeMismatch { found: 2, .. })
-    ));
+    let p = write(tmp.path(), "hugest", &idx_bytes(IDX_IMAGES_MAGIC, &[u32::MAX, u32::MAX, u32::MAX], &pixels));
+    assert!(matches!(read_idx_images(&p), Err(DatasetError::SizeMismatch { found: 24, .. })));
+    let p = write(tmp.path(), "hugelabels.gz", &gzip(&idx_bytes(IDX_LABELS_MAGIC, &[u32::MAX], &[1, 2])));
+    assert!(matches!(read_idx_labels(&p), Err(DatasetError::SizeMismatch { found: 2, .. })));
 }
 
 #[test]
@@ -326,39 +219,11 @@ fn count_mismatch_and_bad_label() {
     let (images, _) = sample();
     let ip = write(tmp.path(), "i", &images);
     let lp = write(tmp.path(), "l", &idx_bytes(IDX_LABELS_MAGIC, &[2], &[1, 2]));
-    assert!(matches!(
-        load_idx_pair(&ip, &lp),
-        Err(DatasetError::CountMismatch {
-            images: 3,
-            labels: 2
-        })
-    ));
-    let lp = write(
-        tmp.path(),
-        "l10",
-        &idx_bytes(IDX_LABELS_MAGIC, &[3], &[1, 10, 2]),
-    );
-    assert!(matches!(
-        load_idx_pair(&ip, &lp),
-        Err(DatasetError::BadLabel {
-            index: 1,
-            label: 10,
-            ..
-        })
-    ));
-    let lp = write(
-        tmp.path(),
-        "l255",
-        &idx_bytes(IDX_LABELS_MAGIC, &[3], &[1, 2, 255]),
-    );
-    assert!(matches!(
-        load_idx_pair(&ip, &lp),
-        Err(DatasetError::BadLabel {
-            index: 2,
-            label: 255,
-            ..
-        })
-    ));
+    assert!(matches!(load_idx_pair(&ip, &lp), Err(DatasetError::CountMismatch { images: 3, labels: 2 })));
+    let lp = write(tmp.path(), "l10", &idx_bytes(IDX_LABELS_MAGIC, &[3], &[1, 10, 2]));
+    assert!(matches!(load_idx_pair(&ip, &lp), Err(DatasetError::BadLabel { index: 1, label: 10, .. })));
+    let lp = write(tmp.path(), "l255", &idx_bytes(IDX_LABELS_MAGIC, &[3], &[1, 2, 255]));
+    assert!(matches!(load_idx_pair(&ip, &lp), Err(DatasetError::BadLabel { index: 2, label: 255, .. })));
 }
 
 #[test]
@@ -376,24 +241,15 @@ fn load_mnist_like_layouts_and_missing() {
     match load_mnist_like(tmp.path(), Split::Train) {
         Err(DatasetError::MissingFile { dir, tried }) => {
             assert_eq!(dir, tmp.path());
-            assert!(
-                tried.contains(&"train-images-idx3-ubyte".to_string()),
-                "{tried:?}"
-            );
-            assert!(
-                tried.contains(&"train-images-idx3-ubyte.gz".to_string()),
-                "{tried:?}"
-            );
+            assert!(tried.contains(&"train-images-idx3-ubyte".to_string()), "{tried:?}");
+            assert!(tried.contains(&"train-images-idx3-ubyte.gz".to_string()), "{tried:?}");
         }
         other => panic!("expected MissingFile, got {other:?}"),
     }
     write(tmp.path(), "train-images-idx3-ubyte", &images);
     match load_mnist_like(tmp.path(), Split::Train) {
         Err(DatasetError::MissingFile { tried, .. }) => {
-            assert!(
-                tried.contains(&"train-labels-idx1-ubyte".to_string()),
-                "{tried:?}"
-            )
+            assert!(tried.contains(&"train-labels-idx1-ubyte".to_string()), "{tried:?}")
         }
         other => panic!("expected MissingFile, got {other:?}"),
     }
@@ -403,22 +259,14 @@ fn load_mnist_like_layouts_and_missing() {
 
     // A directory that does not exist.
     let missing = tmp.path().join("does-not-exist");
-    assert!(matches!(
-        load_mnist_like(&missing, Split::Test),
-        Err(DatasetError::MissingFile { .. })
-    ));
+    assert!(matches!(load_mnist_like(&missing, Split::Test), Err(DatasetError::MissingFile { .. })));
     // A nonexistent file read directly is an I/O error.
-    assert!(matches!(
-        read_idx_images(&missing.join("x")),
-        Err(DatasetError::Io { .. })
-    ));
+    assert!(matches!(read_idx_images(&missing.join("x")), Err(DatasetError::Io { .. })));
 }
 
 const FASHION_DIR: &str = "/usr/share/datasets/fashion-mnist";
-const FASHION_X20: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/reference/fashion_mnist_eps0.1/fashion_X20.npy"
-);
+const FASHION_X20: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/reference/fashion_mnist_eps0.1/fashion_X20.npy");
 
 #[test]
 fn fashion_mnist_test_split() {
@@ -427,17 +275,11 @@ fn fashion_mnist_test_split() {
         return;
     }
     let ds = load_mnist_like(Path::new(FASHION_DIR), Split::Test).unwrap();
-    assert_eq!(
-        (ds.len(), ds.channels, ds.height, ds.width),
-        (10_000, 1, 28, 28)
-    );
+    assert_eq!((ds.len(), ds.channels, ds.height, ds.width), (10_000, 1, 28, 28));
     assert_eq!(ds.images.len(), 10_000 * 784);
     assert!(ds.images.iter().all(|&v| (0.0..=1.0).contains(&v)));
     assert!(ds.labels.iter().all(|&l| l < 10));
-    assert_eq!(
-        ds.labels[0], 9,
-        "the first Fashion-MNIST test image is an ankle boot"
-    );
+    assert_eq!(ds.labels[0], 9, "the first Fashion-MNIST test image is an ankle boot");
 
     let (x, y) = ds.batch(0, 20, &Device::Cpu).unwrap();
     assert_eq!(x.dims(), &[20, 1, 28, 28]);
@@ -447,56 +289,22 @@ fn fashion_mnist_test_split() {
         eprintln!("skipping the reference comparison: {FASHION_X20} not found");
         return;
     }
-    let reference = Tensor::read_npy(FASHION_X20)
-        .unwrap()
-        .to_dtype(candle_core::DType::F32)
-        .unwrap();
-    let ref_first: Vec<f32> = reference
-        .get(0)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let reference = Tensor::read_npy(FASHION_X20).unwrap().to_dtype(candle_core::DType::F32).unwrap();
+    let ref_first: Vec<f32> = reference.get(0).unwrap().flatten_all().unwrap().to_vec1().unwrap();
     assert_eq!(ref_first.len(), 784);
     let ours = &ds.images[..784];
-    let max_diff = ours
-        .iter()
-        .zip(&ref_first)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
-    assert!(
-        max_diff < 1e-6,
-        "first image differs from the reference by {max_diff}"
-    );
+    let max_diff = ours.iter().zip(&ref_first).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(max_diff < 1e-6, "first image differs from the reference by {max_diff}");
 
     // The reference holds the first 20 test images; compare them all.
     let n_ref = reference.dim(0).unwrap().min(20);
-    let ref_all: Vec<f32> = reference
-        .narrow(0, 0, n_ref)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let max_diff = ds.images[..n_ref * 784]
-        .iter()
-        .zip(&ref_all)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
-    assert!(
-        max_diff < 1e-6,
-        "first {n_ref} images differ from the reference by {max_diff}"
-    );
+    let ref_all: Vec<f32> = reference.narrow(0, 0, n_ref).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let max_diff = ds.images[..n_ref * 784].iter().zip(&ref_all).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(max_diff < 1e-6, "first {n_ref} images differ from the reference by {max_diff}");
     let y_ref_path = FASHION_X20.replace("fashion_X20", "fashion_y20");
     if let Ok(y_ref) = Tensor::read_npy(&y_ref_path) {
-        let y_ref: Vec<i64> = y_ref
-            .to_dtype(candle_core::DType::I64)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let y_ref: Vec<i64> =
+            y_ref.to_dtype(candle_core::DType::I64).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         let ours: Vec<i64> = ds.labels[..y_ref.len()].iter().map(|&l| l as i64).collect();
         assert_eq!(ours, y_ref);
     }

@@ -47,12 +47,12 @@ fn dense_mlp(seed: u64) -> Network {
         "dense-mlp",
         &[3],
         vec![
-            linear(3, 6),                                                       // 1
-            relu(),                                                             // 2
-            dense(vec![Some(linear(3, 6)), None, Some(linear(6, 6))]),          // 3: reads 0, 1, 2
-            relu(),                                                             // 4
-            dense(vec![Some(LayerSpec::Identity), None, Some(linear(6, 6))]),   // 5: reads 2, 3, 4
-            relu(),                                                             // 6
+            linear(3, 6),                                                                      // 1
+            relu(),                                                                            // 2
+            dense(vec![Some(linear(3, 6)), None, Some(linear(6, 6))]),                         // 3: reads 0, 1, 2
+            relu(),                                                                            // 4
+            dense(vec![Some(LayerSpec::Identity), None, Some(linear(6, 6))]),                  // 5: reads 2, 3, 4
+            relu(),                                                                            // 6
             dense(vec![Some(linear(3, 3)), None, None, None, None, None, Some(linear(6, 3))]), // 7: reads 0..6
         ],
     );
@@ -83,9 +83,10 @@ fn check_net(net: &Network, seed: u64, kind: Kind) {
     let src: Box<dyn DualSource> = match kind {
         Kind::Inf => Box::new(InfBall::new(&x, eps).unwrap()),
         Kind::InfUnitBox => Box::new(InfBallBounded::new(&x, 2.0 * eps, 0.0, 1.0).unwrap()),
-        Kind::InfPerFeature => {
-            Box::new(InfBall::new(&x, Epsilon::Tensor(Tensor::from_vec(per_feature.clone(), (bsz, 3), &dev()).unwrap())).unwrap())
-        }
+        Kind::InfPerFeature => Box::new(
+            InfBall::new(&x, Epsilon::Tensor(Tensor::from_vec(per_feature.clone(), (bsz, 3), &dev()).unwrap()))
+                .unwrap(),
+        ),
         Kind::L2 => Box::new(L2Ball::new(&x, 2.0 * eps).unwrap()),
     };
     let dual = net.dual(&x, src, &DualOptions::default()).unwrap();
@@ -143,8 +144,14 @@ fn check_net(net: &Network, seed: u64, kind: Kind) {
             let ls = solve(&strip.lp, &objective(&strip));
             let lt = solve(&tri.lp, &objective(&tri));
             println!("{name} seed {seed} {kind:?} example {b} c #{r}: J = {jr:.8}, strip LP = {ls:.8}, triangle LP = {lt:.8}");
-            assert!(close(jr, ls, 1e-6), "{name} seed {seed} {kind:?} example {b} c #{r}: J = {jr} differs from the strip LP {ls}");
-            assert!(jr <= lt + 1e-6 * (1.0 + lt.abs()), "{name} seed {seed} {kind:?} example {b} c #{r}: J = {jr} above the triangle LP {lt}");
+            assert!(
+                close(jr, ls, 1e-6),
+                "{name} seed {seed} {kind:?} example {b} c #{r}: J = {jr} differs from the strip LP {ls}"
+            );
+            assert!(
+                jr <= lt + 1e-6 * (1.0 + lt.abs()),
+                "{name} seed {seed} {kind:?} example {b} c #{r}: J = {jr} above the triangle LP {lt}"
+            );
         }
     }
 }

@@ -8,7 +8,8 @@ use nets::{Network, NetworkSpec};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 fn net(seed: u64) -> Network {
-    let spec = NetworkSpec::sequential("tiny", &[4], vec![linear(4, 16), relu(), linear(16, 16), relu(), linear(16, 3)]);
+    let spec =
+        NetworkSpec::sequential("tiny", &[4], vec![linear(4, 16), relu(), linear(16, 16), relu(), linear(16, 3)]);
     Network::init(&spec, seed, DType::F64, &Device::Cpu).unwrap()
 }
 
@@ -58,7 +59,14 @@ fn found_radius_is_sandwiched() {
             assert!(m < 0.0 && (m - one(&n, &xi, y[i], f.eps, &cfg)).abs() < 1e-9);
             // Monotone in the radius.
             let grid: Vec<f64> = [0.0, 0.25, 0.5, 0.9, 1.0, 1.1, 2.0].iter().map(|s| s * f.eps).collect();
-            let ms = margins(&n, &Tensor::cat(&vec![xi.clone(); grid.len()], 0).unwrap(), &vec![y[i]; grid.len()], &grid, &cfg).unwrap();
+            let ms = margins(
+                &n,
+                &Tensor::cat(&vec![xi.clone(); grid.len()], 0).unwrap(),
+                &vec![y[i]; grid.len()],
+                &grid,
+                &cfg,
+            )
+            .unwrap();
             for w in ms.windows(2) {
                 assert!(w[1] >= w[0] - 1e-9, "seed {seed} example {i}: margins not monotone: {ms:?}");
             }
@@ -78,7 +86,13 @@ fn batch_agrees_with_one_by_one_and_respects_the_cap() {
     }
     // A cap below the certified radius: the search stops there.
     let eps0 = all[0].eps;
-    let capped = search_batch(&n, &x.narrow(0, 0, 1).unwrap(), &y[..1], &SearchConfig { initial: eps0 / 8.0, max_eps: eps0 / 4.0, ..cfg.clone() }).unwrap();
+    let capped = search_batch(
+        &n,
+        &x.narrow(0, 0, 1).unwrap(),
+        &y[..1],
+        &SearchConfig { initial: eps0 / 8.0, max_eps: eps0 / 4.0, ..cfg.clone() },
+    )
+    .unwrap();
     assert!(capped[0].capped && capped[0].eps == eps0 / 4.0, "{:?}", capped[0]);
     // In f32 the radius is close to the f64 one.
     let n32 = n.to_dtype(DType::F32).unwrap();

@@ -11,7 +11,8 @@ use nets::{LayerSpec, Network, NetworkSpec};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 fn mlp(seed: u64) -> Network {
-    let spec = NetworkSpec::sequential("tiny-mlp", &[5], vec![linear(5, 12), relu(), linear(12, 12), relu(), linear(12, 4)]);
+    let spec =
+        NetworkSpec::sequential("tiny-mlp", &[5], vec![linear(5, 12), relu(), linear(12, 12), relu(), linear(12, 4)]);
     Network::init(&spec, seed, DType::F64, &Device::Cpu).unwrap()
 }
 

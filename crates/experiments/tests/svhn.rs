@@ -76,7 +76,8 @@ fn svhn_file(n: usize, labels: &[f64], compress: bool) -> Vec<u8> {
         }
     }
     let xm = matrix(9, &[32, 32, 3, n as i32], "X", 2, &x);
-    let ym = matrix(6, &[labels.len() as i32, 1], "y", 9, &labels.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>());
+    let ym =
+        matrix(6, &[labels.len() as i32, 1], "y", 9, &labels.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>());
     let mut f = header();
     if compress {
         f.extend(compressed(&xm));
@@ -111,12 +112,42 @@ fn malformed_files_give_typed_errors() {
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (good[..100].to_vec(), "header"),
         (good[..good.len() - 20].to_vec(), "left"),
-        ({ let mut g = good.clone(); g[126..128].copy_from_slice(b"MI"); g }, "big-endian"),
-        ({ let mut g = good.clone(); g[126..128].copy_from_slice(b"xx"); g }, "not a MAT"),
+        (
+            {
+                let mut g = good.clone();
+                g[126..128].copy_from_slice(b"MI");
+                g
+            },
+            "big-endian",
+        ),
+        (
+            {
+                let mut g = good.clone();
+                g[126..128].copy_from_slice(b"xx");
+                g
+            },
+            "not a MAT",
+        ),
         (svhn_file(2, &[1.0], false), "labels"),
         (svhn_file(1, &[11.0], false), "label 11"),
-        ({ let mut g = header(); g.extend(compressed(&[1, 2, 3])); let n = g.len(); g[n - 3] ^= 0xff; g }, "compressed"),
-        ({ let mut g = header(); g.extend(matrix(6, &[1, 1], "y", 9, &1.0f64.to_le_bytes())); g }, "no variable `X`"),
+        (
+            {
+                let mut g = header();
+                g.extend(compressed(&[1, 2, 3]));
+                let n = g.len();
+                g[n - 3] ^= 0xff;
+                g
+            },
+            "compressed",
+        ),
+        (
+            {
+                let mut g = header();
+                g.extend(matrix(6, &[1, 1], "y", 9, &1.0f64.to_le_bytes()));
+                g
+            },
+            "no variable `X`",
+        ),
     ];
     for (bytes, want) in cases {
         std::fs::write(&p, &bytes).unwrap();

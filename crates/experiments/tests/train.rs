@@ -31,7 +31,11 @@ fn blobs(n: usize, seed: u64) -> Dataset {
 }
 
 fn spec() -> NetworkSpec {
-    NetworkSpec::sequential("blob", &[1, 6, 6], vec![conv(1, 4, 3, 2, 1), relu(), flatten(), linear(36, 16), relu(), linear(16, 2)])
+    NetworkSpec::sequential(
+        "blob",
+        &[1, 6, 6],
+        vec![conv(1, 4, 3, 2, 1), relu(), flatten(), linear(36, 16), relu(), linear(16, 2)],
+    )
 }
 
 fn cfg(epochs: usize) -> TrainConfig {
@@ -83,7 +87,11 @@ fn adam_matches_candle_adamw_without_decay() {
     let a = Var::new(&init, &Device::Cpu).unwrap();
     let b = Var::new(&init, &Device::Cpu).unwrap();
     let mut ours = Optimizer::new(OptimizerConfig::adam(0.01), vec![a.clone()]);
-    let mut theirs = candle_nn::AdamW::new(vec![b.clone()], candle_nn::ParamsAdamW { lr: 0.01, weight_decay: 0.0, ..Default::default() }).unwrap();
+    let mut theirs = candle_nn::AdamW::new(
+        vec![b.clone()],
+        candle_nn::ParamsAdamW { lr: 0.01, weight_decay: 0.0, ..Default::default() },
+    )
+    .unwrap();
     let target = Tensor::new(&[1.0f64, 1.0, -1.0], &Device::Cpu).unwrap();
     for _ in 0..5 {
         let la = (a.as_tensor() - &target).unwrap().sqr().unwrap().sum_all().unwrap();
@@ -106,7 +114,15 @@ fn robust_training_lowers_the_loss_and_resume_is_exact() {
     assert_eq!(s1.log.len(), 3);
     assert!(s1.log[2].train_loss < s1.log[0].train_loss, "loss did not decrease: {:?}", s1.log);
     assert!(s1.log[2].test_robust_error <= 0.5, "robust error {:?}", s1.log[2]);
-    for f in ["last.safetensors", "best.safetensors", "optimizer.safetensors", "state.json", "log.jsonl", "config.json", "errors.png"] {
+    for f in [
+        "last.safetensors",
+        "best.safetensors",
+        "optimizer.safetensors",
+        "state.json",
+        "log.jsonl",
+        "config.json",
+        "errors.png",
+    ] {
         assert!(d1.join(f).is_file(), "{f} missing");
     }
     assert_eq!(std::fs::read_to_string(d1.join("log.jsonl")).unwrap().lines().count(), 3);
@@ -169,7 +185,11 @@ fn projected_training_runs_and_is_reproducible() {
 #[test]
 fn optimizer_state_holds_no_graph() {
     let x = Tensor::new(&[[1.0f64, 2.0], [3.0, -1.0]], &Device::Cpu).unwrap();
-    for cfg in [OptimizerConfig::adam(0.01), OptimizerConfig::sgd(0.1, 0.9, 0.01), OptimizerConfig::Adam { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1 }] {
+    for cfg in [
+        OptimizerConfig::adam(0.01),
+        OptimizerConfig::sgd(0.1, 0.9, 0.01),
+        OptimizerConfig::Adam { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1 },
+    ] {
         let w = Var::new(&[0.5f64, -1.5], &Device::Cpu).unwrap();
         let mut opt = Optimizer::new(cfg.clone(), vec![w.clone()]);
         for _ in 0..3 {

@@ -27,7 +27,8 @@ fn var(t: Tensor) -> Result<Var> {
 
 /// Builds layers the description calls `Custom`: `(kind, config, prefix, params) -> layer`, or
 /// `Ok(None)` for a kind it does not know.
-pub type CustomBuilder<'a> = dyn Fn(&str, &serde_json::Value, &str, &mut ParamSource) -> Result<Option<Box<dyn Layer>>> + 'a;
+pub type CustomBuilder<'a> =
+    dyn Fn(&str, &serde_json::Value, &str, &mut ParamSource) -> Result<Option<Box<dyn Layer>>> + 'a;
 
 /// Builds one layer, asking `get` for its parameters under `prefix`.
 pub fn build_layer(spec: &LayerSpec, prefix: &str, get: &mut ParamSource) -> Result<Box<dyn Layer>> {
@@ -35,7 +36,12 @@ pub fn build_layer(spec: &LayerSpec, prefix: &str, get: &mut ParamSource) -> Res
 }
 
 /// [`build_layer`] with a builder for `Custom` layers.
-pub fn build_layer_with(spec: &LayerSpec, prefix: &str, get: &mut ParamSource, custom: Option<&CustomBuilder>) -> Result<Box<dyn Layer>> {
+pub fn build_layer_with(
+    spec: &LayerSpec,
+    prefix: &str,
+    get: &mut ParamSource,
+    custom: Option<&CustomBuilder>,
+) -> Result<Box<dyn Layer>> {
     let name = |n: &str| format!("{prefix}{n}");
     Ok(match spec {
         LayerSpec::Linear { in_features, out_features, bias } => {
@@ -46,7 +52,9 @@ pub fn build_layer_with(spec: &LayerSpec, prefix: &str, get: &mut ParamSource, c
         }
         LayerSpec::Conv2d { in_channels, out_channels, kernel_size, stride, padding, bias } => {
             if *stride == 0 || *kernel_size == 0 {
-                return Err(NetError::BadArchitecture(format!("{prefix}: Conv2d with stride {stride} and kernel {kernel_size}")));
+                return Err(NetError::BadArchitecture(format!(
+                    "{prefix}: Conv2d with stride {stride} and kernel {kernel_size}"
+                )));
             }
             let init = ParamInit::Uniform { fan_in: in_channels * kernel_size * kernel_size };
             let weight = var(get(&name("weight"), &[*out_channels, *in_channels, *kernel_size, *kernel_size], init)?)?;
@@ -76,7 +84,9 @@ pub fn build_layer_with(spec: &LayerSpec, prefix: &str, get: &mut ParamSource, c
                 built.push(match p {
                     None => None,
                     Some(LayerSpec::Dense { .. }) => {
-                        return Err(NetError::BadArchitecture(format!("{prefix}: nested Dense layers are not supported")))
+                        return Err(NetError::BadArchitecture(format!(
+                            "{prefix}: nested Dense layers are not supported"
+                        )))
                     }
                     Some(p) => Some(build_layer_with(p, &format!("{prefix}Ws.{i}."), get, custom)?),
                 });
@@ -91,7 +101,7 @@ pub fn build_layer_with(spec: &LayerSpec, prefix: &str, get: &mut ParamSource, c
             }
             return Err(NetError::BadArchitecture(format!(
                 "{prefix}: custom layer `{kind}` cannot be built from a description; pass a CustomBuilder (Network::from_state_dict_with) or construct it in code"
-            )))
+            )));
         }
     })
 }

@@ -41,7 +41,8 @@ pub fn save_safetensors(net: &Network, path: &Path) -> Result<()> {
 pub fn read_safetensors(path: &Path) -> Result<(Option<NetworkSpec>, Vec<(String, Tensor)>)> {
     let bytes = std::fs::read(path).map_err(|e| NetError::Io { path: path.to_path_buf(), source: e })?;
     let bad = |msg: String| NetError::BadFile { path: path.to_path_buf(), msg };
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
     let spec = match meta.metadata().as_ref().and_then(|m| m.get(ARCH_KEY)) {
         None => None,
         Some(s) => Some(serde_json::from_str(s).map_err(|e| bad(format!("architecture metadata is not valid: {e}")))?),
@@ -72,17 +73,17 @@ pub fn load_models(path: &Path, arch: Option<&str>, dtype: DType, device: &Devic
         msg: "a PyTorch checkpoint holds no architecture; pass one (e.g. --arch mnist-small)".into(),
     })?;
     let dicts = pth::read_pth(path)?;
-    dicts
-        .iter()
-        .map(|sd| Network::from_state_dict(&spec, &sd.tensors, dtype, device))
-        .collect()
+    dicts.iter().map(|sd| Network::from_state_dict(&spec, &sd.tensors, dtype, device)).collect()
 }
 
 /// Loads a single model (the first stage of a cascade is an error: use [`load_models`]).
 pub fn load_model(path: &Path, arch: Option<&str>, dtype: DType, device: &Device) -> Result<Network> {
     let mut v = load_models(path, arch, dtype, device)?;
     if v.len() != 1 {
-        return Err(NetError::BadFile { path: path.to_path_buf(), msg: format!("holds a cascade of {} models, not one", v.len()) });
+        return Err(NetError::BadFile {
+            path: path.to_path_buf(),
+            msg: format!("holds a cascade of {} models, not one", v.len()),
+        });
     }
     Ok(v.remove(0))
 }
@@ -92,7 +93,8 @@ pub fn resolve_arch(arch: &str) -> Result<NetworkSpec> {
     let p = PathBuf::from(arch);
     if arch.ends_with(".json") || p.is_file() {
         let s = std::fs::read_to_string(&p).map_err(|e| NetError::Io { path: p.clone(), source: e })?;
-        return serde_json::from_str(&s).map_err(|e| NetError::BadFile { path: p, msg: format!("not an architecture description: {e}") });
+        return serde_json::from_str(&s)
+            .map_err(|e| NetError::BadFile { path: p, msg: format!("not an architecture description: {e}") });
     }
     zoo::by_name(arch)
 }

@@ -23,6 +23,6 @@ pub mod zoo;
 pub use error::{NetError, Result};
 pub use grad_mode::{grad_enabled, no_grad, param};
 pub use layer::{single_input, Layer};
-pub use serde_json;
 pub use network::Network;
+pub use serde_json;
 pub use spec::{BatchNormMode, LayerSpec, NetworkKind, NetworkSpec};

@@ -48,7 +48,11 @@ impl Network {
     }
 
     /// Builds the architecture with parameters from `get`.
-    fn from_spec_with(spec: &NetworkSpec, get: &mut crate::build::ParamSource, custom: Option<&CustomBuilder>) -> Result<Self> {
+    fn from_spec_with(
+        spec: &NetworkSpec,
+        get: &mut crate::build::ParamSource,
+        custom: Option<&CustomBuilder>,
+    ) -> Result<Self> {
         let mut layers = Vec::new();
         for (i, l) in spec.layers.iter().enumerate() {
             layers.push(build_layer_with(l, &format!("{i}."), get, custom)?);
@@ -76,7 +80,12 @@ impl Network {
 
     /// The architecture with the parameters of a state dict (names as in PyTorch: `0.weight`,
     /// `4.Ws.2.bias`, ...). Errors name a missing or mis-shaped tensor, or tensors left unused.
-    pub fn from_state_dict(spec: &NetworkSpec, tensors: &[(String, Tensor)], dtype: DType, device: &Device) -> Result<Self> {
+    pub fn from_state_dict(
+        spec: &NetworkSpec,
+        tensors: &[(String, Tensor)],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         Self::from_state_dict_with(spec, tensors, dtype, device, None)
     }
 
@@ -96,7 +105,11 @@ impl Network {
                 available: summarize(tensors.iter().map(|(n, _)| n.as_str())),
             })?;
             if t.dims() != shape {
-                return Err(NetError::WrongShape { name: name.into(), expected: shape.to_vec(), found: t.dims().to_vec() });
+                return Err(NetError::WrongShape {
+                    name: name.into(),
+                    expected: shape.to_vec(),
+                    found: t.dims().to_vec(),
+                });
             }
             used.insert(name.to_string());
             Ok(t.to_device(device)?.to_dtype(dtype)?)

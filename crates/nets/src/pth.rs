@@ -94,10 +94,7 @@ impl StateDict {
 /// (a cascade) gives one per stage; a dict whose `state_dict` entry is a single state dict gives
 /// one. Tensors keep their stored dtype and live on the CPU.
 pub fn read_pth(path: &Path) -> Result<Vec<StateDict>> {
-    let bytes = std::fs::read(path).map_err(|source| PthError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = std::fs::read(path).map_err(|source| PthError::Io { path: path.to_path_buf(), source })?;
     read_pth_bytes(&bytes)
 }
 
@@ -116,9 +113,7 @@ pub fn read_pth_bytes(bytes: &[u8]) -> Result<Vec<StateDict>> {
     } else if bytes[0] == PICKLE_PROTO {
         read_legacy(bytes)
     } else if bytes.len() >= 262 && &bytes[257..262] == b"ustar" {
-        Err(PthError::Unsupported(
-            "tar-based checkpoint (PyTorch < 0.1.10)".into(),
-        ))
+        Err(PthError::Unsupported("tar-based checkpoint (PyTorch < 0.1.10)".into()))
     } else {
         let head: Vec<String> = bytes.iter().take(4).map(|b| format!("{b:02x}")).collect();
         Err(PthError::Corrupt(format!(
@@ -155,11 +150,7 @@ fn storage_kind(class_name: &str) -> Option<StorageKind> {
         "ComplexDoubleStorage" => ("ComplexDoubleStorage", 16, None),
         _ => return None,
     };
-    Some(StorageKind {
-        class,
-        elem_size,
-        dtype,
-    })
+    Some(StorageKind { class, elem_size, dtype })
 }
 
 /// A persistent id `('storage', type, key, location, numel[, view_metadata])`.
@@ -185,39 +176,22 @@ fn non_negative(obj: &Object, what: &str) -> Result<usize> {
         Object::Int(v) => *v as i64,
         Object::Long(v) => *v,
         Object::Bool(b) => *b as i64,
-        other => {
-            return Err(PthError::Corrupt(format!(
-                "{what}: expected an integer, found {}",
-                brief(other)
-            )))
-        }
+        other => return Err(PthError::Corrupt(format!("{what}: expected an integer, found {}", brief(other)))),
     };
-    usize::try_from(v).map_err(|_| {
-        PthError::Corrupt(format!(
-            "{what}: expected a non-negative integer, found {v}"
-        ))
-    })
+    usize::try_from(v).map_err(|_| PthError::Corrupt(format!("{what}: expected a non-negative integer, found {v}")))
 }
 
 fn int_tuple(obj: &Object, what: &str) -> Result<Vec<usize>> {
     match obj {
-        Object::Tuple(items) | Object::List(items) => {
-            items.iter().map(|o| non_negative(o, what)).collect()
-        }
-        other => Err(PthError::Corrupt(format!(
-            "{what}: expected a tuple of integers, found {}",
-            brief(other)
-        ))),
+        Object::Tuple(items) | Object::List(items) => items.iter().map(|o| non_negative(o, what)).collect(),
+        other => Err(PthError::Corrupt(format!("{what}: expected a tuple of integers, found {}", brief(other)))),
     }
 }
 
 /// A short description of an object for error messages (never its whole subtree).
 fn brief(obj: &Object) -> String {
     match obj {
-        Object::Class {
-            module_name,
-            class_name,
-        } => format!("class {module_name}.{class_name}"),
+        Object::Class { module_name, class_name } => format!("class {module_name}.{class_name}"),
         Object::Int(v) => format!("int {v}"),
         Object::Long(v) => format!("int {v}"),
         Object::Float(v) => format!("float {v}"),
@@ -238,12 +212,7 @@ fn brief(obj: &Object) -> String {
 fn storage_id(pid: &Object) -> Result<StorageId> {
     let items = match pid {
         Object::Tuple(items) => items,
-        other => {
-            return Err(PthError::Corrupt(format!(
-                "persistent id: expected a tuple, found {}",
-                brief(other)
-            )))
-        }
+        other => return Err(PthError::Corrupt(format!("persistent id: expected a tuple, found {}", brief(other)))),
     };
     match items.first() {
         Some(Object::Unicode(s)) if s == "storage" => {}
@@ -262,38 +231,23 @@ fn storage_id(pid: &Object) -> Result<StorageId> {
         )));
     }
     let kind = match &items[1] {
-        Object::Class {
-            module_name,
-            class_name,
-        } => storage_kind(class_name).ok_or_else(|| {
-            PthError::Unsupported(format!("storage type {module_name}.{class_name}"))
-        })?,
-        other => {
-            return Err(PthError::Corrupt(format!(
-                "storage type: expected a class, found {}",
-                brief(other)
-            )))
-        }
+        Object::Class { module_name, class_name } => storage_kind(class_name)
+            .ok_or_else(|| PthError::Unsupported(format!("storage type {module_name}.{class_name}")))?,
+        other => return Err(PthError::Corrupt(format!("storage type: expected a class, found {}", brief(other)))),
     };
     let key = match &items[2] {
         Object::Unicode(s) => s.clone(),
         Object::Int(v) => v.to_string(),
         Object::Long(v) => v.to_string(),
-        other => {
-            return Err(PthError::Corrupt(format!(
-                "storage key: expected a string, found {}",
-                brief(other)
-            )))
-        }
+        other => return Err(PthError::Corrupt(format!("storage key: expected a string, found {}", brief(other)))),
     };
     // items[3] is the location ('cpu', 'cuda:0'): everything is loaded onto the CPU.
     non_negative(&items[4], "storage size")?;
     let view = match items.get(5) {
         None | Some(Object::None) => None,
-        Some(Object::Tuple(v)) if v.len() >= 3 => Some((
-            non_negative(&v[1], "storage view offset")?,
-            non_negative(&v[2], "storage view size")?,
-        )),
+        Some(Object::Tuple(v)) if v.len() >= 3 => {
+            Some((non_negative(&v[1], "storage view offset")?, non_negative(&v[2], "storage view size")?))
+        }
         Some(other) => {
             return Err(PthError::Corrupt(format!(
                 "storage view metadata: expected (key, offset, size), found {}",
@@ -307,10 +261,7 @@ fn storage_id(pid: &Object) -> Result<StorageId> {
 /// Decodes `callable(*args)` as a tensor rebuild, or `None` when the call is not one.
 fn tensor_call(callable: &Object, args: &Object) -> Result<Option<TensorSpec>> {
     let (module, class) = match callable {
-        Object::Class {
-            module_name,
-            class_name,
-        } => (module_name.as_str(), class_name.as_str()),
+        Object::Class { module_name, class_name } => (module_name.as_str(), class_name.as_str()),
         _ => return Ok(None),
     };
     let args = match args {
@@ -346,49 +297,31 @@ fn tensor_call(callable: &Object, args: &Object) -> Result<Option<TensorSpec>> {
             let size = int_tuple(&args[2], "tensor size")?;
             let stride = int_tuple(&args[3], "tensor stride")?;
             if size.len() != stride.len() {
-                return Err(PthError::Corrupt(format!(
-                    "tensor size {size:?} and stride {stride:?} differ in rank"
-                )));
+                return Err(PthError::Corrupt(format!("tensor size {size:?} and stride {stride:?} differ in rank")));
             }
-            Ok(Some(TensorSpec {
-                storage,
-                offset,
-                size,
-                stride,
-            }))
+            Ok(Some(TensorSpec { storage, offset, size, stride }))
         }
-        ("torch._utils", "_rebuild_parameter")
-        | ("torch._utils", "_rebuild_parameter_with_state") => match args.first() {
-            Some(Object::Reduce { callable, args }) => match tensor_call(callable, args)? {
-                Some(spec) => Ok(Some(spec)),
-                None => Err(PthError::Unsupported(format!(
-                    "parameter wrapping {}",
-                    brief(callable)
-                ))),
-            },
-            _ => Err(PthError::Corrupt(
-                "_rebuild_parameter without a tensor argument".into(),
-            )),
-        },
+        ("torch._utils", "_rebuild_parameter") | ("torch._utils", "_rebuild_parameter_with_state") => {
+            match args.first() {
+                Some(Object::Reduce { callable, args }) => match tensor_call(callable, args)? {
+                    Some(spec) => Ok(Some(spec)),
+                    None => Err(PthError::Unsupported(format!("parameter wrapping {}", brief(callable)))),
+                },
+                _ => Err(PthError::Corrupt("_rebuild_parameter without a tensor argument".into())),
+            }
+        }
         ("torch._tensor", "_rebuild_from_type_v2") => {
             // (func, type, args, state): the tensor is func(*args).
             if args.len() < 3 {
-                return Err(PthError::Corrupt(
-                    "_rebuild_from_type_v2 called with fewer than 3 arguments".into(),
-                ));
+                return Err(PthError::Corrupt("_rebuild_from_type_v2 called with fewer than 3 arguments".into()));
             }
             match tensor_call(&args[0], &args[2])? {
                 Some(spec) => Ok(Some(spec)),
-                None => Err(PthError::Unsupported(format!(
-                    "tensor subclass rebuilt with {}",
-                    brief(&args[0])
-                ))),
+                None => Err(PthError::Unsupported(format!("tensor subclass rebuilt with {}", brief(&args[0])))),
             }
         }
         (m, c) if m.starts_with("torch") && c.starts_with("_rebuild") => {
-            Err(PthError::Unsupported(format!(
-                "tensors rebuilt with {m}.{c} (quantized, sparse, ...)"
-            )))
+            Err(PthError::Unsupported(format!("tensors rebuilt with {m}.{c} (quantized, sparse, ...)")))
         }
         _ => Ok(None),
     }
@@ -410,10 +343,7 @@ fn state_dict_specs(entries: &[(Object, Object)]) -> Result<Vec<(String, TensorS
             let name = match key {
                 Object::Unicode(s) => s.clone(),
                 other => {
-                    return Err(PthError::Corrupt(format!(
-                        "state dict key: expected a string, found {}",
-                        brief(other)
-                    )))
+                    return Err(PthError::Corrupt(format!("state dict key: expected a string, found {}", brief(other))))
                 }
             };
             out.push((name, spec));
@@ -432,10 +362,7 @@ fn find_state_dicts(obj: &Object) -> Result<Vec<Vec<(String, TensorSpec)>>> {
                 .enumerate()
                 .map(|(i, item)| match item {
                     Object::Dict(entries) => state_dict_specs(entries),
-                    other => Err(PthError::Unsupported(format!(
-                        "{what}[{i}] is a {}, not a state dict",
-                        brief(other)
-                    ))),
+                    other => Err(PthError::Unsupported(format!("{what}[{i}] is a {}, not a state dict", brief(other)))),
                 })
                 .collect(),
             other => Err(PthError::Unsupported(format!(
@@ -446,9 +373,9 @@ fn find_state_dicts(obj: &Object) -> Result<Vec<Vec<(String, TensorSpec)>>> {
     };
     let dicts = match obj {
         Object::Dict(entries) => {
-            let nested = entries.iter().find(|(k, _)| {
-                matches!(k, Object::Unicode(s) if s == "state_dict" || s == "model_state_dict")
-            });
+            let nested = entries
+                .iter()
+                .find(|(k, _)| matches!(k, Object::Unicode(s) if s == "state_dict" || s == "model_state_dict"));
             match nested {
                 Some((Object::Unicode(k), v)) => as_dicts(v, &format!("entry '{k}'"))?,
                 _ => vec![state_dict_specs(entries)?],
@@ -457,15 +384,13 @@ fn find_state_dicts(obj: &Object) -> Result<Vec<Vec<(String, TensorSpec)>>> {
         Object::List(_) => as_dicts(obj, "the checkpoint")?,
         other => {
             return Err(PthError::Unsupported(format!(
-            "the checkpoint holds a {}, not a state dict (a whole pickled module cannot be read)",
-            brief(other)
-        )))
+                "the checkpoint holds a {}, not a state dict (a whole pickled module cannot be read)",
+                brief(other)
+            )))
         }
     };
     if dicts.iter().all(|d| d.is_empty()) {
-        return Err(PthError::Unsupported(
-            "no tensors found in the checkpoint".into(),
-        ));
+        return Err(PthError::Unsupported("no tensors found in the checkpoint".into()));
     }
     Ok(dicts)
 }
@@ -510,10 +435,7 @@ fn materialize(name: &str, spec: &TensorSpec, storage: &[u8]) -> Result<Tensor> 
     let kind = spec.storage.kind;
     let es = kind.elem_size;
     let dtype = kind.dtype.ok_or_else(|| {
-        PthError::Unsupported(format!(
-            "tensor '{name}' has storage type {}, which Candle cannot represent",
-            kind.class
-        ))
+        PthError::Unsupported(format!("tensor '{name}' has storage type {}, which Candle cannot represent", kind.class))
     })?;
     let root_len = storage.len() / es;
     let (base, len) = match spec.storage.view {
@@ -530,18 +452,9 @@ fn materialize(name: &str, spec: &TensorSpec, storage: &[u8]) -> Result<Tensor> 
     };
     // A dimension of size 1 never advances along its stride: zero it, so that a huge stride
     // there can neither overflow the index arithmetic nor defeat the contiguity test.
-    let stride: Vec<usize> = spec
-        .size
-        .iter()
-        .zip(&spec.stride)
-        .map(|(&d, &s)| if d == 1 { 0 } else { s })
-        .collect();
+    let stride: Vec<usize> = spec.size.iter().zip(&spec.stride).map(|(&d, &s)| if d == 1 { 0 } else { s }).collect();
     let overflow = || PthError::Corrupt(format!("tensor '{name}': size {:?} overflows", spec.size));
-    let numel = spec
-        .size
-        .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(overflow)?;
+    let numel = spec.size.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(overflow)?;
     let nbytes = numel.checked_mul(es).ok_or_else(overflow)?;
     if numel == 0 {
         return Ok(Tensor::zeros(spec.size.as_slice(), dtype, &Device::Cpu)?);
@@ -549,10 +462,7 @@ fn materialize(name: &str, spec: &TensorSpec, storage: &[u8]) -> Result<Tensor> 
     // Highest element index the tensor touches.
     let mut last = spec.offset;
     for (&d, &s) in spec.size.iter().zip(&stride) {
-        last = (d - 1)
-            .checked_mul(s)
-            .and_then(|x| x.checked_add(last))
-            .ok_or_else(overflow)?;
+        last = (d - 1).checked_mul(s).and_then(|x| x.checked_add(last)).ok_or_else(overflow)?;
     }
     if last >= len {
         return Err(PthError::Corrupt(format!(
@@ -567,9 +477,7 @@ fn materialize(name: &str, spec: &TensorSpec, storage: &[u8]) -> Result<Tensor> 
     // Zero or overlapping strides can make a tensor larger than its storage: refuse absurd ones.
     const MAX_EXPANDED_BYTES: usize = 1 << 28;
     if numel > len && nbytes > MAX_EXPANDED_BYTES {
-        return Err(PthError::Unsupported(format!(
-            "tensor '{name}' expands {len} stored elements to {numel}"
-        )));
+        return Err(PthError::Unsupported(format!("tensor '{name}' expands {len} stored elements to {numel}")));
     }
     let data = &storage[base * es..(base + len) * es];
     let mut contiguous = true;
@@ -611,12 +519,7 @@ fn materialize(name: &str, spec: &TensorSpec, storage: &[u8]) -> Result<Tensor> 
         buf = swapped;
         &buf
     };
-    Ok(Tensor::from_raw_buffer(
-        bytes,
-        dtype,
-        spec.size.as_slice(),
-        &Device::Cpu,
-    )?)
+    Ok(Tensor::from_raw_buffer(bytes, dtype, spec.size.as_slice(), &Device::Cpu)?)
 }
 
 fn build_state_dicts<'a>(
@@ -649,29 +552,15 @@ const MAGIC_NUMBER: u128 = 0x1950a86a20f9469cfc6c;
 const LEGACY_PROTOCOL_VERSION: usize = 1001;
 
 fn truncated(what: &str, bytes: &[u8], offset: usize, needed: usize) -> PthError {
-    PthError::Truncated {
-        what: what.to_string(),
-        offset,
-        needed,
-        available: bytes.len().saturating_sub(offset),
-    }
+    PthError::Truncated { what: what.to_string(), offset, needed, available: bytes.len().saturating_sub(offset) }
 }
 
 /// Checks the magic-number pickle (`PROTO 2, LONG1 10 <bytes>, STOP`) and returns the offset
 /// after it. Parsed by hand: the number is wider than Candle's `Long1` handles.
 fn check_magic(bytes: &[u8]) -> Result<usize> {
     let what = "magic number";
-    let bad = || {
-        PthError::Corrupt(
-            "bad magic number: not a PyTorch checkpoint (or its header is damaged)".into(),
-        )
-    };
-    let get = |i: usize| {
-        bytes
-            .get(i)
-            .copied()
-            .ok_or_else(|| truncated(what, bytes, i, 1))
-    };
+    let bad = || PthError::Corrupt("bad magic number: not a PyTorch checkpoint (or its header is damaged)".into());
+    let get = |i: usize| bytes.get(i).copied().ok_or_else(|| truncated(what, bytes, i, 1));
     let mut p = 0;
     if get(p)? == PICKLE_PROTO {
         get(p + 1)?;
@@ -685,13 +574,8 @@ fn check_magic(bytes: &[u8]) -> Result<usize> {
     if n == 0 || n > 16 {
         return Err(bad());
     }
-    let digits = bytes
-        .get(p..p + n)
-        .ok_or_else(|| truncated(what, bytes, p, n))?;
-    let value = digits
-        .iter()
-        .rev()
-        .fold(0u128, |acc, &b| (acc << 8) | b as u128);
+    let digits = bytes.get(p..p + n).ok_or_else(|| truncated(what, bytes, p, n))?;
+    let value = digits.iter().rev().fold(0u128, |acc, &b| (acc << 8) | b as u128);
     p += n;
     if value != MAGIC_NUMBER || get(p)? != b'.' {
         return Err(bad());
@@ -718,11 +602,8 @@ fn read_legacy(bytes: &[u8]) -> Result<Vec<StateDict>> {
     pos = next;
     if let Object::Dict(entries) = &sys_info {
         for (k, v) in entries {
-            if matches!(k, Object::Unicode(s) if s == "little_endian") && *v == Object::Bool(false)
-            {
-                return Err(PthError::Unsupported(
-                    "checkpoint written on a big-endian machine".into(),
-                ));
+            if matches!(k, Object::Unicode(s) if s == "little_endian") && *v == Object::Bool(false) {
+                return Err(PthError::Unsupported("checkpoint written on a big-endian machine".into()));
             }
         }
     }
@@ -736,18 +617,10 @@ fn read_legacy(bytes: &[u8]) -> Result<Vec<StateDict>> {
             .iter()
             .map(|k| match k {
                 Object::Unicode(s) => Ok(s.clone()),
-                other => Err(PthError::Corrupt(format!(
-                    "storage key list holds a {}, expected strings",
-                    brief(other)
-                ))),
+                other => Err(PthError::Corrupt(format!("storage key list holds a {}, expected strings", brief(other)))),
             })
             .collect::<Result<Vec<_>>>()?,
-        other => {
-            return Err(PthError::Corrupt(format!(
-                "storage key list is a {}, expected a list",
-                brief(other)
-            )))
-        }
+        other => return Err(PthError::Corrupt(format!("storage key list is a {}, expected a list", brief(other)))),
     };
 
     let specs = find_state_dicts(&root)?;
@@ -763,40 +636,28 @@ fn read_legacy(bytes: &[u8]) -> Result<Vec<StateDict>> {
             ))
         })?;
         let what = format!("element count of storage '{key}'");
-        let count = bytes
-            .get(pos..pos + 8)
-            .ok_or_else(|| truncated(&what, bytes, pos, 8))?;
+        let count = bytes.get(pos..pos + 8).ok_or_else(|| truncated(&what, bytes, pos, 8))?;
         let count = i64::from_le_bytes(count.try_into().expect("8 bytes"));
         pos += 8;
-        let count = usize::try_from(count).map_err(|_| {
-            PthError::Corrupt(format!(
-                "storage '{key}' has a negative element count {count}"
-            ))
-        })?;
+        let count = usize::try_from(count)
+            .map_err(|_| PthError::Corrupt(format!("storage '{key}' has a negative element count {count}")))?;
         let what = format!("storage '{key}' ({count} elements of {})", kind.class);
-        let nbytes = count.checked_mul(kind.elem_size).ok_or_else(|| {
-            PthError::Corrupt(format!(
-                "storage '{key}' claims an impossible {count} elements"
-            ))
-        })?;
+        let nbytes = count
+            .checked_mul(kind.elem_size)
+            .ok_or_else(|| PthError::Corrupt(format!("storage '{key}' claims an impossible {count} elements")))?;
         let data = pos
             .checked_add(nbytes)
             .and_then(|end| bytes.get(pos..end))
             .ok_or_else(|| truncated(&what, bytes, pos, nbytes))?;
         pos += nbytes;
         if storages.insert(key.as_str(), data).is_some() {
-            return Err(PthError::Corrupt(format!(
-                "storage key '{key}' appears twice in the key list"
-            )));
+            return Err(PthError::Corrupt(format!("storage key '{key}' appears twice in the key list")));
         }
     }
 
     build_state_dicts(specs, |id| {
         storages.get(id.key.as_str()).copied().ok_or_else(|| {
-            PthError::Corrupt(format!(
-                "storage '{}' is referenced but missing from the storage key list",
-                id.key
-            ))
+            PthError::Corrupt(format!("storage '{}' is referenced but missing from the storage key list", id.key))
         })
     })
 }
@@ -813,9 +674,7 @@ fn read_zip(bytes: &[u8]) -> Result<Vec<StateDict>> {
             .map(|s| s.to_string())
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_default();
-        PthError::Corrupt(format!(
-            "zip archive could not be read (zip reader panicked: {msg})"
-        ))
+        PthError::Corrupt(format!("zip archive could not be read (zip reader panicked: {msg})"))
     })??;
 
     let pkl_name = entries
@@ -823,16 +682,11 @@ fn read_zip(bytes: &[u8]) -> Result<Vec<StateDict>> {
         .filter(|n| *n == "data.pkl" || (n.ends_with("/data.pkl") && n.matches('/').count() == 1))
         .min()
         .cloned()
-        .ok_or_else(|| {
-            PthError::Corrupt("zip archive has no data.pkl: not a PyTorch checkpoint".into())
-        })?;
+        .ok_or_else(|| PthError::Corrupt("zip archive has no data.pkl: not a PyTorch checkpoint".into()))?;
     let prefix = &pkl_name[..pkl_name.len() - "data.pkl".len()];
     if let Some(order) = entries.get(&format!("{prefix}byteorder")) {
         if order.as_slice() != b"little" {
-            return Err(PthError::Unsupported(format!(
-                "byte order '{}'",
-                String::from_utf8_lossy(order)
-            )));
+            return Err(PthError::Unsupported(format!("byte order '{}'", String::from_utf8_lossy(order))));
         }
     }
     let pkl = &entries[&pkl_name];
@@ -841,19 +695,14 @@ fn read_zip(bytes: &[u8]) -> Result<Vec<StateDict>> {
     build_state_dicts(specs, |id| {
         let name = format!("{prefix}data/{}", id.key);
         entries.get(&name).map(|v| v.as_slice()).ok_or_else(|| {
-            PthError::Corrupt(format!(
-                "storage '{}' is missing from the archive (no entry {name})",
-                id.key
-            ))
+            PthError::Corrupt(format!("storage '{}' is missing from the archive (no entry {name})", id.key))
         })
     })
 }
 
 fn read_zip_entries(bytes: &[u8]) -> Result<HashMap<String, Vec<u8>>> {
     let zip_err = |e: zip::result::ZipError| {
-        PthError::Corrupt(format!(
-            "zip archive could not be read ({e}); the file may be truncated"
-        ))
+        PthError::Corrupt(format!("zip archive could not be read ({e}); the file may be truncated"))
     };
     let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(zip_err)?;
     let mut entries = HashMap::new();
@@ -920,22 +769,14 @@ struct Slot {
 
 impl Slot {
     fn leaf(obj: Object) -> Self {
-        Slot {
-            obj,
-            depth: 1,
-            nodes: 1,
-        }
+        Slot { obj, depth: 1, nodes: 1 }
     }
 
     /// A container holding `children`.
     fn of(children: Vec<Slot>, make: impl FnOnce(Vec<Object>) -> Object) -> Self {
         let depth = 1 + children.iter().map(|s| s.depth).max().unwrap_or(0);
         let nodes = children.iter().fold(1u64, |n, s| n.saturating_add(s.nodes));
-        Slot {
-            obj: make(children.into_iter().map(|s| s.obj).collect()),
-            depth,
-            nodes,
-        }
+        Slot { obj: make(children.into_iter().map(|s| s.obj).collect()), depth, nodes }
     }
 }
 
@@ -991,16 +832,12 @@ impl Machine<'_> {
     }
 
     fn text(&self, b: &[u8]) -> Result<String> {
-        std::str::from_utf8(b)
-            .map(str::to_string)
-            .map_err(|_| self.corrupt("string is not valid UTF-8"))
+        std::str::from_utf8(b).map(str::to_string).map_err(|_| self.corrupt("string is not valid UTF-8"))
     }
 
     fn push(&mut self, slot: Slot) -> Result<()> {
         if slot.depth > MAX_PICKLE_DEPTH {
-            return Err(self.unsupported(format!(
-                "objects nested deeper than {MAX_PICKLE_DEPTH} levels"
-            )));
+            return Err(self.unsupported(format!("objects nested deeper than {MAX_PICKLE_DEPTH} levels")));
         }
         self.count(1)?;
         self.stack.push(slot);
@@ -1010,9 +847,7 @@ impl Machine<'_> {
     fn count(&mut self, nodes: u64) -> Result<()> {
         self.total = self.total.saturating_add(nodes);
         if self.total > MAX_PICKLE_NODES {
-            return Err(self.unsupported(format!(
-                "pickle expands to more than {MAX_PICKLE_NODES} objects"
-            )));
+            return Err(self.unsupported(format!("pickle expands to more than {MAX_PICKLE_NODES} objects")));
         }
         Ok(())
     }
@@ -1021,9 +856,7 @@ impl Machine<'_> {
         if self.marks.last().is_some_and(|&m| m >= self.stack.len()) {
             return Err(self.corrupt("pickle pops across a MARK"));
         }
-        self.stack
-            .pop()
-            .ok_or_else(|| self.corrupt("pickle stack underflow"))
+        self.stack.pop().ok_or_else(|| self.corrupt("pickle stack underflow"))
     }
 
     fn pop_n(&mut self, n: usize) -> Result<Vec<Slot>> {
@@ -1033,10 +866,7 @@ impl Machine<'_> {
     }
 
     fn pop_mark(&mut self) -> Result<Vec<Slot>> {
-        let m = self
-            .marks
-            .pop()
-            .ok_or_else(|| self.corrupt("pickle MARK not found"))?;
+        let m = self.marks.pop().ok_or_else(|| self.corrupt("pickle MARK not found"))?;
         Ok(self.stack.split_off(m))
     }
 
@@ -1046,10 +876,7 @@ impl Machine<'_> {
         }
         match self.stack.last_mut() {
             Some(s) => Ok(s),
-            None => Err(PthError::Corrupt(format!(
-                "{}, byte {}: pickle stack underflow",
-                self.label, self.at
-            ))),
+            None => Err(PthError::Corrupt(format!("{}, byte {}: pickle stack underflow", self.label, self.at))),
         }
     }
 
@@ -1072,44 +899,28 @@ impl Machine<'_> {
                 }
             }
             (other, _) => {
-                return Err(PthError::Corrupt(format!(
-                    "{label}, byte {at}: cannot add items to a {}",
-                    brief(other)
-                )))
+                return Err(PthError::Corrupt(format!("{label}, byte {at}: cannot add items to a {}", brief(other))))
             }
         }
         top.depth = top.depth.max(depth);
         top.nodes = top.nodes.saturating_add(nodes);
         if top.depth > MAX_PICKLE_DEPTH {
-            return Err(self.unsupported(format!(
-                "objects nested deeper than {MAX_PICKLE_DEPTH} levels"
-            )));
+            return Err(self.unsupported(format!("objects nested deeper than {MAX_PICKLE_DEPTH} levels")));
         }
         Ok(())
     }
 
     fn memo_put(&mut self, id: u32) -> Result<()> {
         let top = self.top()?;
-        let copy = Slot {
-            obj: top.obj.clone(),
-            depth: top.depth,
-            nodes: top.nodes,
-        };
+        let copy = Slot { obj: top.obj.clone(), depth: top.depth, nodes: top.nodes };
         self.count(copy.nodes)?;
         self.memo.insert(id, copy);
         Ok(())
     }
 
     fn memo_get(&mut self, id: u32) -> Result<()> {
-        let slot = self
-            .memo
-            .get(&id)
-            .ok_or_else(|| self.corrupt(format!("memo entry {id} used before it is set")))?;
-        let copy = Slot {
-            obj: slot.obj.clone(),
-            depth: slot.depth,
-            nodes: slot.nodes,
-        };
+        let slot = self.memo.get(&id).ok_or_else(|| self.corrupt(format!("memo entry {id} used before it is set")))?;
+        let copy = Slot { obj: slot.obj.clone(), depth: slot.depth, nodes: slot.nodes };
         self.count(copy.nodes)?;
         self.push(copy)
     }
@@ -1132,10 +943,7 @@ impl Machine<'_> {
                 b'c' => {
                     let module_name = self.line()?;
                     let class_name = self.line()?;
-                    self.push(Slot::leaf(Object::Class {
-                        module_name,
-                        class_name,
-                    }))?;
+                    self.push(Slot::leaf(Object::Class { module_name, class_name }))?;
                 }
                 // STACK_GLOBAL (protocol 4)
                 0x93 => {
@@ -1146,10 +954,7 @@ impl Machine<'_> {
                     });
                     match (names.next().flatten(), names.next().flatten()) {
                         (Some(module_name), Some(class_name)) => {
-                            self.push(Slot::leaf(Object::Class {
-                                module_name,
-                                class_name,
-                            }))?
+                            self.push(Slot::leaf(Object::Class { module_name, class_name }))?
                         }
                         _ => return Err(self.corrupt("STACK_GLOBAL needs two strings")),
                     }
@@ -1216,11 +1021,7 @@ impl Machine<'_> {
                 }
                 b'2' => {
                     let top = self.top()?;
-                    let copy = Slot {
-                        obj: top.obj.clone(),
-                        depth: top.depth,
-                        nodes: top.nodes,
-                    };
+                    let copy = Slot { obj: top.obj.clone(), depth: top.depth, nodes: top.nodes };
                     self.count(copy.nodes)?;
                     self.push(copy)?;
                 }
@@ -1268,10 +1069,7 @@ impl Machine<'_> {
                         Slot::of(v, |mut o| {
                             let args = o.pop().unwrap_or(Object::None);
                             let callable = o.pop().unwrap_or(Object::None);
-                            Object::Reduce {
-                                callable: Box::new(callable),
-                                args: Box::new(args),
-                            }
+                            Object::Reduce { callable: Box::new(callable), args: Box::new(args) }
                         })
                     };
                     self.push(s)?;
@@ -1287,10 +1085,7 @@ impl Machine<'_> {
                                 d.append(&mut s);
                                 Object::Dict(d)
                             }
-                            (obj, state) => Object::Build {
-                                callable: Box::new(obj),
-                                args: Box::new(state),
-                            },
+                            (obj, state) => Object::Build { callable: Box::new(obj), args: Box::new(state) },
                         }
                     });
                     self.push(s)?;
@@ -1330,8 +1125,7 @@ impl Machine<'_> {
                     self.memo_put(id)?;
                 }
                 0x94 => {
-                    let id = u32::try_from(self.memo.len())
-                        .map_err(|_| self.corrupt("memo overflow"))?;
+                    let id = u32::try_from(self.memo.len()).map_err(|_| self.corrupt("memo overflow"))?;
                     self.memo_put(id)?;
                 }
                 // STOP
@@ -1360,11 +1154,7 @@ impl Machine<'_> {
                 | 0x82..=0x84
                 | 0x8b
                 | 0x8e..=0x92
-                | 0x96..=0x98 => {
-                    return Err(
-                        self.unsupported(format!("pickle opcode 0x{op:02x} is not supported"))
-                    )
-                }
+                | 0x96..=0x98 => return Err(self.unsupported(format!("pickle opcode 0x{op:02x} is not supported"))),
                 _ => return Err(self.corrupt(format!("invalid pickle opcode 0x{op:02x}"))),
             }
         }

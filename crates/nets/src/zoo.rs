@@ -5,9 +5,21 @@ use crate::{NetError, Result};
 
 /// Names [`by_name`] knows (parametrised ones shown with their parameters).
 pub const NAMES: &[&str] = &[
-    "mnist-small", "fashion-mnist", "mnist-large", "mnist-mlp", "mnist-wide-K", "mnist-deep-K",
-    "har-500", "har-500-250", "har-500-250-100", "har-resnet", "svhn-small", "cifar-small",
-    "cifar-large", "cifar-resnet", "cifar-resnet-N-F",
+    "mnist-small",
+    "fashion-mnist",
+    "mnist-large",
+    "mnist-mlp",
+    "mnist-wide-K",
+    "mnist-deep-K",
+    "har-500",
+    "har-500-250",
+    "har-500-250-100",
+    "har-resnet",
+    "svhn-small",
+    "cifar-small",
+    "cifar-large",
+    "cifar-resnet",
+    "cifar-resnet-N-F",
 ];
 
 /// Paper 1's small convnet: Conv(c→16,k4,s2,p1) ReLU Conv(16→32,k4,s2,p1) ReLU Flatten
@@ -17,7 +29,16 @@ pub fn small_conv(name: &str, channels: usize, side: usize) -> NetworkSpec {
     NetworkSpec::sequential(
         name,
         &[channels, side, side],
-        vec![conv(channels, 16, 4, 2, 1), relu(), conv(16, 32, 4, 2, 1), relu(), flatten(), linear(32 * q * q, 100), relu(), linear(100, 10)],
+        vec![
+            conv(channels, 16, 4, 2, 1),
+            relu(),
+            conv(16, 32, 4, 2, 1),
+            relu(),
+            flatten(),
+            linear(32 * q * q, 100),
+            relu(),
+            linear(100, 10),
+        ],
     )
 }
 
@@ -28,8 +49,20 @@ pub fn large_conv(name: &str, channels: usize, side: usize) -> NetworkSpec {
         name,
         &[channels, side, side],
         vec![
-            conv(channels, 32, 3, 1, 1), relu(), conv(32, 32, 4, 2, 1), relu(), conv(32, 64, 3, 1, 1), relu(),
-            conv(64, 64, 4, 2, 1), relu(), flatten(), linear(64 * q * q, 512), relu(), linear(512, 512), relu(), linear(512, 10),
+            conv(channels, 32, 3, 1, 1),
+            relu(),
+            conv(32, 32, 4, 2, 1),
+            relu(),
+            conv(32, 64, 3, 1, 1),
+            relu(),
+            conv(64, 64, 4, 2, 1),
+            relu(),
+            flatten(),
+            linear(64 * q * q, 512),
+            relu(),
+            linear(512, 512),
+            relu(),
+            linear(512, 10),
         ],
     )
 }
@@ -40,7 +73,16 @@ pub fn mnist_wide(k: usize) -> NetworkSpec {
     NetworkSpec::sequential(
         &format!("mnist-wide-{k}"),
         &[1, 28, 28],
-        vec![conv(1, 4 * k, 4, 2, 1), relu(), conv(4 * k, 8 * k, 4, 2, 1), relu(), flatten(), linear(8 * k * 49, 128 * k), relu(), linear(128 * k, 10)],
+        vec![
+            conv(1, 4 * k, 4, 2, 1),
+            relu(),
+            conv(4 * k, 8 * k, 4, 2, 1),
+            relu(),
+            flatten(),
+            linear(8 * k * 49, 128 * k),
+            relu(),
+            linear(128 * k, 10),
+        ],
     )
 }
 
@@ -83,7 +125,11 @@ pub fn har_resnet() -> NetworkSpec {
 }
 
 fn cifar_block(l: &mut Vec<LayerSpec>, cin: usize, cout: usize, down: bool) {
-    let (a, skip) = if down { (conv(cin, cout, 4, 2, 1), conv(cin, cout, 2, 2, 0)) } else { (conv(cin, cout, 3, 1, 1), conv(cin, cout, 1, 1, 0)) };
+    let (a, skip) = if down {
+        (conv(cin, cout, 4, 2, 1), conv(cin, cout, 2, 2, 0))
+    } else {
+        (conv(cin, cout, 3, 1, 1), conv(cin, cout, 1, 1, 0))
+    };
     l.push(dense(vec![Some(a)]));
     l.push(relu());
     l.push(dense(vec![Some(skip), None, Some(conv(cout, cout, 3, 1, 1))]));

@@ -7,7 +7,11 @@ use dual_layers::InfBall;
 use nets::{no_grad, spec::build::*, Network, NetworkSpec};
 
 fn net() -> Network {
-    let spec = NetworkSpec::sequential("g", &[1, 6, 6], vec![conv(1, 3, 3, 2, 1), relu(), flatten(), linear(27, 8), relu(), linear(8, 3)]);
+    let spec = NetworkSpec::sequential(
+        "g",
+        &[1, 6, 6],
+        vec![conv(1, 3, 3, 2, 1), relu(), flatten(), linear(27, 8), relu(), linear(8, 3)],
+    );
     Network::init(&spec, 4, DType::F64, &Device::Cpu).unwrap()
 }
 

@@ -111,15 +111,22 @@ fn check(net: &Network, seed: u64, eps: f64, entries: usize) {
                 assert!(g.is_some(), "{}: {name} has no gradient", spec.name);
             }
             let n = var.as_tensor().elem_count();
-            let picks: Vec<usize> = if n <= entries { (0..n).collect() } else { (0..entries).map(|_| rng.random_range(0..n)).collect() };
+            let picks: Vec<usize> =
+                if n <= entries { (0..n).collect() } else { (0..entries).map(|_| rng.random_range(0..n)).collect() };
             for idx in picks {
-                let plus = Network::from_state_dict(&spec, &with_entry(&sd, &name, idx, STEP), DType::F64, &dev()).unwrap();
-                let minus = Network::from_state_dict(&spec, &with_entry(&sd, &name, idx, -STEP), DType::F64, &dev()).unwrap();
+                let plus =
+                    Network::from_state_dict(&spec, &with_entry(&sd, &name, idx, STEP), DType::F64, &dev()).unwrap();
+                let minus =
+                    Network::from_state_dict(&spec, &with_entry(&sd, &name, idx, -STEP), DType::F64, &dev()).unwrap();
                 let fd = (loss_of(&plus, &x, &y, set, eps) - loss_of(&minus, &x, &y, set, eps)) / (2.0 * STEP);
                 let an = g.as_ref().map(|g| g[idx]).unwrap_or(0.0);
                 let err = (fd - an).abs();
                 let tol = RTOL * fd.abs().max(an.abs()) + ATOL;
-                assert!(err <= tol, "{} {set:?}: d loss / d {name}[{idx}]: autograd {an:e}, finite difference {fd:e}", spec.name);
+                assert!(
+                    err <= tol,
+                    "{} {set:?}: d loss / d {name}[{idx}]: autograd {an:e}, finite difference {fd:e}",
+                    spec.name
+                );
                 worst = worst.max(err / tol);
                 checked += 1;
                 sizable += (an.abs() > 1e-4) as usize;
@@ -151,14 +158,14 @@ fn dense_sequential() {
         "resnet",
         &[1, 6, 6],
         vec![
-            conv(1, 3, 3, 1, 1),                                                         // 1
-            relu(),                                                                      // 2
-            dense(vec![Some(conv(3, 3, 3, 1, 1))]),                                      // 3
-            relu(),                                                                      // 4
-            dense(vec![Some(LayerSpec::Identity), None, Some(conv(3, 3, 3, 1, 1))]),     // 5: reads 2, 3, 4
-            relu(),                                                                      // 6
+            conv(1, 3, 3, 1, 1),                                                                       // 1
+            relu(),                                                                                    // 2
+            dense(vec![Some(conv(3, 3, 3, 1, 1))]),                                                    // 3
+            relu(),                                                                                    // 4
+            dense(vec![Some(LayerSpec::Identity), None, Some(conv(3, 3, 3, 1, 1))]), // 5: reads 2, 3, 4
+            relu(),                                                                  // 6
             dense(vec![Some(conv(3, 4, 2, 2, 0)), None, None, None, None, Some(conv(3, 4, 4, 2, 1))]), // 7: reads 1..6
-            relu(),                                                                      // 8
+            relu(),                                                                  // 8
             flatten(),
             linear(36, 4),
         ],

@@ -37,10 +37,7 @@ fn fashion_mnist_legacy_checkpoint_matches_reference_weights() {
     let dicts = read_pth(&path).unwrap();
     assert_eq!(dicts.len(), 1);
     let sd = &dicts[0];
-    assert_eq!(
-        sd.names(),
-        ["0.weight", "0.bias", "2.weight", "2.bias", "5.weight", "5.bias", "7.weight", "7.bias"]
-    );
+    assert_eq!(sd.names(), ["0.weight", "0.bias", "2.weight", "2.bias", "5.weight", "5.bias", "7.weight", "7.bias"]);
     let shapes: [(&str, &[usize]); 8] = [
         ("0.weight", &[16, 1, 4, 4]),
         ("0.bias", &[16]),
@@ -56,9 +53,7 @@ fn fashion_mnist_legacy_checkpoint_matches_reference_weights() {
         assert_eq!(t.dims(), shape, "{name}");
         assert_eq!(t.dtype(), DType::F32, "{name}");
         assert!(t.device().is_cpu());
-        let Some(npy) = shared(&format!(
-            "reference/fashion_mnist_eps0.1/weights/{name}.npy"
-        )) else {
+        let Some(npy) = shared(&format!("reference/fashion_mnist_eps0.1/weights/{name}.npy")) else {
             continue;
         };
         let reference = Tensor::read_npy(&npy).unwrap();
@@ -110,9 +105,7 @@ fn tiny_resnet_zip_checkpoint_loads() {
     let names: Vec<&str> = shapes.iter().map(|(n, _)| *n).collect();
     assert_eq!(sd.names(), names);
     for (name, shape) in shapes {
-        let t = sd
-            .get(name)
-            .unwrap_or_else(|| panic!("{name} missing: {:?}", sd.names()));
+        let t = sd.get(name).unwrap_or_else(|| panic!("{name} missing: {:?}", sd.names()));
         assert_eq!(t.dims(), shape, "{name}");
         assert_eq!(t.dtype(), DType::F32);
         let v = flat_f32(t);
@@ -160,25 +153,15 @@ impl Pickle {
     /// `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, False, OrderedDict())`.
     fn tensor(&mut self, t: &Spec) -> &mut Self {
         self.global("torch._utils", "_rebuild_tensor_v2").op(b'(');
-        self.op(b'(')
-            .str("storage")
-            .global("torch", t.class)
-            .str(t.key)
-            .str("cpu");
+        self.op(b'(').str("storage").global("torch", t.class).str(t.key).str("cpu");
         self.int(t.numel as i32).op(b'N').op(b't').op(b'Q');
         self.int(t.offset as i32).ints(&t.size).ints(&t.stride);
-        self.op(0x89)
-            .global("collections", "OrderedDict")
-            .op(b')')
-            .op(b'R');
+        self.op(0x89).global("collections", "OrderedDict").op(b')').op(b'R');
         self.op(b't').op(b'R')
     }
     /// An `OrderedDict` of tensors.
     fn state_dict(&mut self, tensors: &[Spec]) -> &mut Self {
-        self.global("collections", "OrderedDict")
-            .op(b')')
-            .op(b'R')
-            .op(b'(');
+        self.global("collections", "OrderedDict").op(b')').op(b'R').op(b'(');
         for t in tensors {
             self.str(t.name).tensor(t);
         }
@@ -209,15 +192,7 @@ fn spec(
     size: &[usize],
     stride: &[usize],
 ) -> Spec {
-    Spec {
-        name,
-        class,
-        key,
-        numel,
-        offset,
-        size: size.to_vec(),
-        stride: stride.to_vec(),
-    }
+    Spec { name, class, key, numel, offset, size: size.to_vec(), stride: stride.to_vec() }
 }
 
 /// A legacy-format file: magic, protocol, system info, `object`, key list, storages.
@@ -227,15 +202,7 @@ fn legacy_file(object: &[u8], storages: &[(&str, usize, Vec<u8>)]) -> Vec<u8> {
     f.push(b'.');
     f.extend(Pickle::new().op(b'M').op(0xe9).op(0x03).done());
     f.extend(
-        Pickle::new()
-            .op(b'}')
-            .op(b'(')
-            .str("protocol_version")
-            .int(1001)
-            .str("little_endian")
-            .op(0x88)
-            .op(b'u')
-            .done(),
+        Pickle::new().op(b'}').op(b'(').str("protocol_version").int(1001).str("little_endian").op(0x88).op(b'u').done(),
     );
     f.extend(object);
     let mut keys = Pickle::new();
@@ -254,8 +221,7 @@ fn legacy_file(object: &[u8], storages: &[(&str, usize, Vec<u8>)]) -> Vec<u8> {
 /// A zip-format file with the same content.
 fn zip_file(object: &[u8], storages: &[(&str, usize, Vec<u8>)]) -> Vec<u8> {
     let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let opts =
-        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     w.start_file("archive/data.pkl", opts).unwrap();
     w.write_all(object).unwrap();
     w.start_file("archive/byteorder", opts).unwrap();
@@ -293,11 +259,7 @@ fn stage1() -> Vec<Spec> {
 fn storages() -> Vec<(&'static str, usize, Vec<u8>)> {
     vec![
         ("k3", 3, le(&[0x3C00u16, 0x4000, 0xB800], u16::to_le_bytes)),
-        (
-            "k0",
-            6,
-            le(&[0.0f32, 1.0, 2.0, 3.0, 4.0, 5.0], f32::to_le_bytes),
-        ),
+        ("k0", 6, le(&[0.0f32, 1.0, 2.0, 3.0, 4.0, 5.0], f32::to_le_bytes)),
         ("k1", 3, le(&[1.5f64, -2.25, 3.0], f64::to_le_bytes)),
         ("k2", 1, le(&[7i64], i64::to_le_bytes)),
         ("k4", 4, vec![1u8, 0, 1, 1]),
@@ -307,13 +269,7 @@ fn storages() -> Vec<(&'static str, usize, Vec<u8>)> {
 /// `{'epoch': 3, <key>: [stage0, stage1]}`.
 fn cascade_object(key: &str) -> Vec<u8> {
     let mut p = Pickle::new();
-    p.op(b'}')
-        .op(b'(')
-        .str("epoch")
-        .int(3)
-        .str(key)
-        .op(b']')
-        .op(b'(');
+    p.op(b'}').op(b'(').str("epoch").int(3).str(key).op(b']').op(b'(');
     p.state_dict(&stage0()).state_dict(&stage1());
     p.op(b'e').op(b'u').done()
 }
@@ -321,27 +277,15 @@ fn cascade_object(key: &str) -> Vec<u8> {
 fn check_cascade(dicts: &[StateDict]) {
     assert_eq!(dicts.len(), 2);
     assert_eq!(dicts[0].names(), ["0.weight", "0.bias", "0.t"]);
-    assert_eq!(
-        dicts[1].names(),
-        ["1.weight", "1.steps", "1.half", "1.mask"]
-    );
+    assert_eq!(dicts[1].names(), ["1.weight", "1.steps", "1.half", "1.mask"]);
     let s0 = &dicts[0];
     let w = s0.get("0.weight").unwrap();
     assert_eq!(w.dims(), &[2, 3]);
-    assert_eq!(
-        w.to_vec2::<f32>().unwrap(),
-        [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
-    );
-    assert_eq!(
-        s0.get("0.bias").unwrap().to_vec1::<f32>().unwrap(),
-        [4.0, 5.0]
-    );
+    assert_eq!(w.to_vec2::<f32>().unwrap(), [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]);
+    assert_eq!(s0.get("0.bias").unwrap().to_vec1::<f32>().unwrap(), [4.0, 5.0]);
     let t = s0.get("0.t").unwrap();
     assert!(t.is_contiguous());
-    assert_eq!(
-        t.to_vec2::<f32>().unwrap(),
-        [[0.0, 3.0], [1.0, 4.0], [2.0, 5.0]]
-    );
+    assert_eq!(t.to_vec2::<f32>().unwrap(), [[0.0, 3.0], [1.0, 4.0], [2.0, 5.0]]);
     let s1 = &dicts[1];
     let w = s1.get("1.weight").unwrap();
     assert_eq!(w.dtype(), DType::F64);
@@ -377,18 +321,9 @@ fn zip_cascade_gives_one_state_dict_per_stage() {
 fn nested_single_and_plain_state_dicts() {
     // {'state_dict': stage0}
     let mut p = Pickle::new();
-    p.op(b'}')
-        .op(b'(')
-        .str("state_dict")
-        .state_dict(&stage0())
-        .op(b'u');
+    p.op(b'}').op(b'(').str("state_dict").state_dict(&stage0()).op(b'u');
     // (A legacy file lists exactly the storages its object references.)
-    let only = |keys: &[&str]| -> Vec<_> {
-        storages()
-            .into_iter()
-            .filter(|(k, _, _)| keys.contains(k))
-            .collect()
-    };
+    let only = |keys: &[&str]| -> Vec<_> { storages().into_iter().filter(|(k, _, _)| keys.contains(k)).collect() };
     let dicts = read_pth_bytes(&legacy_file(&p.done(), &only(&["k0"]))).unwrap();
     assert_eq!(dicts.len(), 1);
     assert_eq!(dicts[0].names(), ["0.weight", "0.bias", "0.t"]);
@@ -398,10 +333,7 @@ fn nested_single_and_plain_state_dicts() {
     for file in [legacy_file(&object, &st), zip_file(&object, &st)] {
         let dicts = read_pth_bytes(&file).unwrap();
         assert_eq!(dicts.len(), 1);
-        assert_eq!(
-            dicts[0].names(),
-            ["1.weight", "1.steps", "1.half", "1.mask"]
-        );
+        assert_eq!(dicts[0].names(), ["1.weight", "1.steps", "1.half", "1.mask"]);
     }
 }
 
@@ -418,25 +350,14 @@ fn storage_too_short_is_an_error() {
     }
     // An offset past the end, and a stride past the end.
     for (offset, size, stride) in [(6, vec![1], vec![1]), (0, vec![2, 2], vec![5, 1])] {
-        let specs = [Spec {
-            offset,
-            size,
-            stride,
-            ..spec("w", "FloatStorage", "k0", 6, 0, &[], &[])
-        }];
+        let specs = [Spec { offset, size, stride, ..spec("w", "FloatStorage", "k0", 6, 0, &[], &[]) }];
         let object = Pickle::new().state_dict(&specs).done();
-        assert!(matches!(
-            read_pth_bytes(&legacy_file(&object, &st)),
-            Err(PthError::Corrupt(_))
-        ));
+        assert!(matches!(read_pth_bytes(&legacy_file(&object, &st)), Err(PthError::Corrupt(_))));
     }
     // A file cut inside its last storage: truncated.
     let mut file = legacy_file(&object, &[("k0", 6, le(&[0f32; 6], f32::to_le_bytes))]);
     file.truncate(file.len() - 4);
-    assert!(matches!(
-        read_pth_bytes(&file),
-        Err(PthError::Truncated { .. })
-    ));
+    assert!(matches!(read_pth_bytes(&file), Err(PthError::Truncated { .. })));
 }
 
 #[test]
@@ -448,54 +369,26 @@ fn hostile_pickles_are_errors() {
         p.op(0x85);
     }
     let file = legacy_file(&p.done(), &[]);
-    assert!(matches!(
-        read_pth_bytes(&file),
-        Err(PthError::Unsupported(_))
-    ));
+    assert!(matches!(read_pth_bytes(&file), Err(PthError::Unsupported(_))));
     // A memo "billion laughs": each step doubles the object.
     let mut p = Pickle::new();
     p.op(b'N').op(b'q').op(0);
     for _ in 0..64 {
-        p.op(b'(')
-            .op(b'h')
-            .op(0)
-            .op(b'h')
-            .op(0)
-            .op(b't')
-            .op(b'q')
-            .op(0);
+        p.op(b'(').op(b'h').op(0).op(b'h').op(0).op(b't').op(b'q').op(0);
     }
     let file = legacy_file(&p.done(), &[]);
-    assert!(matches!(
-        read_pth_bytes(&file),
-        Err(PthError::Unsupported(_))
-    ));
+    assert!(matches!(read_pth_bytes(&file), Err(PthError::Unsupported(_))));
     // Not a dict; a dict without tensors; a LONG1 wider than 8 bytes.
     for object in [
         Pickle::new().int(5).done(),
         Pickle::new().op(b'}').str("epoch").int(3).op(b's').done(),
-        Pickle::new()
-            .op(0x8a)
-            .op(9)
-            .op(1)
-            .op(2)
-            .op(3)
-            .op(4)
-            .op(5)
-            .op(6)
-            .op(7)
-            .op(8)
-            .op(9)
-            .done(),
+        Pickle::new().op(0x8a).op(9).op(1).op(2).op(3).op(4).op(5).op(6).op(7).op(8).op(9).done(),
     ] {
         let err = read_pth_bytes(&legacy_file(&object, &[])).unwrap_err();
         assert!(matches!(err, PthError::Unsupported(_)), "{err}");
     }
     // Stack underflow, a memo read before any write.
-    for object in [
-        Pickle::new().op(b't').done(),
-        Pickle::new().op(b'h').op(7).done(),
-    ] {
+    for object in [Pickle::new().op(b't').done(), Pickle::new().op(b'h').op(7).done()] {
         let err = read_pth_bytes(&legacy_file(&object, &[])).unwrap_err();
         assert!(matches!(err, PthError::Corrupt(_)), "{err}");
     }
@@ -512,9 +405,7 @@ fn every_truncation_of_a_legacy_checkpoint_is_reported_as_truncated() {
     let bytes = std::fs::read(path).unwrap();
     // Every length through the pickles (the first storage starts at byte 1008), then a sweep
     // through the storages, then the last few bytes.
-    let lengths = (0..1100)
-        .chain((1100..bytes.len()).step_by(997))
-        .chain(bytes.len() - 9..bytes.len());
+    let lengths = (0..1100).chain((1100..bytes.len()).step_by(997)).chain(bytes.len() - 9..bytes.len());
     for len in lengths {
         match read_pth_bytes(&bytes[..len]) {
             Err(PthError::Truncated { .. }) => {}
@@ -530,9 +421,7 @@ fn truncated_zip_checkpoints_are_errors() {
         return;
     };
     let bytes = std::fs::read(path).unwrap();
-    let lengths = (0..300)
-        .chain((300..bytes.len()).step_by(499))
-        .chain(bytes.len() - 30..bytes.len());
+    let lengths = (0..300).chain((300..bytes.len()).step_by(499)).chain(bytes.len() - 30..bytes.len());
     for len in lengths {
         assert!(read_pth_bytes(&bytes[..len]).is_err(), "length {len}");
     }
@@ -594,10 +483,7 @@ fn random_bytes_are_errors() {
             if prefix.is_empty() && b.first() == Some(&b'P') {
                 continue;
             }
-            assert!(
-                read_pth_bytes(&b).is_err(),
-                "prefix {prefix:?}, trial {trial}"
-            );
+            assert!(read_pth_bytes(&b).is_err(), "prefix {prefix:?}, trial {trial}");
         }
     }
 }

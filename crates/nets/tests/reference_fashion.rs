@@ -9,11 +9,19 @@ use dual_core::{robust_bounds, robust_loss, DualOptions, DualSource};
 use dual_layers::{Epsilon, InfBall, InfBallBounded, L2Ball};
 
 fn tol(dtype: DType) -> f64 {
-    if dtype == DType::F64 { 1e-8 } else { 1e-4 }
+    if dtype == DType::F64 {
+        1e-8
+    } else {
+        1e-4
+    }
 }
 
 fn suffix(dtype: DType) -> &'static str {
-    if dtype == DType::F64 { "_fp64" } else { "" }
+    if dtype == DType::F64 {
+        "_fp64"
+    } else {
+        ""
+    }
 }
 
 fn input(x: &Tensor, bounded: bool, eps: Epsilon) -> Box<dyn DualSource> {
@@ -125,7 +133,16 @@ fn robust_loss_and_gradients() {
             for (name, var) in net.params() {
                 let g = grads.get(var.as_tensor()).expect("every parameter gets a gradient");
                 let want = npy(&dir, &format!("robust_loss/grad_{name}_bounded{b}{sfx}.npy"));
-                let scale = want.abs().unwrap().max_all().unwrap().to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap().max(1.0);
+                let scale = want
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap()
+                    .max(1.0);
                 let d = max_abs_diff(g, &want);
                 assert!(d < tol(dtype) * scale, "gradient of {name} differs by {d:e} ({dtype:?}, bounded {bounded})");
             }

@@ -210,7 +210,13 @@ impl Ball {
                 let (lo, hi) = self.bounds(x, b);
                 for j in 0..k {
                     let a = 2.5 * self.r(b, j, k) / steps as f64;
-                    let s = if g[j] > 0.0 { 1.0 } else if g[j] < 0.0 { -1.0 } else { 0.0 };
+                    let s = if g[j] > 0.0 {
+                        1.0
+                    } else if g[j] < 0.0 {
+                        -1.0
+                    } else {
+                        0.0
+                    };
                     p[j] = (p[j] - a * s).clamp(lo[j], hi[j]);
                 }
             }
@@ -330,7 +336,10 @@ impl<'a> Problem<'a> {
                 let c = &self.c[(b * self.nc + r) * self.nout..(b * self.nc + r + 1) * self.nout];
                 let v: f64 = c.iter().zip(&f[i * self.nout..(i + 1) * self.nout]).map(|(a, b)| a * b).sum();
                 let j = self.j[b * self.nc + r];
-                assert!(v >= j - TOL * (1.0 + j.abs()), "{what}: example {b}, objective {r}: J(c) = {j} > cᵀf(x') = {v}");
+                assert!(
+                    v >= j - TOL * (1.0 + j.abs()),
+                    "{what}: example {b}, objective {r}: J(c) = {j} > cᵀf(x') = {v}"
+                );
                 if c.iter().any(|&a| a != 0.0) {
                     slack = slack.min(v - j);
                 }
@@ -457,7 +466,16 @@ fn conv_spec() -> NetworkSpec {
     NetworkSpec::sequential(
         "conv",
         &[1, 8, 8],
-        vec![conv(1, 4, 3, 1, 1), relu(), conv(4, 8, 4, 2, 1), relu(), flatten(), linear(128, 20), relu(), linear(20, 5)],
+        vec![
+            conv(1, 4, 3, 1, 1),
+            relu(),
+            conv(4, 8, 4, 2, 1),
+            relu(),
+            flatten(),
+            linear(128, 20),
+            relu(),
+            linear(20, 5),
+        ],
     )
 }
 
@@ -468,16 +486,16 @@ fn resnet_spec() -> NetworkSpec {
         "resnet",
         &[2, 6, 6],
         vec![
-            dense(vec![None, Some(conv(2, 4, 3, 1, 1))]), // 1
-            relu(),                                       // 2
-            dense(vec![Some(conv(4, 4, 3, 1, 1))]),       // 3
-            relu(),                                       // 4
+            dense(vec![None, Some(conv(2, 4, 3, 1, 1))]),                            // 1
+            relu(),                                                                  // 2
+            dense(vec![Some(conv(4, 4, 3, 1, 1))]),                                  // 3
+            relu(),                                                                  // 4
             dense(vec![Some(LayerSpec::Identity), None, Some(conv(4, 4, 3, 1, 1))]), // 5: reads 2, 3, 4
-            relu(),                                       // 6
-            dense(vec![Some(conv(4, 6, 4, 2, 1))]),       // 7
-            relu(),                                       // 8
+            relu(),                                                                  // 6
+            dense(vec![Some(conv(4, 6, 4, 2, 1))]),                                  // 7
+            relu(),                                                                  // 8
             dense(vec![Some(conv(4, 6, 2, 2, 0)), None, Some(conv(6, 6, 3, 1, 1))]), // 9: reads 6, 7, 8
-            relu(),                                       // 10
+            relu(),                                                                  // 10
             flatten(),
             linear(54, 12),
             relu(),
@@ -492,12 +510,12 @@ fn dense_mlp_spec() -> NetworkSpec {
         "dense-mlp",
         &[6],
         vec![
-            linear(6, 12),                                                          // 1
-            relu(),                                                                 // 2
-            dense(vec![Some(linear(6, 12)), None, Some(linear(12, 12))]),           // 3: reads 0, 1, 2
-            relu(),                                                                 // 4
-            dense(vec![Some(LayerSpec::Identity), None, Some(linear(12, 12))]),     // 5: reads 2, 3, 4
-            relu(),                                                                 // 6
+            linear(6, 12),                                                                      // 1
+            relu(),                                                                             // 2
+            dense(vec![Some(linear(6, 12)), None, Some(linear(12, 12))]),                       // 3: reads 0, 1, 2
+            relu(),                                                                             // 4
+            dense(vec![Some(LayerSpec::Identity), None, Some(linear(12, 12))]),                 // 5: reads 2, 3, 4
+            relu(),                                                                             // 6
             dense(vec![Some(linear(6, 4)), None, None, None, None, None, Some(linear(12, 4))]), // 7: reads 0..6
         ],
     )
@@ -625,7 +643,8 @@ fn balls(x: &Tensor, eps: f64, rng: &mut StdRng) -> Vec<Ball> {
     let l2 = eps * (k as f64).sqrt() * 0.7;
     let per_ex = uniform(rng, b, 0.5 * eps, 1.5 * eps);
     // Per feature, with some features fixed (radius 0).
-    let per_feat: Vec<f64> = (0..n).map(|_| if rng.random_bool(0.15) { 0.0 } else { rng.random_range(0.2 * eps..2.0 * eps) }).collect();
+    let per_feat: Vec<f64> =
+        (0..n).map(|_| if rng.random_bool(0.15) { 0.0 } else { rng.random_range(0.2 * eps..2.0 * eps) }).collect();
     vec![
         Ball::new(Norm::Inf, Radius::Scalar(eps)),
         Ball::new(Norm::InfUnitBox, Radius::Scalar(eps * 2.0)),
@@ -782,7 +801,8 @@ fn the_checks_catch_bounds_of_a_smaller_ball() {
         let dual = net.dual(&x, small.source(&x), &DualOptions::default()).unwrap();
         let p = Problem::from_dual(&dual, &net, &x, Ball::new(norm, Radius::Scalar(eps)), &c);
         let samples = p.samples(150, &mut rng);
-        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p.check(&samples, "samples, smaller ball")));
+        let caught =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p.check(&samples, "samples, smaller ball")));
         assert!(caught.is_err(), "{norm:?}: the samples did not catch a bound for a smaller ball");
         let targets = p.targets(3, &mut rng);
         let pts = p.attack(&targets, 50, &mut rng);
@@ -816,7 +836,13 @@ fn memory_budget_gives_the_same_bounds() {
             for &budget in budgets {
                 let opts = DualOptions { memory_budget: Some(budget), ..Default::default() };
                 let chunked = net.dual(&x, ball.source(&x), &opts).unwrap();
-                assert_same_dual(&full, &chunked, &c, 1e-10, &format!("{} {:?} budget {budget}", net.spec().name, ball.norm));
+                assert_same_dual(
+                    &full,
+                    &chunked,
+                    &c,
+                    1e-10,
+                    &format!("{} {:?} budget {budget}", net.spec().name, ball.norm),
+                );
             }
         }
     }
@@ -843,10 +869,16 @@ fn forward_and_backward_forms_give_the_same_bounds() {
             let columns = net.dual(&x, ball.source(&x), &opts(BoundForm::Columns, None)).unwrap();
             assert!(columns.unstable_counts().iter().flatten().sum::<usize>() > 0, "{what}");
             assert!(columns.forms_used().iter().all(|f| f.backward == 0), "{what}: {:?}", columns.forms_used());
-            for (form, budget) in [(BoundForm::Backward, None), (BoundForm::Backward, Some(5_000)), (BoundForm::Auto, None)] {
+            for (form, budget) in
+                [(BoundForm::Backward, None), (BoundForm::Backward, Some(5_000)), (BoundForm::Auto, None)]
+            {
                 let other = net.dual(&x, ball.source(&x), &opts(form, budget)).unwrap();
                 if form == BoundForm::Backward {
-                    assert!(other.forms_used().iter().all(|f| f.forward == 0 && f.backward > 0), "{what}: {:?}", other.forms_used());
+                    assert!(
+                        other.forms_used().iter().all(|f| f.forward == 0 && f.backward > 0),
+                        "{what}: {:?}",
+                        other.forms_used()
+                    );
                 }
                 assert_same_dual(&columns, &other, &c, 1e-10, &format!("{what} {form:?} budget {budget:?}"));
             }
@@ -903,7 +935,11 @@ fn zero_radius_gives_the_network_itself() {
                 let z = flat(&outs[lb.layer - 1]);
                 for (which, t) in [("lower", &lb.lower), ("upper", &lb.upper)] {
                     for (a, b) in flat(t).iter().zip(&z) {
-                        assert!((a - b).abs() <= 1e-9 * (1.0 + b.abs()), "{what}: layer {} {which} bound {a} vs ẑ {b}", lb.layer);
+                        assert!(
+                            (a - b).abs() <= 1e-9 * (1.0 + b.abs()),
+                            "{what}: layer {} {which} bound {a} vs ẑ {b}",
+                            lb.layer
+                        );
                     }
                 }
             }
@@ -937,7 +973,10 @@ fn fold_batchnorm(net: &Network) -> Network {
         let l = &spec.layers[i];
         let k = layers.len();
         match (l, spec.layers.get(i + 1)) {
-            (LayerSpec::Conv2d { out_channels, .. }, Some(LayerSpec::BatchNorm2d { eps, mode: BatchNormMode::Eval, .. })) => {
+            (
+                LayerSpec::Conv2d { out_channels, .. },
+                Some(LayerSpec::BatchNorm2d { eps, mode: BatchNormMode::Eval, .. }),
+            ) => {
                 let co = *out_channels;
                 let w = get(format!("{i}.weight"));
                 let b = get(format!("{i}.bias"));
@@ -992,7 +1031,13 @@ fn eval_batchnorm_equals_folded_convolution() {
             for (la, lb) in a.bounds().iter().zip(b.bounds()) {
                 for (ta, tb) in [(&la.lower, &lb.lower), (&la.upper, &lb.upper)] {
                     let d = max_diff(ta, tb);
-                    assert!(d < 1e-9, "seed {seed} {:?}: ReLU at layer {} vs {}: bounds differ by {d:e}", ball.norm, la.layer, lb.layer);
+                    assert!(
+                        d < 1e-9,
+                        "seed {seed} {:?}: ReLU at layer {} vs {}: bounds differ by {d:e}",
+                        ball.norm,
+                        la.layer,
+                        lb.layer
+                    );
                 }
             }
             let d = max_diff(&a.objective(&c).unwrap(), &b.objective(&c).unwrap());
@@ -1023,9 +1068,17 @@ fn two_input_net_grid_search() {
                 // A box that clips the ball on one side.
                 let b = InfBallBounded::new(&x, eps, x0[0].min(x0[1]) - 0.2, 1.0).unwrap();
                 let l = x0[0].min(x0[1]) - 0.2;
-                (Box::new(b), x0.iter().map(|v| (v - eps).max(l)).collect(), x0.iter().map(|v| (v + eps).min(1.0)).collect())
+                (
+                    Box::new(b),
+                    x0.iter().map(|v| (v - eps).max(l)).collect(),
+                    x0.iter().map(|v| (v + eps).min(1.0)).collect(),
+                )
             } else {
-                (Box::new(InfBall::new(&x, eps).unwrap()), x0.iter().map(|v| v - eps).collect(), x0.iter().map(|v| v + eps).collect())
+                (
+                    Box::new(InfBall::new(&x, eps).unwrap()),
+                    x0.iter().map(|v| v - eps).collect(),
+                    x0.iter().map(|v| v + eps).collect(),
+                )
             };
             let dual = net.dual(&x, src, &DualOptions::default()).unwrap();
             let unstable: usize = dual.unstable_counts().iter().flatten().sum();
@@ -1046,14 +1099,25 @@ fn two_input_net_grid_search() {
                 for p in 0..N * N {
                     for i in 0..k {
                         let v = z[p * k + i];
-                        assert!(v >= l[i] - TOL && v <= u[i] + TOL, "seed {seed}: layer {} unit {i}: {v} outside [{}, {}]", lb.layer, l[i], u[i]);
+                        assert!(
+                            v >= l[i] - TOL && v <= u[i] + TOL,
+                            "seed {seed}: layer {} unit {i}: {v} outside [{}, {}]",
+                            lb.layer,
+                            l[i],
+                            u[i]
+                        );
                     }
                 }
             }
             let f = flat(outs.last().unwrap());
             for r in 0..nc {
-                let min = (0..N * N).map(|p| c[2 * r] * f[2 * p] + c[2 * r + 1] * f[2 * p + 1]).fold(f64::INFINITY, f64::min);
-                assert!(j[r] <= min + TOL, "seed {seed} bounded {bounded}, c #{r}: J = {} above the grid minimum {min}", j[r]);
+                let min =
+                    (0..N * N).map(|p| c[2 * r] * f[2 * p] + c[2 * r + 1] * f[2 * p + 1]).fold(f64::INFINITY, f64::min);
+                assert!(
+                    j[r] <= min + TOL,
+                    "seed {seed} bounded {bounded}, c #{r}: J = {} above the grid minimum {min}",
+                    j[r]
+                );
                 println!("seed {seed} bounded {bounded} c #{r}: J = {:.5}, grid min = {min:.5}, gap {:.5} ({unstable} unstable)", j[r], min - j[r]);
             }
         }

@@ -41,7 +41,15 @@ pub struct ProjectionConfig {
 impl ProjectionConfig {
     /// l_inf ball of radius `eps`, `k` Cauchy projections, median estimator.
     pub fn linf(eps: impl Into<Epsilon>, k: usize, seed: u64) -> Self {
-        ProjectionConfig { k, norm: ProjNorm::LinfMedian, seed, eps: eps.into(), bounded: None, inflate: None, rule: ReluRule::PerExample }
+        ProjectionConfig {
+            k,
+            norm: ProjNorm::LinfMedian,
+            seed,
+            eps: eps.into(),
+            bounded: None,
+            inflate: None,
+            rule: ReluRule::PerExample,
+        }
     }
     /// l2 ball of radius `eps`: `k` normal projections for the input, Cauchy for ReLU layers.
     pub fn l2(eps: impl Into<Epsilon>, k: usize, seed: u64) -> Self {
@@ -174,11 +182,15 @@ pub fn projected_input(x: &Tensor, cfg: &ProjectionConfig, infl: &Inflation) -> 
         (ProjNorm::L2Normal, Some(_), _) => {
             return Err(DualError::invalid("an l2 ball cannot be clipped to a box"));
         }
-        (ProjNorm::LinfMedian, None, true) => Box::new(InfBallProj::new(x, cfg.eps.clone(), cfg.k, cfg.seed)?.inflate(infl.median)?),
+        (ProjNorm::LinfMedian, None, true) => {
+            Box::new(InfBallProj::new(x, cfg.eps.clone(), cfg.k, cfg.seed)?.inflate(infl.median)?)
+        }
         (ProjNorm::LinfMedian, Some((lo, hi)), true) => {
             Box::new(InfBallProjBounded::new(x, cfg.eps.clone(), lo, hi, cfg.k, cfg.seed)?.inflate(infl.median)?)
         }
-        (ProjNorm::L2Normal, None, true) => Box::new(L2BallProj::new(x, cfg.eps.clone(), cfg.k, cfg.seed)?.inflate(infl.normal)?),
+        (ProjNorm::L2Normal, None, true) => {
+            Box::new(L2BallProj::new(x, cfg.eps.clone(), cfg.k, cfg.seed)?.inflate(infl.normal)?)
+        }
         (ProjNorm::LinfMedian, None, false) => Box::new(InfBall::new(x, cfg.eps.clone())?),
         (ProjNorm::LinfMedian, Some((lo, hi)), false) => Box::new(InfBallBounded::new(x, cfg.eps.clone(), lo, hi)?),
         (ProjNorm::L2Normal, None, false) => Box::new(L2Ball::new(x, cfg.eps.clone())?),
@@ -219,7 +231,12 @@ pub fn project_nodes(nodes: Vec<DualNode>, cfg: &ProjectionConfig, infl: &Inflat
 /// The bounds are estimates, not certificates; with `cfg.inflate = Some(delta)` they hold with
 /// probability at least `1 - delta` (see docs/PROJECTIONS.md for the caveats). Certify with the
 /// exact network (`Network::dual`).
-pub fn projected_dual(x: &Tensor, nodes: Vec<DualNode>, cfg: &ProjectionConfig, opts: &DualOptions) -> Result<DualNetwork> {
+pub fn projected_dual(
+    x: &Tensor,
+    nodes: Vec<DualNode>,
+    cfg: &ProjectionConfig,
+    opts: &DualOptions,
+) -> Result<DualNetwork> {
     if cfg.k == 0 {
         return Err(DualError::invalid("the number of projections k must be positive"));
     }

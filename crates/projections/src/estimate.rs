@@ -135,7 +135,14 @@ fn example_medians_by_rank<K: Key>(example: &[K], kk: usize, offset: usize, k: u
 
 /// One example's medians by a selection per unit (for large `k`); the same choice of column
 /// as [`example_medians_by_rank`].
-fn example_medians_by_selection<K: Key>(example: &[K], kk: usize, offset: usize, k: usize, mid: usize, out: &mut [u32]) {
+fn example_medians_by_selection<K: Key>(
+    example: &[K],
+    kk: usize,
+    offset: usize,
+    k: usize,
+    mid: usize,
+    out: &mut [u32],
+) {
     let mut buf: Vec<K> = Vec::with_capacity(BLOCK * k);
     let mut row: Vec<K> = Vec::with_capacity(k);
     for j0 in (0..kk).step_by(BLOCK) {
@@ -198,7 +205,10 @@ fn median_indices<K: Key>(v: &[K], b: usize, n: usize, kk: usize, offset: usize,
 
 /// Runs `f` on the bit patterns of a contiguous f32 (`u32`) or f64 (`u64`) tensor, without
 /// copying them when possible.
-fn with_bits<T: candle_core::WithDType, K: Key + bytemuck_free::FromBits<T>, R>(t: &Tensor, f: impl FnOnce(&[K]) -> R) -> Result<R> {
+fn with_bits<T: candle_core::WithDType, K: Key + bytemuck_free::FromBits<T>, R>(
+    t: &Tensor,
+    f: impl FnOnce(&[K]) -> R,
+) -> Result<R> {
     let t = t.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
     match &*storage {
@@ -260,9 +270,16 @@ pub fn linear_and_median_abs(p: &Tensor, offset: usize, k: usize) -> Result<(Ten
 fn median_terms(p: &Tensor, offset: usize, k: usize, with_linear: bool) -> Result<Tensor> {
     let (b, n, kk) = p.dims3()?;
     if k == 0 || offset + k > n {
-        return Err(DualError::shape(format!("median over columns {offset}..{} of a tensor with {n} columns", offset + k)));
+        return Err(DualError::shape(format!(
+            "median over columns {offset}..{} of a tensor with {n} columns",
+            offset + k
+        )));
     }
-    let p = if matches!(p.dtype(), DType::F32 | DType::F64) { p.contiguous()? } else { p.to_dtype(DType::F32)?.contiguous()? };
+    let p = if matches!(p.dtype(), DType::F32 | DType::F64) {
+        p.contiguous()?
+    } else {
+        p.to_dtype(DType::F32)?.contiguous()?
+    };
     let idx = match p.dtype() {
         DType::F64 => with_bits::<f64, u64, _>(&p, |v| median_indices(v, b, n, kk, offset, k))?,
         _ => with_bits::<f32, u32, _>(&p, |v| median_indices(v, b, n, kk, offset, k))?,
@@ -331,7 +348,11 @@ impl candle_core::CustomOp1 for MedianTerms {
     fn name(&self) -> &'static str {
         "median-terms"
     }
-    fn cpu_fwd(&self, s: &candle_core::CpuStorage, l: &candle_core::Layout) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
         use candle_core::CpuStorage as S;
         let (b, n, kk) = l.shape().dims3()?;
         let out = match s {
@@ -367,8 +388,12 @@ impl candle_core::CustomOp2 for MedianTermsGrad {
         use candle_core::CpuStorage as S;
         let (b, n, kk) = l1.shape().dims3()?;
         let out = match (s1, s2) {
-            (S::F32(p), S::F32(g)) => S::F32(median_terms_bwd(cpu_slice(p, l1)?, cpu_slice(g, l2)?, b, n, kk, &self.idx, self.with_linear)),
-            (S::F64(p), S::F64(g)) => S::F64(median_terms_bwd(cpu_slice(p, l1)?, cpu_slice(g, l2)?, b, n, kk, &self.idx, self.with_linear)),
+            (S::F32(p), S::F32(g)) => {
+                S::F32(median_terms_bwd(cpu_slice(p, l1)?, cpu_slice(g, l2)?, b, n, kk, &self.idx, self.with_linear))
+            }
+            (S::F64(p), S::F64(g)) => {
+                S::F64(median_terms_bwd(cpu_slice(p, l1)?, cpu_slice(g, l2)?, b, n, kk, &self.idx, self.with_linear))
+            }
             _ => candle_core::bail!("median terms: unsupported or mixed dtypes"),
         };
         Ok((out, candle_core::Shape::from((b, n, kk))))
@@ -409,10 +434,24 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(5);
         // k on both sides of RANK_COUNT_MAX_K, unit counts with partial blocks, few distinct
         // values (many ties, signed zeros) and continuous values.
-        for &(b, kk, k, offset, distinct) in &[(3, 70, 5, 1, 3), (2, 64, 50, 0, 4), (4, 131, 51, 2, 0), (2, 10, 97, 1, 5), (1, 65, 200, 0, 0), (5, 1, 1, 0, 0), (2, 3, 2, 0, 2)] {
+        for &(b, kk, k, offset, distinct) in &[
+            (3, 70, 5, 1, 3),
+            (2, 64, 50, 0, 4),
+            (4, 131, 51, 2, 0),
+            (2, 10, 97, 1, 5),
+            (1, 65, 200, 0, 0),
+            (5, 1, 1, 0, 0),
+            (2, 3, 2, 0, 2),
+        ] {
             let n = offset + k + 1;
             let v: Vec<f32> = (0..b * n * kk)
-                .map(|_| if distinct > 0 { rng.random_range(0..distinct) as f32 * if rng.random::<bool>() { -1.0 } else { 1.0 } } else { rng.random_range(-3.0f32..3.0) })
+                .map(|_| {
+                    if distinct > 0 {
+                        rng.random_range(0..distinct) as f32 * if rng.random::<bool>() { -1.0 } else { 1.0 }
+                    } else {
+                        rng.random_range(-3.0f32..3.0)
+                    }
+                })
                 .collect();
             let bits: Vec<u32> = v.iter().map(|x| x.to_bits()).collect();
             let got = median_indices(&bits, b, n, kk, offset, k);

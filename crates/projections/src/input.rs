@@ -144,7 +144,8 @@ impl InfBallProjBounded {
         };
         let center = ((&dlo + &dhi)? * 0.5)?;
         let radius = ((&dhi - &dlo)? * 0.5)?;
-        let r = projection_tensor(Projection::Cauchy, b, k, &[kk], stream_seed(seed, INPUT_STREAM), x.dtype(), x.device())?;
+        let r =
+            projection_tensor(Projection::Cauchy, b, k, &[kk], stream_seed(seed, INPUT_STREAM), x.dtype(), x.device())?;
         let l1 = r.broadcast_mul(&radius.unsqueeze(1)?)?;
         let cols = Tensor::cat(&[center.unsqueeze(1)?, l1], 1)?;
         let mut dims = vec![b, k + 1];

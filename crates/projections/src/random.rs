@@ -45,7 +45,8 @@ pub fn draw(kind: Projection, n: usize, seed: u64) -> Vec<f64> {
 #[inline]
 fn tan_quarter(x: f64) -> f64 {
     const P: [f64; 3] = [-1.309_369_391_813_837_8e4, 1.153_516_648_385_874_2e6, -1.795_652_519_764_848_8e7];
-    const Q: [f64; 4] = [1.368_129_634_706_929_5e4, -1.320_892_344_402_109_7e6, 2.500_838_018_233_579e7, -5.386_957_559_294_546e7];
+    const Q: [f64; 4] =
+        [1.368_129_634_706_929_5e4, -1.320_892_344_402_109_7e6, 2.500_838_018_233_579e7, -5.386_957_559_294_546e7];
     let z = x * x;
     let p = (P[0] * z + P[1]) * z + P[2];
     let q = (((z + Q[0]) * z + Q[1]) * z + Q[2]) * z + Q[3];
@@ -60,7 +61,13 @@ fn tan_quarter(x: f64) -> f64 {
 pub fn cauchy_from_uniform(u: f64) -> f64 {
     // Written with selects rather than branches, so a loop over many draws vectorises.
     let (lo, hi) = (u < 0.25, u > 0.75);
-    let y = if lo { u } else if hi { 1.0 - u } else { u - 0.5 };
+    let y = if lo {
+        u
+    } else if hi {
+        1.0 - u
+    } else {
+        u - 0.5
+    };
     let t = tan_quarter(std::f64::consts::PI * y);
     let r = 1.0 / t;
     if lo {
@@ -107,7 +114,15 @@ fn per_example<T: Send>(out: &mut [T], b: usize, f: impl Fn(usize, &mut [T]) + S
 }
 
 /// The tensor `[B, k, *shape]` from per-example values `fill_one(example, &mut [k * K])`.
-fn build(b: usize, k: usize, shape: &[usize], dtype: DType, device: &Device, fill_one: impl Fn(usize, &mut [f64]) + Sync, fill_one32: impl Fn(usize, &mut [f32]) + Sync) -> Result<Tensor> {
+fn build(
+    b: usize,
+    k: usize,
+    shape: &[usize],
+    dtype: DType,
+    device: &Device,
+    fill_one: impl Fn(usize, &mut [f64]) + Sync,
+    fill_one32: impl Fn(usize, &mut [f32]) + Sync,
+) -> Result<Tensor> {
     let per: usize = shape.iter().product();
     let mut dims = vec![b, k];
     dims.extend_from_slice(shape);
@@ -169,7 +184,16 @@ pub fn projection_tensor_on(
     let lead = leading_ones as usize;
     /// Example's draws into `out` (`[lead + k, K]`): row 0 ones when `lead` is 1, then the draws
     /// at the support.
-    fn scatter<T: Copy>(kind: Projection, k: usize, kk: usize, lead: usize, idx: &[u32], seed: u64, out: &mut [T], conv: impl Fn(f64) -> T) {
+    fn scatter<T: Copy>(
+        kind: Projection,
+        k: usize,
+        kk: usize,
+        lead: usize,
+        idx: &[u32],
+        seed: u64,
+        out: &mut [T],
+        conv: impl Fn(f64) -> T,
+    ) {
         let vals = draws_at(kind, k, idx.len(), seed);
         out[..lead * kk].iter_mut().for_each(|v| *v = conv(1.0));
         for i in 0..k {
@@ -208,7 +232,13 @@ mod tests {
             // Near the poles tan(π(u - ½)) loses digits to the rounding of its argument; the
             // cotangent form is exact there.
             let pi = std::f64::consts::PI;
-            let want = if u < 0.25 { -1.0 / (pi * u).tan() } else if u > 0.75 { 1.0 / (pi * (1.0 - u)).tan() } else { (pi * (u - 0.5)).tan() };
+            let want = if u < 0.25 {
+                -1.0 / (pi * u).tan()
+            } else if u > 0.75 {
+                1.0 / (pi * (1.0 - u)).tan()
+            } else {
+                (pi * (u - 0.5)).tan()
+            };
             let got = cauchy_from_uniform(u);
             assert!((got - want).abs() <= 1e-12 * want.abs().max(1.0), "u {u}: {got} vs {want}");
         }

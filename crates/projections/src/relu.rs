@@ -74,8 +74,14 @@ impl DualActivation for DualReLUProj {
         if self.k == 0 || !self.projects(&counts) {
             return Ok(Box::new(ReluRelaxation::new(lower, upper)?));
         }
-        let source =
-            ReluProjSource::new(parts.w, &parts.unstable, &lower.dims()[1..], self.k, stream_seed(self.seed, self.stream), self.scale)?;
+        let source = ReluProjSource::new(
+            parts.w,
+            &parts.unstable,
+            &lower.dims()[1..],
+            self.k,
+            stream_seed(self.seed, self.stream),
+            self.scale,
+        )?;
         Ok(Box::new(ReluRelaxation::with_source(parts.d, Box::new(source), counts)))
     }
 }
@@ -99,7 +105,15 @@ impl ReluProjSource {
     /// `w` is zero off the unstable units, so the projections are drawn on those only.
     fn new(w: Tensor, unstable: &[Vec<u32>], shape: &[usize], k: usize, seed: u64, scale: f64) -> Result<Self> {
         w.dims2()?;
-        Ok(ReluProjSource { w, cols: std::sync::OnceLock::new(), unstable: unstable.to_vec(), shape: shape.to_vec(), seed, k, scale })
+        Ok(ReluProjSource {
+            w,
+            cols: std::sync::OnceLock::new(),
+            unstable: unstable.to_vec(),
+            shape: shape.to_vec(),
+            seed,
+            k,
+            scale,
+        })
     }
 
     fn all_columns(&self) -> Result<&Tensor> {

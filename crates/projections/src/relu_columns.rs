@@ -29,10 +29,20 @@ struct Draws {
 /// The columns `[B, 1 + k, *shape]` of a projected ReLU with weights `w` (`[B, K]`, zero off the
 /// support), `k` Cauchy projections on the features `support[b]` of example `b`, drawn from
 /// stream `b` of `seed`. Same values as `projection_tensor_on(.., leading_ones) ⊙ w`.
-pub(crate) fn relu_proj_columns(w: &Tensor, shape: &[usize], support: &[Vec<u32>], k: usize, seed: u64) -> Result<Tensor> {
+pub(crate) fn relu_proj_columns(
+    w: &Tensor,
+    shape: &[usize],
+    support: &[Vec<u32>],
+    k: usize,
+    seed: u64,
+) -> Result<Tensor> {
     let (b, kk) = w.dims2()?;
     if support.len() != b || shape.iter().product::<usize>() != kk {
-        return Err(dual_core::DualError::shape(format!("projected ReLU columns: weights {:?} for {} examples of shape {shape:?}", w.dims(), support.len())));
+        return Err(dual_core::DualError::shape(format!(
+            "projected ReLU columns: weights {:?} for {} examples of shape {shape:?}",
+            w.dims(),
+            support.len()
+        )));
     }
     if !w.device().is_cpu() || !matches!(w.dtype(), DType::F32 | DType::F64) {
         let r = projection_tensor_on(Projection::Cauchy, k, shape, support, seed, w.dtype(), w.device(), true)?;
@@ -105,7 +115,10 @@ impl CustomOp1 for ReluProjColumns {
         if !w.track_op() {
             return Ok(None);
         }
-        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&ReluProjColumnsGrad { draws: self.draws.clone(), dims: w.dims().to_vec() })?))
+        Ok(Some(
+            grad.contiguous()?
+                .apply_op1_no_bwd(&ReluProjColumnsGrad { draws: self.draws.clone(), dims: w.dims().to_vec() })?,
+        ))
     }
 }
 
@@ -177,14 +190,19 @@ mod tests {
             assert_eq!(got.dims(), want.dims());
             let diff = (&got - &want)?.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             assert_eq!(diff, 0.0, "{dtype:?} values");
-            let up = Tensor::arange(0f64, got.elem_count() as f64, &Device::Cpu)?.to_dtype(dtype)?.reshape(got.dims())?;
+            let up =
+                Tensor::arange(0f64, got.elem_count() as f64, &Device::Cpu)?.to_dtype(dtype)?.reshape(got.dims())?;
             let a = (got * &up)?.sum_all()?.backward()?;
             let b = (want * &up)?.sum_all()?.backward()?;
             let (ga, gb) = (a.get(wv.as_tensor()).expect("gradient"), b.get(wv.as_tensor()).expect("gradient"));
-            let rel = ((ga - gb)?.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?) / gb.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            let rel = ((ga - gb)?.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+                / gb.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             assert!(rel < 1e-6, "{dtype:?} gradient: relative difference {rel}");
         }
-        assert!(relu_proj_columns(&Tensor::zeros((2, 24), DType::F32, &Device::Cpu)?, &shape, &support, 5, 1).is_err(), "3 supports for 2 examples");
+        assert!(
+            relu_proj_columns(&Tensor::zeros((2, 24), DType::F32, &Device::Cpu)?, &shape, &support, 5, 1).is_err(),
+            "3 supports for 2 examples"
+        );
         Ok(())
     }
 }

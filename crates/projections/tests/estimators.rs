@@ -89,7 +89,8 @@ fn linear_and_median_share_one_gradient() {
     let mut rng = StdRng::seed_from_u64(77);
     for dtype in [DType::F64, DType::F32] {
         let vals: Vec<f64> = (0..36).map(|_| rng.random_range(-1.0..1.0)).collect();
-        let v = Var::from_tensor(&Tensor::from_vec(vals, (2, 6, 3), &Device::Cpu).unwrap().to_dtype(dtype).unwrap()).unwrap();
+        let v = Var::from_tensor(&Tensor::from_vec(vals, (2, 6, 3), &Device::Cpu).unwrap().to_dtype(dtype).unwrap())
+            .unwrap();
         let (lin, med) = linear_and_median_abs(v.as_tensor(), 1, 5).unwrap();
         let want_lin = v.as_tensor().narrow(1, 0, 1).unwrap().squeeze(1).unwrap();
         let want_med = median_abs_over_columns(v.as_tensor(), 1, 5).unwrap();
@@ -262,7 +263,12 @@ fn projected_input_sets_through_a_network() {
     let net = one_layer_net();
     let mut rng = StdRng::seed_from_u64(1);
     let b = 3;
-    let x = Tensor::from_vec((0..b * COLS).map(|_| rng.random_range(0.0..1.0)).collect::<Vec<f64>>(), (b, COLS), &Device::Cpu).unwrap();
+    let x = Tensor::from_vec(
+        (0..b * COLS).map(|_| rng.random_range(0.0..1.0)).collect::<Vec<f64>>(),
+        (b, COLS),
+        &Device::Cpu,
+    )
+    .unwrap();
     let exact_inf = half_widths(&build(&x, net.dual_nodes(&x).unwrap(), Box::new(InfBall::new(&x, 0.1).unwrap())));
     let exact_l2 = half_widths(&build(&x, net.dual_nodes(&x).unwrap(), Box::new(L2Ball::new(&x, 0.5).unwrap())));
     let m = b * ROWS;
@@ -294,6 +300,8 @@ fn projected_input_sets_through_a_network() {
             err_inf / n, eps_inf, ok_inf as f64 / n, ok_infl as f64 / n, err_l2 / n, eps_l2, ok_l2 as f64 / n
         );
         assert!(err_inf / n < 1.6 / (k as f64).sqrt() && err_l2 / n < 0.8 / (k as f64).sqrt());
-        assert!(ok_inf as f64 / n >= 1.0 - delta && ok_l2 as f64 / n >= 1.0 - delta && ok_infl as f64 / n >= 1.0 - delta);
+        assert!(
+            ok_inf as f64 / n >= 1.0 - delta && ok_l2 as f64 / n >= 1.0 - delta && ok_infl as f64 / n >= 1.0 - delta
+        );
     }
 }

@@ -83,14 +83,20 @@ fn k_at_least_every_width_is_the_exact_bound() {
         assert_eq!(max_abs_diff(&projected_f(&net, &x, &y, &cfg.clone().rule(ReluRule::BatchTotal)), &exact), 0.0);
     }
     // l2: the input (784 features) is exact for k ≥ 784; ReLU layers for k ≥ their unstable counts.
-    let l2 = robust_bounds(&net.dual(&x, Box::new(L2Ball::new(&x, 1.0).unwrap()), &DualOptions::default()).unwrap(), &y).unwrap();
+    let l2 =
+        robust_bounds(&net.dual(&x, Box::new(L2Ball::new(&x, 1.0).unwrap()), &DualOptions::default()).unwrap(), &y)
+            .unwrap();
     assert_eq!(max_abs_diff(&projected_f(&net, &x, &y, &ProjectionConfig::l2(1.0, WIDEST, 3)), &l2), 0.0);
 }
 
 #[test]
 fn seeds_reproduce_and_differ() {
     let Some((net, x, y)) = data(4, DType::F32) else { return };
-    for cfg in [ProjectionConfig::linf(0.1, 20, 11), ProjectionConfig::linf(0.1, 20, 11).bounded(0.0, 1.0), ProjectionConfig::l2(1.0, 20, 11)] {
+    for cfg in [
+        ProjectionConfig::linf(0.1, 20, 11),
+        ProjectionConfig::linf(0.1, 20, 11).bounded(0.0, 1.0),
+        ProjectionConfig::l2(1.0, 20, 11),
+    ] {
         let a = projected_f(&net, &x, &y, &cfg);
         let b = projected_f(&net, &x, &y, &cfg);
         assert_eq!(max_abs_diff(&a, &b), 0.0, "same seed, {:?}", cfg.norm);
@@ -106,7 +112,9 @@ fn seeds_reproduce_and_differ() {
 #[test]
 fn l2_projection_tracks_the_exact_l2_bound() {
     let Some((net, x, y)) = data(8, DType::F32) else { return };
-    let exact = robust_bounds(&net.dual(&x, Box::new(L2Ball::new(&x, 1.0).unwrap()), &DualOptions::default()).unwrap(), &y).unwrap();
+    let exact =
+        robust_bounds(&net.dual(&x, Box::new(L2Ball::new(&x, 1.0).unwrap()), &DualOptions::default()).unwrap(), &y)
+            .unwrap();
     let scale = flat(&exact).iter().map(|v| v.abs()).sum::<f64>() / exact.elem_count() as f64;
     let g64 = gap(&projected_f(&net, &x, &y, &ProjectionConfig::l2(1.0, 64, 0)), &exact);
     let g256 = gap(&projected_f(&net, &x, &y, &ProjectionConfig::l2(1.0, 256, 0)), &exact);
@@ -138,7 +146,11 @@ fn memory_budget() {
 #[test]
 fn robust_loss_gradients_flow() {
     let Some((net, x, y)) = data(6, DType::F32) else { return };
-    for cfg in [ProjectionConfig::linf(0.1, 10, 2), ProjectionConfig::linf(0.1, 10, 2).bounded(0.0, 1.0), ProjectionConfig::l2(1.0, 10, 2)] {
+    for cfg in [
+        ProjectionConfig::linf(0.1, 10, 2),
+        ProjectionConfig::linf(0.1, 10, 2).bounded(0.0, 1.0),
+        ProjectionConfig::l2(1.0, 10, 2),
+    ] {
         let d = projected_dual(&x, net.dual_nodes(&x).unwrap(), &cfg, &DualOptions::default()).unwrap();
         // Every ReLU layer is projected with k = 10.
         let counts = d.unstable_counts();

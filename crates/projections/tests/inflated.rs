@@ -39,7 +39,16 @@ fn convnet() -> NetworkSpec {
     NetworkSpec::sequential(
         "conv",
         &[1, 8, 8],
-        vec![conv(1, 4, 3, 1, 1), relu(), conv(4, 8, 4, 2, 1), relu(), flatten(), linear(128, 20), relu(), linear(20, 4)],
+        vec![
+            conv(1, 4, 3, 1, 1),
+            relu(),
+            conv(4, 8, 4, 2, 1),
+            relu(),
+            flatten(),
+            linear(128, 20),
+            relu(),
+            linear(20, 4),
+        ],
     )
 }
 
@@ -48,12 +57,12 @@ fn dense_mlp() -> NetworkSpec {
         "dense-mlp",
         &[10],
         vec![
-            linear(10, 24),                                                    // 1
-            relu(),                                                            // 2
-            dense(vec![Some(linear(10, 24)), None, Some(linear(24, 24))]),     // 3: reads 0, 1, 2
-            relu(),                                                            // 4
-            dense(vec![Some(LayerSpec::Identity), None, Some(linear(24, 24))]), // 5: reads 2, 3, 4
-            relu(),                                                            // 6
+            linear(10, 24),                                                                      // 1
+            relu(),                                                                              // 2
+            dense(vec![Some(linear(10, 24)), None, Some(linear(24, 24))]),                       // 3: reads 0, 1, 2
+            relu(),                                                                              // 4
+            dense(vec![Some(LayerSpec::Identity), None, Some(linear(24, 24))]),                  // 5: reads 2, 3, 4
+            relu(),                                                                              // 6
             dense(vec![Some(linear(10, 4)), None, None, None, None, None, Some(linear(24, 4))]), // 7
         ],
     )
@@ -143,7 +152,11 @@ impl Case {
                 let d = match self.set {
                     Set::Inf | Set::InfUnitBox => {
                         if i % 2 == 0 {
-                            if rng.random_bool(0.5) { self.eps } else { -self.eps }
+                            if rng.random_bool(0.5) {
+                                self.eps
+                            } else {
+                                -self.eps
+                            }
                         } else {
                             rng.random_range(-self.eps..self.eps)
                         }
@@ -170,7 +183,8 @@ impl Case {
                         let nrm = g.flatten_from(1).unwrap().sqr().unwrap().sum_keepdim(1).unwrap().sqrt().unwrap();
                         let mut s = vec![g.dim(0).unwrap()];
                         s.extend(std::iter::repeat_n(1, g.rank() - 1));
-                        (g.broadcast_div(&(nrm + 1e-12).unwrap().reshape(s).unwrap()).unwrap() * (0.1 * self.eps)).unwrap()
+                        (g.broadcast_div(&(nrm + 1e-12).unwrap().reshape(s).unwrap()).unwrap() * (0.1 * self.eps))
+                            .unwrap()
                     }
                     _ => (g.sign().unwrap() * (0.1 * self.eps)).unwrap(),
                 };
@@ -284,8 +298,13 @@ fn k_at_least_every_width_is_exact_and_gradients_flow_everywhere() {
             let rl = robust_loss(&d, &[0, 1, 2]).unwrap();
             let grads = rl.loss.backward().unwrap();
             for (name, var) in case.net.params() {
-                let g = flat(grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{}: no gradient for {name}", spec.name)));
-                assert!(g.iter().all(|v| v.is_finite()) && g.iter().any(|v| *v != 0.0), "{} {set:?}: gradient of {name}", spec.name);
+                let g =
+                    flat(grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{}: no gradient for {name}", spec.name)));
+                assert!(
+                    g.iter().all(|v| v.is_finite()) && g.iter().any(|v| *v != 0.0),
+                    "{} {set:?}: gradient of {name}",
+                    spec.name
+                );
             }
         }
     }

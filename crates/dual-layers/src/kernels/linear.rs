@@ -28,7 +28,11 @@ const MIN_ROWS: usize = 32;
 /// `ν W` is `linear_columns(ν, &w.t()?)`.
 pub fn linear_columns(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     if x.rank() < 2 || w.rank() != 2 {
-        bail!("linear_columns: expected columns [..., in] and a weight [out, in], got {:?} and {:?}", x.dims(), w.dims());
+        bail!(
+            "linear_columns: expected columns [..., in] and a weight [out, in], got {:?} and {:?}",
+            x.dims(),
+            w.dims()
+        );
     }
     let (o, k) = w.dims2()?;
     if x.dim(x.rank() - 1)? != k {

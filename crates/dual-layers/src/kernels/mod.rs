@@ -123,7 +123,14 @@ impl Elem for f32 {
                 for j0 in (0..c8).step_by(8) {
                     // SAFETY: rows i0..i0+8 and columns j0..j0+8 lie inside both matrices
                     // (checked above), and AVX is enabled for this build.
-                    unsafe { transpose8x8_avx(src.as_ptr().add(i0 * cols + j0), cols, dst.as_mut_ptr().add(j0 * rows + i0), rows) };
+                    unsafe {
+                        transpose8x8_avx(
+                            src.as_ptr().add(i0 * cols + j0),
+                            cols,
+                            dst.as_mut_ptr().add(j0 * rows + i0),
+                            rows,
+                        )
+                    };
                 }
             }
             for i in 0..rows {
@@ -207,12 +214,21 @@ pub(crate) fn add_into<T: Elem>(a: &mut [T], b: &[T]) {
 ///
 /// # Safety
 /// `fill` must write every element of the row it is given.
-pub(crate) unsafe fn rows_filled<T: Send>(rows: usize, len: usize, min_rows: usize, fill: impl Fn(usize, &mut [std::mem::MaybeUninit<T>]) + Sync + Send) -> Vec<T> {
+pub(crate) unsafe fn rows_filled<T: Send>(
+    rows: usize,
+    len: usize,
+    min_rows: usize,
+    fill: impl Fn(usize, &mut [std::mem::MaybeUninit<T>]) + Sync + Send,
+) -> Vec<T> {
     use rayon::prelude::*;
     let total = rows * len;
     let mut v: Vec<T> = Vec::with_capacity(total);
     if len > 0 {
-        v.spare_capacity_mut()[..total].par_chunks_mut(len).with_min_len(min_rows.max(1)).enumerate().for_each(|(q, row)| fill(q, row));
+        v.spare_capacity_mut()[..total]
+            .par_chunks_mut(len)
+            .with_min_len(min_rows.max(1))
+            .enumerate()
+            .for_each(|(q, row)| fill(q, row));
     }
     // SAFETY: `fill` wrote every element of every row (the caller's contract).
     unsafe { v.set_len(total) };
@@ -245,7 +261,9 @@ pub fn zeroed<T: Copy + Send + Sync + Default>(len: usize) -> Vec<T> {
 /// Whether the kernels apply to these tensors: all on the CPU, all of one float dtype (f32 or
 /// f64), and Candle's own ops not forced by the tuning.
 fn cpu_float(ts: &[&Tensor]) -> bool {
-    !tuning().candle && ts.iter().all(|t| t.device().is_cpu() && t.dtype() == ts[0].dtype()) && matches!(ts[0].dtype(), DType::F32 | DType::F64)
+    !tuning().candle
+        && ts.iter().all(|t| t.device().is_cpu() && t.dtype() == ts[0].dtype())
+        && matches!(ts[0].dtype(), DType::F32 | DType::F64)
 }
 
 /// Knobs of the kernels' scheduling, exposed for benchmarks; the defaults were measured on a
@@ -273,7 +291,14 @@ pub struct Tuning {
 
 impl Tuning {
     /// The defaults.
-    pub const DEFAULT: Tuning = Tuning { group_bytes: 256 << 10, tasks_per_thread: 4, serial_macs: 1 << 18, gemm_threads: false, candle: false, sparse_below: 0.05 };
+    pub const DEFAULT: Tuning = Tuning {
+        group_bytes: 256 << 10,
+        tasks_per_thread: 4,
+        serial_macs: 1 << 18,
+        gemm_threads: false,
+        candle: false,
+        sparse_below: 0.05,
+    };
 }
 
 impl Default for Tuning {
@@ -317,7 +342,13 @@ pub fn conv2d_columns(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> 
 }
 
 /// [`conv_transpose2d_fast`] on columns of any rank ≥ 4, like [`conv2d_columns`].
-pub fn conv_transpose2d_columns(x: &Tensor, w: &Tensor, stride: usize, padding: usize, output_padding: usize) -> Result<Tensor> {
+pub fn conv_transpose2d_columns(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    padding: usize,
+    output_padding: usize,
+) -> Result<Tensor> {
     if !fast_columns(x, w) {
         let y = conv_transpose2d_fast(&to_rank4(x)?, w, stride, padding, output_padding)?;
         return like_leading(&y, x);
@@ -393,7 +424,11 @@ fn as_rank4(l: &Layout) -> Result<Layout> {
         expect = s[i] * d[i];
     }
     let step = step.unwrap_or(s[lead - 1]);
-    Ok(Layout::new(Shape::from((n, d[lead], d[lead + 1], d[lead + 2])), vec![step, s[lead], s[lead + 1], s[lead + 2]], l.start_offset()))
+    Ok(Layout::new(
+        Shape::from((n, d[lead], d[lead + 1], d[lead + 2])),
+        vec![step, s[lead], s[lead + 1], s[lead + 2]],
+        l.start_offset(),
+    ))
 }
 
 /// The shape of an op's rank-4 result `[n, a, b, c]` with the leading dims of `like` restored.
@@ -517,11 +552,8 @@ impl CustomOp2 for Conv2dOp {
         } else {
             None
         };
-        let dw = if w.track_op() {
-            Some(conv2d_weight_grad(&x4, &g4, (kh, kw), self.stride, self.padding)?)
-        } else {
-            None
-        };
+        let dw =
+            if w.track_op() { Some(conv2d_weight_grad(&x4, &g4, (kh, kw), self.stride, self.padding)?) } else { None };
         Ok((dx, dw))
     }
 }
@@ -565,12 +597,10 @@ impl CustomOp2 for ConvTranspose2dOp {
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (x4, g4) = (to_rank4(x)?, to_rank4(grad)?);
         let (_, _, kh, kw) = w.dims4()?;
-        let dx = if x.track_op() { Some(like_leading(&conv2d_fast(&g4, w, self.stride, self.padding)?, x)?) } else { None };
-        let dw = if w.track_op() {
-            Some(conv2d_weight_grad(&g4, &x4, (kh, kw), self.stride, self.padding)?)
-        } else {
-            None
-        };
+        let dx =
+            if x.track_op() { Some(like_leading(&conv2d_fast(&g4, w, self.stride, self.padding)?, x)?) } else { None };
+        let dw =
+            if w.track_op() { Some(conv2d_weight_grad(&g4, &x4, (kh, kw), self.stride, self.padding)?) } else { None };
         Ok((dx, dw))
     }
 }
@@ -640,7 +670,13 @@ pub fn conv2d_fast(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Res
 /// `conv2d` it transposes) → `[n, c, h, w]` with `h = (oh − 1)·stride + kh − 2·padding +
 /// output_padding`. Same result as Candle's `x.conv_transpose2d(w, padding, output_padding,
 /// stride, 1)`; `output_padding` must be smaller than `stride`.
-pub fn conv_transpose2d_fast(x: &Tensor, w: &Tensor, stride: usize, padding: usize, output_padding: usize) -> Result<Tensor> {
+pub fn conv_transpose2d_fast(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    padding: usize,
+    output_padding: usize,
+) -> Result<Tensor> {
     conv_transpose2d_fast_hw(x, w, stride, padding, (output_padding, output_padding))
 }
 
@@ -664,7 +700,13 @@ pub fn conv_transpose2d_fast_hw(
 /// The kernel gradient of `y = conv2d(x, w)` for the output gradient `gy`:
 /// `dW[o, c, i, j] = Σ_{n, y, x} gy[n, o, y, x] · x_pad[n, c, y·stride + i, x·stride + j]`, shape
 /// `[o, c, kh, kw]`. Differentiable in both arguments.
-pub fn conv2d_weight_grad(x: &Tensor, gy: &Tensor, kernel: (usize, usize), stride: usize, padding: usize) -> Result<Tensor> {
+pub fn conv2d_weight_grad(
+    x: &Tensor,
+    gy: &Tensor,
+    kernel: (usize, usize),
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
     if !fast_path(x, gy) {
         // Candle's own formula: a convolution over the batch with the gradient as the kernel.
         let gw = x.transpose(0, 1)?.conv2d(&gy.transpose(0, 1)?, padding, 1, stride, 1)?.transpose(0, 1)?;

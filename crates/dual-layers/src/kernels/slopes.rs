@@ -22,7 +22,6 @@ use rayon::prelude::*;
 /// Rows of work below which a loop stays on the calling thread.
 const MIN_ROWS: usize = 16;
 
-
 // ---------------------------------------------------------------------------------------------
 // scale_columns
 
@@ -87,11 +86,16 @@ impl CustomOp2 for ScaleColumns {
     fn bwd(&self, x: &Tensor, d: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let dx = if x.track_op() {
-            Some(if x.dim(0)? == d.dim(0)? { scale_columns(&grad, d)? } else { grad.apply_op2_no_bwd(d, &BatchWeightedSum)? })
+            Some(if x.dim(0)? == d.dim(0)? {
+                scale_columns(&grad, d)?
+            } else {
+                grad.apply_op2_no_bwd(d, &BatchWeightedSum)?
+            })
         } else {
             None
         };
-        let dd = if d.track_op() { Some(grad.apply_op2_no_bwd(x, &ColumnDot { out: d.shape().clone() })?) } else { None };
+        let dd =
+            if d.track_op() { Some(grad.apply_op2_no_bwd(x, &ColumnDot { out: d.shape().clone() })?) } else { None };
         Ok((dx, dd))
     }
 }
@@ -254,13 +258,7 @@ impl CustomOp2 for PieceContract {
             Piece::NegPart => "neg-part-contract",
         }
     }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (b, r, p) = l1.shape().dims3()?;
         let piece = self.0;
         let out = dispatch!("piece_contract", s1, s2; |g, w| {
@@ -278,24 +276,10 @@ impl CustomOp2 for PieceContract {
         });
         Ok((out, Shape::from((b, r))))
     }
-    fn bwd(
-        &self,
-        g: &Tensor,
-        w: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, g: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let dg = if g.track_op() {
-            Some(g.apply_op3_no_bwd(&grad, w, &SlopeOuter(self.0))?)
-        } else {
-            None
-        };
-        let dw = if w.track_op() {
-            Some(grad.apply_op2_no_bwd(g, &PieceWeightedRows(self.0))?)
-        } else {
-            None
-        };
+        let dg = if g.track_op() { Some(g.apply_op3_no_bwd(&grad, w, &SlopeOuter(self.0))?) } else { None };
+        let dw = if w.track_op() { Some(grad.apply_op2_no_bwd(g, &PieceWeightedRows(self.0))?) } else { None };
         Ok((dg, dw))
     }
 }
@@ -342,13 +326,7 @@ impl CustomOp2 for PieceWeightedRows {
     fn name(&self) -> &'static str {
         "piece-weighted-rows"
     }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (b, r) = l1.shape().dims2()?;
         let (_, _, p) = l2.shape().dims3()?;
         const BLOCK: usize = 1024;

@@ -310,7 +310,12 @@ pub(crate) fn conv2d_backward_weight<T: Elem>(g: &Geom, x: View4<'_, T>, gy: Vie
         let gd = Geom { n: dense.len(), ..*g };
         let xs = gather_images([g.n, c, h, wd], x, &dense);
         let gys = gather_images(dims, gy, &dense);
-        let dw = super::gemm_conv::conv2d_backward_weight(&gd, packed(&xs, [gd.n, c, h, wd]), packed(&gys, [gd.n, g.o, g.oh, g.ow]), 1);
+        let dw = super::gemm_conv::conv2d_backward_weight(
+            &gd,
+            packed(&xs, [gd.n, c, h, wd]),
+            packed(&gys, [gd.n, g.o, g.oh, g.ow]),
+            1,
+        );
         for (o, d) in out.iter_mut().zip(dw) {
             *o += d;
         }

@@ -27,7 +27,13 @@ pub fn cifar10_files(split: Split) -> Vec<String> {
 }
 
 /// Parses one batch file's bytes, appending to `images` / `labels`.
-fn parse_batch(path: &Path, bytes: &[u8], normalize: bool, images: &mut Vec<f32>, labels: &mut Vec<u32>) -> Result<(), DatasetError> {
+fn parse_batch(
+    path: &Path,
+    bytes: &[u8],
+    normalize: bool,
+    images: &mut Vec<f32>,
+    labels: &mut Vec<u32>,
+) -> Result<(), DatasetError> {
     if bytes.is_empty() || bytes.len() % CIFAR_RECORD != 0 {
         return Err(DatasetError::BadRecords { path: path.to_path_buf(), len: bytes.len(), record: CIFAR_RECORD });
     }

@@ -39,15 +39,27 @@ pub fn load_har(dir: &Path, split: Split) -> Result<Dataset, DatasetError> {
         }
         let before = images.len();
         for tok in line.split_whitespace() {
-            let v: f32 = tok.parse().map_err(|_| DatasetError::Parse { path: xp.clone(), line: i + 1, msg: format!("`{tok}` is not a number") })?;
+            let v: f32 = tok.parse().map_err(|_| DatasetError::Parse {
+                path: xp.clone(),
+                line: i + 1,
+                msg: format!("`{tok}` is not a number"),
+            })?;
             if !v.is_finite() {
-                return Err(DatasetError::Parse { path: xp.clone(), line: i + 1, msg: format!("`{tok}` is not finite") });
+                return Err(DatasetError::Parse {
+                    path: xp.clone(),
+                    line: i + 1,
+                    msg: format!("`{tok}` is not finite"),
+                });
             }
             images.push(v);
         }
         let got = images.len() - before;
         if got != HAR_FEATURES {
-            return Err(DatasetError::Parse { path: xp.clone(), line: i + 1, msg: format!("{got} features, expected {HAR_FEATURES}") });
+            return Err(DatasetError::Parse {
+                path: xp.clone(),
+                line: i + 1,
+                msg: format!("{got} features, expected {HAR_FEATURES}"),
+            });
         }
         rows += 1;
     }
@@ -57,9 +69,17 @@ pub fn load_har(dir: &Path, split: Split) -> Result<Dataset, DatasetError> {
         if t.is_empty() {
             continue;
         }
-        let v: u32 = t.parse().map_err(|_| DatasetError::Parse { path: yp.clone(), line: i + 1, msg: format!("`{t}` is not an activity label") })?;
+        let v: u32 = t.parse().map_err(|_| DatasetError::Parse {
+            path: yp.clone(),
+            line: i + 1,
+            msg: format!("`{t}` is not an activity label"),
+        })?;
         if !(1..=HAR_CLASSES as u32).contains(&v) {
-            return Err(DatasetError::Parse { path: yp.clone(), line: i + 1, msg: format!("activity {v} is not in 1..={HAR_CLASSES}") });
+            return Err(DatasetError::Parse {
+                path: yp.clone(),
+                line: i + 1,
+                msg: format!("activity {v} is not in 1..={HAR_CLASSES}"),
+            });
         }
         labels.push(v - 1);
     }

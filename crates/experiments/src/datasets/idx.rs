@@ -37,25 +37,13 @@ pub enum DatasetError {
     },
     /// The file ends before its header does.
     #[error("{path}: truncated IDX header ({found} bytes, need {needed})")]
-    TruncatedHeader {
-        path: PathBuf,
-        needed: usize,
-        found: usize,
-    },
+    TruncatedHeader { path: PathBuf, needed: usize, found: usize },
     /// The magic number is not the one expected for this kind of file.
     #[error("{path}: bad IDX magic {found:#010x}, expected {expected:#010x}")]
-    BadMagic {
-        path: PathBuf,
-        found: u32,
-        expected: u32,
-    },
+    BadMagic { path: PathBuf, found: u32, expected: u32 },
     /// The number of data bytes differs from what the header's dimensions imply.
     #[error("{path}: header implies {expected} data bytes but the file holds {found}")]
-    SizeMismatch {
-        path: PathBuf,
-        expected: usize,
-        found: usize,
-    },
+    SizeMismatch { path: PathBuf, expected: usize, found: usize },
     /// The image and label files hold different numbers of examples.
     #[error("{images} images but {labels} labels")]
     CountMismatch { images: usize, labels: usize },
@@ -74,11 +62,7 @@ pub enum DatasetError {
     Mat { path: PathBuf, msg: String },
     /// A label is outside `0..NUM_CLASSES`.
     #[error("{path}: label {label} at index {index} is not in 0..{}", NUM_CLASSES)]
-    BadLabel {
-        path: PathBuf,
-        index: usize,
-        label: u8,
-    },
+    BadLabel { path: PathBuf, index: usize, label: u8 },
 }
 
 /// An in-memory image classification data set.
@@ -152,7 +136,12 @@ impl Dataset {
 
     /// The examples `idx` as a tensor `[idx.len(), *example_shape]` of `dtype` on `device`,
     /// with their labels.
-    pub fn gather(&self, idx: &[usize], dtype: candle_core::DType, device: &Device) -> candle_core::Result<(Tensor, Vec<u32>)> {
+    pub fn gather(
+        &self,
+        idx: &[usize],
+        dtype: candle_core::DType,
+        device: &Device,
+    ) -> candle_core::Result<(Tensor, Vec<u32>)> {
         let sub = self.subset(idx);
         let (x, y) = sub.batch(0, sub.n, device)?;
         Ok((x.to_dtype(dtype)?, y))
@@ -160,17 +149,9 @@ impl Dataset {
 
     /// Examples `start..end` as an `f32` tensor `[end - start, *example_shape]` on `device`,
     /// with their labels. Fails (without panicking) if the range is not within `0..=len()`.
-    pub fn batch(
-        &self,
-        start: usize,
-        end: usize,
-        device: &Device,
-    ) -> candle_core::Result<(Tensor, Vec<u32>)> {
+    pub fn batch(&self, start: usize, end: usize, device: &Device) -> candle_core::Result<(Tensor, Vec<u32>)> {
         if start > end || end > self.n {
-            candle_core::bail!(
-                "batch range {start}..{end} out of bounds for a data set of {} examples",
-                self.n
-            );
+            candle_core::bail!("batch range {start}..{end} out of bounds for a data set of {} examples", self.n);
         }
         let size = self.example_size();
         let mut shape = vec![end - start];
@@ -199,10 +180,7 @@ impl Split {
 
 /// Wraps an I/O error with the path it happened on.
 pub(super) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DatasetError + '_ {
-    move |source| DatasetError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| DatasetError::Io { path: path.to_path_buf(), source }
 }
 
 /// Opens `path`, transparently decompressing it if it starts with the gzip magic.
@@ -240,19 +218,11 @@ fn read_idx(path: &Path, expected_magic: u32) -> Result<(Vec<usize>, Vec<u8>), D
     let mut magic = [0u8; 4];
     let got = read_up_to(&mut *reader, &mut magic).map_err(io_err(path))?;
     if got < 4 {
-        return Err(DatasetError::TruncatedHeader {
-            path: path.to_path_buf(),
-            needed: 4,
-            found: got,
-        });
+        return Err(DatasetError::TruncatedHeader { path: path.to_path_buf(), needed: 4, found: got });
     }
     let magic = u32::from_be_bytes(magic);
     if magic != expected_magic {
-        return Err(DatasetError::BadMagic {
-            path: path.to_path_buf(),
-            found: magic,
-            expected: expected_magic,
-        });
+        return Err(DatasetError::BadMagic { path: path.to_path_buf(), found: magic, expected: expected_magic });
     }
 
     let ndims = (expected_magic & 0xff) as usize;
@@ -265,10 +235,8 @@ fn read_idx(path: &Path, expected_magic: u32) -> Result<(Vec<usize>, Vec<u8>), D
             found: 4 + got,
         });
     }
-    let dims: Vec<usize> = dim_bytes
-        .chunks_exact(4)
-        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
-        .collect();
+    let dims: Vec<usize> =
+        dim_bytes.chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize).collect();
 
     // Size implied by the header, computed without overflow; saturates at usize::MAX (which no
     // real file can match, so it ends as a SizeMismatch).
@@ -282,10 +250,7 @@ fn read_idx(path: &Path, expected_magic: u32) -> Result<(Vec<usize>, Vec<u8>), D
     // so an absurd header cannot trigger an absurd allocation.
     let mut body = Vec::with_capacity(expected.min(1 << 26));
     let limit = (expected as u64).saturating_add(1);
-    (&mut reader)
-        .take(limit)
-        .read_to_end(&mut body)
-        .map_err(io_err(path))?;
+    (&mut reader).take(limit).read_to_end(&mut body).map_err(io_err(path))?;
     if body.len() != expected {
         let mut found = body.len();
         if found > expected {
@@ -293,11 +258,7 @@ fn read_idx(path: &Path, expected_magic: u32) -> Result<(Vec<usize>, Vec<u8>), D
             let rest = io::copy(&mut reader, &mut io::sink()).map_err(io_err(path))?;
             found = found.saturating_add(rest as usize);
         }
-        return Err(DatasetError::SizeMismatch {
-            path: path.to_path_buf(),
-            expected,
-            found,
-        });
+        return Err(DatasetError::SizeMismatch { path: path.to_path_buf(), expected, found });
     }
     Ok((dims, body))
 }
@@ -321,21 +282,10 @@ pub fn load_idx_pair(images_path: &Path, labels_path: &Path) -> Result<Dataset, 
     let (n, rows, cols, pixels) = read_idx_images(images_path)?;
     let raw_labels = read_idx_labels(labels_path)?;
     if raw_labels.len() != n {
-        return Err(DatasetError::CountMismatch {
-            images: n,
-            labels: raw_labels.len(),
-        });
+        return Err(DatasetError::CountMismatch { images: n, labels: raw_labels.len() });
     }
-    if let Some((index, &label)) = raw_labels
-        .iter()
-        .enumerate()
-        .find(|(_, &l)| l as usize >= NUM_CLASSES)
-    {
-        return Err(DatasetError::BadLabel {
-            path: labels_path.to_path_buf(),
-            index,
-            label,
-        });
+    if let Some((index, &label)) = raw_labels.iter().enumerate().find(|(_, &l)| l as usize >= NUM_CLASSES) {
+        return Err(DatasetError::BadLabel { path: labels_path.to_path_buf(), index, label });
     }
     Ok(Dataset {
         images: pixels.iter().map(|&p| p as f32 / 255.0).collect(),
@@ -367,10 +317,7 @@ fn find_file(dir: &Path, split: Split, kind: &str) -> Result<PathBuf, DatasetErr
         .iter()
         .map(|name| dir.join(name))
         .find(|p| p.is_file())
-        .ok_or_else(|| DatasetError::MissingFile {
-            dir: dir.to_path_buf(),
-            tried,
-        })
+        .ok_or_else(|| DatasetError::MissingFile { dir: dir.to_path_buf(), tried })
 }
 
 /// Loads MNIST-layout IDX files from `dir`: `{train,t10k}-{images-idx3,labels-idx1}-ubyte` with

@@ -8,8 +8,8 @@ pub mod svhn;
 
 pub use cifar::load_cifar10;
 pub use har::load_har;
-pub use svhn::load_svhn;
 pub use idx::*;
+pub use svhn::load_svhn;
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};

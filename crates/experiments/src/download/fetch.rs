@@ -25,10 +25,7 @@ pub(crate) fn agent(connect: Duration, read: Duration) -> ureq::Agent {
         .timeout_connect(Some(connect))
         .timeout_recv_response(Some(read))
         .timeout_per_read(Some(read))
-        .user_agent(concat!(
-            "convex-adversarial-rs-download/",
-            env!("CARGO_PKG_VERSION")
-        ))
+        .user_agent(concat!("convex-adversarial-rs-download/", env!("CARGO_PKG_VERSION")))
         .build()
         .into()
 }
@@ -72,12 +69,7 @@ pub(crate) fn fetch_to(
     }
     let resp = req.call().map_err(|e| FetchError::Transfer(describe(&e)))?;
     let status = resp.status().as_u16();
-    let header = |name: &str| {
-        resp.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
+    let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     let content_length: Option<u64> = header("content-length").and_then(|v| v.trim().parse().ok());
     let (start, total) = match status {
         200 => (0, content_length),
@@ -85,9 +77,7 @@ pub(crate) fn fetch_to(
             let (start, total) = header("content-range")
                 .as_deref()
                 .and_then(parse_content_range)
-                .ok_or_else(|| {
-                    FetchError::Transfer("206 answer without a valid Content-Range".into())
-                })?;
+                .ok_or_else(|| FetchError::Transfer("206 answer without a valid Content-Range".into()))?;
             if start != offset {
                 // Not the part we asked for: start over on the next attempt.
                 let _ = fs::remove_file(part);
@@ -100,19 +90,10 @@ pub(crate) fn fetch_to(
         416 => return Err(FetchError::RangeNotSatisfiable),
         s => return Err(FetchError::Status(s)),
     };
-    let file = if start == 0 {
-        File::create(part)
-    } else {
-        OpenOptions::new().append(true).open(part)
-    }
-    .map_err(FetchError::Local)?;
+    let file = if start == 0 { File::create(part) } else { OpenOptions::new().append(true).open(part) }
+        .map_err(FetchError::Local)?;
     let mut out = BufWriter::with_capacity(1 << 16, file);
-    progress(&Event::Transfer {
-        file: file_name,
-        url,
-        offset: start,
-        total,
-    });
+    progress(&Event::Transfer { file: file_name, url, offset: start, total });
 
     let mut body = resp.into_body().into_reader();
     let mut buf = vec![0u8; 1 << 16];
@@ -126,25 +107,17 @@ pub(crate) fn fetch_to(
                     return Err(FetchError::Local(e));
                 }
                 received += n as u64;
-                progress(&Event::Bytes {
-                    file: file_name,
-                    done: start + received,
-                    total,
-                });
+                progress(&Event::Bytes { file: file_name, done: start + received, total });
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                fail = Some(format!(
-                    "connection dropped after {received} bytes of the body: {e}"
-                ));
+                fail = Some(format!("connection dropped after {received} bytes of the body: {e}"));
                 break;
             }
         }
     }
     // Keep what arrived (a valid prefix) so the next attempt can continue it.
-    let file = out
-        .into_inner()
-        .map_err(|e| FetchError::Local(e.into_error()))?;
+    let file = out.into_inner().map_err(|e| FetchError::Local(e.into_error()))?;
     file.sync_all().map_err(FetchError::Local)?;
     if let Some(f) = fail {
         return Err(FetchError::Transfer(f));
@@ -165,10 +138,7 @@ mod tests {
 
     #[test]
     fn content_range() {
-        assert_eq!(
-            parse_content_range("bytes 100-199/200"),
-            Some((100, Some(200)))
-        );
+        assert_eq!(parse_content_range("bytes 100-199/200"), Some((100, Some(200))));
         assert_eq!(parse_content_range("bytes 5-9/*"), Some((5, None)));
         assert_eq!(parse_content_range("items 5-9/10"), None);
     }

@@ -93,10 +93,7 @@ impl RemoteFile {
     }
     /// The file's URL on a mirror (a base URL; a missing trailing `/` is added).
     pub fn url(&self, mirror: &str) -> String {
-        let path = self
-            .remote_path
-            .clone()
-            .unwrap_or_else(|| encode_path(&self.name));
+        let path = self.remote_path.clone().unwrap_or_else(|| encode_path(&self.name));
         if mirror.ends_with('/') {
             format!("{mirror}{path}")
         } else {
@@ -168,18 +165,9 @@ impl Default for DownloadOptions {
 #[derive(Debug, Clone, Copy)]
 pub enum Event<'a> {
     /// A transfer (download attempt or import copy) starts at byte `offset` of `total`.
-    Transfer {
-        file: &'a str,
-        url: &'a str,
-        offset: u64,
-        total: Option<u64>,
-    },
+    Transfer { file: &'a str, url: &'a str, offset: u64, total: Option<u64> },
     /// `done` bytes of the file are in its `.part` now.
-    Bytes {
-        file: &'a str,
-        done: u64,
-        total: Option<u64>,
-    },
+    Bytes { file: &'a str, done: u64, total: Option<u64> },
     /// The file is being checked.
     Verifying { file: &'a str },
     /// The file is in place (downloaded, imported or already there).
@@ -257,21 +245,10 @@ pub enum DownloadError {
     HttpStatus { url: String, status: u16 },
     #[error("{url}: {message}")]
     Transfer { url: String, message: String },
-    #[error(
-        "checksum mismatch for {file} (from {origin}): expected {algo} {expected}, got {actual}"
-    )]
-    ChecksumMismatch {
-        file: PathBuf,
-        origin: String,
-        algo: &'static str,
-        expected: String,
-        actual: String,
-    },
+    #[error("checksum mismatch for {file} (from {origin}): expected {algo} {expected}, got {actual}")]
+    ChecksumMismatch { file: PathBuf, origin: String, algo: &'static str, expected: String, actual: String },
     #[error("{file}: could not be downloaded from any mirror:\n  {}", list(.errors))]
-    AllMirrorsFailed {
-        file: String,
-        errors: Vec<DownloadError>,
-    },
+    AllMirrorsFailed { file: String, errors: Vec<DownloadError> },
     #[error("{}: file to import not found", .path.display())]
     MissingImport { path: PathBuf },
     #[error("{}: {source}", .path.display())]
@@ -283,29 +260,18 @@ pub enum DownloadError {
 }
 
 fn list(errors: &[DownloadError]) -> String {
-    errors
-        .iter()
-        .map(|e| e.to_string())
-        .collect::<Vec<_>>()
-        .join("\n  ")
+    errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n  ")
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DownloadError + '_ {
-    move |source| DownloadError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| DownloadError::Io { path: path.to_path_buf(), source }
 }
 
 /// The registry entry for `name`, or an error listing the known ones.
 pub fn dataset(name: &str) -> Result<DatasetSource, DownloadError> {
     find_dataset(name).ok_or_else(|| DownloadError::UnknownDataset {
         name: name.to_string(),
-        known: registry()
-            .iter()
-            .map(|d| d.name.clone())
-            .collect::<Vec<_>>()
-            .join(", "),
+        known: registry().iter().map(|d| d.name.clone()).collect::<Vec<_>>().join(", "),
     })
 }
 
@@ -355,20 +321,8 @@ pub fn download_dataset(
     let mut sums = read_sums(dest);
     let mut files = Vec::new();
     for file in &src.files {
-        let recorded = if file.has_checksum() {
-            None
-        } else {
-            sums.get(&file.name).cloned()
-        };
-        let rep = obtain(
-            file,
-            dest,
-            &mirrors,
-            recorded.as_deref(),
-            opts,
-            &agent,
-            progress,
-        )?;
+        let recorded = if file.has_checksum() { None } else { sums.get(&file.name).cloned() };
+        let rep = obtain(file, dest, &mirrors, recorded.as_deref(), opts, &agent, progress)?;
         if rep.check == Check::Unverified {
             progress(&Event::Warning(&format!(
                 "{}: no checksum is known for this file; accepted unverified, SHA-256 {} recorded in {}",
@@ -377,21 +331,13 @@ pub fn download_dataset(
                 dest.join(SUMS_FILE).display()
             )));
         }
-        progress(&Event::Done {
-            file: &file.name,
-            check: rep.check,
-        });
+        progress(&Event::Done { file: &file.name, check: rep.check });
         sums.insert(file.name.clone(), rep.sha256.clone());
         write_sums(dest, &sums)?;
         files.push(rep);
     }
     if opts.unpack {
-        let protected: Vec<String> = src
-            .files
-            .iter()
-            .map(|f| f.name.clone())
-            .chain([SUMS_FILE.to_string()])
-            .collect();
+        let protected: Vec<String> = src.files.iter().map(|f| f.name.clone()).chain([SUMS_FILE.to_string()]).collect();
         for (file, rep) in src.files.iter().zip(files.iter_mut()) {
             if file.unpack == Unpack::None {
                 continue;
@@ -412,11 +358,7 @@ pub fn download_dataset(
             }
         }
     }
-    Ok(Report {
-        dataset: src.name.clone(),
-        dir: dest.to_path_buf(),
-        files,
-    })
+    Ok(Report { dataset: src.name.clone(), dir: dest.to_path_buf(), files })
 }
 
 fn obtain(
@@ -461,9 +403,7 @@ fn obtain(
         return Ok(report(Origin::Imported { from: src }, v));
     }
     if mirrors.is_empty() {
-        return Err(DownloadError::NoMirrors {
-            file: file.name.clone(),
-        });
+        return Err(DownloadError::NoMirrors { file: file.name.clone() });
     }
     let (url, resumed_from, v) = download(file, &path, &part, mirrors, opts, agent, progress)?;
     fs::rename(&part, &path).map_err(io_err(&path))?;
@@ -478,19 +418,12 @@ fn import(
     progress: &dyn Fn(&Event),
 ) -> Result<hash::Verified, DownloadError> {
     if !src.is_file() {
-        return Err(DownloadError::MissingImport {
-            path: src.to_path_buf(),
-        });
+        return Err(DownloadError::MissingImport { path: src.to_path_buf() });
     }
     let mut input = File::open(src).map_err(io_err(src))?;
     let total = input.metadata().ok().map(|m| m.len());
     let shown = src.display().to_string();
-    progress(&Event::Transfer {
-        file: &file.name,
-        url: &shown,
-        offset: 0,
-        total,
-    });
+    progress(&Event::Transfer { file: &file.name, url: &shown, offset: 0, total });
     let mut out = File::create(part).map_err(io_err(part))?;
     let mut buf = vec![0u8; 1 << 16];
     let mut done = 0u64;
@@ -499,20 +432,11 @@ fn import(
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(DownloadError::Io {
-                    path: src.to_path_buf(),
-                    source: e,
-                })
-            }
+            Err(e) => return Err(DownloadError::Io { path: src.to_path_buf(), source: e }),
         };
         out.write_all(&buf[..n]).map_err(io_err(part))?;
         done += n as u64;
-        progress(&Event::Bytes {
-            file: &file.name,
-            done,
-            total,
-        });
+        progress(&Event::Bytes { file: &file.name, done, total });
     }
     out.sync_all().map_err(io_err(part))?;
     drop(out);
@@ -597,16 +521,11 @@ fn download(
                     let _ = fs::remove_file(part);
                     DownloadError::Transfer {
                         url: url.clone(),
-                        message: format!(
-                            "HTTP status 416 for a resume at byte {before}; starting over"
-                        ),
+                        message: format!("HTTP status 416 for a resume at byte {before}; starting over"),
                     }
                 }
                 Err(FetchError::Status(status)) => {
-                    let e = DownloadError::HttpStatus {
-                        url: url.clone(),
-                        status,
-                    };
+                    let e = DownloadError::HttpStatus { url: url.clone(), status };
                     if !retryable_status(status) {
                         progress(&Event::Warning(&e.to_string()));
                         errors.push(e);
@@ -614,25 +533,14 @@ fn download(
                     }
                     e
                 }
-                Err(FetchError::Transfer(message)) => DownloadError::Transfer {
-                    url: url.clone(),
-                    message,
-                },
-                Err(FetchError::Local(source)) => {
-                    return Err(DownloadError::Io {
-                        path: part.to_path_buf(),
-                        source,
-                    })
-                }
+                Err(FetchError::Transfer(message)) => DownloadError::Transfer { url: url.clone(), message },
+                Err(FetchError::Local(source)) => return Err(DownloadError::Io { path: part.to_path_buf(), source }),
             };
             progress(&Event::Warning(&err.to_string()));
             errors.push(err);
         }
     }
-    Err(DownloadError::AllMirrorsFailed {
-        file: file.name.clone(),
-        errors,
-    })
+    Err(DownloadError::AllMirrorsFailed { file: file.name.clone(), errors })
 }
 
 fn mismatch_error(path: &Path, url: &str, m: hash::Mismatch) -> DownloadError {

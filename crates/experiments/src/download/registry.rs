@@ -17,15 +17,11 @@ pub fn registry() -> Vec<DatasetSource> {
 /// Looks a data set up by name or alias (case-insensitive).
 pub fn find_dataset(name: &str) -> Option<DatasetSource> {
     let n = name.trim().to_ascii_lowercase();
-    registry()
-        .into_iter()
-        .find(|d| d.name == n || d.aliases.contains(&n))
+    registry().into_iter().find(|d| d.name == n || d.aliases.contains(&n))
 }
 
 fn idx(name: &str, md5: &str, gunzipped_sha256: &str) -> RemoteFile {
-    RemoteFile::new(name)
-        .md5(md5)
-        .gunzipped_sha256(gunzipped_sha256)
+    RemoteFile::new(name).md5(md5).gunzipped_sha256(gunzipped_sha256)
 }
 
 fn mnist() -> DatasetSource {
@@ -92,8 +88,7 @@ fn fashion_mnist() -> DatasetSource {
         ],
         mirrors: vec![
             "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/".into(),
-            "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/"
-                .into(),
+            "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/".into(),
         ],
     }
 }
@@ -106,10 +101,7 @@ fn cifar10() -> DatasetSource {
         files: vec![RemoteFile::new("cifar-10-binary.tar.gz")
             .md5("c32a1d4ab5d03f1284b67883e8d87530")
             .unpack(Unpack::TarGz)],
-        mirrors: vec![
-            "https://www.cs.toronto.edu/~kriz/".into(),
-            "https://cave.cs.toronto.edu/kriz/".into(),
-        ],
+        mirrors: vec!["https://www.cs.toronto.edu/~kriz/".into(), "https://cave.cs.toronto.edu/kriz/".into()],
     }
 }
 
@@ -133,9 +125,7 @@ fn har() -> DatasetSource {
     DatasetSource {
         name: "har".into(),
         aliases: vec!["uci-har".into(), "uci_har".into()],
-        description:
-            "UCI Human Activity Recognition (smartphones), zip (unpacked to UCI HAR Dataset/)"
-                .into(),
+        description: "UCI Human Activity Recognition (smartphones), zip (unpacked to UCI HAR Dataset/)".into(),
         // No published checksum: verified against the SHA-256 recorded on first download.
         files: vec![RemoteFile::new("UCI HAR Dataset.zip").unpack(Unpack::Zip)],
         mirrors: vec![

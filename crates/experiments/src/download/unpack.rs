@@ -10,17 +10,11 @@ use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DownloadError + '_ {
-    move |source| DownloadError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| DownloadError::Io { path: path.to_path_buf(), source }
 }
 
 fn archive_err(path: &Path, message: impl std::fmt::Display) -> DownloadError {
-    DownloadError::Archive {
-        path: path.to_path_buf(),
-        message: message.to_string(),
-    }
+    DownloadError::Archive { path: path.to_path_buf(), message: message.to_string() }
 }
 
 /// Unpacks `archive` into `dest` unless the marker says this exact archive already was.
@@ -33,18 +27,12 @@ pub(crate) fn unpack(
     archive_sha256: &str,
     protected: &[String],
 ) -> Result<(Vec<PathBuf>, bool), DownloadError> {
-    let name = archive
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = archive.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let marker = dest.join(format!(".{name}.unpacked"));
     if let Ok(text) = fs::read_to_string(&marker) {
         let mut lines = text.lines();
         if lines.next() == Some(archive_sha256) {
-            let entries: Vec<PathBuf> = lines
-                .filter(|l| !l.is_empty())
-                .map(|l| dest.join(l))
-                .collect();
+            let entries: Vec<PathBuf> = lines.filter(|l| !l.is_empty()).map(|l| dest.join(l)).collect();
             if !entries.is_empty() && entries.iter().all(|p| p.exists()) {
                 return Ok((entries, false));
             }
@@ -74,15 +62,9 @@ pub(crate) fn unpack(
         let _ = fs::remove_dir_all(&tmp);
         return Err(archive_err(archive, "archive holds no files"));
     }
-    if let Some(clash) = top
-        .iter()
-        .find(|t| protected.contains(t) || t.ends_with(".part") || t.starts_with("."))
-    {
+    if let Some(clash) = top.iter().find(|t| protected.contains(t) || t.ends_with(".part") || t.starts_with(".")) {
         let _ = fs::remove_dir_all(&tmp);
-        return Err(archive_err(
-            archive,
-            format!("archive entry `{clash}` would replace a downloaded file"),
-        ));
+        return Err(archive_err(archive, format!("archive entry `{clash}` would replace a downloaded file")));
     }
     let _ = fs::remove_file(&marker);
     for t in &top {
@@ -121,9 +103,7 @@ pub(crate) fn plausible(kind: Unpack, path: &Path) -> Result<(), String> {
         Unpack::None => Ok(()),
         Unpack::Zip => {
             let f = File::open(path).map_err(|e| e.to_string())?;
-            zip::ZipArchive::new(BufReader::new(f))
-                .map(|_| ())
-                .map_err(|e| format!("not a zip archive ({e})"))
+            zip::ZipArchive::new(BufReader::new(f)).map(|_| ()).map_err(|e| format!("not a zip archive ({e})"))
         }
         Unpack::TarGz => {
             let f = File::open(path).map_err(|e| e.to_string())?;
@@ -149,19 +129,11 @@ fn untar_gz(archive: &Path, into: &Path) -> Result<(), DownloadError> {
     let entries = tar.entries().map_err(|e| archive_err(archive, e))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| archive_err(archive, e))?;
-        let path = entry
-            .path()
-            .map_err(|e| archive_err(archive, e))?
-            .into_owned();
+        let path = entry.path().map_err(|e| archive_err(archive, e))?.into_owned();
         // `unpack_in` refuses paths that leave the folder (it returns false for those).
-        let inside = entry
-            .unpack_in(into)
-            .map_err(|e| archive_err(archive, format!("{}: {e}", path.display())))?;
+        let inside = entry.unpack_in(into).map_err(|e| archive_err(archive, format!("{}: {e}", path.display())))?;
         if !inside {
-            return Err(archive_err(
-                archive,
-                format!("entry `{}` points outside the archive", path.display()),
-            ));
+            return Err(archive_err(archive, format!("entry `{}` points outside the archive", path.display())));
         }
     }
     Ok(())
@@ -173,15 +145,11 @@ fn unzip(archive: &Path, into: &Path) -> Result<(), DownloadError> {
     for i in 0..zip.len() {
         let mut entry = zip.by_index(i).map_err(|e| archive_err(archive, e))?;
         let raw = entry.name().to_string();
-        let rel = entry.enclosed_name().ok_or_else(|| {
-            archive_err(archive, format!("entry `{raw}` points outside the archive"))
-        })?;
+        let rel = entry
+            .enclosed_name()
+            .ok_or_else(|| archive_err(archive, format!("entry `{raw}` points outside the archive")))?;
         // Resource forks from macOS zips are not data.
-        if rel
-            .components()
-            .next()
-            .is_some_and(|c| c.as_os_str() == "__MACOSX")
-        {
+        if rel.components().next().is_some_and(|c| c.as_os_str() == "__MACOSX") {
             continue;
         }
         let out = into.join(&rel);

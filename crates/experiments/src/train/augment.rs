@@ -33,7 +33,8 @@ impl Augment {
         for e in 0..ds.n {
             let img = &mut ds.images[e * size..(e + 1) * size];
             let flip = self.flip && rng.random::<bool>();
-            let (dy, dx) = if p > 0 { (rng.random_range(-p..=p) as isize, rng.random_range(-p..=p) as isize) } else { (0, 0) };
+            let (dy, dx) =
+                if p > 0 { (rng.random_range(-p..=p) as isize, rng.random_range(-p..=p) as isize) } else { (0, 0) };
             if !flip && dy == 0 && dx == 0 {
                 continue;
             }

@@ -151,7 +151,8 @@ impl Optimizer {
     /// Restores a state saved by [`Optimizer::state`].
     pub fn load_state(&mut self, tensors: &[(String, Tensor)], step: u64) -> Result<()> {
         for (name, t) in tensors {
-            let (kind, idx) = name.split_once('.').ok_or_else(|| anyhow::anyhow!("bad optimizer tensor name {name}"))?;
+            let (kind, idx) =
+                name.split_once('.').ok_or_else(|| anyhow::anyhow!("bad optimizer tensor name {name}"))?;
             let i: usize = idx.parse()?;
             if i >= self.vars.len() || self.vars[i].dims() != t.dims() {
                 bail!("optimizer state `{name}` does not fit the model (wrong index or shape)");

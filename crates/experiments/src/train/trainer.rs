@@ -137,7 +137,9 @@ fn write_log(dir: &Path, log: &[EpochLog]) -> Result<()> {
 /// `errors.png`: test certified robust error, test error and (robust training) training robust
 /// error per epoch, in percent.
 pub fn plot_log(path: &Path, log: &[EpochLog]) -> Result<()> {
-    let pct = |f: &dyn Fn(&EpochLog) -> Option<f64>| -> Vec<(f64, f64)> { log.iter().filter_map(|l| f(l).map(|v| (l.epoch as f64, 100.0 * v))).collect() };
+    let pct = |f: &dyn Fn(&EpochLog) -> Option<f64>| -> Vec<(f64, f64)> {
+        log.iter().filter_map(|l| f(l).map(|v| (l.epoch as f64, 100.0 * v))).collect()
+    };
     let mut series = vec![
         ("test certified robust error (exact)".to_string(), pct(&|l| Some(l.test_robust_error))),
         ("test error".to_string(), pct(&|l| Some(l.test_error))),
@@ -159,7 +161,14 @@ fn argmax_errors(logits: &Tensor, y: &[u32]) -> Result<usize> {
 /// `best.safetensors` when the test robust error improves, `log.jsonl`, `errors.png` and
 /// `config.json`. With
 /// `resume`, continues from the state in `out_dir`.
-pub fn train(net: &Network, train_set: &Dataset, test_set: &Dataset, cfg: &TrainConfig, out_dir: &Path, resume: bool) -> Result<TrainSummary> {
+pub fn train(
+    net: &Network,
+    train_set: &Dataset,
+    test_set: &Dataset,
+    cfg: &TrainConfig,
+    out_dir: &Path,
+    resume: bool,
+) -> Result<TrainSummary> {
     if cfg.batch_size == 0 || cfg.epochs == 0 {
         bail!("epochs and batch size must be at least 1");
     }
@@ -169,7 +178,8 @@ pub fn train(net: &Network, train_set: &Dataset, test_set: &Dataset, cfg: &Train
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let dtype = if cfg.f64 { DType::F64 } else { DType::F32 };
     let mut opt = Optimizer::new(cfg.optimizer.clone(), net.trainable());
-    let mut state = TrainState { epochs_done: 0, best_robust_error: None, best_epoch: None, optimizer_steps: 0, log: Vec::new() };
+    let mut state =
+        TrainState { epochs_done: 0, best_robust_error: None, best_epoch: None, optimizer_steps: 0, log: Vec::new() };
     if resume {
         if let Some(s) = read_state(out_dir)? {
             let (_, tensors) = nets::io::read_safetensors(&out_dir.join("last.safetensors"))?;
@@ -192,7 +202,10 @@ pub fn train(net: &Network, train_set: &Dataset, test_set: &Dataset, cfg: &Train
         let mut order: Vec<usize> = (0..n).collect();
         order.shuffle(&mut StdRng::seed_from_u64(cfg.seed.wrapping_add(epoch as u64)));
         let bar = if cfg.quiet { ProgressBar::hidden() } else { ProgressBar::new(nb as u64) };
-        bar.set_style(ProgressStyle::with_template("epoch {prefix} {bar:25} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}").expect("template"));
+        bar.set_style(
+            ProgressStyle::with_template("epoch {prefix} {bar:25} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
+                .expect("template"),
+        );
         bar.set_prefix(format!("{}/{}", epoch + 1, cfg.epochs));
         let (mut loss_sum, mut err_sum, mut rerr_sum, mut seen) = (0.0, 0usize, 0.0, 0usize);
         let mut eps = cfg.eps.at(epoch, 0.0);
@@ -201,7 +214,10 @@ pub fn train(net: &Network, train_set: &Dataset, test_set: &Dataset, cfg: &Train
             let mut sub = train_set.subset(idx);
             if let Some(aug) = &cfg.augment {
                 let step = (epoch * nb + b) as u64;
-                aug.apply(&mut sub, &mut StdRng::seed_from_u64(cfg.seed ^ step.wrapping_mul(0xA24B_AED4_963E_E407) ^ 0x5EED));
+                aug.apply(
+                    &mut sub,
+                    &mut StdRng::seed_from_u64(cfg.seed ^ step.wrapping_mul(0xA24B_AED4_963E_E407) ^ 0x5EED),
+                );
             }
             let (x, y) = sub.batch(0, sub.n, &Device::Cpu)?;
             let x = x.to_dtype(dtype)?.to_device(&net.device())?;
@@ -212,11 +228,22 @@ pub fn train(net: &Network, train_set: &Dataset, test_set: &Dataset, cfg: &Train
                 LossKind::Baseline => (cross_entropy(&logits, &y)?, None),
                 LossKind::Robust => {
                     let dual = match cfg.proj {
-                        None => net.dual(&x, input_set(&x, eps, cfg.norm, cfg.bounded_input)?, &DualOptions::default())?,
+                        None => {
+                            net.dual(&x, input_set(&x, eps, cfg.norm, cfg.bounded_input)?, &DualOptions::default())?
+                        }
                         Some(k) => {
                             // Fresh projections every step, reproducible from the seed.
-                            let p = Projection { k, seed: cfg.seed ^ (opt.steps() + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15), inflate_delta: None };
-                            projections::projected_dual(&x, net.dual_nodes(&x)?, &projection_config(eps, cfg.norm, cfg.bounded_input, &p), &DualOptions::default())?
+                            let p = Projection {
+                                k,
+                                seed: cfg.seed ^ (opt.steps() + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                                inflate_delta: None,
+                            };
+                            projections::projected_dual(
+                                &x,
+                                net.dual_nodes(&x)?,
+                                &projection_config(eps, cfg.norm, cfg.bounded_input, &p),
+                                &DualOptions::default(),
+                            )?
                         }
                     };
                     let rl = robust_loss(&dual, &y)?;
@@ -247,7 +274,8 @@ pub fn train(net: &Network, train_set: &Dataset, test_set: &Dataset, cfg: &Train
             err_sum += clean_err;
             rerr_sum += rerr.unwrap_or(0.0) * y.len() as f64;
             seen += y.len();
-            let mut msg = format!("eps {eps:.4} loss {:.4} err {:.4}", loss_sum / seen as f64, err_sum as f64 / seen as f64);
+            let mut msg =
+                format!("eps {eps:.4} loss {:.4} err {:.4}", loss_sum / seen as f64, err_sum as f64 / seen as f64);
             if rerr.is_some() {
                 msg.push_str(&format!(" robust err {:.4}", rerr_sum / seen as f64));
             }
@@ -255,7 +283,14 @@ pub fn train(net: &Network, train_set: &Dataset, test_set: &Dataset, cfg: &Train
             bar.inc(1);
         }
         bar.finish_and_clear();
-        let settings = EvalSettings { eps: cfg.eps.end, norm: cfg.norm, bounded_input: cfg.bounded_input, pgd: false, memory_budget: None, proj: None };
+        let settings = EvalSettings {
+            eps: cfg.eps.end,
+            norm: cfg.norm,
+            bounded_input: cfg.bounded_input,
+            pgd: false,
+            memory_budget: None,
+            proj: None,
+        };
         let ev = evaluate(net, test_set, &settings, cfg.batch_size, cfg.eval_limit, dtype)?;
         let en = ev.n.max(1) as f64;
         let entry = EpochLog {
@@ -272,7 +307,12 @@ pub fn train(net: &Network, train_set: &Dataset, test_set: &Dataset, cfg: &Train
         if !cfg.quiet {
             eprintln!(
                 "epoch {}: loss {:.4} err {:.4} | test err {:.4} robust err {:.4} ({:.0} s)",
-                entry.epoch, entry.train_loss, entry.train_error, entry.test_error, entry.test_robust_error, entry.seconds
+                entry.epoch,
+                entry.train_loss,
+                entry.train_error,
+                entry.test_error,
+                entry.test_robust_error,
+                entry.seconds
             );
         }
         // Checkpoints first, then the state that points at them.

@@ -1,4 +1,9 @@
-use crate::{param, layer::single_input as single, spec::{BatchNormMode, LayerSpec}, Layer};
+use crate::{
+    layer::single_input as single,
+    param,
+    spec::{BatchNormMode, LayerSpec},
+    Layer,
+};
 use candle_core::{Result as CResult, Tensor, Var, D};
 use dual_core::{DualNode, Result as DResult};
 use dual_layers::DualBatchNorm2d;
@@ -43,8 +48,16 @@ impl Layer for BatchNorm2d {
     fn dual(&self, xs: &[Option<&Tensor>]) -> DResult<DualNode> {
         let x = single(xs)?;
         let d = match self.mode {
-            BatchNormMode::Eval => DualBatchNorm2d::from_stats(&param(&self.weight), &param(&self.bias), &param(&self.running_mean), &param(&self.running_var), self.eps)?,
-            BatchNormMode::BatchStats => DualBatchNorm2d::from_batch(&param(&self.weight), &param(&self.bias), x, self.eps)?,
+            BatchNormMode::Eval => DualBatchNorm2d::from_stats(
+                &param(&self.weight),
+                &param(&self.bias),
+                &param(&self.running_mean),
+                &param(&self.running_var),
+                self.eps,
+            )?,
+            BatchNormMode::BatchStats => {
+                DualBatchNorm2d::from_batch(&param(&self.weight), &param(&self.bias), x, self.eps)?
+            }
         };
         Ok(DualNode::Affine(Box::new(d)))
     }

@@ -1,4 +1,4 @@
-use crate::{param, layer::single_input as single, spec::LayerSpec, Layer};
+use crate::{layer::single_input as single, param, spec::LayerSpec, Layer};
 use candle_core::{Result as CResult, Tensor, Var};
 use dual_core::{DualError, DualNode, Result as DResult};
 use dual_layers::DualConv2d;
@@ -32,7 +32,8 @@ impl Layer for Conv2d {
     }
     fn dual(&self, xs: &[Option<&Tensor>]) -> DResult<DualNode> {
         let x = single(xs)?;
-        let (_, _, h, w) = x.dims4().map_err(|_| DualError::shape(format!("Conv2d needs a 4-d input, got {:?}", x.dims())))?;
+        let (_, _, h, w) =
+            x.dims4().map_err(|_| DualError::shape(format!("Conv2d needs a 4-d input, got {:?}", x.dims())))?;
         Ok(DualNode::Affine(Box::new(DualConv2d::new(
             param(&self.weight),
             self.bias.as_ref().map(param),

@@ -19,9 +19,7 @@ impl Layer for Dense {
         let mut sum: Option<Tensor> = None;
         for (p, x) in self.parts.iter().zip(xs) {
             let Some(p) = p else { continue };
-            let Some(x) = x else {
-                candle_core::bail!("a Dense part reads an output before the network input")
-            };
+            let Some(x) = x else { candle_core::bail!("a Dense part reads an output before the network input") };
             let y = p.forward(&[Some(x)])?;
             sum = Some(match sum {
                 None => y,
@@ -38,7 +36,10 @@ impl Layer for Dense {
                 Some(p) => match p.dual(&[*x])? {
                     DualNode::Affine(a) => parts.push(Some(a)),
                     DualNode::Activation(a) => {
-                        return Err(DualError::Unsupported(format!("{} inside a Dense layer (parts must be affine)", a.name())))
+                        return Err(DualError::Unsupported(format!(
+                            "{} inside a Dense layer (parts must be affine)",
+                            a.name()
+                        )))
                     }
                 },
             }

@@ -1,4 +1,4 @@
-use crate::{param, layer::single_input as single, spec::LayerSpec, Layer};
+use crate::{layer::single_input as single, param, spec::LayerSpec, Layer};
 use candle_core::{Result as CResult, Tensor, Var};
 use dual_core::{DualNode, Result as DResult};
 use dual_layers::DualLinear;
@@ -22,10 +22,7 @@ impl Layer for Linear {
         }
     }
     fn dual(&self, _xs: &[Option<&Tensor>]) -> DResult<DualNode> {
-        Ok(DualNode::Affine(Box::new(DualLinear::new(
-            param(&self.weight),
-            self.bias.as_ref().map(param),
-        ))))
+        Ok(DualNode::Affine(Box::new(DualLinear::new(param(&self.weight), self.bias.as_ref().map(param)))))
     }
     fn params(&self) -> Vec<(String, Var)> {
         let mut v = vec![("weight".to_string(), self.weight.clone())];
