@@ -205,8 +205,8 @@ impl DualNetwork {
                     let mut add = |p: &Tensor, range: Range<usize>| -> Result<()> {
                         // Shared columns (batch 1) stay shared until a per-example layer.
                         let pb = p.dim(0)?;
-                        // (A reshape that changes nothing would still cost a full-size gradient
-                        // accumulation in the backward pass.)
+                        // (A reshape that changes nothing is skipped: it would only add a node to
+                        // the backward pass.)
                         let p =
                             if p.dims() == [pb, range.len(), k] { p.clone() } else { p.reshape((pb, range.len(), k))? };
                         let (l, u) = src.column_terms(&p, range)?;

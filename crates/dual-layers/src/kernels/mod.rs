@@ -399,8 +399,8 @@ fn dims4(l: &Layout) -> Result<(usize, usize, usize, usize)> {
 
 /// A layout of rank ≥ 4 seen as rank 4, `[Π leading dims, c, h, w]`: the leading dims (columns
 /// of examples, `[B, n, c, h, w]`) must merge into one strided axis. This lets the dual network
-/// convolve its `[B, n, ...]` columns without reshapes, each of which would cost a full-size
-/// gradient accumulation in Candle's backward pass.
+/// convolve its `[B, n, ...]` columns without reshapes, each of which would add a node (and, for
+/// a strided view, a full-size copy) to Candle's backward pass.
 fn as_rank4(l: &Layout) -> Result<Layout> {
     let d = l.dims();
     let s = l.stride();
