@@ -2,6 +2,8 @@
 //! one-conv-layer network as its width `j` grows, exact vs 50 random projections, batch 10.
 //! Peak memory and the plot come from the `bound_scaling` example (one process per point).
 
+#![forbid(unsafe_code)]
+
 use benches::scaling::{scaling_net, scaling_step, ScalingBound};
 use benches::{labels, uniform};
 use candle_core::DType;

@@ -6,6 +6,8 @@
 //! almost every ReLU unstable) at batch 1 and 10. At batch 10 the small model also runs with
 //! Candle's own convolutions (`Tuning::candle`) for comparison.
 
+#![forbid(unsafe_code)]
+
 use benches::{labels, uniform};
 use candle_core::{DType, Device, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};

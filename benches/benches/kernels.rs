@@ -10,6 +10,8 @@
 //! each as conv2d (bounds), conv_transpose2d (the objective's backward pass, and conv2d's input
 //! gradient) and the kernel gradient (training).
 
+#![forbid(unsafe_code)]
+
 use benches::{conv_flops, conv_out, uniform};
 use candle_core::{DType, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};

@@ -1,1 +1,3 @@
 //! Examples live in this folder as `cargo run -p examples --example NAME`.
+
+#![forbid(unsafe_code)]

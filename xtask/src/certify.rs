@@ -47,7 +47,7 @@ impl CertifyArgs {
             (true, None) => anyhow::bail!("--norm {} needs --proj K (the number of projections)", self.norm),
             (false, None) => None,
         };
-        if proj.map_or(false, |p| p.k == 0) {
+        if proj.is_some_and(|p| p.k == 0) {
             anyhow::bail!("--proj must be at least 1");
         }
         let cfg = CertifyConfig {

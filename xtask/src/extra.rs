@@ -55,6 +55,7 @@ pub struct ExtraArgs {
 }
 
 /// Runs `name` (`primal` or `min-distance`).
+#[allow(clippy::too_many_arguments)] // the shared `reproduce` flags, passed through as they are
 pub fn run(
     name: &str,
     a: &ExtraArgs,

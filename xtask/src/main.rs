@@ -3,6 +3,10 @@
 //! A thin layer: raw flags are parsed here into checked configs of the `experiments` crate,
 //! which does the work.
 
+#![forbid(unsafe_code)]
+// `!(a <= b)` is how the input checks reject NaN together with the wrong order.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
 mod args;
 mod attack;
 mod bench_vs_pytorch;

@@ -14,6 +14,8 @@
 //!
 //! Architecture invariant: this crate does no IO and names no concrete layer.
 
+#![forbid(unsafe_code)]
+
 pub mod error;
 pub mod layer;
 pub mod loss;

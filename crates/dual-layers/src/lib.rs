@@ -17,6 +17,9 @@
 //! knowledge of the network around it. Hot loops (conv, conv transpose, matmul over columns) sit
 //! in one function per layer kind, so they can be replaced by faster kernels in one place.
 
+// `!(a <= b)` is how the input checks reject NaN together with the wrong order.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
 mod batchnorm;
 mod columns;
 mod conv;

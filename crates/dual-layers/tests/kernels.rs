@@ -12,6 +12,9 @@ use dual_layers::kernels::{
 };
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
+/// A generator of random test tensors: `(rng, shape, dtype) → tensor`.
+type Gen = fn(&mut StdRng, &[usize], DType) -> Result<Tensor>;
+
 fn rand_tensor(rng: &mut StdRng, shape: &[usize], dtype: DType) -> Result<Tensor> {
     let n: usize = shape.iter().product();
     let v: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
@@ -449,7 +452,8 @@ fn abs_and_neg_part_contract_match_candle_ops() -> Result<()> {
     // that Candle's gradient has the same (sub)gradient at the exact zeros: sign(0) = 0 for |·|
     // (PyTorch's abs) and slope 1 at 0 for min(·, 0) (PyTorch's clamp).
     type Contract = fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>;
-    let pieces: [(&str, Contract, fn(&Tensor) -> Result<Tensor>); 2] =
+    type Slope = fn(&Tensor) -> Result<Tensor>;
+    let pieces: [(&str, Contract, Slope); 2] =
         [("abs", abs_contract, sign), ("neg part", neg_part_contract, |g| g.le(0.0)?.to_dtype(g.dtype()))];
     let mut rng = StdRng::seed_from_u64(2);
     for (name, contract, factor) in pieces {
@@ -568,8 +572,7 @@ fn mostly_zero_gradients_take_the_sparse_paths() -> Result<()> {
     // (which go to the gemm) — equal Candle's and the gemm paths', for every shape and operand
     // layout.
     let mut rng = StdRng::seed_from_u64(77);
-    let gens: [(&str, fn(&mut StdRng, &[usize], DType) -> Result<Tensor>); 2] =
-        [("scattered", rand_sparse), ("dense images", rand_row_sparse)];
+    let gens: [(&str, Gen); 2] = [("scattered", rand_sparse), ("dense images", rand_row_sparse)];
     for (dtype, (kind, sparse_gen)) in [DType::F64, DType::F32].into_iter().flat_map(|d| gens.map(|g| (d, g))) {
         for (i, case) in cases().into_iter().enumerate() {
             let Case { n, c, h, w, o, k, stride, pad } = case;
@@ -630,7 +633,7 @@ fn linear_columns_match_candle_matmul() -> Result<()> {
     // Dense and mostly-zero columns, contiguous and transposed weights, dense and mostly-zero
     // upstream gradients: values and both gradients equal Candle's matmul, in f64 and f32.
     let mut rng = StdRng::seed_from_u64(91);
-    let gens: [fn(&mut StdRng, &[usize], DType) -> Result<Tensor>; 2] = [rand_tensor, rand_sparse];
+    let gens: [Gen; 2] = [rand_tensor, rand_sparse];
     for dtype in [DType::F64, DType::F32] {
         for &(b, n, k, o) in &[(1, 1, 1, 1), (3, 4, 7, 5), (2, 60, 98, 10), (5, 51, 200, 37)] {
             for (xi, xgen) in gens.iter().enumerate() {
@@ -666,7 +669,7 @@ fn linear_weight_grad_op_and_its_gradients() -> Result<()> {
     // dW = Σ_r g_rᵀ x_r for dense and mostly-zero operands, and its own gradients (the op is
     // bilinear: <G, dW> = Σ_r g_r G x_rᵀ) against Candle's matmuls.
     let mut rng = StdRng::seed_from_u64(92);
-    let gens: [fn(&mut StdRng, &[usize], DType) -> Result<Tensor>; 2] = [rand_tensor, rand_sparse];
+    let gens: [Gen; 2] = [rand_tensor, rand_sparse];
     for (xi, xgen) in gens.iter().enumerate() {
         for (gi, ggen) in gens.iter().enumerate() {
             let (b, n, k, o) = (4, 30, 23, 9);

@@ -5,6 +5,10 @@
 //!
 //! Architecture invariant: no bound math here — it calls `dual-core` / `nets` for that.
 
+#![forbid(unsafe_code)]
+// `!(a <= b)` is how the input checks reject NaN together with the wrong order.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
 pub mod attacks;
 pub mod cascade;
 pub mod certify;

@@ -195,6 +195,7 @@ pub fn time_repeats<T>(repeats: usize, mut f: impl FnMut(usize) -> Result<T>) ->
 
 /// Times `w` `repeats` times after one warm-up run, in this process, and reports as
 /// [`WorkerReport`]. Run it in a fresh process for a meaningful peak memory.
+#[allow(clippy::too_many_arguments)] // one workload's full description, as `run_workload` takes it
 pub fn time_workload(
     net: &Network,
     x: &Tensor,

@@ -33,10 +33,10 @@ fn test_batch_layout_and_normalisation() {
     assert_eq!(raw.labels, vec![3, 9, 0]);
     // Example 1, channel 2, row 5, column 7 → pixel 5*32+7 of plane 2.
     let p = 5 * 32 + 7;
-    let v = raw.images[1 * 3072 + 2 * 1024 + p];
+    let v = raw.images[3072 + 2 * 1024 + p];
     assert_eq!(v, ((9 + 6 + p) % 256) as f32 / 255.0);
-    let norm = load(&"cifar10".to_string(), &d, Split::Test).unwrap();
-    let w = norm.images[1 * 3072 + 2 * 1024 + p];
+    let norm = load("cifar10", &d, Split::Test).unwrap();
+    let w = norm.images[3072 + 2 * 1024 + p];
     assert!((w - (v - CIFAR_MEAN[2]) / CIFAR_STD).abs() < 1e-6);
     // The folder itself works too.
     assert_eq!(load_cifar10(&sub, Split::Test, false).unwrap(), raw);

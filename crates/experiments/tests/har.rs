@@ -29,7 +29,7 @@ fn reads_features_and_labels() {
     let root = tmp("ok");
     let har = root.join("UCI HAR Dataset");
     write_split(&har, "test", &[row(0), row(1), row(2)], "1\n6\n3\n");
-    let ds = load(&"har".to_string(), &root, Split::Test).unwrap();
+    let ds = load("har", &root, Split::Test).unwrap();
     assert_eq!(ds.labels, vec![0, 5, 2]);
     assert_eq!(ds.n, 3);
     assert_eq!(ds.example_shape(), vec![HAR_FEATURES]);

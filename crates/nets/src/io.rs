@@ -37,8 +37,11 @@ pub fn save_safetensors(net: &Network, path: &Path) -> Result<()> {
     atomic_write(path, &bytes)
 }
 
+/// Named tensors in file order, as a state dict holds them.
+pub type NamedTensors = Vec<(String, Tensor)>;
+
 /// Reads a safetensors file: its tensors and, if present, the architecture in its metadata.
-pub fn read_safetensors(path: &Path) -> Result<(Option<NetworkSpec>, Vec<(String, Tensor)>)> {
+pub fn read_safetensors(path: &Path) -> Result<(Option<NetworkSpec>, NamedTensors)> {
     let bytes = std::fs::read(path).map_err(|e| NetError::Io { path: path.to_path_buf(), source: e })?;
     let bad = |msg: String| NetError::BadFile { path: path.to_path_buf(), msg };
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)

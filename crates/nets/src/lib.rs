@@ -9,6 +9,8 @@
 //! Architecture invariant: the bound computation itself lives in `dual-core`/`dual-layers`;
 //! this crate only says which dual each layer has.
 
+#![forbid(unsafe_code)]
+
 pub mod build;
 mod error;
 mod grad_mode;

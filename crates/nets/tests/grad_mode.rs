@@ -28,7 +28,7 @@ fn no_grad_gives_the_same_bounds_without_a_graph() {
     assert!(tracked.track_op(), "with parameters tracked, the bounds carry a graph");
     assert!(nets::grad_enabled());
     let (plain, nested_off) = no_grad(|| {
-        let inner = no_grad(|| nets::grad_enabled());
+        let inner = no_grad(nets::grad_enabled);
         (bounds(&net, &x), !inner && !nets::grad_enabled())
     });
     assert!(nested_off);

@@ -86,12 +86,20 @@ fn block_median_by_rank<K: Key>(keys: &[[K; BLOCK]], mid: usize, out: &mut [u32;
     *out = first;
 }
 
+/// [`block_median_by_rank`] compiled for AVX-512.
+///
+/// # Safety
+/// The CPU must support AVX-512 F, BW and VL.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 unsafe fn block_median_by_rank_avx512<K: Key>(keys: &[[K; BLOCK]], mid: usize, out: &mut [u32; BLOCK]) {
     block_median_by_rank(keys, mid, out)
 }
 
+/// [`block_median_by_rank`] compiled for AVX2.
+///
+/// # Safety
+/// The CPU must support AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn block_median_by_rank_avx2<K: Key>(keys: &[[K; BLOCK]], mid: usize, out: &mut [u32; BLOCK]) {

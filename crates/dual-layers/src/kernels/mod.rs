@@ -147,6 +147,10 @@ impl Elem for f32 {
 }
 
 /// One 8×8 tile: `d[j·ds + i] = s[i·ss + j]` (unpack, shuffle, lane permute).
+///
+/// # Safety
+/// `s[i·ss + j]` must be readable and `d[j·ds + i]` writable for every `i, j < 8`, and the two
+/// regions must not overlap.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
 #[inline]
 unsafe fn transpose8x8_avx(s: *const f32, ss: usize, d: *mut f32, ds: usize) {

@@ -34,7 +34,7 @@ fn parse_batch(
     images: &mut Vec<f32>,
     labels: &mut Vec<u32>,
 ) -> Result<(), DatasetError> {
-    if bytes.is_empty() || bytes.len() % CIFAR_RECORD != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(CIFAR_RECORD) {
         return Err(DatasetError::BadRecords { path: path.to_path_buf(), len: bytes.len(), record: CIFAR_RECORD });
     }
     let first = labels.len();

@@ -320,7 +320,7 @@ pub fn train(
         let (ot, steps) = opt.state();
         let bytes = safetensors_bytes(&ot)?;
         nets::io::atomic_write(&out_dir.join("optimizer.safetensors"), &bytes)?;
-        if state.best_robust_error.map_or(true, |b| entry.test_robust_error < b) {
+        if state.best_robust_error.is_none_or(|b| entry.test_robust_error < b) {
             state.best_robust_error = Some(entry.test_robust_error);
             state.best_epoch = Some(entry.epoch);
             nets::io::save_safetensors(net, &out_dir.join("best.safetensors"))?;
