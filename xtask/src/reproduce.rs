@@ -1,8 +1,10 @@
 //! `cargo xtask reproduce NAME`: the papers' experiments.
 
-use anyhow::Result;
+use crate::parse;
+use anyhow::{bail, Context, Result};
 use clap::Args;
-use experiments::reproduce::{registry, reproduce, ReproduceOptions};
+use experiments::reproduce::{default_out_dir, registry, reproduce, ReproduceOptions};
+use experiments::train::resume;
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -21,18 +23,21 @@ pub struct ReproduceArgs {
     /// Output folder (default results/NAME).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Override the number of epochs.
-    #[arg(long)]
+    /// Override the number of epochs (≥ 1).
+    #[arg(long, value_parser = parse::at_least_one)]
     epochs: Option<usize>,
-    /// Train on only the first N examples.
-    #[arg(long)]
+    /// Train on only the first N examples (N ≥ 1).
+    #[arg(long, value_parser = parse::at_least_one)]
     train_limit: Option<usize>,
-    /// Evaluate on only the first N test examples.
-    #[arg(long)]
+    /// Evaluate on only the first N test examples (N ≥ 1).
+    #[arg(long, value_parser = parse::at_least_one)]
     test_limit: Option<usize>,
-    /// Continue an interrupted run from its last checkpoint.
-    #[arg(long)]
+    /// Continue an interrupted run from its last checkpoint (refused when there is none).
+    #[arg(long, conflicts_with = "restart")]
     resume: bool,
+    /// Start over in an output folder that already holds a run, overwriting it.
+    #[arg(long)]
+    restart: bool,
     /// Seed of the initialisation and data order.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -58,6 +63,7 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
         if let Some(o) = &a.out {
             cfg.png = o.join("toy2d.png");
         }
+        nets::io::check_writable_file(&cfg.png).context("--out")?;
         if a.quick {
             cfg.steps = 300;
         }
@@ -68,6 +74,15 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
         );
         return Ok(());
     }
+    if !registry().iter().any(|e| e.name == a.name) {
+        bail!(
+            "unknown experiment `{}`; known: {}, toy2d, primal, min-distance (`list` shows them)",
+            a.name,
+            registry().iter().map(|e| e.name).collect::<Vec<_>>().join(", ")
+        );
+    }
+    let out_dir = a.out.clone().unwrap_or_else(|| default_out_dir(&a.name, a.quick));
+    resume::claim_out_dir(&out_dir, &out_dir, a.resume, a.restart)?;
     let opts = ReproduceOptions {
         quick: a.quick,
         data_dir: a.data_dir,
