@@ -21,7 +21,7 @@ pub struct ModelDataArgs {
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Radius of the threat ball (finite, ≥ 0).
-    #[arg(long, allow_negative_numbers = true, value_parser = parse::non_negative)]
+    #[arg(long, allow_hyphen_values = true, value_parser = parse::non_negative)]
     pub eps: f64,
     /// Use only the first N test examples (N ≥ 1).
     #[arg(long, value_parser = parse::at_least_one)]

@@ -20,7 +20,7 @@ pub struct AttackArgs {
     #[arg(long, default_value_t = 100, value_parser = crate::parse::at_least_one)]
     pgd_steps: usize,
     /// PGD step size (the papers: 0.01; finite, > 0).
-    #[arg(long, default_value_t = 0.01, allow_negative_numbers = true, value_parser = crate::parse::positive)]
+    #[arg(long, default_value_t = 0.01, allow_hyphen_values = true, value_parser = crate::parse::positive)]
     pgd_step_size: f64,
 }
 

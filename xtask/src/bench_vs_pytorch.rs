@@ -37,7 +37,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 50, value_parser = crate::parse::at_least_one)]
     k: usize,
     /// Radius of the l_inf ball (∩ [0, 1] unless --unbounded; finite, ≥ 0).
-    #[arg(long, default_value_t = 0.1, allow_negative_numbers = true, value_parser = crate::parse::non_negative)]
+    #[arg(long, default_value_t = 0.1, allow_hyphen_values = true, value_parser = crate::parse::non_negative)]
     eps: f64,
     /// The ball alone, not intersected with [0, 1].
     #[arg(long)]
@@ -73,7 +73,7 @@ pub struct WorkerArgs {
     x: PathBuf,
     #[arg(long)]
     y: PathBuf,
-    #[arg(long, allow_negative_numbers = true, value_parser = crate::parse::non_negative)]
+    #[arg(long, allow_hyphen_values = true, value_parser = crate::parse::non_negative)]
     eps: f64,
     #[arg(long)]
     bounded: bool,

@@ -36,7 +36,7 @@ pub struct CertifyArgs {
     /// Memory budget for the bound computation: columns are processed in chunks. A number with
     /// an optional unit: B, KB/MB/GB/TB (powers of 1000), KiB/MiB/GiB/TiB or K/M/G/T (powers of
     /// 1024), e.g. 4GiB, 512MiB, 1e9; at least 1 MiB.
-    #[arg(long, value_parser = parse_memory_budget)]
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_memory_budget)]
     memory_budget: Option<usize>,
     /// Where to compute: cpu or cuda[:N] (CUDA needs a build with --features cuda).
     #[arg(long, default_value = "cpu")]

@@ -31,7 +31,7 @@ pub struct ExtraArgs {
     limit: Option<usize>,
     /// primal: radius of the l_inf ball (default 0.1); min-distance: the first radius tried
     /// (default 0.1). Finite, > 0.
-    #[arg(long, allow_negative_numbers = true, value_parser = parse::positive)]
+    #[arg(long, allow_hyphen_values = true, value_parser = parse::positive)]
     eps: Option<f64>,
     /// Intersect the l_inf ball with [0, 1].
     #[arg(long)]
@@ -40,14 +40,14 @@ pub struct ExtraArgs {
     #[arg(long, default_value = "linf")]
     norm: String,
     /// min-distance: the largest radius tried (finite, ≥ --eps).
-    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true, value_parser = parse::positive)]
+    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true, value_parser = parse::positive)]
     max_eps: f64,
     /// min-distance: examples per batch.
     #[arg(long, default_value_t = 50, value_parser = parse::at_least_one)]
     batch_size: usize,
     /// min-distance: memory budget of the bound, e.g. 4GiB, 512MiB or 1e9 (units as for
     /// certify; at least 1 MiB).
-    #[arg(long, value_parser = parse_memory_budget)]
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_memory_budget)]
     memory_budget: Option<usize>,
     /// min-distance: compute in f64 (default f32).
     #[arg(long)]
@@ -139,10 +139,13 @@ fn min_distance(a: &ExtraArgs, data_dir: Option<PathBuf>, out: Option<PathBuf>, 
     }
     let model = a.model.clone().unwrap_or_else(|| PathBuf::from("../shared/models/fashion_mnist_small_eps0.1.pth"));
     nets::io::check_model_file(&model)?;
-    // The documented default architecture, for files that hold none (a .safetensors file carries
-    // its own, which a default must not override).
-    let holds_arch = model.extension().is_some_and(|e| e == "safetensors");
-    let arch = a.arch.clone().or_else(|| (!holds_arch).then(|| "mnist-small".to_string()));
+    // The documented default architecture, for files that hold none (a .safetensors file may
+    // carry its own, which a default must not override).
+    let arch = match &a.arch {
+        Some(s) => Some(s.clone()),
+        None if nets::io::holds_architecture(&model)? => None,
+        None => Some("mnist-small".to_string()),
+    };
     let out_dir = out.unwrap_or_else(|| PathBuf::from("results/min-distance"));
     nets::io::check_writable_dir(&out_dir).context("--out")?;
     let cfg = MinDistanceConfig {

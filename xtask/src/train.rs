@@ -26,10 +26,10 @@ pub struct TrainArgs {
     #[arg(long, default_value = "robust")]
     loss: String,
     /// Final epsilon (finite, ≥ 0).
-    #[arg(long, default_value_t = 0.1, allow_negative_numbers = true, value_parser = parse::non_negative)]
+    #[arg(long, default_value_t = 0.1, allow_hyphen_values = true, value_parser = parse::non_negative)]
     eps: f64,
     /// Starting epsilon of the linear ramp (default: eps, no ramp; 0 ≤ start ≤ eps).
-    #[arg(long, allow_negative_numbers = true, value_parser = parse::non_negative)]
+    #[arg(long, allow_hyphen_values = true, value_parser = parse::non_negative)]
     eps_start: Option<f64>,
     /// Epochs of the epsilon ramp (≥ 1, with --eps-start; default: half the epochs).
     #[arg(long, value_parser = parse::at_least_one, requires = "eps_start")]
@@ -50,13 +50,13 @@ pub struct TrainArgs {
     #[arg(long, default_value = "adam")]
     optimizer: String,
     /// Learning rate (finite, > 0).
-    #[arg(long, default_value_t = 1e-3, allow_negative_numbers = true, value_parser = parse::positive)]
+    #[arg(long, default_value_t = 1e-3, allow_hyphen_values = true, value_parser = parse::positive)]
     lr: f64,
     /// SGD momentum, in [0, 1).
-    #[arg(long, default_value_t = 0.9, allow_negative_numbers = true, value_parser = parse::momentum)]
+    #[arg(long, default_value_t = 0.9, allow_hyphen_values = true, value_parser = parse::momentum)]
     momentum: f64,
     /// Weight decay (L2; finite, ≥ 0).
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true, value_parser = parse::non_negative)]
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true, value_parser = parse::non_negative)]
     weight_decay: f64,
     /// Learning rate: multiply by --lr-gamma every --lr-every epochs after --lr-after epochs.
     #[arg(long, default_value_t = 0)]
@@ -65,10 +65,10 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0)]
     lr_every: usize,
     /// See --lr-after (finite, > 0).
-    #[arg(long, default_value_t = 0.5, allow_negative_numbers = true, value_parser = parse::positive)]
+    #[arg(long, default_value_t = 0.5, allow_hyphen_values = true, value_parser = parse::positive)]
     lr_gamma: f64,
     /// Clip the gradient norm (finite, > 0).
-    #[arg(long, allow_negative_numbers = true, value_parser = parse::positive)]
+    #[arg(long, allow_hyphen_values = true, value_parser = parse::positive)]
     clip_grad: Option<f64>,
     /// Train on only the first N examples (N ≥ 1).
     #[arg(long, value_parser = parse::at_least_one)]

@@ -154,6 +154,21 @@ pub fn read_safetensors(path: &Path) -> Result<(Option<NetworkSpec>, Vec<(String
     Ok((spec, v))
 }
 
+/// Whether a model file carries its own architecture (a `.safetensors` file with the description
+/// in its metadata); a PyTorch checkpoint never does.
+pub fn holds_architecture(path: &Path) -> Result<bool> {
+    if path.extension().and_then(|e| e.to_str()) != Some("safetensors") {
+        return Ok(false);
+    }
+    check_model_file(path)?;
+    let bytes = std::fs::read(path).map_err(|e| NetError::Io { path: path.to_path_buf(), source: e })?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| NetError::BadFile {
+        path: path.to_path_buf(),
+        msg: format!("not a valid safetensors file: {e}"),
+    })?;
+    Ok(meta.metadata().as_ref().is_some_and(|m| m.contains_key(ARCH_KEY)))
+}
+
 /// Loads a model file: `.safetensors` (architecture inside, or given by `arch`) or a PyTorch
 /// `.pth` (architecture required: a zoo name or a JSON spec file). A cascade checkpoint gives
 /// one network per stage.

@@ -337,7 +337,7 @@ pub fn train(
             opt.step(&grads)?;
             if let Some(name) = nets::io::first_non_finite(&net.state_dict())? {
                 bail!(
-                    "parameter `{name}` became NaN or infinite at epoch {} batch {} (learning rate {lr}); {}",
+                    "parameter `{name}` became NaN or infinite at epoch {} batch {} (learning rate {lr:e}); {}",
                     epoch + 1,
                     b + 1,
                     kept(out_dir, &state)
