@@ -3,7 +3,7 @@
 use crate::parse;
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use experiments::certify::{default_data_dir, Norm};
+use experiments::certify::{default_data_dir, is_projected_norm, Norm};
 use experiments::datasets::{load, Split};
 use experiments::train::{resume, train, EpsilonSchedule, LossKind, LrSchedule, OptimizerConfig, RunData, TrainConfig};
 use std::path::PathBuf;
@@ -135,6 +135,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
         augment: None,
     };
     cfg.validate()?;
+    if is_projected_norm(&a.norm) && a.proj.is_none() {
+        bail!("--norm {} trains with random projections and needs --proj K (the number of projections)", a.norm);
+    }
     if a.cascade.is_some() && a.resume {
         bail!("--resume is not supported with --cascade (each stage trains on what the previous ones leave)");
     }

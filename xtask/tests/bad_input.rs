@@ -137,6 +137,25 @@ fn json_output_is_checked_before_the_work_and_written_after_the_table() {
     a.extend(["--json", "/dev/null"]);
     refused(&xtask(&d, &a), &["not a regular file"]);
     assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_file() == false);
+    // Writing fails after the work (here: a file-size limit of 0 bytes, with the signal ignored so
+    // the write returns an error): the table is still printed, and no temporary file is left.
+    for task in ["certify", "attack"] {
+        let j = d.join(format!("full/{task}.json"));
+        let mut a = base.to_vec();
+        a[0] = task;
+        a.extend(["--json", s(&j), "--limit", "3"]);
+        let o = Command::new("bash")
+            .arg("-c")
+            .arg("trap '' XFSZ; ulimit -f 0; exec \"$0\" \"$@\"")
+            .arg(env!("CARGO_BIN_EXE_xtask"))
+            .args(&a)
+            .current_dir(&d)
+            .output()
+            .unwrap();
+        let t = refused(&o, &["clean error", "File too large"]);
+        assert!(String::from_utf8_lossy(&o.stdout).contains("clean error"), "no table on stdout:\n{t}");
+        assert!(!j.exists() && leftovers(&d.join("full")).is_empty(), "{:?}", leftovers(&d.join("full")));
+    }
     // A good path: the table is printed and the file written, no temporary file left.
     for task in ["certify", "attack"] {
         let j = d.join(format!("res/{task}.json"));
@@ -355,6 +374,9 @@ fn settings_that_contradict_each_other_are_refused() {
     let mut a = tr.to_vec();
     a.extend(["--out", s(&d.join("t2")), "--norm", "l2", "--bounded-input"]);
     refused(&xtask(&d, &a), &["--bounded-input"]);
+    let mut a = tr.to_vec();
+    a.extend(["--out", s(&d.join("t3")), "--norm", "linf-median"]);
+    refused(&xtask(&d, &a), &["needs --proj"]);
     // min-distance: a largest radius below the first one.
     let md = ["reproduce", "min-distance", "--model", s(&m), "--dataset", "mnist", "--data-dir", s(&data)];
     let mut a = md.to_vec();
