@@ -390,7 +390,13 @@ fn gib(b: u64) -> String {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
-    if a.batches.is_empty() || a.batches.contains(&0) || a.repeats == 0 || a.threads == 0 || !(a.eps >= 0.0) {
+    if a.batches.is_empty()
+        || a.batches.contains(&0)
+        || a.repeats == 0
+        || a.threads == 0
+        || !a.eps.is_finite()
+        || a.eps < 0.0
+    {
         bail!("--batches must be positive, --repeats and --threads at least 1, --eps ≥ 0");
     }
     let workloads = a.workloads.iter().map(|s| parse_workload(s, a.k)).collect::<Result<Vec<_>>>()?;

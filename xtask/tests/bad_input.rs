@@ -136,7 +136,7 @@ fn json_output_is_checked_before_the_work_and_written_after_the_table() {
     let mut a = base.to_vec();
     a.extend(["--json", "/dev/null"]);
     refused(&xtask(&d, &a), &["not a regular file"]);
-    assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_file() == false);
+    assert!(!std::fs::metadata("/dev/null").unwrap().file_type().is_file(), "/dev/null was replaced");
     // Writing fails after the work (here: a file-size limit of 0 bytes, with the signal ignored so
     // the write returns an error): the table is still printed, and no temporary file is left.
     for task in ["certify", "attack"] {

@@ -79,7 +79,7 @@ impl TrainConfig {
             bail!("--proj must be at least 1");
         }
         let lr = self.optimizer.lr();
-        if !(lr.is_finite() && lr > 0.0) || !(self.lr.base.is_finite() && self.lr.base > 0.0) {
+        if !(lr.is_finite() && lr > 0.0 && self.lr.base.is_finite() && self.lr.base > 0.0) {
             bail!("--lr must be a positive finite number, got {lr}");
         }
         if !(self.lr.gamma.is_finite() && self.lr.gamma > 0.0) {
@@ -147,7 +147,7 @@ pub struct EpochLog {
 
 /// State saved beside the checkpoints, for `--resume`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(super) struct TrainState {
+struct TrainState {
     epochs_done: usize,
     best_robust_error: Option<f64>,
     best_epoch: Option<usize>,
