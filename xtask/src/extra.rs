@@ -57,6 +57,27 @@ pub struct ExtraArgs {
     hidden: String,
 }
 
+impl ExtraArgs {
+    /// The flags of this group given on the command line that experiment `name` would ignore
+    /// (flags with a default value cannot be told from their default and are not listed).
+    pub fn unused_by(&self, name: &str) -> Vec<&'static str> {
+        let (md, pr) = (name == "min-distance", name == "primal");
+        [
+            (self.model.is_some(), "--model", md || pr),
+            (self.arch.is_some(), "--arch", md || pr),
+            (self.limit.is_some(), "--limit", md || pr),
+            (self.eps.is_some(), "--eps", md || pr),
+            (self.bounded_input, "--bounded-input", md || pr),
+            (self.memory_budget.is_some(), "--memory-budget", md),
+            (self.f64, "--f64", md),
+        ]
+        .into_iter()
+        .filter(|&(given, _, used)| given && !used)
+        .map(|(_, flag, _)| flag)
+        .collect()
+    }
+}
+
 /// Runs `name` (`primal` or `min-distance`).
 pub fn run(
     name: &str,

@@ -55,6 +55,19 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
         }
         return Ok(());
     }
+    let extra = ["toy2d", "primal", "min-distance"];
+    if !registry().iter().any(|e| e.name == a.name) && !extra.contains(&a.name.as_str()) {
+        bail!(
+            "unknown experiment `{}`; known: {}, {} (`list` shows them)",
+            a.name,
+            registry().iter().map(|e| e.name).collect::<Vec<_>>().join(", "),
+            extra.join(", ")
+        );
+    }
+    let unused = unused_flags(&a);
+    if !unused.is_empty() {
+        bail!("{} not used by `reproduce {}`: drop {}", unused.join(", "), a.name, plural(unused.len()));
+    }
     if a.name == "primal" || a.name == "min-distance" {
         return crate::extra::run(&a.name, &a.extra, a.data_dir, a.out, a.quick, a.seed, a.epochs, a.train_limit);
     }
@@ -74,13 +87,6 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
         );
         return Ok(());
     }
-    if !registry().iter().any(|e| e.name == a.name) {
-        bail!(
-            "unknown experiment `{}`; known: {}, toy2d, primal, min-distance (`list` shows them)",
-            a.name,
-            registry().iter().map(|e| e.name).collect::<Vec<_>>().join(", ")
-        );
-    }
     let out_dir = a.out.clone().unwrap_or_else(|| default_out_dir(&a.name, a.quick));
     resume::claim_out_dir(&out_dir, &out_dir, a.resume, a.restart)?;
     let opts = ReproduceOptions {
@@ -96,4 +102,33 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
     let r = reproduce(&a.name, &opts)?;
     println!("{}", r.markdown());
     Ok(())
+}
+
+/// The flags given that experiment `a.name` would silently ignore.
+fn unused_flags(a: &ReproduceArgs) -> Vec<&'static str> {
+    let name = a.name.as_str();
+    let paper = registry().iter().any(|e| e.name == name);
+    let (toy, pr) = (name == "toy2d", name == "primal");
+    let mut v: Vec<&'static str> = [
+        (a.data_dir.is_some(), "--data-dir", !toy),
+        (a.epochs.is_some(), "--epochs", paper || pr),
+        (a.train_limit.is_some(), "--train-limit", paper || pr),
+        (a.test_limit.is_some(), "--test-limit", paper),
+        (a.resume, "--resume", paper),
+        (a.restart, "--restart", paper),
+    ]
+    .into_iter()
+    .filter(|&(given, _, used)| given && !used)
+    .map(|(_, flag, _)| flag)
+    .collect();
+    v.extend(a.extra.unused_by(name));
+    v
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        "it"
+    } else {
+        "them"
+    }
 }

@@ -392,6 +392,10 @@ fn settings_that_contradict_each_other_are_refused() {
     );
     refused(&xtask(&d, &["download", "mnist", "--data-dir", dd, "--mirror", "ftp://x/"]), &["--mirror", "http"]);
     refused(&xtask(&d, &["reproduce", "nonsense"]), &["unknown experiment", "nonsense"]);
+    // reproduce: flags the named experiment would ignore.
+    refused(&xtask(&d, &["reproduce", "mnist", "--memory-budget", "1GiB"]), &["--memory-budget", "not used by"]);
+    refused(&xtask(&d, &["reproduce", "toy2d", "--epochs", "3", "--f64"]), &["--epochs, --f64", "not used by"]);
+    refused(&xtask(&d, &["reproduce", "min-distance", "--resume"]), &["--resume", "not used by"]);
     std::fs::remove_dir_all(&d).ok();
 }
 
