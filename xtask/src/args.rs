@@ -1,5 +1,6 @@
 //! Flags shared by the tasks that evaluate a model on a test set.
 
+use crate::parse;
 use clap::Args;
 use std::path::PathBuf;
 
@@ -19,19 +20,31 @@ pub struct ModelDataArgs {
     /// /usr/share/datasets/NAME.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Radius of the threat ball.
-    #[arg(long)]
+    /// Radius of the threat ball (finite, ≥ 0).
+    #[arg(long, allow_hyphen_values = true, value_parser = parse::non_negative)]
     pub eps: f64,
-    /// Use only the first N test examples.
-    #[arg(long)]
+    /// Use only the first N test examples (N ≥ 1).
+    #[arg(long, value_parser = parse::at_least_one)]
     pub limit: Option<usize>,
     /// Examples per batch.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = parse::at_least_one)]
     pub batch_size: usize,
-    /// Write the results as JSON to this file.
+    /// Write the results as JSON to this file (checked before the work starts).
     #[arg(long)]
     pub json: Option<PathBuf>,
     /// Compute in f64 (default f32).
     #[arg(long)]
     pub f64: bool,
+}
+
+impl ModelDataArgs {
+    /// Checks the files before any work: the model is a readable model file, the JSON output
+    /// can be written.
+    pub fn check_files(&self) -> anyhow::Result<()> {
+        nets::io::check_model_file(&self.model)?;
+        if let Some(p) = &self.json {
+            nets::io::check_writable_file(p).map_err(|e| anyhow::anyhow!("--json: {e}"))?;
+        }
+        Ok(())
+    }
 }

@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::Args;
 use experiments::attacks::{count_errors, fgsm, pgd, PgdConfig};
-use experiments::certify::{default_data_dir, load_test_set};
+use experiments::certify::{check_data_shape, default_data_dir, load_test_set};
 use experiments::report::{write_json_atomic, Table};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::time::Instant;
@@ -17,10 +17,10 @@ pub struct AttackArgs {
     #[arg(long)]
     bounded_input: bool,
     /// PGD steps (the papers: 100).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = crate::parse::at_least_one)]
     pgd_steps: usize,
-    /// PGD step size (the papers: 0.01).
-    #[arg(long, default_value_t = 0.01)]
+    /// PGD step size (the papers: 0.01; finite, > 0).
+    #[arg(long, default_value_t = 0.01, allow_hyphen_values = true, value_parser = crate::parse::positive)]
     pgd_step_size: f64,
 }
 
@@ -30,15 +30,17 @@ fn pct(v: f64) -> String {
 
 pub fn run(args: AttackArgs) -> Result<()> {
     let a = &args.md;
+    // (Ranges are checked by the flags' parsers; these guard the struct built in code.)
     if !a.eps.is_finite() || a.eps < 0.0 {
         bail!("--eps must be a non-negative number, got {}", a.eps);
+    }
+    if !(args.pgd_step_size.is_finite() && args.pgd_step_size > 0.0) {
+        bail!("--pgd-step-size must be a positive number, got {}", args.pgd_step_size);
     }
     if a.batch_size == 0 || a.limit == Some(0) || args.pgd_steps == 0 {
         bail!("--batch-size, --limit and --pgd-steps must be at least 1");
     }
-    if !a.model.is_file() {
-        bail!("model file {} does not exist", a.model.display());
-    }
+    a.check_files()?;
     let start = Instant::now();
     let dtype = if a.f64 { DType::F64 } else { DType::F32 };
     let dev = Device::Cpu;
@@ -46,6 +48,7 @@ pub fn run(args: AttackArgs) -> Result<()> {
         .with_context(|| format!("loading model {}", a.model.display()))?;
     let data_dir = a.data_dir.clone().unwrap_or_else(|| default_data_dir(&a.dataset));
     let mut data = load_test_set(&a.dataset, &data_dir)?;
+    check_data_shape(&net, &data, &a.dataset)?;
     if let Some(l) = a.limit {
         data.truncate(l);
     }

@@ -27,26 +27,26 @@ pub struct BenchArgs {
     /// Folder of the Fashion-MNIST IDX files (the first test images are the batch).
     #[arg(long, default_value = "/usr/share/datasets/fashion-mnist")]
     data_dir: PathBuf,
-    /// Batch sizes, comma-separated.
-    #[arg(long, default_value = "1,10,50", value_delimiter = ',')]
+    /// Batch sizes, comma-separated (each ≥ 1).
+    #[arg(long, default_value = "1,10,50", value_delimiter = ',', value_parser = crate::parse::at_least_one)]
     batches: Vec<usize>,
     /// Workloads, comma-separated, from exact-fwd, exact-fwd-bwd, proj-fwd, proj-fwd-bwd.
     #[arg(long, default_value = "exact-fwd,exact-fwd-bwd,proj-fwd,proj-fwd-bwd", value_delimiter = ',')]
     workloads: Vec<String>,
-    /// Projections of the projected workloads.
-    #[arg(long, default_value_t = 50)]
+    /// Projections of the projected workloads (≥ 1).
+    #[arg(long, default_value_t = 50, value_parser = crate::parse::at_least_one)]
     k: usize,
-    /// Radius of the l_inf ball (∩ [0, 1] unless --unbounded).
-    #[arg(long, default_value_t = 0.1)]
+    /// Radius of the l_inf ball (∩ [0, 1] unless --unbounded; finite, ≥ 0).
+    #[arg(long, default_value_t = 0.1, allow_hyphen_values = true, value_parser = crate::parse::non_negative)]
     eps: f64,
     /// The ball alone, not intersected with [0, 1].
     #[arg(long)]
     unbounded: bool,
     /// Timed runs per measurement (after one warm-up run); the median is reported.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = crate::parse::at_least_one)]
     repeats: usize,
     /// Threads on both sides.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = crate::parse::at_least_one)]
     threads: usize,
     /// The Python virtual environment.
     #[arg(long, default_value = "target/bench-venv")]
@@ -73,7 +73,7 @@ pub struct WorkerArgs {
     x: PathBuf,
     #[arg(long)]
     y: PathBuf,
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = crate::parse::non_negative)]
     eps: f64,
     #[arg(long)]
     bounded: bool,
@@ -81,7 +81,7 @@ pub struct WorkerArgs {
     proj: usize,
     #[arg(long)]
     backward: bool,
-    #[arg(long)]
+    #[arg(long, value_parser = crate::parse::at_least_one)]
     repeats: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -390,13 +390,18 @@ fn gib(b: u64) -> String {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
-    if a.batches.is_empty() || a.batches.contains(&0) || a.repeats == 0 || a.threads == 0 || !(a.eps >= 0.0) {
+    if a.batches.is_empty()
+        || a.batches.contains(&0)
+        || a.repeats == 0
+        || a.threads == 0
+        || !a.eps.is_finite()
+        || a.eps < 0.0
+    {
         bail!("--batches must be positive, --repeats and --threads at least 1, --eps ≥ 0");
     }
     let workloads = a.workloads.iter().map(|s| parse_workload(s, a.k)).collect::<Result<Vec<_>>>()?;
-    if !a.model.is_file() {
-        bail!("model {} not found", a.model.display());
-    }
+    nets::io::check_model_file(&a.model)?;
+    nets::io::check_writable_dir(&a.out).context("--out")?;
     let py = ensure_venv(&a.venv, &a.python)?;
     let work = PathBuf::from("target/bench-vs-pytorch");
     std::fs::create_dir_all(&work)?;

@@ -1,9 +1,11 @@
 //! `cargo xtask certify`: certified evaluation of a model on a test set.
 
-use crate::size::parse_size;
-use anyhow::Result;
+use crate::parse;
+use crate::size::parse_memory_budget;
+use anyhow::{bail, Result};
 use clap::Args;
-use experiments::certify::{certify, default_data_dir, is_projected_norm, CertifyConfig, Norm, Projection};
+use experiments::certify::{certify_report, default_data_dir, is_projected_norm, CertifyConfig, Norm, Projection};
+use experiments::report::write_json_atomic;
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Args, Debug)]
@@ -14,14 +16,16 @@ pub struct CertifyArgs {
     /// with --proj K: an estimate, not a certificate).
     #[arg(long, default_value = "linf")]
     norm: String,
-    /// Number of random projections for linf-median / l2-normal.
-    #[arg(long)]
+    /// Number of random projections for linf-median / l2-normal (required there, refused with
+    /// the exact norms linf and l2).
+    #[arg(long, value_parser = parse::at_least_one)]
     proj: Option<usize>,
     /// Seed of the random projections.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Inflate projected estimates so the bound holds with probability 1 - DELTA.
-    #[arg(long)]
+    /// Inflate projected estimates so the bound holds with probability 1 - DELTA (0 < DELTA < 1;
+    /// only with --proj).
+    #[arg(long, value_parser = parse::probability)]
     inflate_delta: Option<f64>,
     /// Intersect the ball with the data range [0, 1].
     #[arg(long)]
@@ -29,9 +33,11 @@ pub struct CertifyArgs {
     /// Also run PGD (100 steps of 0.01, sign of the gradient, projected to the ball).
     #[arg(long)]
     pgd: bool,
-    /// Memory budget for the bound computation (e.g. 4GiB): columns are processed in chunks.
-    #[arg(long)]
-    memory_budget: Option<String>,
+    /// Memory budget for the bound computation: columns are processed in chunks. A number with
+    /// an optional unit: B, KB/MB/GB/TB (powers of 1000), KiB/MiB/GiB/TiB or K/M/G/T (powers of
+    /// 1024), e.g. 4GiB, 512MiB, 1e9; at least 1 MiB.
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_memory_budget)]
+    memory_budget: Option<usize>,
     /// Where to compute: cpu or cuda[:N] (CUDA needs a build with --features cuda).
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -40,16 +46,27 @@ pub struct CertifyArgs {
 impl CertifyArgs {
     fn into_config(self) -> Result<CertifyConfig> {
         let projected = is_projected_norm(&self.norm);
+        // The projected bound is an estimate, not a certificate: it is only ever computed when the
+        // norm's name says so, and its settings are refused with an exact norm.
         let proj = match (projected, self.proj) {
-            (true, Some(k)) | (false, Some(k)) => {
-                Some(Projection { k, seed: self.seed, inflate_delta: self.inflate_delta })
+            (true, Some(k)) => Some(Projection { k, seed: self.seed, inflate_delta: self.inflate_delta }),
+            (true, None) => bail!("--norm {} needs --proj K (the number of projections)", self.norm),
+            (false, Some(_)) => bail!(
+                "--proj gives an estimate, not a certificate, and --norm {} is an exact bound: \
+                 ask for the estimate with --norm linf-median or --norm l2-normal, or drop --proj",
+                self.norm
+            ),
+            (false, None) => {
+                if self.inflate_delta.is_some() {
+                    bail!(
+                        "--inflate-delta only applies to the projected estimate \
+                         (--norm linf-median or l2-normal with --proj K); the exact bound needs none"
+                    );
+                }
+                None
             }
-            (true, None) => anyhow::bail!("--norm {} needs --proj K (the number of projections)", self.norm),
-            (false, None) => None,
         };
-        if proj.is_some_and(|p| p.k == 0) {
-            anyhow::bail!("--proj must be at least 1");
-        }
+        self.md.check_files()?;
         let cfg = CertifyConfig {
             data_dir: self.md.data_dir.unwrap_or_else(|| default_data_dir(&self.md.dataset)),
             model: self.md.model,
@@ -62,7 +79,7 @@ impl CertifyArgs {
             batch_size: self.md.batch_size,
             pgd: self.pgd,
             json: self.md.json,
-            memory_budget: self.memory_budget.as_deref().map(parse_size).transpose()?,
+            memory_budget: self.memory_budget,
             f64: self.md.f64,
             device: self.device,
             proj,
@@ -79,7 +96,7 @@ pub fn run(args: CertifyArgs) -> Result<()> {
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} ({eta} left) {msg}")
             .expect("valid template"),
     );
-    let report = certify(&cfg, |done, total, acc| {
+    let report = certify_report(&cfg, |done, total, acc| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
         let n = acc.n.max(1) as f64;
@@ -94,8 +111,10 @@ pub fn run(args: CertifyArgs) -> Result<()> {
         bar.set_message(msg);
     })?;
     bar.finish_and_clear();
+    // The table first: a failure to write the JSON must not throw the results away.
     println!("{}", report.table());
     if let Some(p) = &cfg.json {
+        write_json_atomic(p, &report)?;
         println!("results written to {}", p.display());
     }
     Ok(())

@@ -25,8 +25,8 @@ pub struct DownloadArgs {
     /// Keep archives packed (CIFAR-10's tar.gz, HAR's zip).
     #[arg(long)]
     no_unpack: bool,
-    /// Failed attempts per mirror before the next one is tried.
-    #[arg(long, default_value_t = 3)]
+    /// Failed attempts per mirror before the next one is tried (≥ 1).
+    #[arg(long, default_value_t = 3, value_parser = crate::parse::at_least_one_u32)]
     attempts: u32,
     /// List the known data sets, their files, checksums and mirrors.
     #[arg(long)]
@@ -63,11 +63,22 @@ pub fn run(a: DownloadArgs) -> Result<()> {
     };
     let src = dataset(&name)?;
     let dir = a.data_dir.unwrap_or_else(|| default_dir(&src));
+    if let Some(f) = &a.from {
+        if !f.is_dir() {
+            bail!("--from {}: not a folder (give the folder that holds the data set's files)", f.display());
+        }
+    }
+    for m in &a.mirrors {
+        if !(m.starts_with("http://") || m.starts_with("https://")) {
+            bail!("--mirror {m}: not an http:// or https:// URL");
+        }
+    }
+    nets::io::check_writable_dir(&dir).map_err(|e| anyhow::anyhow!("--data-dir: {e}"))?;
     let opts = DownloadOptions {
         mirrors: (!a.mirrors.is_empty()).then_some(a.mirrors),
         from: a.from,
         unpack: !a.no_unpack,
-        attempts_per_mirror: a.attempts.max(1),
+        attempts_per_mirror: a.attempts,
         ..DownloadOptions::default()
     };
     let bar: RefCell<Option<ProgressBar>> = RefCell::new(None);

@@ -13,6 +13,7 @@ mod bench_vs_pytorch;
 mod certify;
 mod download;
 mod extra;
+mod parse;
 mod reproduce;
 mod size;
 mod train;

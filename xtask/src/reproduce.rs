@@ -1,8 +1,10 @@
 //! `cargo xtask reproduce NAME`: the papers' experiments.
 
-use anyhow::Result;
+use crate::parse;
+use anyhow::{bail, Context, Result};
 use clap::Args;
-use experiments::reproduce::{registry, reproduce, ReproduceOptions};
+use experiments::reproduce::{default_out_dir, registry, reproduce, ReproduceOptions};
+use experiments::train::resume;
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -21,18 +23,21 @@ pub struct ReproduceArgs {
     /// Output folder (default results/NAME).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Override the number of epochs.
-    #[arg(long)]
+    /// Override the number of epochs (≥ 1).
+    #[arg(long, value_parser = parse::at_least_one)]
     epochs: Option<usize>,
-    /// Train on only the first N examples.
-    #[arg(long)]
+    /// Train on only the first N examples (N ≥ 1).
+    #[arg(long, value_parser = parse::at_least_one)]
     train_limit: Option<usize>,
-    /// Evaluate on only the first N test examples.
-    #[arg(long)]
+    /// Evaluate on only the first N test examples (N ≥ 1).
+    #[arg(long, value_parser = parse::at_least_one)]
     test_limit: Option<usize>,
-    /// Continue an interrupted run from its last checkpoint.
-    #[arg(long)]
+    /// Continue an interrupted run from its last checkpoint (refused when there is none).
+    #[arg(long, conflicts_with = "restart")]
     resume: bool,
+    /// Start over in an output folder that already holds a run, overwriting it.
+    #[arg(long)]
+    restart: bool,
     /// Seed of the initialisation and data order.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -50,6 +55,19 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
         }
         return Ok(());
     }
+    let extra = ["toy2d", "primal", "min-distance"];
+    if !registry().iter().any(|e| e.name == a.name) && !extra.contains(&a.name.as_str()) {
+        bail!(
+            "unknown experiment `{}`; known: {}, {} (`list` shows them)",
+            a.name,
+            registry().iter().map(|e| e.name).collect::<Vec<_>>().join(", "),
+            extra.join(", ")
+        );
+    }
+    let unused = unused_flags(&a);
+    if !unused.is_empty() {
+        bail!("{} not used by `reproduce {}`: drop {}", unused.join(", "), a.name, plural(unused.len()));
+    }
     if a.name == "primal" || a.name == "min-distance" {
         return crate::extra::run(&a.name, &a.extra, a.data_dir, a.out, a.quick, a.seed, a.epochs, a.train_limit);
     }
@@ -58,6 +76,7 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
         if let Some(o) = &a.out {
             cfg.png = o.join("toy2d.png");
         }
+        nets::io::check_writable_file(&cfg.png).context("--out")?;
         if a.quick {
             cfg.steps = 300;
         }
@@ -68,6 +87,8 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
         );
         return Ok(());
     }
+    let out_dir = a.out.clone().unwrap_or_else(|| default_out_dir(&a.name, a.quick));
+    resume::claim_out_dir(&out_dir, &out_dir, a.resume, a.restart)?;
     let opts = ReproduceOptions {
         quick: a.quick,
         data_dir: a.data_dir,
@@ -81,4 +102,33 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
     let r = reproduce(&a.name, &opts)?;
     println!("{}", r.markdown());
     Ok(())
+}
+
+/// The flags given that experiment `a.name` would silently ignore.
+fn unused_flags(a: &ReproduceArgs) -> Vec<&'static str> {
+    let name = a.name.as_str();
+    let paper = registry().iter().any(|e| e.name == name);
+    let (toy, pr) = (name == "toy2d", name == "primal");
+    let mut v: Vec<&'static str> = [
+        (a.data_dir.is_some(), "--data-dir", !toy),
+        (a.epochs.is_some(), "--epochs", paper || pr),
+        (a.train_limit.is_some(), "--train-limit", paper || pr),
+        (a.test_limit.is_some(), "--test-limit", paper),
+        (a.resume, "--resume", paper),
+        (a.restart, "--restart", paper),
+    ]
+    .into_iter()
+    .filter(|&(given, _, used)| given && !used)
+    .map(|(_, flag, _)| flag)
+    .collect();
+    v.extend(a.extra.unused_by(name));
+    v
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        "it"
+    } else {
+        "them"
+    }
 }

@@ -1,10 +1,11 @@
 //! `cargo xtask train`: train a (robust) model on a data set, optionally as a cascade.
 
-use anyhow::{bail, Result};
+use crate::parse;
+use anyhow::{bail, Context, Result};
 use clap::Args;
-use experiments::certify::{default_data_dir, Norm};
+use experiments::certify::{default_data_dir, is_projected_norm, Norm};
 use experiments::datasets::{load, Split};
-use experiments::train::{train, EpsilonSchedule, LossKind, LrSchedule, OptimizerConfig, TrainConfig};
+use experiments::train::{resume, train, EpsilonSchedule, LossKind, LrSchedule, OptimizerConfig, RunData, TrainConfig};
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -24,14 +25,14 @@ pub struct TrainArgs {
     /// Objective: robust, baseline or madry.
     #[arg(long, default_value = "robust")]
     loss: String,
-    /// Final epsilon.
-    #[arg(long, default_value_t = 0.1)]
+    /// Final epsilon (finite, ≥ 0).
+    #[arg(long, default_value_t = 0.1, allow_hyphen_values = true, value_parser = parse::non_negative)]
     eps: f64,
-    /// Starting epsilon of the linear ramp (default: eps, no ramp).
-    #[arg(long)]
+    /// Starting epsilon of the linear ramp (default: eps, no ramp; 0 ≤ start ≤ eps).
+    #[arg(long, allow_hyphen_values = true, value_parser = parse::non_negative)]
     eps_start: Option<f64>,
-    /// Epochs of the epsilon ramp (default: half the epochs when --eps-start is given).
-    #[arg(long)]
+    /// Epochs of the epsilon ramp (≥ 1, with --eps-start; default: half the epochs).
+    #[arg(long, value_parser = parse::at_least_one, requires = "eps_start")]
     ramp_epochs: Option<usize>,
     /// Norm of the ball: linf or l2.
     #[arg(long, default_value = "linf")]
@@ -40,22 +41,22 @@ pub struct TrainArgs {
     #[arg(long)]
     bounded_input: bool,
     /// Epochs.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = parse::at_least_one)]
     epochs: usize,
     /// Examples per batch.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = parse::at_least_one)]
     batch_size: usize,
     /// Optimizer: adam or sgd.
     #[arg(long, default_value = "adam")]
     optimizer: String,
-    /// Learning rate.
-    #[arg(long, default_value_t = 1e-3)]
+    /// Learning rate (finite, > 0).
+    #[arg(long, default_value_t = 1e-3, allow_hyphen_values = true, value_parser = parse::positive)]
     lr: f64,
-    /// SGD momentum.
-    #[arg(long, default_value_t = 0.9)]
+    /// SGD momentum, in [0, 1).
+    #[arg(long, default_value_t = 0.9, allow_hyphen_values = true, value_parser = parse::momentum)]
     momentum: f64,
-    /// Weight decay (L2).
-    #[arg(long, default_value_t = 0.0)]
+    /// Weight decay (L2; finite, ≥ 0).
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true, value_parser = parse::non_negative)]
     weight_decay: f64,
     /// Learning rate: multiply by --lr-gamma every --lr-every epochs after --lr-after epochs.
     #[arg(long, default_value_t = 0)]
@@ -63,24 +64,28 @@ pub struct TrainArgs {
     /// See --lr-after (0: constant learning rate).
     #[arg(long, default_value_t = 0)]
     lr_every: usize,
-    /// See --lr-after.
-    #[arg(long, default_value_t = 0.5)]
+    /// See --lr-after (finite, > 0).
+    #[arg(long, default_value_t = 0.5, allow_hyphen_values = true, value_parser = parse::positive)]
     lr_gamma: f64,
-    /// Clip the gradient norm.
-    #[arg(long)]
+    /// Clip the gradient norm (finite, > 0).
+    #[arg(long, allow_hyphen_values = true, value_parser = parse::positive)]
     clip_grad: Option<f64>,
-    /// Train on only the first N examples.
-    #[arg(long)]
+    /// Train on only the first N examples (N ≥ 1).
+    #[arg(long, value_parser = parse::at_least_one)]
     train_limit: Option<usize>,
-    /// Evaluate on only the first N test examples after each epoch.
-    #[arg(long)]
+    /// Evaluate on only the first N test examples after each epoch (N ≥ 1).
+    #[arg(long, value_parser = parse::at_least_one)]
     eval_limit: Option<usize>,
-    /// Train a cascade of this many stages.
-    #[arg(long)]
+    /// Train a cascade of this many stages (≥ 1).
+    #[arg(long, value_parser = parse::at_least_one)]
     cascade: Option<usize>,
-    /// Continue from the last checkpoint in --out.
-    #[arg(long)]
+    /// Continue the run in --out from its last checkpoint, with the same settings (only --epochs
+    /// and --eval-limit may change). Refused when --out holds no run.
+    #[arg(long, conflicts_with = "restart")]
     resume: bool,
+    /// Start over in an --out that already holds a run, overwriting it.
+    #[arg(long)]
+    restart: bool,
     /// Seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -88,14 +93,12 @@ pub struct TrainArgs {
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Train with K random projections (linf-median / l2-normal); evaluation stays exact.
-    #[arg(long)]
+    #[arg(long, value_parser = parse::at_least_one)]
     proj: Option<usize>,
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
-    if !(a.eps >= 0.0) || a.epochs == 0 || a.batch_size == 0 || !(a.lr > 0.0) {
-        bail!("--eps must be ≥ 0, --epochs, --batch-size and --lr positive");
-    }
+    // (Ranges are checked by the flags' parsers and again by `TrainConfig::validate`.)
     let loss = match a.loss.as_str() {
         "robust" => LossKind::Robust,
         "baseline" => LossKind::Baseline,
@@ -109,7 +112,10 @@ pub fn run(a: TrainArgs) -> Result<()> {
     };
     let eps = match a.eps_start {
         None => EpsilonSchedule::constant(a.eps),
-        Some(s) => EpsilonSchedule { start: s, end: a.eps, ramp_epochs: a.ramp_epochs.unwrap_or(a.epochs / 2) },
+        Some(s) if s > a.eps => bail!("--eps-start {s} is larger than --eps {}: the ramp rises to --eps", a.eps),
+        Some(s) => {
+            EpsilonSchedule { start: s, end: a.eps, ramp_epochs: a.ramp_epochs.unwrap_or((a.epochs / 2).max(1)) }
+        }
     };
     let cfg = TrainConfig {
         epochs: a.epochs,
@@ -128,13 +134,24 @@ pub fn run(a: TrainArgs) -> Result<()> {
         proj: a.proj,
         augment: None,
     };
+    cfg.validate()?;
+    if is_projected_norm(&a.norm) && a.proj.is_none() {
+        bail!("--norm {} trains with random projections and needs --proj K (the number of projections)", a.norm);
+    }
+    if a.cascade.is_some() && a.resume {
+        bail!("--resume is not supported with --cascade (each stage trains on what the previous ones leave)");
+    }
+    let device = experiments::device::parse_device(&a.device)?;
+    let spec = nets::io::resolve_arch(&a.arch)?;
+    // A cascade keeps its stages in stage1, stage2, ...
+    let run_dir = if a.cascade.is_some() { a.out.join("stage1") } else { a.out.clone() };
+    resume::claim_out_dir(&a.out, &run_dir, a.resume, a.restart)?;
     let dir = a.data_dir.unwrap_or_else(|| default_data_dir(&a.dataset));
     let mut tr = load(&a.dataset, &dir, Split::Train)?;
     let te = load(&a.dataset, &dir, Split::Test)?;
     if let Some(l) = a.train_limit {
         tr.truncate(l);
     }
-    let spec = nets::io::resolve_arch(&a.arch)?;
     match a.cascade {
         Some(k) => {
             let (_, eval) = experiments::cascade::train_cascade(&spec, &tr, &te, &cfg, k, &a.out, a.seed)?;
@@ -147,8 +164,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
             );
         }
         None => {
-            let device = experiments::device::parse_device(&a.device)?;
             let net = nets::Network::init(&spec, a.seed, candle_core::DType::F32, &device)?;
+            experiments::certify::check_data_shape(&net, &tr, &a.dataset).context("--arch and --dataset")?;
+            RunData { dataset: a.dataset.clone(), train_examples: tr.len() }.check_and_record(&a.out, a.resume)?;
             let s = train(&net, &tr, &te, &cfg, &a.out, a.resume)?;
             println!(
                 "best test robust error {:.2} % at epoch {}; checkpoints and log in {}",

@@ -103,11 +103,22 @@ impl CertifyConfig {
         if self.limit == Some(0) {
             bail!("--limit must be at least 1");
         }
-        if !self.model.is_file() {
-            bail!("model file {} does not exist", self.model.display());
+        nets::io::check_model_file(&self.model)?;
+        if let Some(p) = &self.json {
+            nets::io::check_writable_file(p).context("--json")?;
         }
         if self.bounded_input && self.norm == Norm::L2 {
             bail!("--bounded-input is only supported with --norm linf");
+        }
+        if let Some(p) = &self.proj {
+            if p.k == 0 {
+                bail!("--proj must be at least 1");
+            }
+            if let Some(d) = p.inflate_delta {
+                if !(d > 0.0 && d < 1.0) {
+                    bail!("--inflate-delta must be a probability strictly between 0 and 1, got {d}");
+                }
+            }
         }
         Ok(())
     }
@@ -167,6 +178,20 @@ impl CertifyReport {
 
 fn pct(v: f64) -> String {
     format!("{:.2} %", 100.0 * v)
+}
+
+/// Checks, before the first forward pass, that the examples of `data` have the shape `net`
+/// takes; the error names both shapes (not the matmul that would fail).
+pub fn check_data_shape(net: &Network, data: &Dataset, dataset: &str) -> Result<()> {
+    let want = net.input_shape();
+    let have = data.example_shape();
+    if want != have.as_slice() {
+        bail!(
+            "the model expects inputs of shape {want:?}, but the examples of the data set `{dataset}` have shape \
+             {have:?} (a model for another data set?)"
+        );
+    }
+    Ok(())
 }
 
 /// Loads the test split of a data set by name.
@@ -327,14 +352,29 @@ fn evaluate_batch_inner(net: &Network, x: &Tensor, y: &[u32], cfg: &EvalSettings
     Ok(BatchCounts { n: y.len(), clean_errors, robust_errors, pgd_errors })
 }
 
-/// Runs the whole evaluation; `progress(done, total, counts so far)` is called after each batch.
-pub fn certify(cfg: &CertifyConfig, mut progress: impl FnMut(usize, usize, &BatchCounts)) -> Result<CertifyReport> {
+/// Runs the whole evaluation and writes `cfg.json` when set; `progress(done, total, counts so
+/// far)` is called after each batch. The JSON path is checked before the work starts.
+pub fn certify(cfg: &CertifyConfig, progress: impl FnMut(usize, usize, &BatchCounts)) -> Result<CertifyReport> {
+    let report = certify_report(cfg, progress)?;
+    if let Some(p) = &cfg.json {
+        write_json_atomic(p, &report)?;
+    }
+    Ok(report)
+}
+
+/// [`certify`] without writing `cfg.json`: the caller writes it (after showing the results, so a
+/// failure to write loses nothing).
+pub fn certify_report(
+    cfg: &CertifyConfig,
+    mut progress: impl FnMut(usize, usize, &BatchCounts),
+) -> Result<CertifyReport> {
     cfg.validate()?;
     let dtype = if cfg.f64 { DType::F64 } else { DType::F32 };
     let device = crate::device::parse_device(&cfg.device)?;
     let net = nets::io::load_model(&cfg.model, cfg.arch.as_deref(), dtype, &device)
         .with_context(|| format!("loading model {}", cfg.model.display()))?;
     let mut data = load_test_set(&cfg.dataset, &cfg.data_dir)?;
+    check_data_shape(&net, &data, &cfg.dataset)?;
     if let Some(l) = cfg.limit {
         data.truncate(l);
     }
@@ -360,8 +400,5 @@ pub fn certify(cfg: &CertifyConfig, mut progress: impl FnMut(usize, usize, &Batc
         seconds: start.elapsed().as_secs_f64(),
         settings: cfg.clone(),
     };
-    if let Some(p) = &cfg.json {
-        write_json_atomic(p, &report)?;
-    }
     Ok(report)
 }

@@ -2,7 +2,7 @@
 //! a bisection on a per-example radius, all examples of a batch at once (`Epsilon::Tensor` of
 //! shape `[B]`), each step bounding only the examples not yet settled.
 
-use crate::certify::{load_test_set, Norm};
+use crate::certify::{check_data_shape, load_test_set, Norm};
 use crate::plot::histogram;
 use crate::report::{median, write_json_atomic, Table};
 use anyhow::{bail, Context, Result};
@@ -265,9 +265,7 @@ pub fn run(cfg: &MinDistanceConfig, mut progress: impl FnMut(usize, usize)) -> R
     if cfg.batch_size == 0 || cfg.limit == Some(0) {
         bail!("batch size and limit must be at least 1");
     }
-    if !cfg.model.is_file() {
-        bail!("model file {} does not exist", cfg.model.display());
-    }
+    nets::io::check_model_file(&cfg.model)?;
     if cfg.search.bounded_input && cfg.search.norm == Norm::L2 {
         bail!("--bounded-input is only supported with the l_inf norm");
     }
@@ -276,6 +274,7 @@ pub fn run(cfg: &MinDistanceConfig, mut progress: impl FnMut(usize, usize)) -> R
     let net = nets::io::load_model(&cfg.model, cfg.arch.as_deref(), dtype, &dev)
         .with_context(|| format!("loading model {}", cfg.model.display()))?;
     let mut data = load_test_set(&cfg.dataset, &cfg.data_dir)?;
+    check_data_shape(&net, &data, &cfg.dataset)?;
     if let Some(l) = cfg.limit {
         data.truncate(l);
     }

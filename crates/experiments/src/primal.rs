@@ -290,6 +290,14 @@ pub fn run(cfg: &PrimalConfig) -> Result<PrimalReport> {
             (x, y)
         }
     };
+    let per_example = x.dims()[1..].iter().product::<usize>();
+    if per_example != net.input_shape().iter().product::<usize>() {
+        bail!(
+            "the model expects inputs of shape {:?}, but the examples have shape {:?}",
+            net.input_shape(),
+            &x.dims()[1..]
+        );
+    }
     let x = x.reshape([&[x.dim(0)?][..], net.input_shape()].concat())?;
     let dual = net.to_dtype(DType::F64)?.dual(
         &x.to_dtype(DType::F64)?,

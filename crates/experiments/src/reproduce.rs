@@ -263,6 +263,12 @@ impl ReproduceReport {
     }
 }
 
+/// The output folder of experiment `name` when none is given: `results/NAME` (`results/NAME-quick`
+/// in quick mode).
+pub fn default_out_dir(name: &str, quick: bool) -> PathBuf {
+    PathBuf::from("results").join(if quick { format!("{name}-quick") } else { name.to_string() })
+}
+
 /// Runs experiment `name`: trains with the paper's settings (or the quick ones), evaluates
 /// clean, PGD and certified robust error, and writes `results.json` / `results.md`.
 pub fn reproduce(name: &str, opts: &ReproduceOptions) -> Result<ReproduceReport> {
@@ -274,9 +280,7 @@ pub fn reproduce(name: &str, opts: &ReproduceOptions) -> Result<ReproduceReport>
         )
     })?;
     let data_dir = opts.data_dir.clone().unwrap_or_else(|| default_data_dir(exp.dataset));
-    let out_dir = opts.out_dir.clone().unwrap_or_else(|| {
-        PathBuf::from("results").join(if opts.quick { format!("{name}-quick") } else { name.to_string() })
-    });
+    let out_dir = opts.out_dir.clone().unwrap_or_else(|| default_out_dir(name, opts.quick));
     let mut train_set = load(exp.dataset, &data_dir, Split::Train)?;
     let mut test_set = load(exp.dataset, &data_dir, Split::Test)?;
     let (mut train_limit, mut test_limit) = (opts.train_limit, opts.test_limit);

@@ -260,3 +260,29 @@ fn certify_matches_the_reference_on_real_data() {
         .unwrap()[0];
     assert!((r.robust_error - want).abs() < 1e-9, "robust error {} vs reference {want}", r.robust_error);
 }
+
+#[test]
+fn certify_names_a_wrong_input_shape_and_checks_the_json_path_first() {
+    let d = tmp("shape");
+    write_idx(&d, 12, 5);
+    // A model for 6×6 images on 28×28 data: both shapes named before any forward pass.
+    let model = d.join("small.safetensors");
+    nets::io::save_safetensors(&small_net(), &model).unwrap();
+    let mut c = config(&d, model.clone());
+    c.json = None;
+    let err = format!("{:#}", certify(&c, |_, _, _| {}).unwrap_err());
+    assert!(err.contains("expects inputs of shape [1, 6, 6]") && err.contains("[1, 28, 28]"), "{err}");
+    // A folder as the JSON path is refused by validate, before the model is even loaded.
+    let mut c = config(&d, model);
+    c.json = Some(d.clone());
+    let err = format!("{:#}", c.validate().unwrap_err());
+    assert!(err.contains("--json") && err.contains("is a folder"), "{err}");
+    // A model file that is a folder or a device.
+    for p in [d.clone(), PathBuf::from("/dev/null")] {
+        let mut c = config(&d, p);
+        c.json = None;
+        let err = format!("{:#}", certify(&c, |_, _, _| {}).unwrap_err());
+        assert!(err.contains("is a folder") || err.contains("not a regular file"), "{err}");
+    }
+    std::fs::remove_dir_all(&d).ok();
+}

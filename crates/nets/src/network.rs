@@ -179,8 +179,18 @@ impl Network {
         Network::from_state_dict(&self.spec(), &sd, dtype, &device)
     }
 
-    /// All outputs of a forward pass: `outs[0] = x`, `outs[t]` the output of layer `t`.
+    /// All outputs of a forward pass: `outs[0] = x`, `outs[t]` the output of layer `t`. When a
+    /// layer fails on an input of the wrong shape, the error says which shape the network
+    /// expects rather than which matmul failed.
     pub fn forward_all(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        self.forward_all_unchecked(x).map_err(|e| match self.check_input(x) {
+            Err(shape) => shape,
+            Ok(()) => e,
+        })
+    }
+
+    /// [`Network::forward_all`] without the shape diagnosis.
+    fn forward_all_unchecked(&self, x: &Tensor) -> Result<Vec<Tensor>> {
         let mut outs = vec![x.clone()];
         for (k, l) in self.layers.iter().enumerate() {
             let t = k + 1;

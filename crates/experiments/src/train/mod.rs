@@ -3,10 +3,12 @@
 
 pub mod augment;
 pub mod optim;
+pub mod resume;
 pub mod schedule;
 mod trainer;
 
 pub use augment::Augment;
 pub use optim::{Optimizer, OptimizerConfig};
+pub use resume::RunData;
 pub use schedule::{EpsilonSchedule, LrSchedule};
 pub use trainer::{plot_log, train, EpochLog, LossKind, TrainConfig, TrainSummary};

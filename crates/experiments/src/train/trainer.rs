@@ -65,6 +65,63 @@ pub struct TrainConfig {
     pub augment: Option<super::Augment>,
 }
 
+impl TrainConfig {
+    /// Checks the values a run cannot work with: counts of 0, non-finite or out-of-range
+    /// hyperparameters (an infinite learning rate would train all-inf weights).
+    pub fn validate(&self) -> Result<()> {
+        if self.batch_size == 0 || self.epochs == 0 {
+            bail!("epochs and batch size must be at least 1");
+        }
+        if self.eval_limit == Some(0) {
+            bail!("--eval-limit must be at least 1: an evaluation on no examples reports 0 % error");
+        }
+        if self.proj == Some(0) {
+            bail!("--proj must be at least 1");
+        }
+        let lr = self.optimizer.lr();
+        if !(lr.is_finite() && lr > 0.0 && self.lr.base.is_finite() && self.lr.base > 0.0) {
+            bail!("--lr must be a positive finite number, got {lr}");
+        }
+        if !(self.lr.gamma.is_finite() && self.lr.gamma > 0.0) {
+            bail!("--lr-gamma must be a positive finite number, got {}", self.lr.gamma);
+        }
+        let (wd, momentum) = match self.optimizer {
+            super::OptimizerConfig::Adam { weight_decay, beta1, beta2, eps, .. } => {
+                if !((0.0..1.0).contains(&beta1) && (0.0..1.0).contains(&beta2) && eps.is_finite() && eps > 0.0) {
+                    bail!("Adam needs 0 ≤ beta1, beta2 < 1 and eps > 0");
+                }
+                (weight_decay, 0.0)
+            }
+            super::OptimizerConfig::Sgd { weight_decay, momentum, .. } => (weight_decay, momentum),
+        };
+        if !(wd.is_finite() && wd >= 0.0) {
+            bail!("--weight-decay must be a finite number ≥ 0, got {wd}");
+        }
+        if !(0.0..1.0).contains(&momentum) {
+            bail!("--momentum must be in [0, 1), got {momentum}");
+        }
+        for (name, e) in [("--eps-start", self.eps.start), ("--eps", self.eps.end)] {
+            if !(e.is_finite() && e >= 0.0) {
+                bail!("{name} must be a finite number ≥ 0, got {e}");
+            }
+        }
+        if let Some(c) = self.clip_grad_norm {
+            if !(c.is_finite() && c > 0.0) {
+                bail!("--clip-grad must be a positive finite number, got {c}");
+            }
+        }
+        if let LossKind::Madry { steps, step } = self.loss {
+            if steps == 0 || !(step.is_finite() && step >= 0.0) {
+                bail!("the PGD of adversarial training needs at least 1 step and a finite step size ≥ 0");
+            }
+        }
+        if self.bounded_input && self.norm == Norm::L2 {
+            bail!("--bounded-input is only supported with --norm linf");
+        }
+        Ok(())
+    }
+}
+
 /// One line of the training log.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EpochLog {
@@ -112,7 +169,7 @@ pub struct TrainSummary {
 }
 
 fn read_state(dir: &Path) -> Result<Option<TrainState>> {
-    let p = dir.join("state.json");
+    let p = dir.join(super::resume::STATE_FILE);
     if !p.is_file() {
         return Ok(None);
     }
@@ -169,28 +226,36 @@ pub fn train(
     out_dir: &Path,
     resume: bool,
 ) -> Result<TrainSummary> {
-    if cfg.batch_size == 0 || cfg.epochs == 0 {
-        bail!("epochs and batch size must be at least 1");
-    }
+    cfg.validate()?;
     if train_set.is_empty() || test_set.is_empty() {
         bail!("empty training or test set");
     }
+    crate::certify::check_data_shape(net, train_set, "training set")?;
+    crate::certify::check_data_shape(net, test_set, "test set")?;
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let dtype = if cfg.f64 { DType::F64 } else { DType::F32 };
     let mut opt = Optimizer::new(cfg.optimizer.clone(), net.trainable());
     let mut state =
         TrainState { epochs_done: 0, best_robust_error: None, best_epoch: None, optimizer_steps: 0, log: Vec::new() };
     if resume {
-        if let Some(s) = read_state(out_dir)? {
-            let (_, tensors) = nets::io::read_safetensors(&out_dir.join("last.safetensors"))?;
-            for (name, var) in net.params() {
-                let t = tensors.iter().find(|(n, _)| *n == name).with_context(|| format!("checkpoint lacks {name}"))?;
-                var.set(&t.1.to_dtype(var.dtype())?)?;
-            }
-            let (_, ot) = nets::io::read_safetensors(&out_dir.join("optimizer.safetensors"))?;
-            opt.load_state(&ot, s.optimizer_steps)?;
-            state = s;
+        // Nothing to resume is an error, never a silent fresh start over the old files.
+        let Some(s) = read_state(out_dir)? else {
+            bail!(
+                "nothing to resume in {}: {} is missing. Start without --resume, or pass --restart to start over",
+                out_dir.display(),
+                out_dir.join(super::resume::STATE_FILE).display()
+            );
+        };
+        super::resume::check_config(out_dir, cfg)?;
+        let (spec, tensors) = nets::io::read_safetensors(&out_dir.join("last.safetensors"))?;
+        super::resume::check_architecture(out_dir, spec.as_ref(), net)?;
+        for (name, var) in net.params() {
+            let t = tensors.iter().find(|(n, _)| *n == name).with_context(|| format!("checkpoint lacks {name}"))?;
+            var.set(&t.1.to_dtype(var.dtype())?)?;
         }
+        let (_, ot) = nets::io::read_safetensors(&out_dir.join("optimizer.safetensors"))?;
+        opt.load_state(&ot, s.optimizer_steps)?;
+        state = s;
     }
     write_json_atomic(&out_dir.join("config.json"), cfg)?;
     let n = train_set.len();
@@ -263,13 +328,21 @@ pub fn train(
             };
             let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             if !lv.is_finite() {
-                bail!("the loss became {lv} at epoch {} batch {b}", epoch + 1);
+                bail!("the loss became {lv} at epoch {} batch {}; {}", epoch + 1, b + 1, kept(out_dir, &state));
             }
             let mut grads = loss.backward()?;
             if let Some(m) = cfg.clip_grad_norm {
                 opt.clip_grad_norm(&mut grads, m)?;
             }
             opt.step(&grads)?;
+            if let Some(name) = nets::io::first_non_finite(&net.state_dict())? {
+                bail!(
+                    "parameter `{name}` became NaN or infinite at epoch {} batch {} (learning rate {lr:e}); {}",
+                    epoch + 1,
+                    b + 1,
+                    kept(out_dir, &state)
+                );
+            }
             loss_sum += lv * y.len() as f64;
             err_sum += clean_err;
             rerr_sum += rerr.unwrap_or(0.0) * y.len() as f64;
@@ -337,6 +410,18 @@ pub fn train(
         log: state.log,
         out_dir: out_dir.to_path_buf(),
     })
+}
+
+/// What is left after training stops on a non-finite value: the checkpoints of the last
+/// finished epoch, which are never overwritten with the broken weights.
+fn kept(dir: &Path, state: &TrainState) -> String {
+    match state.epochs_done {
+        0 => "training stopped before the first checkpoint (try a smaller --lr or --clip-grad)".into(),
+        e => format!(
+            "training stopped; the last good checkpoint (epoch {e}) is {} (try a smaller --lr or --clip-grad)",
+            dir.join("last.safetensors").display()
+        ),
+    }
 }
 
 fn safetensors_bytes(t: &[(String, Tensor)]) -> Result<Vec<u8>> {
