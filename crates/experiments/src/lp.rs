@@ -332,14 +332,21 @@ impl LpNetwork {
                 let width: usize = shapes[src].iter().product();
                 let (w, out) = match spec {
                     LayerSpec::Linear { in_features, out_features, .. } => {
-                        if *in_features != width {
-                            bail!("layer {i}: Linear expects {in_features} inputs, output {src} has {width}");
+                        // A Linear layer acts on the last dimension: one vector only if the
+                        // others are 1.
+                        if *in_features != width || shapes[src].last() != Some(in_features) {
+                            bail!(
+                                "layer {i}: Linear expects {in_features} inputs, output {src} has shape {:?}",
+                                shapes[src]
+                            );
                         }
                         if let Some(b) = sd.get(&format!("{prefix}bias")) {
                             add_bias(&mut bias, to_f64(b)?);
                         }
                         let w = Matrix::from_dense(*out_features, *in_features, &weight(format!("{prefix}weight"))?)?;
-                        (Some(w), vec![*out_features])
+                        let mut out = shapes[src].clone();
+                        *out.last_mut().expect("a nonempty shape") = *out_features;
+                        (Some(w), out)
                     }
                     LayerSpec::Conv2d { in_channels, out_channels, kernel_size, stride, padding, .. } => {
                         let in_shape: [usize; 3] = match shapes[src][..] {
