@@ -125,19 +125,14 @@ fn corrupt_model_files_are_errors() {
         assert!(nets::io::load_model(&p, None, DType::F32, &Device::Cpu).is_err(), "truncated at {cut} loaded");
     }
     let p = d.join("trunc.pth");
-    if let Ok(b) = std::fs::read("../../../shared/models/fashion_mnist_small_eps0.1.pth") {
+    // The paper's checkpoint (shared data: the test fails without it unless CONVEX_SKIP_SHARED=1).
+    if let Some(pth) = shared_data::shared_path("models/fashion_mnist_small_eps0.1.pth") {
+        let b = std::fs::read(&pth).unwrap();
         std::fs::write(&p, &b[..b.len() / 3]).unwrap();
         let err = nets::io::load_model(&p, Some("mnist-small"), DType::F32, &Device::Cpu).err().unwrap();
         assert!(err.to_string().to_lowercase().contains("truncated"), "{err}");
         // The right file without an architecture.
-        let err = nets::io::load_model(
-            "../../../shared/models/fashion_mnist_small_eps0.1.pth".as_ref(),
-            None,
-            DType::F32,
-            &Device::Cpu,
-        )
-        .err()
-        .unwrap();
+        let err = nets::io::load_model(&pth, None, DType::F32, &Device::Cpu).err().unwrap();
         assert!(err.to_string().contains("--arch"), "{err}");
     }
     std::fs::remove_dir_all(&d).ok();
@@ -225,13 +220,11 @@ fn certify_end_to_end_and_its_bad_settings() {
 
 #[test]
 fn certify_matches_the_reference_on_real_data() {
-    let model = PathBuf::from("../../../shared/models/fashion_mnist_small_eps0.1.pth");
-    let data = PathBuf::from("/usr/share/datasets/fashion-mnist");
-    let err_ref = PathBuf::from("../../../shared/reference/fashion_mnist_eps0.1/robust_loss/err_bounded1.npy");
-    if !model.is_file() || !data.is_dir() || !err_ref.is_file() {
-        eprintln!("skipped: model, data or reference missing");
+    let Some(model) = shared_data::shared_path("models/fashion_mnist_small_eps0.1.pth") else { return };
+    let Some(data) = shared_data::fashion_mnist_dir() else { return };
+    let Some(err_ref) = shared_data::shared_path("reference/fashion_mnist_eps0.1/robust_loss/err_bounded1.npy") else {
         return;
-    }
+    };
     let cfg = CertifyConfig {
         model,
         arch: Some("mnist-small".into()),

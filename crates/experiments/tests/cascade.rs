@@ -2,7 +2,7 @@
 //! taking the rest; training stage by stage on what earlier stages leave.
 
 use candle_core::{DType, Device, Tensor};
-use experiments::cascade::{evaluate_cascade, train_cascade, Ball};
+use experiments::cascade::{certify_own_prediction, evaluate_cascade, train_cascade, Ball};
 use experiments::certify::{evaluate, EvalSettings, Norm};
 use experiments::datasets::Dataset;
 use experiments::train::{EpsilonSchedule, LossKind, LrSchedule, OptimizerConfig, TrainConfig};
@@ -91,8 +91,19 @@ fn trained_cascade_and_single_stage_agree_with_plain_evaluation() {
     let te = blobs(30, 3);
     let dir = std::env::temp_dir().join(format!("cascade-{}", std::process::id()));
     let (nets, eval) = train_cascade(&spec(), &tr, &te, &cfg(), 2, &dir, 0).unwrap();
-    assert!(!nets.is_empty() && nets.len() <= 2);
-    assert_eq!(eval.assigned.iter().sum::<usize>(), 30);
+    // Stage 2 is trained exactly when stage 1 leaves training examples it does not certify for
+    // its own prediction; a test example goes to stage 1 exactly when stage 1 certifies it.
+    let ball = Ball { eps: 0.05, norm: Norm::Linf, bounded_input: true };
+    let own = |set: &Dataset| {
+        let (x, _) = set.gather(&(0..set.len()).collect::<Vec<_>>(), DType::F32, &Device::Cpu).unwrap();
+        certify_own_prediction(&nets[0], &x, &ball).unwrap().1
+    };
+    let left = own(&tr).iter().filter(|c| !**c).count();
+    assert_eq!(nets.len(), if left > 0 { 2 } else { 1 }, "stage 1 leaves {left} of 60 training examples");
+    assert_eq!(dir.join("stage2").is_dir(), nets.len() == 2);
+    let first = own(&te).iter().filter(|c| **c).count();
+    let want = if nets.len() == 2 { vec![first, 30 - first] } else { vec![30] };
+    assert_eq!(eval.assigned, want, "stage 1 certifies {first} of 30 test examples");
     assert!(dir.join("stage1/best.safetensors").is_file() && dir.join("cascade.json").is_file());
     // One stage alone: the cascade's robust error equals the model's own.
     let s =

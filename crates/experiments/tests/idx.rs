@@ -264,17 +264,12 @@ fn load_mnist_like_layouts_and_missing() {
     assert!(matches!(read_idx_images(&missing.join("x")), Err(DatasetError::Io { .. })));
 }
 
-const FASHION_DIR: &str = "/usr/share/datasets/fashion-mnist";
-const FASHION_X20: &str =
-    concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/reference/fashion_mnist_eps0.1/fashion_X20.npy");
-
 #[test]
 fn fashion_mnist_test_split() {
-    if !Path::new(FASHION_DIR).is_dir() {
-        eprintln!("skipping: {FASHION_DIR} not installed (apt-get install dataset-fashion-mnist)");
-        return;
-    }
-    let ds = load_mnist_like(Path::new(FASHION_DIR), Split::Test).unwrap();
+    let Some(fashion_dir) = shared_data::fashion_mnist_dir() else { return };
+    let Some(fashion_x20) = shared_data::shared_path("reference/fashion_mnist_eps0.1/fashion_X20.npy") else { return };
+    let Some(fashion_y20) = shared_data::shared_path("reference/fashion_mnist_eps0.1/fashion_y20.npy") else { return };
+    let ds = load_mnist_like(&fashion_dir, Split::Test).unwrap();
     assert_eq!((ds.len(), ds.channels, ds.height, ds.width), (10_000, 1, 28, 28));
     assert_eq!(ds.images.len(), 10_000 * 784);
     assert!(ds.images.iter().all(|&v| (0.0..=1.0).contains(&v)));
@@ -285,11 +280,7 @@ fn fashion_mnist_test_split() {
     assert_eq!(x.dims(), &[20, 1, 28, 28]);
     assert_eq!(y[0], 9);
 
-    if !Path::new(FASHION_X20).is_file() {
-        eprintln!("skipping the reference comparison: {FASHION_X20} not found");
-        return;
-    }
-    let reference = Tensor::read_npy(FASHION_X20).unwrap().to_dtype(candle_core::DType::F32).unwrap();
+    let reference = Tensor::read_npy(fashion_x20).unwrap().to_dtype(candle_core::DType::F32).unwrap();
     let ref_first: Vec<f32> = reference.get(0).unwrap().flatten_all().unwrap().to_vec1().unwrap();
     assert_eq!(ref_first.len(), 784);
     let ours = &ds.images[..784];
@@ -297,15 +288,20 @@ fn fashion_mnist_test_split() {
     assert!(max_diff < 1e-6, "first image differs from the reference by {max_diff}");
 
     // The reference holds the first 20 test images; compare them all.
-    let n_ref = reference.dim(0).unwrap().min(20);
+    assert_eq!(reference.dims(), &[20, 1, 28, 28]);
+    let n_ref = 20;
     let ref_all: Vec<f32> = reference.narrow(0, 0, n_ref).unwrap().flatten_all().unwrap().to_vec1().unwrap();
     let max_diff = ds.images[..n_ref * 784].iter().zip(&ref_all).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(max_diff < 1e-6, "first {n_ref} images differ from the reference by {max_diff}");
-    let y_ref_path = FASHION_X20.replace("fashion_X20", "fashion_y20");
-    if let Ok(y_ref) = Tensor::read_npy(&y_ref_path) {
-        let y_ref: Vec<i64> =
-            y_ref.to_dtype(candle_core::DType::I64).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-        let ours: Vec<i64> = ds.labels[..y_ref.len()].iter().map(|&l| l as i64).collect();
-        assert_eq!(ours, y_ref);
-    }
+    let y_ref: Vec<i64> = Tensor::read_npy(fashion_y20)
+        .unwrap()
+        .to_dtype(candle_core::DType::I64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_eq!(y_ref.len(), n_ref);
+    let ours: Vec<i64> = ds.labels[..n_ref].iter().map(|&l| l as i64).collect();
+    assert_eq!(ours, y_ref);
 }

@@ -1,13 +1,13 @@
 //! The dual bound against the LP of Wong & Kolter on tiny random MLPs: `J ≤ LP` for every
 //! (example, j ≠ y), and the dual equals the LP of its own fixed-slope relaxation.
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use dual_core::{class_difference_c, DualOptions};
 use dual_layers::InfBall;
 use experiments::lp::{example_bounds, InputSet, LpNetwork, NetworkLp, Relaxation};
 use experiments::primal::{compare, TOLERANCE};
-use nets::spec::build::{dense, linear, relu};
-use nets::{LayerSpec, Network, NetworkSpec};
+use nets::spec::build::{conv, dense, flatten, linear, relu};
+use nets::{BatchNormMode, LayerSpec, Network, NetworkSpec};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 fn mlp(seed: u64) -> Network {
@@ -110,16 +110,40 @@ fn dual_equals_its_fixed_slope_lp() {
             assert!((lo - l[unit]).abs() < 1e-6 && (hi - u[unit]).abs() < 1e-6);
         }
     }
-    // The forward pass agrees with the LP network's arithmetic at eps = 0 (a sanity check of the
-    // weight layout).
-    let am = net.forward(&x).unwrap().argmax(D::Minus1).unwrap().to_vec1::<u32>().unwrap();
-    assert_eq!(am.len(), 2);
+    // The LP network's arithmetic is the forward pass (weight layout, biases): every output of
+    // every layer agrees to rounding.
+    let outs = net.forward_all(&x).unwrap();
+    for (b, xb) in xs.iter().enumerate() {
+        let lp_outs = lpnet.forward(xb).unwrap();
+        assert_eq!(lp_outs.len(), outs.len());
+        for (t, (ours, theirs)) in lp_outs.iter().zip(&outs).enumerate() {
+            let theirs = theirs.get(b).unwrap().to_vec1::<f64>().unwrap();
+            assert_eq!(ours.len(), theirs.len(), "width of output {t}");
+            let d = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+            assert!(d < 1e-12, "example {b}: output {t} of the LP network differs from the forward pass by {d:e}");
+        }
+    }
 }
 
 #[test]
 fn unsupported_layers_are_reported() {
-    let spec = nets::zoo::by_name("mnist-small").unwrap();
+    let spec = NetworkSpec::sequential(
+        "bn",
+        &[1, 4, 4],
+        vec![
+            conv(1, 2, 3, 1, 1),
+            LayerSpec::BatchNorm2d { num_features: 2, eps: 1e-5, mode: BatchNormMode::Eval },
+            relu(),
+            flatten(),
+            linear(32, 2),
+        ],
+    );
     let net = Network::init(&spec, 0, DType::F32, &Device::Cpu).unwrap();
     let e = LpNetwork::from_network(&net).unwrap_err().to_string();
-    assert!(e.contains("no LP for"), "{e}");
+    assert!(e.contains("no LP for") && e.contains("BatchNorm2d"), "{e}");
+    // The paper's convolutional architecture has an LP.
+    let spec = nets::zoo::by_name("mnist-small").unwrap();
+    let net = Network::init(&spec, 0, DType::F32, &Device::Cpu).unwrap();
+    let lpnet = LpNetwork::from_network(&net).unwrap();
+    assert_eq!(lpnet.widths, [784, 3136, 3136, 1568, 1568, 1568, 100, 100, 10]);
 }

@@ -1,25 +1,20 @@
 //! Tests of the PyTorch checkpoint reader (`nets::pth`).
 //!
-//! The papers' checkpoints live in `../shared` beside the checkout; tests that need them print a
-//! message and return when that directory is missing. The cascade, dtype and stride cases use
-//! checkpoints assembled byte by byte here (torch is not available to write them).
+//! The papers' checkpoints live in `../shared` beside the checkout (`CONVEX_SHARED_DIR`); tests
+//! that need them fail when it is missing, unless the run opts out with `CONVEX_SKIP_SHARED=1`.
+//! The cascade, dtype and stride cases use checkpoints assembled byte by byte here (torch is not
+//! available to write them).
 
 use candle_core::{DType, Tensor};
 use nets::pth::{read_pth, read_pth_bytes, PthError, StateDict};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared");
-
+/// A file of the shared data; see the `shared-data` crate (fails the test when missing, `None`
+/// only when the run opted out with `CONVEX_SKIP_SHARED=1`).
 fn shared(rel: &str) -> Option<PathBuf> {
-    let p = Path::new(SHARED).join(rel);
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!("skipping: {} not found", p.display());
-        None
-    }
+    shared_data::shared_path(rel)
 }
 
 fn flat_f32(t: &Tensor) -> Vec<f32> {
@@ -54,7 +49,7 @@ fn fashion_mnist_legacy_checkpoint_matches_reference_weights() {
         assert_eq!(t.dtype(), DType::F32, "{name}");
         assert!(t.device().is_cpu());
         let Some(npy) = shared(&format!("reference/fashion_mnist_eps0.1/weights/{name}.npy")) else {
-            continue;
+            return;
         };
         let reference = Tensor::read_npy(&npy).unwrap();
         assert_eq!(reference.dims(), shape, "{name} reference");

@@ -35,12 +35,7 @@ fn tiny_resnet_spec() -> NetworkSpec {
 
 #[test]
 fn tiny_resnet_matches_reference() {
-    let Some(shared) = shared_dir() else { return };
-    let dir = shared.join("reference/tiny_resnet");
-    if !dir.is_dir() {
-        eprintln!("skipped: {} not found", dir.display());
-        return;
-    }
+    let Some(dir) = shared_data::shared_path("reference/tiny_resnet") else { return };
     let sd = nets::pth::read_pth(&dir.join("tiny_resnet.pth")).unwrap();
     assert_eq!(sd.len(), 1);
     for dtype in [DType::F32, DType::F64] {

@@ -14,6 +14,8 @@ use projections::*;
 /// Widest layer of the model (16·14·14 units after the first convolution).
 const WIDEST: usize = 3136;
 
+/// The model and the first `n` reference images; the test fails when the shared data is missing
+/// (`None` only under `CONVEX_SKIP_SHARED=1`).
 fn data(n: usize, dtype: DType) -> Option<(Network, Tensor, Vec<u32>)> {
     let dir = fashion_ref()?;
     let net = fashion_model(&dir, dtype);

@@ -9,23 +9,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use nets::{zoo, Network};
 use std::path::{Path, PathBuf};
 
-/// `../shared` beside the checkout, or `$CONVEX_SHARED_DIR`.
-pub fn shared_dir() -> Option<PathBuf> {
-    let p = std::env::var_os("CONVEX_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared")));
-    p.is_dir().then_some(p)
-}
-
-/// The Fashion-MNIST reference folder, or `None` (the test then says it is skipped).
+/// The Fashion-MNIST reference folder (`reference/fashion_mnist_eps0.1` of the shared data).
+/// Fails the test when it is missing; `None` only when the run opted out with
+/// `CONVEX_SKIP_SHARED=1` (the skip is printed; see the `shared-data` crate).
 pub fn fashion_ref() -> Option<PathBuf> {
-    let d = shared_dir()?.join("reference/fashion_mnist_eps0.1");
-    if d.is_dir() {
-        Some(d)
-    } else {
-        eprintln!("skipped: {} not found", d.display());
-        None
-    }
+    shared_data::shared_path("reference/fashion_mnist_eps0.1")
 }
 
 pub fn npy(dir: &Path, name: &str) -> Tensor {
