@@ -3,7 +3,8 @@
 use crate::size::parse_size;
 use anyhow::Result;
 use clap::Args;
-use experiments::certify::{certify, default_data_dir, is_projected_norm, CertifyConfig, Norm, Projection};
+use experiments::cascade_certify::certify_file;
+use experiments::certify::{default_data_dir, is_projected_norm, CertifyConfig, Norm, Projection};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Args, Debug)]
@@ -26,9 +27,16 @@ pub struct CertifyArgs {
     /// Intersect the ball with the data range [0, 1].
     #[arg(long)]
     bounded_input: bool,
-    /// Also run PGD (100 steps of 0.01, sign of the gradient, projected to the ball).
+    /// Also run PGD (100 steps of 0.01, sign of the gradient, projected to the ball). On a
+    /// cascade, each example is attacked against the stage that answers it.
     #[arg(long)]
     pgd: bool,
+    /// Certify stage K (0 first) of a cascade file alone. Without it, a file with several stages
+    /// is evaluated as a cascade: an example goes to the next stage while the current one does
+    /// not certify its own prediction, and is answered by the first stage that does (else by
+    /// the last, uncertified).
+    #[arg(long, value_name = "K")]
+    stage: Option<usize>,
     /// Memory budget for the bound computation (e.g. 4GiB): columns are processed in chunks.
     #[arg(long)]
     memory_budget: Option<String>,
@@ -38,7 +46,8 @@ pub struct CertifyArgs {
 }
 
 impl CertifyArgs {
-    fn into_config(self) -> Result<CertifyConfig> {
+    fn into_config(self) -> Result<(CertifyConfig, Option<usize>)> {
+        let stage = self.stage;
         let projected = is_projected_norm(&self.norm);
         let proj = match (projected, self.proj) {
             (true, Some(k)) | (false, Some(k)) => {
@@ -68,18 +77,18 @@ impl CertifyArgs {
             proj,
         };
         cfg.validate()?;
-        Ok(cfg)
+        Ok((cfg, stage))
     }
 }
 
 pub fn run(args: CertifyArgs) -> Result<()> {
-    let cfg = args.into_config()?;
+    let (cfg, stage) = args.into_config()?;
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} ({eta} left) {msg}")
             .expect("valid template"),
     );
-    let report = certify(&cfg, |done, total, acc| {
+    let result = certify_file(&cfg, stage, |done, total, acc| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
         let n = acc.n.max(1) as f64;
@@ -94,7 +103,9 @@ pub fn run(args: CertifyArgs) -> Result<()> {
         bar.set_message(msg);
     })?;
     bar.finish_and_clear();
-    println!("{}", report.table());
+    for t in result.tables() {
+        println!("{t}");
+    }
     if let Some(p) = &cfg.json {
         println!("results written to {}", p.display());
     }
