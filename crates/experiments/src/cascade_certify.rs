@@ -102,7 +102,12 @@ fn cascade_batch_inner(stages: &[Network], x: &Tensor, y: &[u32], s: &EvalSettin
             break;
         }
         let xs = select(x, &open)?;
-        let pred = net.forward(&xs)?.argmax(D::Minus1)?.to_vec1::<u32>()?;
+        let logits = net.forward(&xs)?;
+        let classes = logits.dim(D::Minus1)?;
+        if let Some(&i) = open.iter().find(|&&i| y[i] as usize >= classes) {
+            bail!("label {} of example {i} is not below the number of classes {classes} of stage {k}", y[i]);
+        }
+        let pred = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
         let dual = bound_network(net, &xs, s).with_context(|| format!("bounding stage {k}"))?;
         let f = robust_bounds(&dual, &pred)?;
         drop(dual);

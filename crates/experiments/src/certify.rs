@@ -379,7 +379,7 @@ pub fn certify_network(
     let mut acc = BatchCounts::default();
     let mut i = 0;
     while i < total {
-        let end = (i + cfg.batch_size).min(total);
+        let end = (i + cfg.batch_size.max(1)).min(total);
         let (x, y) = data.batch(i, end, &device)?;
         let x = x.to_dtype(dtype)?;
         let c = evaluate_batch(net, &x, &y, &cfg.eval_settings()).with_context(|| format!("examples {i}..{end}"))?;

@@ -258,3 +258,18 @@ fn one_stage_of_the_cifar_cascade_alone() {
     let err = certify_file(&cfg, Some(2), |_, _, _| {}).unwrap_err().to_string();
     assert!(err.contains("--stage 2") && err.contains("2 stages"), "{err}");
 }
+
+#[test]
+fn bad_cascade_input_is_an_error() {
+    let data = blobs(4, 3);
+    let (x, mut y) = data.batch(0, 4, &Device::Cpu).unwrap();
+    let stages = [stage(1.0, [0.0, 1.0], 1), stage(3.0, [0.05, -0.05], 2)];
+    let s = settings(0.1, false);
+    let err = cascade_batch(&[], &x, &y, &s).unwrap_err().to_string();
+    assert!(err.contains("at least one stage"), "{err}");
+    let err = cascade_batch(&stages, &x, &y[..3], &s).unwrap_err().to_string();
+    assert!(err.contains("3 labels for a batch of 4"), "{err}");
+    y[2] = 5;
+    let err = cascade_batch(&stages, &x, &y, &s).unwrap_err().to_string();
+    assert!(err.contains("label 5 of example 2") && err.contains("2 of stage 0"), "{err}");
+}
