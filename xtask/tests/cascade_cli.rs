@@ -81,6 +81,7 @@ fn certify_prints_the_stage_table_and_writes_stages_to_the_json() {
     args.extend(common(ds, archs, models.to_str().unwrap()));
     args.extend(["--batch-size", "16", "--json", json.to_str().unwrap()]);
     let out = xtask(&args);
+    eprintln!("{out}");
     assert!(out.contains("certified robust error (exact)") && out.contains("2 stages"), "{out}");
     assert!(out.contains("reached") && out.contains("certified here") && out.contains("answered here"), "{out}");
     let j = read_json(&json);
@@ -165,6 +166,7 @@ fn attack_on_a_cascade_attacks_each_example_against_its_answering_stage() {
     args.extend(common(ds, archs, models.to_str().unwrap()));
     args.extend(["--pgd-steps", "20", "--json", json.to_str().unwrap()]);
     let out = xtask(&args);
+    eprintln!("{out}");
     assert!(out.contains("each example attacked against the stage that answers it"), "{out}");
     let j = read_json(&json);
     let stages = j["stages"].as_array().expect("a `stages` array");
