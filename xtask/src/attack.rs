@@ -1,12 +1,18 @@
 //! `cargo xtask attack`: clean, FGSM and PGD error of a model on a test set (l_inf).
+//!
+//! A file with several stages is attacked as a cascade: each example is routed to the stage that
+//! answers it (the first whose exact bound over the same l_inf ball certifies its own
+//! prediction, else the last; `experiments::cascade_certify`) and attacked against that stage.
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::Args;
 use experiments::attacks::{count_errors, fgsm, pgd, PgdConfig};
-use experiments::certify::{check_data_shape, default_data_dir, load_test_set};
+use experiments::cascade_certify::for_each_answering_stage;
+use experiments::certify::{check_data_shape, default_data_dir, load_test_set, EvalSettings, Norm};
 use experiments::report::{write_json_atomic, Table};
 use indicatif::{ProgressBar, ProgressStyle};
+use nets::Network;
 use std::time::Instant;
 
 #[derive(Args, Debug)]
@@ -22,6 +28,30 @@ pub struct AttackArgs {
     /// PGD step size (the papers: 0.01; finite, > 0).
     #[arg(long, default_value_t = 0.01, allow_hyphen_values = true, value_parser = crate::parse::positive)]
     pgd_step_size: f64,
+    /// Attack stage K (0 first) of a cascade file alone. Without it, a file with several stages
+    /// is attacked as a cascade: each example against the stage that answers it (the first that
+    /// certifies its own prediction over the same ball, exact bound; else the last).
+    #[arg(long, value_name = "K")]
+    stage: Option<usize>,
+}
+
+/// Clean, FGSM and PGD errors of one network on a batch.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+struct Counts {
+    answered: usize,
+    clean_errors: usize,
+    fgsm_errors: usize,
+    pgd_errors: usize,
+}
+
+fn attack_batch(net: &Network, x: &Tensor, y: &[u32], eps: f64, cfg: &PgdConfig) -> Result<Counts> {
+    let model = |t: &Tensor| net.forward(t).map_err(|e| candle_core::Error::Msg(e.to_string()));
+    Ok(Counts {
+        answered: y.len(),
+        clean_errors: count_errors(&model(x)?, y)?,
+        fgsm_errors: count_errors(&model(&fgsm(model, x, y, eps, cfg.clip)?)?, y)?,
+        pgd_errors: count_errors(&model(&pgd(model, x, y, cfg)?)?, y)?,
+    })
 }
 
 fn pct(v: f64) -> String {
@@ -44,32 +74,60 @@ pub fn run(args: AttackArgs) -> Result<()> {
     let start = Instant::now();
     let dtype = if a.f64 { DType::F64 } else { DType::F32 };
     let dev = Device::Cpu;
-    let net = nets::io::load_model(&a.model, a.arch.as_deref(), dtype, &dev)
+    let mut nets = nets::io::load_models(&a.model, a.arch.as_deref(), dtype, &dev)
         .with_context(|| format!("loading model {}", a.model.display()))?;
+    let in_file = nets.len();
+    if let Some(k) = args.stage {
+        if k >= in_file {
+            bail!("--stage {k}: {} holds {in_file} stage(s) (0..={})", a.model.display(), in_file.saturating_sub(1));
+        }
+        nets = vec![nets.swap_remove(k)];
+    }
+    if nets.is_empty() {
+        bail!("model file {} holds no model", a.model.display());
+    }
+    // Routing of a cascade: the exact bound over the attack's ball.
+    let route = EvalSettings {
+        eps: a.eps,
+        norm: Norm::Linf,
+        bounded_input: args.bounded_input,
+        pgd: false,
+        memory_budget: None,
+        proj: None,
+    };
     let data_dir = a.data_dir.clone().unwrap_or_else(|| default_data_dir(&a.dataset));
     let mut data = load_test_set(&a.dataset, &data_dir)?;
-    check_data_shape(&net, &data, &a.dataset)?;
+    for net in &nets {
+        check_data_shape(net, &data, &a.dataset)?;
+    }
     if let Some(l) = a.limit {
         data.truncate(l);
     }
     let clip = args.bounded_input.then_some((0.0, 1.0));
     let cfg = PgdConfig { step_size: args.pgd_step_size, steps: args.pgd_steps, clip, ..PgdConfig::new(a.eps) };
-    let model = |t: &Tensor| net.forward(t).map_err(|e| candle_core::Error::Msg(e.to_string()));
     let total = data.len();
     let bar = ProgressBar::new(total as u64);
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} ({eta} left) {msg}")
             .expect("valid template"),
     );
-    let (mut clean, mut fg, mut pg) = (0usize, 0usize, 0usize);
+    let mut per_stage = vec![Counts::default(); nets.len()];
     let mut i = 0;
     while i < total {
         let end = (i + a.batch_size).min(total);
         let (x, y) = data.batch(i, end, &dev)?;
         let x = x.to_dtype(dtype)?;
-        clean += count_errors(&model(&x)?, &y)?;
-        fg += count_errors(&model(&fgsm(model, &x, &y, a.eps, clip)?)?, &y)?;
-        pg += count_errors(&model(&pgd(model, &x, &y, &cfg)?)?, &y)?;
+        if nets.len() == 1 {
+            let c = attack_batch(&nets[0], &x, &y, a.eps, &cfg)?;
+            add(&mut per_stage[0], &c);
+        } else {
+            for_each_answering_stage(&nets, &x, &y, &route, |k, net, xs, ys, _| {
+                let c = attack_batch(net, xs, ys, a.eps, &cfg)?;
+                add(&mut per_stage[k], &c);
+                Ok(())
+            })?;
+        }
+        let (clean, fg, pg) = sums(&per_stage);
         bar.set_position(end as u64);
         bar.set_message(format!(
             "clean {:.2}% | FGSM {:.2}% | PGD {:.2}%",
@@ -81,6 +139,7 @@ pub fn run(args: AttackArgs) -> Result<()> {
     }
     bar.finish_and_clear();
     let n = total.max(1) as f64;
+    let (clean, fg, pg) = sums(&per_stage);
     let seconds = start.elapsed().as_secs_f64();
     let mut t = Table::new(&["figure", "value"]);
     t.row(&["model", &a.model.display().to_string()]);
@@ -89,10 +148,23 @@ pub fn run(args: AttackArgs) -> Result<()> {
     t.row(&["clean error", &pct(clean as f64 / n)]);
     t.row(&["FGSM error", &pct(fg as f64 / n)]);
     t.row(&[&format!("PGD error ({} steps of {})", args.pgd_steps, args.pgd_step_size), &pct(pg as f64 / n)]);
+    if let Some(k) = args.stage {
+        t.row(&["stage", &format!("{k} of {in_file}, attacked alone")]);
+    } else if nets.len() > 1 {
+        t.row(&["cascade", &format!("{} stages: each example attacked against the stage that answers it", nets.len())]);
+    }
     t.row(&["seconds", &format!("{seconds:.1}")]);
     println!("{t}");
+    if nets.len() > 1 {
+        let mut st = Table::new(&["stage", "answered here", "clean errors", "FGSM errors", "PGD errors"]);
+        for (k, c) in per_stage.iter().enumerate() {
+            let cells = [k, c.answered, c.clean_errors, c.fgsm_errors, c.pgd_errors].map(|v| v.to_string());
+            st.row(&cells.iter().map(String::as_str).collect::<Vec<_>>());
+        }
+        println!("{st}");
+    }
     if let Some(p) = &a.json {
-        let v = serde_json::json!({
+        let mut v = serde_json::json!({
             "n": total,
             "clean_error": clean as f64 / n,
             "fgsm_error": fg as f64 / n,
@@ -104,8 +176,34 @@ pub fn run(args: AttackArgs) -> Result<()> {
                 "pgd_steps": args.pgd_steps, "pgd_step_size": args.pgd_step_size, "f64": a.f64,
             },
         });
+        if let Some(k) = args.stage {
+            v["stage"] = serde_json::json!(k);
+            v["stages_in_file"] = serde_json::json!(in_file);
+        } else if nets.len() > 1 {
+            let stages: Vec<_> = per_stage
+                .iter()
+                .enumerate()
+                .map(|(k, c)| {
+                    serde_json::json!({"stage": k, "answered": c.answered, "clean_errors": c.clean_errors,
+                    "fgsm_errors": c.fgsm_errors, "pgd_errors": c.pgd_errors})
+                })
+                .collect();
+            v["stages"] = serde_json::json!(stages);
+        }
         write_json_atomic(p, &v)?;
         println!("results written to {}", p.display());
     }
     Ok(())
+}
+
+fn add(acc: &mut Counts, c: &Counts) {
+    acc.answered += c.answered;
+    acc.clean_errors += c.clean_errors;
+    acc.fgsm_errors += c.fgsm_errors;
+    acc.pgd_errors += c.pgd_errors;
+}
+
+/// Clean, FGSM and PGD errors over all stages.
+fn sums(per_stage: &[Counts]) -> (usize, usize, usize) {
+    per_stage.iter().fold((0, 0, 0), |(a, b, c), s| (a + s.clean_errors, b + s.fgsm_errors, c + s.pgd_errors))
 }

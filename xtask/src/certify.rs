@@ -4,8 +4,8 @@ use crate::parse;
 use crate::size::parse_memory_budget;
 use anyhow::{bail, Result};
 use clap::Args;
-use experiments::certify::{certify_report, default_data_dir, is_projected_norm, CertifyConfig, Norm, Projection};
-use experiments::report::write_json_atomic;
+use experiments::cascade_certify::certify_file_report;
+use experiments::certify::{default_data_dir, is_projected_norm, CertifyConfig, Norm, Projection};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Args, Debug)]
@@ -30,9 +30,16 @@ pub struct CertifyArgs {
     /// Intersect the ball with the data range [0, 1].
     #[arg(long)]
     bounded_input: bool,
-    /// Also run PGD (100 steps of 0.01, sign of the gradient, projected to the ball).
+    /// Also run PGD (100 steps of 0.01, sign of the gradient, projected to the ball). On a
+    /// cascade, each example is attacked against the stage that answers it.
     #[arg(long)]
     pgd: bool,
+    /// Certify stage K (0 first) of a cascade file alone. Without it, a file with several stages
+    /// is evaluated as a cascade: an example goes to the next stage while the current one does
+    /// not certify its own prediction, and is answered by the first stage that does (else by
+    /// the last, uncertified).
+    #[arg(long, value_name = "K")]
+    stage: Option<usize>,
     /// Memory budget for the bound computation: columns are processed in chunks. A number with
     /// an optional unit: B, KB/MB/GB/TB (powers of 1000), KiB/MiB/GiB/TiB or K/M/G/T (powers of
     /// 1024), e.g. 4GiB, 512MiB, 1e9; at least 1 MiB.
@@ -44,7 +51,8 @@ pub struct CertifyArgs {
 }
 
 impl CertifyArgs {
-    fn into_config(self) -> Result<CertifyConfig> {
+    fn into_config(self) -> Result<(CertifyConfig, Option<usize>)> {
+        let stage = self.stage;
         let projected = is_projected_norm(&self.norm);
         // The projected bound is an estimate, not a certificate: it is only ever computed when the
         // norm's name says so, and its settings are refused with an exact norm.
@@ -85,18 +93,18 @@ impl CertifyArgs {
             proj,
         };
         cfg.validate()?;
-        Ok(cfg)
+        Ok((cfg, stage))
     }
 }
 
 pub fn run(args: CertifyArgs) -> Result<()> {
-    let cfg = args.into_config()?;
+    let (cfg, stage) = args.into_config()?;
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} ({eta} left) {msg}")
             .expect("valid template"),
     );
-    let report = certify_report(&cfg, |done, total, acc| {
+    let result = certify_file_report(&cfg, stage, |done, total, acc| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
         let n = acc.n.max(1) as f64;
@@ -111,10 +119,12 @@ pub fn run(args: CertifyArgs) -> Result<()> {
         bar.set_message(msg);
     })?;
     bar.finish_and_clear();
-    // The table first: a failure to write the JSON must not throw the results away.
-    println!("{}", report.table());
+    // The tables first: a failure to write the JSON must not throw the results away.
+    for t in result.tables() {
+        println!("{t}");
+    }
     if let Some(p) = &cfg.json {
-        write_json_atomic(p, &report)?;
+        result.write_json(p)?;
         println!("results written to {}", p.display());
     }
     Ok(())

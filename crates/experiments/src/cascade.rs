@@ -2,7 +2,8 @@
 //! stages do not certify; at test time an example goes to the first stage that certifies its
 //! own prediction, and the last stage takes the rest.
 
-use crate::certify::{input_set, Norm};
+use crate::cascade_certify::{cascade_batch, CascadeCounts};
+use crate::certify::{input_set, EvalSettings, Norm};
 use crate::datasets::Dataset;
 use crate::report::write_json_atomic;
 use crate::train::{train, TrainConfig};
@@ -46,7 +47,8 @@ pub struct CascadeEval {
     pub assigned: Vec<usize>,
 }
 
-/// Evaluates a cascade on the first `limit` examples of `data`.
+/// Evaluates a cascade on the first `limit` examples of `data` (exact bound, no PGD; see
+/// [`crate::cascade_certify`] for the definitions).
 pub fn evaluate_cascade(
     stages: &[Network],
     data: &Dataset,
@@ -58,46 +60,28 @@ pub fn evaluate_cascade(
         bail!("a cascade needs at least one stage");
     }
     let n = limit.unwrap_or(data.len()).min(data.len());
-    let mut assigned = vec![0usize; stages.len()];
-    let (mut clean_err, mut robust_err) = (0usize, 0usize);
+    let s = EvalSettings {
+        eps: ball.eps,
+        norm: ball.norm,
+        bounded_input: ball.bounded_input,
+        pgd: false,
+        memory_budget: None,
+        proj: None,
+    };
+    let mut counts = CascadeCounts::new(stages.len());
     let mut start = 0;
     while start < n {
         let idx: Vec<usize> = (start..(start + batch_size.max(1)).min(n)).collect();
         let (x, y) = data.gather(&idx, DType::F32, &Device::Cpu)?;
-        // For each example: (stage, prediction, certified) of its assigned stage.
-        let mut answer: Vec<Option<(usize, u32, bool)>> = vec![None; idx.len()];
-        for (k, net) in stages.iter().enumerate() {
-            let open: Vec<usize> = (0..idx.len()).filter(|&i| answer[i].is_none()).collect();
-            if open.is_empty() {
-                break;
-            }
-            let sel = Tensor::from_vec(open.iter().map(|&i| i as u32).collect::<Vec<_>>(), open.len(), &Device::Cpu)?;
-            let xs = x.index_select(&sel, 0)?;
-            let (pred, cert) = certify_own_prediction(net, &xs, ball)?;
-            let last = k + 1 == stages.len();
-            for (j, &i) in open.iter().enumerate() {
-                if cert[j] || last {
-                    answer[i] = Some((k, pred[j], cert[j]));
-                }
-            }
-        }
-        for (i, a) in answer.iter().enumerate() {
-            let (k, p, c) = a.expect("the last stage answers every example");
-            assigned[k] += 1;
-            if p != y[i] {
-                clean_err += 1;
-            }
-            if !(c && p == y[i]) {
-                robust_err += 1;
-            }
-        }
+        counts.add(&cascade_batch(stages, &x, &y, &s)?);
         start += idx.len();
     }
+    let t = &counts.total;
     Ok(CascadeEval {
         n,
-        clean_error: clean_err as f64 / n.max(1) as f64,
-        robust_error: robust_err as f64 / n.max(1) as f64,
-        assigned,
+        clean_error: t.clean_errors as f64 / n.max(1) as f64,
+        robust_error: t.robust_errors as f64 / n.max(1) as f64,
+        assigned: counts.stages.iter().map(|c| c.answered).collect(),
     })
 }
 

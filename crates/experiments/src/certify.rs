@@ -6,7 +6,7 @@ use crate::datasets::{Dataset, Split};
 use crate::report::{write_json_atomic, Table};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
-use dual_core::{certified_from_bounds, robust_bounds, DualOptions, DualSource};
+use dual_core::{certified_from_bounds, robust_bounds, DualNetwork, DualOptions, DualSource};
 use dual_layers::{InfBall, InfBallBounded, L2Ball};
 use nets::Network;
 use serde::Serialize;
@@ -265,6 +265,24 @@ pub struct EvalSettings {
 }
 
 impl CertifyConfig {
+    /// f64 with `--f64`, else f32.
+    pub fn dtype(&self) -> DType {
+        if self.f64 {
+            DType::F64
+        } else {
+            DType::F32
+        }
+    }
+
+    /// The test set (its first `limit` examples).
+    pub fn test_set(&self) -> Result<Dataset> {
+        let mut data = load_test_set(&self.dataset, &self.data_dir)?;
+        if let Some(l) = self.limit {
+            data.truncate(l);
+        }
+        Ok(data)
+    }
+
     /// The per-batch settings.
     pub fn eval_settings(&self) -> EvalSettings {
         EvalSettings {
@@ -311,6 +329,35 @@ impl BatchCounts {
     }
 }
 
+/// The dual network of `net` at `x` over the settings' input set: the exact bound, or the
+/// projected estimate when `cfg.proj` is set; the memory budget applies to both.
+pub fn bound_network(net: &Network, x: &Tensor, cfg: &EvalSettings) -> Result<DualNetwork> {
+    let opts = DualOptions { memory_budget: cfg.memory_budget, ..Default::default() };
+    Ok(match &cfg.proj {
+        None => net.dual(x, input_set(x, cfg.eps, cfg.norm, cfg.bounded_input)?, &opts)?,
+        Some(p) => projections::projected_dual(
+            x,
+            net.dual_nodes(x)?,
+            &projection_config(cfg.eps, cfg.norm, cfg.bounded_input, p),
+            &opts,
+        )?,
+    })
+}
+
+/// The PGD point of the papers' evaluation for `net` (100 steps of 0.01 in the settings' norm,
+/// kept in [0, 1] with a bounded input).
+pub fn pgd_point(net: &Network, x: &Tensor, y: &[u32], cfg: &EvalSettings) -> Result<Tensor> {
+    let mut pc = PgdConfig::new(cfg.eps);
+    if cfg.bounded_input {
+        pc.clip = Some((0.0, 1.0));
+    }
+    let model = |t: &Tensor| net.forward(t).map_err(|e| candle_core::Error::Msg(e.to_string()));
+    Ok(match cfg.norm {
+        Norm::Linf => pgd(model, x, y, &pc)?,
+        Norm::L2 => pgd_l2(model, x, y, &pc)?,
+    })
+}
+
 /// Evaluates one batch. Runs under [`nets::no_grad`]: the parameters are not tracked, so the
 /// dual network records no graph (same numbers, a fraction of the memory); PGD still takes
 /// gradients with respect to the input.
@@ -322,33 +369,11 @@ pub fn evaluate_batch(net: &Network, x: &Tensor, y: &[u32], cfg: &EvalSettings) 
 fn evaluate_batch_inner(net: &Network, x: &Tensor, y: &[u32], cfg: &EvalSettings) -> Result<BatchCounts> {
     let logits = net.forward(x)?;
     let clean_errors = count_errors(&logits, y)?;
-    let opts = DualOptions { memory_budget: cfg.memory_budget, ..Default::default() };
-    let dual = match &cfg.proj {
-        None => net.dual(x, input_set(x, cfg.eps, cfg.norm, cfg.bounded_input)?, &opts)?,
-        Some(p) => projections::projected_dual(
-            x,
-            net.dual_nodes(x)?,
-            &projection_config(cfg.eps, cfg.norm, cfg.bounded_input, p),
-            &opts,
-        )?,
-    };
+    let dual = bound_network(net, x, cfg)?;
     let f = robust_bounds(&dual, y)?;
     let robust_errors = certified_from_bounds(&f, y)?.iter().filter(|c| !**c).count();
     drop(dual);
-    let pgd_errors = if cfg.pgd {
-        let mut pc = PgdConfig::new(cfg.eps);
-        if cfg.bounded_input {
-            pc.clip = Some((0.0, 1.0));
-        }
-        let model = |t: &Tensor| net.forward(t).map_err(|e| candle_core::Error::Msg(e.to_string()));
-        let xa = match cfg.norm {
-            Norm::Linf => pgd(model, x, y, &pc)?,
-            Norm::L2 => pgd_l2(model, x, y, &pc)?,
-        };
-        count_errors(&net.forward(&xa)?, y)?
-    } else {
-        0
-    };
+    let pgd_errors = if cfg.pgd { count_errors(&net.forward(&pgd_point(net, x, y, cfg)?)?, y)? } else { 0 };
     Ok(BatchCounts { n: y.len(), clean_errors, robust_errors, pgd_errors })
 }
 
@@ -364,29 +389,33 @@ pub fn certify(cfg: &CertifyConfig, progress: impl FnMut(usize, usize, &BatchCou
 
 /// [`certify`] without writing `cfg.json`: the caller writes it (after showing the results, so a
 /// failure to write loses nothing).
-pub fn certify_report(
+pub fn certify_report(cfg: &CertifyConfig, progress: impl FnMut(usize, usize, &BatchCounts)) -> Result<CertifyReport> {
+    cfg.validate()?;
+    let net =
+        nets::io::load_model(&cfg.model, cfg.arch.as_deref(), cfg.dtype(), &crate::device::parse_device(&cfg.device)?)
+            .with_context(|| format!("loading model {}", cfg.model.display()))?;
+    certify_network(cfg, &net, progress)
+}
+
+/// [`certify`] with the network given (one stage of a cascade, say); writes no JSON.
+pub fn certify_network(
     cfg: &CertifyConfig,
+    net: &Network,
     mut progress: impl FnMut(usize, usize, &BatchCounts),
 ) -> Result<CertifyReport> {
-    cfg.validate()?;
-    let dtype = if cfg.f64 { DType::F64 } else { DType::F32 };
-    let device = crate::device::parse_device(&cfg.device)?;
-    let net = nets::io::load_model(&cfg.model, cfg.arch.as_deref(), dtype, &device)
-        .with_context(|| format!("loading model {}", cfg.model.display()))?;
-    let mut data = load_test_set(&cfg.dataset, &cfg.data_dir)?;
-    check_data_shape(&net, &data, &cfg.dataset)?;
-    if let Some(l) = cfg.limit {
-        data.truncate(l);
-    }
+    let dtype = cfg.dtype();
+    let device = net.device();
+    let data = cfg.test_set()?;
+    check_data_shape(net, &data, &cfg.dataset)?;
     let start = Instant::now();
     let total = data.len();
     let mut acc = BatchCounts::default();
     let mut i = 0;
     while i < total {
-        let end = (i + cfg.batch_size).min(total);
+        let end = (i + cfg.batch_size.max(1)).min(total);
         let (x, y) = data.batch(i, end, &device)?;
         let x = x.to_dtype(dtype)?;
-        let c = evaluate_batch(&net, &x, &y, &cfg.eval_settings()).with_context(|| format!("examples {i}..{end}"))?;
+        let c = evaluate_batch(net, &x, &y, &cfg.eval_settings()).with_context(|| format!("examples {i}..{end}"))?;
         acc.add(&c);
         progress(end, total, &acc);
         i = end;

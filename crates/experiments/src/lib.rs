@@ -11,6 +11,7 @@
 
 pub mod attacks;
 pub mod cascade;
+pub mod cascade_certify;
 pub mod certify;
 pub mod datasets;
 pub mod device;
