@@ -5,8 +5,8 @@ use candle_core::{DType, Device, Tensor};
 use clap::Args;
 use experiments::attacks::{count_errors, fgsm, pgd, PgdConfig};
 use experiments::certify::{default_data_dir, load_test_set};
+use experiments::progress::Progress;
 use experiments::report::{write_json_atomic, Table};
-use indicatif::{ProgressBar, ProgressStyle};
 use std::time::Instant;
 
 #[derive(Args, Debug)]
@@ -53,11 +53,7 @@ pub fn run(args: AttackArgs) -> Result<()> {
     let cfg = PgdConfig { step_size: args.pgd_step_size, steps: args.pgd_steps, clip, ..PgdConfig::new(a.eps) };
     let model = |t: &Tensor| net.forward(t).map_err(|e| candle_core::Error::Msg(e.to_string()));
     let total = data.len();
-    let bar = ProgressBar::new(total as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} ({eta} left) {msg}")
-            .expect("valid template"),
-    );
+    let bar = Progress::new("attack");
     let (mut clean, mut fg, mut pg) = (0usize, 0usize, 0usize);
     let mut i = 0;
     while i < total {
@@ -67,16 +63,16 @@ pub fn run(args: AttackArgs) -> Result<()> {
         clean += count_errors(&model(&x)?, &y)?;
         fg += count_errors(&model(&fgsm(model, &x, &y, a.eps, clip)?)?, &y)?;
         pg += count_errors(&model(&pgd(model, &x, &y, &cfg)?)?, &y)?;
-        bar.set_position(end as u64);
-        bar.set_message(format!(
+        let msg = format!(
             "clean {:.2}% | FGSM {:.2}% | PGD {:.2}%",
             100.0 * clean as f64 / end as f64,
             100.0 * fg as f64 / end as f64,
             100.0 * pg as f64 / end as f64
-        ));
+        );
+        bar.update(end as u64, total as u64, &msg);
         i = end;
     }
-    bar.finish_and_clear();
+    bar.finish();
     let n = total.max(1) as f64;
     let seconds = start.elapsed().as_secs_f64();
     let mut t = Table::new(&["figure", "value"]);

@@ -4,7 +4,7 @@ use crate::size::parse_size;
 use anyhow::Result;
 use clap::Args;
 use experiments::certify::{certify, default_data_dir, is_projected_norm, CertifyConfig, Norm, Projection};
-use indicatif::{ProgressBar, ProgressStyle};
+use experiments::progress::Progress;
 
 #[derive(Args, Debug)]
 pub struct CertifyArgs {
@@ -74,14 +74,8 @@ impl CertifyArgs {
 
 pub fn run(args: CertifyArgs) -> Result<()> {
     let cfg = args.into_config()?;
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} ({eta} left) {msg}")
-            .expect("valid template"),
-    );
+    let bar = Progress::new("certify");
     let report = certify(&cfg, |done, total, acc| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
         let n = acc.n.max(1) as f64;
         let mut msg = format!(
             "clean err {:.2}% | robust err {:.2}%",
@@ -91,9 +85,9 @@ pub fn run(args: CertifyArgs) -> Result<()> {
         if cfg.pgd {
             msg.push_str(&format!(" | pgd err {:.2}%", 100.0 * acc.pgd_errors as f64 / n));
         }
-        bar.set_message(msg);
+        bar.update(done as u64, total as u64, &msg);
     })?;
-    bar.finish_and_clear();
+    bar.finish();
     println!("{}", report.table());
     if let Some(p) = &cfg.json {
         println!("results written to {}", p.display());
