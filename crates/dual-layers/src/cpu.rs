@@ -69,16 +69,3 @@ pub fn exit_if_unsupported() {
         std::process::exit(1);
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The test binary is built like the others and is running, so the CPU has every extension
-    /// the build uses: the check must find nothing missing (no false alarm).
-    #[test]
-    fn the_running_cpu_has_what_the_build_uses() {
-        assert_eq!(missing_cpu_features(), Vec::<&str>::new());
-        assert!(check_cpu().is_ok());
-    }
-}
