@@ -448,6 +448,7 @@ fn report(name: &str, net: &Network, dual: &DualNetwork, x: &Tensor, y: &[u32], 
 }
 
 fn main() -> Result<()> {
+    dual_layers::cpu::exit_if_unsupported();
     let dtype = DType::F64;
     let p = Params::random(0, dtype)?;
     let net = network(&p)?;

@@ -18,6 +18,7 @@ use std::time::Instant;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
+    dual_layers::cpu::exit_if_unsupported();
     let args: Vec<String> = std::env::args().collect();
     let batch: usize = args.get(1).and_then(|v| v.parse().ok()).unwrap_or(10);
     let iters: usize = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(3);

@@ -62,6 +62,7 @@ fn parse_bound(s: &str) -> Result<ScalingBound> {
 }
 
 fn main() -> Result<()> {
+    dual_layers::cpu::exit_if_unsupported();
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--point") {
         let width: usize = args[2].parse()?;

@@ -33,6 +33,7 @@ fn cpu_seconds() -> f64 {
 }
 
 fn main() -> candle_core::Result<()> {
+    dual_layers::cpu::exit_if_unsupported();
     let args: Vec<String> = std::env::args().collect();
     let op = args.get(1).map(String::as_str).unwrap_or("conv2d");
     let case = args.get(2).map(String::as_str).unwrap_or("l2");

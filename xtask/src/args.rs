@@ -13,11 +13,11 @@ pub struct ModelDataArgs {
     /// Architecture (zoo name such as mnist-small, or a JSON file) when the file holds none.
     #[arg(long)]
     pub arch: Option<String>,
-    /// Data set: mnist, fashion-mnist or cifar10.
+    /// Data set: mnist, fashion-mnist, cifar10, svhn or har.
     #[arg(long, default_value = "fashion-mnist")]
     pub dataset: String,
-    /// Folder with the data set's IDX files (.gz or not). Default: data/NAME, else
-    /// /usr/share/datasets/NAME.
+    /// Folder with the data set's files (as `cargo xtask download NAME` leaves them). Default:
+    /// data/NAME, else /usr/share/datasets/NAME.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Radius of the threat ball (finite, ≥ 0).
@@ -46,5 +46,21 @@ impl ModelDataArgs {
             nets::io::check_writable_file(p).map_err(|e| anyhow::anyhow!("--json: {e}"))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{Args, Command};
+
+    /// The help of --dataset names every data set the loaders read.
+    #[test]
+    fn dataset_help_names_every_loader() {
+        let cmd = ModelDataArgs::augment_args(Command::new("certify"));
+        let help = cmd.get_arguments().find(|a| a.get_id() == "dataset").unwrap().get_help().unwrap().to_string();
+        for name in experiments::datasets::LOADABLE {
+            assert!(help.contains(name), "--dataset help does not mention {name}: {help}");
+        }
     }
 }

@@ -10,8 +10,8 @@ use clap::Args;
 use experiments::attacks::{count_errors, fgsm, pgd, PgdConfig};
 use experiments::cascade_certify::for_each_answering_stage;
 use experiments::certify::{check_data_shape, default_data_dir, load_test_set, EvalSettings, Norm};
+use experiments::progress::Progress;
 use experiments::report::{write_json_atomic, Table};
-use indicatif::{ProgressBar, ProgressStyle};
 use nets::Network;
 use std::time::Instant;
 
@@ -106,11 +106,7 @@ pub fn run(args: AttackArgs) -> Result<()> {
     let clip = args.bounded_input.then_some((0.0, 1.0));
     let cfg = PgdConfig { step_size: args.pgd_step_size, steps: args.pgd_steps, clip, ..PgdConfig::new(a.eps) };
     let total = data.len();
-    let bar = ProgressBar::new(total as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} ({eta} left) {msg}")
-            .expect("valid template"),
-    );
+    let bar = Progress::new("attack");
     let mut per_stage = vec![Counts::default(); nets.len()];
     let mut i = 0;
     while i < total {
@@ -128,16 +124,16 @@ pub fn run(args: AttackArgs) -> Result<()> {
             })?;
         }
         let (clean, fg, pg) = sums(&per_stage);
-        bar.set_position(end as u64);
-        bar.set_message(format!(
+        let msg = format!(
             "clean {:.2}% | FGSM {:.2}% | PGD {:.2}%",
             100.0 * clean as f64 / end as f64,
             100.0 * fg as f64 / end as f64,
             100.0 * pg as f64 / end as f64
-        ));
+        );
+        bar.update(end as u64, total as u64, &msg);
         i = end;
     }
-    bar.finish_and_clear();
+    bar.finish();
     let n = total.max(1) as f64;
     let (clean, fg, pg) = sums(&per_stage);
     let seconds = start.elapsed().as_secs_f64();

@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use experiments::cascade_certify::certify_file_report;
 use experiments::certify::{default_data_dir, is_projected_norm, CertifyConfig, Norm, Projection};
-use indicatif::{ProgressBar, ProgressStyle};
+use experiments::progress::Progress;
 
 #[derive(Args, Debug)]
 pub struct CertifyArgs {
@@ -99,14 +99,8 @@ impl CertifyArgs {
 
 pub fn run(args: CertifyArgs) -> Result<()> {
     let (cfg, stage) = args.into_config()?;
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} ({eta} left) {msg}")
-            .expect("valid template"),
-    );
+    let bar = Progress::new("certify");
     let result = certify_file_report(&cfg, stage, |done, total, acc| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
         let n = acc.n.max(1) as f64;
         let mut msg = format!(
             "clean err {:.2}% | robust err {:.2}%",
@@ -116,9 +110,9 @@ pub fn run(args: CertifyArgs) -> Result<()> {
         if cfg.pgd {
             msg.push_str(&format!(" | pgd err {:.2}%", 100.0 * acc.pgd_errors as f64 / n));
         }
-        bar.set_message(msg);
+        bar.update(done as u64, total as u64, &msg);
     })?;
-    bar.finish_and_clear();
+    bar.finish();
     // The tables first: a failure to write the JSON must not throw the results away.
     for t in result.tables() {
         println!("{t}");

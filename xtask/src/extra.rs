@@ -8,7 +8,7 @@ use clap::Args;
 use experiments::certify::{default_data_dir, Norm};
 use experiments::min_distance::{MinDistanceConfig, SearchConfig};
 use experiments::primal::PrimalConfig;
-use indicatif::{ProgressBar, ProgressStyle};
+use experiments::progress::Progress;
 use std::path::PathBuf;
 
 /// Flags of `primal` and `min-distance`.
@@ -181,16 +181,9 @@ fn min_distance(a: &ExtraArgs, data_dir: Option<PathBuf>, out: Option<PathBuf>, 
         search,
         out_dir,
     };
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} ({eta} left)")
-            .expect("valid template"),
-    );
-    let r = experiments::min_distance::run(&cfg, |done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-    })?;
-    bar.finish_and_clear();
+    let bar = Progress::new("min-distance");
+    let r = experiments::min_distance::run(&cfg, |done, total| bar.update(done as u64, total as u64, ""))?;
+    bar.finish();
     println!("{}", r.table());
     println!("results: {}", cfg.out_dir.join("results.json").display());
     if let Some(p) = &r.histogram {

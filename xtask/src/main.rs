@@ -50,6 +50,8 @@ enum Task {
 }
 
 fn main() {
+    // First, before any kernel runs: a CPU without AVX2/FMA would otherwise stop with SIGILL.
+    dual_layers::cpu::exit_if_unsupported();
     // (MIMALLOC_PURGE_DELAY is set for `cargo xtask` in .cargo/config.toml: mimalloc reads it
     // before main, so it cannot be set here.)
     // Candle's CPU thread pool spins 25,000 rounds waiting for work; on 2 cores that steals time

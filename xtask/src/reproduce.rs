@@ -45,13 +45,57 @@ pub struct ReproduceArgs {
     extra: crate::extra::ExtraArgs,
 }
 
-pub fn run(a: ReproduceArgs) -> Result<()> {
-    if a.name == "list" {
-        for e in registry() {
-            println!(
+/// One line per experiment `reproduce` runs: the training runs of the registry with the paper's
+/// settings, then the 2-d example and the two checks that train little or nothing, with their
+/// default settings.
+fn list_lines() -> Vec<String> {
+    let mut lines: Vec<String> = registry()
+        .iter()
+        .map(|e| {
+            format!(
                 "{:14} paper {} · {:13} · {:13} · eps {} · {} epochs, batch {}",
                 e.name, e.paper, e.dataset, e.arch, e.eps, e.train.epochs, e.train.batch_size
-            );
+            )
+        })
+        .collect();
+    let t = experiments::toy2d::Toy2dConfig::default();
+    lines.push(format!(
+        "{:14} paper 1 · the 2-d example: {} random points, eps {}, {} steps · picture {}",
+        "toy2d",
+        t.points,
+        t.eps,
+        t.steps,
+        t.png.display()
+    ));
+    let p = experiments::primal::PrimalConfig::default();
+    let hidden: Vec<String> = p.hidden.iter().map(|h| h.to_string()).collect();
+    lines.push(format!(
+        "{:14} paper 1 · dual bound vs. the LP on {} test examples · MLP {} trained {} epoch(s) on {} \
+         fashion-mnist examples · eps {}",
+        "primal",
+        p.examples,
+        hidden.join("-"),
+        p.epochs,
+        p.train_examples,
+        p.eps
+    ));
+    let s = experiments::min_distance::SearchConfig::default();
+    let norm = match s.norm {
+        experiments::certify::Norm::Linf => "l_inf radius",
+        experiments::certify::Norm::L2 => "l2 radius",
+    };
+    lines.push(format!(
+        "{:14} paper 1 · largest certified radius per test example · fashion-mnist · --model (default: the \
+         paper's mnist-small) · {} from {} up to {}",
+        "min-distance", norm, s.initial, s.max_eps
+    ));
+    lines
+}
+
+pub fn run(a: ReproduceArgs) -> Result<()> {
+    if a.name == "list" {
+        for l in list_lines() {
+            println!("{l}");
         }
         return Ok(());
     }
@@ -130,5 +174,27 @@ fn plural(n: usize) -> &'static str {
         "it"
     } else {
         "them"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{Args, Command};
+
+    /// `reproduce list` shows every experiment `reproduce` runs, and the help of NAME names
+    /// every one of them.
+    #[test]
+    fn list_and_help_name_every_experiment() {
+        let lines = list_lines();
+        let listed: Vec<&str> = lines.iter().map(|l| l.split_whitespace().next().unwrap()).collect();
+        let mut want: Vec<&str> = registry().iter().map(|e| e.name).collect();
+        want.extend(["toy2d", "primal", "min-distance"]);
+        assert_eq!(listed, want);
+        let cmd = ReproduceArgs::augment_args(Command::new("reproduce"));
+        let help = cmd.get_arguments().find(|a| a.get_id() == "name").unwrap().get_help().unwrap().to_string();
+        for name in want {
+            assert!(help.contains(name), "the help of NAME does not mention {name}: {help}");
+        }
     }
 }

@@ -23,6 +23,7 @@
 mod batchnorm;
 mod columns;
 mod conv;
+pub mod cpu;
 mod dense;
 mod identity;
 mod input;

@@ -20,6 +20,7 @@ pub mod lp;
 pub mod min_distance;
 pub mod plot;
 pub mod primal;
+pub mod progress;
 pub mod report;
 pub mod reproduce;
 pub mod toy2d;

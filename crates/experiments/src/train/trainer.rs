@@ -2,11 +2,11 @@ use super::{EpsilonSchedule, LrSchedule, Optimizer, OptimizerConfig};
 use crate::attacks::{cross_entropy, pgd, PgdConfig};
 use crate::certify::{evaluate, input_set, projection_config, EvalSettings, Norm, Projection};
 use crate::datasets::Dataset;
+use crate::progress::Progress;
 use crate::report::write_json_atomic;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, D};
 use dual_core::{robust_loss, DualOptions};
-use indicatif::{ProgressBar, ProgressStyle};
 use nets::Network;
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -266,12 +266,8 @@ pub fn train(
         opt.set_lr(lr);
         let mut order: Vec<usize> = (0..n).collect();
         order.shuffle(&mut StdRng::seed_from_u64(cfg.seed.wrapping_add(epoch as u64)));
-        let bar = if cfg.quiet { ProgressBar::hidden() } else { ProgressBar::new(nb as u64) };
-        bar.set_style(
-            ProgressStyle::with_template("epoch {prefix} {bar:25} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
-                .expect("template"),
-        );
-        bar.set_prefix(format!("{}/{}", epoch + 1, cfg.epochs));
+        let label = format!("epoch {}/{}", epoch + 1, cfg.epochs);
+        let bar = if cfg.quiet { Progress::hidden() } else { Progress::new(label) };
         let (mut loss_sum, mut err_sum, mut rerr_sum, mut seen) = (0.0, 0usize, 0.0, 0usize);
         let mut eps = cfg.eps.at(epoch, 0.0);
         for b in 0..nb {
@@ -352,10 +348,9 @@ pub fn train(
             if rerr.is_some() {
                 msg.push_str(&format!(" robust err {:.4}", rerr_sum / seen as f64));
             }
-            bar.set_message(msg);
-            bar.inc(1);
+            bar.update(b as u64 + 1, nb as u64, &msg);
         }
-        bar.finish_and_clear();
+        bar.finish();
         let settings = EvalSettings {
             eps: cfg.eps.end,
             norm: cfg.norm,
@@ -364,6 +359,10 @@ pub fn train(
             memory_budget: None,
             proj: None,
         };
+        if !cfg.quiet {
+            let n_eval = cfg.eval_limit.unwrap_or(test_set.len()).min(test_set.len());
+            eprintln!("epoch {}: certifying {n_eval} test examples (exact bound)", epoch + 1);
+        }
         let ev = evaluate(net, test_set, &settings, cfg.batch_size, cfg.eval_limit, dtype)?;
         let en = ev.n.max(1) as f64;
         let entry = EpochLog {
