@@ -14,6 +14,7 @@
 //!
 //! Architecture invariant: this crate does no IO and names no concrete layer.
 
+pub mod bounds;
 pub mod error;
 pub mod layer;
 pub mod loss;
