@@ -35,6 +35,15 @@ pub struct CertifyArgs {
     /// Where to compute: cpu or cuda[:N] (CUDA needs a build with --features cuda).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// The bound: exact (the dual, default), proj (with --proj K), ibp, crown, crown-ibp, alpha-crown.
+    #[arg(long, default_value = "exact")]
+    bound: String,
+    /// α-CROWN: Adam iterations.
+    #[arg(long, default_value_t = 20)]
+    alpha_iters: usize,
+    /// α-CROWN: Adam's learning rate.
+    #[arg(long, default_value_t = 0.1)]
+    alpha_lr: f64,
 }
 
 impl CertifyArgs {
@@ -73,6 +82,28 @@ impl CertifyArgs {
 }
 
 pub fn run(args: CertifyArgs) -> Result<()> {
+    let family = match args.bound.as_str() {
+        "exact" | "proj" => None,
+        name => Some(experiments::certify_family::FamilyBound {
+            method: name.parse().map_err(|_| {
+                anyhow::anyhow!("unknown --bound `{name}` (expected exact, proj, ibp, crown, crown-ibp or alpha-crown)")
+            })?,
+            alpha: dual_core::bounds::AlphaOptions {
+                iterations: args.alpha_iters,
+                lr: args.alpha_lr,
+                early_stop: None,
+            },
+        }),
+    };
+    if args.bound == "proj" && args.proj.is_none() {
+        anyhow::bail!("--bound proj needs --proj K (the number of projections)");
+    }
+    if args.bound == "exact" && args.proj.is_some() {
+        anyhow::bail!("--proj K gives the projected bound: use --bound proj (or leave --bound out)");
+    }
+    if let Some(fam) = family {
+        return crate::certify_family::run(args.into_config()?, fam);
+    }
     let cfg = args.into_config()?;
     let bar = ProgressBar::new(0);
     bar.set_style(

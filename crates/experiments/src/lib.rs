@@ -8,6 +8,7 @@
 pub mod attacks;
 pub mod cascade;
 pub mod certify;
+pub mod certify_family;
 pub mod datasets;
 pub mod device;
 pub mod download;
