@@ -1,7 +1,7 @@
 //! The bound family beyond the reference values: gradients of IBP and CROWN-IBP bounds with
-//! respect to the parameters against central finite differences (f64, small convnet), the
-//! ordering IBP ≤ CROWN-IBP-like bounds never above the truth at the centre, and clear errors
-//! for bad specifications.
+//! respect to the parameters against central finite differences (f64, small convnet); every
+//! method's margin bound at most the centre's margin and α-CROWN at least CROWN and the exact
+//! dual; clear errors for bad specifications and for a layer without interval bounds.
 //!
 //! The bounds are piecewise smooth (their pieces change where an interval bound crosses zero),
 //! so the inputs are drawn until every IBP bound is clear of zero.
@@ -174,4 +174,57 @@ fn bad_specifications_are_clear_errors() {
     let e = net.margin_bounds(&x, source(&x, 0.1, false), &[0, 9], Method::Ibp, &opts).err().unwrap().to_string();
     assert!(e.contains("label"), "{e}");
     assert!("alpha".parse::<Method>().err().unwrap().to_string().contains("alpha-crown"));
+}
+
+/// A layer whose dual has no `forward_abs` (the identity, written without it).
+struct PlainIdentity;
+
+impl dual_core::DualAffine for PlainIdentity {
+    fn name(&self) -> String {
+        "PlainIdentity".into()
+    }
+    fn forward(&self, xs: &[Option<&Tensor>], _with_bias: bool) -> dual_core::Result<Option<Tensor>> {
+        Ok(xs.first().copied().flatten().cloned())
+    }
+    fn transpose(&self, nu: &Tensor) -> dual_core::Result<Vec<Option<Tensor>>> {
+        Ok(vec![Some(nu.clone())])
+    }
+    fn bias_term(&self, _nu: &Tensor) -> dual_core::Result<Option<Tensor>> {
+        Ok(None)
+    }
+}
+
+/// IBP and CROWN-IBP refuse a layer without interval bounds by name; CROWN and α-CROWN, which
+/// do not need them, give the same bounds as with the built-in identity.
+#[test]
+fn a_layer_without_interval_bounds_is_a_clear_error() {
+    use dual_core::bounds::{spec_bounds, Net};
+    use dual_core::DualNode;
+    let net = convnet();
+    let mut rng = StdRng::seed_from_u64(5);
+    let v: Vec<f64> = (0..2 * 36).map(|_| rng.random_range(0.05..0.95)).collect();
+    let x = Tensor::from_vec(v, (2, 1, 6, 6), &Device::Cpu).unwrap();
+    let spec = Spec::margins(&[0, 1], 4, DType::F64, &Device::Cpu).unwrap();
+    let input = source(&x, 0.05, false);
+    let mut nodes = net.dual_nodes(&x).unwrap();
+    let plain = net.dual_nodes(&x).unwrap();
+    nodes.insert(0, DualNode::Affine(Box::new(PlainIdentity)));
+    let mut with_builtin = plain;
+    with_builtin.insert(0, DualNode::Affine(Box::new(dual_layers::DualIdentity)));
+    let opts = BoundOptions::default();
+    for m in [Method::Ibp, Method::CrownIbp] {
+        let n = Net { nodes: &nodes, x: &x, input: input.as_ref() };
+        let e = spec_bounds(&n, &spec, m, &opts, None).err().expect("an error").to_string();
+        assert!(e.contains("PlainIdentity does not support interval bounds"), "{}: {e}", m.name());
+    }
+    for m in [Method::Crown, Method::AlphaCrown] {
+        let a = spec_bounds(&Net { nodes: &nodes, x: &x, input: input.as_ref() }, &spec, m, &opts, None).unwrap();
+        let b =
+            spec_bounds(&Net { nodes: &with_builtin, x: &x, input: input.as_ref() }, &spec, m, &opts, None).unwrap();
+        let d = flat(&a.lower).iter().zip(flat(&b.lower)).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max);
+        // α-CROWN's layer-wise bounds use IBP where it is available, so only CROWN must agree exactly.
+        if m == Method::Crown {
+            assert!(d < 1e-12, "crown differs by {d:e}");
+        }
+    }
 }
