@@ -136,6 +136,13 @@ impl DualAffine for DualChannelAffine {
         Ok(Some(if with_bias { y.broadcast_add(&per_channel(&self.shift, 2, trailing)?)? } else { y }))
     }
 
+    /// `|a| ⊙ r` per channel: the radius of the output box, for IBP and CROWN-IBP.
+    fn forward_abs(&self, radii: &[Option<&Tensor>]) -> DResult<Option<Tensor>> {
+        let Some(r) = radii.first().copied().flatten() else { return Ok(None) };
+        let trailing = r.rank() - 3;
+        Ok(Some(r.broadcast_mul(&per_channel(&self.scale.abs()?, 2, trailing)?)?))
+    }
+
     fn transpose(&self, nu: &Tensor) -> DResult<Vec<Option<Tensor>>> {
         let trailing = nu.rank() - 3;
         Ok(vec![Some(nu.broadcast_mul(&per_channel(&self.scale, 2, trailing)?)?)])

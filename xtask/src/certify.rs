@@ -48,6 +48,15 @@ pub struct CertifyArgs {
     /// Where to compute: cpu or cuda[:N] (CUDA needs a build with --features cuda).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// The bound: exact (the dual, default), proj (with --proj K), ibp, crown, crown-ibp, alpha-crown.
+    #[arg(long, default_value = "exact")]
+    bound: String,
+    /// α-CROWN: Adam iterations.
+    #[arg(long, default_value_t = 20)]
+    alpha_iters: usize,
+    /// α-CROWN: Adam's learning rate.
+    #[arg(long, default_value_t = 0.1)]
+    alpha_lr: f64,
 }
 
 impl CertifyArgs {
@@ -98,6 +107,33 @@ impl CertifyArgs {
 }
 
 pub fn run(args: CertifyArgs) -> Result<()> {
+    let family = match args.bound.as_str() {
+        "exact" | "proj" => None,
+        name => Some(experiments::certify_family::FamilyBound {
+            method: name.parse().map_err(|_| {
+                anyhow::anyhow!("unknown --bound `{name}` (expected exact, proj, ibp, crown, crown-ibp or alpha-crown)")
+            })?,
+            alpha: dual_core::bounds::AlphaOptions {
+                iterations: args.alpha_iters,
+                lr: args.alpha_lr,
+                early_stop: None,
+            },
+        }),
+    };
+    // The projected estimate is asked for by its norm (linf-median, l2-normal) with --proj K;
+    // `--bound proj` only says so twice, and must agree.
+    if args.bound == "proj" && !is_projected_norm(&args.norm) {
+        bail!("--bound proj needs a projected norm: --norm linf-median or --norm l2-normal, with --proj K");
+    }
+    if family.is_some() && is_projected_norm(&args.norm) {
+        bail!("--norm {} is the projected estimate; --bound {} needs --norm linf or l2", args.norm, args.bound);
+    }
+    if let Some(fam) = family {
+        if args.stage.is_some() {
+            bail!("--stage works with --bound exact or proj; --bound {} certifies one model", args.bound);
+        }
+        return crate::certify_family::run(args.into_config()?.0, fam);
+    }
     let (cfg, stage) = args.into_config()?;
     let bar = Progress::new("certify");
     let result = certify_file_report(&cfg, stage, |done, total, acc| {

@@ -3,7 +3,8 @@
 //! Shapes: every propagated tensor is `[B, n, *shape]`: `B` examples, `n` columns per example
 //! (the nominal "center" pass has `n = 1`), `shape` the layer's own output shape without batch.
 
-use crate::{source::DualSource, Result};
+use crate::bounds::{LinearRelaxation, SlopeRule};
+use crate::{source::DualSource, DualError, Result};
 use candle_core::Tensor;
 
 /// Which earlier outputs a layer reads. Output 0 is the network input, output `t` the output of
@@ -65,6 +66,14 @@ pub trait DualAffine: Send + Sync {
     fn macs_per_column(&self, in_numels: &[Option<usize>], out_numel: usize) -> usize {
         in_numels.iter().flatten().map(|n| n * out_numel).sum()
     }
+
+    /// `Σ_i |A_i| r_i` for non-negative radii `r_i` shaped `[B, n, *in_shape_i]` (`None`: zero):
+    /// the radius of the layer's output over the box `mid ± r` of its inputs, as interval bound
+    /// propagation (IBP, CROWN-IBP) needs it. The centre is `forward(mid, true)`. Default: an
+    /// error saying the layer does not support interval bounds.
+    fn forward_abs(&self, _radii: &[Option<&Tensor>]) -> Result<Option<Tensor>> {
+        Err(DualError::Unsupported(format!("{} does not support interval bounds (IBP, CROWN-IBP)", self.name())))
+    }
 }
 
 /// A piecewise-linear activation (ReLU) whose relaxation is chosen once the bounds of its input
@@ -75,6 +84,22 @@ pub trait DualActivation: Send + Sync {
 
     /// Choose the relaxation for pre-activation bounds `lower ≤ ẑ ≤ upper`, both `[B, *shape]`.
     fn relax(&self, lower: &Tensor, upper: &Tensor) -> Result<Box<dyn Relaxation>>;
+
+    /// The image `[σ(l)', σ(u)']` of the box `lower ≤ ẑ ≤ upper` (both `[B, *shape]`): a lower and
+    /// an upper bound of the output, for interval bound propagation. Default: unsupported.
+    fn interval(&self, _lower: &Tensor, _upper: &Tensor) -> Result<(Tensor, Tensor)> {
+        Err(DualError::Unsupported(format!("{} does not support interval bounds (IBP, CROWN-IBP)", self.name())))
+    }
+
+    /// Linear bounds with separate lines, `a_L ẑ + b_L ≤ σ(ẑ) ≤ a_U ẑ + b_U` on `[lower, upper]`,
+    /// the lower slope chosen by `rule` (CROWN, CROWN-IBP, α-CROWN). Default: unsupported.
+    fn linear_relax(&self, _lower: &Tensor, _upper: &Tensor, rule: SlopeRule<'_>) -> Result<Box<dyn LinearRelaxation>> {
+        Err(DualError::Unsupported(format!(
+            "{} does not support linear bounds with separate lines (slope rule {})",
+            self.name(),
+            rule.name()
+        )))
+    }
 }
 
 /// A linear relaxation of an activation with the same slope above and below, as in the dual

@@ -16,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bounds;
 pub mod error;
 pub mod layer;
 pub mod loss;

@@ -331,6 +331,21 @@ impl DualNetwork {
         Ok(j)
     }
 
+    /// The dual nodes, in network order.
+    pub fn nodes(&self) -> &[DualNode] {
+        &self.nodes
+    }
+
+    /// The input set.
+    pub fn input(&self) -> &dyn DualSource {
+        self.input.as_ref()
+    }
+
+    /// The nominal input `[B, *in_shape]`.
+    pub fn x(&self) -> &Tensor {
+        &self.x
+    }
+
     /// The device the network computes on.
     pub fn device(&self) -> &candle_core::Device {
         self.x.device()

@@ -50,6 +50,11 @@ impl DualAffine for DualBatchNorm2d {
             Ok(Some(y))
         }
     }
+    /// `|s| ⊙ r` per channel.
+    fn forward_abs(&self, radii: &[Option<&Tensor>]) -> Result<Option<Tensor>> {
+        let Some(r) = radii.first().copied().flatten() else { return Ok(None) };
+        Ok(Some(r.broadcast_mul(&self.per_channel(&self.scale.abs()?)?)?))
+    }
     fn transpose(&self, nu: &Tensor) -> Result<Vec<Option<Tensor>>> {
         Ok(vec![Some(nu.broadcast_mul(&self.per_channel(&self.scale)?)?)])
     }

@@ -73,6 +73,14 @@ impl DualAffine for DualConv2d {
         }
     }
 
+    /// The convolution of `r` with `|W|`.
+    fn forward_abs(&self, radii: &[Option<&Tensor>]) -> Result<Option<Tensor>> {
+        match radii.first().copied().flatten() {
+            Some(r) => Ok(Some(crate::kernels::conv2d_columns(r, &self.weight.abs()?, self.stride, self.padding)?)),
+            None => Ok(None),
+        }
+    }
+
     fn transpose(&self, nu: &Tensor) -> Result<Vec<Option<Tensor>>> {
         Ok(vec![Some(self.conv_transpose_columns(nu)?)])
     }

@@ -52,6 +52,21 @@ impl DualAffine for DualDense {
         Ok(sum)
     }
 
+    /// `Σ_i |A_i| r_i` over the parts.
+    fn forward_abs(&self, radii: &[Option<&Tensor>]) -> Result<Option<Tensor>> {
+        let mut sum: Option<Tensor> = None;
+        for (part, r) in self.parts.iter().zip(radii) {
+            let (Some(part), Some(r)) = (part, r) else { continue };
+            if let Some(y) = part.forward_abs(&[Some(*r)])? {
+                sum = Some(match sum {
+                    None => y,
+                    Some(s) => s.broadcast_add(&y)?,
+                });
+            }
+        }
+        Ok(sum)
+    }
+
     fn transpose(&self, nu: &Tensor) -> Result<Vec<Option<Tensor>>> {
         self.parts
             .iter()

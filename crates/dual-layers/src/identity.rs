@@ -13,6 +13,9 @@ impl DualAffine for DualIdentity {
     fn forward(&self, xs: &[Option<&Tensor>], _with_bias: bool) -> Result<Option<Tensor>> {
         Ok(xs.first().copied().flatten().cloned())
     }
+    fn forward_abs(&self, radii: &[Option<&Tensor>]) -> Result<Option<Tensor>> {
+        Ok(radii.first().copied().flatten().cloned())
+    }
     fn transpose(&self, nu: &Tensor) -> Result<Vec<Option<Tensor>>> {
         Ok(vec![Some(nu.clone())])
     }

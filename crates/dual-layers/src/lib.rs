@@ -30,6 +30,7 @@ mod input;
 pub mod kernels;
 mod linear;
 mod relu;
+mod relu_linear;
 mod reshape;
 
 pub use batchnorm::DualBatchNorm2d;
@@ -41,4 +42,5 @@ pub use input::{identity_columns, validate_input};
 pub use input::{Epsilon, InfBall, InfBallBounded, L2Ball};
 pub use linear::DualLinear;
 pub use relu::{one_hot_columns, relu_lower_term, DualReLU, ReluParts, ReluRelaxation};
+pub use relu_linear::ReluLinear;
 pub use reshape::DualReshape;

@@ -38,6 +38,14 @@ impl DualAffine for DualLinear {
         Ok(vec![Some(crate::kernels::linear_columns(nu, &self.weight.t()?)?)])
     }
 
+    /// `|W| r`.
+    fn forward_abs(&self, radii: &[Option<&Tensor>]) -> Result<Option<Tensor>> {
+        match radii.first().copied().flatten() {
+            Some(r) => Ok(Some(crate::kernels::linear_columns(r, &self.weight.abs()?)?)),
+            None => Ok(None),
+        }
+    }
+
     fn bias_term(&self, nu: &Tensor) -> Result<Option<Tensor>> {
         match &self.bias {
             None => Ok(None),

@@ -2,6 +2,7 @@
 
 use crate::columns::{contract_features, sum_over_columns};
 use candle_core::{DType, Device, Tensor};
+use dual_core::bounds::{LinearRelaxation, SlopeRule};
 use dual_core::{DualActivation, DualSource, Relaxation, Result};
 use std::ops::Range;
 
@@ -19,6 +20,15 @@ impl DualActivation for DualReLU {
 
     fn relax(&self, lower: &Tensor, upper: &Tensor) -> Result<Box<dyn Relaxation>> {
         Ok(Box::new(ReluRelaxation::new(lower, upper)?))
+    }
+
+    /// `[max(l, 0), max(u, 0)]`.
+    fn interval(&self, lower: &Tensor, upper: &Tensor) -> Result<(Tensor, Tensor)> {
+        Ok((lower.relu()?, upper.relu()?))
+    }
+
+    fn linear_relax(&self, lower: &Tensor, upper: &Tensor, rule: SlopeRule<'_>) -> Result<Box<dyn LinearRelaxation>> {
+        Ok(Box::new(crate::relu_linear::ReluLinear::new(lower, upper, rule)?))
     }
 }
 

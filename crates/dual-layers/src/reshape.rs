@@ -35,6 +35,10 @@ impl DualAffine for DualReshape {
     fn forward(&self, xs: &[Option<&Tensor>], _with_bias: bool) -> Result<Option<Tensor>> {
         xs.first().copied().flatten().map(|x| reshape_columns(x, &self.out_shape)).transpose()
     }
+    /// A permutation: `|A| r = A r`.
+    fn forward_abs(&self, radii: &[Option<&Tensor>]) -> Result<Option<Tensor>> {
+        self.forward(radii, false)
+    }
     fn transpose(&self, nu: &Tensor) -> Result<Vec<Option<Tensor>>> {
         Ok(vec![Some(reshape_columns(nu, &self.in_shape)?)])
     }

@@ -13,6 +13,7 @@ pub mod attacks;
 pub mod cascade;
 pub mod cascade_certify;
 pub mod certify;
+pub mod certify_family;
 pub mod datasets;
 pub mod device;
 pub mod download;

@@ -6,6 +6,7 @@ use crate::{
     Layer, NetError, Result,
 };
 use candle_core::{DType, Device, Tensor, Var};
+use dual_core::bounds::{BoundOptions, Method, Net, Spec, SpecBounds};
 use dual_core::{DualNetwork, DualNode, DualOptions, DualSource, Inputs};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::collections::HashMap;
@@ -223,6 +224,48 @@ impl Network {
     pub fn dual(&self, x: &Tensor, input: Box<dyn DualSource>, opts: &DualOptions) -> Result<DualNetwork> {
         let nodes = self.dual_nodes(x)?;
         Ok(DualNetwork::build(x, input, nodes, opts)?)
+    }
+
+    /// Lower bounds of `C f(x')` over the input set by a method of the bound family (IBP, CROWN,
+    /// CROWN-IBP, α-CROWN; see [`dual_core::bounds`]). α-CROWN also builds the exact dual: its
+    /// layer-wise bounds are intersected with the dual's and its result is never below the dual's.
+    pub fn spec_bounds(
+        &self,
+        x: &Tensor,
+        input: Box<dyn DualSource>,
+        spec: &Spec,
+        method: Method,
+        opts: &BoundOptions,
+    ) -> Result<SpecBounds> {
+        if method == Method::AlphaCrown {
+            let dual = self.dual(x, input, &DualOptions::default())?;
+            let net = Net { nodes: dual.nodes(), x: dual.x(), input: dual.input() };
+            return Ok(dual_core::bounds::spec_bounds(&net, spec, method, opts, Some(&dual))?);
+        }
+        let nodes = self.dual_nodes(x)?;
+        let net = Net { nodes: &nodes, x, input: input.as_ref() };
+        Ok(dual_core::bounds::spec_bounds(&net, spec, method, opts, None)?)
+    }
+
+    /// Lower bounds of the margins `z_y − z_j` (`[B, classes]`, 0 at `j = y`) by `method`.
+    pub fn margin_bounds(
+        &self,
+        x: &Tensor,
+        input: Box<dyn DualSource>,
+        y: &[u32],
+        method: Method,
+        opts: &BoundOptions,
+    ) -> Result<Tensor> {
+        let out = self.forward(&x.narrow(0, 0, 1)?)?;
+        let classes = out.elem_count();
+        if out.rank() != 2 {
+            return Err(NetError::Dual(dual_core::DualError::shape(format!(
+                "margins need a flat output; the network gives {:?}",
+                &out.dims()[1..]
+            ))));
+        }
+        let spec = Spec::margins(y, classes, x.dtype(), x.device())?;
+        Ok(self.spec_bounds(x, input, &spec, method, opts)?.lower)
     }
 
     /// Checks that `x` is `[B, *input_shape]`.

@@ -12,7 +12,8 @@
 //! exhaustive grid over a 2-input net.
 
 use candle_core::{DType, Device, Tensor, Var};
-use dual_core::{class_difference_c, BoundForm, DualNetwork, DualOptions, DualSource};
+use dual_core::bounds::{BoundOptions, Method, Spec};
+use dual_core::{class_difference_c, BoundForm, DualNetwork, DualOptions, DualSource, LayerBounds};
 use dual_layers::{Epsilon, InfBall, InfBallBounded, L2Ball};
 use nets::spec::build::{conv, dense, flatten, linear, relu};
 use nets::{BatchNormMode, LayerSpec, Network, NetworkSpec};
@@ -278,14 +279,18 @@ struct Problem<'a> {
 
 impl<'a> Problem<'a> {
     fn from_dual(dual: &DualNetwork, eval: &'a Network, x: &Tensor, ball: Ball, c: &Tensor) -> Self {
+        Self::from_bounds(&dual.objective(c).unwrap(), dual.bounds(), eval, x, ball, c)
+    }
+
+    /// From a lower bound `j` of `c f(x')` (`[B, n]`) and the layer-wise bounds it used.
+    fn from_bounds(j: &Tensor, layers: &[LayerBounds], eval: &'a Network, x: &Tensor, ball: Ball, c: &Tensor) -> Self {
         let b = x.dim(0).unwrap();
         let xv = flat(x);
         let k = xv.len() / b;
         let xs = (0..b).map(|i| xv[i * k..(i + 1) * k].to_vec()).collect();
-        let j = flat(&dual.objective(c).unwrap());
+        let j = flat(j);
         let (nc, nout) = (c.dim(1).unwrap(), c.dim(2).unwrap());
-        let bounds = dual
-            .bounds()
+        let bounds = layers
             .iter()
             .map(|lb| {
                 let lo = flat(&lb.lower);
@@ -696,6 +701,69 @@ fn check_net(label: &str, net: &Network, eval: &Network, seed: u64, batch: usize
         }
         println!("{line}");
     }
+}
+
+/// [`check_net`] for a method of the bound family: its final bound and the layer-wise bounds it
+/// used, against samples and attacks, on every input set the method supports.
+fn check_family(label: &str, net: &Network, eval: &Network, seed: u64, batch: usize, eps: f64, method: Method) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let x = inputs(net, batch, &mut rng);
+    let c = objectives(eval, &x, 3, &mut rng);
+    let spec = Spec::new(c.clone()).unwrap();
+    let opts = BoundOptions::default();
+    for (i, ball) in balls(&x, eps, &mut rng).into_iter().enumerate() {
+        let what = format!("{label} {} {:?} {}", method.name(), ball.norm, ball.radius.kind());
+        let sb = net.spec_bounds(&x, ball.source(&x), &spec, method, &opts).unwrap();
+        let p = Problem::from_bounds(&sb.lower, &sb.layers, eval, &x, ball.clone(), &c);
+        let s1 = p.check(&p.samples(60, &mut rng), &format!("{what}, samples"));
+        let mut line = format!("{what}: min slack cᵀf - bound: samples {s1:.4}");
+        if i % 3 == 0 {
+            let targets = p.targets(2, &mut rng);
+            let pts = p.attack(&targets, 30, &mut rng);
+            let s2 = p.check(&pts, &format!("{what}, attack"));
+            line += &format!(", attack {s2:.4}");
+        }
+        println!("{line}");
+    }
+}
+
+/// Every network of the exact dual's soundness tests, for one method.
+fn family_is_sound(method: Method) {
+    let mlp = init(&mlp_spec(), 0);
+    check_family("mlp", &mlp, &mlp, 1100, 3, 0.15, method);
+    let conv = init(&conv_spec(), 0);
+    check_family("conv", &conv, &conv, 1200, 2, 0.08, method);
+    let resnet = init(&resnet_spec(), 0);
+    check_family("resnet", &resnet, &resnet, 1300, 2, 0.05, method);
+    let dmlp = init(&dense_mlp_spec(), 0);
+    check_family("dense-mlp", &dmlp, &dmlp, 1400, 3, 0.15, method);
+    let bn = init(&bn_spec(BatchNormMode::Eval), 5);
+    check_family("bn eval", &bn, &bn, 1500, 2, 0.05, method);
+    let bns = init(&bn_spec(BatchNormMode::BatchStats), 6);
+    let mut rng = StdRng::seed_from_u64(1600);
+    let x = inputs(&bns, 3, &mut rng);
+    let frozen = freeze_batch_stats(&bns, &x);
+    check_family("bn batch-stats", &bns, &frozen, 1600, 3, 0.05, method);
+}
+
+#[test]
+fn ibp_is_sound() {
+    family_is_sound(Method::Ibp);
+}
+
+#[test]
+fn crown_is_sound() {
+    family_is_sound(Method::Crown);
+}
+
+#[test]
+fn crown_ibp_is_sound() {
+    family_is_sound(Method::CrownIbp);
+}
+
+#[test]
+fn alpha_crown_is_sound() {
+    family_is_sound(Method::AlphaCrown);
 }
 
 #[test]

@@ -50,3 +50,38 @@ pub fn mean_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.len(), b.len(), "sizes differ");
     a.iter().zip(&b).map(|(x, y)| (x - y).abs()).sum::<f64>() / a.len() as f64
 }
+
+/// Reads an `.npy` file of f32 or f64 in C or Fortran order (Candle's reader refuses the latter).
+pub fn npy_any(path: &Path) -> Tensor {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    assert_eq!(&bytes[..6], b"\x93NUMPY", "{} is not an .npy file", path.display());
+    let (hlen, start) = if bytes[6] == 1 {
+        (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10)
+    } else {
+        (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
+    };
+    let header = std::str::from_utf8(&bytes[start..start + hlen]).expect("npy header is text");
+    let data = &bytes[start + hlen..];
+    let fortran = header.contains("'fortran_order': True");
+    let shape_txt = header.split("'shape': (").nth(1).and_then(|s| s.split(')').next()).expect("npy shape");
+    let shape: Vec<usize> =
+        shape_txt.split(',').filter(|s| !s.trim().is_empty()).map(|s| s.trim().parse().unwrap()).collect();
+    let n: usize = shape.iter().product();
+    let vals: Vec<f64> = if header.contains("'<f8'") {
+        data[..n * 8].chunks(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect()
+    } else if header.contains("'<f4'") {
+        data[..n * 4].chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect()
+    } else {
+        panic!("{}: unsupported dtype in header {header}", path.display())
+    };
+    let dtype = if header.contains("'<f8'") { DType::F64 } else { DType::F32 };
+    let t = if fortran {
+        let rev: Vec<usize> = shape.iter().rev().copied().collect();
+        let t = Tensor::from_vec(vals, rev, &Device::Cpu).unwrap();
+        let perm: Vec<usize> = (0..shape.len()).rev().collect();
+        t.permute(perm).unwrap().contiguous().unwrap()
+    } else {
+        Tensor::from_vec(vals, shape, &Device::Cpu).unwrap()
+    };
+    t.to_dtype(dtype).unwrap()
+}

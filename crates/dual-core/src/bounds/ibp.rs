@@ -1,0 +1,115 @@
+//! Interval bound propagation (Gowal et al. 2018): boxes pushed forward layer by layer.
+//!
+//! A box is kept as centre and radius, `mid ± rad`, shaped `[B, 1, *shape]` (one "column", so
+//! the affine duals apply to it unchanged). An affine layer maps it to `A mid + b ± |A| rad`
+//! (`forward` and `forward_abs`); an activation maps the box `[l, u]` to its own interval
+//! (`DualActivation::interval`). The specification is folded into the last affine layer, as
+//! auto_LiRPA does: `C (A z + b)` is bounded as one affine map, `CA mid + Cb − |CA| rad`, which is
+//! tighter than bounding `C` on the output box. Every step is a Candle op, so the bounds are
+//! differentiable in the parameters.
+
+use super::Net;
+use crate::{layer::DualNode, DualError, Result};
+use candle_core::{Tensor, D};
+
+/// The box of every output `0..=n` of the network as `(mid, rad)`, `[B, 1, *shape]`.
+pub struct Boxes {
+    /// Centres, indexed by output.
+    pub mid: Vec<Tensor>,
+    /// Radii (non-negative), indexed by output.
+    pub rad: Vec<Tensor>,
+}
+
+impl Boxes {
+    /// `(lower, upper)` of output `t`, `[B, *shape]`.
+    pub fn interval(&self, t: usize) -> Result<(Tensor, Tensor)> {
+        let (m, r) = (self.mid[t].squeeze(1)?, self.rad[t].squeeze(1)?);
+        Ok(((&m - &r)?, (m + r)?))
+    }
+}
+
+/// The input set's bounding box `x + [δ⁻, δ⁺]` as `(mid, rad)`, `[B, 1, *in_shape]`: the source's
+/// terms for the identity rows (`DualSource::coefficient_terms`).
+pub fn input_box(net: &Net<'_>) -> Result<(Tensor, Tensor)> {
+    if !net.input.exact_from_coefficients() {
+        return Err(DualError::Unsupported(format!(
+            "the input set {} gives estimates, not bounds: interval bounds need an exact input set",
+            net.input.name()
+        )));
+    }
+    let x = net.x;
+    let b = x.dim(0)?;
+    let shape = &x.dims()[1..];
+    let k: usize = shape.iter().product();
+    let eye = super::crown::signed_identity_rows(&(0..k).collect::<Vec<_>>(), false, shape, x)?;
+    let (lo, hi) = net.input.coefficient_terms(&eye)?; // [B or 1, K]
+    let mut s = vec![b, 1];
+    s.extend_from_slice(shape);
+    let lo = lo.broadcast_as((b, k))?.reshape(s.clone())?;
+    let hi = hi.broadcast_as((b, k))?.reshape(s.clone())?;
+    let x1 = x.unsqueeze(1)?;
+    let mid = (x1 + ((&lo + &hi)? * 0.5)?)?;
+    let rad = ((hi - lo)? * 0.5)?;
+    Ok((mid, rad))
+}
+
+/// Pushes the input box through every node; `upto` stops after output `upto`.
+pub fn propagate(net: &Net<'_>, upto: usize) -> Result<Boxes> {
+    let (m0, r0) = input_box(net)?;
+    let mut mid = vec![m0];
+    let mut rad = vec![r0];
+    for t in 1..=upto {
+        let (m, r) = match &net.nodes[t - 1] {
+            DualNode::Affine(a) => {
+                let idx = a.inputs().indices(t);
+                let mids: Vec<Option<&Tensor>> = idx.iter().map(|i| i.map(|i| &mid[i])).collect();
+                let rads: Vec<Option<&Tensor>> = idx.iter().map(|i| i.map(|i| &rad[i])).collect();
+                let m = a
+                    .forward(&mids, true)?
+                    .ok_or_else(|| DualError::shape(format!("{} gave no output on the nominal input", a.name())))?;
+                let r = match a.forward_abs(&rads)? {
+                    Some(r) => r,
+                    None => m.zeros_like()?,
+                };
+                (m, r)
+            }
+            DualNode::Activation(act) => {
+                let (l, u) = (mid[t - 1].squeeze(1)?, rad[t - 1].squeeze(1)?);
+                let (lo, hi) = act.interval(&(&l - &u)?, &(l + u)?)?;
+                (((&lo + &hi)? * 0.5)?.unsqueeze(1)?, ((hi - lo)? * 0.5)?.unsqueeze(1)?)
+            }
+        };
+        mid.push(m);
+        rad.push(r);
+    }
+    Ok(Boxes { mid, rad })
+}
+
+/// `Σ_j Λ_j mid_j − |Λ_j| rad_j` for `Λ` `[Bλ, m, *shape]` and a box `[B, 1, *shape]`, as `[B, m]`.
+fn box_lower(lam: &Tensor, mid: &Tensor, rad: &Tensor) -> Result<Tensor> {
+    let lin = super::crown::contract(lam, mid)?;
+    let abs = super::crown::contract(&lam.abs()?, rad)?;
+    Ok((lin - abs)?)
+}
+
+/// IBP lower bound of `C z_n` (`c`: `[B, m, *out_shape]`) from the boxes, with `C` folded into
+/// the last node when it is affine; `[B, m]`.
+pub fn spec_lower(net: &Net<'_>, boxes: &Boxes, c: &Tensor) -> Result<Tensor> {
+    let n = net.nodes.len();
+    match &net.nodes[n - 1] {
+        DualNode::Affine(a) => {
+            let idx = a.inputs().indices(n);
+            let mut acc = match a.bias_term(c)? {
+                Some(t) => t,
+                None => c.flatten_from(2)?.sum(D::Minus1)?.zeros_like()?,
+            };
+            for (i, lam) in idx.into_iter().zip(a.transpose(c)?) {
+                if let (Some(i), Some(lam)) = (i, lam) {
+                    acc = acc.broadcast_add(&box_lower(&lam, &boxes.mid[i], &boxes.rad[i])?)?;
+                }
+            }
+            Ok(acc)
+        }
+        DualNode::Activation(_) => box_lower(c, &boxes.mid[n], &boxes.rad[n]),
+    }
+}

@@ -1,0 +1,253 @@
+//! The bound family on one engine: IBP, CROWN, CROWN-IBP and α-CROWN, for a specification `C`.
+//!
+//! Every method bounds `C f(x')` from below over the input set with the same per-layer traits as
+//! the dual of Wong & Kolter ([`crate::DualNetwork`]); they differ in how the layer-wise bounds
+//! are computed and how the lower slopes of the activations are chosen:
+//!
+//! | method | layer-wise bounds | final bound | lower slopes |
+//! |---|---|---|---|
+//! | [`Method::Ibp`] | IBP | IBP (C folded into the last layer) | — |
+//! | [`Method::CrownIbp`] | IBP | backward | adaptive |
+//! | [`Method::Crown`] | backward | backward | adaptive |
+//! | [`Method::AlphaCrown`] | backward (∩ the dual's when given) | backward | optimised per row |
+//!
+//! The dual itself (`exact`) is the backward pass with `a_L = a_U = u/(u − l)`.
+//!
+//! CROWN's layer-wise bounds are the backward pass on every unit. α-CROWN's are tighter: IBP
+//! runs first and the backward pass bounds only the units IBP does not prove stable in every
+//! example of the batch (the others keep IBP's bounds); where IBP proves a unit stable in an
+//! example and CROWN does not, IBP's bounds are kept, so the relaxation is exact there; and with
+//! the exact dual given, the bounds are intersected with the dual's. All are sound.
+
+pub mod alpha;
+pub mod crown;
+pub mod ibp;
+pub mod relaxation;
+pub mod spec;
+
+pub use alpha::AlphaOptions;
+pub use relaxation::{LinearRelaxation, SlopeRule};
+pub use spec::Spec;
+
+use crate::{layer::DualNode, source::DualSource, DualError, DualNetwork, LayerBounds, Result};
+use candle_core::Tensor;
+use crown::Relaxed;
+
+/// A bound method of the family (the dual of Wong & Kolter is [`crate::DualNetwork`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// Interval bound propagation (Gowal et al. 2018).
+    Ibp,
+    /// CROWN (Zhang et al. 2018) with adaptive lower slopes; layer-wise bounds by CROWN too.
+    Crown,
+    /// IBP layer-wise bounds, CROWN for the specification (Zhang et al. 2020).
+    CrownIbp,
+    /// CROWN with lower slopes optimised per row (Xu et al. 2021).
+    AlphaCrown,
+}
+
+impl Method {
+    /// The method's command-line name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Method::Ibp => "ibp",
+            Method::Crown => "crown",
+            Method::CrownIbp => "crown-ibp",
+            Method::AlphaCrown => "alpha-crown",
+        }
+    }
+}
+
+impl std::str::FromStr for Method {
+    type Err = DualError;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "ibp" => Method::Ibp,
+            "crown" => Method::Crown,
+            "crown-ibp" => Method::CrownIbp,
+            "alpha-crown" => Method::AlphaCrown,
+            _ => {
+                return Err(DualError::invalid(format!(
+                    "unknown bound method `{s}`; expected ibp, crown, crown-ibp or alpha-crown"
+                )))
+            }
+        })
+    }
+}
+
+/// Options of the bound family.
+#[derive(Debug, Clone, Default)]
+pub struct BoundOptions {
+    /// α-CROWN's optimiser.
+    pub alpha: AlphaOptions,
+    /// Bytes of backward coefficients live at once in CROWN's layer-wise bounds (default 1 GiB).
+    pub memory_budget: Option<usize>,
+}
+
+/// What a method returns.
+#[derive(Debug, Clone)]
+pub struct SpecBounds {
+    /// Lower bounds of `C f(x')`, `[B, m]`.
+    pub lower: Tensor,
+    /// The pre-activation bounds every activation was relaxed with, in network order.
+    pub layers: Vec<LayerBounds>,
+    /// α-CROWN's iterations (0 for the other methods).
+    pub iterations: usize,
+}
+
+/// The network a method bounds: its nodes, the nominal input `[B, *in_shape]` and the input set.
+#[derive(Clone, Copy)]
+pub struct Net<'a> {
+    /// The dual nodes, in order.
+    pub nodes: &'a [DualNode],
+    /// The nominal input.
+    pub x: &'a Tensor,
+    /// The input set around it.
+    pub input: &'a dyn DualSource,
+}
+
+const DEFAULT_BUDGET: usize = 1 << 30;
+
+/// Output shapes (without batch) of every output `0..=n`, from a nominal pass of the first
+/// example in which activations keep the shape.
+fn output_shapes(net: &Net<'_>) -> Result<Vec<Vec<usize>>> {
+    let x1 = net.x.narrow(0, 0, 1)?.unsqueeze(1)?;
+    let mut outs = vec![x1];
+    for (k, node) in net.nodes.iter().enumerate() {
+        let t = k + 1;
+        let y = match node {
+            DualNode::Affine(a) => {
+                let xs: Vec<Option<&Tensor>> = a.inputs().indices(t).iter().map(|i| i.map(|i| &outs[i])).collect();
+                a.forward(&xs, true)?
+                    .ok_or_else(|| DualError::shape(format!("{} gave no output on the nominal input", a.name())))?
+            }
+            DualNode::Activation(_) => outs[t - 1].clone(),
+        };
+        outs.push(y);
+    }
+    Ok(outs.iter().map(|o| o.dims()[2..].to_vec()).collect())
+}
+
+fn with_batch(b: usize, shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![b];
+    s.extend_from_slice(shape);
+    s
+}
+
+/// Lower bounds of `C f(x')` for `x'` in the input set by `method`. With `reference` (the exact
+/// dual of the same nodes, input and batch), α-CROWN intersects its layer-wise bounds with the
+/// dual's and returns at least the dual's bound on every row.
+pub fn spec_bounds(
+    net: &Net<'_>,
+    spec: &Spec,
+    method: Method,
+    opts: &BoundOptions,
+    reference: Option<&DualNetwork>,
+) -> Result<SpecBounds> {
+    if net.nodes.is_empty() {
+        return Err(DualError::invalid("the network has no layers"));
+    }
+    let n = net.nodes.len();
+    let b = net.x.dim(0)?;
+    let shapes = output_shapes(net)?;
+    let c = spec.checked(b, &shapes[n], net.x.dtype())?;
+    let budget = opts.memory_budget.unwrap_or(DEFAULT_BUDGET);
+    let need_ibp = matches!(method, Method::Ibp | Method::CrownIbp);
+    let boxes = match ibp::propagate(net, n) {
+        Ok(bx) => Some(bx),
+        Err(e @ DualError::Unsupported(_)) if need_ibp => return Err(e),
+        Err(DualError::Unsupported(_)) => None,
+        Err(e) => return Err(e),
+    };
+    if method == Method::Ibp {
+        let boxes = boxes.expect("checked above");
+        let mut layers = Vec::new();
+        for (k, node) in net.nodes.iter().enumerate() {
+            if matches!(node, DualNode::Activation(_)) {
+                let (lower, upper) = boxes.interval(k)?;
+                layers.push(LayerBounds { layer: k + 1, lower, upper });
+            }
+        }
+        return Ok(SpecBounds { lower: ibp::spec_lower(net, &boxes, &c)?, layers, iterations: 0 });
+    }
+    let mut relax: Relaxed = (0..=n).map(|_| None).collect();
+    let mut layers = Vec::new();
+    let ref_bounds = match (method, reference) {
+        (Method::AlphaCrown, Some(d)) => Some(d.bounds()),
+        _ => None,
+    };
+    for t in 1..=n {
+        let DualNode::Activation(act) = &net.nodes[t - 1] else { continue };
+        let shape = &shapes[t - 1];
+        let k: usize = shape.iter().product();
+        let ibp_lu = match &boxes {
+            Some(bx) => {
+                let (l, u) = bx.interval(t - 1)?;
+                Some((l.reshape((b, k))?, u.reshape((b, k))?))
+            }
+            None => None,
+        };
+        let (mut l, mut u) = if method == Method::CrownIbp {
+            ibp_lu.expect("IBP ran")
+        } else {
+            match &ibp_lu {
+                Some((li, ui)) if method == Method::AlphaCrown => {
+                    let units = crown::unstable_units(li, ui)?;
+                    let (lc, uc) = crown::layer_bounds(net, &relax, &shapes, t - 1, &units, budget)?;
+                    let lc = crown::scatter_units(li, &units, &lc)?;
+                    let uc = crown::scatter_units(ui, &units, &uc)?;
+                    // Where IBP proves the unit stable in this example and CROWN does not, keep
+                    // IBP's bounds (the relaxation is then exact).
+                    let stable = li.ge(0.0)?.maximum(&ui.le(0.0)?)?;
+                    let crown_unstable = lc.lt(0.0)?.mul(&uc.gt(0.0)?)?;
+                    let keep = stable.mul(&crown_unstable)?;
+                    (keep.where_cond(li, &lc)?, keep.where_cond(ui, &uc)?)
+                }
+                _ => {
+                    let units: Vec<usize> = (0..k).collect();
+                    crown::layer_bounds(net, &relax, &shapes, t - 1, &units, budget)?
+                }
+            }
+        };
+        if let Some(rb) = ref_bounds.and_then(|rb| rb.iter().find(|lb| lb.layer == t)) {
+            l = l.maximum(&rb.lower.reshape((b, k))?)?;
+            u = u.minimum(&rb.upper.reshape((b, k))?)?;
+        }
+        let (l, u) = (l.reshape(with_batch(b, shape))?, u.reshape(with_batch(b, shape))?);
+        relax[t] = Some(act.linear_relax(&l, &u, SlopeRule::Adaptive)?);
+        layers.push(LayerBounds { layer: t, lower: l, upper: u });
+    }
+    if method == Method::AlphaCrown {
+        let pre: Vec<(usize, Tensor, Tensor)> =
+            layers.iter().map(|lb| (lb.layer, lb.lower.clone(), lb.upper.clone())).collect();
+        let res = alpha::optimize(net, &pre, &c, &opts.alpha)?;
+        let lower = match reference {
+            Some(d) => res.lower.maximum(&d.objective(&c)?)?,
+            None => res.lower,
+        };
+        return Ok(SpecBounds { lower, layers, iterations: res.iterations });
+    }
+    let lower = crown::backward_lower(net, &relax, n, c)?;
+    Ok(SpecBounds { lower, layers, iterations: 0 })
+}
+
+/// Lower bounds of the margins `z_y − z_j` (`[B, classes]`, 0 at `j = y`) by `method`.
+pub fn margin_bounds(
+    net: &Net<'_>,
+    y: &[u32],
+    method: Method,
+    opts: &BoundOptions,
+    reference: Option<&DualNetwork>,
+) -> Result<Tensor> {
+    let b = net.x.dim(0)?;
+    if y.len() != b {
+        return Err(DualError::shape(format!("{} labels for a batch of {b}", y.len())));
+    }
+    let shapes = output_shapes(net)?;
+    let out = &shapes[net.nodes.len()];
+    if out.len() != 1 {
+        return Err(DualError::shape(format!("margins need a flat output; the network gives {out:?}")));
+    }
+    let spec = Spec::margins(y, out[0], net.x.dtype(), net.x.device())?;
+    Ok(spec_bounds(net, &spec, method, opts, reference)?.lower)
+}

@@ -1,0 +1,46 @@
+//! Linear relaxations with separate lower and upper lines, the per-activation piece of CROWN,
+//! CROWN-IBP and α-CROWN.
+//!
+//! On pre-activation bounds `l ≤ ẑ ≤ u` an activation states `a_L ẑ + b_L ≤ σ(ẑ) ≤ a_U ẑ + b_U`
+//! elementwise. The dual of Wong & Kolter is the special case `a_L = a_U`; CROWN chooses the lower
+//! slope by a rule, α-CROWN optimises it. Where the slopes live: in the object an activation
+//! returns from [`crate::DualActivation::linear_relax`], so the engine never sees a ReLU.
+
+use crate::Result;
+use candle_core::Tensor;
+
+/// How an activation picks its lower line (ReLU: `a_L ẑ`, `a_L ∈ [0, 1]` on the unstable units).
+#[derive(Debug, Clone, Copy)]
+pub enum SlopeRule<'a> {
+    /// The dual's slope, `a_L = a_U = u / (u − l)` (Wong & Kolter).
+    Dual,
+    /// CROWN's adaptive slope: 1 where `u/(u − l) > 1/2` (that is `u > −l`), else 0.
+    Adaptive,
+    /// Given slopes `α ∈ [0, 1]` on the unstable units, `[B, r, *shape]` with `r = 1` or one per
+    /// specification row (α-CROWN).
+    Given(&'a Tensor),
+}
+
+impl SlopeRule<'_> {
+    /// The rule's name, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SlopeRule::Dual => "dual",
+            SlopeRule::Adaptive => "adaptive",
+            SlopeRule::Given(_) => "given",
+        }
+    }
+}
+
+/// The relaxation of one activation for one batch: both lines, applied backwards.
+pub trait LinearRelaxation: Send + Sync {
+    /// One step of the backward (CROWN) pass for a *lower* bound of `Λ σ(ẑ)`: with `Λ` the
+    /// coefficients on the activation's output, `[Bλ, m, *shape]` (`Bλ` = 1 when shared by the
+    /// batch), returns the coefficients on its input `Λ_in = [Λ]₊ a_L + [Λ]₋ a_U` (`[B, m, *shape]`)
+    /// and the offset `Σ_j [Λ_j]₊ b_Lj + [Λ_j]₋ b_Uj` as `[B, m]` (`None` when zero), so that
+    /// `Λ σ(ẑ) ≥ Λ_in ẑ + offset` for every `ẑ ∈ [l, u]`.
+    fn backward_lower(&self, lam: &Tensor) -> Result<(Tensor, Option<Tensor>)>;
+
+    /// The lower slopes `a_L`, `[B, r, *shape]` (`r` = 1, or the rows of a [`SlopeRule::Given`]).
+    fn lower_slopes(&self) -> &Tensor;
+}

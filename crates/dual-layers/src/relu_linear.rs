@@ -1,0 +1,71 @@
+//! ReLU's linear bounds with separate lines (CROWN, CROWN-IBP, α-CROWN) and its interval map (IBP).
+//!
+//! On `[l, u]`: stable units are exact (`a_L = a_U = 1, b = 0` where `l ≥ 0`; `0` where `u ≤ 0`).
+//! On the unstable set `I = {l < 0 < u}` the upper line is the chord `a_U = u/(u − l)`,
+//! `b_U = −a_U l` and the lower line is `a_L ẑ` with `a_L ∈ [0, 1]`: the dual's `u/(u − l)`,
+//! CROWN's adaptive `1{u/(u − l) > 1/2}`, or given slopes `α`.
+
+use candle_core::Tensor;
+use dual_core::bounds::{LinearRelaxation, SlopeRule};
+use dual_core::{DualError, Result};
+
+/// The two lines of a ReLU for one batch.
+pub struct ReluLinear {
+    /// `a_L`, `[B, r, *shape]`.
+    a_l: Tensor,
+    /// `a_U`, `[B, *shape]`.
+    a_u: Tensor,
+    /// `b_U = −a_U l` on `I`, zero elsewhere, flat `[B, K]`.
+    b_u: Tensor,
+}
+
+impl ReluLinear {
+    /// The lines for pre-activation bounds `lower ≤ ẑ ≤ upper` (`[B, *shape]`) and a slope rule.
+    pub fn new(lower: &Tensor, upper: &Tensor, rule: SlopeRule<'_>) -> Result<Self> {
+        let dtype = lower.dtype();
+        let b = lower.dim(0)?;
+        let k = lower.elem_count() / b.max(1);
+        let unstable = lower.lt(0.0)?.mul(&upper.gt(0.0)?)?.to_dtype(dtype)?;
+        let active = lower.ge(0.0)?.to_dtype(dtype)?;
+        let denom = ((upper - lower)? + (1.0 - &unstable)?)?;
+        let chord = (&unstable * (upper / denom)?)?;
+        let a_u = (&active + &chord)?;
+        let b_u = (&chord * lower)?.neg()?.reshape((b, k))?;
+        let a_l = match rule {
+            SlopeRule::Dual => a_u.unsqueeze(1)?,
+            SlopeRule::Adaptive => (&active + (&unstable * chord.gt(0.5)?.to_dtype(dtype)?)?)?.unsqueeze(1)?,
+            SlopeRule::Given(alpha) => {
+                let want = lower.rank() + 1;
+                if alpha.rank() != want || alpha.dim(0)? != b || alpha.dims()[2..] != lower.dims()[1..] {
+                    return Err(DualError::shape(format!(
+                        "ReLU slopes α have shape {:?}; expected [{b}, r, {:?}]",
+                        alpha.dims(),
+                        &lower.dims()[1..]
+                    )));
+                }
+                alpha.broadcast_mul(&unstable.unsqueeze(1)?)?.broadcast_add(&active.unsqueeze(1)?)?
+            }
+        };
+        Ok(ReluLinear { a_l, a_u, b_u })
+    }
+}
+
+impl LinearRelaxation for ReluLinear {
+    /// `Λ_in = [Λ]₊ a_L + [Λ]₋ a_U`, offset `Σ_j b_Uj min(Λ_j, 0)`.
+    fn backward_lower(&self, lam: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
+        let pos = lam.maximum(0.0)?;
+        let neg = (lam - &pos)?;
+        let lo = if self.a_l.dim(1)? == 1 {
+            crate::kernels::scale_columns(&pos, &self.a_l.squeeze(1)?)?
+        } else {
+            pos.broadcast_mul(&self.a_l)?
+        };
+        let up = crate::kernels::scale_columns(&neg, &self.a_u)?;
+        let offset = crate::kernels::neg_part_contract(lam, &self.b_u)?;
+        Ok(((lo + up)?, Some(offset)))
+    }
+
+    fn lower_slopes(&self) -> &Tensor {
+        &self.a_l
+    }
+}
