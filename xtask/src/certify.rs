@@ -51,11 +51,11 @@ pub struct CertifyArgs {
     /// The bound: exact (the dual, default), proj (with --proj K), ibp, crown, crown-ibp, alpha-crown.
     #[arg(long, default_value = "exact")]
     bound: String,
-    /// α-CROWN: Adam iterations.
-    #[arg(long, default_value_t = 20)]
+    /// α-CROWN: Adam iterations (≥ 1).
+    #[arg(long, default_value_t = 20, value_parser = parse::at_least_one)]
     alpha_iters: usize,
-    /// α-CROWN: Adam's learning rate.
-    #[arg(long, default_value_t = 0.1)]
+    /// α-CROWN: Adam's learning rate (finite, > 0).
+    #[arg(long, default_value_t = 0.1, allow_hyphen_values = true, value_parser = parse::positive)]
     alpha_lr: f64,
 }
 
