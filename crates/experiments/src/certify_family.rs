@@ -4,8 +4,8 @@
 //! and the clean prediction is right).
 
 use crate::attacks::{count_errors, pgd, pgd_l2, PgdConfig};
-use crate::certify::{input_set, load_test_set, CertifyConfig, Norm};
-use crate::report::{write_json_atomic, Table};
+use crate::certify::{input_set, CertifyConfig, Norm};
+use crate::report::Table;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 use dual_core::bounds::{AlphaOptions, BoundOptions, Method};

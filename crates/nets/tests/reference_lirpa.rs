@@ -11,13 +11,12 @@ use dual_core::DualSource;
 use dual_layers::{InfBall, InfBallBounded};
 use std::path::PathBuf;
 
-/// The reference folder; a missing folder fails the test (never a silent skip).
-fn lirpa_dir() -> (PathBuf, PathBuf) {
-    let shared = shared_dir().expect("../shared (or $CONVEX_SHARED_DIR) is missing");
-    let dir = shared.join("reference/fashion_mnist_eps0.1");
-    let l = dir.join("lirpa");
-    assert!(l.is_dir(), "{} is missing", l.display());
-    (dir, l)
+/// The reference folder and its `lirpa/` part; a missing folder fails the test (never a silent
+/// skip); `None` only when the run opted out with `CONVEX_SKIP_SHARED=1` (printed).
+fn lirpa_dir() -> Option<(PathBuf, PathBuf)> {
+    let dir = fashion_ref()?;
+    let l = shared_data::shared_path("reference/fashion_mnist_eps0.1/lirpa")?;
+    Some((dir, l))
 }
 
 fn tol(dtype: DType) -> f64 {
@@ -45,7 +44,7 @@ fn input(x: &Tensor, bounded: bool) -> Box<dyn DualSource> {
 }
 
 fn check_margins(method: Method, file: &str, dtype: DType, bounded: bool) {
-    let (dir, l) = lirpa_dir();
+    let Some((dir, l)) = lirpa_dir() else { return };
     let net = fashion_model(&dir, dtype);
     let x = npy(&dir, "fashion_X20.npy").to_dtype(dtype).unwrap();
     let y = labels(&dir, "fashion_y20.npy");
@@ -61,7 +60,7 @@ fn check_margins(method: Method, file: &str, dtype: DType, bounded: bool) {
 /// reference (auto_LiRPA's default: sparse intermediate bounds, IBP's bounds on the units IBP
 /// proves stable in all 20 images): within 2.5e-3 (the largest difference seen is 2.08e-3).
 fn check_crown(dtype: DType, bounded: bool) {
-    let (dir, l) = lirpa_dir();
+    let Some((dir, l)) = lirpa_dir() else { return };
     let net = fashion_model(&dir, dtype);
     let x = npy(&dir, "fashion_X20.npy").to_dtype(dtype).unwrap();
     let y = labels(&dir, "fashion_y20.npy");
@@ -116,7 +115,7 @@ margin_tests! {
 /// all 20 images (the reference holds IBP's value there) and on the linear layer, where the
 /// reference is looser than full CROWN on some units (ours must then be at least as tight).
 fn check_layers(dtype: DType, bounded: bool) {
-    let (dir, l) = lirpa_dir();
+    let Some((dir, l)) = lirpa_dir() else { return };
     let net = fashion_model(&dir, dtype);
     let x = npy(&dir, "fashion_X20.npy").to_dtype(dtype).unwrap();
     let y = labels(&dir, "fashion_y20.npy");
@@ -174,7 +173,7 @@ fn crown_layer_bounds_f64_box() {
 /// α-CROWN (20 iterations, lr 0.1): mean margin bound over the 20 images and 9 classes at least
 /// auto_LiRPA's, and on every row at least CROWN's and the exact dual's.
 fn check_alpha(bounded: bool) {
-    let (dir, l) = lirpa_dir();
+    let Some((dir, l)) = lirpa_dir() else { return };
     let dtype = DType::F32;
     let net = fashion_model(&dir, dtype);
     let x = npy(&dir, "fashion_X20.npy").to_dtype(dtype).unwrap();
