@@ -7,18 +7,23 @@ use dual_core::DualOptions;
 use dual_layers::{Epsilon, InfBall};
 use nets::Network;
 
+/// An axis-aligned box `[lo, hi]` of inputs.
+pub type InputBox = (Vec<f64>, Vec<f64>);
+
 /// A method that bounds `cᵀ f(x)` from below for every `x` in a box.
 pub trait BoundMethod: Send + Sync {
     /// A short name for logs.
     fn name(&self) -> String;
-    /// For each row `c` of `rows` (each `num_outputs` long), a number `≤ min_{lo ≤ x ≤ hi} cᵀ f(x)`
-    /// computed in f64. Must be sound: never above the true minimum beyond f64 rounding.
-    fn lower_bounds(&self, net: &Network, lo: &[f64], hi: &[f64], rows: &[Vec<f64>]) -> Result<Vec<f64>, String>;
+    /// For each box and each row `c` of `rows` (each `num_outputs` long), a number
+    /// `≤ min_{lo ≤ x ≤ hi} cᵀ f(x)` computed in f64 (`result[box][row]`). Must be sound: never
+    /// above the true minimum beyond f64 rounding.
+    fn lower_bounds(&self, net: &Network, boxes: &[InputBox], rows: &[Vec<f64>]) -> Result<Vec<Vec<f64>>, String>;
 }
 
-/// The exact dual of Wong & Kolter (2018) on the box written as an l_inf ball with a
+/// The exact dual of Wong & Kolter (2018) on each box written as an l_inf ball with a
 /// per-feature radius: centre `(lo + hi) / 2`, radius `(hi − lo) / 2`. `J(c) ≤ cᵀ f(x)` for
 /// every `x` in the box (their Theorem 1, with the layer-wise bounds of their Algorithm 1).
+/// The boxes go through the dual network as one batch.
 pub struct ExactDual;
 
 impl BoundMethod for ExactDual {
@@ -26,29 +31,40 @@ impl BoundMethod for ExactDual {
         "wong-kolter exact dual".into()
     }
 
-    fn lower_bounds(&self, net: &Network, lo: &[f64], hi: &[f64], rows: &[Vec<f64>]) -> Result<Vec<f64>, String> {
-        let k = lo.len();
-        let mid: Vec<f64> = lo.iter().zip(hi).map(|(l, h)| 0.5 * (l + h)).collect();
-        // The radius rounded up so the ball covers the box despite the rounding of the centre.
-        let rad: Vec<f64> =
-            lo.iter().zip(hi).zip(&mid).map(|((l, h), m)| ((h - m).max(m - l)) * (1.0 + 4.0 * f64::EPSILON)).collect();
+    fn lower_bounds(&self, net: &Network, boxes: &[InputBox], rows: &[Vec<f64>]) -> Result<Vec<Vec<f64>>, String> {
+        let b = boxes.len();
+        if b == 0 || rows.is_empty() {
+            return Ok(vec![vec![]; b]);
+        }
+        let k = boxes[0].0.len();
+        let mut mid = Vec::with_capacity(b * k);
+        let mut rad = Vec::with_capacity(b * k);
+        for (lo, hi) in boxes {
+            for (l, h) in lo.iter().zip(hi) {
+                let m = 0.5 * (l + h);
+                // Rounded up so the ball covers the box despite the rounding of the centre.
+                rad.push((h - m).max(m - l) * (1.0 + 4.0 * f64::EPSILON));
+                mid.push(m);
+            }
+        }
         let dev = Device::Cpu;
-        let run = || -> candle_core::Result<Result<Vec<f64>, String>> {
-            let x = Tensor::from_vec(mid, (1, k), &dev)?.to_dtype(DType::F64)?;
-            let eps = Tensor::from_vec(rad, (1, k), &dev)?;
+        let n = rows.len();
+        let m = rows[0].len();
+        let run = || -> candle_core::Result<Result<Vec<Vec<f64>>, String>> {
+            let x = Tensor::from_vec(mid, (b, k), &dev)?.to_dtype(DType::F64)?;
+            let eps = Tensor::from_vec(rad, (b, k), &dev)?;
             let ball = match InfBall::new(&x, Epsilon::Tensor(eps)) {
-                Ok(b) => b,
+                Ok(ball) => ball,
                 Err(e) => return Ok(Err(e.to_string())),
             };
             let dual = match net.dual(&x, Box::new(ball), &DualOptions::default()) {
                 Ok(d) => d,
                 Err(e) => return Ok(Err(e.to_string())),
             };
-            let m = rows.first().map_or(0, |r| r.len());
             let flat: Vec<f64> = rows.iter().flatten().copied().collect();
-            let c = Tensor::from_vec(flat, (1, rows.len(), m), &dev)?;
+            let c = Tensor::from_vec(flat, (1, n, m), &dev)?.broadcast_as((b, n, m))?.contiguous()?;
             match dual.objective(&c) {
-                Ok(j) => Ok(Ok(j.flatten_all()?.to_vec1::<f64>()?)),
+                Ok(j) => Ok(Ok(j.to_vec2::<f64>()?)),
                 Err(e) => Ok(Err(e.to_string())),
             }
         };

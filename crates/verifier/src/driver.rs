@@ -13,7 +13,10 @@
 //!   the time runs out.
 
 use crate::answer::Answer;
-use crate::bounds::BoundMethod;
+use crate::bounds::{BoundMethod, InputBox};
+
+/// Boxes bounded together while splitting.
+const SPLIT_BATCH: usize = 64;
 use crate::falsify::{output_rows, pgd, samples, PgdConfig};
 use nets::Network;
 use onnx_import::Model;
@@ -56,6 +59,9 @@ pub fn check_counterexample(model: &Model, prop: &Property, x: &[f64], lo: &[f64
 }
 
 struct ClauseWork {
+    /// Rows used for bounds: the clause's output rows and, for two or more, their sum.
+    bound_rows: Vec<Vec<f64>>,
+    bound_rhs: Vec<f64>,
     lo: Vec<f64>,
     hi: Vec<f64>,
     rows: Vec<Vec<f64>>,
@@ -89,7 +95,18 @@ pub fn verify(model: &Model, prop: &Property, method: &dyn BoundMethod, opts: &V
             return Answer::Error(format!("clause {k}: X_{i} is not bounded on both sides"));
         }
         let (rows, rhs) = output_rows(clause, prop.num_outputs);
-        work.push(ClauseWork { lo, hi, rows, rhs });
+        work.push(ClauseWork { lo, hi, rows, rhs, bound_rows: vec![], bound_rhs: vec![] });
+        let w = work.last_mut().expect("just pushed");
+        // For bounds only: the sum of a conjunction's inequalities, `Σ c_k·y ≤ Σ r_k`, holds
+        // wherever they all hold, so a lower bound above `Σ r_k` also makes the clause
+        // unreachable (often where no single row does).
+        if w.rows.len() > 1 {
+            let sum: Vec<f64> = (0..prop.num_outputs).map(|j| w.rows.iter().map(|r| r[j]).sum()).collect();
+            w.bound_rows = w.rows.iter().cloned().chain(std::iter::once(sum)).collect();
+            w.bound_rhs = w.rhs.iter().copied().chain(std::iter::once(w.rhs.iter().sum())).collect();
+        } else {
+            (w.bound_rows, w.bound_rhs) = (w.rows.clone(), w.rhs.clone());
+        }
     }
     if work.is_empty() {
         return Answer::Unsat;
@@ -172,11 +189,24 @@ fn unreachable(
     lo: &[f64],
     hi: &[f64],
 ) -> Result<bool, String> {
-    if w.rows.is_empty() {
+    if w.bound_rows.is_empty() {
         return Ok(false);
     }
-    let lbs = method.lower_bounds(net, lo, hi, &w.rows)?;
-    Ok(lbs.iter().zip(&w.rhs).any(|(lb, r)| proves_above(*lb, *r)))
+    Ok(unreachable_boxes(net, method, w, &[(lo.to_vec(), hi.to_vec())])?[0])
+}
+
+/// [`unreachable`] for several boxes at once (one batch through the bound method).
+fn unreachable_boxes(
+    net: &Network,
+    method: &dyn BoundMethod,
+    w: &ClauseWork,
+    boxes: &[InputBox],
+) -> Result<Vec<bool>, String> {
+    if w.bound_rows.is_empty() {
+        return Ok(vec![false; boxes.len()]);
+    }
+    let lbs = method.lower_bounds(net, boxes, &w.bound_rows)?;
+    Ok(lbs.iter().map(|l| l.iter().zip(&w.bound_rhs).any(|(lb, r)| proves_above(*lb, *r))).collect())
 }
 
 /// Input splitting for one clause: `Some(Unsat)` when every piece is unreachable, `Some(Sat)`
@@ -191,37 +221,40 @@ fn split(
 ) -> Option<Answer> {
     let width: Vec<f64> = w.lo.iter().zip(&w.hi).map(|(l, h)| h - l).collect();
     let mut queue = VecDeque::from([(w.lo.clone(), w.hi.clone())]);
-    while let Some((lo, hi)) = queue.pop_front() {
+    while !queue.is_empty() {
         if Instant::now() > deadline {
             return None;
         }
-        let Some(d) = (0..lo.len())
-            .filter(|&i| width[i] > 0.0)
-            .max_by(|&a, &b| ((hi[a] - lo[a]) / width[a]).total_cmp(&((hi[b] - lo[b]) / width[b])))
-        else {
-            return Some(Answer::Unknown);
-        };
-        let m = 0.5 * (lo[d] + hi[d]);
-        if !(m > lo[d] && m < hi[d]) {
-            // The box cannot be halved in f64 any more.
-            return Some(Answer::Unknown);
-        }
-        for half in 0..2 {
-            let (mut l, mut h) = (lo.clone(), hi.clone());
-            if half == 0 {
-                h[d] = m;
-            } else {
-                l[d] = m;
+        // Halve up to SPLIT_BATCH / 2 boxes, check the halves' centres, bound them in one batch.
+        let mut halves: Vec<InputBox> = Vec::new();
+        while halves.len() < SPLIT_BATCH {
+            let Some((lo, hi)) = queue.pop_front() else { break };
+            let Some(d) = (0..lo.len())
+                .filter(|&i| width[i] > 0.0)
+                .max_by(|&a, &b| ((hi[a] - lo[a]) / width[a]).total_cmp(&((hi[b] - lo[b]) / width[b])))
+            else {
+                return Some(Answer::Unknown);
+            };
+            let m = 0.5 * (lo[d] + hi[d]);
+            if !(m > lo[d] && m < hi[d]) {
+                // The box cannot be halved in f64 any more.
+                return Some(Answer::Unknown);
             }
-            let centre: Vec<f64> = l.iter().zip(&h).map(|(a, b)| 0.5 * (a + b)).collect();
+            let (mut l, mut h) = (lo.clone(), hi.clone());
+            l[d] = m;
+            h[d] = m;
+            halves.push((lo, h));
+            halves.push((l, hi));
+        }
+        for (l, h) in &halves {
+            let centre: Vec<f64> = l.iter().zip(h).map(|(a, b)| 0.5 * (a + b)).collect();
             if let Some(a) = check_counterexample(model, prop, &centre, &w.lo, &w.hi) {
                 return Some(a);
             }
-            match unreachable(net, method, w, &l, &h) {
-                Ok(true) => {}
-                Ok(false) => queue.push_back((l, h)),
-                Err(e) => return Some(Answer::Error(e)),
-            }
+        }
+        match unreachable_boxes(net, method, w, &halves) {
+            Ok(done) => queue.extend(halves.into_iter().zip(done).filter(|(_, d)| !d).map(|(b, _)| b)),
+            Err(e) => return Some(Answer::Error(e)),
         }
     }
     Some(Answer::Unsat)

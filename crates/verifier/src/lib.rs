@@ -13,5 +13,5 @@ mod driver;
 pub mod falsify;
 
 pub use answer::Answer;
-pub use bounds::{BoundMethod, ExactDual};
+pub use bounds::{BoundMethod, ExactDual, InputBox};
 pub use driver::{check_counterexample, proves_above, verify, VerifyOptions};

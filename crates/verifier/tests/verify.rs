@@ -99,7 +99,13 @@ fn exact_dual_bounds_hold_on_samples_of_the_box() {
     let hi = [-0.25, 0.0, -0.1, 0.4, 0.5];
     let rows: Vec<Vec<f64>> =
         vec![vec![1.0, -1.0, 0.0, 0.0, 0.0], vec![0.0, 0.0, 0.0, 0.0, 1.0], vec![-2.0, 0.5, 0.0, 1.0, 0.0]];
-    let lbs = ExactDual.lower_bounds(&net, &lo, &hi, &rows).unwrap();
+    let lbs = ExactDual.lower_bounds(&net, &[(lo.to_vec(), hi.to_vec())], &rows).unwrap().remove(0);
+    // The same box in a batch with another gives the same bounds.
+    let other = (vec![-0.1; 5], vec![0.1; 5]);
+    let batch = ExactDual.lower_bounds(&net, &[other, (lo.to_vec(), hi.to_vec())], &rows).unwrap();
+    for (a, b) in batch[1].iter().zip(&lbs) {
+        assert!((a - b).abs() <= 1e-9 * (1.0 + a.abs()), "batched {a} vs alone {b}");
+    }
     let mut rng = StdRng::seed_from_u64(2);
     for _ in 0..2000 {
         let x: Vec<f64> = lo.iter().zip(&hi).map(|(l, h)| l + rng.random::<f64>() * (h - l)).collect();
