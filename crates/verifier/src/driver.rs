@@ -17,7 +17,7 @@ use crate::bounds::{BoundMethod, InputBox};
 
 /// Boxes bounded together while splitting.
 const SPLIT_BATCH: usize = 64;
-use crate::falsify::{output_rows, pgd, samples, PgdConfig};
+use crate::falsify::{output_rows, pgd, samples, PgdConfig, Target};
 use nets::Network;
 use onnx_import::Model;
 use rand::{rngs::StdRng, SeedableRng};
@@ -172,7 +172,8 @@ fn falsify_once(
 ) -> Option<Answer> {
     let cands = match net {
         Some(net) if !w.rows.is_empty() => {
-            pgd(net, &w.lo, &w.hi, &w.rows, &w.rhs, cfg, rng, deadline).unwrap_or_default()
+            pgd(net, &Target { lo: &w.lo, hi: &w.hi, rows: &w.rows, rhs: &w.rhs }, cfg, rng, deadline)
+                .unwrap_or_default()
         }
         _ => samples(&w.lo, &w.hi, cfg.starts, rng),
     };

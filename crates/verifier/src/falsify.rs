@@ -42,19 +42,29 @@ pub fn output_rows(clause: &Clause, num_outputs: usize) -> (Vec<Vec<f64>>, Vec<f
     (rows, rhs)
 }
 
+/// What PGD minimises over: the box `[lo, hi]` and the rows `cᵀy ≤ r` of one clause.
+pub struct Target<'a> {
+    /// Lower corner of the box.
+    pub lo: &'a [f64],
+    /// Upper corner of the box.
+    pub hi: &'a [f64],
+    /// Rows `c` over the outputs.
+    pub rows: &'a [Vec<f64>],
+    /// Right-hand sides `r`.
+    pub rhs: &'a [f64],
+}
+
 /// One PGD round on `net` for the clause's output rows: minimises `max_k (c_kᵀ f(x) − r_k)` over
 /// the box by signed-gradient steps, clipped to the box. Returns candidate points (those whose
 /// margin went ≤ 0 in the network's own arithmetic, best first), or the best point found.
 pub fn pgd(
     net: &Network,
-    lo: &[f64],
-    hi: &[f64],
-    rows: &[Vec<f64>],
-    rhs: &[f64],
+    target: &Target,
     cfg: &PgdConfig,
     rng: &mut StdRng,
     deadline: Instant,
 ) -> candle_core::Result<Vec<Vec<f64>>> {
+    let Target { lo, hi, rows, rhs } = *target;
     let k = lo.len();
     let s = cfg.starts.max(1);
     let dev = Device::Cpu;
