@@ -159,3 +159,23 @@ fn benchmark_files() {
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!((score(Verdict::Correct), score(Verdict::Wrong), score(Verdict::NoAnswer)), (10, -150, 0));
 }
+
+#[test]
+fn graphs_the_bounds_cannot_take_are_falsified_or_unknown_never_unsat() {
+    // Sigmoid and Tanh: forward pass only (no dual), so sampling falsifies and nothing proves.
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../onnx-import/tests/fixtures/smooth.onnx");
+    let m = Model::load(path).unwrap();
+    assert!(m.chain().is_err());
+    let head = "(declare-const X_0 Real)(declare-const X_1 Real)(declare-const X_2 Real)(declare-const X_3 Real)\n\
+                (declare-const Y_0 Real)(declare-const Y_1 Real)(declare-const Y_2 Real)\n\
+                (assert (<= X_0 1))(assert (>= X_0 -1))(assert (<= X_1 1))(assert (>= X_1 -1))\n\
+                (assert (<= X_2 1))(assert (>= X_2 -1))(assert (<= X_3 1))(assert (>= X_3 -1))\n";
+    // tanh > -10 everywhere: sat, with a checked counterexample.
+    let p = vnnlib::parse_str(&format!("{head}(assert (>= Y_0 -10))")).unwrap();
+    let a = verify(&m, &p, &ExactDual, &opts(5));
+    let Answer::Sat { x, y } = &a else { panic!("expected sat, got {a:?}") };
+    assert!(p.violated_by(x, y).is_some());
+    // tanh < 2 everywhere: true, but without a bound the answer can only be unknown.
+    let p = vnnlib::parse_str(&format!("{head}(assert (>= Y_0 2))")).unwrap();
+    assert_eq!(verify(&m, &p, &ExactDual, &opts(2)), Answer::Unknown);
+}
