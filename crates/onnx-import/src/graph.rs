@@ -233,7 +233,7 @@ impl Model {
         shapes[input] = input_shape.clone();
         for &k in &order {
             let node = &parsed[k];
-            let y = eval_node(node, &values)?;
+            let y = eval_node(node, &values, &[])?;
             shapes[node.output] = y.shape.clone();
             let constant = node.inputs.iter().flatten().all(|&v| constants[v].is_some());
             if constant {
@@ -275,7 +275,7 @@ impl Model {
                 self.input_shape
             )));
         }
-        let mut values = self.constants.clone();
+        let mut values: Vec<Option<Tensor>> = vec![None; self.constants.len()];
         values[self.input] = Some(Tensor { shape: self.input_shape.clone(), data: x.to_vec() });
         self.run(&mut values, 0..self.nodes.len())?;
         let y = values[self.output].take().expect("the output is computed");
@@ -285,10 +285,11 @@ impl Model {
         Ok(y.data)
     }
 
-    /// Evaluates `nodes[range]` into `values` (by value id).
+    /// Evaluates `nodes[range]` into `values` (by value id; constants are read from the model
+    /// where `values` has none).
     pub fn run(&self, values: &mut [Option<Tensor>], range: std::ops::Range<usize>) -> Result<()> {
         for node in &self.nodes[range] {
-            let y = eval_node(node, values)?;
+            let y = eval_node(node, values, &self.constants)?;
             values[node.output] = Some(y);
         }
         Ok(())
@@ -300,7 +301,11 @@ impl Model {
     }
 }
 
-fn eval_node(node: &Node, values: &[Option<Tensor>]) -> Result<Tensor> {
-    let xs: Vec<Option<&Tensor>> = node.inputs.iter().map(|v| v.and_then(|v| values[v].as_ref())).collect();
+fn eval_node(node: &Node, values: &[Option<Tensor>], constants: &[Option<Tensor>]) -> Result<Tensor> {
+    let xs: Vec<Option<&Tensor>> = node
+        .inputs
+        .iter()
+        .map(|v| v.and_then(|v| values[v].as_ref().or_else(|| constants.get(v).and_then(|c| c.as_ref()))))
+        .collect();
     node.op.eval(&xs).map_err(|msg| ImportError::Node { node: node.name.clone(), op: node.op_type.clone(), msg })
 }

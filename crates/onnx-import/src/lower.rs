@@ -115,7 +115,7 @@ impl Model {
             )));
         }
         let eval = |z: Vec<f64>| -> Result<Vec<f64>> {
-            let mut values = self.constants.clone();
+            let mut values: Vec<Option<Tensor>> = vec![None; self.constants.len()];
             values[from] = Some(Tensor { shape: self.shapes[from].clone(), data: z });
             for &k in nodes {
                 self.run(&mut values, k..k + 1)?;

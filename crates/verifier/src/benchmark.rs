@@ -4,7 +4,7 @@
 
 use crate::answer::Answer;
 use crate::bounds::BoundMethod;
-use crate::driver::{verify, VerifyOptions};
+use crate::driver::{verify_lowered, VerifyOptions};
 use onnx_import::Model;
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -135,21 +135,24 @@ pub fn run_benchmark(
     let instances = read_instances(&csv)?;
     let res_dir = opts.out_dir.join(&name).join("results");
     std::fs::create_dir_all(&res_dir).map_err(|e| format!("cannot create {}: {e}", res_dir.display()))?;
-    let mut models: HashMap<String, Result<Model, String>> = HashMap::new();
+    // Each network imported and lowered once, for all its instances.
+    let mut models: HashMap<String, Result<(Model, Option<nets::Network>), String>> = HashMap::new();
     let mut rows = Vec::new();
     for (k, inst) in instances.iter().enumerate() {
         let t0 = Instant::now();
-        let model = models
-            .entry(inst.onnx.clone())
-            .or_insert_with(|| Model::load(dir.join(&inst.onnx)).map_err(|e| e.to_string()));
+        let model = models.entry(inst.onnx.clone()).or_insert_with(|| {
+            let m = Model::load(dir.join(&inst.onnx)).map_err(|e| e.to_string())?;
+            let net = m.to_network(&inst.onnx, &candle_core::Device::Cpu).ok();
+            Ok((m, net))
+        });
         let limit = opts.max_timeout.map_or(inst.timeout, |m| m.min(inst.timeout));
         let answer = match (model, vnnlib::parse_file(dir.join(&inst.vnnlib))) {
             (Err(e), _) => Answer::Error(e.clone()),
             (_, Err(e)) => Answer::Error(e.to_string()),
-            (Ok(m), Ok(p)) => {
+            (Ok((m, net)), Ok(p)) => {
                 let mut v = opts.verify.clone();
                 v.timeout = Duration::from_secs_f64(limit).saturating_sub(t0.elapsed());
-                verify(m, &p, method, &v)
+                verify_lowered(m, net.as_ref(), &p, method, &v)
             }
         };
         let seconds = t0.elapsed().as_secs_f64();

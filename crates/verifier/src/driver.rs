@@ -71,6 +71,21 @@ struct ClauseWork {
 /// Verifies `prop` on `model` with the bound `method`.
 pub fn verify(model: &Model, prop: &Property, method: &dyn BoundMethod, opts: &VerifyOptions) -> Answer {
     let start = Instant::now();
+    let net = model.to_network("onnx", &candle_core::Device::Cpu).ok();
+    let opts = VerifyOptions { timeout: opts.timeout.saturating_sub(start.elapsed()), ..opts.clone() };
+    verify_lowered(model, net.as_ref(), prop, method, &opts)
+}
+
+/// [`verify`] with the model's network already lowered (`None`: the graph has no chain form,
+/// so only falsification runs).
+pub fn verify_lowered(
+    model: &Model,
+    net: Option<&Network>,
+    prop: &Property,
+    method: &dyn BoundMethod,
+    opts: &VerifyOptions,
+) -> Answer {
+    let start = Instant::now();
     let deadline = start + opts.timeout;
     if prop.num_inputs != model.input_len() || prop.num_outputs != model.output_len() {
         return Answer::Error(format!(
@@ -111,11 +126,9 @@ pub fn verify(model: &Model, prop: &Property, method: &dyn BoundMethod, opts: &V
     if work.is_empty() {
         return Answer::Unsat;
     }
-    let net = model.to_network("onnx", &candle_core::Device::Cpu).ok();
-
     // 1. Falsify: centres and a first PGD round.
     for w in &work {
-        if let Some(a) = falsify_once(model, prop, net.as_ref(), w, &opts.pgd, &mut rng, deadline) {
+        if let Some(a) = falsify_once(model, prop, net, w, &opts.pgd, &mut rng, deadline) {
             return a;
         }
         if Instant::now() > deadline {
@@ -127,7 +140,7 @@ pub fn verify(model: &Model, prop: &Property, method: &dyn BoundMethod, opts: &V
     // 2. Bound each clause over its whole box.
     let mut open = Vec::new();
     for (i, w) in work.iter().enumerate() {
-        match unreachable(&net, method, w, &w.lo, &w.hi) {
+        match unreachable(net, method, w, &w.lo, &w.hi) {
             Ok(true) => {}
             Ok(false) => open.push(i),
             Err(e) => return Answer::Error(format!("bound ({}): {e}", method.name())),
@@ -143,7 +156,7 @@ pub fn verify(model: &Model, prop: &Property, method: &dyn BoundMethod, opts: &V
     // 3. Split small input boxes; otherwise keep falsifying until the time runs out.
     if prop.num_inputs <= opts.split_max_inputs {
         for &i in &open {
-            match split(model, prop, &net, method, &work[i], deadline) {
+            match split(model, prop, net, method, &work[i], deadline) {
                 Some(Answer::Unsat) => {}
                 Some(a) => return a,
                 None => return Answer::Timeout,
@@ -153,7 +166,7 @@ pub fn verify(model: &Model, prop: &Property, method: &dyn BoundMethod, opts: &V
     }
     while Instant::now() < deadline {
         for &i in &open {
-            if let Some(a) = falsify_once(model, prop, Some(&net), &work[i], &opts.pgd, &mut rng, deadline) {
+            if let Some(a) = falsify_once(model, prop, Some(net), &work[i], &opts.pgd, &mut rng, deadline) {
                 return a;
             }
         }

@@ -14,4 +14,4 @@ pub mod falsify;
 
 pub use answer::Answer;
 pub use bounds::{BoundMethod, ExactDual, InputBox};
-pub use driver::{check_counterexample, proves_above, verify, VerifyOptions};
+pub use driver::{check_counterexample, proves_above, verify, verify_lowered, VerifyOptions};
