@@ -21,7 +21,7 @@ use nets::{
 };
 
 /// Largest `W` (entries) read off the graph per affine segment.
-pub const MAX_SEGMENT_ENTRIES: usize = 50_000_000;
+pub const MAX_SEGMENT_ENTRIES: usize = 16_000_000;
 
 /// One affine segment `z ↦ W z + b` of the chain, in f64.
 #[derive(Debug, Clone)]

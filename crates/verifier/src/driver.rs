@@ -16,7 +16,7 @@ use crate::answer::Answer;
 use crate::bounds::{BoundMethod, InputBox};
 
 /// Boxes bounded together while splitting.
-const SPLIT_BATCH: usize = 64;
+const SPLIT_BATCH: usize = 256;
 use crate::falsify::{output_rows, pgd, samples, PgdConfig, Target};
 use nets::Network;
 use onnx_import::Model;
