@@ -18,6 +18,8 @@ mod parse;
 mod reproduce;
 mod size;
 mod train;
+mod verify;
+mod vnncomp;
 
 use clap::{Parser, Subcommand};
 
@@ -48,6 +50,10 @@ enum Task {
     Reproduce(reproduce::ReproduceArgs),
     /// Train a model (robust, baseline or PGD-adversarial), optionally as a cascade.
     Train(train::TrainArgs),
+    /// Verify a VNN-LIB property on an ONNX network (sat / unsat / unknown / timeout).
+    Verify(verify::VerifyArgs),
+    /// Run a VNN-COMP benchmark folder (its *_instances.csv), with results and a score.
+    Vnncomp(vnncomp::VnncompArgs),
 }
 
 fn main() {
@@ -69,6 +75,8 @@ fn main() {
         Task::Download(a) => download::run(a),
         Task::Reproduce(a) => reproduce::run(a),
         Task::Train(a) => train::run(a),
+        Task::Verify(a) => verify::run(a),
+        Task::Vnncomp(a) => vnncomp::run(a),
     };
     if let Err(e) = res {
         eprintln!("error: {e:#}");

@@ -1,0 +1,275 @@
+//! The verification of one instance: falsify, then bound, then (on small inputs) split the box.
+//!
+//! * **Falsify**: the box's centre, then PGD from several starts per clause on the lowered
+//!   network (random samples where the graph does not lower). A point is reported only if the
+//!   graph's own f64 forward pass puts it in the unsafe set (every inequality of a clause,
+//!   input constraints included) — [`check_counterexample`].
+//! * **Bound**: for each clause, lower bounds of its output rows `cᵀy` over the clause's box
+//!   from a [`BoundMethod`]. A clause is unreachable when one of its inequalities `cᵀy ≤ r` has
+//!   `lb(cᵀy) > r` (beyond a rounding margin); the property is `unsat` when every clause is.
+//! * **Split** (inputs of at most `split_max_inputs` features): boxes whose clause is not yet
+//!   unreachable are halved along their widest feature (relative to the original box), each
+//!   half bounded again, their centres checked as counterexamples, until all are unreachable or
+//!   the time runs out.
+
+use crate::answer::Answer;
+use crate::bounds::{BoundMethod, InputBox};
+
+/// Boxes bounded together while splitting.
+const SPLIT_BATCH: usize = 256;
+use crate::falsify::{output_rows, pgd, samples, PgdConfig, Target};
+use nets::Network;
+use onnx_import::Model;
+use rand::{rngs::StdRng, SeedableRng};
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+use vnnlib::Property;
+
+/// Settings of one verification.
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    /// Wall-clock limit.
+    pub timeout: Duration,
+    /// Seed of the random starts.
+    pub seed: u64,
+    /// PGD settings.
+    pub pgd: PgdConfig,
+    /// Split boxes of inputs with at most this many features (0: never split).
+    pub split_max_inputs: usize,
+}
+
+impl Default for VerifyOptions {
+    fn default() -> Self {
+        VerifyOptions { timeout: Duration::from_secs(60), seed: 0, pgd: PgdConfig::default(), split_max_inputs: 16 }
+    }
+}
+
+/// `lb > r` with a margin for f64 rounding in the bound and in the lowered weights (each
+/// ~1e-16 relative per operation; 1e-9 relative leaves several orders of magnitude).
+pub fn proves_above(lb: f64, r: f64) -> bool {
+    lb.is_finite() && lb > r + 1e-9 * (1.0 + r.abs() + lb.abs())
+}
+
+/// Checks a candidate with the graph's f64 forward pass: clipped into the clause's box, is
+/// `(x, f(x))` in the unsafe set? Returns the answer to report if so.
+pub fn check_counterexample(model: &Model, prop: &Property, x: &[f64], lo: &[f64], hi: &[f64]) -> Option<Answer> {
+    let x: Vec<f64> = x.iter().zip(lo.iter().zip(hi)).map(|(v, (l, h))| v.clamp(*l, *h)).collect();
+    let y = model.forward(&x).ok()?;
+    prop.violated_by(&x, &y).map(|_| Answer::Sat { x, y })
+}
+
+struct ClauseWork {
+    /// Rows used for bounds: the clause's output rows and, for two or more, their sum.
+    bound_rows: Vec<Vec<f64>>,
+    bound_rhs: Vec<f64>,
+    lo: Vec<f64>,
+    hi: Vec<f64>,
+    rows: Vec<Vec<f64>>,
+    rhs: Vec<f64>,
+}
+
+/// Verifies `prop` on `model` with the bound `method`.
+pub fn verify(model: &Model, prop: &Property, method: &dyn BoundMethod, opts: &VerifyOptions) -> Answer {
+    let start = Instant::now();
+    let net = model.to_network("onnx", &candle_core::Device::Cpu).ok();
+    let opts = VerifyOptions { timeout: opts.timeout.saturating_sub(start.elapsed()), ..opts.clone() };
+    verify_lowered(model, net.as_ref(), prop, method, &opts)
+}
+
+/// [`verify`] with the model's network already lowered (`None`: the graph has no chain form,
+/// so only falsification runs).
+pub fn verify_lowered(
+    model: &Model,
+    net: Option<&Network>,
+    prop: &Property,
+    method: &dyn BoundMethod,
+    opts: &VerifyOptions,
+) -> Answer {
+    let start = Instant::now();
+    let deadline = start + opts.timeout;
+    if prop.num_inputs != model.input_len() || prop.num_outputs != model.output_len() {
+        return Answer::Error(format!(
+            "the property has {} inputs and {} outputs, the network {} and {}",
+            prop.num_inputs,
+            prop.num_outputs,
+            model.input_len(),
+            model.output_len()
+        ));
+    }
+    let mut rng = StdRng::seed_from_u64(opts.seed);
+    // Each clause with its box; empty boxes are unreachable and dropped.
+    let mut work = Vec::new();
+    for (k, clause) in prop.clauses.iter().enumerate() {
+        let (lo, hi) = clause.input_box(prop.num_inputs);
+        // An empty box, or a constant inequality that is false (`0 ≤ r` with `r < 0`): unreachable.
+        let false_constant = clause.constraints.iter().any(|c| c.x.is_empty() && c.y.is_empty() && !c.holds(&[], &[]));
+        if false_constant || lo.iter().zip(&hi).any(|(l, h)| l > h) {
+            continue;
+        }
+        if let Some(i) = (0..lo.len()).find(|&i| !lo[i].is_finite() || !hi[i].is_finite()) {
+            return Answer::Error(format!("clause {k}: X_{i} is not bounded on both sides"));
+        }
+        let (rows, rhs) = output_rows(clause, prop.num_outputs);
+        work.push(ClauseWork { lo, hi, rows, rhs, bound_rows: vec![], bound_rhs: vec![] });
+        let w = work.last_mut().expect("just pushed");
+        // For bounds only: the sum of a conjunction's inequalities, `Σ c_k·y ≤ Σ r_k`, holds
+        // wherever they all hold, so a lower bound above `Σ r_k` also makes the clause
+        // unreachable (often where no single row does).
+        if w.rows.len() > 1 {
+            let sum: Vec<f64> = (0..prop.num_outputs).map(|j| w.rows.iter().map(|r| r[j]).sum()).collect();
+            w.bound_rows = w.rows.iter().cloned().chain(std::iter::once(sum)).collect();
+            w.bound_rhs = w.rhs.iter().copied().chain(std::iter::once(w.rhs.iter().sum())).collect();
+        } else {
+            (w.bound_rows, w.bound_rhs) = (w.rows.clone(), w.rhs.clone());
+        }
+    }
+    if work.is_empty() {
+        return Answer::Unsat;
+    }
+    // 1. Falsify: centres and a first PGD round.
+    for w in &work {
+        if let Some(a) = falsify_once(model, prop, net, w, &opts.pgd, &mut rng, deadline) {
+            return a;
+        }
+        if Instant::now() > deadline {
+            return Answer::Timeout;
+        }
+    }
+    let Some(net) = net else { return Answer::Unknown };
+
+    // 2. Bound each clause over its whole box.
+    let mut open = Vec::new();
+    for (i, w) in work.iter().enumerate() {
+        match unreachable(net, method, w, &w.lo, &w.hi) {
+            Ok(true) => {}
+            Ok(false) => open.push(i),
+            Err(e) => return Answer::Error(format!("bound ({}): {e}", method.name())),
+        }
+        if Instant::now() > deadline {
+            return Answer::Timeout;
+        }
+    }
+    if open.is_empty() {
+        return Answer::Unsat;
+    }
+
+    // 3. Split small input boxes; otherwise keep falsifying until the time runs out.
+    if prop.num_inputs <= opts.split_max_inputs {
+        for &i in &open {
+            match split(model, prop, net, method, &work[i], deadline) {
+                Some(Answer::Unsat) => {}
+                Some(a) => return a,
+                None => return Answer::Timeout,
+            }
+        }
+        return Answer::Unsat;
+    }
+    while Instant::now() < deadline {
+        for &i in &open {
+            if let Some(a) = falsify_once(model, prop, Some(net), &work[i], &opts.pgd, &mut rng, deadline) {
+                return a;
+            }
+        }
+    }
+    Answer::Timeout
+}
+
+fn falsify_once(
+    model: &Model,
+    prop: &Property,
+    net: Option<&Network>,
+    w: &ClauseWork,
+    cfg: &PgdConfig,
+    rng: &mut StdRng,
+    deadline: Instant,
+) -> Option<Answer> {
+    let cands = match net {
+        Some(net) if !w.rows.is_empty() => {
+            pgd(net, &Target { lo: &w.lo, hi: &w.hi, rows: &w.rows, rhs: &w.rhs }, cfg, rng, deadline)
+                .unwrap_or_default()
+        }
+        _ => samples(&w.lo, &w.hi, cfg.starts, rng),
+    };
+    let centre: Vec<f64> = w.lo.iter().zip(&w.hi).map(|(l, h)| 0.5 * (l + h)).collect();
+    std::iter::once(centre).chain(cands).find_map(|x| check_counterexample(model, prop, &x, &w.lo, &w.hi))
+}
+
+/// Is the clause unreachable over `[lo, hi]`? (Some inequality's lower bound exceeds its
+/// right-hand side.)
+fn unreachable(
+    net: &Network,
+    method: &dyn BoundMethod,
+    w: &ClauseWork,
+    lo: &[f64],
+    hi: &[f64],
+) -> Result<bool, String> {
+    if w.bound_rows.is_empty() {
+        return Ok(false);
+    }
+    Ok(unreachable_boxes(net, method, w, &[(lo.to_vec(), hi.to_vec())])?[0])
+}
+
+/// [`unreachable`] for several boxes at once (one batch through the bound method).
+fn unreachable_boxes(
+    net: &Network,
+    method: &dyn BoundMethod,
+    w: &ClauseWork,
+    boxes: &[InputBox],
+) -> Result<Vec<bool>, String> {
+    if w.bound_rows.is_empty() {
+        return Ok(vec![false; boxes.len()]);
+    }
+    let lbs = method.lower_bounds(net, boxes, &w.bound_rows)?;
+    Ok(lbs.iter().map(|l| l.iter().zip(&w.bound_rhs).any(|(lb, r)| proves_above(*lb, *r))).collect())
+}
+
+/// Input splitting for one clause: `Some(Unsat)` when every piece is unreachable, `Some(Sat)`
+/// with a checked counterexample, `None` when the time runs out.
+fn split(
+    model: &Model,
+    prop: &Property,
+    net: &Network,
+    method: &dyn BoundMethod,
+    w: &ClauseWork,
+    deadline: Instant,
+) -> Option<Answer> {
+    let width: Vec<f64> = w.lo.iter().zip(&w.hi).map(|(l, h)| h - l).collect();
+    let mut queue = VecDeque::from([(w.lo.clone(), w.hi.clone())]);
+    while !queue.is_empty() {
+        if Instant::now() > deadline {
+            return None;
+        }
+        // Halve up to SPLIT_BATCH / 2 boxes, check the halves' centres, bound them in one batch.
+        let mut halves: Vec<InputBox> = Vec::new();
+        while halves.len() < SPLIT_BATCH {
+            let Some((lo, hi)) = queue.pop_front() else { break };
+            let Some(d) = (0..lo.len())
+                .filter(|&i| width[i] > 0.0)
+                .max_by(|&a, &b| ((hi[a] - lo[a]) / width[a]).total_cmp(&((hi[b] - lo[b]) / width[b])))
+            else {
+                return Some(Answer::Unknown);
+            };
+            let m = 0.5 * (lo[d] + hi[d]);
+            if !(m > lo[d] && m < hi[d]) {
+                // The box cannot be halved in f64 any more.
+                return Some(Answer::Unknown);
+            }
+            let (mut l, mut h) = (lo.clone(), hi.clone());
+            l[d] = m;
+            h[d] = m;
+            halves.push((lo, h));
+            halves.push((l, hi));
+        }
+        for (l, h) in &halves {
+            let centre: Vec<f64> = l.iter().zip(h).map(|(a, b)| 0.5 * (a + b)).collect();
+            if let Some(a) = check_counterexample(model, prop, &centre, &w.lo, &w.hi) {
+                return Some(a);
+            }
+        }
+        match unreachable_boxes(net, method, w, &halves) {
+            Ok(done) => queue.extend(halves.into_iter().zip(done).filter(|(_, d)| !d).map(|(b, _)| b)),
+            Err(e) => return Some(Answer::Error(e)),
+        }
+    }
+    Some(Answer::Unsat)
+}

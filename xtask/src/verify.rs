@@ -1,0 +1,47 @@
+//! `cargo xtask verify`: one ONNX network, one VNN-LIB property, one answer.
+
+use anyhow::{Context, Result};
+use clap::Args;
+use std::time::{Duration, Instant};
+use verifier::{verify, ExactDual, VerifyOptions};
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// The network (ONNX).
+    #[arg(long)]
+    onnx: String,
+    /// The property (VNN-LIB 1.0): the conjunction of its assertions is the unsafe set.
+    #[arg(long)]
+    vnnlib: String,
+    /// Time limit in seconds.
+    #[arg(long, default_value_t = 60.0)]
+    timeout: f64,
+    /// Where to write the result file (competition format); printed if absent.
+    #[arg(long)]
+    out: Option<String>,
+    /// Seed of the falsifier's random starts.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+pub fn run(a: VerifyArgs) -> Result<()> {
+    anyhow::ensure!(a.timeout > 0.0 && a.timeout.is_finite(), "--timeout must be a positive number of seconds");
+    let t0 = Instant::now();
+    let model = onnx_import::Model::load(&a.onnx).with_context(|| format!("importing {}", a.onnx))?;
+    let prop = vnnlib::parse_file(&a.vnnlib)?;
+    let opts = VerifyOptions {
+        timeout: Duration::from_secs_f64(a.timeout).saturating_sub(t0.elapsed()),
+        seed: a.seed,
+        ..VerifyOptions::default()
+    };
+    let answer = verify(&model, &prop, &ExactDual, &opts);
+    eprintln!("{} in {:.2} s", answer.keyword(), t0.elapsed().as_secs_f64());
+    if let verifier::Answer::Error(e) = &answer {
+        eprintln!("error: {e}");
+    }
+    match a.out {
+        Some(p) => std::fs::write(&p, answer.result_file()).with_context(|| format!("writing {p}"))?,
+        None => print!("{}", answer.result_file()),
+    }
+    Ok(())
+}
