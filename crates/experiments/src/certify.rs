@@ -124,6 +124,25 @@ impl CertifyConfig {
     }
 }
 
+/// The rows every certification table starts with: model, data, threat model, clean and PGD
+/// errors (`n` examples).
+pub(crate) fn head_table(s: &CertifyConfig, n: usize, clean_error: f64, pgd_error: Option<f64>) -> Table {
+    let mut t = Table::new(&["figure", "value"]);
+    t.row(&["model", &s.model.display().to_string()]);
+    t.row(&["data", &format!("{} ({n} test examples)", s.dataset)]);
+    let ball = match (s.norm, s.bounded_input) {
+        (Norm::Linf, false) => format!("l_inf ball, eps {}", s.eps),
+        (Norm::Linf, true) => format!("l_inf ball ∩ [0,1], eps {}", s.eps),
+        (Norm::L2, _) => format!("l2 ball, eps {}", s.eps),
+    };
+    t.row(&["threat model", &ball]);
+    t.row(&["clean error", &pct(clean_error)]);
+    if let Some(p) = pgd_error {
+        t.row(&["PGD error (100 steps of 0.01)", &pct(p)]);
+    }
+    t
+}
+
 /// Results of a certification run.
 #[derive(Debug, Clone, Serialize)]
 pub struct CertifyReport {
@@ -144,20 +163,8 @@ pub struct CertifyReport {
 impl CertifyReport {
     /// A human-readable table.
     pub fn table(&self) -> Table {
-        let mut t = Table::new(&["figure", "value"]);
         let s = &self.settings;
-        t.row(&["model", &s.model.display().to_string()]);
-        t.row(&["data", &format!("{} ({} test examples)", s.dataset, self.n)]);
-        let ball = match (s.norm, s.bounded_input) {
-            (Norm::Linf, false) => format!("l_inf ball, eps {}", s.eps),
-            (Norm::Linf, true) => format!("l_inf ball ∩ [0,1], eps {}", s.eps),
-            (Norm::L2, _) => format!("l2 ball, eps {}", s.eps),
-        };
-        t.row(&["threat model", &ball]);
-        t.row(&["clean error", &pct(self.clean_error)]);
-        if let Some(p) = self.pgd_error {
-            t.row(&["PGD error (100 steps of 0.01)", &pct(p)]);
-        }
+        let mut t = head_table(s, self.n, self.clean_error, self.pgd_error);
         match &s.proj {
             None => t.row(&["certified robust error (exact)", &pct(self.robust_error)]),
             Some(p) => match p.inflate_delta {

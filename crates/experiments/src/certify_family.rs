@@ -48,16 +48,7 @@ pub struct FamilyReport {
 impl FamilyReport {
     /// A human-readable table.
     pub fn table(&self) -> Table {
-        let mut t = Table::new(&["figure", "value"]);
-        let s = &self.settings;
-        t.row(&["model", &s.model.display().to_string()]);
-        t.row(&["data", &format!("{} ({} test examples)", s.dataset, self.n)]);
-        let ball = if s.bounded_input { "l_inf ball ∩ [0,1]" } else { "l_inf ball" };
-        t.row(&["threat model", &format!("{ball}, eps {}", s.eps)]);
-        t.row(&["clean error", &pct(self.clean_error)]);
-        if let Some(p) = self.pgd_error {
-            t.row(&["PGD error (100 steps of 0.01)", &pct(p)]);
-        }
+        let mut t = crate::certify::head_table(&self.settings, self.n, self.clean_error, self.pgd_error);
         t.row(&[&format!("certified robust error ({})", self.bound), &pct(self.robust_error)]);
         t.row(&["seconds", &format!("{:.1}", self.seconds)]);
         t

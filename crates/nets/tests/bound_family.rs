@@ -214,7 +214,7 @@ fn a_layer_without_interval_bounds_is_a_clear_error() {
     let opts = BoundOptions::default();
     for m in [Method::Ibp, Method::CrownIbp] {
         let n = Net { nodes: &nodes, x: &x, input: input.as_ref() };
-        let e = spec_bounds(&n, &spec, m, &opts, None).err().expect("an error").to_string();
+        let e = spec_bounds(&n, &spec, m, &opts, None).expect_err("an error").to_string();
         assert!(e.contains("PlainIdentity does not support interval bounds"), "{}: {e}", m.name());
     }
     for m in [Method::Crown, Method::AlphaCrown] {
