@@ -5,8 +5,9 @@ use crate::size::parse_memory_budget;
 use anyhow::{bail, Result};
 use clap::Args;
 use experiments::cascade_certify::certify_file_report;
-use experiments::certify::{default_data_dir, is_projected_norm, CertifyConfig, Norm, Projection};
+use experiments::certify::{default_data_dir, is_projected_norm, BatchCounts, CertifyConfig, Norm, Projection};
 use experiments::progress::Progress;
+use experiments::report::write_json_atomic;
 
 #[derive(Args, Debug)]
 pub struct CertifyArgs {
@@ -132,21 +133,24 @@ pub fn run(args: CertifyArgs) -> Result<()> {
         if args.stage.is_some() {
             bail!("--stage works with --bound exact or proj; --bound {} certifies one model", args.bound);
         }
-        return crate::certify_family::run(args.into_config()?.0, fam);
+        let cfg = args.into_config()?.0;
+        let bar = Progress::new("certify");
+        let report = experiments::certify_family::certify_family(&cfg, &fam, |done, total, acc| {
+            bar.update(done as u64, total as u64, &progress_message(acc, cfg.pgd))
+        })?;
+        bar.finish();
+        // The table first: a failure to write the JSON must not throw the results away.
+        println!("{}", report.table());
+        if let Some(p) = &cfg.json {
+            write_json_atomic(p, &report)?;
+            println!("results written to {}", p.display());
+        }
+        return Ok(());
     }
     let (cfg, stage) = args.into_config()?;
     let bar = Progress::new("certify");
     let result = certify_file_report(&cfg, stage, |done, total, acc| {
-        let n = acc.n.max(1) as f64;
-        let mut msg = format!(
-            "clean err {:.2}% | robust err {:.2}%",
-            100.0 * acc.clean_errors as f64 / n,
-            100.0 * acc.robust_errors as f64 / n
-        );
-        if cfg.pgd {
-            msg.push_str(&format!(" | pgd err {:.2}%", 100.0 * acc.pgd_errors as f64 / n));
-        }
-        bar.update(done as u64, total as u64, &msg);
+        bar.update(done as u64, total as u64, &progress_message(acc, cfg.pgd))
     })?;
     bar.finish();
     // The tables first: a failure to write the JSON must not throw the results away.
@@ -158,4 +162,18 @@ pub fn run(args: CertifyArgs) -> Result<()> {
         println!("results written to {}", p.display());
     }
     Ok(())
+}
+
+/// The running errors shown while certifying.
+fn progress_message(acc: &BatchCounts, pgd: bool) -> String {
+    let n = acc.n.max(1) as f64;
+    let mut msg = format!(
+        "clean err {:.2}% | robust err {:.2}%",
+        100.0 * acc.clean_errors as f64 / n,
+        100.0 * acc.robust_errors as f64 / n
+    );
+    if pgd {
+        msg.push_str(&format!(" | pgd err {:.2}%", 100.0 * acc.pgd_errors as f64 / n));
+    }
+    msg
 }

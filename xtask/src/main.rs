@@ -11,7 +11,6 @@ mod args;
 mod attack;
 mod bench_vs_pytorch;
 mod certify;
-mod certify_family;
 mod download;
 mod extra;
 mod parse;

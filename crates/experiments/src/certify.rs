@@ -408,6 +408,19 @@ pub fn certify_report(cfg: &CertifyConfig, progress: impl FnMut(usize, usize, &B
 pub fn certify_network(
     cfg: &CertifyConfig,
     net: &Network,
+    progress: impl FnMut(usize, usize, &BatchCounts),
+) -> Result<CertifyReport> {
+    let settings = cfg.eval_settings();
+    certify_batches(cfg, net, |x, y| evaluate_batch(net, x, y, &settings), progress)
+}
+
+/// The batch loop every certified evaluation shares: the test set of `cfg` (its shape checked
+/// against `net`'s input), batch by batch through `evaluate(x, y)`, counts added up and reported
+/// to `progress(done, total, counts so far)`, and the report of the whole run.
+pub fn certify_batches(
+    cfg: &CertifyConfig,
+    net: &Network,
+    mut evaluate: impl FnMut(&Tensor, &[u32]) -> Result<BatchCounts>,
     mut progress: impl FnMut(usize, usize, &BatchCounts),
 ) -> Result<CertifyReport> {
     let dtype = cfg.dtype();
@@ -422,19 +435,18 @@ pub fn certify_network(
         let end = (i + cfg.batch_size.max(1)).min(total);
         let (x, y) = data.batch(i, end, &device)?;
         let x = x.to_dtype(dtype)?;
-        let c = evaluate_batch(net, &x, &y, &cfg.eval_settings()).with_context(|| format!("examples {i}..{end}"))?;
+        let c = evaluate(&x, &y).with_context(|| format!("examples {i}..{end}"))?;
         acc.add(&c);
         progress(end, total, &acc);
         i = end;
     }
     let n = acc.n.max(1) as f64;
-    let report = CertifyReport {
+    Ok(CertifyReport {
         n: acc.n,
         clean_error: acc.clean_errors as f64 / n,
         robust_error: acc.robust_errors as f64 / n,
         pgd_error: cfg.pgd.then(|| acc.pgd_errors as f64 / n),
         seconds: start.elapsed().as_secs_f64(),
         settings: cfg.clone(),
-    };
-    Ok(report)
+    })
 }

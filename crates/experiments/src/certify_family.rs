@@ -3,15 +3,16 @@
 //! `Network::margin_bounds` (certified when every margin bound `z_y − z_j`, `j ≠ y`, is positive
 //! and the clean prediction is right).
 
-use crate::attacks::{count_errors, pgd, pgd_l2, PgdConfig};
-use crate::certify::{input_set, CertifyConfig, Norm};
+use crate::attacks::count_errors;
+use crate::certify::{
+    certify_batches, head_table, input_set, pgd_point, BatchCounts, CertifyConfig, CertifyReport, EvalSettings,
+};
 use crate::report::Table;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 use dual_core::bounds::{AlphaOptions, BoundOptions, Method};
 use nets::Network;
 use serde::Serialize;
-use std::time::Instant;
 
 /// A bound of the family and its options.
 #[derive(Debug, Clone)]
@@ -22,35 +23,27 @@ pub struct FamilyBound {
     pub alpha: AlphaOptions,
 }
 
-/// Results of a run.
+/// Results of a run: the fields of [`CertifyReport`] (the same JSON keys) and the method.
 #[derive(Debug, Clone, Serialize)]
 pub struct FamilyReport {
     /// The bound's name (`ibp`, `crown`, `crown-ibp`, `alpha-crown`).
     pub bound: String,
-    /// α-CROWN's iterations and learning rate, when used.
+    /// α-CROWN's iterations, when used.
     pub alpha_iterations: Option<usize>,
-    /// α-CROWN's learning rate.
+    /// α-CROWN's learning rate, when used.
     pub alpha_lr: Option<f64>,
-    /// Examples evaluated.
-    pub n: usize,
-    /// Fraction misclassified at the clean input.
-    pub clean_error: f64,
-    /// Fraction not certified by the bound.
-    pub robust_error: f64,
-    /// Fraction misclassified at the PGD point, when asked.
-    pub pgd_error: Option<f64>,
-    /// Wall-clock seconds of the whole evaluation (bounds, clean pass, PGD when asked).
-    pub seconds: f64,
-    /// The settings.
-    pub settings: CertifyConfig,
+    /// Examples, errors, seconds and settings, as for the exact bound.
+    #[serde(flatten)]
+    pub report: CertifyReport,
 }
 
 impl FamilyReport {
     /// A human-readable table.
     pub fn table(&self) -> Table {
-        let mut t = crate::certify::head_table(&self.settings, self.n, self.clean_error, self.pgd_error);
-        t.row(&[&format!("certified robust error ({})", self.bound), &pct(self.robust_error)]);
-        t.row(&["seconds", &format!("{:.1}", self.seconds)]);
+        let r = &self.report;
+        let mut t = head_table(&r.settings, r.n, r.clean_error, r.pgd_error);
+        t.row(&[&format!("certified robust error ({})", self.bound), &pct(r.robust_error)]);
+        t.row(&["seconds", &format!("{:.1}", r.seconds)]);
         t
     }
 }
@@ -59,89 +52,54 @@ fn pct(v: f64) -> String {
     format!("{:.2} %", 100.0 * v)
 }
 
-/// Per batch: (clean errors, not certified, PGD errors).
+/// One batch: clean errors, examples not certified by the family bound, PGD errors.
 fn evaluate_batch(
     net: &Network,
     x: &Tensor,
     y: &[u32],
-    cfg: &CertifyConfig,
+    settings: &EvalSettings,
     fam: &FamilyBound,
-) -> Result<(usize, usize, usize)> {
+) -> Result<BatchCounts> {
     let logits = net.forward(x)?;
-    let clean = count_errors(&logits, y)?;
+    let clean_errors = count_errors(&logits, y)?;
     let pred: Vec<u32> = logits.argmax(1)?.to_dtype(DType::U32)?.to_vec1()?;
-    let opts = BoundOptions { alpha: fam.alpha.clone(), memory_budget: cfg.memory_budget };
-    let margins = net.margin_bounds(x, input_set(x, cfg.eps, cfg.norm, cfg.bounded_input)?, y, fam.method, &opts)?;
+    let opts = BoundOptions { alpha: fam.alpha.clone(), memory_budget: settings.memory_budget };
+    let set = input_set(x, settings.eps, settings.norm, settings.bounded_input)?;
+    let margins = net.margin_bounds(x, set, y, fam.method, &opts)?;
     let rows = margins.to_dtype(DType::F64)?.to_vec2::<f64>()?;
-    let not_certified = rows
+    let robust_errors = rows
         .iter()
         .zip(y.iter().zip(&pred))
         .filter(|(r, (&yi, &p))| p != yi || r.iter().enumerate().any(|(j, &v)| j != yi as usize && v <= 0.0))
         .count();
-    let pgd_errors = if cfg.pgd {
-        let mut pc = PgdConfig::new(cfg.eps);
-        if cfg.bounded_input {
-            pc.clip = Some((0.0, 1.0));
-        }
-        let model = |t: &Tensor| net.forward(t).map_err(|e| candle_core::Error::Msg(e.to_string()));
-        let xa = match cfg.norm {
-            Norm::Linf => pgd(model, x, y, &pc)?,
-            Norm::L2 => pgd_l2(model, x, y, &pc)?,
-        };
-        count_errors(&net.forward(&xa)?, y)?
-    } else {
-        0
-    };
-    Ok((clean, not_certified, pgd_errors))
+    let pgd_errors = if settings.pgd { count_errors(&net.forward(&pgd_point(net, x, y, settings)?)?, y)? } else { 0 };
+    Ok(BatchCounts { n: y.len(), clean_errors, robust_errors, pgd_errors })
 }
 
-/// Runs the evaluation with a bound of the family; `progress(done, total, clean errors, not
-/// certified)` after each batch. Writes no JSON: the caller shows the table first and then writes
+/// Runs the evaluation with a bound of the family; `progress(done, total, counts so far)` after
+/// each batch. Writes no JSON: the caller shows the table first and then writes
 /// it (`crate::report::write_json_atomic`), so a failure to write loses nothing.
 pub fn certify_family(
     cfg: &CertifyConfig,
     fam: &FamilyBound,
-    mut progress: impl FnMut(usize, usize, usize, usize),
+    progress: impl FnMut(usize, usize, &BatchCounts),
 ) -> Result<FamilyReport> {
     cfg.validate()?;
     fam.alpha.validate()?;
     if cfg.proj.is_some() {
         bail!("--bound {} does not use random projections (--proj is for --bound proj)", fam.method.name());
     }
-    let dtype = if cfg.f64 { DType::F64 } else { DType::F32 };
     let device = crate::device::parse_device(&cfg.device)?;
-    let net = nets::io::load_model(&cfg.model, cfg.arch.as_deref(), dtype, &device)
+    let net = nets::io::load_model(&cfg.model, cfg.arch.as_deref(), cfg.dtype(), &device)
         .with_context(|| format!("loading model {}", cfg.model.display()))?;
-    let data = cfg.test_set()?;
-    crate::certify::check_data_shape(&net, &data, &cfg.dataset)?;
-    let start = Instant::now();
-    let total = data.len();
-    let (mut clean, mut robust, mut pgd_err) = (0, 0, 0);
-    let mut i = 0;
-    while i < total {
-        let end = (i + cfg.batch_size).min(total);
-        let (x, y) = data.batch(i, end, &device)?;
-        let x = x.to_dtype(dtype)?;
-        let (c, r, p) =
-            nets::no_grad(|| evaluate_batch(&net, &x, &y, cfg, fam)).with_context(|| format!("examples {i}..{end}"))?;
-        clean += c;
-        robust += r;
-        pgd_err += p;
-        progress(end, total, clean, robust);
-        i = end;
-    }
-    let n = total.max(1) as f64;
+    let settings = cfg.eval_settings();
+    let report =
+        certify_batches(cfg, &net, |x, y| nets::no_grad(|| evaluate_batch(&net, x, y, &settings, fam)), progress)?;
     let alpha = fam.method == Method::AlphaCrown;
-    let report = FamilyReport {
+    Ok(FamilyReport {
         bound: fam.method.name().into(),
         alpha_iterations: alpha.then_some(fam.alpha.iterations),
         alpha_lr: alpha.then_some(fam.alpha.lr),
-        n: total,
-        clean_error: clean as f64 / n,
-        robust_error: robust as f64 / n,
-        pgd_error: cfg.pgd.then(|| pgd_err as f64 / n),
-        seconds: start.elapsed().as_secs_f64(),
-        settings: cfg.clone(),
-    };
-    Ok(report)
+        report,
+    })
 }

@@ -8,22 +8,6 @@ use common::*;
 use dual_core::{robust_bounds, robust_loss, DualOptions, DualSource};
 use dual_layers::{Epsilon, InfBall, InfBallBounded, L2Ball};
 
-fn tol(dtype: DType) -> f64 {
-    if dtype == DType::F64 {
-        1e-8
-    } else {
-        1e-4
-    }
-}
-
-fn suffix(dtype: DType) -> &'static str {
-    if dtype == DType::F64 {
-        "_fp64"
-    } else {
-        ""
-    }
-}
-
 fn input(x: &Tensor, bounded: bool, eps: Epsilon) -> Box<dyn DualSource> {
     if bounded {
         Box::new(InfBallBounded::new(x, eps, 0.0, 1.0).unwrap())

@@ -19,22 +19,6 @@ fn lirpa_dir() -> Option<(PathBuf, PathBuf)> {
     Some((dir, l))
 }
 
-fn tol(dtype: DType) -> f64 {
-    if dtype == DType::F64 {
-        1e-8
-    } else {
-        1e-4
-    }
-}
-
-fn suffix(dtype: DType) -> &'static str {
-    if dtype == DType::F64 {
-        "_fp64"
-    } else {
-        ""
-    }
-}
-
 fn input(x: &Tensor, bounded: bool) -> Box<dyn DualSource> {
     if bounded {
         Box::new(InfBallBounded::new(x, 0.1, 0.0, 1.0).unwrap())

@@ -16,6 +16,24 @@ pub fn fashion_ref() -> Option<PathBuf> {
     shared_data::shared_path("reference/fashion_mnist_eps0.1")
 }
 
+/// The reference tolerance: 1e-8 in f64, 1e-4 in f32.
+pub fn tol(dtype: DType) -> f64 {
+    if dtype == DType::F64 {
+        1e-8
+    } else {
+        1e-4
+    }
+}
+
+/// The suffix of the reference files in `dtype` (`_fp64` for f64, none for f32).
+pub fn suffix(dtype: DType) -> &'static str {
+    if dtype == DType::F64 {
+        "_fp64"
+    } else {
+        ""
+    }
+}
+
 pub fn npy(dir: &Path, name: &str) -> Tensor {
     Tensor::read_npy(dir.join(name)).unwrap_or_else(|e| panic!("reading {name}: {e}"))
 }
