@@ -1,20 +1,20 @@
 //! Legacy (pre-1.6) format.
 
 use super::pickle::parse_pickle;
-use super::tensors::*;
+use super::tensors::{brief, build_state_dicts, collect_storages, find_state_dicts, non_negative};
 use super::{truncated, PthError, Result, StateDict};
 use candle_core::pickle::Object;
 use std::collections::HashMap;
 
 pub(super) const PICKLE_PROTO: u8 = 0x80;
 /// `torch.serialization.MAGIC_NUMBER`.
-pub(super) const MAGIC_NUMBER: u128 = 0x1950a86a20f9469cfc6c;
+const MAGIC_NUMBER: u128 = 0x1950a86a20f9469cfc6c;
 /// `torch.serialization.PROTOCOL_VERSION`.
-pub(super) const LEGACY_PROTOCOL_VERSION: usize = 1001;
+const LEGACY_PROTOCOL_VERSION: usize = 1001;
 
 /// Checks the magic-number pickle (`PROTO 2, LONG1 10 <bytes>, STOP`) and returns the offset
 /// after it. Parsed by hand: the number is wider than Candle's `Long1` handles.
-pub(super) fn check_magic(bytes: &[u8]) -> Result<usize> {
+fn check_magic(bytes: &[u8]) -> Result<usize> {
     let what = "magic number";
     let bad = || PthError::Corrupt("bad magic number: not a PyTorch checkpoint (or its header is damaged)".into());
     let get = |i: usize| bytes.get(i).copied().ok_or_else(|| truncated(what, bytes, i, 1));

@@ -13,7 +13,7 @@ pub(super) struct StorageKind {
     pub(super) dtype: Option<DType>,
 }
 
-pub(super) fn storage_kind(class_name: &str) -> Option<StorageKind> {
+fn storage_kind(class_name: &str) -> Option<StorageKind> {
     let (class, elem_size, dtype) = match class_name {
         "FloatStorage" => ("FloatStorage", 4, Some(DType::F32)),
         "DoubleStorage" => ("DoubleStorage", 8, Some(DType::F64)),
@@ -60,7 +60,7 @@ pub(super) fn non_negative(obj: &Object, what: &str) -> Result<usize> {
     usize::try_from(v).map_err(|_| PthError::Corrupt(format!("{what}: expected a non-negative integer, found {v}")))
 }
 
-pub(super) fn int_tuple(obj: &Object, what: &str) -> Result<Vec<usize>> {
+fn int_tuple(obj: &Object, what: &str) -> Result<Vec<usize>> {
     match obj {
         Object::Tuple(items) | Object::List(items) => items.iter().map(|o| non_negative(o, what)).collect(),
         other => Err(PthError::Corrupt(format!("{what}: expected a tuple of integers, found {}", brief(other)))),
@@ -88,7 +88,7 @@ pub(super) fn brief(obj: &Object) -> String {
     }
 }
 
-pub(super) fn storage_id(pid: &Object) -> Result<StorageId> {
+fn storage_id(pid: &Object) -> Result<StorageId> {
     let items = match pid {
         Object::Tuple(items) => items,
         other => return Err(PthError::Corrupt(format!("persistent id: expected a tuple, found {}", brief(other)))),
@@ -138,7 +138,7 @@ pub(super) fn storage_id(pid: &Object) -> Result<StorageId> {
 }
 
 /// Decodes `callable(*args)` as a tensor rebuild, or `None` when the call is not one.
-pub(super) fn tensor_call(callable: &Object, args: &Object) -> Result<Option<TensorSpec>> {
+fn tensor_call(callable: &Object, args: &Object) -> Result<Option<TensorSpec>> {
     let (module, class) = match callable {
         Object::Class { module_name, class_name } => (module_name.as_str(), class_name.as_str()),
         _ => return Ok(None),
@@ -206,7 +206,7 @@ pub(super) fn tensor_call(callable: &Object, args: &Object) -> Result<Option<Ten
     }
 }
 
-pub(super) fn as_tensor(obj: &Object) -> Result<Option<TensorSpec>> {
+fn as_tensor(obj: &Object) -> Result<Option<TensorSpec>> {
     match obj {
         Object::Reduce { callable, args } => tensor_call(callable, args),
         _ => Ok(None),
@@ -215,7 +215,7 @@ pub(super) fn as_tensor(obj: &Object) -> Result<Option<TensorSpec>> {
 
 /// The named tensors of one state dict, in order. Entries that are not tensors (e.g. the
 /// `_metadata` attribute Candle merges into an `OrderedDict`) are skipped.
-pub(super) fn state_dict_specs(entries: &[(Object, Object)]) -> Result<Vec<(String, TensorSpec)>> {
+fn state_dict_specs(entries: &[(Object, Object)]) -> Result<Vec<(String, TensorSpec)>> {
     let mut out = Vec::new();
     for (key, value) in entries {
         if let Some(spec) = as_tensor(value)? {
@@ -310,7 +310,7 @@ pub(super) fn collect_storages(obj: &Object, out: &mut HashMap<String, StorageKi
 
 /// Copies the elements of `spec` out of `storage` (the root storage's bytes) into a contiguous
 /// CPU tensor of the stored dtype.
-pub(super) fn materialize(name: &str, spec: &TensorSpec, storage: &[u8]) -> Result<Tensor> {
+fn materialize(name: &str, spec: &TensorSpec, storage: &[u8]) -> Result<Tensor> {
     let kind = spec.storage.kind;
     let es = kind.elem_size;
     let dtype = kind.dtype.ok_or_else(|| {

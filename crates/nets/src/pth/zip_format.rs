@@ -1,7 +1,7 @@
 //! Zip format.
 
 use super::pickle::parse_pickle;
-use super::tensors::*;
+use super::tensors::{build_state_dicts, find_state_dicts};
 use super::{PthError, Result, StateDict};
 use std::collections::HashMap;
 use std::io::Read;
