@@ -21,7 +21,9 @@ use candle_core::{DType, Device, Tensor};
 use dual_core::bounds::Method;
 use experiments::certify::Norm;
 use experiments::datasets::{load_mnist_like, Split};
-use experiments::train::certified::{bound_cross_entropy, margin_bounds_with_layers, uncertified_fraction};
+use experiments::train::certified::{
+    bound_cross_entropy, margin_bounds_from_outputs, margin_bounds_with_layers, uncertified_fraction,
+};
 use experiments::train::{Optimizer, OptimizerConfig};
 use experiments::workloads::{median, proc_status_bytes, time_repeats, WorkerReport};
 use nets::Network;
@@ -57,7 +59,8 @@ fn worker(arch: &str, bound: &str, dir: &Path, repeats: usize) -> Result<()> {
     let m = method(bound)?;
     let mut opt = Optimizer::new(OptimizerConfig::adam(1e-3), net.trainable());
     let t = time_repeats(repeats, |_| {
-        let (lower, _) = margin_bounds_with_layers(&net, &x, &y, EPS, Norm::Linf, true, m)?;
+        let outs = net.forward_all(&x)?;
+        let (lower, _) = margin_bounds_from_outputs(&net, &outs, &y, EPS, Norm::Linf, true, m)?;
         let loss = bound_cross_entropy(&lower, &y)?;
         let grads = loss.backward()?;
         opt.step(&grads)?;
@@ -73,6 +76,39 @@ fn worker(arch: &str, bound: &str, dir: &Path, repeats: usize) -> Result<()> {
         peak_rss_above_idle_bytes: t.peak_rss_above_idle_bytes,
     };
     println!("{}", serde_json::to_string(&r)?);
+    Ok(())
+}
+
+/// `--profile ARCH BOUND`: the seconds of each phase of a step (median of 5), on stderr.
+fn profile(arch: &str, bound: &str) -> Result<()> {
+    use std::time::Instant;
+    let net = Network::init(&nets::zoo::by_name(arch)?, 0, DType::F32, &Device::Cpu)?;
+    let data = load_mnist_like(&experiments::certify::default_data_dir("fashion-mnist"), Split::Train)?;
+    let (x, y) = data.batch(0, BATCH, &Device::Cpu)?;
+    let m = method(bound)?;
+    let mut opt = Optimizer::new(OptimizerConfig::adam(1e-3), net.trainable());
+    let mut t = vec![Vec::new(); 5];
+    for _ in 0..6 {
+        let t0 = Instant::now();
+        let _ = net.forward(&x)?;
+        let t1 = Instant::now();
+        let _ = net.dual_nodes(&x)?;
+        let t2 = Instant::now();
+        let (lower, _) = margin_bounds_with_layers(&net, &x, &y, EPS, Norm::Linf, true, m)?;
+        let loss = bound_cross_entropy(&lower, &y)?;
+        let _ = loss.to_scalar::<f32>()?;
+        let t3 = Instant::now();
+        let grads = loss.backward()?;
+        let t4 = Instant::now();
+        opt.step(&grads)?;
+        let t5 = Instant::now();
+        for (i, (a, b)) in [(t0, t1), (t1, t2), (t2, t3), (t3, t4), (t4, t5)].iter().enumerate() {
+            t[i].push((*b - *a).as_secs_f64());
+        }
+    }
+    for (name, v) in ["forward", "dual_nodes", "bound+CE", "backward", "adam"].iter().zip(&t) {
+        eprintln!("{arch} {bound} {name}: {:.4} s", median(&v[1..]));
+    }
     Ok(())
 }
 
@@ -115,6 +151,10 @@ fn main() -> Result<()> {
     if args.first().map(String::as_str) == Some("--worker") {
         let [_, arch, bound, dir, reps] = &args[..] else { bail!("--worker ARCH BOUND DIR REPEATS") };
         return worker(arch, bound, Path::new(dir), reps.parse()?);
+    }
+    if args.first().map(String::as_str) == Some("--profile") {
+        let [_, arch, bound] = &args[..] else { bail!("--profile ARCH BOUND") };
+        return profile(arch, bound);
     }
     let out = PathBuf::from(args.first().cloned().unwrap_or_else(|| "docs/results/train_step_speed".into()));
     let repeats: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(3);

@@ -80,26 +80,51 @@ pub fn margin_bounds_with_layers(
     bounded: bool,
     method: Method,
 ) -> Result<(Tensor, Vec<LayerBounds>)> {
+    net.check_input(x)?;
+    let outs = net.forward_all(x)?;
+    margin_bounds_from_outputs(net, &outs, y, eps, norm, bounded, method)
+}
+
+/// [`margin_bounds_with_layers`] from the outputs of a forward pass already made (`outs[0]` the
+/// input, `outs[t]` layer `t`'s output, as [`Network::forward_all`] gives them): the training step
+/// shares one forward pass between the clean logits, BatchNorm's batch statistics and the bound.
+pub fn margin_bounds_from_outputs(
+    net: &Network,
+    outs: &[Tensor],
+    y: &[u32],
+    eps: f64,
+    norm: Norm,
+    bounded: bool,
+    method: Method,
+) -> Result<(Tensor, Vec<LayerBounds>)> {
     if norm != Norm::Linf {
         bail!("interval-bound losses need an l_inf ball (--norm linf), got {norm:?}");
     }
-    let nodes = net.dual_nodes(x)?;
+    let x = &outs[0];
+    let mut nodes = Vec::with_capacity(net.layers().len());
+    for (k, l) in net.layers().iter().enumerate() {
+        let xs: Vec<Option<&Tensor>> = l.inputs().indices(k + 1).into_iter().map(|i| i.map(|i| &outs[i])).collect();
+        nodes.push(l.dual(&xs)?);
+    }
+    let logits = outs.last().expect("a network has layers");
+    if logits.rank() != 2 {
+        bail!("margins need a flat output; the network gives {:?}", &logits.dims()[1..]);
+    }
     let input = input_set(x, eps, norm, bounded)?;
-    let logits_dim = net.forward(&x.narrow(0, 0, 1)?)?.elem_count();
-    let spec = Spec::margins(y, logits_dim, x.dtype(), x.device())?;
+    let spec = Spec::margins(y, logits.dim(1)?, x.dtype(), x.device())?;
     let n = Net { nodes: &nodes, x, input: input.as_ref() };
     let sb = spec_bounds(&n, &spec, method, &BoundOptions::default(), None)?;
     Ok((sb.lower, sb.layers))
 }
 
-/// The loss of `kind` on the batch `(x, y)` with clean logits `logits`, at radius `eps` and
-/// schedule position `progress = eps / eps_final`.
+/// The loss of `kind` on the batch `(x, y)` given the outputs `outs` of its forward pass
+/// (`outs[0] = x`, the last the clean logits), at radius `eps` and schedule position
+/// `progress = eps / eps_final`.
 #[allow(clippy::too_many_arguments)]
 pub fn bound_loss(
     kind: &BoundLoss,
     net: &Network,
-    x: &Tensor,
-    logits: &Tensor,
+    outs: &[Tensor],
     y: &[u32],
     eps: f64,
     progress: f64,
@@ -107,11 +132,12 @@ pub fn bound_loss(
     bounded: bool,
     seed: u64,
 ) -> Result<LossParts> {
+    let (x, logits) = (&outs[0], outs.last().expect("a network has layers"));
     let clean = cross_entropy(logits, y)?;
     if eps == 0.0 {
         return Ok(LossParts { loss: clean, robust_error: None, layers: Vec::new() });
     }
-    let ibp = |m| margin_bounds_with_layers(net, x, y, eps, norm, bounded, m);
+    let ibp = |m| margin_bounds_from_outputs(net, outs, y, eps, norm, bounded, m);
     let mixed = |kappa: f64, bound: &Tensor| -> Result<Tensor> {
         let b = bound_cross_entropy(bound, y)?;
         Ok(((&clean * kappa)? + (b * (1.0 - kappa))?)?)

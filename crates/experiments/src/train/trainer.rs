@@ -387,13 +387,13 @@ pub fn train(
             let (x, y) = sub.batch(0, sub.n, &Device::Cpu)?;
             let x = x.to_dtype(dtype)?.to_device(&net.device())?;
             eps = cfg.eps.at(epoch, b as f64 / nb as f64);
-            let logits = if bn_train {
-                let outs = net.forward_all(&x)?;
+            // One forward pass: the clean logits, BatchNorm's batch statistics and the start of
+            // the interval bounds.
+            let outs = net.forward_all(&x)?;
+            if bn_train {
                 batchnorm::update_running_stats(net, &outs)?;
-                outs.last().expect("at least one layer").clone()
-            } else {
-                net.forward(&x)?
-            };
+            }
+            let logits = outs.last().expect("at least one layer").clone();
             let clean_err = argmax_errors(&logits, &y)?;
             let (loss, rerr) = match cfg.loss {
                 LossKind::Baseline => (cross_entropy(&logits, &y)?, None),
@@ -434,7 +434,7 @@ pub fn train(
                 LossKind::Ibp | LossKind::CrownIbp | LossKind::MtlIbp => {
                     let kind = cfg.recipe.bound_loss(cfg.loss).expect("an interval-bound loss");
                     let step_seed = cfg.seed ^ (opt.steps() + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
-                    interval_loss(net, &x, &logits, &y, eps, cfg, &kind, step_seed)?
+                    interval_loss(net, &outs, &y, eps, cfg, &kind, step_seed)?
                 }
             };
             let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
@@ -553,8 +553,7 @@ fn safetensors_bytes(t: &[(String, Tensor)]) -> Result<Vec<u8>> {
 #[allow(clippy::too_many_arguments)]
 fn interval_loss(
     net: &Network,
-    x: &Tensor,
-    logits: &Tensor,
+    outs: &[Tensor],
     y: &[u32],
     eps: f64,
     cfg: &TrainConfig,
@@ -562,12 +561,12 @@ fn interval_loss(
     seed: u64,
 ) -> Result<(Tensor, Option<f64>)> {
     let progress = cfg.eps.progress(eps);
-    let parts = bound_loss(kind, net, x, logits, y, eps, progress, cfg.norm, cfg.bounded_input, seed)?;
+    let parts = bound_loss(kind, net, outs, y, eps, progress, cfg.norm, cfg.bounded_input, seed)?;
     let mut loss = parts.loss;
     if let Some(lambda) = cfg.recipe.warmup_reg {
         let w = intensity(lambda, progress);
         if w > 0.0 && eps > 0.0 {
-            if let Some(r) = warmup_terms(&parts.layers, input_radius(x, eps, cfg.bounded_input)?)? {
+            if let Some(r) = warmup_terms(&parts.layers, input_radius(&outs[0], eps, cfg.bounded_input)?)? {
                 loss = (loss + (r.value * w)?)?;
             }
         }
