@@ -106,6 +106,17 @@ fn profile(arch: &str, bound: &str) -> Result<()> {
             t[i].push((*b - *a).as_secs_f64());
         }
     }
+    // The IBP input box alone (built from the input set's terms on identity rows).
+    let nodes = net.dual_nodes(&x)?;
+    let input = experiments::certify::input_set(&x, EPS, Norm::Linf, true)?;
+    let n = dual_core::bounds::Net { nodes: &nodes, x: &x, input: input.as_ref() };
+    let mut tb = Vec::new();
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        let _ = dual_core::bounds::ibp::input_box(&n)?;
+        tb.push(t0.elapsed().as_secs_f64());
+    }
+    eprintln!("{arch} {bound} of which the input box: {:.4} s", median(&tb));
     for (name, v) in ["forward", "dual_nodes", "bound+CE", "backward", "adam"].iter().zip(&t) {
         eprintln!("{arch} {bound} {name}: {:.4} s", median(&v[1..]));
     }
