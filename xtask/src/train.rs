@@ -43,10 +43,13 @@ pub struct TrainArgs {
     /// α, the IBP loss's weight against the PGD loss (mtl-ibp; default 0.5).
     #[arg(long, allow_hyphen_values = true, value_parser = parse::unit_interval)]
     mtl_alpha: Option<f64>,
-    /// Steps of MTL-IBP's PGD (mtl-ibp; default 1).
+    /// λ of SABR: IBP over a ball of radius λ·eps around a PGD point (sabr; default 0.4).
+    #[arg(long, allow_hyphen_values = true, value_parser = parse::unit_interval)]
+    sabr_lambda: Option<f64>,
+    /// Steps of the PGD of MTL-IBP and SABR (default 1).
     #[arg(long, value_parser = parse::at_least_one)]
     pgd_steps: Option<usize>,
-    /// Step of MTL-IBP's PGD as a multiple of the current epsilon (mtl-ibp; default 1.25).
+    /// Step of that PGD as a multiple of the current epsilon (default 1.25).
     #[arg(long, allow_hyphen_values = true, value_parser = parse::positive)]
     pgd_step: Option<f64>,
     /// Shi et al.'s warm-up regulariser with weight λ₀ (0.5 in the paper; interval losses only).
@@ -142,7 +145,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
         "ibp" => LossKind::Ibp,
         "crown-ibp" => LossKind::CrownIbp,
         "mtl-ibp" => LossKind::MtlIbp,
-        o => bail!("unknown --loss {o} (wong-kolter, ibp, crown-ibp, mtl-ibp, baseline, madry)"),
+        "sabr" => LossKind::Sabr,
+        o => bail!("unknown --loss {o} (wong-kolter, ibp, crown-ibp, mtl-ibp, sabr, baseline, madry)"),
     };
     let recipe = recipe(&a, loss)?;
     let optimizer = match a.optimizer.as_str() {
@@ -244,7 +248,7 @@ fn recipe(a: &TrainArgs, loss: LossKind) -> Result<Recipe> {
         }
         Ok(())
     };
-    let interval = [LossKind::Ibp, LossKind::CrownIbp, LossKind::MtlIbp];
+    let interval = [LossKind::Ibp, LossKind::CrownIbp, LossKind::MtlIbp, LossKind::Sabr];
     only(
         a.kappa_start.is_some() || a.kappa_end.is_some(),
         "--kappa-start/--kappa-end",
@@ -258,9 +262,11 @@ fn recipe(a: &TrainArgs, loss: LossKind) -> Result<Recipe> {
         "crown-ibp",
     )?;
     only(a.mtl_alpha.is_some(), "--mtl-alpha", &[LossKind::MtlIbp], "mtl-ibp")?;
-    only(a.pgd_steps.is_some() || a.pgd_step.is_some(), "--pgd-steps/--pgd-step", &[LossKind::MtlIbp], "mtl-ibp")?;
-    only(a.warmup_reg.is_some(), "--warmup-reg", &interval, "ibp, crown-ibp or mtl-ibp")?;
-    only(a.ibp_init, "--ibp-init", &interval, "ibp, crown-ibp or mtl-ibp")?;
+    let pgd_losses = [LossKind::MtlIbp, LossKind::Sabr];
+    only(a.pgd_steps.is_some() || a.pgd_step.is_some(), "--pgd-steps/--pgd-step", &pgd_losses, "mtl-ibp or sabr")?;
+    only(a.sabr_lambda.is_some(), "--sabr-lambda", &[LossKind::Sabr], "sabr")?;
+    only(a.warmup_reg.is_some(), "--warmup-reg", &interval, "ibp, crown-ibp, mtl-ibp or sabr")?;
+    only(a.ibp_init, "--ibp-init", &interval, "ibp, crown-ibp, mtl-ibp or sabr")?;
     let d = Recipe::default();
     let kappa_end_default = if loss == LossKind::CrownIbp { 0.0 } else { d.kappa.end };
     Ok(Recipe {
@@ -271,6 +277,7 @@ fn recipe(a: &TrainArgs, loss: LossKind) -> Result<Recipe> {
             steps: a.pgd_steps.unwrap_or(d.pgd.steps),
             step: a.pgd_step.unwrap_or(d.pgd.step),
         },
+        sabr_lambda: a.sabr_lambda.unwrap_or(d.sabr_lambda),
         warmup_reg: a.warmup_reg,
         ibp_init: a.ibp_init,
     })

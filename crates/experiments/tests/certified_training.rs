@@ -90,7 +90,7 @@ fn max_diff(a: &Network, b: &Network) -> f32 {
 fn each_interval_loss_decreases_and_certifies_the_separable_problem() {
     let tr = blobs(60, 1);
     let te = blobs(20, 2);
-    for loss in [LossKind::Ibp, LossKind::CrownIbp, LossKind::MtlIbp] {
+    for loss in [LossKind::Ibp, LossKind::CrownIbp, LossKind::MtlIbp, LossKind::Sabr] {
         let d = tmp(&format!("{loss:?}"));
         let net = Network::init(&spec(), 5, DType::F32, &Device::Cpu).unwrap();
         let mut c = cfg(loss, 6);
@@ -106,6 +106,7 @@ fn each_interval_loss_decreases_and_certifies_the_separable_problem() {
         let name = match loss {
             LossKind::Ibp => "ibp",
             LossKind::CrownIbp => "crown-ibp",
+            LossKind::Sabr => "sabr",
             _ => "mtl-ibp",
         };
         assert_eq!(conf["loss"], name);
@@ -117,7 +118,9 @@ fn each_interval_loss_decreases_and_certifies_the_separable_problem() {
 fn resume_is_exact_for_the_interval_losses() {
     let tr = blobs(40, 3);
     let te = blobs(10, 4);
-    for (loss, sp) in [(LossKind::CrownIbp, spec()), (LossKind::MtlIbp, spec()), (LossKind::Ibp, bn_spec())] {
+    for (loss, sp) in
+        [(LossKind::CrownIbp, spec()), (LossKind::MtlIbp, spec()), (LossKind::Sabr, spec()), (LossKind::Ibp, bn_spec())]
+    {
         let mut c = cfg(loss, 3);
         c.eps = EpsilonSchedule { warmup_epochs: 1, shape: RampShape::Smooth, ..EpsilonSchedule::linear(0.0, 0.05, 1) };
         c.recipe.warmup_reg = Some(0.5);
@@ -320,6 +323,10 @@ fn bad_settings_are_refused() {
     c.recipe.alpha = 1.5;
     let e = train(&net, &tr, &te, &c, &d, false).unwrap_err().to_string();
     assert!(e.contains("--mtl-alpha"), "{e}");
+    let mut c = cfg(LossKind::Sabr, 1);
+    c.recipe.sabr_lambda = 0.0;
+    let e = train(&net, &tr, &te, &c, &d, false).unwrap_err().to_string();
+    assert!(e.contains("--sabr-lambda"), "{e}");
     let mut c = cfg(LossKind::CrownIbp, 1);
     c.norm = Norm::L2;
     c.bounded_input = false;

@@ -11,7 +11,11 @@
 //! * `crown-ibp`: the same with `m̲ = β m̲_CROWN-IBP + (1 − β) m̲_IBP`, β moving with `p` (the
 //!   CROWN-IBP pass is skipped when β = 0, as in Zhang et al.'s code);
 //! * `mtl-ibp`: `α CE(−m̲_IBP, y) + (1 − α) CE(z(x_adv), y)` with `x_adv` a PGD point of the
-//!   same ball (`crate::attacks::pgd`, random start).
+//!   same ball (`crate::attacks::pgd`, random start);
+//! * `sabr` (Müller et al. 2023): `CE(−m̲_IBP(B(x', λ eps)), y)`, IBP over the small ball of radius
+//!   `τ = λ eps` around a PGD point `x'` of the shrunk ball `B(x, eps − τ)`, so the small ball lies
+//!   inside the full one. It is a loss, not a bound on the full ball: its "robust error" is the
+//!   small ball's.
 //!
 //! At `eps_t = 0` (the warm-up) the IBP margins are the clean margins and every loss is the clean
 //! cross-entropy, which is what is computed then.
@@ -35,6 +39,8 @@ pub enum BoundLoss {
     CrownIbp { kappa: Mix, beta: Mix },
     /// `α CE(IBP bound) + (1 − α) CE(PGD point)`.
     MtlIbp { alpha: f64, pgd: PgdSettings },
+    /// `CE(IBP bound over B(x', λ eps))`, `x'` a PGD point of `B(x, (1 − λ) eps)`.
+    Sabr { lambda: f64, pgd: PgdSettings },
 }
 
 /// The PGD of MTL-IBP: `steps` steps of `step · eps_t` from a random start in the ball.
@@ -168,19 +174,46 @@ pub fn bound_loss(
         }
         BoundLoss::MtlIbp { alpha, pgd: ps } => {
             let (lower, layers) = ibp(Method::Ibp)?;
-            let mut pc = PgdConfig::new(eps);
-            pc.steps = ps.steps;
-            pc.step_size = ps.step * eps;
-            pc.random_start = true;
-            pc.seed = seed;
-            if bounded {
-                pc.clip = Some((0.0, 1.0));
-            }
-            let model = |t: &Tensor| net.forward(t).map_err(|e| candle_core::Error::Msg(e.to_string()));
-            let xa = nets::no_grad(|| pgd(model, x, y, &pc))?;
+            let xa = pgd_point(net, x, y, eps, eps, ps, bounded, seed)?;
             let adv = cross_entropy(&net.forward(&xa)?, y)?;
             let loss = ((bound_cross_entropy(&lower, y)? * *alpha)? + (adv * (1.0 - alpha))?)?;
             LossParts { loss, robust_error: Some(uncertified_fraction(&lower, y)?), layers }
         }
+        BoundLoss::Sabr { lambda, pgd: ps } => {
+            let tau = lambda * eps;
+            let xa = pgd_point(net, x, y, eps - tau, eps, ps, bounded, seed)?;
+            let outs_a = net.forward_all(&xa)?;
+            let (lower, layers) = margin_bounds_from_outputs(net, &outs_a, y, tau, norm, bounded, Method::Ibp)?;
+            LossParts {
+                loss: bound_cross_entropy(&lower, y)?,
+                robust_error: Some(uncertified_fraction(&lower, y)?),
+                layers,
+            }
+        }
     })
+}
+
+/// A PGD point of the ball of radius `radius` around `x` (∩ [0, 1] when `bounded`), steps of
+/// `ps.step · eps` from a random start, computed without a parameter graph.
+#[allow(clippy::too_many_arguments)]
+fn pgd_point(
+    net: &Network,
+    x: &Tensor,
+    y: &[u32],
+    radius: f64,
+    eps: f64,
+    ps: &PgdSettings,
+    bounded: bool,
+    seed: u64,
+) -> Result<Tensor> {
+    let mut pc = PgdConfig::new(radius);
+    pc.steps = ps.steps;
+    pc.step_size = ps.step * eps;
+    pc.random_start = true;
+    pc.seed = seed;
+    if bounded {
+        pc.clip = Some((0.0, 1.0));
+    }
+    let model = |t: &Tensor| net.forward(t).map_err(|e| candle_core::Error::Msg(e.to_string()));
+    Ok(nets::no_grad(|| pgd(model, x, y, &pc))?)
 }

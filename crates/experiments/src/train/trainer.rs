@@ -36,12 +36,16 @@ pub enum LossKind {
     /// (`Recipe::alpha`, `Recipe::pgd`).
     #[serde(rename = "mtl-ibp")]
     MtlIbp,
+    /// SABR (Müller et al. 2023): IBP over a small ball of radius `λ eps` around a PGD point
+    /// (`Recipe::sabr_lambda`, `Recipe::pgd`).
+    #[serde(rename = "sabr")]
+    Sabr,
 }
 
 impl LossKind {
     /// Is this one of the interval-bound losses (IBP, CROWN-IBP, MTL-IBP)?
     pub fn is_interval(&self) -> bool {
-        matches!(self, LossKind::Ibp | LossKind::CrownIbp | LossKind::MtlIbp)
+        matches!(self, LossKind::Ibp | LossKind::CrownIbp | LossKind::MtlIbp | LossKind::Sabr)
     }
 }
 
@@ -55,13 +59,20 @@ pub struct Recipe {
     pub beta: Mix,
     /// MTL-IBP's weight of the IBP loss against the PGD loss (fixed).
     pub alpha: f64,
-    /// MTL-IBP's attack.
+    /// MTL-IBP's and SABR's attack.
     pub pgd: PgdSettings,
+    /// SABR's small-ball fraction λ ∈ (0, 1].
+    #[serde(default = "default_sabr_lambda")]
+    pub sabr_lambda: f64,
     /// Shi et al.'s warm-up regulariser with this λ₀ (`None`: off).
     pub warmup_reg: Option<f64>,
     /// The weights were drawn by Shi et al.'s IBP initialisation (recorded; applied by the caller
     /// before training, see [`super::init::ibp_init`]).
     pub ibp_init: bool,
+}
+
+fn default_sabr_lambda() -> f64 {
+    0.4
 }
 
 impl Default for Recipe {
@@ -71,6 +82,7 @@ impl Default for Recipe {
             beta: Mix { start: 1.0, end: 0.0 },
             alpha: 0.5,
             pgd: PgdSettings { steps: 1, step: 1.25 },
+            sabr_lambda: default_sabr_lambda(),
             warmup_reg: None,
             ibp_init: false,
         }
@@ -84,6 +96,7 @@ impl Recipe {
             LossKind::Ibp => Some(BoundLoss::Ibp { kappa: self.kappa }),
             LossKind::CrownIbp => Some(BoundLoss::CrownIbp { kappa: self.kappa, beta: self.beta }),
             LossKind::MtlIbp => Some(BoundLoss::MtlIbp { alpha: self.alpha, pgd: self.pgd }),
+            LossKind::Sabr => Some(BoundLoss::Sabr { lambda: self.sabr_lambda, pgd: self.pgd }),
             _ => None,
         }
     }
@@ -98,8 +111,11 @@ impl Recipe {
         if !unit(self.alpha) {
             bail!("--mtl-alpha must be in [0, 1], got {}", self.alpha);
         }
+        if !(self.sabr_lambda.is_finite() && self.sabr_lambda > 0.0 && self.sabr_lambda <= 1.0) {
+            bail!("--sabr-lambda must be in (0, 1], got {}", self.sabr_lambda);
+        }
         if self.pgd.steps == 0 || !(self.pgd.step.is_finite() && self.pgd.step > 0.0) {
-            bail!("MTL-IBP's PGD needs at least 1 step (--pgd-steps) and a positive finite step (--pgd-step)");
+            bail!("the PGD of MTL-IBP and SABR needs at least 1 step (--pgd-steps) and a positive finite step (--pgd-step)");
         }
         if let Some(l) = self.warmup_reg {
             if !(l.is_finite() && l >= 0.0) {
@@ -431,7 +447,7 @@ pub fn train(
                     let xa = pgd(model, &x, &y, &pc)?;
                     (cross_entropy(&net.forward(&xa)?, &y)?, None)
                 }
-                LossKind::Ibp | LossKind::CrownIbp | LossKind::MtlIbp => {
+                LossKind::Ibp | LossKind::CrownIbp | LossKind::MtlIbp | LossKind::Sabr => {
                     let kind = cfg.recipe.bound_loss(cfg.loss).expect("an interval-bound loss");
                     let step_seed = cfg.seed ^ (opt.steps() + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
                     interval_loss(net, &outs, &y, eps, cfg, &kind, step_seed)?
