@@ -334,3 +334,35 @@ fn bad_settings_are_refused() {
     assert!(e.contains("--norm linf"), "{e}");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn cnn7_has_the_papers_widths_and_trains_its_batchnorm_on_batch_statistics() {
+    let sp = nets::zoo::by_name("cnn7").unwrap();
+    let convs: Vec<(usize, usize)> = sp
+        .layers
+        .iter()
+        .filter_map(|l| match l {
+            LayerSpec::Conv2d { out_channels, stride, .. } => Some((*out_channels, *stride)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(convs, vec![(64, 1), (64, 1), (128, 2), (128, 1), (128, 1)]);
+    let linears: Vec<(usize, usize)> = sp
+        .layers
+        .iter()
+        .filter_map(|l| match l {
+            LayerSpec::Linear { in_features, out_features, .. } => Some((*in_features, *out_features)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(linears, vec![(128 * 14 * 14, 512), (512, 10)]);
+    let bns = sp.layers.iter().filter(|l| matches!(l, LayerSpec::BatchNorm2d { mode: BatchNormMode::BatchStats, .. }));
+    assert_eq!(bns.count(), 5);
+    let net = Network::init(&sp, 0, DType::F32, &Device::Cpu).unwrap();
+    assert!(experiments::train::batchnorm::trains_batch_stats(&net));
+    let x = Tensor::rand(0f32, 1f32, (2, 1, 28, 28), &Device::Cpu).unwrap();
+    assert_eq!(net.forward(&x).unwrap().dims(), &[2, 10]);
+    let eval = experiments::train::batchnorm::eval_copy(&net).unwrap().unwrap();
+    assert!(!experiments::train::batchnorm::trains_batch_stats(&eval));
+    assert_eq!(nets::zoo::by_name("cifar-cnn7").unwrap().input_shape, vec![3, 32, 32]);
+}
