@@ -47,8 +47,8 @@ enum Task {
     Download(download::DownloadArgs),
     /// Reproduce a paper experiment (train, then evaluate clean / PGD / certified error).
     Reproduce(reproduce::ReproduceArgs),
-    /// Train a model (robust, baseline or PGD-adversarial), optionally as a cascade.
-    Train(train::TrainArgs),
+    /// Train a model (robust, interval-bound, baseline or PGD-adversarial), optionally as a cascade.
+    Train(Box<train::TrainArgs>),
     /// Verify a VNN-LIB property on an ONNX network (sat / unsat / unknown / timeout).
     Verify(verify::VerifyArgs),
     /// Run a VNN-COMP benchmark folder (its *_instances.csv), with results and a score.
@@ -73,7 +73,7 @@ fn main() {
         Task::Certify(a) => certify::run(a),
         Task::Download(a) => download::run(a),
         Task::Reproduce(a) => reproduce::run(a),
-        Task::Train(a) => train::run(a),
+        Task::Train(a) => train::run(*a),
         Task::Verify(a) => verify::run(a),
         Task::Vnncomp(a) => vnncomp::run(a),
     };

@@ -42,6 +42,15 @@ pub fn probability(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
+/// A weight in `[0, 1]` (the mixing weights of the certified losses).
+pub fn unit_interval(s: &str) -> Result<f64, String> {
+    let v = finite(s)?;
+    if !(0.0..=1.0).contains(&v) {
+        return Err(format!("must be in [0, 1], got {v}"));
+    }
+    Ok(v)
+}
+
 /// A momentum factor in `[0, 1)` (1 or more never forgets and diverges).
 pub fn momentum(s: &str) -> Result<f64, String> {
     let v = finite(s)?;

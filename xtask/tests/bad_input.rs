@@ -554,3 +554,50 @@ fn output_folders_are_checked_before_the_work() {
     assert_eq!(std::fs::read(&file).unwrap(), b"x");
     std::fs::remove_dir_all(&d).ok();
 }
+
+#[test]
+fn interval_loss_flags_are_checked() {
+    let d = tmp("interval");
+    let data = data(&d, 6);
+    let a6 = arch(&d, 6, 8);
+    let out = d.join("run");
+    let train = |extra: &[&str]| {
+        let mut a = vec!["train", "--data-dir", s(&data), "--dataset", "mnist", "--arch", s(&a6), "--out", s(&out)];
+        a.extend(["--eps", "0.01", "--epochs", "2", "--batch-size", "10", "--eval-limit", "4"]);
+        a.extend_from_slice(extra);
+        xtask(&d, &a)
+    };
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["--loss", "nope"], &["unknown --loss nope", "mtl-ibp"]),
+        (&["--loss", "ibp", "--mtl-alpha", "0.3"], &["--mtl-alpha applies to --loss mtl-ibp only"]),
+        (&["--loss", "mtl-ibp", "--kappa-end", "0.2"], &["--kappa-start/--kappa-end applies"]),
+        (&["--loss", "ibp", "--beta-start", "1"], &["--beta-start/--beta-end applies to --loss crown-ibp"]),
+        (&["--loss", "ibp", "--pgd-steps", "3"], &["--pgd-steps/--pgd-step applies to --loss mtl-ibp or sabr"]),
+        (&["--loss", "mtl-ibp", "--sabr-lambda", "0.5"], &["--sabr-lambda applies to --loss sabr only"]),
+        (&["--loss", "sabr", "--sabr-lambda", "0"], &["--sabr-lambda must be in (0, 1]"]),
+        (&["--loss", "robust", "--warmup-reg", "0.5"], &["--warmup-reg applies"]),
+        (&["--loss", "wong-kolter", "--ibp-init"], &["--ibp-init applies"]),
+        (&["--loss", "ibp", "--proj", "5"], &["--proj"]),
+        (&["--loss", "crown-ibp", "--norm", "l2"], &["--norm linf"]),
+        (&["--loss", "ibp", "--eps-ramp", "smooth"], &["--eps-ramp smooth needs a ramp", "--eps-start"]),
+        (&["--loss", "ibp", "--eps-ramp", "cubic", "--eps-start", "0"], &["unknown --eps-ramp cubic"]),
+        (&["--loss", "ibp", "--warmup-epochs", "2"], &["--warmup-epochs 2 leaves no epoch"]),
+        (&["--loss", "crown-ibp", "--kappa-end", "1.5"], &["--kappa-end", "[0, 1]"]),
+        (&["--loss", "mtl-ibp", "--mtl-alpha", "nan"], &["--mtl-alpha", "finite"]),
+        (&["--loss", "mtl-ibp", "--pgd-step", "0"], &["--pgd-step", "> 0"]),
+        (&["--loss", "ibp", "--cascade", "2"], &["--cascade", "wong-kolter"]),
+    ];
+    for (extra, needles) in cases {
+        refused(&train(extra), needles);
+        assert!(!out.join("state.json").exists(), "{extra:?} started a run");
+    }
+    // A good combination runs and names its loss in config.json.
+    let args = ["--loss", "mtl-ibp", "--mtl-alpha", "0.3", "--ibp-init", "--warmup-reg", "0.5", "--warmup-epochs", "1"];
+    succeeded(&train(&[&args[..], &["--eps-start", "0", "--ramp-epochs", "1", "--eps-ramp", "smooth"]].concat()));
+    let conf: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(conf["loss"], "mtl-ibp");
+    assert_eq!(conf["recipe"]["alpha"], 0.3);
+    assert_eq!(conf["eps"]["shape"], "smooth");
+    std::fs::remove_dir_all(&d).ok();
+}

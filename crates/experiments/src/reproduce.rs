@@ -58,6 +58,7 @@ fn paper1(eps: f64, epochs: usize) -> TrainConfig {
         quiet: false,
         proj: None,
         augment: None,
+        recipe: Default::default(),
     }
 }
 
@@ -65,7 +66,7 @@ fn paper2_mnist(eps: f64, norm: Norm) -> TrainConfig {
     TrainConfig {
         epochs: 60,
         lr: LrSchedule { base: 1e-3, after: 20, every: 10, gamma: 0.5 },
-        eps: EpsilonSchedule { start: 0.01, end: eps, ramp_epochs: 20 },
+        eps: EpsilonSchedule::linear(0.01, eps, 20),
         bounded_input: norm == Norm::Linf,
         norm,
         proj: Some(50),
@@ -79,7 +80,7 @@ fn paper2_cifar(eps: f64) -> TrainConfig {
         batch_size: 50,
         optimizer: OptimizerConfig::sgd(0.05, 0.9, 5e-4),
         lr: LrSchedule { base: 0.05, after: 20, every: 10, gamma: 0.5 },
-        eps: EpsilonSchedule { start: 0.001, end: eps, ramp_epochs: 20 },
+        eps: EpsilonSchedule::linear(0.001, eps, 20),
         clip_grad_norm: Some(1.0),
         proj: Some(50),
         augment: Some(Augment::cifar(CIFAR_MEAN, CIFAR_STD)),
@@ -97,7 +98,7 @@ pub fn registry() -> Vec<Experiment> {
             paper: 1,
             dataset: "mnist",
             arch: "mnist-small",
-            train: TrainConfig { eps: EpsilonSchedule { start: 0.05, end: 0.1, ramp_epochs: 50 }, ..paper1(0.1, 100) },
+            train: TrainConfig { eps: EpsilonSchedule::linear(0.05, 0.1, 50), ..paper1(0.1, 100) },
             eps: 0.1,
             paper_figures: p(0.018, Some(0.041), 0.058),
         },
@@ -124,11 +125,7 @@ pub fn registry() -> Vec<Experiment> {
             paper: 1,
             dataset: "svhn",
             arch: "svhn-small",
-            train: TrainConfig {
-                batch_size: 20,
-                eps: EpsilonSchedule { start: 0.001, end: 0.01, ramp_epochs: 10 },
-                ..paper1(0.01, 20)
-            },
+            train: TrainConfig { batch_size: 20, eps: EpsilonSchedule::linear(0.001, 0.01, 10), ..paper1(0.01, 20) },
             eps: 0.01,
             paper_figures: r(0.4067),
         },
@@ -286,7 +283,7 @@ pub fn reproduce(name: &str, opts: &ReproduceOptions) -> Result<ReproduceReport>
     let (mut train_limit, mut test_limit) = (opts.train_limit, opts.test_limit);
     if opts.quick {
         exp.train.epochs = 2;
-        exp.train.eps = EpsilonSchedule { start: exp.train.eps.start.min(exp.eps) * 0.5, end: exp.eps, ramp_epochs: 1 };
+        exp.train.eps = EpsilonSchedule::linear(exp.train.eps.start.min(exp.eps) * 0.5, exp.eps, 1);
         exp.train.lr = LrSchedule::constant(exp.train.lr.base);
         train_limit = train_limit.or(Some(5000));
         test_limit = test_limit.or(Some(500));

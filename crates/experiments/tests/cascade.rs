@@ -66,6 +66,7 @@ fn cfg() -> TrainConfig {
         quiet: true,
         proj: None,
         augment: None,
+        recipe: Default::default(),
     }
 }
 

@@ -44,7 +44,7 @@ fn cfg(epochs: usize) -> TrainConfig {
         batch_size: 10,
         optimizer: OptimizerConfig::adam(5e-3),
         lr: LrSchedule { base: 5e-3, after: 1, every: 1, gamma: 0.5 },
-        eps: EpsilonSchedule { start: 0.0, end: 0.05, ramp_epochs: 2 },
+        eps: EpsilonSchedule::linear(0.0, 0.05, 2),
         loss: LossKind::Robust,
         norm: Norm::Linf,
         bounded_input: true,
@@ -55,6 +55,7 @@ fn cfg(epochs: usize) -> TrainConfig {
         quiet: true,
         proj: None,
         augment: None,
+        recipe: Default::default(),
     }
 }
 

@@ -1,6 +1,6 @@
 //! The papers' architectures by name (see `shared/PAPERS.md`).
 
-use crate::spec::{build::*, LayerSpec, NetworkSpec};
+use crate::spec::{build::*, BatchNormMode, LayerSpec, NetworkSpec};
 use crate::{NetError, Result};
 
 /// Names [`by_name`] knows (parametrised ones shown with their parameters).
@@ -18,6 +18,8 @@ pub const NAMES: &[&str] = &[
     "svhn-small",
     "cifar-small",
     "cifar-large",
+    "cnn7",
+    "cifar-cnn7",
     "cifar-resnet",
     "cifar-resnet-N-F",
 ];
@@ -61,6 +63,42 @@ pub fn large_conv(name: &str, channels: usize, side: usize) -> NetworkSpec {
             linear(64 * q * q, 512),
             relu(),
             linear(512, 512),
+            relu(),
+            linear(512, 10),
+        ],
+    )
+}
+
+/// Shi et al. 2021's CNN-7 (also SABR's and MTL-IBP's): Conv(c→64,k3,p1) BN ReLU
+/// Conv(64→64,k3,p1) BN ReLU Conv(64→128,k3,s2,p1) BN ReLU Conv(128→128,k3,p1) BN ReLU
+/// Conv(128→128,k3,p1) BN ReLU Flatten Linear(128·(s/2)²→512) ReLU Linear(512→10). The
+/// BatchNorm layers train on batch statistics (see `experiments::train::batchnorm`). The paper
+/// also puts a BatchNorm after the 512-unit linear layer; this zoo has no 1-d BatchNorm, so that
+/// one is left out.
+pub fn cnn7(name: &str, channels: usize, side: usize) -> NetworkSpec {
+    let bn = |c: usize| LayerSpec::BatchNorm2d { num_features: c, eps: 1e-5, mode: BatchNormMode::BatchStats };
+    let h = side.div_ceil(2);
+    NetworkSpec::sequential(
+        name,
+        &[channels, side, side],
+        vec![
+            conv(channels, 64, 3, 1, 1),
+            bn(64),
+            relu(),
+            conv(64, 64, 3, 1, 1),
+            bn(64),
+            relu(),
+            conv(64, 128, 3, 2, 1),
+            bn(128),
+            relu(),
+            conv(128, 128, 3, 1, 1),
+            bn(128),
+            relu(),
+            conv(128, 128, 3, 1, 1),
+            bn(128),
+            relu(),
+            flatten(),
+            linear(128 * h * h, 512),
             relu(),
             linear(512, 10),
         ],
@@ -175,6 +213,8 @@ pub fn by_name(name: &str) -> Result<NetworkSpec> {
         "svhn-small" | "svhn" => small_conv("svhn-small", 3, 32),
         "cifar-small" => small_conv("cifar-small", 3, 32),
         "cifar-large" => large_conv("cifar-large", 3, 32),
+        "cnn7" | "mnist-cnn7" => cnn7("cnn7", 1, 28),
+        "cifar-cnn7" => cnn7("cifar-cnn7", 3, 32),
         "cifar-resnet" => cifar_resnet(1, 1),
         _ => {
             if let Some(k) = n.strip_prefix("mnist-wide-") {

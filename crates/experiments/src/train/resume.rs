@@ -68,6 +68,7 @@ fn flags_of(field: &str) -> &'static str {
         "proj" => "--proj",
         "f64" => "the precision",
         "augment" => "the data augmentation",
+        "recipe" => "--kappa-*, --beta-*, --mtl-alpha, --pgd-steps, --pgd-step, --warmup-reg or --ibp-init",
         _ => "a setting",
     }
 }
@@ -88,6 +89,12 @@ pub fn check_config(dir: &Path, cfg: &TrainConfig) -> Result<()> {
         .with_context(|| format!("cannot resume the run in {}: reading {}", dir.display(), p.display()))?;
     let saved: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{} is not a training configuration", p.display()))?;
+    // Settings added after the run was saved compare by their defaults: read the saved file as a
+    // configuration (filling them in) and write it back, when it reads as one.
+    let saved = match serde_json::from_value::<TrainConfig>(saved.clone()) {
+        Ok(c) => serde_json::to_value(c)?,
+        Err(_) => saved,
+    };
     let new = serde_json::to_value(cfg)?;
     let (Some(saved), Some(new)) = (saved.as_object(), new.as_object()) else {
         bail!("{} is not a training configuration", p.display());

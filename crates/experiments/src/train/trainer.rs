@@ -1,4 +1,6 @@
-use super::{EpsilonSchedule, LrSchedule, Optimizer, OptimizerConfig};
+use super::certified::{bound_loss, BoundLoss, PgdSettings};
+use super::regularizer::{input_radius, intensity, warmup_terms};
+use super::{batchnorm, EpsilonSchedule, LrSchedule, Mix, Optimizer, OptimizerConfig};
 use crate::attacks::{cross_entropy, pgd, PgdConfig};
 use crate::certify::{evaluate, input_set, projection_config, EvalSettings, Norm, Projection};
 use crate::datasets::Dataset;
@@ -23,6 +25,105 @@ pub enum LossKind {
     Robust,
     /// Madry et al.: cross-entropy at a PGD point (the papers' PGD, `steps` steps of `step`).
     Madry { steps: usize, step: f64 },
+    /// IBP (Gowal et al. 2018): `κ CE(clean) + (1 − κ) CE(IBP bound)` (`Recipe::kappa`).
+    #[serde(rename = "ibp")]
+    Ibp,
+    /// CROWN-IBP (Zhang et al. 2020): the bound `β CROWN-IBP + (1 − β) IBP` in the same mix
+    /// (`Recipe::kappa`, `Recipe::beta`).
+    #[serde(rename = "crown-ibp")]
+    CrownIbp,
+    /// MTL-IBP (De Palma et al. 2024): `α CE(IBP bound) + (1 − α) CE(PGD point)`
+    /// (`Recipe::alpha`, `Recipe::pgd`).
+    #[serde(rename = "mtl-ibp")]
+    MtlIbp,
+    /// SABR (Müller et al. 2023): IBP over a small ball of radius `λ eps` around a PGD point
+    /// (`Recipe::sabr_lambda`, `Recipe::pgd`).
+    #[serde(rename = "sabr")]
+    Sabr,
+}
+
+impl LossKind {
+    /// Is this one of the interval-bound losses (IBP, CROWN-IBP, MTL-IBP)?
+    pub fn is_interval(&self) -> bool {
+        matches!(self, LossKind::Ibp | LossKind::CrownIbp | LossKind::MtlIbp | LossKind::Sabr)
+    }
+}
+
+/// The settings of the interval-bound losses and of Shi et al. 2021's recipe (ignored by the
+/// other losses). Defaults and their sources: `docs/TRAINING.md`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct Recipe {
+    /// Weight of the clean cross-entropy, moving with epsilon (Gowal et al.: 1 → 0.5).
+    pub kappa: Mix,
+    /// CROWN-IBP's weight of the CROWN-IBP bound against IBP's (Zhang et al.: 1 → 0).
+    pub beta: Mix,
+    /// MTL-IBP's weight of the IBP loss against the PGD loss (fixed).
+    pub alpha: f64,
+    /// MTL-IBP's and SABR's attack.
+    pub pgd: PgdSettings,
+    /// SABR's small-ball fraction λ ∈ (0, 1].
+    #[serde(default = "default_sabr_lambda")]
+    pub sabr_lambda: f64,
+    /// Shi et al.'s warm-up regulariser with this λ₀ (`None`: off).
+    pub warmup_reg: Option<f64>,
+    /// The weights were drawn by Shi et al.'s IBP initialisation (recorded; applied by the caller
+    /// before training, see [`super::init::ibp_init`]).
+    pub ibp_init: bool,
+}
+
+fn default_sabr_lambda() -> f64 {
+    0.4
+}
+
+impl Default for Recipe {
+    fn default() -> Self {
+        Recipe {
+            kappa: Mix { start: 1.0, end: 0.5 },
+            beta: Mix { start: 1.0, end: 0.0 },
+            alpha: 0.5,
+            pgd: PgdSettings { steps: 1, step: 1.25 },
+            sabr_lambda: default_sabr_lambda(),
+            warmup_reg: None,
+            ibp_init: false,
+        }
+    }
+}
+
+impl Recipe {
+    /// The loss of `kind` with these weights (`None` for a loss that is not interval-bound).
+    pub fn bound_loss(&self, kind: LossKind) -> Option<BoundLoss> {
+        match kind {
+            LossKind::Ibp => Some(BoundLoss::Ibp { kappa: self.kappa }),
+            LossKind::CrownIbp => Some(BoundLoss::CrownIbp { kappa: self.kappa, beta: self.beta }),
+            LossKind::MtlIbp => Some(BoundLoss::MtlIbp { alpha: self.alpha, pgd: self.pgd }),
+            LossKind::Sabr => Some(BoundLoss::Sabr { lambda: self.sabr_lambda, pgd: self.pgd }),
+            _ => None,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let unit = |v: f64| v.is_finite() && (0.0..=1.0).contains(&v);
+        for (name, m) in [("--kappa-start/--kappa-end", self.kappa), ("--beta-start/--beta-end", self.beta)] {
+            if !(unit(m.start) && unit(m.end)) {
+                bail!("{name} must be in [0, 1], got {} and {}", m.start, m.end);
+            }
+        }
+        if !unit(self.alpha) {
+            bail!("--mtl-alpha must be in [0, 1], got {}", self.alpha);
+        }
+        if !(self.sabr_lambda.is_finite() && self.sabr_lambda > 0.0 && self.sabr_lambda <= 1.0) {
+            bail!("--sabr-lambda must be in (0, 1], got {}", self.sabr_lambda);
+        }
+        if self.pgd.steps == 0 || !(self.pgd.step.is_finite() && self.pgd.step > 0.0) {
+            bail!("the PGD of MTL-IBP and SABR needs at least 1 step (--pgd-steps) and a positive finite step (--pgd-step)");
+        }
+        if let Some(l) = self.warmup_reg {
+            if !(l.is_finite() && l >= 0.0) {
+                bail!("--warmup-reg must be a finite number ≥ 0, got {l}");
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Everything a training run needs; saved as `config.json` in the output folder.
@@ -63,6 +164,9 @@ pub struct TrainConfig {
     /// a resumed run sees the same batches.
     #[serde(default)]
     pub augment: Option<super::Augment>,
+    /// Settings of the interval-bound losses (IBP, CROWN-IBP, MTL-IBP) and Shi et al.'s recipe.
+    #[serde(default)]
+    pub recipe: Recipe,
 }
 
 impl TrainConfig {
@@ -117,6 +221,17 @@ impl TrainConfig {
         }
         if self.bounded_input && self.norm == Norm::L2 {
             bail!("--bounded-input is only supported with --norm linf");
+        }
+        self.recipe.validate()?;
+        if self.loss.is_interval() {
+            if self.norm != Norm::Linf {
+                bail!("the interval-bound losses (ibp, crown-ibp, mtl-ibp) need --norm linf");
+            }
+            if self.proj.is_some() {
+                bail!("--proj applies to the wong-kolter loss only; the interval-bound losses have no projections");
+            }
+        } else if self.recipe.warmup_reg.is_some() {
+            bail!("--warmup-reg applies to the interval-bound losses (ibp, crown-ibp, mtl-ibp) only");
         }
         Ok(())
     }
@@ -248,7 +363,11 @@ pub fn train(
         };
         super::resume::check_config(out_dir, cfg)?;
         let (spec, tensors) = nets::io::read_safetensors(&out_dir.join("last.safetensors"))?;
-        super::resume::check_architecture(out_dir, spec.as_ref(), net)?;
+        // Checkpoints hold the evaluation form (BatchNorm on running statistics).
+        match batchnorm::eval_copy(net)? {
+            Some(e) => super::resume::check_architecture(out_dir, spec.as_ref(), &e)?,
+            None => super::resume::check_architecture(out_dir, spec.as_ref(), net)?,
+        }
         for (name, var) in net.params() {
             let t = tensors.iter().find(|(n, _)| *n == name).with_context(|| format!("checkpoint lacks {name}"))?;
             var.set(&t.1.to_dtype(var.dtype())?)?;
@@ -260,6 +379,7 @@ pub fn train(
     write_json_atomic(&out_dir.join("config.json"), cfg)?;
     let n = train_set.len();
     let nb = n.div_ceil(cfg.batch_size);
+    let bn_train = batchnorm::trains_batch_stats(net);
     for epoch in state.epochs_done..cfg.epochs {
         let t0 = Instant::now();
         let lr = cfg.lr.at(epoch);
@@ -268,7 +388,7 @@ pub fn train(
         order.shuffle(&mut StdRng::seed_from_u64(cfg.seed.wrapping_add(epoch as u64)));
         let label = format!("epoch {}/{}", epoch + 1, cfg.epochs);
         let bar = if cfg.quiet { Progress::hidden() } else { Progress::new(label) };
-        let (mut loss_sum, mut err_sum, mut rerr_sum, mut seen) = (0.0, 0usize, 0.0, 0usize);
+        let (mut loss_sum, mut err_sum, mut rerr_sum, mut seen, mut rerr_seen) = (0.0, 0usize, 0.0, 0usize, 0usize);
         let mut eps = cfg.eps.at(epoch, 0.0);
         for b in 0..nb {
             let idx = &order[b * cfg.batch_size..((b + 1) * cfg.batch_size).min(n)];
@@ -283,7 +403,13 @@ pub fn train(
             let (x, y) = sub.batch(0, sub.n, &Device::Cpu)?;
             let x = x.to_dtype(dtype)?.to_device(&net.device())?;
             eps = cfg.eps.at(epoch, b as f64 / nb as f64);
-            let logits = net.forward(&x)?;
+            // One forward pass: the clean logits, BatchNorm's batch statistics and the start of
+            // the interval bounds.
+            let outs = net.forward_all(&x)?;
+            if bn_train {
+                batchnorm::update_running_stats(net, &outs)?;
+            }
+            let logits = outs.last().expect("at least one layer").clone();
             let clean_err = argmax_errors(&logits, &y)?;
             let (loss, rerr) = match cfg.loss {
                 LossKind::Baseline => (cross_entropy(&logits, &y)?, None),
@@ -321,6 +447,11 @@ pub fn train(
                     let xa = pgd(model, &x, &y, &pc)?;
                     (cross_entropy(&net.forward(&xa)?, &y)?, None)
                 }
+                LossKind::Ibp | LossKind::CrownIbp | LossKind::MtlIbp | LossKind::Sabr => {
+                    let kind = cfg.recipe.bound_loss(cfg.loss).expect("an interval-bound loss");
+                    let step_seed = cfg.seed ^ (opt.steps() + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
+                    interval_loss(net, &outs, &y, eps, cfg, &kind, step_seed)?
+                }
             };
             let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             if !lv.is_finite() {
@@ -341,12 +472,15 @@ pub fn train(
             }
             loss_sum += lv * y.len() as f64;
             err_sum += clean_err;
-            rerr_sum += rerr.unwrap_or(0.0) * y.len() as f64;
+            if let Some(r) = rerr {
+                rerr_sum += r * y.len() as f64;
+                rerr_seen += y.len();
+            }
             seen += y.len();
             let mut msg =
                 format!("eps {eps:.4} loss {:.4} err {:.4}", loss_sum / seen as f64, err_sum as f64 / seen as f64);
             if rerr.is_some() {
-                msg.push_str(&format!(" robust err {:.4}", rerr_sum / seen as f64));
+                msg.push_str(&format!(" robust err {:.4}", rerr_sum / rerr_seen.max(1) as f64));
             }
             bar.update(b as u64 + 1, nb as u64, &msg);
         }
@@ -363,7 +497,9 @@ pub fn train(
             let n_eval = cfg.eval_limit.unwrap_or(test_set.len()).min(test_set.len());
             eprintln!("epoch {}: certifying {n_eval} test examples (exact bound)", epoch + 1);
         }
-        let ev = evaluate(net, test_set, &settings, cfg.batch_size, cfg.eval_limit, dtype)?;
+        let eval_net = batchnorm::eval_copy(net)?;
+        let saved = eval_net.as_ref().unwrap_or(net);
+        let ev = evaluate(saved, test_set, &settings, cfg.batch_size, cfg.eval_limit, dtype)?;
         let en = ev.n.max(1) as f64;
         let entry = EpochLog {
             epoch: epoch + 1,
@@ -371,7 +507,7 @@ pub fn train(
             eps,
             train_loss: loss_sum / seen.max(1) as f64,
             train_error: err_sum as f64 / seen.max(1) as f64,
-            train_robust_error: matches!(cfg.loss, LossKind::Robust).then(|| rerr_sum / seen.max(1) as f64),
+            train_robust_error: (rerr_seen > 0).then(|| rerr_sum / rerr_seen as f64),
             test_error: ev.clean_errors as f64 / en,
             test_robust_error: ev.robust_errors as f64 / en,
             seconds: t0.elapsed().as_secs_f64(),
@@ -388,14 +524,14 @@ pub fn train(
             );
         }
         // Checkpoints first, then the state that points at them.
-        nets::io::save_safetensors(net, &out_dir.join("last.safetensors"))?;
+        nets::io::save_safetensors(saved, &out_dir.join("last.safetensors"))?;
         let (ot, steps) = opt.state();
         let bytes = safetensors_bytes(&ot)?;
         nets::io::atomic_write(&out_dir.join("optimizer.safetensors"), &bytes)?;
         if state.best_robust_error.is_none_or(|b| entry.test_robust_error < b) {
             state.best_robust_error = Some(entry.test_robust_error);
             state.best_epoch = Some(entry.epoch);
-            nets::io::save_safetensors(net, &out_dir.join("best.safetensors"))?;
+            nets::io::save_safetensors(saved, &out_dir.join("best.safetensors"))?;
         }
         state.log.push(entry);
         state.epochs_done = epoch + 1;
@@ -425,4 +561,31 @@ fn kept(dir: &Path, state: &TrainState) -> String {
 
 fn safetensors_bytes(t: &[(String, Tensor)]) -> Result<Vec<u8>> {
     Ok(safetensors::serialize(t.iter().map(|(n, t)| (n.as_str(), t)), None)?)
+}
+
+/// One step's interval-bound loss (IBP, CROWN-IBP or MTL-IBP) at radius `eps`, plus Shi et al.'s
+/// warm-up regulariser when configured; returns the loss and the fraction of the batch the
+/// training bound leaves uncertified.
+#[allow(clippy::too_many_arguments)]
+fn interval_loss(
+    net: &Network,
+    outs: &[Tensor],
+    y: &[u32],
+    eps: f64,
+    cfg: &TrainConfig,
+    kind: &BoundLoss,
+    seed: u64,
+) -> Result<(Tensor, Option<f64>)> {
+    let progress = cfg.eps.progress(eps);
+    let parts = bound_loss(kind, net, outs, y, eps, progress, cfg.norm, cfg.bounded_input, seed)?;
+    let mut loss = parts.loss;
+    if let Some(lambda) = cfg.recipe.warmup_reg {
+        let w = intensity(lambda, progress);
+        if w > 0.0 && eps > 0.0 {
+            if let Some(r) = warmup_terms(&parts.layers, input_radius(&outs[0], eps, cfg.bounded_input)?)? {
+                loss = (loss + (r.value * w)?)?;
+            }
+        }
+    }
+    Ok((loss, parts.robust_error))
 }
