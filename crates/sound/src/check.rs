@@ -12,6 +12,8 @@ use crate::{Result, SoundError};
 use candle_core::{DType, Device, Tensor};
 use dual_core::{DualAffine, DualNode};
 use nets::Network;
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 /// Settings of the check.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -28,7 +30,12 @@ pub struct SoundNetwork {
     net: Network,
     steps: Vec<Step>,
     opts: SoundOptions,
+    /// Per node, the transpose of the identity on its units through the layer producing it.
+    cache: Mutex<HashMap<usize, Vec<Option<Tensor>>>>,
 }
+
+/// Largest cached transpose of an identity (elements, f64): 256 MB.
+const CACHE_ELEMS: usize = 1 << 25;
 
 /// Elements per large temporary (`[B, rows, numel]`): backward passes go in chunks of rows.
 const CHUNK_ELEMS: usize = 1 << 23;
@@ -45,7 +52,7 @@ struct Pass {
 }
 
 enum LayerData {
-    Affine { delta: Tensor },
+    Affine { delta: Tensor, bias: Tensor },
     Relu { slope: Tensor, neg_lower: Tensor, weight: Tensor },
 }
 
@@ -72,11 +79,38 @@ impl Acc {
     }
 }
 
-/// `Σ_s g[b, r, s] v[b, s]` as `[B, R]` (`g` may have batch 1).
+/// `Σ_s g[b, r, s] v_k[b, s]` as `[B, R]` for each `v_k` (`g` may have batch 1): one matrix
+/// product per call, no `[B, R, N]` temporary.
+fn dots(g: &Tensor, vs: &[&Tensor]) -> Result<Vec<Tensor>> {
+    let (bg, r) = (g.dim(0)?, g.dim(1)?);
+    let g3 = g.flatten_from(2)?.contiguous()?;
+    let n = g3.dim(2)?;
+    let v = Tensor::stack(&vs.iter().map(|v| v.flatten_from(1)).collect::<candle_core::Result<Vec<_>>>()?, 2)?;
+    let b = v.dim(0)?;
+    // [B, N, k]
+    let out = if bg == b {
+        g3.matmul(&v.contiguous()?)?
+    } else if bg == 1 {
+        // [R, N] × [N, B·k] → [R, B, k] → [B, R, k]
+        let vk = v.permute((1, 0, 2))?.reshape((n, b * vs.len()))?.contiguous()?;
+        g3.reshape((r, n))?.matmul(&vk)?.reshape((r, b, vs.len()))?.transpose(0, 1)?.contiguous()?
+    } else {
+        return Err(SoundError::BadInput(format!("coefficients for {bg} examples, values for {b}")));
+    };
+    (0..vs.len()).map(|k| Ok(out.narrow(2, k, 1)?.squeeze(2)?)).collect()
+}
+
 fn dot(g: &Tensor, v: &Tensor) -> Result<Tensor> {
-    let g3 = g.flatten_from(2)?;
-    let v3 = v.flatten_from(1)?.unsqueeze(1)?;
-    Ok(g3.broadcast_mul(&v3)?.sum(2)?)
+    Ok(dots(g, &[v])?.remove(0))
+}
+
+/// The identity's rows `rows` on a node of `shape` (`numel` units), `[1, R, *shape]`.
+fn eye_rows(rows: &[usize], numel: usize, shape: &[usize], dev: &Device) -> Result<Tensor> {
+    let mut eye = vec![0f64; rows.len() * numel];
+    for (r, &j) in rows.iter().enumerate() {
+        eye[r * numel + j] = 1.0;
+    }
+    Ok(Tensor::from_vec(eye, [&[1usize, rows.len()][..], shape].concat(), dev)?)
 }
 
 fn zeros_like_rows(b: usize, r: usize, dev: &Device) -> Result<Tensor> {
@@ -106,7 +140,7 @@ impl SoundNetwork {
         for (n, p) in net.state_dict() {
             check_finite(&p, &format!("parameter {n}"))?;
         }
-        Ok(SoundNetwork { net, steps, opts })
+        Ok(SoundNetwork { net, steps, opts, cache: Mutex::new(HashMap::new()) })
     }
 
     /// The options.
@@ -217,11 +251,12 @@ impl SoundNetwork {
             let idx = pass.nodes[t - 1].inputs().indices(t);
             match (&self.steps[t - 1], &pass.nodes[t - 1]) {
                 (Step::Affine { terms, bias_error }, DualNode::Affine(a)) => {
-                    let (lo, hi, delta) = self.affine_forward(&pass, a.as_ref(), &idx, *terms, bias_error.as_ref())?;
+                    let (lo, hi, delta, bias) =
+                        self.affine_forward(&pass, a.as_ref(), &idx, *terms, bias_error.as_ref())?;
                     pass.zmax.push(lo.abs()?.maximum(&hi.abs()?)?);
                     pass.lo.push(lo);
                     pass.hi.push(hi);
-                    pass.data.push(LayerData::Affine { delta });
+                    pass.data.push(LayerData::Affine { delta, bias });
                 }
                 (Step::Relu, DualNode::Activation(_)) => {
                     let p = t - 1;
@@ -264,7 +299,7 @@ impl SoundNetwork {
         idx: &[Option<usize>],
         terms: usize,
         bias_error: Option<&Tensor>,
-    ) -> Result<(Tensor, Tensor, Tensor)> {
+    ) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
         let col = |t: &Tensor| -> Result<Tensor> { Ok(t.unsqueeze(1)?) };
         let (mut mids, mut rads, mut zs, mut zeros) = (vec![], vec![], vec![], vec![]);
         for i in idx {
@@ -300,10 +335,10 @@ impl SoundNetwork {
             None => center.zeros_like()?,
         };
         let bias = match a.forward(&refs(&zeros), true)? {
-            Some(b) => b.squeeze(1)?.abs()?,
+            Some(b) => b.squeeze(1)?,
             None => center.zeros_like()?,
         };
-        let r = (absz + bias)?;
+        let r = (absz + bias.abs()?)?;
         let numel = center.elem_count() / pass.batch;
         let (ours, deployed) = self.coefficients(terms, numel);
         let mut delta = (&r * ((ours + deployed) * (1.0 + 1e-6)))?;
@@ -316,7 +351,7 @@ impl SoundNetwork {
         let hi = ((&center + &radius)? + &delta)?;
         let lo = map1(&lo, crate::rounding::down)?;
         let hi = map1(&hi, crate::rounding::up)?;
-        Ok((lo, hi, delta))
+        Ok((lo, hi, delta, bias))
     }
 
     /// Replaces the box of node `p` by the backward pass's bounds (the dual's layer-wise bounds)
@@ -339,12 +374,7 @@ impl SoundNetwork {
         let chunk = (CHUNK_ELEMS / (b * widest).max(1)).max(1);
         let (mut lo, mut hi) = (lo, hi);
         for part in rows.chunks(chunk) {
-            let mut eye = vec![0f64; part.len() * numel];
-            for (r, &j) in part.iter().enumerate() {
-                eye[r * numel + j] = 1.0;
-            }
-            let g = Tensor::from_vec(eye, [&[1usize, part.len()][..], &shape].concat(), &dev)?;
-            let (l, u) = self.backward(pass, p, &g)?;
+            let (l, u) = self.backward_rows(pass, p, part, &shape)?;
             let (l, u) = (l.to_vec2::<f64>()?, u.to_vec2::<f64>()?);
             for e in 0..b {
                 for (r, &j) in part.iter().enumerate() {
@@ -367,9 +397,61 @@ impl SoundNetwork {
     fn backward(&self, pass: &Pass, top: usize, g: &Tensor) -> Result<(Tensor, Tensor)> {
         let (b, rows, dev) = (pass.batch, g.dim(1)?, g.device().clone());
         let z = zeros_like_rows(b, rows, &dev)?;
-        let mut acc = Acc { lower: z.clone(), upper: z.clone(), abs: z.clone(), err: z, terms: 0 };
+        let acc = Acc { lower: z.clone(), upper: z.clone(), abs: z.clone(), err: z, terms: 0 };
         let mut contrib: Vec<Vec<Tensor>> = vec![vec![]; top + 1];
         contrib[top].push(g.clone());
+        self.backward_from(pass, top, acc, contrib)
+    }
+
+    /// [`Self::backward`] for the unit rows `rows` of node `p`, an affine layer's output: its
+    /// transpose of the identity does not depend on the example, so it is computed once per
+    /// network and node (when it fits [`CACHE_ELEMS`]) and the rows are picked from it; its bias
+    /// and `Δ` rows start the sums.
+    fn backward_rows(&self, pass: &Pass, p: usize, rows: &[usize], shape: &[usize]) -> Result<(Tensor, Tensor)> {
+        let (b, dev) = (pass.batch, pass.lo[p].device().clone());
+        let numel: usize = shape.iter().product();
+        let (DualNode::Affine(a), LayerData::Affine { delta, bias }) = (&pass.nodes[p - 1], &pass.data[p - 1]) else {
+            return self.backward(pass, p, &eye_rows(rows, numel, shape, &dev)?);
+        };
+        let in_numel: usize =
+            pass.nodes[p - 1].inputs().indices(p).iter().flatten().map(|i| pass.lo[*i].elem_count() / b).sum();
+        if numel * in_numel.max(numel) > CACHE_ELEMS {
+            return self.backward(pass, p, &eye_rows(rows, numel, shape, &dev)?);
+        }
+        let cached = {
+            let mut cache = self.cache.lock().map_err(|_| SoundError::BadInput("a poisoned cache".into()))?;
+            match cache.get(&p) {
+                Some(c) => c.clone(),
+                None => {
+                    let all: Vec<usize> = (0..numel).collect();
+                    let t = a.transpose(&eye_rows(&all, numel, shape, &dev)?)?;
+                    cache.insert(p, t.clone());
+                    t
+                }
+            }
+        };
+        let idx = Tensor::from_vec(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), rows.len(), &dev)?;
+        let pick = |t: &Tensor| -> Result<Tensor> { Ok(t.flatten_from(1)?.index_select(&idx, 1)?) };
+        let bias = pick(bias)?;
+        let acc = Acc { lower: bias.clone(), upper: bias.clone(), abs: bias.abs()?, err: pick(delta)?, terms: 1 };
+        let mut contrib: Vec<Vec<Tensor>> = vec![vec![]; p + 1];
+        for (i, t) in pass.nodes[p - 1].inputs().indices(p).iter().zip(cached) {
+            if let (Some(i), Some(t)) = (i, t) {
+                contrib[*i].push(t.index_select(&idx, 1)?);
+            }
+        }
+        self.backward_from(pass, p - 1, acc, contrib)
+    }
+
+    /// The backward pass from node `top` down, with sums and coefficients so far.
+    fn backward_from(
+        &self,
+        pass: &Pass,
+        top: usize,
+        mut acc: Acc,
+        mut contrib: Vec<Vec<Tensor>>,
+    ) -> Result<(Tensor, Tensor)> {
+        let b = pass.batch;
         for t in (0..=top).rev() {
             let cs = std::mem::take(&mut contrib[t]);
             if cs.is_empty() {
@@ -389,27 +471,27 @@ impl SoundNetwork {
                 sum
             };
             if t == 0 {
-                let (gp, gn) = (g.relu()?, g.minimum(0.0)?);
-                let lo = (dot(&gp, &pass.lo[0])? + dot(&gn, &pass.hi[0])?)?;
-                let up = (dot(&gp, &pass.hi[0])? + dot(&gn, &pass.lo[0])?)?;
-                acc.add(&lo, &up)?;
-                let n0 = pass.lo[0].elem_count() / b;
-                acc.add_err(&(dot(&g.abs()?, &pass.zmax[0])? * gamma(n0 + 2, U64))?)?;
+                let (l0, h0, z0) = (&pass.lo[0], &pass.hi[0], &pass.zmax[0]);
+                let p = dots(&g.relu()?, &[l0, h0, z0])?;
+                let m = dots(&g.minimum(0.0)?, &[l0, h0, z0])?;
+                acc.add(&(&p[0] + &m[1])?, &(&p[1] + &m[0])?)?;
+                let n0 = l0.elem_count() / b;
+                acc.add_err(&((&p[2] - &m[2])? * (gamma(n0 + 2, U64) * (1.0 + 1e-6)))?)?;
                 continue;
             }
             let idx = pass.nodes[t - 1].inputs().indices(t);
             match (&pass.data[t - 1], &pass.nodes[t - 1]) {
                 (LayerData::Relu { slope, neg_lower, weight }, _) => {
                     let gs = g.broadcast_mul(&slope.unsqueeze(1)?)?;
-                    let lo = dot(&gs.minimum(0.0)?, neg_lower)?;
-                    let up = dot(&gs.relu()?, neg_lower)?;
-                    acc.add(&lo, &up)?;
-                    acc.add_err(&dot(&gs.abs()?, weight)?)?;
+                    let m = dots(&gs.minimum(0.0)?, &[neg_lower, weight])?;
+                    let p = dots(&gs.relu()?, &[neg_lower, weight])?;
+                    acc.add(&m[0], &p[0])?;
+                    acc.add_err(&((&p[1] - &m[1])? * (1.0 + 1e-6))?)?;
                     if let Some(Some(p)) = idx.last() {
                         contrib[*p].push(gs);
                     }
                 }
-                (LayerData::Affine { delta }, DualNode::Affine(a)) => {
+                (LayerData::Affine { delta, .. }, DualNode::Affine(a)) => {
                     if let Some(bt) = a.bias_term(&g)? {
                         acc.add(&bt, &bt)?;
                     }
