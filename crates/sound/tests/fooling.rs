@@ -26,7 +26,7 @@ fn exact_margin(mlp: &Mlp, x: &[Q]) -> Q {
     z[0].clone() - z[1].clone()
 }
 
-/// 1. The ball's edge: `eps = 2⁻²⁴ + 2⁻⁵⁰` is `2⁻²⁴` in f32, so around `x = 1 − 2⁻²⁴` the f32
+/// Construction 1. The ball's edge: `eps = 2⁻²⁴ + 2⁻⁵⁰` is `2⁻²⁴` in f32, so around `x = 1 − 2⁻²⁴` the f32
 /// ball ends exactly at 1 and the unit `relu(x − 1)` looks dead. In the real ball it reaches
 /// `2⁻⁵⁰`, and a weight of `−2⁶⁰` turns that into a flipped decision.
 #[test]
@@ -42,7 +42,7 @@ fn ball_edge_rounded_inward_by_f32_epsilon() {
     assert!(!sound_certifies(&mlp, &[x0], eps, 0, None, SoundOptions { deployed_f32: true }));
 }
 
-/// 2. The clipped ball's lower edge: with `x = 1`, `eps = 0.7` (f32: 0.699999988…), the f32
+/// Construction 2. The clipped ball's lower edge: with `x = 1`, `eps = 0.7` (f32: 0.699999988…), the f32
 /// box `[fl(1 − 0.7f), 1]` starts at 0.30000001192…, above the real 0.3; a unit
 /// `relu(0.30000001192… − x)` looks dead in f32 and is positive at the real edge.
 #[test]
@@ -57,7 +57,7 @@ fn clipped_ball_lower_edge_rounded_inward() {
     assert!(!sound_certifies(&mlp, &[1.0], 0.7, 0, Some((0.0, 1.0)), SoundOptions::default()));
 }
 
-/// 3. Cancellation of large terms: `h₁ = relu(x + 2²⁴)` and `h₂ = relu(2²⁴)` cancel in the next
+/// Construction 3. Cancellation of large terms: `h₁ = relu(x + 2²⁴)` and `h₂ = relu(2²⁴)` cancel in the next
 /// layer, `relu(h₁ − h₂ − 1/4)`. At `x = 3/4` f32 computes `x + 2²⁴ = 2²⁴`, so the centre of the
 /// second layer's bounds is `−1/4` instead of `1/2` and, with `eps = 1/4`, the unit looks dead
 /// while it is in fact always active; a weight of `−8` on it flips the decision everywhere.
@@ -77,7 +77,7 @@ fn cancellation_of_large_terms() {
     assert!(!sound_certifies(&mlp, &[0.75], 0.25, 0, None, SoundOptions::default()));
 }
 
-/// 4. The deployed network: `z₀ − z₁ = relu(x + 2²⁴) − 2²⁴ − 1/2` is `1/4` for the real network
+/// Construction 4. The deployed network: `z₀ − z₁ = relu(x + 2²⁴) − 2²⁴ − 1/2` is `1/4` for the real network
 /// at `x = 3/4` but `−1/2` when the network runs in f32 (`3/4 + 2²⁴` rounds to `2²⁴`). The real-valued check certifies the
 /// point (correctly); the deployed-f32 option refuses it, and f32 evaluation indeed
 /// misclassifies.

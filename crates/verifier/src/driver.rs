@@ -155,7 +155,7 @@ pub fn verify_lowered(
     }
     // 1. Falsify: centres and a first PGD round.
     for w in &work {
-        if let Some(a) = falsify_once(model, prop, net, w, &opts.pgd, &mut rng, deadline, opts.sound) {
+        if let Some(a) = falsify_once(model, prop, net, w, opts, &mut rng, deadline) {
             return a;
         }
         if Instant::now() > deadline {
@@ -193,7 +193,7 @@ pub fn verify_lowered(
     }
     while Instant::now() < deadline {
         for &i in &open {
-            if let Some(a) = falsify_once(model, prop, Some(net), &work[i], &opts.pgd, &mut rng, deadline, opts.sound) {
+            if let Some(a) = falsify_once(model, prop, Some(net), &work[i], opts, &mut rng, deadline) {
                 return a;
             }
         }
@@ -206,20 +206,19 @@ fn falsify_once(
     prop: &Property,
     net: Option<&Network>,
     w: &ClauseWork,
-    cfg: &PgdConfig,
+    opts: &VerifyOptions,
     rng: &mut StdRng,
     deadline: Instant,
-    sound: bool,
 ) -> Option<Answer> {
     let cands = match net {
         Some(net) if !w.rows.is_empty() => {
-            pgd(net, &Target { lo: &w.lo, hi: &w.hi, rows: &w.rows, rhs: &w.rhs }, cfg, rng, deadline)
+            pgd(net, &Target { lo: &w.lo, hi: &w.hi, rows: &w.rows, rhs: &w.rhs }, &opts.pgd, rng, deadline)
                 .unwrap_or_default()
         }
-        _ => samples(&w.lo, &w.hi, cfg.starts, rng),
+        _ => samples(&w.lo, &w.hi, opts.pgd.starts, rng),
     };
     let centre: Vec<f64> = w.lo.iter().zip(&w.hi).map(|(l, h)| 0.5 * (l + h)).collect();
-    std::iter::once(centre).chain(cands).find_map(|x| confirm(model, net, prop, &x, &w.lo, &w.hi, sound))
+    std::iter::once(centre).chain(cands).find_map(|x| confirm(model, net, prop, &x, &w.lo, &w.hi, opts.sound))
 }
 
 /// Is the clause unreachable over `[lo, hi]`? (Some inequality's lower bound exceeds its
