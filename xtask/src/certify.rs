@@ -52,6 +52,13 @@ pub struct CertifyArgs {
     /// The bound: exact (the dual, default), proj (with --proj K), ibp, crown, crown-ibp, alpha-crown.
     #[arg(long, default_value = "exact")]
     bound: String,
+    /// Sound certificates: every certificate of the exact bound is checked in f64 with every
+    /// rounding error bounded (docs/SOUNDNESS.md); l_inf balls, --bound exact, CPU.
+    #[arg(long)]
+    sound: bool,
+    /// With --sound: also cover the deployed network's own f32 rounding.
+    #[arg(long, requires = "sound")]
+    sound_deployed_f32: bool,
     /// α-CROWN: Adam iterations (≥ 1).
     #[arg(long, default_value_t = 20, value_parser = parse::at_least_one)]
     alpha_iters: usize,
@@ -129,6 +136,9 @@ pub fn run(args: CertifyArgs) -> Result<()> {
     if family.is_some() && is_projected_norm(&args.norm) {
         bail!("--norm {} is the projected estimate; --bound {} needs --norm linf or l2", args.norm, args.bound);
     }
+    if args.sound {
+        return run_sound(args);
+    }
     if let Some(fam) = family {
         if args.stage.is_some() {
             bail!("--stage works with --bound exact or proj; --bound {} certifies one model", args.bound);
@@ -159,6 +169,29 @@ pub fn run(args: CertifyArgs) -> Result<()> {
     }
     if let Some(p) = &cfg.json {
         result.write_json(p)?;
+        println!("results written to {}", p.display());
+    }
+    Ok(())
+}
+
+/// `--sound`: the exact bound's certificates checked (one model, l_inf).
+fn run_sound(args: CertifyArgs) -> Result<()> {
+    if args.bound != "exact" {
+        bail!("--sound checks the exact bound's certificates; --bound {} is not checked (drop --bound)", args.bound);
+    }
+    if args.stage.is_some() {
+        bail!("--sound certifies one model; --stage is for cascades");
+    }
+    let opts = sound::SoundOptions { deployed_f32: args.sound_deployed_f32 };
+    let cfg = args.into_config()?.0;
+    let bar = Progress::new("certify");
+    let report = experiments::certify_sound::certify_sound(&cfg, opts, |done, total, acc| {
+        bar.update(done as u64, total as u64, &progress_message(acc, cfg.pgd))
+    })?;
+    bar.finish();
+    println!("{}", report.table());
+    if let Some(p) = &cfg.json {
+        write_json_atomic(p, &report)?;
         println!("results written to {}", p.display());
     }
     Ok(())

@@ -3,7 +3,7 @@
 use anyhow::{Context, Result};
 use clap::Args;
 use std::time::{Duration, Instant};
-use verifier::{verify, ExactDual, VerifyOptions};
+use verifier::{verify, ExactDual, SoundDual, VerifyOptions};
 
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
@@ -22,6 +22,13 @@ pub struct VerifyArgs {
     /// Seed of the falsifier's random starts.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Sound answers despite floating point (docs/SOUNDNESS.md): `unsat` only from bounds checked
+    /// in f64 with every rounding charged, `sat` only when f64 and f32 both confirm the point.
+    #[arg(long)]
+    sound: bool,
+    /// With --sound: the bounds also cover the network's own f32 rounding.
+    #[arg(long, requires = "sound")]
+    sound_deployed_f32: bool,
 }
 
 pub fn run(a: VerifyArgs) -> Result<()> {
@@ -32,9 +39,15 @@ pub fn run(a: VerifyArgs) -> Result<()> {
     let opts = VerifyOptions {
         timeout: Duration::from_secs_f64(a.timeout).saturating_sub(t0.elapsed()),
         seed: a.seed,
+        sound: a.sound,
         ..VerifyOptions::default()
     };
-    let answer = verify(&model, &prop, &ExactDual, &opts);
+    let answer = if a.sound {
+        let method = SoundDual { opts: sound::SoundOptions { deployed_f32: a.sound_deployed_f32 } };
+        verify(&model, &prop, &method, &opts)
+    } else {
+        verify(&model, &prop, &ExactDual, &opts)
+    };
     eprintln!("{} in {:.2} s", answer.keyword(), t0.elapsed().as_secs_f64());
     if let verifier::Answer::Error(e) = &answer {
         eprintln!("error: {e}");

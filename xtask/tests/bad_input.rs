@@ -601,3 +601,25 @@ fn interval_loss_flags_are_checked() {
     assert_eq!(conf["eps"]["shape"], "smooth");
     std::fs::remove_dir_all(&d).ok();
 }
+
+#[test]
+fn sound_is_refused_where_it_checks_nothing() {
+    let d = tmp("sound");
+    let data = data(&d, 6);
+    let m = model(&d, 6);
+    let base = ["certify", "--model", s(&m), "--dataset", "mnist", "--data-dir", s(&data), "--eps", "0.01"];
+    let certify = |extra: &[&str]| {
+        let mut a = base.to_vec();
+        a.extend_from_slice(extra);
+        xtask(&d, &a)
+    };
+    // The check covers the exact dual's certificates on l_inf balls.
+    refused(&certify(&["--sound", "--bound", "crown"]), &["--sound", "--bound crown"]);
+    refused(&certify(&["--sound", "--norm", "l2"]), &["--sound", "l2"]);
+    refused(&certify(&["--sound", "--norm", "linf-median", "--proj", "5"]), &["--sound", "--proj"]);
+    refused(&certify(&["--sound-deployed-f32"]), &["--sound"]);
+    let t = succeeded(&certify(&["--sound", "--bounded-input", "--limit", "4"]));
+    assert!(t.contains("checked sound: real") && t.contains("refused by the check"), "{t}");
+    let t = succeeded(&certify(&["--sound", "--sound-deployed-f32", "--limit", "4"]));
+    assert!(t.contains("checked sound: deployed-f32"), "{t}");
+}

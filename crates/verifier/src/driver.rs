@@ -36,11 +36,21 @@ pub struct VerifyOptions {
     pub pgd: PgdConfig,
     /// Split boxes of inputs with at most this many features (0: never split).
     pub split_max_inputs: usize,
+    /// `--sound`: a counterexample is reported only when the graph's f64 forward pass and the
+    /// network in f32 both confirm it on one f32 point of the box
+    /// ([`crate::confirm_counterexample`]).
+    pub sound: bool,
 }
 
 impl Default for VerifyOptions {
     fn default() -> Self {
-        VerifyOptions { timeout: Duration::from_secs(60), seed: 0, pgd: PgdConfig::default(), split_max_inputs: 16 }
+        VerifyOptions {
+            timeout: Duration::from_secs(60),
+            seed: 0,
+            pgd: PgdConfig::default(),
+            split_max_inputs: 16,
+            sound: false,
+        }
     }
 }
 
@@ -56,6 +66,23 @@ pub fn check_counterexample(model: &Model, prop: &Property, x: &[f64], lo: &[f64
     let x: Vec<f64> = x.iter().zip(lo.iter().zip(hi)).map(|(v, (l, h))| v.clamp(*l, *h)).collect();
     let y = model.forward(&x).ok()?;
     prop.violated_by(&x, &y).map(|_| Answer::Sat { x, y })
+}
+
+/// [`check_counterexample`], or with `sound` [`crate::confirm_counterexample`].
+fn confirm(
+    model: &Model,
+    net: Option<&Network>,
+    prop: &Property,
+    x: &[f64],
+    lo: &[f64],
+    hi: &[f64],
+    sound: bool,
+) -> Option<Answer> {
+    if sound {
+        crate::confirm_counterexample(model, net, prop, x, lo, hi)
+    } else {
+        check_counterexample(model, prop, x, lo, hi)
+    }
 }
 
 struct ClauseWork {
@@ -128,7 +155,7 @@ pub fn verify_lowered(
     }
     // 1. Falsify: centres and a first PGD round.
     for w in &work {
-        if let Some(a) = falsify_once(model, prop, net, w, &opts.pgd, &mut rng, deadline) {
+        if let Some(a) = falsify_once(model, prop, net, w, opts, &mut rng, deadline) {
             return a;
         }
         if Instant::now() > deadline {
@@ -156,7 +183,7 @@ pub fn verify_lowered(
     // 3. Split small input boxes; otherwise keep falsifying until the time runs out.
     if prop.num_inputs <= opts.split_max_inputs {
         for &i in &open {
-            match split(model, prop, net, method, &work[i], deadline) {
+            match split(model, prop, net, method, &work[i], deadline, opts.sound) {
                 Some(Answer::Unsat) => {}
                 Some(a) => return a,
                 None => return Answer::Timeout,
@@ -166,7 +193,7 @@ pub fn verify_lowered(
     }
     while Instant::now() < deadline {
         for &i in &open {
-            if let Some(a) = falsify_once(model, prop, Some(net), &work[i], &opts.pgd, &mut rng, deadline) {
+            if let Some(a) = falsify_once(model, prop, Some(net), &work[i], opts, &mut rng, deadline) {
                 return a;
             }
         }
@@ -179,19 +206,19 @@ fn falsify_once(
     prop: &Property,
     net: Option<&Network>,
     w: &ClauseWork,
-    cfg: &PgdConfig,
+    opts: &VerifyOptions,
     rng: &mut StdRng,
     deadline: Instant,
 ) -> Option<Answer> {
     let cands = match net {
         Some(net) if !w.rows.is_empty() => {
-            pgd(net, &Target { lo: &w.lo, hi: &w.hi, rows: &w.rows, rhs: &w.rhs }, cfg, rng, deadline)
+            pgd(net, &Target { lo: &w.lo, hi: &w.hi, rows: &w.rows, rhs: &w.rhs }, &opts.pgd, rng, deadline)
                 .unwrap_or_default()
         }
-        _ => samples(&w.lo, &w.hi, cfg.starts, rng),
+        _ => samples(&w.lo, &w.hi, opts.pgd.starts, rng),
     };
     let centre: Vec<f64> = w.lo.iter().zip(&w.hi).map(|(l, h)| 0.5 * (l + h)).collect();
-    std::iter::once(centre).chain(cands).find_map(|x| check_counterexample(model, prop, &x, &w.lo, &w.hi))
+    std::iter::once(centre).chain(cands).find_map(|x| confirm(model, net, prop, &x, &w.lo, &w.hi, opts.sound))
 }
 
 /// Is the clause unreachable over `[lo, hi]`? (Some inequality's lower bound exceeds its
@@ -232,6 +259,7 @@ fn split(
     method: &dyn BoundMethod,
     w: &ClauseWork,
     deadline: Instant,
+    sound: bool,
 ) -> Option<Answer> {
     let width: Vec<f64> = w.lo.iter().zip(&w.hi).map(|(l, h)| h - l).collect();
     let mut queue = VecDeque::from([(w.lo.clone(), w.hi.clone())]);
@@ -262,7 +290,7 @@ fn split(
         }
         for (l, h) in &halves {
             let centre: Vec<f64> = l.iter().zip(h).map(|(a, b)| 0.5 * (a + b)).collect();
-            if let Some(a) = check_counterexample(model, prop, &centre, &w.lo, &w.hi) {
+            if let Some(a) = confirm(model, Some(net), prop, &centre, &w.lo, &w.hi, sound) {
                 return Some(a);
             }
         }

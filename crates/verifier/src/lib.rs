@@ -11,7 +11,9 @@ pub mod benchmark;
 mod bounds;
 mod driver;
 pub mod falsify;
+mod sound;
 
 pub use answer::Answer;
 pub use bounds::{BoundMethod, ExactDual, InputBox};
 pub use driver::{check_counterexample, proves_above, verify, verify_lowered, VerifyOptions};
+pub use sound::{confirm_counterexample, f32_point_in_box, SoundDual};
