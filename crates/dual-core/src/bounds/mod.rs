@@ -121,7 +121,16 @@ fn output_shapes(net: &Net<'_>) -> Result<Vec<Vec<usize>>> {
                 a.forward(&xs, true)?
                     .ok_or_else(|| DualError::shape(format!("{} gave no output on the nominal input", a.name())))?
             }
-            DualNode::Activation(_) => outs[t - 1].clone(),
+            DualNode::Activation(act) => {
+                let x = &outs[t - 1];
+                let shape = act.output_shape(&x.dims()[2..])?;
+                if shape == x.dims()[2..] {
+                    x.clone()
+                } else {
+                    // Only the shape is read from here on.
+                    Tensor::zeros([&[1, 1][..], &shape].concat(), x.dtype(), x.device())?
+                }
+            }
         };
         outs.push(y);
     }
@@ -191,6 +200,11 @@ pub fn spec_bounds(
             ibp_lu.expect("IBP ran")
         } else {
             match &ibp_lu {
+                Some((li, ui)) if method == Method::AlphaCrown && !act.exact_off_zero() => {
+                    let units: Vec<usize> = (0..k).collect();
+                    let (lc, uc) = crown::layer_bounds(net, &relax, &shapes, t - 1, &units, budget)?;
+                    (lc.maximum(li)?, uc.minimum(ui)?)
+                }
                 Some((li, ui)) if method == Method::AlphaCrown => {
                     let units = crown::unstable_units(li, ui)?;
                     let (lc, uc) = crown::layer_bounds(net, &relax, &shapes, t - 1, &units, budget)?;
