@@ -15,7 +15,7 @@
 //! | AvgPool2d | [`DualAvgPool2d`] | `DualAffine` |
 //! | Pad (constant, 2-d) | [`DualPad`] | `DualAffine` |
 //! | MaxPool2d | [`DualMaxPool2d`] | `DualActivation` (no exact dual) |
-//! | Sigmoid, Tanh | [`DualSmooth`] | `DualActivation` (no exact dual) |
+//! | Sigmoid, Tanh | [`DualSmooth`] | `DualActivation` |
 //!
 //! Architecture invariant: a dual holds the math of its layer and nothing else — no file IO, no
 //! knowledge of the network around it. Hot loops (conv, conv transpose, matmul over columns) sit
@@ -40,6 +40,7 @@ mod relu;
 mod relu_linear;
 mod reshape;
 mod smooth;
+mod smooth_dual;
 mod window;
 
 pub use batchnorm::DualBatchNorm2d;
@@ -57,4 +58,5 @@ pub use relu::{one_hot_columns, relu_lower_term, DualReLU, ReluParts, ReluRelaxa
 pub use relu_linear::ReluLinear;
 pub use reshape::DualReshape;
 pub use smooth::{DualSmooth, Smooth, SmoothLinear};
+pub use smooth_dual::{slope_and_box, SmoothRelaxation};
 pub use window::Windows;

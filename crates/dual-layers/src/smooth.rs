@@ -20,7 +20,7 @@
 //!   With `l = u` both lines are the tangent at `l`. The lines are computed in f64 from the bounds
 //!   (no gradient flows through them), and the offsets moved outwards by a few units of rounding
 //!   of the working dtype. α-CROWN keeps the tangent points fixed.
-//! * **Exact dual / projections**: not supported, a clear error.
+//! * **Exact dual** (one slope per unit, the gap a box): [`crate::smooth_dual`].
 
 use crate::maxpool::dtype_eps;
 use candle_core::{DType, Tensor};
@@ -62,13 +62,14 @@ impl Smooth {
         }
     }
     /// `σ(0)`.
-    fn f0(self) -> f64 {
+    pub(crate) fn f0(self) -> f64 {
         match self {
             Smooth::Sigmoid => 0.5,
             Smooth::Tanh => 0.0,
         }
     }
-    fn name(self) -> &'static str {
+    /// Its name.
+    pub fn name(self) -> &'static str {
         match self {
             Smooth::Sigmoid => "Sigmoid",
             Smooth::Tanh => "Tanh",
@@ -140,11 +141,10 @@ impl DualActivation for DualSmooth {
         self.0.name().into()
     }
 
-    fn relax(&self, _lower: &Tensor, _upper: &Tensor) -> Result<Box<dyn Relaxation>> {
-        Err(DualError::Unsupported(format!(
-            "{} is not supported by the exact dual (nor by projections); use --bound crown, crown-ibp, alpha-crown or ibp",
-            self.0.name()
-        )))
+    /// The exact dual's relaxation: one slope per unit and a box for the rest
+    /// ([`crate::smooth_dual::SmoothRelaxation`]).
+    fn relax(&self, lower: &Tensor, upper: &Tensor) -> Result<Box<dyn Relaxation>> {
+        Ok(Box::new(crate::smooth_dual::SmoothRelaxation::new(self.0, lower, upper)?))
     }
 
     fn exact_off_zero(&self) -> bool {

@@ -6,7 +6,7 @@
 use candle_core::{DType, Device, Tensor};
 use dual_core::bounds::{LinearRelaxation, SlopeRule};
 use dual_core::{DualActivation, DualAffine};
-use dual_layers::{DualAvgPool2d, DualMaxPool2d, DualPad, DualSmooth, Smooth, SmoothLinear, Windows};
+use dual_layers::{slope_and_box, DualAvgPool2d, DualMaxPool2d, DualPad, DualSmooth, Smooth, SmoothLinear, Windows};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 fn dev() -> Device {
@@ -372,4 +372,32 @@ fn pad_is_its_definition_and_its_transpose_and_bias_term_are_the_adjoint() {
         }
     }
     assert!(DualPad::new([1; 4], f64::NAN, (2, 2)).is_err());
+}
+
+/// The exact dual's single-slope relaxation: `σ(z) − d z ∈ [β⁻, β⁺]` on a dense grid, and the box
+/// is tight (attained up to the grid) for every pair.
+#[test]
+fn sigmoid_and_tanh_single_slope_boxes_hold_and_are_tight() {
+    let mut rng = StdRng::seed_from_u64(13);
+    for f in [Smooth::Sigmoid, Smooth::Tanh] {
+        for (lo, hi) in smooth_pairs(&mut rng) {
+            let (d, bl, bu) = slope_and_box(f, lo, hi, f64::EPSILON);
+            assert!(bl <= bu, "{f:?} [{lo}, {hi}]: empty box");
+            let steps = 4000;
+            let (mut gmin, mut gmax) = (f64::INFINITY, f64::NEG_INFINITY);
+            for s in 0..=steps {
+                let z = if s == steps { hi } else { lo + (hi - lo) * s as f64 / steps as f64 };
+                let g = f.f(z) - d * z;
+                assert!(g >= bl && g <= bu, "{f:?} [{lo}, {hi}] at {z}: {g} outside [{bl}, {bu}]");
+                gmin = gmin.min(g);
+                gmax = gmax.max(g);
+            }
+            let h = (hi - lo) / steps as f64;
+            let slack = h * h + 1e-12 * (1.0 + bl.abs().max(bu.abs()) + d.abs() * lo.abs().max(hi.abs()));
+            assert!(
+                gmin - bl <= slack && bu - gmax <= slack,
+                "{f:?} [{lo}, {hi}]: box [{bl}, {bu}] vs [{gmin}, {gmax}]"
+            );
+        }
+    }
 }

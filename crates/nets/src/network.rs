@@ -229,7 +229,7 @@ impl Network {
     /// Lower bounds of `C f(x')` over the input set by a method of the bound family (IBP, CROWN,
     /// CROWN-IBP, α-CROWN; see [`dual_core::bounds`]). α-CROWN also builds the exact dual: its
     /// layer-wise bounds are intersected with the dual's and its result is never below the dual's
-    /// (not on a network with a layer the exact dual does not take: MaxPool2d, Sigmoid, Tanh).
+    /// (not on a network with a layer the exact dual does not take: MaxPool2d).
     pub fn spec_bounds(
         &self,
         x: &Tensor,
