@@ -196,7 +196,28 @@ pub fn spec_bounds(
             }
             None => None,
         };
-        let (mut l, mut u) = if method == Method::CrownIbp {
+        // An activation right after another one (ReLU → MaxPool2d): its input bounds are the
+        // interval image of the previous activation's bounds, which is at least as tight as a
+        // backward pass (that pass would bound each unit through the same unit's lines) and free.
+        let shortcut = match (t >= 2, &net.nodes[t.saturating_sub(2)]) {
+            (true, DualNode::Activation(pa)) if method != Method::CrownIbp => {
+                match layers.iter().find(|lb: &&LayerBounds| lb.layer == t - 1) {
+                    Some(lb) => match pa.interval(&lb.lower, &lb.upper) {
+                        Ok((lo, hi)) => Some((lo.reshape((b, k))?, hi.reshape((b, k))?)),
+                        Err(DualError::Unsupported(_)) => None,
+                        Err(e) => return Err(e),
+                    },
+                    None => None,
+                }
+            }
+            _ => None,
+        };
+        let (mut l, mut u) = if let Some((lo, hi)) = shortcut {
+            match &ibp_lu {
+                Some((li, ui)) => (lo.maximum(li)?, hi.minimum(ui)?),
+                None => (lo, hi),
+            }
+        } else if method == Method::CrownIbp {
             ibp_lu.expect("IBP ran")
         } else {
             match &ibp_lu {
