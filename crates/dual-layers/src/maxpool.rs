@@ -13,10 +13,10 @@
 //!     This plane is pointwise below the constant `max_s u_s` (at `x_j = u_j` they meet) and
 //!     below `x_j + (U' − l_j)`. When one input decides the max (`l_j ≥ U'`, so `i = j`) it
 //!     is `y ≤ x_j` and with the lower line `y = x_j` exactly.
-//!   The lines are computed in f64 from the bounds (no gradient flows through the choice), and
-//!   the upper offset is raised by a few units of rounding of the working dtype.
-//!   α-CROWN keeps these lines fixed (the lower line could be any convex combination of the
-//!   inputs; not optimised here).
+//!   - The lines are computed in f64 from the bounds (no gradient flows through the choice), and
+//!     the upper offset is raised by a few units of rounding of the working dtype.
+//!     α-CROWN keeps these lines fixed (the lower line could be any convex combination of the
+//!     inputs; not optimised here).
 //! * **Exact dual / projections**: not supported (the dual's relaxation has one slope per unit of
 //!   an elementwise map): a clear error.
 

@@ -15,11 +15,11 @@
 //!     bisection on `[l, 0]` keeps an end `d` with `h(d) ≤ 0`, and the tangent at any such `d` is
 //!     sound: below σ on `[l, 0]` (convexity), and on `[0, u]` σ is concave and the line is at most
 //!     σ at both ends (`≤ σ(0)` by convexity, `≤ σ(u)` since `h(d) ≤ 0`).
-//!   The upper line is the lower line of the reflected problem: if `a z + b ≤ σ(z)` on `[−u, −l]`
-//!   then `σ(z) = 2σ(0) − σ(−z) ≤ a z + 2σ(0) − b` on `[l, u]`.
-//!   With `l = u` both lines are the tangent at `l`. The lines are computed in f64 from the bounds
-//!   (no gradient flows through them), and the offsets moved outwards by a few units of rounding
-//!   of the working dtype. α-CROWN keeps the tangent points fixed.
+//!   - The upper line is the lower line of the reflected problem: if `a z + b ≤ σ(z)` on `[−u, −l]`
+//!     then `σ(z) = 2σ(0) − σ(−z) ≤ a z + 2σ(0) − b` on `[l, u]`.
+//!     With `l = u` both lines are the tangent at `l`. The lines are computed in f64 from the bounds
+//!     (no gradient flows through them), and the offsets moved outwards by a few units of rounding
+//!     of the working dtype. α-CROWN keeps the tangent points fixed.
 //! * **Exact dual** (one slope per unit, the gap a box): [`crate::smooth_dual`].
 
 use crate::maxpool::dtype_eps;
