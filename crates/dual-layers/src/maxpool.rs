@@ -15,8 +15,8 @@
 //!     is `y ≤ x_j` and with the lower line `y = x_j` exactly.
 //!   - The lines are computed in f64 from the bounds (no gradient flows through the choice), and
 //!     the upper offset is raised by a few units of rounding of the working dtype.
-//!     α-CROWN keeps these lines fixed (the lower line could be any convex combination of the
-//!     inputs; not optimised here).
+//!   - α-CROWN optimises the lower line: any convex combination `Σ_s w_s x_s` of the window's
+//!     inputs is below the max ([`MaxPoolLinear::with_weights`]); the upper line stays fixed.
 //! * **Exact dual / projections**: not supported (the dual's relaxation has one slope per unit of
 //!   an elementwise map): a clear error.
 
@@ -89,22 +89,29 @@ impl DualActivation for DualMaxPool2d {
         Ok((self.apply(lower)?, self.apply(upper)?))
     }
 
-    fn linear_relax(&self, lower: &Tensor, upper: &Tensor, _rule: SlopeRule<'_>) -> Result<Box<dyn LinearRelaxation>> {
-        Ok(Box::new(MaxPoolLinear::new(&self.windows, lower, upper)?))
+    fn linear_relax(&self, lower: &Tensor, upper: &Tensor, rule: SlopeRule<'_>) -> Result<Box<dyn LinearRelaxation>> {
+        let lin = MaxPoolLinear::new(&self.windows, lower, upper)?;
+        Ok(Box::new(match rule {
+            SlopeRule::Given(alpha) => lin.with_weights(alpha)?,
+            _ => lin,
+        }))
     }
 }
 
 /// The two lines of every window of a MaxPool2d for one batch (see the module documentation).
 pub struct MaxPoolLinear {
     windows: Windows,
-    /// One-hot of the lower line's input per window, `[B, 1, C·, O, kk]`.
+    /// The lower line's weights per window: one-hot of its input, `[B, 1, C·, O, kk]`, or α's
+    /// convex weights `[B, r, C·, O, kk]`.
     lower_pick: Tensor,
     /// `a` at the upper line's input per window, 0 elsewhere, `[B, 1, C·, O, kk]`.
     upper_pick: Tensor,
     /// Upper offsets `g(l_j) − a l_j` (+ rounding margin), `[B, 1, C·, O]`.
     upper_off: Tensor,
-    /// Placeholder slopes `[B, 1, 1]` (α-CROWN keeps these lines fixed).
-    slopes: Tensor,
+    /// Lower offsets (none, or a rounding margin with α's weights), `[B, 1, C·, O]`.
+    lower_off: Option<Tensor>,
+    /// The largest `max(|l_s|, |u_s|)` of every window, `[B, 1, C·, O]`.
+    reach: Tensor,
 }
 
 /// The lines of one window: `(i, j, a, offset)` from the slot bounds (valid slots only).
@@ -146,10 +153,12 @@ impl MaxPoolLinear {
         let mut lp = vec![0f64; n * kk];
         let mut up = vec![0f64; n * kk];
         let mut off = vec![0f64; n];
+        let mut reach = vec![0f64; n];
         for w in 0..n {
             let slot = w % o;
             let valid = &windows.valid[slot * kk..(slot + 1) * kk];
             let (i, j, a, b) = window_lines(&lv[w * kk..(w + 1) * kk], &uv[w * kk..(w + 1) * kk], valid, eps);
+            reach[w] = (0..kk).map(|s| lv[w * kk + s].abs().max(uv[w * kk + s].abs())).fold(0.0, f64::max);
             lp[w * kk + i] = 1.0;
             up[w * kk + j] = a;
             off[w] = b;
@@ -163,8 +172,39 @@ impl MaxPoolLinear {
             lower_pick: Tensor::from_vec(lp, pick_shape.clone(), dev)?.to_dtype(dtype)?,
             upper_pick: Tensor::from_vec(up, pick_shape.clone(), dev)?.to_dtype(dtype)?,
             upper_off: Tensor::from_vec(off, off_shape, dev)?.to_dtype(dtype)?,
-            slopes: Tensor::zeros((dims[0], 1, 1), dtype, dev)?,
+            lower_off: None,
+            reach: Tensor::from_vec(reach, off_shape, dev)?.to_dtype(dtype)?,
         })
+    }
+
+    /// α-CROWN's lower lines: `y ≥ Σ_s w_s x_s` with the convex weights
+    /// `w = (α ⊙ valid + δ e_i) / (Σ_s α_s valid_s + δ)` (`α ∈ [0, 1]`, `[B, r, *lead, O, kk]`;
+    /// `e_i` the one-hot of the input with the largest lower bound, `δ = 10⁻⁶`, so the weights are
+    /// never all zero), any convex combination being below the max. The weights sum to 1 up to
+    /// rounding; the offset is lowered by `4 kk ε max_s |x_s|` to cover it. Differentiable in `α`.
+    pub fn with_weights(mut self, alpha: &Tensor) -> Result<Self> {
+        let want = self.lower_pick.dims();
+        if alpha.rank() != want.len() || alpha.dim(0)? != want[0] || alpha.dims()[2..] != want[2..] {
+            return Err(DualError::shape(format!(
+                "MaxPool2d weights α have shape {:?}; expected [{}, r, {:?}]",
+                alpha.dims(),
+                want[0],
+                &want[2..]
+            )));
+        }
+        let dtype = self.lower_pick.dtype();
+        let (o, kk) = (self.windows.windows(), self.windows.slots());
+        let valid: Vec<f64> = self.windows.valid.iter().map(|&v| if v { 1.0 } else { 0.0 }).collect();
+        let valid = Tensor::from_vec(valid, (o, kk), alpha.device())?.to_dtype(dtype)?;
+        const DELTA: f64 = 1e-6;
+        let a = alpha.to_dtype(dtype)?.broadcast_mul(&valid)?;
+        let num = a.broadcast_add(&(&self.lower_pick * DELTA)?)?;
+        let den = (a.sum_keepdim(a.rank() - 1)? + DELTA)?;
+        self.lower_pick = num.broadcast_div(&den)?;
+        // |x_s| ≤ max(|l_s|, |u_s|) ≤ the window's largest |bound| (`reach`).
+        let eps = dtype_eps(dtype);
+        self.lower_off = Some((&self.reach * (-4.0 * kk as f64 * eps))?);
+        Ok(self)
     }
 }
 
@@ -177,12 +217,17 @@ impl LinearRelaxation for MaxPoolLinear {
         let win = (pos.broadcast_mul(&self.lower_pick)? + neg.broadcast_mul(&self.upper_pick)?)?;
         let lam_in = self.windows.scatter(&win)?;
         let (b, m) = (lam_in.dim(0)?, lam_in.dim(1)?);
-        let off = neg.squeeze(neg.rank() - 1)?.broadcast_mul(&self.upper_off)?;
+        let mut off = neg.squeeze(neg.rank() - 1)?.broadcast_mul(&self.upper_off)?;
+        if let Some(lo) = &self.lower_off {
+            off = off.broadcast_add(&pos.squeeze(pos.rank() - 1)?.broadcast_mul(lo)?)?;
+        }
         let off = off.reshape((off.dim(0)?, m, ()))?.sum(2)?;
         Ok((lam_in, Some(off.broadcast_as((b, m))?.contiguous()?)))
     }
 
+    /// The lower line's weights over each window's slots, `[B, r, *lead, O, kk]` (one-hot, or
+    /// α-CROWN's convex weights).
     fn lower_slopes(&self) -> &Tensor {
-        &self.slopes
+        &self.lower_pick
     }
 }

@@ -49,6 +49,7 @@ fn maxpool_case(
     s: (usize, usize),
     p: [usize; 4],
     decided: bool,
+    alpha: bool,
 ) {
     let w = Windows::new(hw, k, s, p).unwrap();
     let pool = DualMaxPool2d::new(w.clone());
@@ -78,7 +79,15 @@ fn maxpool_case(
     // IBP: the max of the bounds.
     let (il, iu) = pool.interval(&l, &u).unwrap();
     let (il, iu) = (flat(&il), flat(&iu));
-    let rel = pool.linear_relax(&l, &u, SlopeRule::Adaptive).unwrap();
+    // α-CROWN's convex weights over each window (random in [0, 1], zeros included).
+    let a = tensor(
+        (0..b * c * w.windows() * w.slots())
+            .map(|_| if rng.random_bool(0.2) { 0.0 } else { rng.random_range(0.0..1.0) })
+            .collect(),
+        &[b, 1, c, w.windows(), w.slots()],
+    );
+    let rule = if alpha { SlopeRule::Given(&a) } else { SlopeRule::Adaptive };
+    let rel = pool.linear_relax(&l, &u, rule).unwrap();
     let out_shape = [c, w.out_hw.0, w.out_hw.1];
     let ko: usize = out_shape.iter().product();
     let (lam_in, off) = rel.backward_lower(&signed_rows(&out_shape)).unwrap();
@@ -124,7 +133,7 @@ fn maxpool_case(
                     let tol = 1e-12 * (1.0 + y.abs());
                     assert!(low <= y + tol, "window {o}: lower line {low} above max {y} at {x:?}");
                     assert!(high >= y - tol, "window {o}: upper line {high} below max {y} at {x:?}");
-                    if is_decided {
+                    if is_decided && !alpha {
                         assert!(high - low <= 1e-12, "window {o}: decided but lines {low}..{high} differ");
                     }
                     checked += 1;
@@ -139,15 +148,18 @@ fn maxpool_case(
 }
 
 #[test]
-fn maxpool_lines_hold_on_an_exhaustive_grid_and_are_exact_when_decided() {
+fn maxpool_lines_hold_on_an_exhaustive_grid_and_are_exact_when_decided_alpha_weights_too() {
     let mut rng = StdRng::seed_from_u64(7);
-    for decided in [false, true] {
-        for _ in 0..3 {
-            maxpool_case(&mut rng, (3, 3), (2, 2), (1, 1), [0; 4], decided); // overlapping
-            maxpool_case(&mut rng, (4, 4), (3, 3), (2, 2), [1; 4], decided); // overlapping, padded
-            maxpool_case(&mut rng, (3, 4), (2, 3), (1, 2), [0, 1, 1, 0], decided); // asymmetric
-            maxpool_case(&mut rng, (2, 2), (2, 2), (2, 2), [0; 4], decided); // one window
-            maxpool_case(&mut rng, (3, 3), (1, 1), (1, 1), [0; 4], decided); // identity windows
+    for alpha in [false, true] {
+        for decided in [false, true] {
+            for _ in 0..3 {
+                maxpool_case(&mut rng, (3, 3), (2, 2), (1, 1), [0; 4], decided, alpha); // overlapping
+                maxpool_case(&mut rng, (4, 4), (3, 3), (2, 2), [1; 4], decided, alpha); // overlapping, padded
+                maxpool_case(&mut rng, (3, 4), (2, 3), (1, 2), [0, 1, 1, 0], decided, alpha); // asymmetric
+                maxpool_case(&mut rng, (2, 2), (2, 2), (2, 2), [0; 4], decided, alpha); // one window
+                maxpool_case(&mut rng, (3, 3), (1, 1), (1, 1), [0; 4], decided, alpha);
+                // identity windows
+            }
         }
     }
 }
