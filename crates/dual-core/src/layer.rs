@@ -91,6 +91,20 @@ pub trait DualActivation: Send + Sync {
         Err(DualError::Unsupported(format!("{} does not support interval bounds (IBP, CROWN-IBP)", self.name())))
     }
 
+    /// The output shape (without batch) for an input shaped `in_shape`. Default: the same shape
+    /// (an elementwise activation); a pooling activation (MaxPool2d) changes it.
+    fn output_shape(&self, in_shape: &[usize]) -> Result<Vec<usize>> {
+        Ok(in_shape.to_vec())
+    }
+
+    /// Whether a unit whose bounds do not straddle zero (`l ≥ 0` or `u ≤ 0`) is relaxed exactly,
+    /// as for ReLU (default `true`). α-CROWN then keeps IBP's bounds on the units IBP proves
+    /// stable and computes CROWN's only on the others; an activation returning `false` (Sigmoid,
+    /// Tanh, MaxPool2d) gets CROWN's bounds on every unit, intersected with IBP's.
+    fn exact_off_zero(&self) -> bool {
+        true
+    }
+
     /// Linear bounds with separate lines, `a_L ẑ + b_L ≤ σ(ẑ) ≤ a_U ẑ + b_U` on `[lower, upper]`,
     /// the lower slope chosen by `rule` (CROWN, CROWN-IBP, α-CROWN). Default: unsupported.
     fn linear_relax(&self, _lower: &Tensor, _upper: &Tensor, rule: SlopeRule<'_>) -> Result<Box<dyn LinearRelaxation>> {

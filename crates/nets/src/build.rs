@@ -1,7 +1,9 @@
 //! Turning an architecture description plus a source of parameters into layers.
 
 use crate::{
-    layers::{BatchNorm2d, Conv2d, Dense, Flatten, Identity, Linear, ReLU},
+    layers::{
+        AvgPool2d, BatchNorm2d, Conv2d, Dense, Flatten, Identity, Linear, MaxPool2d, Pad, ReLU, Reshape, Sigmoid, Tanh,
+    },
     spec::LayerSpec,
     Layer, NetError, Result,
 };
@@ -62,6 +64,33 @@ pub fn build_layer_with(
             Box::new(Conv2d { weight, bias, stride: *stride, padding: *padding })
         }
         LayerSpec::ReLU => Box::new(ReLU),
+        LayerSpec::Sigmoid => Box::new(Sigmoid),
+        LayerSpec::Tanh => Box::new(Tanh),
+        LayerSpec::MaxPool2d { kernel_size, stride, padding } => {
+            check_window(prefix, "MaxPool2d", kernel_size, stride)?;
+            Box::new(MaxPool2d { kernel: *kernel_size, stride: *stride, padding: *padding })
+        }
+        LayerSpec::AvgPool2d { kernel_size, stride, padding, count_include_pad } => {
+            check_window(prefix, "AvgPool2d", kernel_size, stride)?;
+            Box::new(AvgPool2d {
+                kernel: *kernel_size,
+                stride: *stride,
+                padding: *padding,
+                count_include_pad: *count_include_pad,
+            })
+        }
+        LayerSpec::Pad { pads, value } => {
+            if !value.is_finite() {
+                return Err(NetError::BadArchitecture(format!("{prefix}: Pad with the value {value}")));
+            }
+            Box::new(Pad { pads: *pads, value: *value })
+        }
+        LayerSpec::Reshape { shape } => {
+            if shape.is_empty() || shape.contains(&0) {
+                return Err(NetError::BadArchitecture(format!("{prefix}: Reshape to {shape:?}")));
+            }
+            Box::new(Reshape { shape: shape.clone() })
+        }
         LayerSpec::Flatten => Box::new(Flatten),
         LayerSpec::Identity => Box::new(Identity),
         LayerSpec::BatchNorm2d { num_features, eps, mode } => {
@@ -104,4 +133,14 @@ pub fn build_layer_with(
             )));
         }
     })
+}
+
+/// A pooling window needs a non-zero kernel and stride.
+fn check_window(prefix: &str, name: &str, kernel: &[usize; 2], stride: &[usize; 2]) -> Result<()> {
+    if kernel.contains(&0) || stride.contains(&0) {
+        return Err(NetError::BadArchitecture(format!(
+            "{prefix}: {name} with kernel {kernel:?} and stride {stride:?}"
+        )));
+    }
+    Ok(())
 }

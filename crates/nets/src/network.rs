@@ -2,7 +2,7 @@
 
 use crate::{
     build::{build_layer_with, CustomBuilder, ParamInit},
-    spec::{NetworkKind, NetworkSpec},
+    spec::{LayerSpec, NetworkKind, NetworkSpec},
     Layer, NetError, Result,
 };
 use candle_core::{DType, Device, Tensor, Var};
@@ -228,7 +228,8 @@ impl Network {
 
     /// Lower bounds of `C f(x')` over the input set by a method of the bound family (IBP, CROWN,
     /// CROWN-IBP, α-CROWN; see [`dual_core::bounds`]). α-CROWN also builds the exact dual: its
-    /// layer-wise bounds are intersected with the dual's and its result is never below the dual's.
+    /// layer-wise bounds are intersected with the dual's and its result is never below the dual's
+    /// (not on a network with a layer the exact dual does not take: MaxPool2d).
     pub fn spec_bounds(
         &self,
         x: &Tensor,
@@ -237,7 +238,9 @@ impl Network {
         method: Method,
         opts: &BoundOptions,
     ) -> Result<SpecBounds> {
-        if method == Method::AlphaCrown {
+        let no_exact_dual =
+            |l: &LayerSpec| matches!(l, LayerSpec::MaxPool2d { .. } | LayerSpec::Sigmoid | LayerSpec::Tanh);
+        if method == Method::AlphaCrown && !self.spec().layers.iter().any(no_exact_dual) {
             let dual = self.dual(x, input, &DualOptions::default())?;
             let net = Net { nodes: dual.nodes(), x: dual.x(), input: dual.input() };
             return Ok(dual_core::bounds::spec_bounds(&net, spec, method, opts, Some(&dual))?);

@@ -31,6 +31,19 @@ pub enum LayerSpec {
     /// A sum of layers over the last `parts.len()` outputs; the last part reads the most recent
     /// output, `null` skips an output.
     Dense { parts: Vec<Option<LayerSpec>> },
+    /// 2-d max pooling: kernel `[h, w]`, stride `[h, w]`, padding `[top, left, bottom, right]`
+    /// (padding never wins the max).
+    MaxPool2d { kernel_size: [usize; 2], stride: [usize; 2], padding: [usize; 4] },
+    /// 2-d average pooling (zero padding; `count_include_pad` as in PyTorch).
+    AvgPool2d { kernel_size: [usize; 2], stride: [usize; 2], padding: [usize; 4], count_include_pad: bool },
+    /// Constant padding of the last two dimensions, `[top, left, bottom, right]`.
+    Pad { pads: [usize; 4], value: f64 },
+    /// Reshape everything but the batch dimension.
+    Reshape { shape: Vec<usize> },
+    /// `1 / (1 + e^{−x})`.
+    Sigmoid,
+    /// `tanh x`.
+    Tanh,
     /// A layer defined outside this crate; `kind` names it and `config` holds its settings.
     Custom { kind: String, config: serde_json::Value },
 }
@@ -92,6 +105,31 @@ pub mod build {
     /// Flatten.
     pub fn flatten() -> LayerSpec {
         LayerSpec::Flatten
+    }
+    /// Square max pooling with PyTorch's arguments (`nn.MaxPool2d(k, stride, padding)`).
+    pub fn maxpool(k: usize, stride: usize, padding: usize) -> LayerSpec {
+        LayerSpec::MaxPool2d { kernel_size: [k, k], stride: [stride, stride], padding: [padding; 4] }
+    }
+    /// Square average pooling with PyTorch's arguments and defaults (`count_include_pad=True`).
+    pub fn avgpool(k: usize, stride: usize, padding: usize) -> LayerSpec {
+        LayerSpec::AvgPool2d {
+            kernel_size: [k, k],
+            stride: [stride, stride],
+            padding: [padding; 4],
+            count_include_pad: true,
+        }
+    }
+    /// Zero padding `[top, left, bottom, right]`.
+    pub fn zero_pad(pads: [usize; 4]) -> LayerSpec {
+        LayerSpec::Pad { pads, value: 0.0 }
+    }
+    /// Sigmoid.
+    pub fn sigmoid() -> LayerSpec {
+        LayerSpec::Sigmoid
+    }
+    /// Tanh.
+    pub fn tanh() -> LayerSpec {
+        LayerSpec::Tanh
     }
     /// Dense over the last `parts.len()` outputs.
     pub fn dense(parts: Vec<Option<LayerSpec>>) -> LayerSpec {

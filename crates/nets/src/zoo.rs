@@ -22,7 +22,41 @@ pub const NAMES: &[&str] = &[
     "cifar-cnn7",
     "cifar-resnet",
     "cifar-resnet-N-F",
+    "mnist-pool",
+    "mnist-smooth",
 ];
+
+/// A small MNIST-size convnet with pooling (not from the papers; for the bound family's pooling
+/// layers): Conv(1→16,k3,p1) ReLU MaxPool(2) Conv(16→32,k3,p1) ReLU AvgPool(2) Flatten
+/// Linear(1568→100) ReLU Linear(100→10).
+pub fn mnist_pool() -> NetworkSpec {
+    NetworkSpec::sequential(
+        "mnist-pool",
+        &[1, 28, 28],
+        vec![
+            conv(1, 16, 3, 1, 1),
+            relu(),
+            maxpool(2, 2, 0),
+            conv(16, 32, 3, 1, 1),
+            relu(),
+            avgpool(2, 2, 0),
+            flatten(),
+            linear(32 * 7 * 7, 100),
+            relu(),
+            linear(100, 10),
+        ],
+    )
+}
+
+/// An MNIST-size MLP with smooth activations (not from the papers): Flatten Linear(784→100)
+/// Sigmoid Linear(100→100) Tanh Linear(100→10).
+pub fn mnist_smooth() -> NetworkSpec {
+    NetworkSpec::sequential(
+        "mnist-smooth",
+        &[1, 28, 28],
+        vec![flatten(), linear(784, 100), sigmoid(), linear(100, 100), tanh(), linear(100, 10)],
+    )
+}
 
 /// Paper 1's small convnet: Conv(c→16,k4,s2,p1) ReLU Conv(16→32,k4,s2,p1) ReLU Flatten
 /// Linear(32·(s/4)²→100) ReLU Linear(100→10), for `c` channels of `s×s` images.
@@ -216,6 +250,8 @@ pub fn by_name(name: &str) -> Result<NetworkSpec> {
         "cnn7" | "mnist-cnn7" => cnn7("cnn7", 1, 28),
         "cifar-cnn7" => cnn7("cifar-cnn7", 3, 32),
         "cifar-resnet" => cifar_resnet(1, 1),
+        "mnist-pool" => mnist_pool(),
+        "mnist-smooth" => mnist_smooth(),
         _ => {
             if let Some(k) = n.strip_prefix("mnist-wide-") {
                 mnist_wide(num(k, name)?)

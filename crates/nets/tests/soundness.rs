@@ -926,6 +926,8 @@ fn forward_and_backward_forms_give_the_same_bounds() {
         (init(&resnet_spec(), 33), 0.05),
         (init(&dense_mlp_spec(), 34), 0.15),
         (init(&bn_spec(BatchNormMode::BatchStats), 35), 0.05),
+        (init(&avgpool_pad_spec(), 36), 0.1),
+        (init(&smooth_mlp_spec(), 37), 0.3),
     ];
     let mut rng = StdRng::seed_from_u64(810);
     for (net, eps) in &cases {
@@ -1190,4 +1192,134 @@ fn two_input_net_grid_search() {
             }
         }
     }
+}
+
+// ---- Pooling, padding and smooth activations (issue 16) ----
+
+/// MaxPool with overlapping padded windows and a plain one, AvgPool without the padding in its
+/// divisor, zero padding, Sigmoid and Tanh.
+fn pool_smooth_spec() -> NetworkSpec {
+    use nets::spec::build::{maxpool, sigmoid, tanh, zero_pad};
+    let avg = LayerSpec::AvgPool2d { kernel_size: [3, 3], stride: [1, 1], padding: [1; 4], count_include_pad: false };
+    NetworkSpec::sequential(
+        "pool-smooth",
+        &[1, 8, 8],
+        vec![
+            conv(1, 4, 3, 1, 1),
+            relu(),
+            maxpool(3, 2, 1),
+            conv(4, 6, 3, 1, 1),
+            avg,
+            relu(),
+            zero_pad([1, 0, 0, 1]),
+            maxpool(2, 1, 0),
+            flatten(),
+            linear(96, 16),
+            sigmoid(),
+            linear(16, 12),
+            tanh(),
+            linear(12, 5),
+        ],
+    )
+}
+
+/// The affine new layers only (the exact dual takes them): AvgPool (PyTorch's divisor, padded)
+/// and zero padding between convolutions.
+fn avgpool_pad_spec() -> NetworkSpec {
+    use nets::spec::build::{avgpool, zero_pad};
+    NetworkSpec::sequential(
+        "avgpool-pad",
+        &[1, 8, 8],
+        vec![
+            conv(1, 4, 3, 1, 1),
+            relu(),
+            avgpool(3, 2, 1),
+            zero_pad([0, 1, 2, 0]),
+            conv(4, 6, 3, 1, 0),
+            relu(),
+            flatten(),
+            linear(72, 10),
+            relu(),
+            linear(10, 4),
+        ],
+    )
+}
+
+#[test]
+fn pooling_padding_and_smooth_layers_are_sound_for_every_family_method() {
+    let net = init(&pool_smooth_spec(), 3);
+    let avg = init(&avgpool_pad_spec(), 4);
+    for method in [Method::Ibp, Method::Crown, Method::CrownIbp, Method::AlphaCrown] {
+        check_family("pool-smooth", &net, &net, 1700, 2, 0.1, method);
+        check_family("avgpool-pad", &avg, &avg, 1800, 2, 0.1, method);
+    }
+}
+
+#[test]
+fn exact_dual_of_avgpool_and_pad_is_sound() {
+    let avg = init(&avgpool_pad_spec(), 4);
+    check_net("avgpool-pad", &avg, &avg, 1900, 2, 0.1, &LIGHT);
+}
+
+/// Sigmoid and Tanh between ReLU layers, for the exact dual (one slope per unit and a box).
+fn smooth_mlp_spec() -> NetworkSpec {
+    use nets::spec::build::{sigmoid, tanh};
+    NetworkSpec::sequential(
+        "smooth-mlp",
+        &[6],
+        vec![linear(6, 16), sigmoid(), linear(16, 16), relu(), linear(16, 12), tanh(), linear(12, 4)],
+    )
+}
+
+#[test]
+fn exact_dual_of_sigmoid_and_tanh_is_sound() {
+    let net = init(&smooth_mlp_spec(), 8);
+    check_net("smooth-mlp", &net, &net, 2200, 3, 0.3, &FULL);
+    for method in [Method::Ibp, Method::Crown, Method::CrownIbp, Method::AlphaCrown] {
+        check_family("smooth-mlp", &net, &net, 2300, 3, 0.3, method);
+    }
+}
+
+#[test]
+fn exact_dual_refuses_maxpool_by_name() {
+    use nets::spec::build::maxpool;
+    let mut rng = StdRng::seed_from_u64(2000);
+    let spec = NetworkSpec::sequential("one", &[1, 4, 4], vec![conv(1, 2, 3, 1, 1), maxpool(2, 2, 0), flatten()]);
+    let net = init(&spec, 1);
+    let x = inputs(&net, 2, &mut rng);
+    let err = net.dual(&x, Box::new(InfBall::new(&x, 0.1).unwrap()), &DualOptions::default()).err();
+    let msg = err.map(|e| e.to_string()).unwrap_or_default();
+    assert!(msg.contains("MaxPool2d is not supported by the exact dual"), "{msg}");
+    assert!(msg.contains("--bound crown"), "{msg}");
+    // α-CROWN, which uses the exact dual as a reference where it can, runs without it here.
+    let sb = net.spec_bounds(
+        &x,
+        Box::new(InfBall::new(&x, 0.1).unwrap()),
+        &Spec::new(Tensor::ones((2, 1, 8), DType::F64, &dev()).unwrap()).unwrap(),
+        Method::AlphaCrown,
+        &BoundOptions::default(),
+    );
+    assert!(sb.is_ok(), "α-CROWN runs without the exact dual's reference: {:?}", sb.err());
+}
+
+/// α-CROWN, CROWN and IBP on a network with MaxPool, Sigmoid and Tanh: in sum, α-CROWN (layer-wise
+/// bounds CROWN's ∩ IBP's, ReLU slopes optimised) is at least as tight as CROWN, and CROWN tighter
+/// than IBP. (Not per row: the pooling and smooth lines depend on the bounds non-monotonically.)
+#[test]
+fn alpha_crown_is_at_least_crown_with_pooling_and_smooth_layers() {
+    let net = init(&pool_smooth_spec(), 3);
+    let mut rng = StdRng::seed_from_u64(2100);
+    let x = inputs(&net, 2, &mut rng);
+    let c = objectives(&net, &x, 2, &mut rng);
+    let spec = Spec::new(c).unwrap();
+    let opts = BoundOptions::default();
+    let ball = || Box::new(InfBall::new(&x, 0.1).unwrap());
+    let crown = net.spec_bounds(&x, ball(), &spec, Method::Crown, &opts).unwrap().lower;
+    let alpha = net.spec_bounds(&x, ball(), &spec, Method::AlphaCrown, &opts).unwrap().lower;
+    let ibp = net.spec_bounds(&x, ball(), &spec, Method::Ibp, &opts).unwrap().lower;
+    let (cv, av, iv) = (flat(&crown), flat(&alpha), flat(&ibp));
+    let (ma, mc, mi) = (av.iter().sum::<f64>(), cv.iter().sum::<f64>(), iv.iter().sum::<f64>());
+    println!("sum of bounds: α-CROWN {ma}, CROWN {mc}, IBP {mi}");
+    assert!(ma >= mc, "α-CROWN's bounds ({ma}) should beat CROWN's ({mc}) on this net");
+    assert!(mc > mi, "CROWN's bounds ({mc}) should beat IBP's ({mi}) on this net");
 }

@@ -9,6 +9,10 @@
 //! (exact up to one rounding of `b` per entry, ~1e-16 relative). Anything else (a ReLU branch
 //! joined across a ReLU, Sigmoid, Tanh, MaxPool, a product of two computed values) is refused
 //! with the node that breaks the form.
+//!
+//! [`Model::lower`] is the general form: the graph is cut at ReLU, Sigmoid, Tanh and MaxPool
+//! nodes, each becomes a layer of its own (MaxPool on the `[C, H, W]` shape of its input), and
+//! the affine segments between them are read off as above.
 
 use crate::error::{ImportError, Result};
 use crate::graph::Model;
@@ -16,7 +20,7 @@ use crate::ops::Op;
 use crate::tensor::Tensor;
 use candle_core::{Device, Tensor as CTensor, Var};
 use nets::{
-    layers::{Linear, ReLU},
+    layers::{Flatten, Linear, MaxPool2d, ReLU, Reshape, Sigmoid, Tanh},
     Layer, Network, NetworkKind,
 };
 
@@ -57,16 +61,113 @@ fn affine_in(op: &Op, nonconst: &[usize]) -> bool {
     }
 }
 
+/// The nonlinear node that ends a segment of the general lowering ([`Model::lower`]).
+#[derive(Debug, Clone)]
+enum Cut {
+    Relu,
+    Sigmoid,
+    Tanh,
+    /// MaxPool on an input `[C, H, W]` (batch dropped).
+    MaxPool {
+        chw: [usize; 3],
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        pads: [usize; 4],
+    },
+}
+
+/// The parts of a graph cut at its nonlinear nodes: `sources[s] → ends[s]` through `members[s]`
+/// for every segment, and the cut node after every segment but the last.
+struct Parts {
+    sources: Vec<usize>,
+    ends: Vec<usize>,
+    members: Vec<Vec<usize>>,
+    cuts: Vec<usize>,
+}
+
 impl Model {
     /// The chain form of the model (see the module documentation), or an error naming the node
     /// that does not fit.
     pub fn chain(&self) -> Result<Chain> {
+        let p = self.parts(false)?;
+        let mut segments = Vec::new();
+        for s in 0..p.sources.len() {
+            segments.push(self.segment(p.sources[s], p.ends[s], &p.members[s])?);
+        }
+        Ok(Chain { segments })
+    }
+
+    /// The model as a Sequential `nets::Network` on the flattened input, in f64, with ReLU,
+    /// Sigmoid, Tanh and MaxPool nodes as layers of their own: each affine segment between them
+    /// is one `Linear` read off the graph (none where the segment is empty), a MaxPool becomes
+    /// `Reshape([C, H, W])`, `MaxPool2d`, `Flatten`. (A pure ReLU chain gives the same network as
+    /// [`Model::to_network`].) Unsupported attributes (a dilated MaxPool) are errors naming the
+    /// node.
+    pub fn lower(&self, name: &str, device: &Device) -> Result<Network> {
+        let p = self.parts(true)?;
+        let n_in: usize = self.shapes[self.input].iter().product();
+        let mut layers: Vec<Box<dyn Layer>> = Vec::new();
+        for s in 0..p.sources.len() {
+            if !(p.members[s].is_empty() && p.sources[s] == p.ends[s]) {
+                let a = self.segment(p.sources[s], p.ends[s], &p.members[s])?;
+                let w = CTensor::from_vec(a.weight, (a.outputs, a.inputs), device)?;
+                let b = CTensor::from_vec(a.bias, a.outputs, device)?;
+                layers.push(Box::new(Linear { weight: Var::from_tensor(&w)?, bias: Some(Var::from_tensor(&b)?) }));
+            }
+            let Some(&k) = p.cuts.get(s) else { continue };
+            match self.cut(k)? {
+                Cut::Relu => layers.push(Box::new(ReLU)),
+                Cut::Sigmoid => layers.push(Box::new(Sigmoid)),
+                Cut::Tanh => layers.push(Box::new(Tanh)),
+                Cut::MaxPool { chw, kernel, stride, pads } => {
+                    layers.push(Box::new(Reshape { shape: chw.to_vec() }));
+                    layers.push(Box::new(MaxPool2d { kernel, stride, padding: pads }));
+                    layers.push(Box::new(Flatten));
+                }
+            }
+        }
+        Ok(Network::new(NetworkKind::Sequential, name, &[n_in], layers)?)
+    }
+
+    /// What the cut node `k` becomes.
+    fn cut(&self, k: usize) -> Result<Cut> {
+        let node = &self.nodes[k];
+        let bad = |why: String| ImportError::Lower(format!("node `{}` ({}): {why}", node.name, node.op_type));
+        Ok(match &node.op {
+            Op::Relu => Cut::Relu,
+            Op::Sigmoid => Cut::Sigmoid,
+            Op::Tanh => Cut::Tanh,
+            Op::MaxPool { window } => {
+                let x = node.inputs[0].expect("MaxPool has its input");
+                let chw = match self.shapes[x][..] {
+                    [1, c, h, w] => [c, h, w],
+                    ref s => return Err(bad(format!("MaxPool input of shape {s:?}; [1, C, H, W] expected"))),
+                };
+                if window.dilations != [1, 1] {
+                    return Err(bad(format!("dilations {:?} are not supported", window.dilations)));
+                }
+                let kernel = window.kernel.ok_or_else(|| bad("kernel_shape is required".into()))?;
+                let pads = window.pads([chw[1], chw[2]], kernel);
+                Cut::MaxPool { chw, kernel, stride: window.strides, pads }
+            }
+            _ => return Err(bad("not a nonlinear node of the lowering".into())),
+        })
+    }
+
+    /// Cuts the graph at its ReLUs (and, when `general`, its Sigmoid, Tanh and MaxPool nodes).
+    fn parts(&self, general: bool) -> Result<Parts> {
+        let is_cut = |op: &Op| match op {
+            Op::Relu => true,
+            Op::Sigmoid | Op::Tanh | Op::MaxPool { .. } => general,
+            _ => false,
+        };
         // stage[v]: after how many ReLUs the value `v` is computed (None: constant).
         let mut stage: Vec<Option<usize>> = vec![None; self.value_names.len()];
         stage[self.input] = Some(0);
         let mut sources = vec![self.input]; // value that starts each segment
         let mut ends = Vec::new(); // value that ends each segment (a ReLU's input, then the output)
         let mut members: Vec<Vec<usize>> = vec![vec![]]; // node indices of each segment
+        let mut cuts = Vec::new();
         for (k, node) in self.nodes.iter().enumerate() {
             let cur = sources.len() - 1;
             let nonconst: Vec<usize> =
@@ -78,8 +179,9 @@ impl Model {
                     node.name, node.op_type
                 )));
             }
-            if node.op == Op::Relu {
-                ends.push(node.inputs[0].expect("a ReLU has its input"));
+            if is_cut(&node.op) {
+                cuts.push(k);
+                ends.push(node.inputs[0].expect("an activation has its input"));
                 sources.push(node.output);
                 members.push(vec![]);
                 stage[node.output] = Some(cur + 1);
@@ -98,11 +200,7 @@ impl Model {
             return Err(ImportError::Lower("the output is not computed after the last ReLU".into()));
         }
         ends.push(self.output);
-        let mut segments = Vec::new();
-        for s in 0..sources.len() {
-            segments.push(self.segment(sources[s], ends[s], &members[s])?);
-        }
-        Ok(Chain { segments })
+        Ok(Parts { sources, ends, members, cuts })
     }
 
     /// Reads `W`, `b` of the affine map from value `from` to value `to` through `nodes`.

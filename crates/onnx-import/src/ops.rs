@@ -28,7 +28,7 @@ pub struct Window {
 
 impl Window {
     /// `[top, left, bottom, right]` padding for an input of spatial size `hw` and kernel `k`.
-    fn pads(&self, hw: [usize; 2], k: [usize; 2]) -> [usize; 4] {
+    pub(crate) fn pads(&self, hw: [usize; 2], k: [usize; 2]) -> [usize; 4] {
         match &self.pad {
             AutoPad::Explicit(p) => [p[0], p[1], p[2], p[3]],
             AutoPad::Same { upper } => {

@@ -192,3 +192,103 @@ fn every_vnncomp2021_network_imports_and_matches_onnxruntime() {
         }
     }
 }
+
+/// `Model::lower` (ReLU, Sigmoid, Tanh and MaxPool as layers) computes what the graph computes.
+fn check_lowered(name: &str, model: &Model) -> nets::Network {
+    let net = model.lower(name, &Device::Cpu).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture(&format!("{name}.json"))).unwrap()).unwrap();
+    for x in json["inputs"].as_array().unwrap() {
+        let x = vec_of(x);
+        let graph = model.forward(&x).unwrap();
+        let t = CTensor::from_vec(x.clone(), (1, x.len()), &Device::Cpu).unwrap();
+        let y = net.forward(&t).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        assert_eq!(y.len(), graph.len(), "{name}: output length");
+        for (a, b) in graph.iter().zip(&y) {
+            assert!((a - b).abs() <= 1e-12 * (1.0 + a.abs()), "{name}: lowered network gives {b}, graph {a}");
+        }
+    }
+    net
+}
+
+#[test]
+fn maxpool_sigmoid_tanh_lower_to_their_layers() {
+    let m = check_fixture("pool_net");
+    // The ReLU chain form still refuses them; the general lowering takes them.
+    assert!(m.chain().unwrap_err().to_string().contains("MaxPool"));
+    let net = check_lowered("pool_net", &m);
+    let kinds: Vec<String> = net.spec().layers.iter().map(|l| format!("{l:?}")).collect();
+    let first = |k: &str| kinds.iter().position(|s| s.starts_with(k)).unwrap_or_else(|| panic!("no {k} in {kinds:?}"));
+    assert!(first("ReLU") < first("Reshape") && first("Reshape") < first("MaxPool2d"));
+    assert!(first("MaxPool2d") < first("Sigmoid") && first("Sigmoid") < first("Tanh"), "{kinds:?}");
+    let pools = check_fixture("pools");
+    check_lowered("pools", &pools);
+    let smooth = check_fixture("smooth");
+    check_lowered("smooth", &smooth);
+    // A pure ReLU chain lowers to the same layers as the chain form.
+    let acas = check_fixture("acas_like");
+    let a = check_lowered("acas_like", &acas).spec();
+    assert_eq!(a, acas.to_network("acas_like", &Device::Cpu).unwrap().spec());
+}
+
+#[test]
+fn lowered_pooling_net_gets_sound_bounds_from_every_family_method() {
+    use dual_core::bounds::{BoundOptions, Method, Spec};
+    let m = check_fixture("pool_net");
+    let net = m.lower("pool_net", &Device::Cpu).unwrap();
+    let n_in = m.input_len();
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(fixture("pool_net.json")).unwrap()).unwrap();
+    let x0 = vec_of(&json["inputs"][0]);
+    let x = CTensor::from_vec(x0.clone(), (1, n_in), &Device::Cpu).unwrap();
+    let eps = 0.05;
+    // Rows: every output, both signs.
+    let outs = m.output_len();
+    let mut c = vec![0.0; 2 * outs * outs];
+    for j in 0..outs {
+        c[j * outs + j] = 1.0;
+        c[(outs + j) * outs + j] = -1.0;
+    }
+    let spec = Spec::new(CTensor::from_vec(c, (1, 2 * outs, outs), &Device::Cpu).unwrap()).unwrap();
+    // Sampled points of the box (corners and uniform, a fixed sequence).
+    let mut state = 12345u64;
+    let mut next = || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let samples: Vec<Vec<f64>> = (0..300)
+        .map(|s| {
+            x0.iter()
+                .map(|&v| {
+                    if s % 2 == 0 {
+                        v + eps * if next() < 0.5 { -1.0 } else { 1.0 }
+                    } else {
+                        v + eps * (2.0 * next() - 1.0)
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let ys: Vec<Vec<f64>> = samples.iter().map(|p| m.forward(p).unwrap()).collect();
+    let mut widths = Vec::new();
+    for method in [Method::Ibp, Method::CrownIbp, Method::Crown, Method::AlphaCrown] {
+        let ball = Box::new(dual_layers::InfBall::new(&x, eps).unwrap());
+        let sb = net.spec_bounds(&x, ball, &spec, method, &BoundOptions::default()).unwrap();
+        let lb = sb.lower.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        for y in &ys {
+            for j in 0..outs {
+                assert!(lb[j] <= y[j] + 1e-9, "{}: lower bound {} of output {j} above {}", method.name(), lb[j], y[j]);
+                assert!(-lb[outs + j] >= y[j] - 1e-9, "{}: upper bound of output {j} below {}", method.name(), y[j]);
+            }
+        }
+        widths.push((0..outs).map(|j| -lb[outs + j] - lb[j]).sum::<f64>());
+    }
+    // CROWN is tighter than IBP on this net.
+    assert!(widths[2] < widths[0], "widths ibp/crown-ibp/crown/alpha: {widths:?}");
+}
+
+#[test]
+fn dilated_maxpool_is_refused_by_name() {
+    let m = check_fixture("maxpool_dilated");
+    let err = m.lower("d", &Device::Cpu).err().expect("refused").to_string();
+    assert!(err.contains("MaxPool") && err.contains("dilations"), "{err}");
+}

@@ -121,7 +121,16 @@ fn output_shapes(net: &Net<'_>) -> Result<Vec<Vec<usize>>> {
                 a.forward(&xs, true)?
                     .ok_or_else(|| DualError::shape(format!("{} gave no output on the nominal input", a.name())))?
             }
-            DualNode::Activation(_) => outs[t - 1].clone(),
+            DualNode::Activation(act) => {
+                let x = &outs[t - 1];
+                let shape = act.output_shape(&x.dims()[2..])?;
+                if shape == x.dims()[2..] {
+                    x.clone()
+                } else {
+                    // Only the shape is read from here on.
+                    Tensor::zeros([&[1, 1][..], &shape].concat(), x.dtype(), x.device())?
+                }
+            }
         };
         outs.push(y);
     }
@@ -187,10 +196,36 @@ pub fn spec_bounds(
             }
             None => None,
         };
-        let (mut l, mut u) = if method == Method::CrownIbp {
+        // An activation right after another one (ReLU → MaxPool2d): its input bounds are the
+        // interval image of the previous activation's bounds, which is at least as tight as a
+        // backward pass (that pass would bound each unit through the same unit's lines) and free.
+        let shortcut = match (t >= 2, &net.nodes[t.saturating_sub(2)]) {
+            (true, DualNode::Activation(pa)) if method != Method::CrownIbp => {
+                match layers.iter().find(|lb: &&LayerBounds| lb.layer == t - 1) {
+                    Some(lb) => match pa.interval(&lb.lower, &lb.upper) {
+                        Ok((lo, hi)) => Some((lo.reshape((b, k))?, hi.reshape((b, k))?)),
+                        Err(DualError::Unsupported(_)) => None,
+                        Err(e) => return Err(e),
+                    },
+                    None => None,
+                }
+            }
+            _ => None,
+        };
+        let (mut l, mut u) = if let Some((lo, hi)) = shortcut {
+            match &ibp_lu {
+                Some((li, ui)) => (lo.maximum(li)?, hi.minimum(ui)?),
+                None => (lo, hi),
+            }
+        } else if method == Method::CrownIbp {
             ibp_lu.expect("IBP ran")
         } else {
             match &ibp_lu {
+                Some((li, ui)) if method == Method::AlphaCrown && !act.exact_off_zero() => {
+                    let units: Vec<usize> = (0..k).collect();
+                    let (lc, uc) = crown::layer_bounds(net, &relax, &shapes, t - 1, &units, budget)?;
+                    (lc.maximum(li)?, uc.minimum(ui)?)
+                }
                 Some((li, ui)) if method == Method::AlphaCrown => {
                     let units = crown::unstable_units(li, ui)?;
                     let (lc, uc) = crown::layer_bounds(net, &relax, &shapes, t - 1, &units, budget)?;

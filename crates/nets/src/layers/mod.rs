@@ -4,10 +4,12 @@ mod batchnorm;
 mod conv;
 mod dense;
 mod linear;
+mod pool;
 mod simple;
 
 pub use batchnorm::BatchNorm2d;
 pub use conv::Conv2d;
 pub use dense::Dense;
 pub use linear::Linear;
-pub use simple::{Flatten, Identity, ReLU};
+pub use pool::{AvgPool2d, MaxPool2d, Pad, Reshape};
+pub use simple::{Flatten, Identity, ReLU, Sigmoid, Tanh};

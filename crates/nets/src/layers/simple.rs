@@ -1,7 +1,7 @@
 use crate::{layer::single_input as single, spec::LayerSpec, Layer};
 use candle_core::{Result as CResult, Tensor, Var};
 use dual_core::{DualNode, Result as DResult};
-use dual_layers::{DualIdentity, DualReLU, DualReshape};
+use dual_layers::{DualIdentity, DualReLU, DualReshape, DualSmooth, Smooth};
 
 /// Rectified linear unit.
 pub struct ReLU;
@@ -52,6 +52,42 @@ impl Layer for Identity {
     }
     fn dual(&self, _xs: &[Option<&Tensor>]) -> DResult<DualNode> {
         Ok(DualNode::Affine(Box::new(DualIdentity)))
+    }
+    fn params(&self) -> Vec<(String, Var)> {
+        Vec::new()
+    }
+}
+
+/// Sigmoid, `1 / (1 + e^{−x})`.
+pub struct Sigmoid;
+
+impl Layer for Sigmoid {
+    fn spec(&self) -> LayerSpec {
+        LayerSpec::Sigmoid
+    }
+    fn forward(&self, xs: &[Option<&Tensor>]) -> CResult<Tensor> {
+        Smooth::Sigmoid.apply(single(xs)?)
+    }
+    fn dual(&self, _xs: &[Option<&Tensor>]) -> DResult<DualNode> {
+        Ok(DualNode::Activation(Box::new(DualSmooth(Smooth::Sigmoid))))
+    }
+    fn params(&self) -> Vec<(String, Var)> {
+        Vec::new()
+    }
+}
+
+/// Hyperbolic tangent.
+pub struct Tanh;
+
+impl Layer for Tanh {
+    fn spec(&self) -> LayerSpec {
+        LayerSpec::Tanh
+    }
+    fn forward(&self, xs: &[Option<&Tensor>]) -> CResult<Tensor> {
+        single(xs)?.tanh()
+    }
+    fn dual(&self, _xs: &[Option<&Tensor>]) -> DResult<DualNode> {
+        Ok(DualNode::Activation(Box::new(DualSmooth(Smooth::Tanh))))
     }
     fn params(&self) -> Vec<(String, Var)> {
         Vec::new()
