@@ -3,7 +3,7 @@
 use anyhow::{Context, Result};
 use clap::Args;
 use std::time::{Duration, Instant};
-use verifier::{verify, ExactDual, VerifyOptions};
+use verifier::{verify, VerifyOptions};
 
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
@@ -22,6 +22,9 @@ pub struct VerifyArgs {
     /// Seed of the falsifier's random starts.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Bound method, input splitting and progress lines.
+    #[command(flatten)]
+    bound: crate::bound_args::BoundArgs,
 }
 
 pub fn run(a: VerifyArgs) -> Result<()> {
@@ -32,9 +35,11 @@ pub fn run(a: VerifyArgs) -> Result<()> {
     let opts = VerifyOptions {
         timeout: Duration::from_secs_f64(a.timeout).saturating_sub(t0.elapsed()),
         seed: a.seed,
+        bab: a.bound.bab(),
         ..VerifyOptions::default()
     };
-    let answer = verify(&model, &prop, &ExactDual, &opts);
+    let method = a.bound.method()?;
+    let answer = verify(&model, &prop, method.as_ref(), &opts);
     eprintln!("{} in {:.2} s", answer.keyword(), t0.elapsed().as_secs_f64());
     if let verifier::Answer::Error(e) = &answer {
         eprintln!("error: {e}");

@@ -18,6 +18,21 @@ pub trait BoundMethod: Send + Sync {
     /// `≤ min_{lo ≤ x ≤ hi} cᵀ f(x)` computed in f64 (`result[box][row]`). Must be sound: never
     /// above the true minimum beyond f64 rounding.
     fn lower_bounds(&self, net: &Network, boxes: &[InputBox], rows: &[Vec<f64>]) -> Result<Vec<Vec<f64>>, String>;
+
+    /// [`BoundMethod::lower_bounds`], and per box the sensitivity `s_i ≥ 0` of the bound of the
+    /// row nearest to proving (largest `lb − rhs`) to the radius of input `i` (how much the bound
+    /// grows per unit the box shrinks along `i`), for branching. `None` where the method has no
+    /// such information (the default).
+    #[allow(clippy::type_complexity)]
+    fn lower_bounds_sensitivity(
+        &self,
+        net: &Network,
+        boxes: &[InputBox],
+        rows: &[Vec<f64>],
+        _rhs: &[f64],
+    ) -> Result<(Vec<Vec<f64>>, Option<Vec<Vec<f64>>>), String> {
+        Ok((self.lower_bounds(net, boxes, rows)?, None))
+    }
 }
 
 /// The exact dual of Wong & Kolter (2018) on each box written as an l_inf ball with a

@@ -13,15 +13,12 @@
 //!   the time runs out.
 
 use crate::answer::Answer;
+use crate::bab::{BabOptions, BabStats, InputBab};
 use crate::bounds::{BoundMethod, InputBox};
-
-/// Boxes bounded together while splitting.
-const SPLIT_BATCH: usize = 256;
 use crate::falsify::{output_rows, pgd, samples, PgdConfig, Target};
 use nets::Network;
 use onnx_import::Model;
 use rand::{rngs::StdRng, SeedableRng};
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 use vnnlib::Property;
 
@@ -36,11 +33,19 @@ pub struct VerifyOptions {
     pub pgd: PgdConfig,
     /// Split boxes of inputs with at most this many features (0: never split).
     pub split_max_inputs: usize,
+    /// Branch and bound settings (input splitting).
+    pub bab: BabOptions,
 }
 
 impl Default for VerifyOptions {
     fn default() -> Self {
-        VerifyOptions { timeout: Duration::from_secs(60), seed: 0, pgd: PgdConfig::default(), split_max_inputs: 16 }
+        VerifyOptions {
+            timeout: Duration::from_secs(60),
+            seed: 0,
+            pgd: PgdConfig::default(),
+            split_max_inputs: 16,
+            bab: BabOptions::default(),
+        }
     }
 }
 
@@ -58,14 +63,20 @@ pub fn check_counterexample(model: &Model, prop: &Property, x: &[f64], lo: &[f64
     prop.violated_by(&x, &y).map(|_| Answer::Sat { x, y })
 }
 
-struct ClauseWork {
+/// One clause of the property, ready to bound: its box, its output rows `cᵀy ≤ r`.
+pub(crate) struct ClauseWork {
     /// Rows used for bounds: the clause's output rows and, for two or more, their sum.
-    bound_rows: Vec<Vec<f64>>,
-    bound_rhs: Vec<f64>,
-    lo: Vec<f64>,
-    hi: Vec<f64>,
-    rows: Vec<Vec<f64>>,
-    rhs: Vec<f64>,
+    pub(crate) bound_rows: Vec<Vec<f64>>,
+    /// Right-hand sides of `bound_rows`.
+    pub(crate) bound_rhs: Vec<f64>,
+    /// Lower corner of the clause's box.
+    pub(crate) lo: Vec<f64>,
+    /// Upper corner of the clause's box.
+    pub(crate) hi: Vec<f64>,
+    /// The clause's output rows (for PGD).
+    pub(crate) rows: Vec<Vec<f64>>,
+    /// Their right-hand sides.
+    pub(crate) rhs: Vec<f64>,
 }
 
 /// Verifies `prop` on `model` with the bound `method`.
@@ -153,13 +164,15 @@ pub fn verify_lowered(
         return Answer::Unsat;
     }
 
-    // 3. Split small input boxes; otherwise keep falsifying until the time runs out.
+    // 3. Branch and bound on small input boxes (clause by clause: all must be unreachable);
+    //    otherwise keep falsifying until the time runs out.
     if prop.num_inputs <= opts.split_max_inputs {
+        let bab = InputBab { model, prop, net, method, opts: &opts.bab, pgd: &opts.pgd };
         for &i in &open {
-            match split(model, prop, net, method, &work[i], deadline) {
-                Some(Answer::Unsat) => {}
-                Some(a) => return a,
-                None => return Answer::Timeout,
+            let mut stats = BabStats::default();
+            match bab.run(&work[i], &mut rng, deadline, &mut stats) {
+                Answer::Unsat => {}
+                a => return a,
             }
         }
         return Answer::Unsat;
@@ -221,55 +234,4 @@ fn unreachable_boxes(
     }
     let lbs = method.lower_bounds(net, boxes, &w.bound_rows)?;
     Ok(lbs.iter().map(|l| l.iter().zip(&w.bound_rhs).any(|(lb, r)| proves_above(*lb, *r))).collect())
-}
-
-/// Input splitting for one clause: `Some(Unsat)` when every piece is unreachable, `Some(Sat)`
-/// with a checked counterexample, `None` when the time runs out.
-fn split(
-    model: &Model,
-    prop: &Property,
-    net: &Network,
-    method: &dyn BoundMethod,
-    w: &ClauseWork,
-    deadline: Instant,
-) -> Option<Answer> {
-    let width: Vec<f64> = w.lo.iter().zip(&w.hi).map(|(l, h)| h - l).collect();
-    let mut queue = VecDeque::from([(w.lo.clone(), w.hi.clone())]);
-    while !queue.is_empty() {
-        if Instant::now() > deadline {
-            return None;
-        }
-        // Halve up to SPLIT_BATCH / 2 boxes, check the halves' centres, bound them in one batch.
-        let mut halves: Vec<InputBox> = Vec::new();
-        while halves.len() < SPLIT_BATCH {
-            let Some((lo, hi)) = queue.pop_front() else { break };
-            let Some(d) = (0..lo.len())
-                .filter(|&i| width[i] > 0.0)
-                .max_by(|&a, &b| ((hi[a] - lo[a]) / width[a]).total_cmp(&((hi[b] - lo[b]) / width[b])))
-            else {
-                return Some(Answer::Unknown);
-            };
-            let m = 0.5 * (lo[d] + hi[d]);
-            if !(m > lo[d] && m < hi[d]) {
-                // The box cannot be halved in f64 any more.
-                return Some(Answer::Unknown);
-            }
-            let (mut l, mut h) = (lo.clone(), hi.clone());
-            l[d] = m;
-            h[d] = m;
-            halves.push((lo, h));
-            halves.push((l, hi));
-        }
-        for (l, h) in &halves {
-            let centre: Vec<f64> = l.iter().zip(h).map(|(a, b)| 0.5 * (a + b)).collect();
-            if let Some(a) = check_counterexample(model, prop, &centre, &w.lo, &w.hi) {
-                return Some(a);
-            }
-        }
-        match unreachable_boxes(net, method, w, &halves) {
-            Ok(done) => queue.extend(halves.into_iter().zip(done).filter(|(_, d)| !d).map(|(b, _)| b)),
-            Err(e) => return Some(Answer::Error(e)),
-        }
-    }
-    Some(Answer::Unsat)
 }

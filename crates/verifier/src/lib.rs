@@ -7,11 +7,14 @@
 //! splitting on small inputs. [`benchmark`] runs a benchmark folder and scores it.
 
 mod answer;
+pub mod bab;
 pub mod benchmark;
 mod bounds;
 mod driver;
 pub mod falsify;
+mod family;
 
 pub use answer::Answer;
 pub use bounds::{BoundMethod, ExactDual, InputBox};
 pub use driver::{check_counterexample, proves_above, verify, verify_lowered, VerifyOptions};
+pub use family::FamilyBound;

@@ -1,0 +1,14 @@
+//! Branch and bound: split the clause's input box into sub-domains, bound many of them in one
+//! pass of the bound method, close those a sound bound proves unreachable, and look for
+//! counterexamples in the open ones, until every domain is closed (`unsat`), a counterexample
+//! checks in f64 (`sat`) or the time runs out.
+//!
+//! * [`domain`]: a sub-domain with its bounds, and the queue (worst margin first);
+//! * [`input_split`]: which input feature to halve (the bound's sensitivity × the radius);
+//! * [`driver`]: the batched loop.
+
+pub mod domain;
+pub mod driver;
+pub mod input_split;
+
+pub use driver::{BabOptions, BabStats, InputBab};
