@@ -87,6 +87,21 @@ pub fn verify(model: &Model, prop: &Property, method: &dyn BoundMethod, opts: &V
     verify_lowered(model, net.as_ref(), prop, method, &opts)
 }
 
+/// [`verify`], and what branch and bound did (summed over the clauses it ran on).
+pub fn verify_with_stats(
+    model: &Model,
+    prop: &Property,
+    method: &dyn BoundMethod,
+    opts: &VerifyOptions,
+) -> (Answer, BabStats) {
+    let start = Instant::now();
+    let net = model.to_network("onnx", &candle_core::Device::Cpu).ok();
+    let opts = VerifyOptions { timeout: opts.timeout.saturating_sub(start.elapsed()), ..opts.clone() };
+    let mut stats = BabStats::default();
+    let a = verify_inner(model, net.as_ref(), prop, method, &opts, &mut stats);
+    (a, stats)
+}
+
 /// [`verify`] with the model's network already lowered (`None`: the graph has no chain form,
 /// so only falsification runs).
 pub fn verify_lowered(
@@ -95,6 +110,17 @@ pub fn verify_lowered(
     prop: &Property,
     method: &dyn BoundMethod,
     opts: &VerifyOptions,
+) -> Answer {
+    verify_inner(model, net, prop, method, opts, &mut BabStats::default())
+}
+
+fn verify_inner(
+    model: &Model,
+    net: Option<&Network>,
+    prop: &Property,
+    method: &dyn BoundMethod,
+    opts: &VerifyOptions,
+    stats: &mut BabStats,
 ) -> Answer {
     let start = Instant::now();
     let deadline = start + opts.timeout;
@@ -169,8 +195,7 @@ pub fn verify_lowered(
     if prop.num_inputs <= opts.split_max_inputs {
         let bab = InputBab { model, prop, net, method, opts: &opts.bab, pgd: &opts.pgd };
         for &i in &open {
-            let mut stats = BabStats::default();
-            match bab.run(&work[i], &mut rng, deadline, &mut stats) {
+            match bab.run(&work[i], &mut rng, deadline, stats) {
                 Answer::Unsat => {}
                 a => return a,
             }

@@ -16,5 +16,5 @@ mod family;
 
 pub use answer::Answer;
 pub use bounds::{BoundMethod, ExactDual, InputBox};
-pub use driver::{check_counterexample, proves_above, verify, verify_lowered, VerifyOptions};
+pub use driver::{check_counterexample, proves_above, verify, verify_lowered, verify_with_stats, VerifyOptions};
 pub use family::FamilyBound;
