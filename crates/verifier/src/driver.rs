@@ -195,7 +195,7 @@ fn verify_inner(
     if prop.num_inputs <= opts.split_max_inputs {
         let bab = InputBab { model, prop, net, method, opts: &opts.bab, pgd: &opts.pgd };
         for &i in &open {
-            match bab.run(&work[i], &mut rng, deadline, stats) {
+            match bab.run(&work[i], deadline, stats) {
                 Answer::Unsat => {}
                 a => return a,
             }

@@ -9,7 +9,7 @@
 //! bound's linear function; halving feature `i` shrinks its radius by `ρ_i / 2`, so
 //! `s_i ρ_i` estimates what a split along `i` gains.
 
-use crate::bounds::{BoundMethod, InputBox};
+use crate::bounds::{BoundMethod, BoundsAndSensitivity, InputBox};
 use candle_core::{DType, Device, Tensor, Var};
 use dual_core::bounds::{BoundOptions, Method, Spec};
 use dual_layers::{Epsilon, InfBall};
@@ -30,28 +30,6 @@ impl FamilyBound {
         FamilyBound { method, opts: BoundOptions::default() }
     }
 
-    /// Centre `[B, k]` and radius `[B, k]` of the boxes.
-    fn balls(boxes: &[InputBox]) -> Result<(Tensor, Tensor), String> {
-        let b = boxes.len();
-        let k = boxes[0].0.len();
-        let mut mid = Vec::with_capacity(b * k);
-        let mut rad = Vec::with_capacity(b * k);
-        for (lo, hi) in boxes {
-            if lo.len() != k || hi.len() != k {
-                return Err(format!("boxes of different sizes ({k} and {}/{})", lo.len(), hi.len()));
-            }
-            for (l, h) in lo.iter().zip(hi) {
-                let m = 0.5 * (l + h);
-                rad.push((h - m).max(m - l) * (1.0 + 4.0 * f64::EPSILON));
-                mid.push(m);
-            }
-        }
-        let dev = Device::Cpu;
-        let x = Tensor::from_vec(mid, (b, k), &dev).map_err(|e| e.to_string())?;
-        let r = Tensor::from_vec(rad, (b, k), &dev).map_err(|e| e.to_string())?;
-        Ok((x, r))
-    }
-
     /// The bounds `[B, n]` for centre `x` and radius `rad`.
     fn run(&self, net: &Network, x: &Tensor, rad: &Tensor, rows: &[Vec<f64>]) -> Result<Tensor, String> {
         let b = x.dim(0).map_err(|e| e.to_string())?;
@@ -67,6 +45,62 @@ impl FamilyBound {
     }
 }
 
+/// Centre `[B, k]` and radius `[B, k]` of the boxes.
+pub(crate) fn balls(boxes: &[InputBox]) -> Result<(Tensor, Tensor), String> {
+    let b = boxes.len();
+    let k = boxes[0].0.len();
+    let mut mid = Vec::with_capacity(b * k);
+    let mut rad = Vec::with_capacity(b * k);
+    for (lo, hi) in boxes {
+        if lo.len() != k || hi.len() != k {
+            return Err(format!("boxes of different sizes ({k} and {}/{})", lo.len(), hi.len()));
+        }
+        for (l, h) in lo.iter().zip(hi) {
+            let m = 0.5 * (l + h);
+            rad.push((h - m).max(m - l) * (1.0 + 4.0 * f64::EPSILON));
+            mid.push(m);
+        }
+    }
+    let dev = Device::Cpu;
+    let x = Tensor::from_vec(mid, (b, k), &dev).map_err(|e| e.to_string())?;
+    let r = Tensor::from_vec(rad, (b, k), &dev).map_err(|e| e.to_string())?;
+    Ok((x, r))
+}
+
+/// `lb(m, ρ)` from `f` (`[B, n]` for centre `m` and radius `ρ`), and `|∂lb_best/∂ρ|` per box,
+/// where `best` is the row with the largest `lb − rhs` in that box.
+pub(crate) fn with_sensitivity(
+    boxes: &[InputBox],
+    rows: &[Vec<f64>],
+    rhs: &[f64],
+    f: impl Fn(&Tensor, &Tensor) -> Result<Tensor, String>,
+) -> Result<BoundsAndSensitivity, String> {
+    if !rows_ok(boxes, rows) {
+        return Ok((vec![vec![]; boxes.len()], None));
+    }
+    let (x, rad) = balls(boxes)?;
+    let rad = Var::from_tensor(&rad).map_err(|e| e.to_string())?;
+    let lb = f(&x, rad.as_tensor())?.to_dtype(DType::F64).map_err(|e| e.to_string())?;
+    let vals = lb.to_vec2::<f64>().map_err(|e| e.to_string())?;
+    let (b, n) = (vals.len(), rows.len());
+    let mut mask = vec![0f64; b * n];
+    for (i, v) in vals.iter().enumerate() {
+        let best = (0..n).max_by(|&p, &q| (v[p] - rhs[p]).total_cmp(&(v[q] - rhs[q]))).unwrap_or(0);
+        mask[i * n + best] = 1.0;
+    }
+    let grads = Tensor::from_vec(mask, (b, n), &Device::Cpu)
+        .and_then(|mask| (lb * mask)?.sum_all()?.backward())
+        .map_err(|e| e.to_string())?;
+    let sens = match grads.get(rad.as_tensor()) {
+        Some(g) => {
+            let g = g.to_dtype(DType::F64).and_then(|g| g.abs()?.to_vec2::<f64>()).map_err(|e| e.to_string())?;
+            Some(g.into_iter().map(|r| r.into_iter().map(|v| if v.is_finite() { v } else { 0.0 }).collect()).collect())
+        }
+        None => None,
+    };
+    Ok((vals, sens))
+}
+
 fn rows_ok(boxes: &[InputBox], rows: &[Vec<f64>]) -> bool {
     !boxes.is_empty() && !rows.is_empty()
 }
@@ -80,7 +114,7 @@ impl BoundMethod for FamilyBound {
         if !rows_ok(boxes, rows) {
             return Ok(vec![vec![]; boxes.len()]);
         }
-        let (x, rad) = Self::balls(boxes)?;
+        let (x, rad) = balls(boxes)?;
         nets::no_grad(|| self.run(net, &x, &rad, rows))?.to_vec2::<f64>().map_err(|e| e.to_string())
     }
 
@@ -90,35 +124,7 @@ impl BoundMethod for FamilyBound {
         boxes: &[InputBox],
         rows: &[Vec<f64>],
         rhs: &[f64],
-    ) -> Result<(Vec<Vec<f64>>, Option<Vec<Vec<f64>>>), String> {
-        if !rows_ok(boxes, rows) {
-            return Ok((vec![vec![]; boxes.len()], None));
-        }
-        let (x, rad) = Self::balls(boxes)?;
-        let rad = Var::from_tensor(&rad).map_err(|e| e.to_string())?;
-        let lb = self.run(net, &x, rad.as_tensor(), rows)?;
-        let vals = lb.to_vec2::<f64>().map_err(|e| e.to_string())?;
-        // Per box, the row nearest to proving (largest lb − r): its bound's gradient.
-        let (b, n) = (vals.len(), rows.len());
-        let mut mask = vec![0f64; b * n];
-        for (i, v) in vals.iter().enumerate() {
-            let best = (0..n).max_by(|&p, &q| (v[p] - rhs[p]).total_cmp(&(v[q] - rhs[q]))).unwrap_or(0);
-            mask[i * n + best] = 1.0;
-        }
-        let grads = Tensor::from_vec(mask, (b, n), &Device::Cpu)
-            .and_then(|mask| (lb * mask)?.sum_all()?.backward())
-            .map_err(|e| e.to_string())?;
-        let sens = match grads.get(rad.as_tensor()) {
-            Some(g) => {
-                let g = g.to_dtype(DType::F64).and_then(|g| g.abs()?.to_vec2::<f64>()).map_err(|e| e.to_string())?;
-                Some(
-                    g.into_iter()
-                        .map(|r| r.into_iter().map(|v| if v.is_finite() { v } else { 0.0 }).collect())
-                        .collect(),
-                )
-            }
-            None => None,
-        };
-        Ok((vals, sens))
+    ) -> Result<BoundsAndSensitivity, String> {
+        with_sensitivity(boxes, rows, rhs, |x, rad| self.run(net, x, rad, rows))
     }
 }

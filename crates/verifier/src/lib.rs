@@ -15,6 +15,6 @@ pub mod falsify;
 mod family;
 
 pub use answer::Answer;
-pub use bounds::{BoundMethod, ExactDual, InputBox};
+pub use bounds::{BoundMethod, BoundsAndSensitivity, ExactDual, InputBox};
 pub use driver::{check_counterexample, proves_above, verify, verify_lowered, verify_with_stats, VerifyOptions};
 pub use family::FamilyBound;

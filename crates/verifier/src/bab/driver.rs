@@ -5,7 +5,7 @@
 //! of the bound method (the boxes are stacked along the batch dimension). A half is closed when
 //! some row's lower bound exceeds its right-hand side ([`proves_above`]); the open halves'
 //! centres are checked as counterexamples with the graph's f64 forward pass, and every
-//! `pgd_every` rounds PGD runs inside the worst open box. The answer:
+//! `pgd_every` rounds PGD runs from the centres of the worst open boxes. The answer:
 //! * `Unsat` when the queue empties: the closed boxes cover the clause's box (halves share their
 //!   midpoint), and each is unreachable by a sound bound;
 //! * `Sat` only with a point that [`check_counterexample`] confirms;
@@ -16,10 +16,9 @@ use super::input_split::{choose_feature, halve};
 use crate::answer::Answer;
 use crate::bounds::{BoundMethod, InputBox};
 use crate::driver::{check_counterexample, proves_above, ClauseWork};
-use crate::falsify::{pgd, PgdConfig, Target};
+use crate::falsify::{pgd_from, PgdConfig, Target};
 use nets::Network;
 use onnx_import::Model;
-use rand::rngs::StdRng;
 use std::time::{Duration, Instant};
 use vnnlib::Property;
 
@@ -31,15 +30,17 @@ pub struct BabOptions {
     /// Score features by the bound's sensitivity (one backward pass more per round) instead of
     /// by relative width alone.
     pub smart: bool,
-    /// Rounds between PGD runs inside the worst open box (0: never).
+    /// Rounds between PGD runs from the centres of the worst open boxes (0: never).
     pub pgd_every: usize,
+    /// PGD's first step there, as a fraction of the clause box's width.
+    pub pgd_step_fraction: f64,
     /// Print a progress line this often (`None`: silent).
     pub progress: Option<Duration>,
 }
 
 impl Default for BabOptions {
     fn default() -> Self {
-        BabOptions { batch: 128, smart: true, pgd_every: 20, progress: None }
+        BabOptions { batch: 128, smart: true, pgd_every: 5, pgd_step_fraction: 0.02, progress: None }
     }
 }
 
@@ -72,13 +73,16 @@ pub struct InputBab<'a> {
     pub pgd: &'a PgdConfig,
 }
 
+/// A box's lower bounds per row and its sensitivities.
+type Bounded = (Vec<f64>, Option<Vec<f64>>);
+
 fn is_proved(lb: &[f64], rhs: &[f64]) -> bool {
     lb.iter().zip(rhs).any(|(l, r)| proves_above(*l, *r))
 }
 
 impl InputBab<'_> {
     /// Bounds `boxes`; returns `(lb, sensitivity)` per box.
-    fn bound(&self, w: &ClauseWork, boxes: &[InputBox]) -> Result<Vec<(Vec<f64>, Option<Vec<f64>>)>, String> {
+    fn bound(&self, w: &ClauseWork, boxes: &[InputBox]) -> Result<Vec<Bounded>, String> {
         let (lbs, sens) = if self.opts.smart {
             self.method.lower_bounds_sensitivity(self.net, boxes, &w.bound_rows, &w.bound_rhs)?
         } else {
@@ -94,8 +98,23 @@ impl InputBab<'_> {
         Ok(lbs.into_iter().zip(sens).collect())
     }
 
+    /// PGD over the clause's box from the centres of the worst open domains, with short steps
+    /// (a fraction of the clause's box) so each start searches near its domain.
+    fn pgd_from_worst(&self, w: &ClauseWork, queue: &mut DomainQueue, deadline: Instant) -> Option<Answer> {
+        let worst = queue.pop_worst(self.pgd.starts.max(1));
+        let starts: Vec<Vec<f64>> =
+            worst.iter().map(|d| d.lo.iter().zip(&d.hi).map(|(l, h)| 0.5 * (l + h)).collect()).collect();
+        for d in worst {
+            queue.push(d);
+        }
+        let cfg = PgdConfig { step_fraction: self.opts.pgd_step_fraction, ..self.pgd.clone() };
+        let t = Target { lo: &w.lo, hi: &w.hi, rows: &w.rows, rhs: &w.rhs };
+        let cands = pgd_from(self.net, &t, starts, &cfg, deadline).unwrap_or_default();
+        cands.iter().find_map(|x| check_counterexample(self.model, self.prop, x, &w.lo, &w.hi))
+    }
+
     /// Branch and bound on the clause `w` over `[lo, hi]` (its box) until `deadline`.
-    pub(crate) fn run(&self, w: &ClauseWork, rng: &mut StdRng, deadline: Instant, stats: &mut BabStats) -> Answer {
+    pub(crate) fn run(&self, w: &ClauseWork, deadline: Instant, stats: &mut BabStats) -> Answer {
         if w.bound_rows.is_empty() {
             return Answer::Unknown;
         }
@@ -149,15 +168,9 @@ impl InputBab<'_> {
                 let m = margin(&lb, &w.bound_rhs);
                 queue.push(Domain { lo, hi, lb, margin: m, sens, depth: parent.depth + 1 });
             }
-            if self.opts.pgd_every > 0 && stats.rounds % self.opts.pgd_every == 0 && !w.rows.is_empty() {
-                if let Some(d) = queue.peek_worst() {
-                    let t = Target { lo: &d.lo, hi: &d.hi, rows: &w.rows, rhs: &w.rhs };
-                    let cands = pgd(self.net, &t, self.pgd, rng, deadline).unwrap_or_default();
-                    if let Some(a) =
-                        cands.iter().find_map(|x| check_counterexample(self.model, self.prop, x, &w.lo, &w.hi))
-                    {
-                        return a;
-                    }
+            if self.opts.pgd_every > 0 && stats.rounds.is_multiple_of(self.opts.pgd_every) && !w.rows.is_empty() {
+                if let Some(a) = self.pgd_from_worst(w, &mut queue, deadline) {
+                    return a;
                 }
             }
             if let Some(every) = self.opts.progress {
