@@ -3,12 +3,14 @@
 use clap::Args;
 use std::time::Duration;
 use verifier::bab::BabOptions;
-use verifier::{BoundMethod, ExactDual, FamilyBound};
+use verifier::{BoundMethod, BySize, ExactDual, FamilyBound};
 
 #[derive(Args, Debug)]
 pub struct BoundArgs {
-    /// Bound method: `exact` (the Wong–Kolter dual), `crown`, `alpha-crown`, `crown-ibp` or `ibp`.
-    #[arg(long, default_value = "crown")]
+    /// Bound method: `auto` (the exact dual on inputs of at most 16 features, where the box is
+    /// split, α-CROWN on larger ones), `exact` (the Wong–Kolter dual), `crown`, `alpha-crown`,
+    /// `crown-ibp` or `ibp`.
+    #[arg(long, default_value = "auto")]
     method: String,
     /// Domains split per branch-and-bound round (twice as many boxes are bounded in one pass).
     #[arg(long, default_value_t = 128)]
@@ -26,6 +28,10 @@ impl BoundArgs {
     pub fn method(&self) -> anyhow::Result<Box<dyn BoundMethod>> {
         if self.method == "exact" {
             return Ok(Box::new(ExactDual));
+        }
+        if self.method == "auto" {
+            let large = Box::new(FamilyBound::new(dual_core::bounds::Method::AlphaCrown));
+            return Ok(Box::new(BySize { small: Box::new(ExactDual), large, threshold: 16 }));
         }
         let m: dual_core::bounds::Method = self.method.parse().map_err(|e| anyhow::anyhow!("--method: {e}"))?;
         Ok(Box::new(FamilyBound::new(m)))

@@ -13,6 +13,7 @@
 //!   the time runs out.
 
 use crate::answer::Answer;
+use crate::bab::relu_split::relu_bab;
 use crate::bab::{BabOptions, BabStats, InputBab};
 use crate::bounds::{BoundMethod, InputBox};
 use crate::falsify::{output_rows, pgd, samples, PgdConfig, Target};
@@ -201,6 +202,31 @@ fn verify_inner(
             }
         }
         return Answer::Unsat;
+    }
+    if opts.bab.relu_split {
+        let mut all = true;
+        for &i in &open {
+            let a = relu_bab(
+                model,
+                prop,
+                net,
+                &work[i],
+                opts.bab.relu_batch,
+                &opts.pgd,
+                &mut rng,
+                deadline,
+                opts.bab.progress,
+                stats,
+            );
+            match a {
+                Answer::Unsat => {}
+                Answer::Unknown => all = false,
+                a => return a,
+            }
+        }
+        if all {
+            return Answer::Unsat;
+        }
     }
     while Instant::now() < deadline {
         for &i in &open {

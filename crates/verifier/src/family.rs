@@ -128,3 +128,45 @@ impl BoundMethod for FamilyBound {
         with_sensitivity(boxes, rows, rhs, |x, rad| self.run(net, x, rad, rows))
     }
 }
+
+/// One method for small inputs and another for large ones, chosen per call by the number of
+/// input features: e.g. the exact dual for input splitting (cheap per box when the input is
+/// small: its layer-wise bounds go forward from the input's few columns) and α-CROWN for
+/// high-dimensional inputs, where only the root bound is computed.
+pub struct BySize {
+    /// Used for inputs of at most `threshold` features.
+    pub small: Box<dyn BoundMethod>,
+    /// Used for larger inputs.
+    pub large: Box<dyn BoundMethod>,
+    /// The largest input that counts as small.
+    pub threshold: usize,
+}
+
+impl BySize {
+    fn pick(&self, boxes: &[InputBox]) -> &dyn BoundMethod {
+        match boxes.first() {
+            Some((lo, _)) if lo.len() > self.threshold => self.large.as_ref(),
+            _ => self.small.as_ref(),
+        }
+    }
+}
+
+impl BoundMethod for BySize {
+    fn name(&self) -> String {
+        format!("{} (≤ {} inputs) / {}", self.small.name(), self.threshold, self.large.name())
+    }
+
+    fn lower_bounds(&self, net: &Network, boxes: &[InputBox], rows: &[Vec<f64>]) -> Result<Vec<Vec<f64>>, String> {
+        self.pick(boxes).lower_bounds(net, boxes, rows)
+    }
+
+    fn lower_bounds_sensitivity(
+        &self,
+        net: &Network,
+        boxes: &[InputBox],
+        rows: &[Vec<f64>],
+        rhs: &[f64],
+    ) -> Result<BoundsAndSensitivity, String> {
+        self.pick(boxes).lower_bounds_sensitivity(net, boxes, rows, rhs)
+    }
+}

@@ -36,11 +36,23 @@ pub struct BabOptions {
     pub pgd_step_fraction: f64,
     /// Print a progress line this often (`None`: silent).
     pub progress: Option<Duration>,
+    /// ReLU splitting on inputs too large for input splitting.
+    pub relu_split: bool,
+    /// Domains split per round of ReLU splitting.
+    pub relu_batch: usize,
 }
 
 impl Default for BabOptions {
     fn default() -> Self {
-        BabOptions { batch: 128, smart: true, pgd_every: 5, pgd_step_fraction: 0.02, progress: None }
+        BabOptions {
+            batch: 128,
+            smart: true,
+            pgd_every: 5,
+            pgd_step_fraction: 0.02,
+            progress: None,
+            relu_split: true,
+            relu_batch: 64,
+        }
     }
 }
 

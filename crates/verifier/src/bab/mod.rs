@@ -5,10 +5,12 @@
 //!
 //! * [`domain`]: a sub-domain with its bounds, and the queue (worst margin first);
 //! * [`input_split`]: which input feature to halve (the bound's sensitivity × the radius);
-//! * [`driver`]: the batched loop.
+//! * [`driver`]: the batched loop over input boxes;
+//! * `relu_split`: branch and bound on the signs of unstable ReLUs (high-dimensional inputs).
 
 pub mod domain;
 pub mod driver;
 pub mod input_split;
+pub(crate) mod relu_split;
 
 pub use driver::{BabOptions, BabStats, InputBab};
