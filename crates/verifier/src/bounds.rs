@@ -35,6 +35,13 @@ pub trait BoundMethod: Send + Sync {
     ) -> Result<BoundsAndSensitivity, String> {
         Ok((self.lower_bounds(net, boxes, rows)?, None))
     }
+
+    /// The methods input splitting runs one after the other (each from scratch), each with its
+    /// share of the time left (the last one gets all of it), for inputs of `num_inputs`
+    /// features. Default `None`: this method alone.
+    fn stages(&self, _num_inputs: usize) -> Option<Vec<(&dyn BoundMethod, f64)>> {
+        None
+    }
 }
 
 /// The exact dual of Wong & Kolter (2018) on each box written as an l_inf ball with a

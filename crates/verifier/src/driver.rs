@@ -194,11 +194,21 @@ fn verify_inner(
     // 3. Branch and bound on small input boxes (clause by clause: all must be unreachable);
     //    otherwise keep falsifying until the time runs out.
     if prop.num_inputs <= opts.split_max_inputs {
-        let bab = InputBab { model, prop, net, method, opts: &opts.bab, pgd: &opts.pgd };
-        for &i in &open {
-            match bab.run(&work[i], deadline, stats) {
-                Answer::Unsat => {}
-                a => return a,
+        let stages = method.stages(prop.num_inputs).unwrap_or_else(|| vec![(method, 1.0)]);
+        'clauses: for &i in &open {
+            for (k, &(m, share)) in stages.iter().enumerate() {
+                let bab = InputBab { model, prop, net, method: m, opts: &opts.bab, pgd: &opts.pgd };
+                let now = Instant::now();
+                let stop = if k + 1 == stages.len() {
+                    deadline
+                } else {
+                    now + deadline.saturating_duration_since(now).mul_f64(share.clamp(0.0, 1.0))
+                };
+                match bab.run(&work[i], stop, stats) {
+                    Answer::Unsat => continue 'clauses,
+                    Answer::Timeout if k + 1 < stages.len() => {}
+                    a => return a,
+                }
             }
         }
         return Answer::Unsat;

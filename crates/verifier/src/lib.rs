@@ -17,4 +17,4 @@ mod family;
 pub use answer::Answer;
 pub use bounds::{BoundMethod, BoundsAndSensitivity, ExactDual, InputBox};
 pub use driver::{check_counterexample, proves_above, verify, verify_lowered, verify_with_stats, VerifyOptions};
-pub use family::{BySize, FamilyBound};
+pub use family::{BySize, FamilyBound, Portfolio};

@@ -9,7 +9,7 @@ use onnx_import::Model;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::time::Duration;
 use verifier::bab::BabOptions;
-use verifier::{verify_with_stats, Answer, BoundMethod, ExactDual, FamilyBound, VerifyOptions};
+use verifier::{verify_with_stats, Answer, BoundMethod, ExactDual, FamilyBound, Portfolio, VerifyOptions};
 
 use dual_core::bounds::Method;
 
@@ -166,7 +166,7 @@ fn never_unsat_where_dense_sampling_finds_a_violation_and_never_sat_without_one(
         Box::new(FamilyBound::new(Method::AlphaCrown)),
     ];
     let (mut sat, mut unsat) = (0, 0);
-    for k in 0..36 {
+    for k in 0..48 {
         let (m, outs) = random_net(&mut rng);
         let lo = [rng.random_range(-1.0..0.0), rng.random_range(-1.0..0.0)];
         let hi = [lo[0] + rng.random_range(0.2..1.5), lo[1] + rng.random_range(0.2..1.5)];
@@ -190,7 +190,9 @@ fn never_unsat_where_dense_sampling_finds_a_violation_and_never_sat_without_one(
         let p = property(&lo, &hi, outs, &unsafe_set);
         let violated = grid.iter().any(|(x, y)| p.violated_by(x, y).is_some());
         let method = &methods[k % methods.len()];
-        let (a, _) = verify_with_stats(&m, &p, method.as_ref(), &opts(3.0));
+        // Every other net: ReLU splitting instead of input splitting.
+        let o = VerifyOptions { split_max_inputs: if k % 2 == 0 { 16 } else { 0 }, ..opts(3.0) };
+        let (a, _) = verify_with_stats(&m, &p, method.as_ref(), &o);
         match &a {
             Answer::Sat { x, y } => {
                 assert!(x.iter().zip(lo.iter().zip(&hi)).all(|(v, (l, h))| l <= v && v <= h));
@@ -242,4 +244,33 @@ fn bab_options_small_batches_still_prove() {
     let p = property(&[-1.0], &[1.0], 1, "(assert (>= Y_0 0.25))");
     let o = VerifyOptions { bab: BabOptions { batch: 1, smart: false, ..BabOptions::default() }, ..opts(10.0) };
     assert_eq!(verify_with_stats(&m, &p, &FamilyBound::new(Method::Crown), &o).0, Answer::Unsat);
+}
+
+#[test]
+fn relu_splitting_path_proves_what_crown_cannot_on_a_large_input() {
+    // The |x| net with the box given as 17 inputs (16 of them unused), so the input is too large
+    // for input splitting: CROWN fails at the root, the ReLU-splitting path (α-CROWN root, then
+    // splits) proves it.
+    let mut w0 = vec![vec![0.0; 17]; 2];
+    w0[0][0] = 1.0;
+    w0[1][0] = 1.0;
+    let m = mlp(&[(w0, vec![0.0, 10.0]), (vec![vec![-2.0, 1.0]], vec![-10.0])]);
+    let (lo, hi) = (vec![-1.0; 17], vec![1.0; 17]);
+    let p = property(&lo, &hi, 1, "(assert (>= Y_0 0.25))");
+    let (a, stats) = verify_with_stats(&m, &p, &FamilyBound::new(Method::Crown), &opts(20.0));
+    assert_eq!(a, Answer::Unsat);
+    assert!(stats.bounded >= 1 && stats.proved >= 1, "the ReLU path did not run: {stats:?}");
+}
+
+#[test]
+fn portfolio_runs_its_stages_in_turn() {
+    // A first stage (CROWN) with no time share bounds the root, fails, and times out; the second
+    // (the exact dual, whose slope u/(u − l) = 1/2 is the optimal one here) proves at its root.
+    let m = abs_net();
+    let p = property(&[-1.0], &[1.0], 1, "(assert (>= Y_0 0.25))");
+    let pf = Portfolio { stages: vec![(Box::new(FamilyBound::new(Method::Crown)), 0.0), (Box::new(ExactDual), 1.0)] };
+    let (a, stats) = verify_with_stats(&m, &p, &pf, &opts(20.0));
+    assert_eq!(a, Answer::Unsat);
+    assert_eq!((stats.bounded, stats.proved), (2, 1), "{stats:?}");
+    assert!(pf.name().contains("then"));
 }

@@ -5,13 +5,14 @@
 //! (the bound family's α-CROWN layer bounds). A domain is a set of split decisions
 //! `ẑ_j ≥ 0` or `ẑ_j ≤ 0`; the union of the two children of a split is the parent's set, so the
 //! leaves cover the box. A decision is enforced through the layer bounds: `ẑ_j ≥ 0` sets
-//! `l_j = 0` (the ReLU is the identity there), `ẑ_j ≤ 0` sets `u_j = 0` (the ReLU is 0). On the
-//! domain's inputs `{x ∈ box : the decisions hold}` every layer bound still holds (the others
-//! were computed for the whole box, a superset), so CROWN's backward pass with the relaxations
-//! of these bounds gives `lb ≤ min cᵀ f(x)` over the domain — the minimum of its linear function
-//! is taken over the whole box, a superset again. No β multipliers yet: the decisions act only
-//! through the relaxation of the split units themselves (β-CROWN would also add
-//! `β_j · ẑ_j(x)` terms to pull the minimiser into the domain).
+//! `l_j = 0` (the ReLU is the identity there), `ẑ_j ≤ 0` sets `u_j = 0` (the ReLU is 0). Per
+//! domain, the bounds of every activation above the first are then refreshed: CROWN's bounds of
+//! its input under the (clamped) relaxations below, intersected with the root's. On the domain's
+//! inputs `D = {x ∈ box : the decisions hold}` every relaxation used holds, so each refreshed
+//! bound, and the final CROWN bound `lb ≤ min_{x ∈ D} cᵀ f(x)`, is valid — the minimum of the
+//! final linear function is taken over the whole box, a superset of `D`. No β multipliers yet:
+//! the decisions act only through the layer bounds (β-CROWN adds `β_j · ẑ_j(x)` terms, `β ≥ 0`,
+//! to the Lagrangian so the minimiser is pulled into `D`; not implemented).
 //!
 //! Branching: the bound's gradient with respect to the layer bounds, `g_l = ∂lb/∂l_j` and
 //! `g_u = ∂lb/∂u_j` (autograd through the relaxation), gives to first order the gain of each
