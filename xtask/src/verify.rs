@@ -29,6 +29,7 @@ pub struct VerifyArgs {
 
 pub fn run(a: VerifyArgs) -> Result<()> {
     anyhow::ensure!(a.timeout > 0.0 && a.timeout.is_finite(), "--timeout must be a positive number of seconds");
+    let method = a.bound.method()?;
     let t0 = Instant::now();
     let model = onnx_import::Model::load(&a.onnx).with_context(|| format!("importing {}", a.onnx))?;
     let prop = vnnlib::parse_file(&a.vnnlib)?;
@@ -38,7 +39,6 @@ pub fn run(a: VerifyArgs) -> Result<()> {
         bab: a.bound.bab(),
         ..VerifyOptions::default()
     };
-    let method = a.bound.method()?;
     let answer = verify(&model, &prop, method.as_ref(), &opts);
     eprintln!("{} in {:.2} s", answer.keyword(), t0.elapsed().as_secs_f64());
     if let verifier::Answer::Error(e) = &answer {

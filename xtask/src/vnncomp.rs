@@ -31,6 +31,7 @@ pub fn run(a: VnncompArgs) -> Result<()> {
     if let Some(m) = a.max_timeout {
         anyhow::ensure!(m > 0.0 && m.is_finite(), "--max-timeout must be a positive number of seconds");
     }
+    let method = a.bound.method()?;
     let default_ref = a.dir.join("../results_2021.csv");
     let reference = match (&a.reference, default_ref.exists()) {
         (Some(p), _) => Some(read_reference(p).map_err(anyhow::Error::msg)?),
@@ -43,7 +44,6 @@ pub fn run(a: VnncompArgs) -> Result<()> {
         reference,
         verify: VerifyOptions { seed: a.seed, bab: a.bound.bab(), ..VerifyOptions::default() },
     };
-    let method = a.bound.method()?;
     let rows = run_benchmark(&a.dir, method.as_ref(), &opts, |k, n, r| {
         println!(
             "[{k}/{n}] {} {} -> {} ({:.2} s){}{}",
