@@ -10,6 +10,7 @@
 mod args;
 mod attack;
 mod bench_vs_pytorch;
+mod bound_args;
 mod certify;
 mod download;
 mod extra;

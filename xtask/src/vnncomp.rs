@@ -4,7 +4,7 @@ use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
 use verifier::benchmark::{read_reference, run_benchmark, summary, RunOptions, Verdict};
-use verifier::{ExactDual, VerifyOptions};
+use verifier::VerifyOptions;
 
 #[derive(Args, Debug)]
 pub struct VnncompArgs {
@@ -22,12 +22,16 @@ pub struct VnncompArgs {
     /// Seed of the falsifier's random starts.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Bound method, input splitting and progress lines.
+    #[command(flatten)]
+    bound: crate::bound_args::BoundArgs,
 }
 
 pub fn run(a: VnncompArgs) -> Result<()> {
     if let Some(m) = a.max_timeout {
         anyhow::ensure!(m > 0.0 && m.is_finite(), "--max-timeout must be a positive number of seconds");
     }
+    let method = a.bound.method()?;
     let default_ref = a.dir.join("../results_2021.csv");
     let reference = match (&a.reference, default_ref.exists()) {
         (Some(p), _) => Some(read_reference(p).map_err(anyhow::Error::msg)?),
@@ -38,9 +42,9 @@ pub fn run(a: VnncompArgs) -> Result<()> {
         max_timeout: a.max_timeout,
         out_dir: a.out.clone(),
         reference,
-        verify: VerifyOptions { seed: a.seed, ..VerifyOptions::default() },
+        verify: VerifyOptions { seed: a.seed, bab: a.bound.bab(), ..VerifyOptions::default() },
     };
-    let rows = run_benchmark(&a.dir, &ExactDual, &opts, |k, n, r| {
+    let rows = run_benchmark(&a.dir, method.as_ref(), &opts, |k, n, r| {
         println!(
             "[{k}/{n}] {} {} -> {} ({:.2} s){}{}",
             r.instance.onnx,

@@ -10,6 +10,9 @@ use nets::Network;
 /// An axis-aligned box `[lo, hi]` of inputs.
 pub type InputBox = (Vec<f64>, Vec<f64>);
 
+/// Lower bounds per box and row, and per box the sensitivity to each input's radius (if any).
+pub type BoundsAndSensitivity = (Vec<Vec<f64>>, Option<Vec<Vec<f64>>>);
+
 /// A method that bounds `cᵀ f(x)` from below for every `x` in a box.
 pub trait BoundMethod: Send + Sync {
     /// A short name for logs.
@@ -18,6 +21,27 @@ pub trait BoundMethod: Send + Sync {
     /// `≤ min_{lo ≤ x ≤ hi} cᵀ f(x)` computed in f64 (`result[box][row]`). Must be sound: never
     /// above the true minimum beyond f64 rounding.
     fn lower_bounds(&self, net: &Network, boxes: &[InputBox], rows: &[Vec<f64>]) -> Result<Vec<Vec<f64>>, String>;
+
+    /// [`BoundMethod::lower_bounds`], and per box the sensitivity `s_i ≥ 0` of the bound of the
+    /// row nearest to proving (largest `lb − rhs`) to the radius of input `i` (how much the bound
+    /// grows per unit the box shrinks along `i`), for branching. `None` where the method has no
+    /// such information (the default).
+    fn lower_bounds_sensitivity(
+        &self,
+        net: &Network,
+        boxes: &[InputBox],
+        rows: &[Vec<f64>],
+        _rhs: &[f64],
+    ) -> Result<BoundsAndSensitivity, String> {
+        Ok((self.lower_bounds(net, boxes, rows)?, None))
+    }
+
+    /// The methods input splitting runs one after the other (each from scratch), each with its
+    /// share of the time left (the last one gets all of it), for inputs of `num_inputs`
+    /// features. Default `None`: this method alone.
+    fn stages(&self, _num_inputs: usize) -> Option<Vec<(&dyn BoundMethod, f64)>> {
+        None
+    }
 }
 
 /// The exact dual of Wong & Kolter (2018) on each box written as an l_inf ball with a
@@ -69,5 +93,25 @@ impl BoundMethod for ExactDual {
             }
         };
         nets::no_grad(run).map_err(|e| e.to_string())?
+    }
+
+    /// The dual's objective is differentiable in the radius: the sensitivity is its gradient.
+    fn lower_bounds_sensitivity(
+        &self,
+        net: &Network,
+        boxes: &[InputBox],
+        rows: &[Vec<f64>],
+        rhs: &[f64],
+    ) -> Result<BoundsAndSensitivity, String> {
+        crate::family::with_sensitivity(boxes, rows, rhs, |x, rad| {
+            let (b, n, m) = (boxes.len(), rows.len(), rows[0].len());
+            let ball = InfBall::new(x, Epsilon::Tensor(rad.clone())).map_err(|e| e.to_string())?;
+            let dual = net.dual(x, Box::new(ball), &DualOptions::default()).map_err(|e| e.to_string())?;
+            let flat: Vec<f64> = rows.iter().flatten().copied().collect();
+            let c = Tensor::from_vec(flat, (1, n, m), x.device())
+                .and_then(|c| c.broadcast_as((b, n, m))?.contiguous())
+                .map_err(|e| e.to_string())?;
+            dual.objective(&c).map_err(|e| e.to_string())
+        })
     }
 }

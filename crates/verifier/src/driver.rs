@@ -13,15 +13,13 @@
 //!   the time runs out.
 
 use crate::answer::Answer;
+use crate::bab::relu_split::relu_bab;
+use crate::bab::{BabOptions, BabStats, InputBab};
 use crate::bounds::{BoundMethod, InputBox};
-
-/// Boxes bounded together while splitting.
-const SPLIT_BATCH: usize = 256;
 use crate::falsify::{output_rows, pgd, samples, PgdConfig, Target};
 use nets::Network;
 use onnx_import::Model;
 use rand::{rngs::StdRng, SeedableRng};
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 use vnnlib::Property;
 
@@ -40,6 +38,8 @@ pub struct VerifyOptions {
     /// network in f32 both confirm it on one f32 point of the box
     /// ([`crate::confirm_counterexample`]).
     pub sound: bool,
+    /// Branch and bound settings (input splitting).
+    pub bab: BabOptions,
 }
 
 impl Default for VerifyOptions {
@@ -50,6 +50,7 @@ impl Default for VerifyOptions {
             pgd: PgdConfig::default(),
             split_max_inputs: 16,
             sound: false,
+            bab: BabOptions::default(),
         }
     }
 }
@@ -69,7 +70,7 @@ pub fn check_counterexample(model: &Model, prop: &Property, x: &[f64], lo: &[f64
 }
 
 /// [`check_counterexample`], or with `sound` [`crate::confirm_counterexample`].
-fn confirm(
+pub(crate) fn confirm(
     model: &Model,
     net: Option<&Network>,
     prop: &Property,
@@ -85,14 +86,20 @@ fn confirm(
     }
 }
 
-struct ClauseWork {
+/// One clause of the property, ready to bound: its box, its output rows `cᵀy ≤ r`.
+pub(crate) struct ClauseWork {
     /// Rows used for bounds: the clause's output rows and, for two or more, their sum.
-    bound_rows: Vec<Vec<f64>>,
-    bound_rhs: Vec<f64>,
-    lo: Vec<f64>,
-    hi: Vec<f64>,
-    rows: Vec<Vec<f64>>,
-    rhs: Vec<f64>,
+    pub(crate) bound_rows: Vec<Vec<f64>>,
+    /// Right-hand sides of `bound_rows`.
+    pub(crate) bound_rhs: Vec<f64>,
+    /// Lower corner of the clause's box.
+    pub(crate) lo: Vec<f64>,
+    /// Upper corner of the clause's box.
+    pub(crate) hi: Vec<f64>,
+    /// The clause's output rows (for PGD).
+    pub(crate) rows: Vec<Vec<f64>>,
+    /// Their right-hand sides.
+    pub(crate) rhs: Vec<f64>,
 }
 
 /// Verifies `prop` on `model` with the bound `method`.
@@ -103,6 +110,21 @@ pub fn verify(model: &Model, prop: &Property, method: &dyn BoundMethod, opts: &V
     verify_lowered(model, net.as_ref(), prop, method, &opts)
 }
 
+/// [`verify`], and what branch and bound did (summed over the clauses it ran on).
+pub fn verify_with_stats(
+    model: &Model,
+    prop: &Property,
+    method: &dyn BoundMethod,
+    opts: &VerifyOptions,
+) -> (Answer, BabStats) {
+    let start = Instant::now();
+    let net = model.to_network("onnx", &candle_core::Device::Cpu).ok();
+    let opts = VerifyOptions { timeout: opts.timeout.saturating_sub(start.elapsed()), ..opts.clone() };
+    let mut stats = BabStats::default();
+    let a = verify_inner(model, net.as_ref(), prop, method, &opts, &mut stats);
+    (a, stats)
+}
+
 /// [`verify`] with the model's network already lowered (`None`: the graph has no chain form,
 /// so only falsification runs).
 pub fn verify_lowered(
@@ -111,6 +133,17 @@ pub fn verify_lowered(
     prop: &Property,
     method: &dyn BoundMethod,
     opts: &VerifyOptions,
+) -> Answer {
+    verify_inner(model, net, prop, method, opts, &mut BabStats::default())
+}
+
+fn verify_inner(
+    model: &Model,
+    net: Option<&Network>,
+    prop: &Property,
+    method: &dyn BoundMethod,
+    opts: &VerifyOptions,
+    stats: &mut BabStats,
 ) -> Answer {
     let start = Instant::now();
     let deadline = start + opts.timeout;
@@ -180,16 +213,53 @@ pub fn verify_lowered(
         return Answer::Unsat;
     }
 
-    // 3. Split small input boxes; otherwise keep falsifying until the time runs out.
+    // 3. Branch and bound on small input boxes (clause by clause: all must be unreachable);
+    //    otherwise keep falsifying until the time runs out.
     if prop.num_inputs <= opts.split_max_inputs {
-        for &i in &open {
-            match split(model, prop, net, method, &work[i], deadline, opts.sound) {
-                Some(Answer::Unsat) => {}
-                Some(a) => return a,
-                None => return Answer::Timeout,
+        let stages = method.stages(prop.num_inputs).unwrap_or_else(|| vec![(method, 1.0)]);
+        'clauses: for &i in &open {
+            for (k, &(m, share)) in stages.iter().enumerate() {
+                let bab = InputBab { model, prop, net, method: m, opts: &opts.bab, pgd: &opts.pgd, sound: opts.sound };
+                let now = Instant::now();
+                let stop = if k + 1 == stages.len() {
+                    deadline
+                } else {
+                    now + deadline.saturating_duration_since(now).mul_f64(share.clamp(0.0, 1.0))
+                };
+                match bab.run(&work[i], stop, stats) {
+                    Answer::Unsat => continue 'clauses,
+                    Answer::Timeout if k + 1 < stages.len() => {}
+                    a => return a,
+                }
             }
         }
         return Answer::Unsat;
+    }
+    // ReLU splitting bounds in f32 without charging rounding: never under `--sound`.
+    if opts.bab.relu_split && !opts.sound {
+        let mut all = true;
+        for &i in &open {
+            let a = relu_bab(
+                model,
+                prop,
+                net,
+                &work[i],
+                opts.bab.relu_batch,
+                &opts.pgd,
+                &mut rng,
+                deadline,
+                opts.bab.progress,
+                stats,
+            );
+            match a {
+                Answer::Unsat => {}
+                Answer::Unknown => all = false,
+                a => return a,
+            }
+        }
+        if all {
+            return Answer::Unsat;
+        }
     }
     while Instant::now() < deadline {
         for &i in &open {
@@ -248,56 +318,4 @@ fn unreachable_boxes(
     }
     let lbs = method.lower_bounds(net, boxes, &w.bound_rows)?;
     Ok(lbs.iter().map(|l| l.iter().zip(&w.bound_rhs).any(|(lb, r)| proves_above(*lb, *r))).collect())
-}
-
-/// Input splitting for one clause: `Some(Unsat)` when every piece is unreachable, `Some(Sat)`
-/// with a checked counterexample, `None` when the time runs out.
-fn split(
-    model: &Model,
-    prop: &Property,
-    net: &Network,
-    method: &dyn BoundMethod,
-    w: &ClauseWork,
-    deadline: Instant,
-    sound: bool,
-) -> Option<Answer> {
-    let width: Vec<f64> = w.lo.iter().zip(&w.hi).map(|(l, h)| h - l).collect();
-    let mut queue = VecDeque::from([(w.lo.clone(), w.hi.clone())]);
-    while !queue.is_empty() {
-        if Instant::now() > deadline {
-            return None;
-        }
-        // Halve up to SPLIT_BATCH / 2 boxes, check the halves' centres, bound them in one batch.
-        let mut halves: Vec<InputBox> = Vec::new();
-        while halves.len() < SPLIT_BATCH {
-            let Some((lo, hi)) = queue.pop_front() else { break };
-            let Some(d) = (0..lo.len())
-                .filter(|&i| width[i] > 0.0)
-                .max_by(|&a, &b| ((hi[a] - lo[a]) / width[a]).total_cmp(&((hi[b] - lo[b]) / width[b])))
-            else {
-                return Some(Answer::Unknown);
-            };
-            let m = 0.5 * (lo[d] + hi[d]);
-            if !(m > lo[d] && m < hi[d]) {
-                // The box cannot be halved in f64 any more.
-                return Some(Answer::Unknown);
-            }
-            let (mut l, mut h) = (lo.clone(), hi.clone());
-            l[d] = m;
-            h[d] = m;
-            halves.push((lo, h));
-            halves.push((l, hi));
-        }
-        for (l, h) in &halves {
-            let centre: Vec<f64> = l.iter().zip(h).map(|(a, b)| 0.5 * (a + b)).collect();
-            if let Some(a) = confirm(model, Some(net), prop, &centre, &w.lo, &w.hi, sound) {
-                return Some(a);
-            }
-        }
-        match unreachable_boxes(net, method, w, &halves) {
-            Ok(done) => queue.extend(halves.into_iter().zip(done).filter(|(_, d)| !d).map(|(b, _)| b)),
-            Err(e) => return Some(Answer::Error(e)),
-        }
-    }
-    Some(Answer::Unsat)
 }

@@ -64,16 +64,35 @@ pub fn pgd(
     rng: &mut StdRng,
     deadline: Instant,
 ) -> candle_core::Result<Vec<Vec<f64>>> {
+    let Target { lo, hi, .. } = *target;
+    let k = lo.len();
+    let starts: Vec<Vec<f64>> = (0..cfg.starts.max(1))
+        .map(|start| {
+            (0..k)
+                .map(|i| if start == 0 { 0.5 * (lo[i] + hi[i]) } else { lo[i] + rng.random::<f64>() * (hi[i] - lo[i]) })
+                .collect()
+        })
+        .collect();
+    pgd_from(net, target, starts, cfg, deadline)
+}
+
+/// [`pgd`] from the given starts (clipped into the box; `cfg.starts` is ignored).
+pub fn pgd_from(
+    net: &Network,
+    target: &Target,
+    starts: Vec<Vec<f64>>,
+    cfg: &PgdConfig,
+    deadline: Instant,
+) -> candle_core::Result<Vec<Vec<f64>>> {
     let Target { lo, hi, rows, rhs } = *target;
     let k = lo.len();
-    let s = cfg.starts.max(1);
-    let dev = Device::Cpu;
-    let mut x0 = Vec::with_capacity(s * k);
-    for start in 0..s {
-        for i in 0..k {
-            x0.push(if start == 0 { 0.5 * (lo[i] + hi[i]) } else { lo[i] + rng.random::<f64>() * (hi[i] - lo[i]) });
-        }
+    let s = starts.len();
+    if s == 0 {
+        return Ok(vec![]);
     }
+    let dev = Device::Cpu;
+    let x0: Vec<f64> =
+        starts.iter().flat_map(|x| x.iter().zip(lo.iter().zip(hi)).map(|(v, (l, h))| v.clamp(*l, *h))).collect();
     let lo_t = Tensor::from_vec(lo.to_vec(), (1, k), &dev)?;
     let hi_t = Tensor::from_vec(hi.to_vec(), (1, k), &dev)?;
     let width = (&hi_t - &lo_t)?;

@@ -7,13 +7,16 @@
 //! splitting on small inputs. [`benchmark`] runs a benchmark folder and scores it.
 
 mod answer;
+pub mod bab;
 pub mod benchmark;
 mod bounds;
 mod driver;
 pub mod falsify;
+mod family;
 mod sound;
 
 pub use answer::Answer;
-pub use bounds::{BoundMethod, ExactDual, InputBox};
-pub use driver::{check_counterexample, proves_above, verify, verify_lowered, VerifyOptions};
+pub use bounds::{BoundMethod, BoundsAndSensitivity, ExactDual, InputBox};
+pub use driver::{check_counterexample, proves_above, verify, verify_lowered, verify_with_stats, VerifyOptions};
+pub use family::{BySize, FamilyBound, Portfolio};
 pub use sound::{confirm_counterexample, f32_point_in_box, SoundDual};

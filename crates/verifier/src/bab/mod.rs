@@ -1,0 +1,16 @@
+//! Branch and bound: split the clause's input box into sub-domains, bound many of them in one
+//! pass of the bound method, close those a sound bound proves unreachable, and look for
+//! counterexamples in the open ones, until every domain is closed (`unsat`), a counterexample
+//! checks in f64 (`sat`) or the time runs out.
+//!
+//! * [`domain`]: a sub-domain with its bounds, and the queue (worst margin first);
+//! * [`input_split`]: which input feature to halve (the bound's sensitivity × the radius);
+//! * [`driver`]: the batched loop over input boxes;
+//! * `relu_split`: branch and bound on the signs of unstable ReLUs (high-dimensional inputs).
+
+pub mod domain;
+pub mod driver;
+pub mod input_split;
+pub(crate) mod relu_split;
+
+pub use driver::{BabOptions, BabStats, InputBab};

@@ -1,0 +1,276 @@
+//! Branch and bound on hand-built and random networks: a split that proves what the root bound
+//! cannot, a counterexample found only in a leaf, and soundness against dense sampling.
+
+use onnx_import::proto::onnx::{
+    tensor_proto::DataType, tensor_shape_proto::dimension, tensor_shape_proto::Dimension, type_proto, GraphProto,
+    ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+};
+use onnx_import::Model;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use std::time::Duration;
+use verifier::bab::BabOptions;
+use verifier::{verify_with_stats, Answer, BoundMethod, ExactDual, FamilyBound, Portfolio, VerifyOptions};
+
+use dual_core::bounds::Method;
+
+fn value_info(name: &str, n: usize) -> ValueInfoProto {
+    let dim = |v: usize| Dimension { value: Some(dimension::Value::DimValue(v as i64)), ..Default::default() };
+    ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(DataType::Double as i32),
+                shape: Some(TensorShapeProto { dim: vec![dim(1), dim(n)] }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn tensor(name: &str, dims: &[usize], data: Vec<f64>) -> TensorProto {
+    TensorProto {
+        name: Some(name.into()),
+        dims: dims.iter().map(|&d| d as i64).collect(),
+        data_type: Some(DataType::Double as i32),
+        double_data: data,
+        ..Default::default()
+    }
+}
+
+fn node(op: &str, inputs: &[&str], output: &str) -> NodeProto {
+    NodeProto {
+        op_type: Some(op.into()),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.into()],
+        ..Default::default()
+    }
+}
+
+/// A ReLU network `x → W_1 x + b_1 → ReLU → … → W_L h + b_L` (no ReLU after the last layer);
+/// `layers[k] = (W_k as rows [out][in], b_k)`.
+fn mlp(layers: &[(Vec<Vec<f64>>, Vec<f64>)]) -> Model {
+    let n_in = layers[0].0[0].len();
+    let mut g = GraphProto { input: vec![value_info("x", n_in)], ..Default::default() };
+    let mut cur = "x".to_string();
+    for (k, (w, b)) in layers.iter().enumerate() {
+        let (o, i) = (w.len(), w[0].len());
+        // MatMul with the weight as [in, out].
+        let wt: Vec<f64> = (0..i).flat_map(|c| w.iter().map(move |r| r[c])).collect();
+        g.initializer.push(tensor(&format!("W{k}"), &[i, o], wt));
+        g.initializer.push(tensor(&format!("b{k}"), &[o], b.clone()));
+        g.node.push(node("MatMul", &[&cur, &format!("W{k}")], &format!("m{k}")));
+        g.node.push(node("Add", &[&format!("m{k}"), &format!("b{k}")], &format!("a{k}")));
+        cur = format!("a{k}");
+        if k + 1 < layers.len() {
+            g.node.push(node("Relu", &[&cur], &format!("r{k}")));
+            cur = format!("r{k}");
+        }
+    }
+    g.output = vec![value_info(&cur, layers.last().unwrap().0.len())];
+    g.output[0].name = Some(cur);
+    let m = ModelProto {
+        graph: Some(g),
+        opset_import: vec![OperatorSetIdProto { version: Some(13), ..Default::default() }],
+        ..Default::default()
+    };
+    Model::from_proto(&m).unwrap()
+}
+
+fn opts(secs: f64) -> VerifyOptions {
+    VerifyOptions { timeout: Duration::from_secs_f64(secs), ..VerifyOptions::default() }
+}
+
+/// `X_i ∈ [lo_i, hi_i]` and the clause text `unsafe` over `Y`.
+fn property(lo: &[f64], hi: &[f64], outputs: usize, unsafe_set: &str) -> vnnlib::Property {
+    vnnlib::parse_str(&property_text(lo, hi, outputs, unsafe_set)).unwrap()
+}
+
+fn property_text(lo: &[f64], hi: &[f64], outputs: usize, unsafe_set: &str) -> String {
+    let mut s = String::new();
+    for i in 0..lo.len() {
+        s += &format!("(declare-const X_{i} Real)\n");
+    }
+    for j in 0..outputs {
+        s += &format!("(declare-const Y_{j} Real)\n");
+    }
+    for i in 0..lo.len() {
+        s += &format!("(assert (>= X_{i} {:.17}))\n(assert (<= X_{i} {:.17}))\n", lo[i], hi[i]);
+    }
+    s + unsafe_set
+}
+
+/// `y = −2 ReLU(x) + ReLU(x + 10) − 10 = x − 2 ReLU(x) = −|x|` on `[−1, 1]`.
+fn abs_net() -> Model {
+    mlp(&[(vec![vec![1.0], vec![1.0]], vec![0.0, 10.0]), (vec![vec![-2.0, 1.0]], vec![-10.0])])
+}
+
+#[test]
+fn root_bound_fails_and_one_split_proves() {
+    // y = x − 2 ReLU(x) = −|x| on [−1, 1]; unsafe: y ≥ 0.25. CROWN bounds −y = 2 ReLU(x) − x with
+    // the adaptive slope 0 (u = −l): −x ≥ −1, not above −0.25. Split at 0, the ReLU is linear on
+    // each half and −y ≥ 0 on both.
+    // In ReLUs: h = (ReLU(x), ReLU(x + 10)) (the second is stable: x + 10 exactly), y = −2h_0 + h_1 − 10.
+    let m = abs_net();
+    let p = property(&[-1.0], &[1.0], 1, "(assert (>= Y_0 0.25))");
+    let net = m.to_network("abs", &candle_core::Device::Cpu).unwrap();
+    let crown = FamilyBound::new(Method::Crown);
+    let root = crown.lower_bounds(&net, &[(vec![-1.0], vec![1.0])], &[vec![-1.0]]).unwrap()[0][0];
+    assert!(root <= -0.25, "the root bound {root} already proves it: the test needs one it cannot");
+    let (a, stats) = verify_with_stats(&m, &p, &crown, &opts(20.0));
+    assert_eq!(a, Answer::Unsat);
+    assert_eq!((stats.rounds, stats.bounded, stats.proved), (1, 3, 2), "{stats:?}");
+}
+
+#[test]
+fn counterexample_found_only_after_splitting() {
+    // y = ReLU(1 − 10⁶ |x − 0.75|) on [0, 1]: positive only within 10⁻⁶ of 0.75, with zero gradient
+    // elsewhere, so neither the centre 0.5 nor PGD finds it; the centre of the half [0.5, 1] does.
+    let m = mlp(&[
+        (vec![vec![1.0], vec![-1.0]], vec![-0.75, 0.75]),
+        (vec![vec![-1e6, -1e6]], vec![1.0]),
+        (vec![vec![1.0]], vec![0.0]),
+    ]);
+    let p = property(&[0.0], &[1.0], 1, "(assert (>= Y_0 0.5))");
+    let (a, stats) = verify_with_stats(&m, &p, &FamilyBound::new(Method::Crown), &opts(20.0));
+    let Answer::Sat { x, y } = &a else { panic!("expected sat, got {a:?}") };
+    assert_eq!(x, &vec![0.75]);
+    assert!(p.violated_by(x, y).is_some() && y[0] >= 0.5);
+    assert!(stats.rounds >= 1, "found before splitting: {stats:?}");
+}
+
+/// A random net `2 → h → h → 1` or `2 → h → 2`.
+fn random_net(rng: &mut StdRng) -> (Model, usize) {
+    let h = rng.random_range(3..8);
+    let mut layers = Vec::new();
+    let mut n_in = 2;
+    let depth = rng.random_range(1..3);
+    for _ in 0..depth {
+        let w = (0..h).map(|_| (0..n_in).map(|_| rng.random_range(-1.0..1.0)).collect()).collect();
+        let b = (0..h).map(|_| rng.random_range(-0.5..0.5)).collect();
+        layers.push((w, b));
+        n_in = h;
+    }
+    let outs = rng.random_range(1..3);
+    let w = (0..outs).map(|_| (0..n_in).map(|_| rng.random_range(-1.0..1.0)).collect()).collect();
+    layers.push((w, vec![0.0; outs]));
+    (mlp(&layers), outs)
+}
+
+#[test]
+fn never_unsat_where_dense_sampling_finds_a_violation_and_never_sat_without_one() {
+    let mut rng = StdRng::seed_from_u64(18);
+    let methods: Vec<Box<dyn BoundMethod>> = vec![
+        Box::new(FamilyBound::new(Method::Crown)),
+        Box::new(ExactDual),
+        Box::new(FamilyBound::new(Method::AlphaCrown)),
+    ];
+    let (mut sat, mut unsat) = (0, 0);
+    for k in 0..48 {
+        let (m, outs) = random_net(&mut rng);
+        let lo = [rng.random_range(-1.0..0.0), rng.random_range(-1.0..0.0)];
+        let hi = [lo[0] + rng.random_range(0.2..1.5), lo[1] + rng.random_range(0.2..1.5)];
+        // Dense grid: the largest value of the unsafe side, then a threshold near it so both
+        // answers occur.
+        let n = 300;
+        let grid: Vec<(Vec<f64>, Vec<f64>)> = (0..=n)
+            .flat_map(|i| (0..=n).map(move |j| (i, j)))
+            .map(|(i, j)| {
+                let x =
+                    vec![lo[0] + (hi[0] - lo[0]) * i as f64 / n as f64, lo[1] + (hi[1] - lo[1]) * j as f64 / n as f64];
+                let y = m.forward(&x).unwrap();
+                (x, y)
+            })
+            .collect();
+        let value = |y: &[f64]| if outs == 1 { y[0] } else { y[0] - y[1] };
+        let top = grid.iter().map(|(_, y)| value(y)).fold(f64::NEG_INFINITY, f64::max);
+        let t = top + rng.random_range(-0.05..0.05);
+        let unsafe_set =
+            if outs == 1 { format!("(assert (>= Y_0 {t:.17}))") } else { format!("(assert (>= (- Y_0 Y_1) {t:.17}))") };
+        let p = property(&lo, &hi, outs, &unsafe_set);
+        let violated = grid.iter().any(|(x, y)| p.violated_by(x, y).is_some());
+        let method = &methods[k % methods.len()];
+        // Every other net: ReLU splitting instead of input splitting.
+        let o = VerifyOptions { split_max_inputs: if k % 2 == 0 { 16 } else { 0 }, ..opts(3.0) };
+        let (a, _) = verify_with_stats(&m, &p, method.as_ref(), &o);
+        match &a {
+            Answer::Sat { x, y } => {
+                assert!(x.iter().zip(lo.iter().zip(&hi)).all(|(v, (l, h))| l <= v && v <= h));
+                assert_eq!(&m.forward(x).unwrap(), y);
+                assert!(p.violated_by(x, y).is_some(), "net {k}: sat without a violation");
+                sat += 1;
+            }
+            Answer::Unsat => {
+                assert!(!violated, "net {k} ({}): unsat but the grid violates", method.name());
+                unsat += 1;
+            }
+            Answer::Unknown | Answer::Timeout => {}
+            Answer::Error(e) => panic!("net {k}: {e}"),
+        }
+    }
+    assert!(sat >= 5 && unsat >= 5, "sat {sat}, unsat {unsat}: the cases should exercise both answers");
+}
+
+#[test]
+fn family_bounds_hold_on_samples_and_sensitivities_are_finite() {
+    let mut rng = StdRng::seed_from_u64(3);
+    let (m, outs) = random_net(&mut rng);
+    let net = m.to_network("r", &candle_core::Device::Cpu).unwrap();
+    let boxes = vec![(vec![-0.5, -0.2], vec![0.3, 0.4]), (vec![0.0, 0.0], vec![0.1, 0.5])];
+    let rows: Vec<Vec<f64>> = (0..outs).map(|j| (0..outs).map(|i| if i == j { 1.0 } else { -0.5 }).collect()).collect();
+    for method in [Method::Crown, Method::AlphaCrown, Method::Ibp, Method::CrownIbp] {
+        let f = FamilyBound::new(method);
+        let (lbs, sens) = f.lower_bounds_sensitivity(&net, &boxes, &rows, &vec![0.0; outs]).unwrap();
+        assert_eq!(lbs, f.lower_bounds(&net, &boxes, &rows).unwrap());
+        let sens = sens.expect("the family gives sensitivities");
+        assert!(sens.iter().flatten().all(|s| s.is_finite() && *s >= 0.0));
+        for ((lo, hi), lb) in boxes.iter().zip(&lbs) {
+            for _ in 0..500 {
+                let x: Vec<f64> = lo.iter().zip(hi).map(|(l, h)| l + rng.random::<f64>() * (h - l)).collect();
+                let y = m.forward(&x).unwrap();
+                for (row, b) in rows.iter().zip(lb) {
+                    let v: f64 = row.iter().zip(&y).map(|(c, y)| c * y).sum();
+                    assert!(*b <= v + 1e-9, "{}: bound {b} above {v}", method.name());
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn bab_options_small_batches_still_prove() {
+    // The same |x| property with one domain per round and width-only splitting.
+    let m = abs_net();
+    let p = property(&[-1.0], &[1.0], 1, "(assert (>= Y_0 0.25))");
+    let o = VerifyOptions { bab: BabOptions { batch: 1, smart: false, ..BabOptions::default() }, ..opts(10.0) };
+    assert_eq!(verify_with_stats(&m, &p, &FamilyBound::new(Method::Crown), &o).0, Answer::Unsat);
+}
+
+#[test]
+fn relu_splitting_path_proves_what_crown_cannot_on_a_large_input() {
+    // The |x| net with the box given as 17 inputs (16 of them unused), so the input is too large
+    // for input splitting: CROWN fails at the root, the ReLU-splitting path (α-CROWN root, then
+    // splits) proves it.
+    let mut w0 = vec![vec![0.0; 17]; 2];
+    w0[0][0] = 1.0;
+    w0[1][0] = 1.0;
+    let m = mlp(&[(w0, vec![0.0, 10.0]), (vec![vec![-2.0, 1.0]], vec![-10.0])]);
+    let (lo, hi) = (vec![-1.0; 17], vec![1.0; 17]);
+    let p = property(&lo, &hi, 1, "(assert (>= Y_0 0.25))");
+    let (a, stats) = verify_with_stats(&m, &p, &FamilyBound::new(Method::Crown), &opts(20.0));
+    assert_eq!(a, Answer::Unsat);
+    assert!(stats.bounded >= 1 && stats.proved >= 1, "the ReLU path did not run: {stats:?}");
+}
+
+#[test]
+fn portfolio_runs_its_stages_in_turn() {
+    // A first stage (CROWN) with no time share bounds the root, fails, and times out; the second
+    // (the exact dual, whose slope u/(u − l) = 1/2 is the optimal one here) proves at its root.
+    let m = abs_net();
+    let p = property(&[-1.0], &[1.0], 1, "(assert (>= Y_0 0.25))");
+    let pf = Portfolio { stages: vec![(Box::new(FamilyBound::new(Method::Crown)), 0.0), (Box::new(ExactDual), 1.0)] };
+    let (a, stats) = verify_with_stats(&m, &p, &pf, &opts(20.0));
+    assert_eq!(a, Answer::Unsat);
+    assert_eq!((stats.bounded, stats.proved), (2, 1), "{stats:?}");
+    assert!(pf.name().contains("then"));
+}

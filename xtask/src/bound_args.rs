@@ -1,0 +1,57 @@
+//! Command-line settings shared by `verify` and `vnncomp`: the bound method and branch and bound.
+
+use clap::Args;
+use std::time::Duration;
+use verifier::bab::BabOptions;
+use verifier::{BoundMethod, BySize, ExactDual, FamilyBound, Portfolio};
+
+#[derive(Args, Debug)]
+pub struct BoundArgs {
+    /// Bound method: `auto` (on inputs of at most 16 features, where the box is split: CROWN
+    /// for a quarter of the time, then the exact dual; α-CROWN on larger inputs), `exact` (the Wong–Kolter dual), `crown`, `alpha-crown`,
+    /// `crown-ibp` or `ibp`.
+    #[arg(long, default_value = "auto")]
+    method: String,
+    /// Domains split per branch-and-bound round (twice as many boxes are bounded in one pass).
+    #[arg(long, default_value_t = 128)]
+    bab_batch: usize,
+    /// Choose the input feature to split by relative width only (no sensitivity scores).
+    #[arg(long)]
+    no_smart_split: bool,
+    /// Seconds between branch-and-bound progress lines on stderr (0: none).
+    #[arg(long, default_value_t = 10.0)]
+    progress: f64,
+}
+
+impl BoundArgs {
+    /// The `--method` string as given.
+    pub fn method_name(&self) -> &str {
+        &self.method
+    }
+
+    /// The bound method.
+    pub fn method(&self) -> anyhow::Result<Box<dyn BoundMethod>> {
+        if self.method == "exact" {
+            return Ok(Box::new(ExactDual));
+        }
+        if self.method == "auto" {
+            let crown: Box<dyn BoundMethod> = Box::new(FamilyBound::new(dual_core::bounds::Method::Crown));
+            let small = Box::new(Portfolio { stages: vec![(crown, 0.25), (Box::new(ExactDual), 1.0)] });
+            let large = Box::new(FamilyBound::new(dual_core::bounds::Method::AlphaCrown));
+            return Ok(Box::new(BySize { small, large, threshold: 16 }));
+        }
+        let m: dual_core::bounds::Method = self.method.parse().map_err(|e| anyhow::anyhow!("--method: {e}"))?;
+        Ok(Box::new(FamilyBound::new(m)))
+    }
+
+    /// Branch-and-bound settings.
+    pub fn bab(&self) -> BabOptions {
+        BabOptions {
+            batch: self.bab_batch.max(1),
+            smart: !self.no_smart_split,
+            progress: (self.progress > 0.0 && self.progress.is_finite())
+                .then(|| Duration::from_secs_f64(self.progress)),
+            ..BabOptions::default()
+        }
+    }
+}
