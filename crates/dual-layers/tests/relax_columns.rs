@@ -27,7 +27,9 @@ fn reference(lam: &Tensor, a_l: &Tensor, a_u: &Tensor) -> Result<Tensor> {
 fn fused_step_equals_candle_ops() -> Result<()> {
     let mut rng = StdRng::seed_from_u64(3);
     for dtype in [DType::F32, DType::F64] {
-        for (bl, b, n, shape) in [(1, 4, 7, vec![3, 5, 5]), (4, 4, 7, vec![3, 5, 5]), (1, 2, 33, vec![40]), (3, 3, 1, vec![9])] {
+        for (bl, b, n, shape) in
+            [(1, 4, 7, vec![3, 5, 5]), (4, 4, 7, vec![3, 5, 5]), (1, 2, 33, vec![40]), (3, 3, 1, vec![9])]
+        {
             let mut ls = vec![bl, n];
             ls.extend_from_slice(&shape);
             let mut ps = vec![b];
