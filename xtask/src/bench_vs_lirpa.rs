@@ -207,7 +207,7 @@ struct Summary<'a> {
     alpha_lr: f64,
     cpu: String,
     load_average_before: String,
-    rows: Vec<Row>,
+    rows: &'a [Row],
 }
 
 fn load_average() -> String {
@@ -282,7 +282,16 @@ pub fn run(a: LirpaArgs) -> Result<()> {
             lirpa,
             rust,
         });
+        // After every method, so a long run that is stopped keeps what it measured.
+        write(&a, &load_before, &rows, false)?;
     }
+    write(&a, &load_before, &rows, true)?;
+    eprintln!("written {}/bench_vs_lirpa.{{json,md}}", a.out.display());
+    Ok(())
+}
+
+/// The table (printed when `print`) and the JSON of the methods measured so far.
+fn write(a: &LirpaArgs, load_before: &str, rows: &[Row], print: bool) -> Result<()> {
     let mut t = Table::new(&[
         "method",
         "auto_LiRPA s/batch (min–max)",
@@ -292,7 +301,7 @@ pub fn run(a: LirpaArgs) -> Result<()> {
         "peak GiB auto_LiRPA / ours",
     ]);
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
-    for r in &rows {
+    for r in rows {
         let (lm, llo, lhi) = spread(&r.lirpa.seconds);
         let (rm, rlo, rhi) = spread(&r.rust.seconds);
         t.row(&[
@@ -324,7 +333,9 @@ pub fn run(a: LirpaArgs) -> Result<()> {
         a.alpha_iterations,
         a.alpha_lr,
     );
-    println!("{head}\n{t}");
+    if print {
+        println!("{head}\n{t}");
+    }
     std::fs::create_dir_all(&a.out)?;
     nets::io::atomic_write(&a.out.join("bench_vs_lirpa.md"), format!("{head}\n{t}").as_bytes())?;
     let summary = Summary {
@@ -338,10 +349,9 @@ pub fn run(a: LirpaArgs) -> Result<()> {
         alpha_iterations: a.alpha_iterations,
         alpha_lr: a.alpha_lr,
         cpu,
-        load_average_before: load_before,
+        load_average_before: load_before.to_string(),
         rows,
     };
     write_json_atomic(&a.out.join("bench_vs_lirpa.json"), &summary)?;
-    eprintln!("written {}/bench_vs_lirpa.{{json,md}}", a.out.display());
     Ok(())
 }
