@@ -217,7 +217,7 @@ fn load_average() -> String {
 }
 
 pub fn run(a: LirpaArgs) -> Result<()> {
-    if !a.eps.is_finite() || !(a.alpha_lr.is_finite() && a.alpha_lr > 0.0) {
+    if !(a.eps.is_finite() && a.alpha_lr.is_finite() && a.alpha_lr > 0.0) {
         bail!("--eps must be finite and --alpha-lr finite and positive");
     }
     let methods = a.methods.iter().map(|s| s.parse::<Method>()).collect::<dual_core::Result<Vec<_>>>()?;

@@ -35,8 +35,9 @@ pub fn loose_bounds(net: &Net<'_>, relax: &Relaxed, top: usize) -> Result<Option
         Err(e) => return Err(e),
     };
     let (mut mid, mut rad) = (vec![m0], vec![r0]);
-    for t in 1..=top {
-        let (m, r) = match &net.nodes[t - 1] {
+    for (k, (node, rx)) in net.nodes[..top].iter().zip(&relax[1..=top]).enumerate() {
+        let t = k + 1;
+        let (m, r) = match node {
             DualNode::Affine(a) => {
                 let idx = a.inputs().indices(t);
                 let mids: Vec<Option<&Tensor>> = idx.iter().map(|i| i.map(|i| &mid[i])).collect();
@@ -53,7 +54,7 @@ pub fn loose_bounds(net: &Net<'_>, relax: &Relaxed, top: usize) -> Result<Option
                 (m, r)
             }
             DualNode::Activation(_) => {
-                let Some(rx) = relax[t].as_ref() else { return Ok(None) };
+                let Some(rx) = rx.as_ref() else { return Ok(None) };
                 let Some(bx) = rx.line_box() else { return Ok(None) };
                 let (lo, hi) = bx?;
                 (((&lo + &hi)? * 0.5)?.unsqueeze(1)?, ((hi - lo)? * 0.5)?.unsqueeze(1)?)
