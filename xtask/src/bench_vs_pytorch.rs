@@ -373,7 +373,7 @@ struct Summary<'a> {
     rows: Vec<Row>,
 }
 
-fn cpu_name() -> String {
+pub(crate) fn cpu_name() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {

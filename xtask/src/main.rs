@@ -9,11 +9,13 @@
 
 mod args;
 mod attack;
+mod bench_vs_lirpa;
 mod bench_vs_pytorch;
 mod bound_args;
 mod certify;
 mod download;
 mod extra;
+mod lirpa_env;
 mod parse;
 mod reproduce;
 mod size;
@@ -39,6 +41,11 @@ enum Task {
     Attack(attack::AttackArgs),
     /// Time the robust loss here and in the PyTorch package (same weights, inputs, threads).
     BenchVsPytorch(bench_vs_pytorch::BenchArgs),
+    /// Time IBP, CROWN-IBP, CROWN and α-CROWN here and in auto_LiRPA 0.7.1, side by side.
+    BenchVsLirpa(bench_vs_lirpa::LirpaArgs),
+    /// One measurement of bench-vs-lirpa (internal).
+    #[command(hide = true)]
+    LirpaWorker(bench_vs_lirpa::LirpaWorkerArgs),
     /// One measurement of bench-vs-pytorch (internal).
     #[command(hide = true)]
     BenchWorker(bench_vs_pytorch::WorkerArgs),
@@ -71,6 +78,8 @@ fn main() {
         Task::Attack(a) => attack::run(a),
         Task::BenchVsPytorch(a) => bench_vs_pytorch::run(a),
         Task::BenchWorker(a) => bench_vs_pytorch::worker(a),
+        Task::BenchVsLirpa(a) => bench_vs_lirpa::run(a),
+        Task::LirpaWorker(a) => bench_vs_lirpa::worker(a),
         Task::Certify(a) => certify::run(a),
         Task::Download(a) => download::run(a),
         Task::Reproduce(a) => reproduce::run(a),

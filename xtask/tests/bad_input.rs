@@ -333,6 +333,11 @@ fn non_finite_and_out_of_range_flags_are_refused_at_parse_time() {
         (vec!["bench-vs-pytorch", "--threads", "0"], "--threads"),
         (vec!["bench-vs-pytorch", "--k", "0"], "--k"),
         (vec!["bench-vs-pytorch", "--eps", "nan"], "--eps"),
+        (vec!["bench-vs-lirpa", "--images", "0"], "--images"),
+        (vec!["bench-vs-lirpa", "--batch", "0"], "--batch"),
+        (vec!["bench-vs-lirpa", "--repeats", "0"], "--repeats"),
+        (vec!["bench-vs-lirpa", "--threads", "0"], "--threads"),
+        (vec!["bench-vs-lirpa", "--eps", "nan"], "--eps"),
     ];
     for (args, needle) in &cases {
         let o = xtask(&d, args);

@@ -17,6 +17,9 @@ pub struct ReluLinear {
     a_u: Tensor,
     /// `b_U = −a_U l` on `I`, zero elsewhere, flat `[B, K]`.
     b_u: Tensor,
+    /// The bounds `l`, `u` the lines were made from, `[B, *shape]`.
+    lower: Tensor,
+    upper: Tensor,
 }
 
 impl ReluLinear {
@@ -46,13 +49,20 @@ impl ReluLinear {
                 alpha.broadcast_mul(&unstable.unsqueeze(1)?)?.broadcast_add(&active.unsqueeze(1)?)?
             }
         };
-        Ok(ReluLinear { a_l, a_u, b_u })
+        Ok(ReluLinear { a_l, a_u, b_u, lower: lower.clone(), upper: upper.clone() })
     }
 }
 
 impl LinearRelaxation for ReluLinear {
     /// `Λ_in = [Λ]₊ a_L + [Λ]₋ a_U`, offset `Σ_j b_Uj min(Λ_j, 0)`.
     fn backward_lower(&self, lam: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
+        if self.a_l.dim(1)? == 1 {
+            // One fused pass when no gradient can be asked for (same numbers).
+            if let Some(gin) = crate::kernels::relax_columns(lam, &self.a_l, &self.a_u)? {
+                let offset = crate::kernels::neg_part_contract(lam, &self.b_u)?;
+                return Ok((gin, Some(offset)));
+            }
+        }
         let pos = lam.maximum(0.0)?;
         let neg = (lam - &pos)?;
         let lo = if self.a_l.dim(1)? == 1 {
@@ -67,5 +77,19 @@ impl LinearRelaxation for ReluLinear {
 
     fn lower_slopes(&self) -> &Tensor {
         &self.a_l
+    }
+
+    /// With `a_L, a_U ≥ 0` and `b_L = 0`: `[a_L l, a_U u + b_U]` (`[l, u]` on active units, `0` on
+    /// inactive ones, `[a_L l, u]` on unstable ones).
+    fn line_box(&self) -> Option<Result<(Tensor, Tensor)>> {
+        if self.a_l.dim(1).ok()? != 1 {
+            return None;
+        }
+        let f = || -> Result<(Tensor, Tensor)> {
+            let lo = (self.a_l.squeeze(1)? * &self.lower)?;
+            let hi = ((&self.a_u * &self.upper)? + self.b_u.reshape(self.upper.shape())?)?;
+            Ok((lo, hi))
+        };
+        Some(f())
     }
 }

@@ -59,24 +59,31 @@ fn accumulate(slot: &mut Option<Tensor>, v: Tensor) -> Result<()> {
     Ok(())
 }
 
-/// Lower bound of `Λ z_top` over the input set for `lam` `[Bλ, m, *shape_top]`, given the
-/// relaxations of every activation at or below `top`; `[B, m]`.
-pub fn backward_lower(net: &Net<'_>, relax: &Relaxed, top: usize, lam: Tensor) -> Result<Tensor> {
-    let b = net.x.dim(0)?;
-    let m = lam.dim(1)?;
-    let mut g: Vec<Option<Tensor>> = (0..=top).map(|_| None).collect();
-    g[top] = Some(lam);
-    let mut acc: Option<Tensor> = None;
-    for t in (1..=top).rev() {
-        let Some(gt) = g[t].take() else { continue };
+/// The state of a backward pass: coefficients on every output below the current one, and the
+/// constant terms gathered so far (`[Bλ, m]`).
+struct Pass {
+    g: Vec<Option<Tensor>>,
+    acc: Option<Tensor>,
+}
+
+impl Pass {
+    fn new(top: usize, lam: Tensor) -> Self {
+        let mut g: Vec<Option<Tensor>> = (0..=top).map(|_| None).collect();
+        g[top] = Some(lam);
+        Pass { g, acc: None }
+    }
+
+    /// Hands the coefficients on output `t` to the inputs of node `t`.
+    fn step(&mut self, net: &Net<'_>, relax: &Relaxed, t: usize) -> Result<()> {
+        let Some(gt) = self.g[t].take() else { return Ok(()) };
         match &net.nodes[t - 1] {
             DualNode::Affine(a) => {
                 if let Some(bt) = a.bias_term(&gt)? {
-                    accumulate(&mut acc, bt)?;
+                    accumulate(&mut self.acc, bt)?;
                 }
                 for (i, v) in a.inputs().indices(t).into_iter().zip(a.transpose(&gt)?) {
                     if let (Some(i), Some(v)) = (i, v) {
-                        accumulate(&mut g[i], v)?;
+                        accumulate(&mut self.g[i], v)?;
                     }
                 }
             }
@@ -86,22 +93,37 @@ pub fn backward_lower(net: &Net<'_>, relax: &Relaxed, top: usize, lam: Tensor) -
                 })?;
                 let (gin, off) = r.backward_lower(&gt)?;
                 if let Some(off) = off {
-                    accumulate(&mut acc, off)?;
+                    accumulate(&mut self.acc, off)?;
                 }
-                accumulate(&mut g[t - 1], gin)?;
+                accumulate(&mut self.g[t - 1], gin)?;
             }
         }
+        Ok(())
     }
-    if let Some(g0) = g[0].take() {
-        accumulate(&mut acc, contract(&g0, net.x)?)?;
-        let (lo, _) = net.input.coefficient_terms(&g0)?;
-        accumulate(&mut acc, lo)?;
+
+    /// Steps from output `from` down to the input and adds the input set's term: `[B, m]`.
+    fn finish(mut self, net: &Net<'_>, relax: &Relaxed, from: usize, m: usize) -> Result<Tensor> {
+        for t in (1..=from).rev() {
+            self.step(net, relax, t)?;
+        }
+        if let Some(g0) = self.g[0].take() {
+            accumulate(&mut self.acc, contract(&g0, net.x)?)?;
+            let (lo, _) = net.input.coefficient_terms(&g0)?;
+            accumulate(&mut self.acc, lo)?;
+        }
+        let zeros = Tensor::zeros((net.x.dim(0)?, m), net.x.dtype(), net.x.device())?;
+        Ok(match self.acc {
+            Some(a) => zeros.broadcast_add(&a)?,
+            None => zeros,
+        })
     }
-    let zeros = Tensor::zeros((b, m), net.x.dtype(), net.x.device())?;
-    Ok(match acc {
-        Some(a) => zeros.broadcast_add(&a)?,
-        None => zeros,
-    })
+}
+
+/// Lower bound of `Λ z_top` over the input set for `lam` `[Bλ, m, *shape_top]`, given the
+/// relaxations of every activation at or below `top`; `[B, m]`.
+pub fn backward_lower(net: &Net<'_>, relax: &Relaxed, top: usize, lam: Tensor) -> Result<Tensor> {
+    let m = lam.dim(1)?;
+    Pass::new(top, lam).finish(net, relax, top, m)
 }
 
 /// Rows of `K` per chunk so that about `budget` bytes of coefficients are live at once.
@@ -144,29 +166,151 @@ pub fn layer_bounds(
     Ok((cat(lows)?, cat(ups)?))
 }
 
-/// Places `sel` (`[B, len]`, values of `units`) into a `[B, K]` tensor that is `base` elsewhere
-/// (differentiable in both).
-pub(crate) fn scatter_units(base: &Tensor, units: &[usize], sel: &Tensor) -> Result<Tensor> {
-    let (b, k) = base.dims2()?;
-    let len = units.len();
-    let mut map = vec![len as u32; k];
-    let mut mask = vec![0u8; k];
-    for (r, &j) in units.iter().enumerate() {
-        map[j] = r as u32;
-        mask[j] = 1;
+/// Rows `+e_j` then `−e_j` for the units `need[i][r0..r0 + len]` of every example `i` (zero rows
+/// where an example has fewer), `[B, 2 len, *shape]`, with, per example and unit, the row that
+/// holds it (`len` where none) and whether one does.
+fn per_example_rows(
+    need: &[Vec<usize>],
+    r0: usize,
+    len: usize,
+    shape: &[usize],
+    like: &Tensor,
+) -> Result<(Tensor, Vec<u32>, Vec<u8>)> {
+    let k: usize = shape.iter().product();
+    let b = need.len();
+    let mut pos = vec![len as u32; b * k];
+    let mut mask = vec![0u8; b * k];
+    let mut ones = Vec::new();
+    for (i, units) in need.iter().enumerate() {
+        let end = units.len().min(r0 + len);
+        for (r, &j) in units[r0.min(end)..end].iter().enumerate() {
+            pos[i * k + j] = r as u32;
+            mask[i * k + j] = 1;
+            ones.push(((i * 2 * len + r) * k + j, (i * 2 * len + len + r) * k + j));
+        }
     }
-    let ext = Tensor::cat(&[sel, &Tensor::zeros((b, 1), sel.dtype(), sel.device())?], 1)?;
-    let idx = Tensor::from_vec(map, k, base.device())?;
-    let placed = ext.index_select(&idx, 1)?;
-    let mask = Tensor::from_vec(mask, (1, k), base.device())?.broadcast_as((b, k))?;
-    Ok(mask.where_cond(&placed, base)?)
+    let mut s = vec![b, 2 * len];
+    s.extend_from_slice(shape);
+    let rows = match like.dtype() {
+        DType::F32 => {
+            let mut data = vec![0f32; b * 2 * len * k];
+            for &(p, q) in &ones {
+                data[p] = 1.0;
+                data[q] = -1.0;
+            }
+            Tensor::from_vec(data, s, like.device())?
+        }
+        dt => {
+            let mut data = vec![0f64; b * 2 * len * k];
+            for &(p, q) in &ones {
+                data[p] = 1.0;
+                data[q] = -1.0;
+            }
+            Tensor::from_vec(data, s, like.device())?.to_dtype(dt)?
+        }
+    };
+    Ok((rows, pos, mask))
 }
 
-/// Flat indices of the units of `[B, K]` bounds that straddle zero in some example.
-pub(crate) fn unstable_units(lower: &Tensor, upper: &Tensor) -> Result<Vec<usize>> {
-    let b = lower.dim(0)?;
-    let k = lower.elem_count() / b.max(1);
-    let l = lower.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
-    let u = upper.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
-    Ok((0..k).filter(|&j| (0..b).any(|i| l[i * k + j] < 0.0 && u[i * k + j] > 0.0)).collect())
+/// The rows `+e_j` of every unit of output `top` (`[1, K, *shape]`) run backwards through the
+/// affine nodes above the first activation below `top`, where they are still shared by the batch
+/// and linear in the row (the rows `−e_j` are their negatives there). `None` when some
+/// coefficient there is already per example.
+fn shared_prefix(net: &Net<'_>, relax: &Relaxed, shapes: &[Vec<usize>], top: usize) -> Result<Option<(Pass, usize)>> {
+    let k: usize = shapes[top].iter().product();
+    let eye = signed_identity_rows(&(0..k).collect::<Vec<_>>(), false, &shapes[top], net.x)?;
+    let mut pass = Pass::new(top, eye);
+    let mut t = top;
+    while t >= 1 {
+        if pass.g[t].is_some() && matches!(net.nodes[t - 1], DualNode::Activation(_)) {
+            break;
+        }
+        pass.step(net, relax, t)?;
+        t -= 1;
+    }
+    let shared = pass.g.iter().flatten().chain(pass.acc.iter()).all(|v| v.dim(0).is_ok_and(|d| d == 1));
+    Ok(shared.then_some((pass, t)))
+}
+
+/// Rows `±` of `v` (`[1, K, ...]`) for the units `idx` (`[B·len]`, example-major): `[B, 2 len, ...]`.
+fn gather_signed(v: &Tensor, idx: &Tensor, b: usize, len: usize) -> Result<Tensor> {
+    let sel = v.index_select(idx, 1)?;
+    let mut s = vec![b, len];
+    s.extend_from_slice(&v.dims()[2..]);
+    let sel = sel.reshape(s)?;
+    Ok(Tensor::cat(&[&sel, &sel.neg()?], 1)?)
+}
+
+/// CROWN's bounds of output `top`, `(lower, upper)` `[B, K]`, on the units `need[i]` of each
+/// example `i`, and `fallback` elsewhere, with the relaxations chosen so far. The rows `±e_j`
+/// are per example (an example's rows are its own units), so the cost follows the number of
+/// units an example needs, not their union over the batch; they go in chunks of about `budget`
+/// bytes. The same numbers as [`layer_bounds`] on the units computed (differentiable in both).
+pub fn layer_bounds_per_example(
+    net: &Net<'_>,
+    relax: &Relaxed,
+    shapes: &[Vec<usize>],
+    top: usize,
+    need: &[Vec<usize>],
+    fallback: (&Tensor, &Tensor),
+    budget: usize,
+) -> Result<(Tensor, Tensor)> {
+    let shape = &shapes[top];
+    let b = net.x.dim(0)?;
+    let k: usize = shape.iter().product();
+    if need.len() != b || fallback.0.dims() != [b, k] || fallback.1.dims() != [b, k] {
+        return Err(DualError::shape(format!(
+            "per-example units for {} examples and fallback bounds {:?} / {:?}; expected {b} and [{b}, {k}]",
+            need.len(),
+            fallback.0.dims(),
+            fallback.1.dims()
+        )));
+    }
+    let (mut lo, mut up) = (fallback.0.clone(), fallback.1.clone());
+    let rmax = need.iter().map(|u| u.len()).max().unwrap_or(0);
+    // Per-example rows make `[Λ]₊` and `[Λ]₋` per example too at the first activation: a
+    // quarter of the rows of `layer_bounds` per chunk keeps the same memory.
+    let chunk = (chunk_rows(net, shapes, top, budget) / 4).max(1);
+    let prefix = shared_prefix(net, relax, shapes, top)?;
+    let mut r0 = 0;
+    while r0 < rmax {
+        let len = chunk.min(rmax - r0);
+        let (pos, mask, lb) = match &prefix {
+            Some((pass, from)) => {
+                // Every example's own units, gathered from the shared rows (padding: unit 0).
+                let mut idx = vec![0u32; b * len];
+                let (mut pos, mut mask) = (vec![len as u32; b * k], vec![0u8; b * k]);
+                for (i, units) in need.iter().enumerate() {
+                    let end = units.len().min(r0 + len);
+                    for (r, &j) in units[r0.min(end)..end].iter().enumerate() {
+                        idx[i * len + r] = j as u32;
+                        pos[i * k + j] = r as u32;
+                        mask[i * k + j] = 1;
+                    }
+                }
+                let idx = Tensor::from_vec(idx, b * len, net.x.device())?;
+                let g = pass.g.iter().map(|v| v.as_ref().map(|v| gather_signed(v, &idx, b, len)).transpose());
+                let g = g.collect::<Result<Vec<_>>>()?;
+                let acc = match &pass.acc {
+                    Some(a) => Some(gather_signed(&a.unsqueeze(2)?, &idx, b, len)?.squeeze(2)?),
+                    None => None,
+                };
+                let lb = Pass { g, acc }.finish(net, relax, *from, 2 * len)?;
+                (pos, mask, lb)
+            }
+            None => {
+                let (rows, pos, mask) = per_example_rows(need, r0, len, shape, net.x)?;
+                (pos, mask, backward_lower(net, relax, top, rows)?)
+            }
+        };
+        let zero = Tensor::zeros((b, 1), lb.dtype(), lb.device())?;
+        let l_ext = Tensor::cat(&[&lb.narrow(1, 0, len)?, &zero], 1)?;
+        let u_ext = Tensor::cat(&[&lb.narrow(1, len, len)?.neg()?, &zero], 1)?;
+        let pos = Tensor::from_vec(pos, (b, k), lb.device())?;
+        let mask = Tensor::from_vec(mask, (b, k), lb.device())?;
+        lo = mask.where_cond(&l_ext.gather(&pos, 1)?, &lo)?;
+        up = mask.where_cond(&u_ext.gather(&pos, 1)?, &up)?;
+        r0 += len;
+    }
+    Ok((lo, up))
 }

@@ -23,6 +23,7 @@ pub mod alpha;
 pub mod crown;
 pub mod ibp;
 pub mod relaxation;
+pub mod sparse;
 pub mod spec;
 
 pub use alpha::AlphaOptions;
@@ -137,6 +138,19 @@ fn output_shapes(net: &Net<'_>) -> Result<Vec<Vec<usize>>> {
     Ok(outs.iter().map(|o| o.dims()[2..].to_vec()).collect())
 }
 
+/// Whether per-example rows for the units `[lower, upper]` leaves unstable cost less than every
+/// unit's rows: the shared rows of the first activation meet per-example work only at the input
+/// set, so there per-example rows pay when the whole batch needs fewer rows than one example
+/// has units; above an activation every row is per example anyway.
+fn worth_skipping(net: &Net<'_>, lower: &Tensor, upper: &Tensor, top: usize) -> Result<bool> {
+    let b = lower.dim(0)?;
+    let k = lower.elem_count() / b.max(1);
+    let need = sparse::unstable_per_example(lower, upper)?;
+    let rmax = need.iter().map(|u| u.len()).max().unwrap_or(0);
+    let after_activation = net.nodes[..top].iter().any(|n| matches!(n, DualNode::Activation(_)));
+    Ok(if after_activation { rmax < k } else { b * rmax < k })
+}
+
 fn with_batch(b: usize, shape: &[usize]) -> Vec<usize> {
     let mut s = vec![b];
     s.extend_from_slice(shape);
@@ -227,21 +241,23 @@ pub fn spec_bounds(
                     (lc.maximum(li)?, uc.minimum(ui)?)
                 }
                 Some((li, ui)) if method == Method::AlphaCrown => {
-                    let units = crown::unstable_units(li, ui)?;
-                    let (lc, uc) = crown::layer_bounds(net, &relax, &shapes, t - 1, &units, budget)?;
-                    let lc = crown::scatter_units(li, &units, &lc)?;
-                    let uc = crown::scatter_units(ui, &units, &uc)?;
-                    // Where IBP proves the unit stable in this example and CROWN does not, keep
-                    // IBP's bounds (the relaxation is then exact).
-                    let stable = li.ge(0.0)?.maximum(&ui.le(0.0)?)?;
-                    let crown_unstable = lc.lt(0.0)?.mul(&uc.gt(0.0)?)?;
-                    let keep = stable.mul(&crown_unstable)?;
-                    (keep.where_cond(li, &lc)?, keep.where_cond(ui, &uc)?)
+                    // Where IBP proves the unit stable in an example, keep IBP's bounds (the
+                    // relaxation is then exact); the backward pass runs on the others only.
+                    let need = sparse::unstable_per_example(li, ui)?;
+                    crown::layer_bounds_per_example(net, &relax, &shapes, t - 1, &need, (li, ui), budget)?
                 }
-                _ => {
-                    let units: Vec<usize> = (0..k).collect();
-                    crown::layer_bounds(net, &relax, &shapes, t - 1, &units, budget)?
-                }
+                _ => match sparse::loose_bounds(net, &relax, t - 1)? {
+                    // Units the looser bound proves stable are stable under CROWN too, with the
+                    // same relaxation: the backward pass runs on the others only.
+                    Some((lf, uf)) if worth_skipping(net, &lf, &uf, t - 1)? => {
+                        let need = sparse::unstable_per_example(&lf, &uf)?;
+                        crown::layer_bounds_per_example(net, &relax, &shapes, t - 1, &need, (&lf, &uf), budget)?
+                    }
+                    _ => {
+                        let units: Vec<usize> = (0..k).collect();
+                        crown::layer_bounds(net, &relax, &shapes, t - 1, &units, budget)?
+                    }
+                },
             }
         };
         if let Some(rb) = ref_bounds.and_then(|rb| rb.iter().find(|lb| lb.layer == t)) {

@@ -43,4 +43,13 @@ pub trait LinearRelaxation: Send + Sync {
 
     /// The lower slopes `a_L`, `[B, r, *shape]` (`r` = 1, or the rows of a [`SlopeRule::Given`]).
     fn lower_slopes(&self) -> &Tensor;
+
+    /// The box `[min of the lower line, max of the upper line]` over the bounds `[l, u]` the
+    /// relaxation was made from, `(lo, hi)` each `[B, *shape]`, when the lower line is the same
+    /// for every row; `None` otherwise (the default). Every output `σ(ẑ)`, `ẑ ∈ [l, u]`, lies in
+    /// it. The bound family uses it for cheap bounds that are never tighter than CROWN's, to skip
+    /// the backward pass on units they prove stable ([`super::sparse`]).
+    fn line_box(&self) -> Option<Result<(Tensor, Tensor)>> {
+        None
+    }
 }

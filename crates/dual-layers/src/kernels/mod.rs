@@ -36,10 +36,12 @@ macro_rules! dispatch {
 mod gemm_conv;
 mod im2col;
 mod linear;
+mod relax;
 mod slopes;
 mod sparse;
 
 pub use linear::{linear_columns, linear_weight_grad};
+pub use relax::relax_columns;
 pub use slopes::{abs_contract, neg_part_contract, scale_columns};
 
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};

@@ -1,0 +1,64 @@
+//! The fused backward step of a two-line relaxation (`kernels::relax_columns`) against Candle's
+//! ops: `[λ]₊ a_L + [λ]₋ a_U`, shared and per-example coefficients, f32 and f64, equal bit for
+//! bit; and no fused op where a gradient could be asked for.
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+use dual_layers::kernels::relax_columns;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+fn rand_tensor(rng: &mut StdRng, shape: &[usize], dtype: DType) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    // Exact zeros too: the fused op must send them down the same branch as Candle's ops.
+    let v: Vec<f64> = (0..n).map(|_| if rng.random_bool(0.2) { 0.0 } else { rng.random_range(-1.0..1.0) }).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu)?.to_dtype(dtype)
+}
+
+fn reference(lam: &Tensor, a_l: &Tensor, a_u: &Tensor) -> Result<Tensor> {
+    let pos = lam.maximum(0.0)?;
+    let neg = (lam - &pos)?;
+    let b = a_l.dim(0)?;
+    let mut s = vec![b, 1];
+    s.extend_from_slice(&lam.dims()[2..]);
+    let (al, au) = (a_l.reshape(s.clone())?, a_u.reshape(s)?);
+    pos.broadcast_mul(&al)? + neg.broadcast_mul(&au)?
+}
+
+#[test]
+fn fused_step_equals_candle_ops() -> Result<()> {
+    let mut rng = StdRng::seed_from_u64(3);
+    for dtype in [DType::F32, DType::F64] {
+        for (bl, b, n, shape) in
+            [(1, 4, 7, vec![3, 5, 5]), (4, 4, 7, vec![3, 5, 5]), (1, 2, 33, vec![40]), (3, 3, 1, vec![9])]
+        {
+            let mut ls = vec![bl, n];
+            ls.extend_from_slice(&shape);
+            let mut ps = vec![b];
+            ps.extend_from_slice(&shape);
+            let lam = rand_tensor(&mut rng, &ls, dtype)?;
+            let a_l = rand_tensor(&mut rng, &ps, dtype)?.abs()?;
+            let a_u = rand_tensor(&mut rng, &ps, dtype)?.abs()?;
+            let got = relax_columns(&lam, &a_l, &a_u)?.expect("untracked CPU operands are fused");
+            let want = reference(&lam, &a_l, &a_u)?;
+            assert_eq!(got.dims(), want.dims());
+            let (g, w) = (
+                got.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?,
+                want.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?,
+            );
+            assert!(g.iter().zip(&w).all(|(a, b)| a == b), "fused step differs ({dtype:?}, lam {ls:?})");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn tracked_operands_are_not_fused() -> Result<()> {
+    let mut rng = StdRng::seed_from_u64(4);
+    let lam = rand_tensor(&mut rng, &[1, 3, 4], DType::F64)?;
+    let a = rand_tensor(&mut rng, &[2, 4], DType::F64)?.abs()?;
+    let v = Var::from_tensor(&a)?;
+    assert!(relax_columns(&lam, v.as_tensor(), &a)?.is_none());
+    assert!(relax_columns(&lam, &a, &a)?.is_some());
+    // Shapes that do not match are left to the caller's ops (which report them).
+    assert!(relax_columns(&lam, &a.narrow(1, 0, 3)?, &a)?.is_none());
+    Ok(())
+}
