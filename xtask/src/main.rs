@@ -13,6 +13,7 @@ mod bench_vs_pytorch;
 mod certify;
 mod download;
 mod extra;
+mod merge;
 mod parse;
 mod reproduce;
 mod size;
@@ -45,6 +46,8 @@ enum Task {
     Certify(certify::CertifyArgs),
     /// Download, verify and unpack a data set (mnist, fashion-mnist, cifar10, svhn, har).
     Download(download::DownloadArgs),
+    /// Combine the shards of a --records folder (certify or vnncomp) into one report.
+    Merge(merge::MergeArgs),
     /// Reproduce a paper experiment (train, then evaluate clean / PGD / certified error).
     Reproduce(reproduce::ReproduceArgs),
     /// Train a model (robust, baseline or PGD-adversarial), optionally as a cascade.
@@ -72,6 +75,7 @@ fn main() {
         Task::BenchWorker(a) => bench_vs_pytorch::worker(a),
         Task::Certify(a) => certify::run(a),
         Task::Download(a) => download::run(a),
+        Task::Merge(a) => merge::run(a),
         Task::Reproduce(a) => reproduce::run(a),
         Task::Train(a) => train::run(a),
         Task::Verify(a) => verify::run(a),

@@ -8,6 +8,7 @@
 
 mod answer;
 pub mod benchmark;
+pub mod benchmark_records;
 mod bounds;
 mod driver;
 pub mod falsify;
