@@ -35,9 +35,9 @@ fn certify_args(model: &Path, data: &Path, eps: &str) -> Vec<String> {
         "--eps",
         eps,
         "--limit",
-        "240",
+        "120",
         "--batch-size",
-        "10",
+        "5",
         "--pgd",
     ]
     .map(String::from)
