@@ -2,6 +2,9 @@
 //! papers' schedules, checkpoints every epoch, resume, best-model tracking and a JSON-lines log.
 
 pub mod augment;
+pub mod distributed;
+#[cfg(feature = "mpi")]
+pub mod mpi;
 pub mod optim;
 pub mod resume;
 pub mod schedule;
@@ -11,4 +14,4 @@ pub use augment::Augment;
 pub use optim::{Optimizer, OptimizerConfig};
 pub use resume::RunData;
 pub use schedule::{EpsilonSchedule, LrSchedule};
-pub use trainer::{plot_log, train, EpochLog, LossKind, TrainConfig, TrainSummary};
+pub use trainer::{plot_log, train, train_with, EpochLog, LossKind, TrainConfig, TrainSummary};

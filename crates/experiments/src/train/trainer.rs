@@ -226,6 +226,23 @@ pub fn train(
     out_dir: &Path,
     resume: bool,
 ) -> Result<TrainSummary> {
+    train_with(net, train_set, test_set, cfg, out_dir, resume, &super::distributed::SingleProcess)
+}
+
+/// [`train`] as one rank of a data-parallel group (`super::distributed`): `cfg.batch_size` is
+/// the global batch, of which this rank takes its part; gradients are all-reduced before the
+/// step; rank 0 alone evaluates and writes the folder (a resumed run reads it on every rank, so
+/// it must be on a shared file system).
+pub fn train_with(
+    net: &Network,
+    train_set: &Dataset,
+    test_set: &Dataset,
+    cfg: &TrainConfig,
+    out_dir: &Path,
+    resume: bool,
+    comm: &dyn super::distributed::Collective,
+) -> Result<TrainSummary> {
+    let root = comm.rank() == 0;
     cfg.validate()?;
     if train_set.is_empty() || test_set.is_empty() {
         bail!("empty training or test set");
@@ -257,7 +274,11 @@ pub fn train(
         opt.load_state(&ot, s.optimizer_steps)?;
         state = s;
     }
-    write_json_atomic(&out_dir.join("config.json"), cfg)?;
+    // Every rank starts from rank 0's weights.
+    super::distributed::broadcast_params(comm, &net.trainable())?;
+    if root {
+        write_json_atomic(&out_dir.join("config.json"), cfg)?;
+    }
     let n = train_set.len();
     let nb = n.div_ceil(cfg.batch_size);
     for epoch in state.epochs_done..cfg.epochs {
@@ -280,7 +301,9 @@ pub fn train(
                     &mut StdRng::seed_from_u64(cfg.seed ^ step.wrapping_mul(0xA24B_AED4_963E_E407) ^ 0x5EED),
                 );
             }
-            let (x, y) = sub.batch(0, sub.n, &Device::Cpu)?;
+            // This rank's rows of the (augmented) global batch.
+            let (batch_n, part) = (sub.n, super::distributed::local_part(sub.n, comm.rank(), comm.size()));
+            let (x, y) = sub.batch(part.start, part.end, &Device::Cpu)?;
             let x = x.to_dtype(dtype)?.to_device(&net.device())?;
             eps = cfg.eps.at(epoch, b as f64 / nb as f64);
             let logits = net.forward(&x)?;
@@ -322,11 +345,25 @@ pub fn train(
                     (cross_entropy(&net.forward(&xa)?, &y)?, None)
                 }
             };
-            let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            let mut lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            let mut grads = loss.backward()?;
+            // The batch's gradient and statistics: this rank's weighted by its share of the batch.
+            let share = y.len() as f64 / batch_n as f64;
+            let (mut clean_err, mut rerr) = (clean_err, rerr);
+            let sums = super::distributed::all_reduce_grads(
+                comm,
+                &net.trainable(),
+                &mut grads,
+                share,
+                &[lv * share, clean_err as f64, rerr.unwrap_or(0.0) * share],
+            )?;
+            if comm.size() > 1 {
+                (lv, clean_err) = (sums[0], sums[1].round() as usize);
+                rerr = rerr.map(|_| sums[2]);
+            }
             if !lv.is_finite() {
                 bail!("the loss became {lv} at epoch {} batch {}; {}", epoch + 1, b + 1, kept(out_dir, &state));
             }
-            let mut grads = loss.backward()?;
             if let Some(m) = cfg.clip_grad_norm {
                 opt.clip_grad_norm(&mut grads, m)?;
             }
@@ -339,10 +376,10 @@ pub fn train(
                     kept(out_dir, &state)
                 );
             }
-            loss_sum += lv * y.len() as f64;
+            loss_sum += lv * batch_n as f64;
             err_sum += clean_err;
-            rerr_sum += rerr.unwrap_or(0.0) * y.len() as f64;
-            seen += y.len();
+            rerr_sum += rerr.unwrap_or(0.0) * batch_n as f64;
+            seen += batch_n;
             let mut msg =
                 format!("eps {eps:.4} loss {:.4} err {:.4}", loss_sum / seen as f64, err_sum as f64 / seen as f64);
             if rerr.is_some() {
@@ -351,6 +388,11 @@ pub fn train(
             bar.update(b as u64 + 1, nb as u64, &msg);
         }
         bar.finish();
+        if !root {
+            // Rank 0 evaluates and keeps the files; the others go on to the next epoch.
+            state.epochs_done = epoch + 1;
+            continue;
+        }
         let settings = EvalSettings {
             eps: cfg.eps.end,
             norm: cfg.norm,
