@@ -194,3 +194,34 @@ fn bad_shard_flags_are_refused_before_any_work() {
     assert!(e.contains("not below"), "{e}");
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn vnncomp_shards_merge_to_the_single_process_tables() {
+    let Some(bench) = shared_data::shared_path("vnncomp2021/test") else { return };
+    let d = tmp("vnncomp");
+    let s = |p: &Path| p.display().to_string();
+    let bench_s = s(&bench);
+    run_ok(xtask(&["vnncomp".into(), bench_s.clone(), "--out".into(), s(&d.join("single"))], &[]));
+    let records = d.join("records");
+    for i in 0..2 {
+        let args = ["vnncomp", &bench_s, "--out", &s(&d.join("out")), "--shard", "env/2", "--records", &s(&records)];
+        run_ok(xtask(&args.map(String::from), &task_env(i)));
+        // Shards leave the tables to the merge.
+        assert!(!d.join("out/test_results.csv").exists());
+    }
+    let e = run_err(xtask(&["merge".into(), s(&records), "--json".into(), s(&d.join("x.json"))], &[]));
+    assert!(e.contains("--json is for certification"), "{e}");
+    run_ok(xtask(&["merge".into(), s(&records), "--out".into(), s(&d.join("merged"))], &[]));
+    // Every column but the seconds.
+    let table = |p: PathBuf| -> Vec<String> {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(|l| l.split(',').enumerate().filter(|(i, _)| *i != 4).map(|(_, c)| c).collect::<Vec<_>>().join(","))
+            .collect()
+    };
+    let single = table(d.join("single/test_results.csv"));
+    assert!(single.len() > 2, "{single:?}");
+    assert_eq!(table(d.join("merged/test_results.csv")), single);
+    std::fs::remove_dir_all(&d).unwrap();
+}
