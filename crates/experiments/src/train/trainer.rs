@@ -281,6 +281,16 @@ pub fn train_with(
     }
     let n = train_set.len();
     let nb = n.div_ceil(cfg.batch_size);
+    // Every rank needs at least one example of every batch (the last one is the smallest).
+    let last = n - (nb - 1) * cfg.batch_size;
+    if last < comm.size() {
+        bail!(
+            "{} processes train together, but the last batch of an epoch has {last} examples ({n} examples in \
+             batches of {}): use a batch size and training set that give every process an example",
+            comm.size(),
+            cfg.batch_size
+        );
+    }
     for epoch in state.epochs_done..cfg.epochs {
         let t0 = Instant::now();
         let lr = cfg.lr.at(epoch);
@@ -288,7 +298,7 @@ pub fn train_with(
         let mut order: Vec<usize> = (0..n).collect();
         order.shuffle(&mut StdRng::seed_from_u64(cfg.seed.wrapping_add(epoch as u64)));
         let label = format!("epoch {}/{}", epoch + 1, cfg.epochs);
-        let bar = if cfg.quiet { Progress::hidden() } else { Progress::new(label) };
+        let bar = if cfg.quiet || !root { Progress::hidden() } else { Progress::new(label) };
         let (mut loss_sum, mut err_sum, mut rerr_sum, mut seen) = (0.0, 0usize, 0.0, 0usize);
         let mut eps = cfg.eps.at(epoch, 0.0);
         for b in 0..nb {
