@@ -72,7 +72,7 @@ fn recorded(p: &Path) -> usize {
 
 /// Array task `i`'s environment: even tasks as Slurm sets it, odd ones as Kubernetes does.
 fn task_env(i: usize) -> Vec<(&'static str, String)> {
-    vec![(if i % 2 == 0 { "SLURM_ARRAY_TASK_ID" } else { "JOB_COMPLETION_INDEX" }, i.to_string())]
+    vec![(if i.is_multiple_of(2) { "SLURM_ARRAY_TASK_ID" } else { "JOB_COMPLETION_INDEX" }, i.to_string())]
 }
 
 fn read_json(p: &Path) -> Value {
