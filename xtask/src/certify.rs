@@ -6,8 +6,10 @@ use anyhow::{bail, Result};
 use clap::Args;
 use experiments::cascade_certify::certify_file_report;
 use experiments::certify::{default_data_dir, is_projected_norm, BatchCounts, CertifyConfig, Norm, Projection};
+use experiments::certify_records::{CertifyRecords, Method};
 use experiments::progress::Progress;
 use experiments::report::write_json_atomic;
+use std::path::PathBuf;
 
 #[derive(Args, Debug)]
 pub struct CertifyArgs {
@@ -59,6 +61,15 @@ pub struct CertifyArgs {
     /// With --sound: also cover the deployed network's own f32 rounding.
     #[arg(long, requires = "sound")]
     sound_deployed_f32: bool,
+    /// Certify shard I of N only (blocks of --batch-size examples; block b goes to shard b mod N);
+    /// `env/N` reads I from $SLURM_ARRAY_TASK_ID or $JOB_COMPLETION_INDEX. Needs --records.
+    #[arg(long, value_name = "I/N")]
+    shard: Option<String>,
+    /// Append one JSON line per finished block to DIR/shard-I-of-N.jsonl (after a header with the
+    /// settings); rerunning the same command skips what is recorded. `cargo xtask merge DIR`
+    /// combines the shards.
+    #[arg(long, value_name = "DIR")]
+    records: Option<PathBuf>,
     /// α-CROWN: Adam iterations (≥ 1).
     #[arg(long, default_value_t = 20, value_parser = parse::at_least_one)]
     alpha_iters: usize,
@@ -91,6 +102,8 @@ impl CertifyArgs {
                 None
             }
         };
+        let records = crate::merge::sharding(self.shard.as_deref(), self.records)?
+            .map(|sharding| CertifyRecords { sharding, method: Method::Exact });
         self.md.check_files()?;
         let cfg = CertifyConfig {
             data_dir: self.md.data_dir.unwrap_or_else(|| default_data_dir(&self.md.dataset)),
@@ -108,6 +121,7 @@ impl CertifyArgs {
             f64: self.md.f64,
             device: self.device,
             proj,
+            records,
         };
         cfg.validate()?;
         Ok((cfg, stage))
@@ -143,7 +157,15 @@ pub fn run(args: CertifyArgs) -> Result<()> {
         if args.stage.is_some() {
             bail!("--stage works with --bound exact or proj; --bound {} certifies one model", args.bound);
         }
-        let cfg = args.into_config()?.0;
+        let mut cfg = args.into_config()?.0;
+        if let Some(r) = cfg.records.as_mut() {
+            let alpha = fam.method == dual_core::bounds::Method::AlphaCrown;
+            r.method = Method::Family {
+                bound: fam.method.name().into(),
+                alpha_iterations: alpha.then_some(fam.alpha.iterations),
+                alpha_lr: alpha.then_some(fam.alpha.lr),
+            };
+        }
         let bar = Progress::new("certify");
         let report = experiments::certify_family::certify_family(&cfg, &fam, |done, total, acc| {
             bar.update(done as u64, total as u64, &progress_message(acc, cfg.pgd))
@@ -181,6 +203,9 @@ fn run_sound(args: CertifyArgs) -> Result<()> {
     }
     if args.stage.is_some() {
         bail!("--sound certifies one model; --stage is for cascades");
+    }
+    if args.shard.is_some() || args.records.is_some() {
+        bail!("--sound does not write --records or run --shard yet: run it without them");
     }
     let opts = sound::SoundOptions { deployed_f32: args.sound_deployed_f32 };
     let cfg = args.into_config()?.0;

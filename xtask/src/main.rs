@@ -16,6 +16,7 @@ mod certify;
 mod download;
 mod extra;
 mod lirpa_env;
+mod merge;
 mod parse;
 mod reproduce;
 mod size;
@@ -53,6 +54,8 @@ enum Task {
     Certify(certify::CertifyArgs),
     /// Download, verify and unpack a data set (mnist, fashion-mnist, cifar10, svhn, har).
     Download(download::DownloadArgs),
+    /// Combine the shards of a --records folder (certify or vnncomp) into one report.
+    Merge(merge::MergeArgs),
     /// Reproduce a paper experiment (train, then evaluate clean / PGD / certified error).
     Reproduce(reproduce::ReproduceArgs),
     /// Train a model (robust, interval-bound, baseline or PGD-adversarial), optionally as a cascade.
@@ -82,6 +85,7 @@ fn main() {
         Task::LirpaWorker(a) => bench_vs_lirpa::worker(a),
         Task::Certify(a) => certify::run(a),
         Task::Download(a) => download::run(a),
+        Task::Merge(a) => merge::run(a),
         Task::Reproduce(a) => reproduce::run(a),
         Task::Train(a) => train::run(*a),
         Task::Verify(a) => verify::run(a),

@@ -5,8 +5,10 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use experiments::certify::{default_data_dir, is_projected_norm, Norm};
 use experiments::datasets::{load, Split};
+use experiments::train::distributed::{Collective, SingleProcess};
 use experiments::train::{
-    resume, train, EpsilonSchedule, LossKind, LrSchedule, Mix, OptimizerConfig, RampShape, Recipe, RunData, TrainConfig,
+    resume, train_with, EpsilonSchedule, LossKind, LrSchedule, Mix, OptimizerConfig, RampShape, Recipe, RunData,
+    TrainConfig,
 };
 use std::path::PathBuf;
 
@@ -134,6 +136,11 @@ pub struct TrainArgs {
     /// Train with K random projections (linf-median / l2-normal); evaluation stays exact.
     #[arg(long, value_parser = parse::at_least_one)]
     proj: Option<usize>,
+    /// Data-parallel training across the processes `mpirun -np N` starts: --batch-size is the
+    /// global batch, each rank takes its part, gradients are summed over the ranks every step;
+    /// rank 0 writes --out. Needs a build with --features mpi.
+    #[arg(long)]
+    mpi: bool,
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
@@ -198,11 +205,18 @@ pub fn run(a: TrainArgs) -> Result<()> {
     if a.cascade.is_some() && a.resume {
         bail!("--resume is not supported with --cascade (each stage trains on what the previous ones leave)");
     }
+    let comm = collective(a.mpi)?;
+    if comm.size() > 1 && a.cascade.is_some() {
+        bail!("--mpi trains one model; --cascade is not supported across processes");
+    }
+    let root = comm.rank() == 0;
     let device = experiments::device::parse_device(&a.device)?;
     let spec = nets::io::resolve_arch(&a.arch)?;
     // A cascade keeps its stages in stage1, stage2, ...
     let run_dir = if a.cascade.is_some() { a.out.join("stage1") } else { a.out.clone() };
-    resume::claim_out_dir(&a.out, &run_dir, a.resume, a.restart)?;
+    if root {
+        resume::claim_out_dir(&a.out, &run_dir, a.resume, a.restart)?;
+    }
     let dir = a.data_dir.unwrap_or_else(|| default_data_dir(&a.dataset));
     let mut tr = load(&a.dataset, &dir, Split::Train)?;
     let te = load(&a.dataset, &dir, Split::Test)?;
@@ -226,8 +240,13 @@ pub fn run(a: TrainArgs) -> Result<()> {
                 experiments::train::init::ibp_init(&net, a.seed)?;
             }
             experiments::certify::check_data_shape(&net, &tr, &a.dataset).context("--arch and --dataset")?;
-            RunData { dataset: a.dataset.clone(), train_examples: tr.len() }.check_and_record(&a.out, a.resume)?;
-            let s = train(&net, &tr, &te, &cfg, &a.out, a.resume)?;
+            if root {
+                RunData { dataset: a.dataset.clone(), train_examples: tr.len() }.check_and_record(&a.out, a.resume)?;
+            }
+            let s = train_with(&net, &tr, &te, &cfg, &a.out, a.resume, comm.as_ref())?;
+            if !root {
+                return Ok(());
+            }
             println!(
                 "best test robust error {:.2} % at epoch {}; checkpoints and log in {}",
                 100.0 * s.best_robust_error,
@@ -281,4 +300,18 @@ fn recipe(a: &TrainArgs, loss: LossKind) -> Result<Recipe> {
         warmup_reg: a.warmup_reg,
         ibp_init: a.ibp_init,
     })
+}
+
+/// The process group: MPI's world with `--mpi` (a build with the `mpi` feature), else this
+/// process alone.
+fn collective(mpi: bool) -> Result<Box<dyn Collective>> {
+    if !mpi {
+        return Ok(Box::new(SingleProcess));
+    }
+    #[cfg(feature = "mpi")]
+    {
+        Ok(Box::new(experiments::train::mpi::MpiCollective::init()?))
+    }
+    #[cfg(not(feature = "mpi"))]
+    bail!("--mpi needs a build with MPI: cargo xtask is built without it; use `cargo run --release -p xtask --features mpi -- train ...` under mpirun")
 }

@@ -25,6 +25,14 @@ pub struct VnncompArgs {
     /// Bound method, input splitting and progress lines.
     #[command(flatten)]
     bound: crate::bound_args::BoundArgs,
+    /// Run shard I of N only (instance k goes to shard k mod N); `env/N` reads I from
+    /// $SLURM_ARRAY_TASK_ID or $JOB_COMPLETION_INDEX. Needs --records.
+    #[arg(long, value_name = "I/N")]
+    shard: Option<String>,
+    /// Append one JSON line per finished instance to DIR/shard-I-of-N.jsonl; a rerun skips what is
+    /// recorded; `cargo xtask merge DIR` writes the tables.
+    #[arg(long, value_name = "DIR")]
+    records: Option<PathBuf>,
 }
 
 pub fn run(a: VnncompArgs) -> Result<()> {
@@ -38,7 +46,9 @@ pub fn run(a: VnncompArgs) -> Result<()> {
         (None, true) => Some(read_reference(&default_ref).map_err(anyhow::Error::msg)?),
         (None, false) => None,
     };
+    let records = crate::merge::sharding(a.shard.as_deref(), a.records.clone())?;
     let opts = RunOptions {
+        records,
         max_timeout: a.max_timeout,
         out_dir: a.out.clone(),
         reference,
@@ -57,6 +67,10 @@ pub fn run(a: VnncompArgs) -> Result<()> {
     })
     .map_err(anyhow::Error::msg)?;
     let name = a.dir.file_name().and_then(|n| n.to_str()).unwrap_or("benchmark");
+    if opts.records.is_some() {
+        println!("\n{} instances of this shard recorded; `cargo xtask merge DIR` makes the tables", rows.len());
+        return Ok(());
+    }
     println!("\n{}", summary(name, &rows, a.max_timeout));
     Ok(())
 }

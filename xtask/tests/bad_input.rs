@@ -623,8 +623,27 @@ fn sound_is_refused_where_it_checks_nothing() {
     refused(&certify(&["--sound", "--norm", "l2"]), &["--sound", "l2"]);
     refused(&certify(&["--sound", "--norm", "linf-median", "--proj", "5"]), &["--sound", "--proj"]);
     refused(&certify(&["--sound-deployed-f32"]), &["--sound"]);
+    let rec = d.join("records");
+    refused(&certify(&["--sound", "--shard", "0/2", "--records", s(&rec)]), &["--sound", "--records"]);
+    assert!(!rec.exists(), "a refused run wrote records");
     let t = succeeded(&certify(&["--sound", "--bounded-input", "--limit", "4"]));
     assert!(t.contains("checked sound: real") && t.contains("refused by the check"), "{t}");
     let t = succeeded(&certify(&["--sound", "--sound-deployed-f32", "--limit", "4"]));
     assert!(t.contains("checked sound: deployed-f32"), "{t}");
+}
+
+#[test]
+fn verify_sound_refuses_a_bound_it_does_not_check() {
+    let d = tmp("verify-sound");
+    let bench = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/vnncomp2021/test");
+    assert!(bench.join("test_small.onnx").exists(), "missing {}", bench.display());
+    let (onnx, prop) = (bench.join("test_small.onnx"), bench.join("test_small.vnnlib"));
+    let verify = |extra: &[&str]| {
+        let mut a = vec!["verify", "--onnx", s(&onnx), "--vnnlib", s(&prop)];
+        a.extend_from_slice(extra);
+        xtask(&d, &a)
+    };
+    refused(&verify(&["--sound", "--method", "crown"]), &["--sound", "--method crown"]);
+    let t = succeeded(&verify(&["--sound", "--timeout", "30"]));
+    assert!(t.contains("unsat"), "{t}");
 }

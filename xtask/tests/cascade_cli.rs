@@ -124,6 +124,7 @@ fn certify_prints_the_stage_table_and_writes_stages_to_the_json() {
         f64: false,
         device: "cpu".into(),
         proj: None,
+        records: None,
     };
     let r = match certify_file(&cfg, None, |_, _, _| {}).unwrap() {
         Certified::Cascade(r) => r,

@@ -470,13 +470,23 @@ pub fn certify_file_report(
         ),
         Some(k) => {
             let net = nets.swap_remove(k);
+            // Records name the stage, so the merge reports it as this run does.
+            let mut cfg = cfg.clone();
+            if let Some(r) = cfg.records.as_mut() {
+                r.method = crate::certify_records::Method::Stage { stage: k, stages_in_file: count };
+            }
             Certified::Stage(StageReport {
-                report: certify_network(cfg, &net, progress)?,
+                report: certify_network(&cfg, &net, progress)?,
                 stage: k,
                 stages_in_file: count,
             })
         }
         None if count == 1 => Certified::Model(certify_network(cfg, &nets[0], progress)?),
+        None if cfg.records.is_some() => bail!(
+            "--records: {} is a cascade of {count} stages; sharded runs certify one model or one stage \
+             (--stage K), not the cascade's per-stage routing",
+            cfg.model.display()
+        ),
         None => Certified::Cascade(certify_cascade(cfg, &nets, progress)?),
     };
     Ok(out)

@@ -69,6 +69,10 @@ pub struct CertifyConfig {
     /// Random projections instead of the exact bound (an estimate, not a certificate).
     #[serde(default)]
     pub proj: Option<Projection>,
+    /// `--shard I/N --records DIR`: this shard's blocks only, one record per finished block,
+    /// resuming from the records (`crate::certify_records`). Not part of the results' settings.
+    #[serde(skip)]
+    pub records: Option<crate::certify_records::CertifyRecords>,
 }
 
 /// Settings of the projected (scalable) bound of Wong et al. 2018.
@@ -428,17 +432,29 @@ pub fn certify_batches(
     let data = cfg.test_set()?;
     check_data_shape(net, &data, &cfg.dataset)?;
     let start = Instant::now();
-    let total = data.len();
+    let mut log = cfg.records.as_ref().map(|r| crate::certify_records::open(r, cfg, &data)).transpose()?;
+    let owns = |b: usize| cfg.records.as_ref().is_none_or(|r| r.sharding.shard.owns(b));
+    let blocks = crate::certify_records::blocks(data.len(), cfg.batch_size);
+    let total: usize = blocks.iter().enumerate().filter(|(b, _)| owns(*b)).map(|(_, (i, end))| end - i).sum();
     let mut acc = BatchCounts::default();
-    let mut i = 0;
-    while i < total {
-        let end = (i + cfg.batch_size.max(1)).min(total);
+    for (b, &(i, end)) in blocks.iter().enumerate() {
+        if !owns(b) {
+            continue;
+        }
+        if let Some(v) = log.as_ref().and_then(|l| l.done(b as u64)) {
+            acc.add(&crate::certify_records::counts(v, i, end)?);
+            progress(acc.n, total, &acc);
+            continue;
+        }
+        let t0 = Instant::now();
         let (x, y) = data.batch(i, end, &device)?;
         let x = x.to_dtype(dtype)?;
         let c = evaluate(&x, &y).with_context(|| format!("examples {i}..{end}"))?;
+        if let Some(l) = log.as_mut() {
+            l.append(b as u64, crate::certify_records::record(i, end, &c, t0.elapsed().as_secs_f64()))?;
+        }
         acc.add(&c);
-        progress(end, total, &acc);
-        i = end;
+        progress(acc.n, total, &acc);
     }
     let n = acc.n.max(1) as f64;
     Ok(CertifyReport {

@@ -14,6 +14,7 @@ pub mod cascade;
 pub mod cascade_certify;
 pub mod certify;
 pub mod certify_family;
+pub mod certify_records;
 pub mod certify_sound;
 pub mod datasets;
 pub mod device;

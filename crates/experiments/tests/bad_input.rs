@@ -172,6 +172,7 @@ fn config(dir: &std::path::Path, model: PathBuf) -> CertifyConfig {
         f64: false,
         device: "cpu".into(),
         proj: None,
+        records: None,
     }
 }
 
@@ -241,6 +242,7 @@ fn certify_matches_the_reference_on_real_data() {
         f64: false,
         device: "cpu".into(),
         proj: None,
+        records: None,
     };
     let r = certify(&cfg, |_, _, _| {}).unwrap();
     let want = Tensor::read_npy(err_ref)

@@ -180,6 +180,7 @@ fn cifar_config(json: Option<PathBuf>) -> (CertifyConfig, Value) {
         f64: false,
         device: "cpu".into(),
         proj: None,
+        records: None,
     };
     (cfg, fx)
 }

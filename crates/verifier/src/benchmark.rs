@@ -116,6 +116,9 @@ pub struct RunOptions {
     pub reference: Option<Reference>,
     /// Verification settings (its timeout is replaced per instance).
     pub verify: VerifyOptions,
+    /// `--shard I/N --records DIR`: this shard's instances only, one record each, resuming from
+    /// the records; the tables are then left to `cargo xtask merge`.
+    pub records: Option<records::Sharding>,
 }
 
 /// Runs every instance of the folder `dir` (its one `*_instances.csv`); calls `progress` after
@@ -138,7 +141,21 @@ pub fn run_benchmark(
     // Each network imported and lowered once, for all its instances.
     let mut models: HashMap<String, Result<(Model, Option<nets::Network>), String>> = HashMap::new();
     let mut rows = Vec::new();
+    let mut log = match &opts.records {
+        Some(s) => Some(crate::benchmark_records::open(s, dir, &name, &csv, &instances, opts, method)?),
+        None => None,
+    };
+    let mine = (0..instances.len()).filter(|&k| crate::benchmark_records::owns(opts.records.as_ref(), k)).count();
     for (k, inst) in instances.iter().enumerate() {
+        if !crate::benchmark_records::owns(opts.records.as_ref(), k) {
+            continue;
+        }
+        if let Some(v) = log.as_ref().and_then(|l| l.done(k as u64)) {
+            let row = crate::benchmark_records::row(v)?;
+            progress(rows.len() + 1, mine, &row);
+            rows.push(row);
+            continue;
+        }
         let t0 = Instant::now();
         let model = models.entry(inst.onnx.clone()).or_insert_with(|| {
             let m = Model::load(dir.join(&inst.onnx)).map_err(|e| e.to_string())?;
@@ -171,9 +188,14 @@ pub fn run_benchmark(
         };
         let error = if let Answer::Error(e) = &answer { Some(e.clone()) } else { None };
         let row = Row { instance: inst.clone(), result, error, seconds, reference, verdict };
-        progress(k + 1, instances.len(), &row);
+        if let Some(l) = log.as_mut() {
+            l.append(k as u64, crate::benchmark_records::record(&row)).map_err(|e| format!("{e:#}"))?;
+        }
+        progress(rows.len() + 1, mine, &row);
         rows.push(row);
-        write_tables(&opts.out_dir, &name, &rows, opts.max_timeout)?;
+        if log.is_none() {
+            write_tables(&opts.out_dir, &name, &rows, opts.max_timeout)?;
+        }
     }
     Ok(rows)
 }

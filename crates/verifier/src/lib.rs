@@ -9,6 +9,7 @@
 mod answer;
 pub mod bab;
 pub mod benchmark;
+pub mod benchmark_records;
 mod bounds;
 mod driver;
 pub mod falsify;

@@ -6,7 +6,10 @@
 pub mod augment;
 pub mod batchnorm;
 pub mod certified;
+pub mod distributed;
 pub mod init;
+#[cfg(feature = "mpi")]
+pub mod mpi;
 pub mod optim;
 pub mod regularizer;
 pub mod resume;
@@ -18,4 +21,4 @@ pub use certified::{BoundLoss, PgdSettings};
 pub use optim::{Optimizer, OptimizerConfig};
 pub use resume::RunData;
 pub use schedule::{EpsilonSchedule, LrSchedule, Mix, RampShape};
-pub use trainer::{plot_log, train, EpochLog, LossKind, Recipe, TrainConfig, TrainSummary};
+pub use trainer::{plot_log, train, train_with, EpochLog, LossKind, Recipe, TrainConfig, TrainSummary};

@@ -341,6 +341,23 @@ pub fn train(
     out_dir: &Path,
     resume: bool,
 ) -> Result<TrainSummary> {
+    train_with(net, train_set, test_set, cfg, out_dir, resume, &super::distributed::SingleProcess)
+}
+
+/// [`train`] as one rank of a data-parallel group (`super::distributed`): `cfg.batch_size` is
+/// the global batch, of which this rank takes its part; gradients are all-reduced before the
+/// step; rank 0 alone evaluates and writes the folder (a resumed run reads it on every rank, so
+/// it must be on a shared file system).
+pub fn train_with(
+    net: &Network,
+    train_set: &Dataset,
+    test_set: &Dataset,
+    cfg: &TrainConfig,
+    out_dir: &Path,
+    resume: bool,
+    comm: &dyn super::distributed::Collective,
+) -> Result<TrainSummary> {
+    let root = comm.rank() == 0;
     cfg.validate()?;
     if train_set.is_empty() || test_set.is_empty() {
         bail!("empty training or test set");
@@ -376,10 +393,24 @@ pub fn train(
         opt.load_state(&ot, s.optimizer_steps)?;
         state = s;
     }
-    write_json_atomic(&out_dir.join("config.json"), cfg)?;
+    // Every rank starts from rank 0's weights.
+    super::distributed::broadcast_params(comm, &net.trainable())?;
+    if root {
+        write_json_atomic(&out_dir.join("config.json"), cfg)?;
+    }
     let n = train_set.len();
     let nb = n.div_ceil(cfg.batch_size);
     let bn_train = batchnorm::trains_batch_stats(net);
+    // Every rank needs at least one example of every batch (the last one is the smallest).
+    let last = n - (nb - 1) * cfg.batch_size;
+    if last < comm.size() {
+        bail!(
+            "{} processes train together, but the last batch of an epoch has {last} examples ({n} examples in \
+             batches of {}): use a batch size and training set that give every process an example",
+            comm.size(),
+            cfg.batch_size
+        );
+    }
     for epoch in state.epochs_done..cfg.epochs {
         let t0 = Instant::now();
         let lr = cfg.lr.at(epoch);
@@ -387,7 +418,7 @@ pub fn train(
         let mut order: Vec<usize> = (0..n).collect();
         order.shuffle(&mut StdRng::seed_from_u64(cfg.seed.wrapping_add(epoch as u64)));
         let label = format!("epoch {}/{}", epoch + 1, cfg.epochs);
-        let bar = if cfg.quiet { Progress::hidden() } else { Progress::new(label) };
+        let bar = if cfg.quiet || !root { Progress::hidden() } else { Progress::new(label) };
         let (mut loss_sum, mut err_sum, mut rerr_sum, mut seen, mut rerr_seen) = (0.0, 0usize, 0.0, 0usize, 0usize);
         let mut eps = cfg.eps.at(epoch, 0.0);
         for b in 0..nb {
@@ -400,7 +431,9 @@ pub fn train(
                     &mut StdRng::seed_from_u64(cfg.seed ^ step.wrapping_mul(0xA24B_AED4_963E_E407) ^ 0x5EED),
                 );
             }
-            let (x, y) = sub.batch(0, sub.n, &Device::Cpu)?;
+            // This rank's rows of the (augmented) global batch.
+            let (batch_n, part) = (sub.n, super::distributed::local_part(sub.n, comm.rank(), comm.size()));
+            let (x, y) = sub.batch(part.start, part.end, &Device::Cpu)?;
             let x = x.to_dtype(dtype)?.to_device(&net.device())?;
             eps = cfg.eps.at(epoch, b as f64 / nb as f64);
             // One forward pass: the clean logits, BatchNorm's batch statistics and the start of
@@ -453,11 +486,25 @@ pub fn train(
                     interval_loss(net, &outs, &y, eps, cfg, &kind, step_seed)?
                 }
             };
-            let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            let mut lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            let mut grads = loss.backward()?;
+            // The batch's gradient and statistics: this rank's weighted by its share of the batch.
+            let share = y.len() as f64 / batch_n as f64;
+            let (mut clean_err, mut rerr) = (clean_err, rerr);
+            let sums = super::distributed::all_reduce_grads(
+                comm,
+                &net.trainable(),
+                &mut grads,
+                share,
+                &[lv * share, clean_err as f64, rerr.unwrap_or(0.0) * share],
+            )?;
+            if comm.size() > 1 {
+                (lv, clean_err) = (sums[0], sums[1].round() as usize);
+                rerr = rerr.map(|_| sums[2]);
+            }
             if !lv.is_finite() {
                 bail!("the loss became {lv} at epoch {} batch {}; {}", epoch + 1, b + 1, kept(out_dir, &state));
             }
-            let mut grads = loss.backward()?;
             if let Some(m) = cfg.clip_grad_norm {
                 opt.clip_grad_norm(&mut grads, m)?;
             }
@@ -470,13 +517,13 @@ pub fn train(
                     kept(out_dir, &state)
                 );
             }
-            loss_sum += lv * y.len() as f64;
+            loss_sum += lv * batch_n as f64;
             err_sum += clean_err;
             if let Some(r) = rerr {
-                rerr_sum += r * y.len() as f64;
-                rerr_seen += y.len();
+                rerr_sum += r * batch_n as f64;
+                rerr_seen += batch_n;
             }
-            seen += y.len();
+            seen += batch_n;
             let mut msg =
                 format!("eps {eps:.4} loss {:.4} err {:.4}", loss_sum / seen as f64, err_sum as f64 / seen as f64);
             if rerr.is_some() {
@@ -485,6 +532,11 @@ pub fn train(
             bar.update(b as u64 + 1, nb as u64, &msg);
         }
         bar.finish();
+        if !root {
+            // Rank 0 evaluates and keeps the files; the others go on to the next epoch.
+            state.epochs_done = epoch + 1;
+            continue;
+        }
         let settings = EvalSettings {
             eps: cfg.eps.end,
             norm: cfg.norm,
