@@ -23,15 +23,26 @@
 //!
 //! With a memory budget the columns of each source (forward) or the rows of `g` (backward) go in
 //! chunks, so memory stays bounded; the numbers are the same up to the order of summation.
+//!
+//! The parts, one file each under `network/`: `forward_columns.rs` (the forward form and the
+//! nominal pass), `backward_form.rs` (the backward form and the backward pass of `J(c)`),
+//! `cost_model.rs` (which form per activation), `chunking.rs` (how many columns or rows at once). This file walks the
+//! layers ([`DualNetwork::build`]) and evaluates the objective.
+
+mod backward_form;
+mod chunking;
+mod cost_model;
+mod forward_columns;
 
 use crate::{
     layer::{DualNode, Relaxation},
     source::DualSource,
     DualError, Result,
 };
+use backward_form::{backward_terms, propagate_back};
 use candle_core::{DType, Tensor};
-use std::collections::BTreeMap;
-use std::ops::Range;
+use cost_model::{choose_forms, FormChoice};
+use forward_columns::{ColumnBlock, ForwardPass, PersistentColumns};
 
 /// How the dual network is built.
 #[derive(Debug, Clone, Default)]
@@ -51,7 +62,7 @@ pub enum BoundForm {
     #[default]
     Auto,
     /// Forward: every source's columns are pushed to the activation (Algorithm 1 as written).
-    Columns,
+    Forward,
     /// Backward: the identity on the activation's units goes back through the transposed
     /// layers to every source with an exact term.
     Backward,
@@ -91,62 +102,6 @@ pub struct DualNetwork {
     shapes: Vec<Vec<usize>>,
 }
 
-/// Columns `range` of the source at output `pos`, carried forward; `states` holds the outputs
-/// still needed, keyed by output index.
-struct Block {
-    pos: usize,
-    range: Range<usize>,
-    at: usize,
-    with_bias: bool,
-    states: BTreeMap<usize, Tensor>,
-}
-
-impl Block {
-    fn new(pos: usize, range: Range<usize>, cols: Tensor, with_bias: bool) -> Self {
-        let mut states = BTreeMap::new();
-        states.insert(pos, cols);
-        Block { pos, range, at: pos, with_bias, states }
-    }
-}
-
-struct Plan<'a> {
-    nodes: &'a [DualNode],
-    last_use: Vec<usize>,
-}
-
-impl Plan<'_> {
-    /// Pushes the block forward to output `to`, keeping only outputs read later.
-    fn advance(&self, block: &mut Block, to: usize, relax: &[Option<Box<dyn Relaxation>>]) -> Result<()> {
-        while block.at < to {
-            let t = block.at + 1;
-            let node = &self.nodes[t - 1];
-            let out = match node {
-                DualNode::Affine(a) => {
-                    let idx = a.inputs().indices(t);
-                    let xs: Vec<Option<&Tensor>> = idx.iter().map(|i| i.and_then(|i| block.states.get(&i))).collect();
-                    a.forward(&xs, block.with_bias)?
-                }
-                DualNode::Activation(_) => {
-                    let r = relax[t].as_ref().ok_or_else(|| {
-                        DualError::shape(format!("activation {t} used before its bounds were computed"))
-                    })?;
-                    match block.states.get(&(t - 1)) {
-                        Some(x) => Some(r.apply(x)?),
-                        None => None,
-                    }
-                }
-            };
-            if let Some(out) = out {
-                block.states.insert(t, out);
-            }
-            block.at = t;
-            let last_use = &self.last_use;
-            block.states.retain(|&i, _| i == t || last_use[i] > t);
-        }
-        Ok(())
-    }
-}
-
 fn numel(shape: &[usize]) -> usize {
     shape.iter().product()
 }
@@ -160,91 +115,23 @@ impl DualNetwork {
             return Err(DualError::invalid("the network has no layers"));
         }
         let n = nodes.len();
-        // last_use[i]: the last node that reads output i.
-        let mut last_use = vec![0usize; n + 1];
-        for (k, node) in nodes.iter().enumerate() {
-            let t = k + 1;
-            for i in node.inputs().indices(t).into_iter().flatten() {
-                last_use[i] = last_use[i].max(t);
-            }
-        }
         let last_act = nodes.iter().rposition(|nd| matches!(nd, DualNode::Activation(_))).map(|k| k + 1).unwrap_or(0);
         let b = x.dim(0)?;
         let mut relaxations: Vec<Option<Box<dyn Relaxation>>> = (0..=n).map(|_| None).collect();
-        let mut bounds = Vec::new();
-        let mut forms = Vec::new();
+        let (mut bounds, mut forms) = (Vec::new(), Vec::new());
         let mut shapes: Vec<Vec<usize>> = vec![x.dims()[1..].to_vec()];
-        let plan = Plan { nodes: &nodes, last_use };
-        let mut center = Block::new(0, 0..1, x.unsqueeze(1)?, true);
-        // Full mode: one persistent block per source pushed forward, made on first use.
-        let mut blocks: Vec<Block> = Vec::new();
+        let pass = ForwardPass::new(&nodes);
+        let mut nominal = ColumnBlock::nominal(x)?;
+        let mut persistent = PersistentColumns::default();
         for t in 1..=n {
             if let DualNode::Activation(act) = &nodes[t - 1] {
-                plan.advance(&mut center, t - 1, &relaxations)?;
-                let c = center.states.get(&(t - 1)).expect("center holds its latest output");
-                let shape = c.dims()[2..].to_vec();
-                let k = numel(&shape);
-                let c = c.reshape((b, k))?;
-                let (mut lo, mut up) = (c.clone(), c);
-                let sources = source_positions(&relaxations, t);
-                let walk = Walk { nodes: &nodes, shapes: &shapes, input: input.as_ref(), relax: &relaxations };
-                let (backward, forward) = choose_forms(&walk, &sources, t, k, b, opts.bound_form);
-                forms.push(FormsUsed { layer: t, backward: backward.len(), forward: forward.len() });
-                if !backward.is_empty() {
-                    let (l, u) = backward_terms(&walk, &backward, t, b, x, opts)?;
-                    lo = lo.broadcast_add(&l)?;
-                    up = up.broadcast_add(&u)?;
-                }
-                for pos in forward {
-                    let src = source_at(input.as_ref(), &relaxations, pos);
-                    let ncols = src.num_columns();
-                    if ncols == 0 {
-                        continue;
-                    }
-                    let mut acc: Option<(Tensor, Tensor)> = None;
-                    let mut add = |p: &Tensor, range: Range<usize>| -> Result<()> {
-                        // Shared columns (batch 1) stay shared until a per-example layer.
-                        let pb = p.dim(0)?;
-                        // (A reshape that changes nothing is skipped: it would only add a node to
-                        // the backward pass.)
-                        let p =
-                            if p.dims() == [pb, range.len(), k] { p.clone() } else { p.reshape((pb, range.len(), k))? };
-                        let (l, u) = src.column_terms(&p, range)?;
-                        acc = Some(match acc.take() {
-                            None => (l, u),
-                            Some((al, au)) => (al.broadcast_add(&l)?, au.broadcast_add(&u)?),
-                        });
-                        Ok(())
-                    };
-                    match opts.memory_budget {
-                        None => {
-                            if !blocks.iter().any(|bl| bl.pos == pos) {
-                                blocks.push(Block::new(pos, 0..ncols, src.columns(0..ncols)?, false));
-                            }
-                            let blk = blocks.iter_mut().find(|bl| bl.pos == pos).expect("one block per source");
-                            plan.advance(blk, t - 1, &relaxations)?;
-                            add(&blk.states[&(t - 1)], blk.range.clone())?;
-                        }
-                        Some(budget) => {
-                            let widest = shapes[pos..t].iter().map(|s| numel(s)).max().unwrap_or(1);
-                            let per_col = b * widest * x.dtype().size_in_bytes() * BYTES_FACTOR;
-                            let chunk = (budget / per_col.max(1)).clamp(1, ncols);
-                            let mut start = 0;
-                            while start < ncols {
-                                let range = start..(start + chunk).min(ncols);
-                                let mut blk = Block::new(pos, range.clone(), src.columns(range)?, false);
-                                plan.advance(&mut blk, t - 1, &relaxations)?;
-                                add(&blk.states[&(t - 1)], blk.range.clone())?;
-                                start += chunk;
-                            }
-                        }
-                    }
-                    if let Some((al, au)) = acc {
-                        let (l, u) = src.finish_terms(al, au)?;
-                        lo = lo.broadcast_add(&l)?;
-                        up = up.broadcast_add(&u)?;
-                    }
-                }
+                pass.advance(&mut nominal, t - 1, &relaxations)?;
+                let z = nominal.output(t - 1);
+                let shape = z.dims()[2..].to_vec();
+                let z = z.reshape((b, numel(&shape)))?;
+                let net = NetPrefix { nodes: &nodes, shapes: &shapes, input: input.as_ref(), relax: &relaxations };
+                let (lo, up, used) = activation_input_bounds(&net, &pass, &mut persistent, z, t, x, opts)?;
+                forms.push(used);
                 let mut full_shape = vec![b];
                 full_shape.extend_from_slice(&shape);
                 let lo = lo.reshape(full_shape.clone())?;
@@ -254,9 +141,8 @@ impl DualNetwork {
                 relaxations[t] = Some(relax);
             }
             if t <= last_act || t == n {
-                plan.advance(&mut center, t, &relaxations)?;
-                let c = &center.states[&t];
-                shapes.push(c.dims()[2..].to_vec());
+                pass.advance(&mut nominal, t, &relaxations)?;
+                shapes.push(nominal.output(t).dims()[2..].to_vec());
             } else {
                 shapes.push(Vec::new());
             }
@@ -357,211 +243,46 @@ impl DualNetwork {
     }
 }
 
-/// Propagated tensors and their temporaries take a few times the size of one state.
-const BYTES_FACTOR: usize = 4;
-
-/// Without a memory budget, the rows of the backward form still go in chunks of about this
-/// many bytes per state: the numbers are the same, the working set stays in memory that is
-/// reused (a forward pass without gradients then peaks far lower, at no cost in speed).
-const BACKWARD_CHUNK_BYTES: usize = 256 << 20;
-
-/// What the layer-wise bounds of one activation read: the nodes, the output shapes known so far,
-/// the input set and the relaxations chosen so far.
+/// The network up to one activation, as its bounds read it: the nodes, the output shapes known
+/// so far, the input set and the relaxations chosen so far.
 #[derive(Clone, Copy)]
-struct Walk<'a> {
+struct NetPrefix<'a> {
     nodes: &'a [DualNode],
     shapes: &'a [Vec<usize>],
     input: &'a dyn DualSource,
     relax: &'a [Option<Box<dyn Relaxation>>],
 }
 
-/// Multiply-adds per column of node `t` (1-based) of the network.
-fn node_cost(nodes: &[DualNode], shapes: &[Vec<usize>], t: usize) -> usize {
-    let out = numel(&shapes[t]);
-    match &nodes[t - 1] {
-        DualNode::Affine(a) => {
-            let ins: Vec<Option<usize>> = a.inputs().indices(t).iter().map(|i| i.map(|i| numel(&shapes[i]))).collect();
-            a.macs_per_column(&ins, out)
-        }
-        DualNode::Activation(_) => out,
-    }
-}
-
-/// Splits the sources before activation `t` (whose input has `k` units) into those computed in
-/// backward form and those pushed forward, for a batch of `b`.
-///
-/// Cost in multiply-adds, `path(a, z)` being the cost per column of nodes `a+1 ..= z`:
-/// forward `Σ_s columns_s · (b · path(start_s, t-1) + shared_s)`, where a shared source (the
-/// input's identity) goes through the nodes before the first activation once for the batch
-/// (`shared_s = path(pos_s, start_s)`, `start_s` that activation's input); backward
-/// `K · (b · path(lowest, a) + path(a, t-1))`, `a` the last activation before `t`: the rows are
-/// shared by the batch until they meet its slopes. With a batch of one nothing is amortised,
-/// so small batches go forward more often.
-fn choose_forms(
-    net: &Walk<'_>,
-    sources: &[usize],
+/// The bounds `l = ẑ(x) + Σ_s lower_s`, `u = ẑ(x) + Σ_s upper_s` of the input of activation `t`,
+/// each `[B, K]`, from its nominal value `z = ẑ(x)` (`[B, K]`) and the terms of every source
+/// before it, each in the form [`choose_forms`] picks.
+fn activation_input_bounds(
+    net: &NetPrefix<'_>,
+    pass: &ForwardPass<'_>,
+    persistent: &mut PersistentColumns,
+    z: Tensor,
     t: usize,
-    k: usize,
-    b: usize,
-    form: BoundForm,
-) -> (Vec<usize>, Vec<usize>) {
-    let Walk { nodes, shapes, input, relax } = *net;
-    let exact = |pos: &usize| source_at(input, relax, *pos).exact_from_coefficients();
-    let (eligible, rest): (Vec<usize>, Vec<usize>) = match form {
-        BoundForm::Columns => (Vec::new(), sources.to_vec()),
-        _ => sources.iter().partition(|p| exact(p)),
-    };
-    if eligible.is_empty() || form == BoundForm::Backward {
-        return (eligible, rest);
-    }
-    let is_act = |t: usize| matches!(nodes[t - 1], DualNode::Activation(_));
-    let path = |from: usize, to: usize| -> usize { (from + 1..=to).map(|i| node_cost(nodes, shapes, i)).sum() };
-    let forward: usize = eligible
-        .iter()
-        .map(|&pos| {
-            let cols = source_at(input, relax, pos).num_columns();
-            let start = if pos == 0 { (1..t).find(|&i| is_act(i)).map(|i| i - 1).unwrap_or(t - 1) } else { pos };
-            cols.saturating_mul(b.saturating_mul(path(start, t - 1)).saturating_add(path(pos, start)))
-        })
-        .fold(0usize, |a, c| a.saturating_add(c));
-    let lowest = eligible[0];
-    let last_act = (lowest + 1..t).rev().find(|&i| is_act(i));
-    let backward = match last_act {
-        Some(a) => k.saturating_mul(b.saturating_mul(path(lowest, a)).saturating_add(path(a, t - 1))),
-        None => k.saturating_mul(path(lowest, t - 1)),
-    };
-    if backward < forward {
-        (eligible, rest)
-    } else {
-        (Vec::new(), sources.to_vec())
-    }
-}
-
-/// Rows `range` of the identity on the `K` units of output `t`, shared by the batch:
-/// `[1, len, *shape]`.
-fn identity_rows(range: Range<usize>, shape: &[usize], dtype: DType, device: &candle_core::Device) -> Result<Tensor> {
-    let k = numel(shape);
-    let len = range.len();
-    let mut data = vec![0f32; len * k];
-    for (j, r) in range.enumerate() {
-        data[j * k + r] = 1.0;
-    }
-    let mut s = vec![1, len];
-    s.extend_from_slice(shape);
-    Ok(Tensor::from_vec(data, s, device)?.to_dtype(dtype)?)
-}
-
-/// The terms of the sources at `positions` (oldest first) for every unit of output `t - 1`, in
-/// backward form: `g = I_K` goes back through the transposed layers and the slopes `D`, and
-/// each source adds `(min, max)` of `gᵀδ` over its variables ([`DualSource::coefficient_terms`]).
-/// Rows go in chunks sized by the memory budget; returns `([B, K], [B, K])`.
-fn backward_terms(
-    net: &Walk<'_>,
-    positions: &[usize],
-    t: usize,
-    b: usize,
     x: &Tensor,
     opts: &DualOptions,
-) -> Result<(Tensor, Tensor)> {
-    let Walk { nodes, shapes, input, relax } = *net;
-    let top = t - 1;
-    let shape = &shapes[top];
-    let k = numel(shape);
-    let lowest = positions[0];
-    let widest = shapes[lowest..t].iter().map(|s| numel(s)).max().unwrap_or(1);
-    let per_row = b * widest * x.dtype().size_in_bytes() * BYTES_FACTOR;
-    let budget = opts.memory_budget.unwrap_or(BACKWARD_CHUNK_BYTES * BYTES_FACTOR);
-    let chunk = (budget / per_row.max(1)).clamp(1, k.max(1));
-    let (mut lows, mut ups) = (Vec::new(), Vec::new());
-    let mut start = 0;
-    while start < k {
-        let range = start..(start + chunk).min(k);
-        let len = range.len();
-        let mut g: Vec<Option<Tensor>> = (0..=top).map(|_| None).collect();
-        g[top] = Some(identity_rows(range, shape, x.dtype(), x.device())?);
-        let (mut lo, mut up): (Option<Tensor>, Option<Tensor>) = (None, None);
-        let add = |src: &dyn DualSource, gt: &Tensor, lo: &mut Option<Tensor>, up: &mut Option<Tensor>| -> Result<()> {
-            let (l, u) = src.coefficient_terms(gt)?;
-            accumulate(lo, l)?;
-            accumulate(up, u)
-        };
-        let g0 =
-            propagate_back(nodes, relax, g, lowest, |s, _, gs| match relax[s].as_ref().and_then(|r| r.source()) {
-                Some(src) if positions.contains(&s) => add(src, gs, &mut lo, &mut up),
-                _ => Ok(()),
-            })?;
-        if let Some(g0) = g0 {
-            add(input, &g0, &mut lo, &mut up)?;
-        }
-        let zeros = || Tensor::zeros((b, len), x.dtype(), x.device());
-        let full = |v: Option<Tensor>| -> Result<Tensor> {
-            match v {
-                Some(v) => Ok(v.broadcast_as((b, len))?.contiguous()?),
-                None => Ok(zeros()?),
-            }
-        };
-        lows.push(full(lo)?);
-        ups.push(full(up)?);
-        start += chunk;
+) -> Result<(Tensor, Tensor, FormsUsed)> {
+    let (b, k) = z.dims2()?;
+    let (mut lo, mut up) = (z.clone(), z);
+    let sources = source_positions(net.relax, t);
+    let FormChoice { backward, forward } = choose_forms(net, &sources, t, k, b, opts.bound_form);
+    let used = FormsUsed { layer: t, backward: backward.len(), forward: forward.len() };
+    if !backward.is_empty() {
+        let (l, u) = backward_terms(net, &backward, t, b, x, opts.memory_budget)?;
+        lo = lo.broadcast_add(&l)?;
+        up = up.broadcast_add(&u)?;
     }
-    let cat = |v: Vec<Tensor>| -> Result<Tensor> {
-        if v.len() == 1 {
-            Ok(v.into_iter().next().expect("one chunk"))
-        } else {
-            Ok(Tensor::cat(&v, 1)?)
-        }
-    };
-    Ok((cat(lows)?, cat(ups)?))
-}
-
-/// Adds `v` into `slot` (broadcasting: coefficients shared by the batch meet per-example ones).
-fn accumulate(slot: &mut Option<Tensor>, v: Tensor) -> Result<()> {
-    *slot = Some(match slot.take() {
-        None => v,
-        Some(s) => s.broadcast_add(&v)?,
-    });
-    Ok(())
-}
-
-/// Runs the coefficients `g` (indexed by output, the last one set) backwards through the
-/// transposed layers and the relaxations' slopes, down to output `lowest` (Theorem 1's dual
-/// network): `visit(t, node, g_t)` sees the coefficients at the output of every node
-/// `t = top, …, max(lowest, 1)` before they move on; contributions to outputs below `lowest` are
-/// dropped, and an activation at `lowest` is visited but not passed through. Returns the
-/// coefficients on the network input when `lowest` is 0.
-fn propagate_back(
-    nodes: &[DualNode],
-    relax: &[Option<Box<dyn Relaxation>>],
-    mut g: Vec<Option<Tensor>>,
-    lowest: usize,
-    mut visit: impl FnMut(usize, &DualNode, &Tensor) -> Result<()>,
-) -> Result<Option<Tensor>> {
-    let top = g.len() - 1;
-    for t in (lowest.max(1)..=top).rev() {
-        let Some(gt) = g[t].take() else { continue };
-        let node = &nodes[t - 1];
-        visit(t, node, &gt)?;
-        if t == lowest {
-            break;
-        }
-        match node {
-            DualNode::Affine(a) => {
-                for (i, v) in a.inputs().indices(t).into_iter().zip(a.transpose(&gt)?) {
-                    if let (Some(i), Some(v)) = (i, v) {
-                        if i >= lowest {
-                            accumulate(&mut g[i], v)?;
-                        }
-                    }
-                }
-            }
-            DualNode::Activation(_) => {
-                let r =
-                    relax[t].as_ref().ok_or_else(|| DualError::shape(format!("activation {t} has no relaxation")))?;
-                accumulate(&mut g[t - 1], r.apply(&gt)?)?;
-            }
+    for pos in forward {
+        let terms = forward_columns::source_terms(net, pass, persistent, pos, t, k, b, x.dtype(), opts.memory_budget)?;
+        if let Some((l, u)) = terms {
+            lo = lo.broadcast_add(&l)?;
+            up = up.broadcast_add(&u)?;
         }
     }
-    Ok(if lowest == 0 { g[0].take() } else { None })
+    Ok((lo, up, used))
 }
 
 /// Positions of the sources that exist before output `t`: the input and every relaxed activation
@@ -572,6 +293,7 @@ fn source_positions(relax: &[Option<Box<dyn Relaxation>>], t: usize) -> Vec<usiz
     v
 }
 
+/// The source at output `pos`: the input set at 0, else the relaxation's unstable units.
 fn source_at<'a>(
     input: &'a dyn DualSource,
     relax: &'a [Option<Box<dyn Relaxation>>],
