@@ -207,7 +207,7 @@ pub fn check_data_shape(net: &Network, data: &Dataset, dataset: &str) -> Result<
 
 /// Loads the test split of a data set by name.
 pub fn load_test_set(name: &str, dir: &Path) -> Result<Dataset> {
-    crate::datasets::load(name, dir, Split::Test)
+    Ok(crate::datasets::load(name, dir, Split::Test)?)
 }
 
 /// The default folder of a data set: `data/NAME`, else Debian's `/usr/share/datasets/NAME`.

@@ -1,7 +1,8 @@
 //! # experiments
 //!
-//! What users run: data sets, attacks, certified evaluation, and (later) training and the
-//! papers' reproductions. `xtask` is a thin command line over this crate.
+//! What users run: attacks, certified evaluation, training and the papers' reproductions.
+//! `xtask` is a thin command line over this crate. The data sets and their downloader live in
+//! the `datasets` crate, re-exported here as [`datasets`] and [`download`].
 //!
 //! Architecture invariant: no bound math here — it calls `dual-core` / `nets` for that.
 
@@ -16,9 +17,9 @@ pub mod certify;
 pub mod certify_family;
 pub mod certify_records;
 pub mod certify_sound;
-pub mod datasets;
+pub use ::datasets;
 pub mod device;
-pub mod download;
+pub use ::datasets::download;
 pub mod lp;
 pub mod min_distance;
 pub mod plot;

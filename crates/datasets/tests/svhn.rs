@@ -2,8 +2,8 @@
 //! layout, label 10 → 0, plain and zlib-compressed elements, small-element tags, and typed
 //! errors for malformed files.
 
-use experiments::datasets::svhn::parse_mat;
-use experiments::datasets::{load, load_svhn, DatasetError, Split};
+use datasets::svhn::parse_mat;
+use datasets::{load, load_svhn, DatasetError, Split};
 use std::io::Write;
 use std::path::PathBuf;
 

@@ -1,8 +1,8 @@
 //! The UCI HAR loader on small synthetic text files: values, labels 1–6 → 0–5, the flat batch
 //! shape `[n, 561]`, the zip's sub-folder, and typed errors for malformed files.
 
-use experiments::datasets::har::HAR_FEATURES;
-use experiments::datasets::{load, load_har, DatasetError, Split};
+use datasets::har::HAR_FEATURES;
+use datasets::{load, load_har, DatasetError, Split};
 use std::path::{Path, PathBuf};
 
 fn tmp(tag: &str) -> PathBuf {

@@ -1,7 +1,7 @@
 //! The data set downloader, end to end against a small HTTP server on 127.0.0.1 started by
 //! each test (no internet needed): mirrors, checksums, resume, import, unpacking.
 
-use experiments::download::{
+use datasets::download::{
     dataset, download_dataset, find_dataset, hash_bytes, read_sums, registry, Check, DatasetSource, DownloadError,
     DownloadOptions, Event, Origin, RemoteFile, Unpack, SUMS_FILE,
 };
@@ -773,7 +773,7 @@ fn imports_debian_fashion_mnist() {
         assert_eq!(std::fs::read(&f.path).unwrap(), std::fs::read(debian.join(&f.name)).unwrap());
     }
     // The loader reads what was imported.
-    let test = experiments::datasets::load_mnist_like(&dir, experiments::datasets::Split::Test).unwrap();
+    let test = datasets::load_mnist_like(&dir, datasets::Split::Test).unwrap();
     assert_eq!(test.len(), 10_000);
     let _ = std::fs::remove_dir_all(&dir);
 }

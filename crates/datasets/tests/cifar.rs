@@ -1,8 +1,8 @@
 //! The CIFAR-10 binary loader on small synthetic batch files: layout, normalisation, the
 //! `cifar-10-batches-bin/` sub-folder, and typed errors for malformed files.
 
-use experiments::datasets::cifar::{CIFAR_MEAN, CIFAR_RECORD, CIFAR_STD};
-use experiments::datasets::{load, load_cifar10, DatasetError, Split};
+use datasets::cifar::{CIFAR_MEAN, CIFAR_RECORD, CIFAR_STD};
+use datasets::{load, load_cifar10, DatasetError, Split};
 use std::path::PathBuf;
 
 fn tmp(tag: &str) -> PathBuf {

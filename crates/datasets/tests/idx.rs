@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{Device, Tensor};
-use experiments::datasets::{
+use datasets::{
     load_idx_pair, load_mnist_like, read_idx_images, read_idx_labels, DatasetError, Split, IDX_IMAGES_MAGIC,
     IDX_LABELS_MAGIC,
 };
