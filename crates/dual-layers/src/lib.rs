@@ -41,6 +41,7 @@ mod relu_linear;
 mod reshape;
 mod smooth;
 mod smooth_dual;
+mod threat;
 mod window;
 
 pub use batchnorm::DualBatchNorm2d;
@@ -59,4 +60,5 @@ pub use relu_linear::ReluLinear;
 pub use reshape::DualReshape;
 pub use smooth::{DualSmooth, Smooth, SmoothLinear};
 pub use smooth_dual::{slope_and_box, SmoothRelaxation};
+pub use threat::{BallNorm, ThreatModel};
 pub use window::Windows;

@@ -7,7 +7,7 @@ use crate::report::{write_json_atomic, Table};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 use dual_core::{certified_from_bounds, robust_bounds, DualNetwork, DualOptions, DualSource};
-use dual_layers::{InfBall, InfBallBounded, L2Ball};
+use dual_layers::ThreatModel;
 use nets::Network;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -32,6 +32,21 @@ impl std::str::FromStr for Norm {
             _ => bail!("unknown norm `{s}` (expected linf, linf-median, l2 or l2-normal)"),
         }
     }
+}
+
+impl From<Norm> for dual_layers::BallNorm {
+    fn from(n: Norm) -> Self {
+        match n {
+            Norm::Linf => dual_layers::BallNorm::Linf,
+            Norm::L2 => dual_layers::BallNorm::L2,
+        }
+    }
+}
+
+/// The threat model of the settings: the ball of `norm` and radius `eps`, ∩ `[0, 1]` when
+/// `bounded` (l_inf only; the settings refuse l2 with it before any work).
+pub fn threat_model(eps: impl Into<dual_layers::Epsilon>, norm: Norm, bounded: bool) -> ThreatModel {
+    ThreatModel::new(norm.into(), eps, bounded && norm == Norm::Linf)
 }
 
 /// Checked settings of a certification run.
@@ -221,13 +236,9 @@ pub fn default_data_dir(name: &str) -> PathBuf {
     }
 }
 
-/// The input set for a batch.
+/// The exact input set for a batch ([`threat_model`]'s set).
 pub fn input_set(x: &Tensor, eps: f64, norm: Norm, bounded: bool) -> Result<Box<dyn DualSource>> {
-    Ok(match (norm, bounded) {
-        (Norm::Linf, false) => Box::new(InfBall::new(x, eps)?),
-        (Norm::Linf, true) => Box::new(InfBallBounded::new(x, eps, 0.0, 1.0)?),
-        (Norm::L2, _) => Box::new(L2Ball::new(x, eps)?),
-    })
+    Ok(threat_model(eps, norm, bounded).exact_set(x)?)
 }
 
 /// The projections crate's settings for a ball.

@@ -7,8 +7,8 @@ use crate::plot::histogram;
 use crate::report::{median, write_json_atomic, Table};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, D};
-use dual_core::{robust_bounds, DualOptions, DualSource};
-use dual_layers::{Epsilon, InfBall, InfBallBounded, L2Ball};
+use dual_core::{robust_bounds, DualOptions};
+use dual_layers::Epsilon;
 use nets::Network;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -73,11 +73,7 @@ pub fn margins(net: &Network, x: &Tensor, y: &[u32], eps: &[f64], cfg: &SearchCo
         bail!("{} radii and {} labels for {b} examples", eps.len(), y.len());
     }
     let e = Epsilon::Tensor(Tensor::from_slice(eps, b, x.device())?.to_dtype(x.dtype())?);
-    let src: Box<dyn DualSource> = match (cfg.norm, cfg.bounded_input) {
-        (Norm::Linf, false) => Box::new(InfBall::new(x, e)?),
-        (Norm::Linf, true) => Box::new(InfBallBounded::new(x, e, 0.0, 1.0)?),
-        (Norm::L2, _) => Box::new(L2Ball::new(x, e)?),
-    };
+    let src = crate::certify::threat_model(e, cfg.norm, cfg.bounded_input).exact_set(x)?;
     let dual = net.dual(x, src, &DualOptions { memory_budget: cfg.memory_budget, ..Default::default() })?;
     let f = robust_bounds(&dual, y)?.to_dtype(DType::F64)?.to_vec2::<f64>()?;
     Ok(f.iter()

@@ -12,7 +12,6 @@ use crate::train::{Optimizer, OptimizerConfig};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, D};
 use dual_core::{class_difference_c, robust_loss, DualOptions, DualSource};
-use dual_layers::{InfBall, InfBallBounded};
 use nets::spec::build::{flatten, linear, relu};
 use nets::{Network, NetworkSpec};
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -52,7 +51,7 @@ impl Row {
 }
 
 fn input_set(x: &Tensor, eps: impl Into<dual_layers::Epsilon>, bounded: bool) -> Result<Box<dyn DualSource>> {
-    Ok(if bounded { Box::new(InfBallBounded::new(x, eps, 0.0, 1.0)?) } else { Box::new(InfBall::new(x, eps)?) })
+    Ok(crate::certify::threat_model(eps, crate::certify::Norm::Linf, bounded).exact_set(x)?)
 }
 
 /// The dual bound and the LP optimum for every example of `x` (`[B, *input_shape]`) and every

@@ -5,7 +5,7 @@ use crate::input::{InfBallProj, InfBallProjBounded, L2BallProj};
 use crate::relu::{DualReLUProj, ReluRule};
 use candle_core::Tensor;
 use dual_core::{DualError, DualNetwork, DualNode, DualOptions, DualSource, Result};
-use dual_layers::{validate_input, Epsilon, InfBall, InfBallBounded, L2Ball};
+use dual_layers::{validate_input, BallNorm, Epsilon, ThreatModel};
 
 /// Which norm the input set has, and so which projections and estimator it uses. ReLU layers
 /// always use Cauchy projections and the median (their term is an l1 norm).
@@ -54,6 +54,16 @@ impl ProjectionConfig {
     /// l2 ball of radius `eps`: `k` normal projections for the input, Cauchy for ReLU layers.
     pub fn l2(eps: impl Into<Epsilon>, k: usize, seed: u64) -> Self {
         ProjectionConfig { norm: ProjNorm::L2Normal, ..Self::linf(eps, k, seed) }
+    }
+    /// The threat model these projections estimate: the ball of [`ProjectionConfig::norm`]
+    /// and radius `eps`, clipped as `bounded` says (its exact set is used where the input has
+    /// at most `k` features).
+    pub fn threat_model(&self) -> ThreatModel {
+        let norm = match self.norm {
+            ProjNorm::LinfMedian => BallNorm::Linf,
+            ProjNorm::L2Normal => BallNorm::L2,
+        };
+        ThreatModel { norm, eps: self.eps.clone(), clip: self.bounded }
     }
     /// Clips the l_inf ball to `[lo, hi]`.
     pub fn bounded(mut self, lo: f64, hi: f64) -> Self {
@@ -191,9 +201,7 @@ pub fn projected_input(x: &Tensor, cfg: &ProjectionConfig, infl: &Inflation) -> 
         (ProjNorm::L2Normal, None, true) => {
             Box::new(L2BallProj::new(x, cfg.eps.clone(), cfg.k, cfg.seed)?.inflate(infl.normal)?)
         }
-        (ProjNorm::LinfMedian, None, false) => Box::new(InfBall::new(x, cfg.eps.clone())?),
-        (ProjNorm::LinfMedian, Some((lo, hi)), false) => Box::new(InfBallBounded::new(x, cfg.eps.clone(), lo, hi)?),
-        (ProjNorm::L2Normal, None, false) => Box::new(L2Ball::new(x, cfg.eps.clone())?),
+        (_, _, false) => cfg.threat_model().exact_set(x)?,
     })
 }
 
