@@ -75,6 +75,7 @@ fn err(e: impl std::fmt::Display) -> String {
 }
 
 /// ReLU branch and bound on one clause until the deadline.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn relu_bab(
     model: &Model,
     prop: &Property,
