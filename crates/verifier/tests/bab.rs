@@ -472,3 +472,55 @@ fn relu_splitting_with_beta_never_unsat_where_the_grid_violates() {
     eprintln!("sat {sat}, unsat {unsat} ({split} after ReLU splitting)");
     assert!(split >= 3, "only {split} unsat answers needed ReLU splitting");
 }
+
+#[test]
+fn backward_pass_with_extra_terms_bounds_the_extended_objective() {
+    // `backward_lower_with_terms(Λ, E)` must be a lower bound of `Λ f(x) + E ẑ(x)` over the box
+    // (ẑ: the first activation's input) for E of either sign, and equal `backward_lower` at E = 0.
+    use candle_core::{Device, Tensor};
+    use dual_core::bounds::crown::{backward_lower, backward_lower_with_terms, Relaxed};
+    use dual_core::bounds::{spec_bounds, BoundOptions, Net, SlopeRule, Spec};
+    use dual_core::DualNode;
+    use dual_layers::{Epsilon, InfBall};
+    let mut rng = StdRng::seed_from_u64(7);
+    let dev = Device::Cpu;
+    for k in 0..20 {
+        let h = rng.random_range(3..7);
+        let layers = random_layers(&mut rng, h, 1);
+        let m = mlp(&layers);
+        let net = m.to_network("r", &dev).unwrap();
+        let lo = [rng.random_range(-1.0..0.0), rng.random_range(-1.0..0.0)];
+        let hi = [lo[0] + rng.random_range(0.3..1.5), lo[1] + rng.random_range(0.3..1.5)];
+        let mid: Vec<f64> = lo.iter().zip(&hi).map(|(l, h)| 0.5 * (l + h)).collect();
+        let rad: Vec<f64> = lo.iter().zip(&hi).map(|(l, h)| 0.5 * (h - l) * (1.0 + 1e-12)).collect();
+        let x = Tensor::from_vec(mid, (1, 2), &dev).unwrap();
+        let nodes = net.dual_nodes(&x).unwrap();
+        let ball = InfBall::new(&x, Epsilon::Tensor(Tensor::from_vec(rad, (1, 2), &dev).unwrap())).unwrap();
+        let nb = Net { nodes: &nodes, x: &x, input: &ball };
+        let c = Tensor::from_vec(vec![1.0f64], (1, 1, 1), &dev).unwrap();
+        let sb =
+            spec_bounds(&nb, &Spec::new(c.clone()).unwrap(), Method::Crown, &BoundOptions::default(), None).unwrap();
+        let mut relax: Relaxed = (0..=nodes.len()).map(|_| None).collect();
+        for lb in &sb.layers {
+            let DualNode::Activation(act) = &nodes[lb.layer - 1] else { panic!("not an activation") };
+            relax[lb.layer] = Some(act.linear_relax(&lb.lower, &lb.upper, SlopeRule::Adaptive).unwrap());
+        }
+        let first = sb.layers[0].layer - 1;
+        let e: Vec<f64> = (0..h).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let et = Tensor::from_vec(e.clone(), (1, 1, h), &dev).unwrap();
+        let zero = et.zeros_like().unwrap();
+        let plain = backward_lower(&nb, &relax, nodes.len(), c.clone()).unwrap().to_vec2::<f64>().unwrap()[0][0];
+        let with0 = backward_lower_with_terms(&nb, &relax, nodes.len(), c.clone(), &[(first, zero)]).unwrap();
+        assert_eq!(with0.to_vec2::<f64>().unwrap()[0][0], plain, "net {k}: zero extra terms changed the bound");
+        let lb = backward_lower_with_terms(&nb, &relax, nodes.len(), c.clone(), &[(first, et)]).unwrap();
+        let lb = lb.to_vec2::<f64>().unwrap()[0][0];
+        for _ in 0..2000 {
+            let p: Vec<f64> = lo.iter().zip(&hi).map(|(l, h)| l + rng.random::<f64>() * (h - l)).collect();
+            let z = &pre_activations(&layers, &p)[0];
+            let v = m.forward(&p).unwrap()[0] + e.iter().zip(z).map(|(a, b)| a * b).sum::<f64>();
+            assert!(lb <= v + 1e-9, "net {k}: bound {lb} above a value {v}");
+        }
+        // Wrong arguments are errors, not panics.
+        assert!(backward_lower_with_terms(&nb, &relax, 1, c.clone(), &[(first + 5, c.clone())]).is_err());
+    }
+}
