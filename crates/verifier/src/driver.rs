@@ -13,7 +13,7 @@
 //!   the time runs out.
 
 use crate::answer::Answer;
-use crate::bab::relu_split::relu_bab;
+use crate::bab::relu_split::{relu_bab, ReluRun};
 use crate::bab::{BabOptions, BabStats, InputBab};
 use crate::bounds::{BoundMethod, InputBox};
 use crate::falsify::{output_rows, pgd, samples, PgdConfig, Target};
@@ -239,18 +239,13 @@ fn verify_inner(
     if opts.bab.relu_split && !opts.sound {
         let mut all = true;
         for &i in &open {
-            let a = relu_bab(
-                model,
-                prop,
-                net,
-                &work[i],
-                opts.bab.relu_batch,
-                &opts.pgd,
-                &mut rng,
-                deadline,
-                opts.bab.progress,
-                stats,
-            );
+            let ro = ReluRun {
+                batch: opts.bab.relu_batch,
+                beta: &opts.bab.beta,
+                pgd: &opts.pgd,
+                progress: opts.bab.progress,
+            };
+            let a = relu_bab(model, prop, net, &work[i], &ro, &mut rng, deadline, stats);
             match a {
                 Answer::Unsat => {}
                 Answer::Unknown => all = false,

@@ -8,7 +8,7 @@ use onnx_import::proto::onnx::{
 use onnx_import::Model;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::time::Duration;
-use verifier::bab::BabOptions;
+use verifier::bab::{relu_domain_bound, BabOptions, BetaOptions};
 use verifier::{verify_with_stats, Answer, BoundMethod, ExactDual, FamilyBound, Portfolio, VerifyOptions};
 
 use dual_core::bounds::Method;
@@ -273,4 +273,254 @@ fn portfolio_runs_its_stages_in_turn() {
     assert_eq!(a, Answer::Unsat);
     assert_eq!((stats.bounded, stats.proved), (2, 1), "{stats:?}");
     assert!(pf.name().contains("then"));
+}
+
+fn shared(rel: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/vnncomp2021").join(rel)
+}
+
+#[test]
+fn runs_that_cannot_finish_stop_near_their_deadline() {
+    // Instances neither splitting finishes in a few seconds (ReLU splitting: mnistfc 256x2 /
+    // prop 1 at 0.03, about 50 s with β, 8 s here so the root bounds of its 9 clauses leave time
+    // for splitting; input splitting: ACAS Xu 4_2 / property 2, a 116 s timeout in the csv run,
+    // 2 s here). Each must answer `timeout`, and not seconds late: a round must not run
+    // past the deadline (a correctness bound on the deadline, generous for a loaded machine).
+    let cases = [
+        ("mnistfc/mnist-net_256x2.onnx", "mnistfc/prop_1_0.03.vnnlib", Method::AlphaCrown, 8.0),
+        ("acasxu/ACASXU_run2a_4_2_batch_2000.onnx", "acasxu/prop_2.vnnlib", Method::Crown, 2.0),
+    ];
+    for (onnx, prop, method, limit) in cases {
+        let m = Model::load(shared(onnx)).unwrap();
+        let p = vnnlib::parse_file(shared(prop)).unwrap();
+        let t0 = std::time::Instant::now();
+        // A short falsification first, so branch and bound runs before the deadline.
+        let pgd = verifier::falsify::PgdConfig { starts: 2, steps: 5, ..Default::default() };
+        let o = VerifyOptions { pgd, ..opts(limit) };
+        let (a, stats) = verify_with_stats(&m, &p, &FamilyBound::new(method), &o);
+        let took = t0.elapsed().as_secs_f64();
+        assert_eq!(a, Answer::Timeout, "{onnx} {prop}");
+        assert!(stats.bounded > 1, "{onnx}: branch and bound did not run: {stats:?}");
+        eprintln!("{onnx} {prop}: timeout after {took:.2} s, {stats:?}");
+        assert!(took < limit + 3.0, "{onnx} {prop}: timeout after {took:.2} s with a {limit} s limit");
+    }
+}
+
+/// A net `2 → h → h → outs` with its weights, for computing pre-activations by hand.
+type Layers = Vec<(Vec<Vec<f64>>, Vec<f64>)>;
+
+fn random_layers(rng: &mut StdRng, h: usize, outs: usize) -> Layers {
+    let mut layers = Vec::new();
+    let mut n_in = 2;
+    for _ in 0..2 {
+        let w = (0..h).map(|_| (0..n_in).map(|_| rng.random_range(-1.0..1.0)).collect()).collect();
+        let b = (0..h).map(|_| rng.random_range(-0.5..0.5)).collect();
+        layers.push((w, b));
+        n_in = h;
+    }
+    let w = (0..outs).map(|_| (0..n_in).map(|_| rng.random_range(-1.0..1.0)).collect()).collect();
+    layers.push((w, vec![0.0; outs]));
+    layers
+}
+
+/// Pre-activations of every hidden layer at `x`.
+fn pre_activations(layers: &Layers, x: &[f64]) -> Vec<Vec<f64>> {
+    let mut v = x.to_vec();
+    let mut out = Vec::new();
+    for (w, b) in &layers[..layers.len() - 1] {
+        let z: Vec<f64> = w.iter().zip(b).map(|(r, b)| r.iter().zip(&v).map(|(a, x)| a * x).sum::<f64>() + b).collect();
+        v = z.iter().map(|z| z.max(0.0)).collect();
+        out.push(z);
+    }
+    out
+}
+
+#[test]
+fn beta_bounds_hold_on_the_domain_and_never_fall_below_the_start() {
+    // Random tiny nets and random split decisions: the β-CROWN bound of the domain
+    // {x ∈ box : decisions hold} must be ≤ every sampled value on the domain, and ≥ the bound of
+    // its own start (α from CROWN's slopes, β = 0), since every iterate is valid and the best is
+    // kept. β must also matter: on some domains it beats α alone.
+    let mut rng = StdRng::seed_from_u64(2021);
+    let (mut checked, mut beta_better, mut improved) = (0, 0, 0);
+    for k in 0..40 {
+        let h = rng.random_range(3..7);
+        let outs = rng.random_range(1..3);
+        let layers = random_layers(&mut rng, h, outs);
+        let m = mlp(&layers);
+        let net = m.to_network("r", &candle_core::Device::Cpu).unwrap();
+        let lo = vec![rng.random_range(-1.0..0.0), rng.random_range(-1.0..0.0)];
+        let hi = vec![lo[0] + rng.random_range(0.3..1.5), lo[1] + rng.random_range(0.3..1.5)];
+        let rows: Vec<Vec<f64>> =
+            (0..outs).map(|j| (0..outs).map(|i| if i == j { 1.0 } else { -0.5 }).collect()).collect();
+        // Decisions on units that change sign somewhere in the box (so the domain is not empty
+        // for a trivial reason).
+        let samples: Vec<Vec<f64>> =
+            (0..4000).map(|_| lo.iter().zip(&hi).map(|(l, h)| l + rng.random::<f64>() * (h - l)).collect()).collect();
+        let pres: Vec<Vec<Vec<f64>>> = samples.iter().map(|x| pre_activations(&layers, x)).collect();
+        let mut unstable = Vec::new();
+        for li in 0..2 {
+            for j in 0..h {
+                let (mut neg, mut pos) = (false, false);
+                for p in &pres {
+                    neg |= p[li][j] < 0.0;
+                    pos |= p[li][j] > 0.0;
+                }
+                if neg && pos {
+                    unstable.push((li, j));
+                }
+            }
+        }
+        if unstable.is_empty() {
+            continue;
+        }
+        let count = rng.random_range(1..=unstable.len().min(3));
+        let mut decisions = Vec::new();
+        for _ in 0..count {
+            let (li, j) = unstable[rng.random_range(0..unstable.len())];
+            if decisions.iter().all(|d: &(usize, usize, bool)| (d.0, d.1) != (li, j)) {
+                decisions.push((li, j, rng.random_bool(0.5)));
+            }
+        }
+        let start = BetaOptions { iterations: 0, ..BetaOptions::default() };
+        let alpha_only = BetaOptions { beta: false, iterations: 30, ..BetaOptions::default() };
+        let full = BetaOptions { iterations: 30, ..BetaOptions::default() };
+        let lb0 = relu_domain_bound(&net, &lo, &hi, &rows, &decisions, &start).unwrap();
+        let lba = relu_domain_bound(&net, &lo, &hi, &rows, &decisions, &alpha_only).unwrap();
+        let lbb = relu_domain_bound(&net, &lo, &hi, &rows, &decisions, &full).unwrap();
+        for r in 0..outs {
+            assert!(lbb[r] >= lb0[r] - 1e-12, "net {k} row {r}: β bound {} below its start {}", lbb[r], lb0[r]);
+            if lbb[r] > lba[r] + 1e-6 {
+                beta_better += 1;
+            }
+            if lbb[r] > lb0[r] + 1e-6 {
+                improved += 1;
+            }
+        }
+        let inside: Vec<usize> = (0..samples.len())
+            .filter(|&s| decisions.iter().all(|&(li, j, active)| (pres[s][li][j] >= 0.0) == active))
+            .collect();
+        if inside.is_empty() {
+            continue;
+        }
+        checked += 1;
+        for &s in &inside {
+            let y = m.forward(&samples[s]).unwrap();
+            for (r, row) in rows.iter().enumerate() {
+                let v: f64 = row.iter().zip(&y).map(|(c, y)| c * y).sum();
+                assert!(lbb[r] <= v + 1e-9, "net {k} row {r} {decisions:?}: β bound {} above a value {v}", lbb[r]);
+                assert!(lba[r] <= v + 1e-9, "net {k} row {r}: α bound {} above a value {v}", lba[r]);
+            }
+        }
+    }
+    eprintln!("domains checked {checked}, bounds improved {improved}, β better than α alone {beta_better}");
+    assert!(checked >= 20, "only {checked} domains had samples: the test checks too little");
+    assert!(improved >= 5, "the optimisation improved only {improved} bounds");
+    assert!(beta_better >= 3, "β beat α alone on only {beta_better} bounds");
+}
+
+#[test]
+fn relu_splitting_with_beta_never_unsat_where_the_grid_violates() {
+    // Only ReLU splitting (no input splitting), β on: random nets of two hidden layers, a
+    // threshold near the grid's largest value so both answers occur.
+    let mut rng = StdRng::seed_from_u64(55);
+    let (mut sat, mut unsat, mut split) = (0, 0, 0);
+    for k in 0..40 {
+        let h = rng.random_range(4..9);
+        let outs = rng.random_range(1..3);
+        let layers = random_layers(&mut rng, h, outs);
+        let m = mlp(&layers);
+        let lo = [rng.random_range(-1.0..0.0), rng.random_range(-1.0..0.0)];
+        let hi = [lo[0] + rng.random_range(0.3..1.5), lo[1] + rng.random_range(0.3..1.5)];
+        let n = 300;
+        let grid: Vec<(Vec<f64>, Vec<f64>)> = (0..=n)
+            .flat_map(|i| (0..=n).map(move |j| (i, j)))
+            .map(|(i, j)| {
+                let x =
+                    vec![lo[0] + (hi[0] - lo[0]) * i as f64 / n as f64, lo[1] + (hi[1] - lo[1]) * j as f64 / n as f64];
+                let y = m.forward(&x).unwrap();
+                (x, y)
+            })
+            .collect();
+        let value = |y: &[f64]| if outs == 1 { y[0] } else { y[0] - y[1] };
+        let top = grid.iter().map(|(_, y)| value(y)).fold(f64::NEG_INFINITY, f64::max);
+        let t = top + rng.random_range(-0.03..0.05);
+        let unsafe_set =
+            if outs == 1 { format!("(assert (>= Y_0 {t:.17}))") } else { format!("(assert (>= (- Y_0 Y_1) {t:.17}))") };
+        let p = property(&lo, &hi, outs, &unsafe_set);
+        let violated = grid.iter().any(|(x, y)| p.violated_by(x, y).is_some());
+        let o = VerifyOptions { split_max_inputs: 0, ..opts(3.0) };
+        let (a, stats) = verify_with_stats(&m, &p, &FamilyBound::new(Method::Crown), &o);
+        match &a {
+            Answer::Sat { x, y } => {
+                assert_eq!(&m.forward(x).unwrap(), y);
+                assert!(p.violated_by(x, y).is_some(), "net {k}: sat without a violation");
+                sat += 1;
+            }
+            Answer::Unsat => {
+                assert!(!violated, "net {k}: unsat but the grid violates");
+                unsat += 1;
+                if stats.rounds > 0 {
+                    split += 1;
+                }
+            }
+            Answer::Unknown | Answer::Timeout => {}
+            Answer::Error(e) => panic!("net {k}: {e}"),
+        }
+    }
+    assert!(sat >= 5 && unsat >= 5, "sat {sat}, unsat {unsat}: the cases should exercise both answers");
+    eprintln!("sat {sat}, unsat {unsat} ({split} after ReLU splitting)");
+    assert!(split >= 3, "only {split} unsat answers needed ReLU splitting");
+}
+
+#[test]
+fn backward_pass_with_extra_terms_bounds_the_extended_objective() {
+    // `backward_lower_with_terms(Λ, E)` must be a lower bound of `Λ f(x) + E ẑ(x)` over the box
+    // (ẑ: the first activation's input) for E of either sign, and equal `backward_lower` at E = 0.
+    use candle_core::{Device, Tensor};
+    use dual_core::bounds::crown::{backward_lower, backward_lower_with_terms, Relaxed};
+    use dual_core::bounds::{spec_bounds, BoundOptions, Net, SlopeRule, Spec};
+    use dual_core::DualNode;
+    use dual_layers::{Epsilon, InfBall};
+    let mut rng = StdRng::seed_from_u64(7);
+    let dev = Device::Cpu;
+    for k in 0..20 {
+        let h = rng.random_range(3..7);
+        let layers = random_layers(&mut rng, h, 1);
+        let m = mlp(&layers);
+        let net = m.to_network("r", &dev).unwrap();
+        let lo = [rng.random_range(-1.0..0.0), rng.random_range(-1.0..0.0)];
+        let hi = [lo[0] + rng.random_range(0.3..1.5), lo[1] + rng.random_range(0.3..1.5)];
+        let mid: Vec<f64> = lo.iter().zip(&hi).map(|(l, h)| 0.5 * (l + h)).collect();
+        let rad: Vec<f64> = lo.iter().zip(&hi).map(|(l, h)| 0.5 * (h - l) * (1.0 + 1e-12)).collect();
+        let x = Tensor::from_vec(mid, (1, 2), &dev).unwrap();
+        let nodes = net.dual_nodes(&x).unwrap();
+        let ball = InfBall::new(&x, Epsilon::Tensor(Tensor::from_vec(rad, (1, 2), &dev).unwrap())).unwrap();
+        let nb = Net { nodes: &nodes, x: &x, input: &ball };
+        let c = Tensor::from_vec(vec![1.0f64], (1, 1, 1), &dev).unwrap();
+        let sb =
+            spec_bounds(&nb, &Spec::new(c.clone()).unwrap(), Method::Crown, &BoundOptions::default(), None).unwrap();
+        let mut relax: Relaxed = (0..=nodes.len()).map(|_| None).collect();
+        for lb in &sb.layers {
+            let DualNode::Activation(act) = &nodes[lb.layer - 1] else { panic!("not an activation") };
+            relax[lb.layer] = Some(act.linear_relax(&lb.lower, &lb.upper, SlopeRule::Adaptive).unwrap());
+        }
+        let first = sb.layers[0].layer - 1;
+        let e: Vec<f64> = (0..h).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let et = Tensor::from_vec(e.clone(), (1, 1, h), &dev).unwrap();
+        let zero = et.zeros_like().unwrap();
+        let plain = backward_lower(&nb, &relax, nodes.len(), c.clone()).unwrap().to_vec2::<f64>().unwrap()[0][0];
+        let with0 = backward_lower_with_terms(&nb, &relax, nodes.len(), c.clone(), &[(first, zero)]).unwrap();
+        assert_eq!(with0.to_vec2::<f64>().unwrap()[0][0], plain, "net {k}: zero extra terms changed the bound");
+        let lb = backward_lower_with_terms(&nb, &relax, nodes.len(), c.clone(), &[(first, et)]).unwrap();
+        let lb = lb.to_vec2::<f64>().unwrap()[0][0];
+        for _ in 0..2000 {
+            let p: Vec<f64> = lo.iter().zip(&hi).map(|(l, h)| l + rng.random::<f64>() * (h - l)).collect();
+            let z = &pre_activations(&layers, &p)[0];
+            let v = m.forward(&p).unwrap()[0] + e.iter().zip(z).map(|(a, b)| a * b).sum::<f64>();
+            assert!(lb <= v + 1e-9, "net {k}: bound {lb} above a value {v}");
+        }
+        // Wrong arguments are errors, not panics.
+        assert!(backward_lower_with_terms(&nb, &relax, 1, c.clone(), &[(first + 5, c.clone())]).is_err());
+    }
 }

@@ -126,6 +126,33 @@ pub fn backward_lower(net: &Net<'_>, relax: &Relaxed, top: usize, lam: Tensor) -
     Pass::new(top, lam).finish(net, relax, top, m)
 }
 
+/// [`backward_lower`] of `Λ z_top + Σ_i E_i z_i` for extra coefficients `E_i` (`[B, m, *shape_i]`)
+/// on outputs `i < top`: a lower bound, over the input set, of the objective with extra linear
+/// terms. The pass is linear in its coefficients, so `E_i` simply joins what reaches output `i`
+/// from above. β-CROWN (Wang et al. 2021, eq. (5)–(7)) uses it for the split terms
+/// `Σ_j β_j s_j ẑ_j` (`β ≥ 0`, `s_j ẑ_j ≤ 0` on the split domain): a lower bound of
+/// `cᵀ f(x) + Σ β_j s_j ẑ_j(x)` over the box is a lower bound of `cᵀ f(x)` on the domain.
+pub fn backward_lower_with_terms(
+    net: &Net<'_>,
+    relax: &Relaxed,
+    top: usize,
+    lam: Tensor,
+    extra: &[(usize, Tensor)],
+) -> Result<Tensor> {
+    let m = lam.dim(1)?;
+    let mut pass = Pass::new(top, lam);
+    for (i, e) in extra {
+        if *i >= top {
+            return Err(DualError::shape(format!("extra terms on output {i}, not below the top {top}")));
+        }
+        if e.dim(1)? != m {
+            return Err(DualError::shape(format!("extra terms with {} rows for {m} rows", e.dim(1)?)));
+        }
+        accumulate(&mut pass.g[*i], e.clone())?;
+    }
+    pass.finish(net, relax, top, m)
+}
+
 /// Rows of `K` per chunk so that about `budget` bytes of coefficients are live at once.
 fn chunk_rows(net: &Net<'_>, shapes: &[Vec<usize>], top: usize, budget: usize) -> usize {
     let b = net.x.dim(0).unwrap_or(1);

@@ -11,7 +11,11 @@
 //! * `Sat` only with a point that [`crate::check_counterexample`] confirms (with `sound`,
 //!   [`crate::confirm_counterexample`]);
 //! * `Timeout` at the deadline, `Unknown` when a box cannot be halved in f64 any more.
+//!
+//! Near the deadline a round takes only the domains that fit the time left
+//! ([`super::clock::RoundClock`]), so a run ends close to its deadline.
 
+use super::clock::RoundClock;
 use super::domain::{margin, Domain, DomainQueue};
 use super::input_split::{choose_feature, halve};
 use crate::answer::Answer;
@@ -41,6 +45,8 @@ pub struct BabOptions {
     pub relu_split: bool,
     /// Domains split per round of ReLU splitting.
     pub relu_batch: usize,
+    /// β-CROWN's settings for ReLU splitting.
+    pub beta: super::beta::BetaOptions,
 }
 
 impl Default for BabOptions {
@@ -53,6 +59,7 @@ impl Default for BabOptions {
             progress: None,
             relu_split: true,
             relu_batch: 64,
+            beta: super::beta::BetaOptions::default(),
         }
     }
 }
@@ -148,13 +155,15 @@ impl InputBab<'_> {
         let m = margin(&root.0, &w.bound_rhs);
         queue.push(Domain { lo: w.lo.clone(), hi: w.hi.clone(), lb: root.0, margin: m, sens: root.1, depth: 0 });
         let mut last_print = Instant::now();
+        let mut clock = RoundClock::new();
         while !queue.is_empty() {
             if Instant::now() > deadline {
                 stats.open = queue.len();
                 return Answer::Timeout;
             }
             stats.rounds += 1;
-            let parents = queue.pop_worst(self.opts.batch.max(1));
+            // A full batch when time allows; near the deadline only what fits the time left.
+            let parents = queue.pop_worst(clock.fit(self.opts.batch, deadline));
             let mut boxes: Vec<InputBox> = Vec::with_capacity(2 * parents.len());
             for p in &parents {
                 let Some(i) = choose_feature(&p.lo, &p.hi, &root_width, p.sens.as_deref()) else {
@@ -163,10 +172,12 @@ impl InputBab<'_> {
                 };
                 boxes.extend(halve(&p.lo, &p.hi, i));
             }
+            let t0 = Instant::now();
             let bounds = match self.bound(w, &boxes) {
                 Ok(b) => b,
                 Err(e) => return Answer::Error(format!("bound ({}): {e}", self.method.name())),
             };
+            clock.record(parents.len(), t0.elapsed());
             stats.bounded += boxes.len();
             for (k, ((lo, hi), (lb, sens))) in boxes.into_iter().zip(bounds).enumerate() {
                 let parent = &parents[k / 2];

@@ -1,56 +1,73 @@
 //! ReLU splitting for high-dimensional inputs: branch and bound on the signs of unstable
-//! pre-activations, over the clause's whole input box.
+//! pre-activations, over the clause's whole input box, with β-CROWN's bounds.
 //!
 //! The root computes layer-wise bounds `l ≤ ẑ ≤ u` of every activation's input over the box
 //! (the bound family's α-CROWN layer bounds). A domain is a set of split decisions
 //! `ẑ_j ≥ 0` or `ẑ_j ≤ 0`; the union of the two children of a split is the parent's set, so the
-//! leaves cover the box. A decision is enforced through the layer bounds: `ẑ_j ≥ 0` sets
-//! `l_j = 0` (the ReLU is the identity there), `ẑ_j ≤ 0` sets `u_j = 0` (the ReLU is 0). Per
-//! domain, the bounds of every activation above the first are then refreshed: CROWN's bounds of
-//! its input under the (clamped) relaxations below, intersected with the root's. On the domain's
-//! inputs `D = {x ∈ box : the decisions hold}` every relaxation used holds, so each refreshed
-//! bound, and the final CROWN bound `lb ≤ min_{x ∈ D} cᵀ f(x)`, is valid — the minimum of the
-//! final linear function is taken over the whole box, a superset of `D`. No β multipliers yet:
-//! the decisions act only through the layer bounds (β-CROWN adds `β_j · ẑ_j(x)` terms, `β ≥ 0`,
-//! to the Lagrangian so the minimiser is pulled into `D`; not implemented).
+//! leaves cover the box, and the answer is `unsat` only when every leaf is proved (some row's
+//! lower bound above its right-hand side). Each round pops the worst domains (lowest margin),
+//! splits each on the unit its bound's gradient scores best, and bounds all children in one
+//! batch with [`super::beta::DomainBounder`]: the decisions clamp the inherited layer bounds
+//! (optionally the layers above the new decision are refreshed), and α (lower slopes) and β (multipliers of
+//! the split constraints `s_j ẑ_j ≤ 0`, Wang et al. 2021) are optimised jointly by projected
+//! Adam; any `α ∈ [0, 1]`, `β ≥ 0` gives a valid bound on the domain's set, so every iterate
+//! is sound. Children start from the parent's α and β (a new decision's β from 0), and keep
+//! the larger of their bound and the parent's per row (the parent's holds on the child's set).
 //!
-//! Branching: the bound's gradient with respect to the layer bounds, `g_l = ∂lb/∂l_j` and
-//! `g_u = ∂lb/∂u_j` (autograd through the relaxation), gives to first order the gain of each
-//! decision, `|g_l|·|l_j|` (setting `l_j = 0`) and `|g_u|·u_j` (setting `u_j = 0`); the unstable
-//! unit with the largest smaller gain of its two children is split (both must improve).
+//! Deadlines: a round takes only the domains that fit the time left
+//! ([`super::clock::RoundClock`]) and the bound call checks the clock between its layers and
+//! iterations, so a run stops close to its deadline.
 
+use super::beta::{BetaOptions, Decision, DomainBounder, LayerBox, Pending};
+use super::clock::RoundClock;
 use super::domain::margin;
 use super::BabStats;
 use crate::answer::Answer;
 use crate::driver::{check_counterexample, proves_above, ClauseWork};
 use crate::falsify::{pgd, PgdConfig, Target};
-use candle_core::{DType, Device, Tensor, Var};
-use dual_core::bounds::crown::{backward_lower, layer_bounds, Relaxed};
-use dual_core::bounds::{spec_bounds, BoundOptions, Method, Net, SlopeRule, Spec};
-use dual_core::DualNode;
+use candle_core::{DType, Device, Tensor};
+use dual_core::bounds::{spec_bounds, BoundOptions, Method, Net, Spec};
 use dual_layers::{Epsilon, InfBall};
 use nets::Network;
 use onnx_import::Model;
 use rand::rngs::StdRng;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 use vnnlib::Property;
 
-/// One split decision: activation `layer` (index into the root's layer bounds), flat `unit`,
-/// `active` (`ẑ ≥ 0`) or not (`ẑ ≤ 0`).
-type Decision = (usize, usize, bool);
-
-/// A root layer bound: the activation's output index, its shape, `l` and `u` flattened.
-type RootLayer = (usize, Vec<usize>, Vec<f64>, Vec<f64>);
-
-/// A domain's bounds per row and the unit to split next.
-type Bounded = (Vec<f64>, Option<(usize, usize)>);
+/// Open domains beyond which children no longer keep their own α (memory: `rows × units`
+/// numbers each); they then start from CROWN's slopes.
+const KEEP_ALPHA_UP_TO: usize = 8192;
 
 struct ReluDomain {
     decisions: Vec<Decision>,
+    beta: Vec<f32>,
+    alpha: Option<Rc<Vec<Vec<f32>>>>,
+    bounds: Rc<LayerBox>,
     lb: Vec<f64>,
     margin: f64,
     /// The unit to split next, if any is unstable.
     next: Option<(usize, usize)>,
+    /// Times the domain was bounded again without a unit left to split.
+    retries: usize,
+}
+
+/// Re-optimisations of a domain with no unstable unit left (each with
+/// `RETRY_FACTOR × iterations` Adam steps) before it counts as undecided.
+const RETRIES: usize = 3;
+const RETRY_FACTOR: usize = 5;
+
+/// Settings of one ReLU-splitting run.
+#[derive(Debug, Clone)]
+pub(crate) struct ReluRun<'a> {
+    /// Domains split per round (at most).
+    pub batch: usize,
+    /// β-CROWN's settings.
+    pub beta: &'a BetaOptions,
+    /// PGD every ten rounds.
+    pub pgd: &'a PgdConfig,
+    /// Progress lines.
+    pub progress: Option<Duration>,
 }
 
 fn err(e: impl std::fmt::Display) -> String {
@@ -64,17 +81,77 @@ pub(crate) fn relu_bab(
     prop: &Property,
     net: &Network,
     w: &ClauseWork,
-    batch: usize,
-    pgd_cfg: &PgdConfig,
+    run_opts: &ReluRun<'_>,
     rng: &mut StdRng,
     deadline: Instant,
-    progress: Option<Duration>,
     stats: &mut BabStats,
 ) -> Answer {
-    match run(model, prop, net, w, batch, pgd_cfg, rng, deadline, progress, stats) {
+    match run(model, prop, net, w, run_opts, rng, deadline, stats) {
         Ok(a) => a,
         Err(e) => Answer::Error(format!("relu split: {e}")),
     }
+}
+
+/// The α-CROWN bound of `rows` over `[lo, hi]` and its layer bounds (flattened, per activation).
+fn root_bounds(net: &Network, lo: &[f64], hi: &[f64], rows: &[Vec<f64>]) -> Result<(Vec<f64>, LayerBox), String> {
+    let k = lo.len();
+    let dev = Device::Cpu;
+    let mid: Vec<f64> = lo.iter().zip(hi).map(|(l, h)| 0.5 * (l + h)).collect();
+    let rad: Vec<f64> =
+        lo.iter().zip(hi).zip(&mid).map(|((l, h), m)| (h - m).max(m - l) * (1.0 + 4.0 * f64::EPSILON)).collect();
+    let (n, m) = (rows.len(), rows[0].len());
+    let x1 = Tensor::from_vec(mid, (1, k), &dev).map_err(err)?;
+    let r1 = Tensor::from_vec(rad, (1, k), &dev).map_err(err)?;
+    let nodes1 = net.dual_nodes(&x1).map_err(err)?;
+    let ball1 = InfBall::new(&x1, Epsilon::Tensor(r1)).map_err(err)?;
+    let c1 = Tensor::from_vec(rows.iter().flatten().copied().collect(), (1, n, m), &dev).map_err(err)?;
+    let root = nets::no_grad(|| {
+        let net1 = Net { nodes: &nodes1, x: &x1, input: &ball1 };
+        spec_bounds(&net1, &Spec::new(c1.clone())?, Method::AlphaCrown, &BoundOptions::default(), None)
+    })
+    .map_err(err)?;
+    let mut layers = Vec::new();
+    for lb in &root.layers {
+        let l = lb.lower.to_dtype(DType::F64).and_then(|t| t.flatten_all()?.to_vec1::<f64>()).map_err(err)?;
+        let u = lb.upper.to_dtype(DType::F64).and_then(|t| t.flatten_all()?.to_vec1::<f64>()).map_err(err)?;
+        layers.push((l, u));
+    }
+    let lb = root.lower.to_dtype(DType::F64).and_then(|t| t.to_vec2::<f64>()).map_err(err)?.remove(0);
+    Ok((lb, layers))
+}
+
+/// The bound of `rows` on the domain `{x ∈ [lo, hi] : the decisions hold}` (β-CROWN with
+/// `opts`, from the root's α-CROWN layer bounds; with `opts.refresh`, every activation above
+/// the lowest decision refreshed). For tests and experiments: the bound must be `≤ min cᵀ f(x)` over the domain.
+pub fn relu_domain_bound(
+    net: &Network,
+    lo: &[f64],
+    hi: &[f64],
+    rows: &[Vec<f64>],
+    decisions: &[Decision],
+    opts: &BetaOptions,
+) -> Result<Vec<f64>, String> {
+    if rows.is_empty() || lo.len() != hi.len() {
+        return Err(format!("{} rows on a box of {} / {} features", rows.len(), lo.len(), hi.len()));
+    }
+    let (_, layers) = root_bounds(net, lo, hi, rows)?;
+    for &(li, unit, _) in decisions {
+        match layers.get(li) {
+            Some((l, _)) if unit < l.len() => {}
+            _ => return Err(format!("decision on activation {li}, unit {unit}: no such unit")),
+        }
+    }
+    let bounder = DomainBounder::new(net, lo, hi, rows, &vec![0.0; rows.len()], opts.clone())?;
+    let pending = Pending {
+        decisions: decisions.to_vec(),
+        beta: vec![0.0; decisions.len() * rows.len()],
+        alpha: None,
+        bounds: Rc::new(layers),
+        refresh_above: decisions.iter().map(|d| d.0).min().unwrap_or(usize::MAX),
+    };
+    let far = Instant::now() + Duration::from_secs(3600);
+    let res = bounder.bound(&[pending], opts.iterations, far)?.ok_or("deadline")?;
+    Ok(res[0].lb.clone())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -83,215 +160,141 @@ fn run(
     prop: &Property,
     net: &Network,
     w: &ClauseWork,
-    batch: usize,
-    pgd_cfg: &PgdConfig,
+    ro: &ReluRun<'_>,
     rng: &mut StdRng,
     deadline: Instant,
-    progress: Option<Duration>,
     stats: &mut BabStats,
 ) -> Result<Answer, String> {
     if w.bound_rows.is_empty() {
         return Ok(Answer::Unknown);
     }
     let start = Instant::now();
-    let k = w.lo.len();
-    let dev = Device::Cpu;
-    let mid: Vec<f64> = w.lo.iter().zip(&w.hi).map(|(l, h)| 0.5 * (l + h)).collect();
-    let rad: Vec<f64> =
-        w.lo.iter().zip(&w.hi).zip(&mid).map(|((l, h), m)| (h - m).max(m - l) * (1.0 + 4.0 * f64::EPSILON)).collect();
-    let (n, m) = (w.bound_rows.len(), w.bound_rows[0].len());
-    let rows_flat: Vec<f64> = w.bound_rows.iter().flatten().copied().collect();
-    // Root layer bounds (α-CROWN's: IBP ∩ CROWN), flattened per layer.
-    let x1 = Tensor::from_vec(mid.clone(), (1, k), &dev).map_err(err)?;
-    let r1 = Tensor::from_vec(rad.clone(), (1, k), &dev).map_err(err)?;
-    let nodes1 = net.dual_nodes(&x1).map_err(err)?;
-    let ball1 = InfBall::new(&x1, Epsilon::Tensor(r1)).map_err(err)?;
-    let c1 = Tensor::from_vec(rows_flat.clone(), (1, n, m), &dev).map_err(err)?;
-    let root = nets::no_grad(|| {
-        let net1 = Net { nodes: &nodes1, x: &x1, input: &ball1 };
-        spec_bounds(&net1, &Spec::new(c1.clone())?, Method::AlphaCrown, &BoundOptions::default(), None)
-    })
-    .map_err(err)?;
-    let mut layers: Vec<RootLayer> = Vec::new();
-    for lb in &root.layers {
-        let shape = lb.lower.dims()[1..].to_vec();
-        let l = lb.lower.to_dtype(DType::F64).and_then(|t| t.flatten_all()?.to_vec1::<f64>()).map_err(err)?;
-        let u = lb.upper.to_dtype(DType::F64).and_then(|t| t.flatten_all()?.to_vec1::<f64>()).map_err(err)?;
-        layers.push((lb.layer, shape, l, u));
-    }
-    let shapes: Vec<Vec<usize>> = net.forward_all(&x1).map_err(err)?.iter().map(|o| o.dims()[1..].to_vec()).collect();
-    let root_lb = root.lower.to_dtype(DType::F64).and_then(|t| t.to_vec2::<f64>()).map_err(err)?.remove(0);
+    let n = w.bound_rows.len();
+    let (root_lb, layers) = root_bounds(net, &w.lo, &w.hi, &w.bound_rows)?;
     stats.bounded += 1;
     if root_lb.iter().zip(&w.bound_rhs).any(|(l, r)| proves_above(*l, *r)) {
         stats.proved += 1;
         return Ok(Answer::Unsat);
     }
-
-    // Bounds of a batch of domains: CROWN's backward pass on the clamped layer bounds, and the
-    // next unit to split of each.
-    let bound = |doms: &[Vec<Decision>]| -> Result<Vec<Bounded>, String> {
-        let b = doms.len();
-        let xb = x1.broadcast_as((b, k)).and_then(|t| t.contiguous()).map_err(err)?;
-        let rb = Tensor::from_vec(rad.repeat(b), (b, k), &dev).map_err(err)?;
-        let nodes = net.dual_nodes(&xb).map_err(err)?;
-        let ball = InfBall::new(&xb, Epsilon::Tensor(rb)).map_err(err)?;
-        let netb = Net { nodes: &nodes, x: &xb, input: &ball };
-        // Layer bounds per domain: the root's, clamped by the decisions and, above the first
-        // activation, intersected with CROWN's bounds under the relaxations below (plain
-        // tensors: no gradient is taken through this refresh).
-        let mut plain: Relaxed = (0..=nodes.len()).map(|_| None).collect();
-        let mut clamped: Vec<(Vec<f64>, Vec<f64>)> = Vec::new();
-        for (li, (t, shape, l, u)) in layers.iter().enumerate() {
-            let (mut lv, mut uv) = (l.repeat(b), u.repeat(b));
-            let size = l.len();
-            let mut s = vec![b];
-            s.extend_from_slice(shape);
-            if li > 0 {
-                let units: Vec<usize> =
-                    (0..size).filter(|&j| (0..b).any(|d| lv[d * size + j] < 0.0 && uv[d * size + j] > 0.0)).collect();
-                if !units.is_empty() {
-                    let (lc, uc) = layer_bounds(&netb, &plain, &shapes, t - 1, &units, 1 << 28).map_err(err)?;
-                    let lc = lc.to_dtype(DType::F64).and_then(|t| t.to_vec2::<f64>()).map_err(err)?;
-                    let uc = uc.to_dtype(DType::F64).and_then(|t| t.to_vec2::<f64>()).map_err(err)?;
-                    for d in 0..b {
-                        for (r, &j) in units.iter().enumerate() {
-                            let i = d * size + j;
-                            if lc[d][r].is_finite() {
-                                lv[i] = lv[i].max(lc[d][r]);
-                            }
-                            if uc[d][r].is_finite() {
-                                uv[i] = uv[i].min(uc[d][r]);
-                            }
-                        }
-                    }
-                }
-            }
-            for (d, dec) in doms.iter().enumerate() {
-                for &(_, unit, active) in dec.iter().filter(|x| x.0 == li) {
-                    if active {
-                        lv[d * size + unit] = lv[d * size + unit].max(0.0);
-                    } else {
-                        uv[d * size + unit] = uv[d * size + unit].min(0.0);
-                    }
-                }
-            }
-            // A domain whose bounds cross (l > u) is empty; keep l ≤ u so the relaxation is
-            // defined (the bound of an empty set may be anything, and is still ≤ its minimum).
-            for i in 0..lv.len() {
-                if lv[i] > uv[i] {
-                    uv[i] = lv[i];
-                }
-            }
-            let DualNode::Activation(act) = &nodes[t - 1] else {
-                return Err(format!("layer {t} is not an activation"));
-            };
-            let lt = Tensor::from_vec(lv.clone(), s.clone(), &dev).map_err(err)?;
-            let ut = Tensor::from_vec(uv.clone(), s, &dev).map_err(err)?;
-            plain[*t] = Some(act.linear_relax(&lt, &ut, SlopeRule::Adaptive).map_err(err)?);
-            clamped.push((lv, uv));
-        }
-        let mut relax: Relaxed = (0..=nodes.len()).map(|_| None).collect();
-        let mut vars = Vec::new();
-        for ((t, shape, _, _), (lv, uv)) in layers.iter().zip(&clamped) {
-            let mut s = vec![b];
-            s.extend_from_slice(shape);
-            let lt = Var::from_tensor(&Tensor::from_vec(lv.clone(), s.clone(), &dev).map_err(err)?).map_err(err)?;
-            let ut = Var::from_tensor(&Tensor::from_vec(uv.clone(), s, &dev).map_err(err)?).map_err(err)?;
-            let DualNode::Activation(act) = &nodes[t - 1] else {
-                return Err(format!("layer {t} is not an activation"));
-            };
-            relax[*t] = Some(act.linear_relax(lt.as_tensor(), ut.as_tensor(), SlopeRule::Adaptive).map_err(err)?);
-            vars.push((lt, ut));
-        }
-        let c = Tensor::from_vec(rows_flat.repeat(b), (b, n, m), &dev).map_err(err)?;
-        let lb = backward_lower(&netb, &relax, nodes.len(), c).map_err(err)?;
-        let vals = lb.to_dtype(DType::F64).and_then(|t| t.to_vec2::<f64>()).map_err(err)?;
-        // Gradient of each domain's best row.
-        let mut mask = vec![0f64; b * n];
-        for (i, v) in vals.iter().enumerate() {
-            let best = (0..n).max_by(|&p, &q| (v[p] - w.bound_rhs[p]).total_cmp(&(v[q] - w.bound_rhs[q]))).unwrap_or(0);
-            mask[i * n + best] = 1.0;
-        }
-        let mask = Tensor::from_vec(mask, (b, n), &dev).and_then(|mk| mk.to_dtype(lb.dtype())).map_err(err)?;
-        let grads = (lb * mask).and_then(|t| t.sum_all()?.backward()).map_err(err)?;
-        let mut best: Vec<(f64, Option<(usize, usize)>)> = vec![(f64::NEG_INFINITY, None); b];
-        for (li, ((lt, ut), (lv, uv))) in vars.iter().zip(&clamped).enumerate() {
-            let gl = grads.get(lt.as_tensor()).map(|g| g.to_dtype(DType::F64).and_then(|g| g.flatten_all()?.to_vec1()));
-            let gu = grads.get(ut.as_tensor()).map(|g| g.to_dtype(DType::F64).and_then(|g| g.flatten_all()?.to_vec1()));
-            let gl: Vec<f64> = gl.transpose().map_err(err)?.unwrap_or_else(|| vec![0.0; lv.len()]);
-            let gu: Vec<f64> = gu.transpose().map_err(err)?.unwrap_or_else(|| vec![0.0; uv.len()]);
-            let size = lv.len() / b;
-            for (d, best_d) in best.iter_mut().enumerate() {
-                for j in 0..size {
-                    let i = d * size + j;
-                    let (l, u) = (lv[i], uv[i]);
-                    if !(l < 0.0 && u > 0.0) {
-                        continue;
-                    }
-                    // Both children should gain; a tiny width term breaks ties among zero gradients.
-                    let gain = (gl[i].abs() * -l).min(gu[i].abs() * u) + 1e-9 * (u * -l / (u - l));
-                    if gain > best_d.0 {
-                        *best_d = (gain, Some((li, j)));
-                    }
-                }
-            }
-        }
-        Ok(vals.into_iter().zip(best.into_iter().map(|b| b.1)).collect())
+    let bounder = DomainBounder::new(net, &w.lo, &w.hi, &w.bound_rows, &w.bound_rhs, ro.beta.clone())?;
+    let root =
+        Pending { decisions: vec![], beta: vec![], alpha: None, bounds: Rc::new(layers), refresh_above: usize::MAX };
+    let Some(mut r) = bounder.bound(&[root], ro.beta.root_iterations, deadline)? else {
+        stats.open += 1;
+        return Ok(Answer::Timeout);
     };
-
-    let mut root_dom = bound(&[vec![]])?;
-    let (lb0, next0) = root_dom.remove(0);
-    let lb0: Vec<f64> = lb0.iter().zip(&root_lb).map(|(a, b)| a.max(*b)).collect();
-    let mut queue = vec![ReluDomain { margin: margin(&lb0, &w.bound_rhs), lb: lb0, decisions: vec![], next: next0 }];
+    let r = r.remove(0);
+    let lb0: Vec<f64> = r.lb.iter().zip(&root_lb).map(|(a, b)| a.max(*b)).collect();
+    if lb0.iter().zip(&w.bound_rhs).any(|(l, r)| proves_above(*l, *r)) {
+        stats.proved += 1;
+        return Ok(Answer::Unsat);
+    }
+    let mut queue = vec![ReluDomain {
+        margin: margin(&lb0, &w.bound_rhs),
+        lb: lb0,
+        decisions: vec![],
+        beta: vec![],
+        alpha: Some(Rc::new(r.alpha)),
+        bounds: Rc::new(r.bounds),
+        next: r.next,
+        retries: 0,
+    }];
     let mut last = Instant::now();
     let mut exhausted = false;
+    let mut clock = RoundClock::new();
     while !queue.is_empty() {
         if Instant::now() > deadline {
             stats.open += queue.len();
             return Ok(Answer::Timeout);
         }
         stats.rounds += 1;
-        // Worst margin first.
+        // Worst margin first; near the deadline only as many as fit the time left.
         queue.sort_by(|a, b| b.margin.total_cmp(&a.margin));
-        let take = batch.max(1).min(queue.len());
+        let take = clock.fit(ro.batch, deadline).min(queue.len());
         let parents: Vec<ReluDomain> = queue.split_off(queue.len() - take);
         let mut children = Vec::new();
         let mut child_parent = Vec::new();
+        let mut again = Vec::new();
+        let mut again_parent = Vec::new();
         for (pi, p) in parents.iter().enumerate() {
             let Some((li, j)) = p.next else {
-                // No unstable unit left and not proved: the relaxation is exact on the split
-                // pattern but the box is larger than the domain; give up on this one.
-                exhausted = true;
+                // No unstable unit left and not proved: every relaxation is exact on the domain,
+                // so the bound tends to the domain's minimum as α and β approach their optimum.
+                // Optimise longer a few times, then give up on this one.
+                if p.retries < RETRIES {
+                    again.push(Pending {
+                        decisions: p.decisions.clone(),
+                        beta: p.beta.clone(),
+                        alpha: p.alpha.clone(),
+                        bounds: p.bounds.clone(),
+                        refresh_above: usize::MAX,
+                    });
+                    again_parent.push(pi);
+                } else {
+                    exhausted = true;
+                }
                 continue;
             };
             for active in [true, false] {
-                let mut d = p.decisions.clone();
-                d.push((li, j, active));
-                children.push(d);
+                let mut decisions = p.decisions.clone();
+                decisions.push((li, j, active));
+                let mut beta = p.beta.clone();
+                beta.extend(std::iter::repeat_n(0.0, n));
+                children.push(Pending {
+                    decisions,
+                    beta,
+                    alpha: p.alpha.clone(),
+                    bounds: p.bounds.clone(),
+                    refresh_above: li,
+                });
                 child_parent.push(pi);
             }
         }
-        if children.is_empty() {
+        if children.is_empty() && again.is_empty() {
             continue;
         }
-        let res = bound(&children)?;
-        stats.bounded += children.len();
-        for ((dec, (lb, next)), pi) in children.into_iter().zip(res).zip(child_parent) {
-            let lb: Vec<f64> = lb.iter().zip(&parents[pi].lb).map(|(a, b)| a.max(*b)).collect();
+        let t0 = Instant::now();
+        let Some(mut res) = bounder.bound(&children, ro.beta.iterations, deadline)? else {
+            stats.open += queue.len() + parents.len();
+            return Ok(Answer::Timeout);
+        };
+        clock.record(take, t0.elapsed());
+        let Some(res_again) = bounder.bound(&again, RETRY_FACTOR * ro.beta.iterations.max(1), deadline)? else {
+            stats.open += queue.len() + parents.len();
+            return Ok(Answer::Timeout);
+        };
+        stats.bounded += children.len() + again.len();
+        let mut retries: Vec<usize> = child_parent.iter().map(|_| 0).collect();
+        res.extend(res_again);
+        children.extend(again);
+        retries.extend(again_parent.iter().map(|&pi| parents[pi].retries + 1));
+        child_parent.extend(again_parent);
+        let keep_alpha = queue.len() < KEEP_ALPHA_UP_TO;
+        for (((child, r), pi), retries) in children.into_iter().zip(res).zip(child_parent).zip(retries) {
+            let lb: Vec<f64> = r.lb.iter().zip(&parents[pi].lb).map(|(a, b)| a.max(*b)).collect();
             if lb.iter().zip(&w.bound_rhs).any(|(l, r)| proves_above(*l, *r)) {
                 stats.proved += 1;
                 continue;
             }
-            queue.push(ReluDomain { margin: margin(&lb, &w.bound_rhs), lb, decisions: dec, next });
+            queue.push(ReluDomain {
+                margin: margin(&lb, &w.bound_rhs),
+                lb,
+                decisions: child.decisions,
+                beta: r.beta,
+                alpha: keep_alpha.then(|| Rc::new(r.alpha)),
+                bounds: Rc::new(r.bounds),
+                next: r.next,
+                retries,
+            });
         }
         if stats.rounds.is_multiple_of(10) && !w.rows.is_empty() {
             let t = Target { lo: &w.lo, hi: &w.hi, rows: &w.rows, rhs: &w.rhs };
-            let cands = pgd(net, &t, pgd_cfg, rng, deadline).unwrap_or_default();
+            let cands = pgd(net, &t, ro.pgd, rng, deadline).unwrap_or_default();
             if let Some(a) = cands.iter().find_map(|x| check_counterexample(model, prop, x, &w.lo, &w.hi)) {
                 return Ok(a);
             }
         }
-        if let Some(every) = progress {
+        if let Some(every) = ro.progress {
             if last.elapsed() >= every {
                 last = Instant::now();
                 eprintln!(
