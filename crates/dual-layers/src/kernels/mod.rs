@@ -67,6 +67,8 @@ pub trait Elem:
     const ZERO: Self;
     /// Multiplicative identity.
     const ONE: Self;
+    /// One half.
+    const HALF: Self;
     /// `|x|`.
     fn abs(self) -> Self;
     /// `dst[j·rows + i] = src[i·cols + j]`: the contiguous `[rows, cols]` matrix `src` transposed
@@ -103,6 +105,7 @@ fn transpose_scalar<T: Copy>(src: &[T], rows: usize, cols: usize, dst: &mut [T])
 impl Elem for f64 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
+    const HALF: Self = 0.5;
     fn abs(self) -> Self {
         f64::abs(self)
     }
@@ -111,6 +114,7 @@ impl Elem for f64 {
 impl Elem for f32 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
+    const HALF: Self = 0.5;
     fn abs(self) -> Self {
         f32::abs(self)
     }
