@@ -92,9 +92,8 @@ pub fn propagate(net: &Net<'_>, upto: usize) -> Result<Boxes> {
                 (m, r)
             }
             DualNode::Activation(act) => {
-                let (l, u) = (mid[t - 1].squeeze(1)?, rad[t - 1].squeeze(1)?);
-                let (lo, hi) = act.interval(&(&l - &u)?, &(l + u)?)?;
-                (((&lo + &hi)? * 0.5)?.unsqueeze(1)?, ((hi - lo)? * 0.5)?.unsqueeze(1)?)
+                let (m, r) = act.interval_mid_rad(&mid[t - 1].squeeze(1)?, &rad[t - 1].squeeze(1)?)?;
+                (m.unsqueeze(1)?, r.unsqueeze(1)?)
             }
         };
         mid.push(m);

@@ -35,11 +35,13 @@ macro_rules! dispatch {
 
 mod gemm_conv;
 mod im2col;
+mod interval;
 mod linear;
 mod relax;
 mod slopes;
 mod sparse;
 
+pub use interval::relu_box;
 pub use linear::{linear_columns, linear_weight_grad};
 pub use relax::relax_columns;
 pub use slopes::{abs_contract, neg_part_contract, scale_columns};
