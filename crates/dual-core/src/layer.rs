@@ -91,6 +91,15 @@ pub trait DualActivation: Send + Sync {
         Err(DualError::Unsupported(format!("{} does not support interval bounds (IBP, CROWN-IBP)", self.name())))
     }
 
+    /// [`DualActivation::interval`] in centre–radius form: for the box `mid ± rad` (both
+    /// `[B, *shape]`), the centre and radius `((lo + hi) / 2, (hi − lo) / 2)` of the image
+    /// `[lo, hi]` of `[mid − rad, mid + rad]`. Default: through `interval`; an activation may
+    /// fuse it (same numbers).
+    fn interval_mid_rad(&self, mid: &Tensor, rad: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (lo, hi) = self.interval(&(mid - rad)?, &(mid + rad)?)?;
+        Ok((((&lo + &hi)? * 0.5)?, ((hi - lo)? * 0.5)?))
+    }
+
     /// The output shape (without batch) for an input shaped `in_shape`. Default: the same shape
     /// (an elementwise activation); a pooling activation (MaxPool2d) changes it.
     fn output_shape(&self, in_shape: &[usize]) -> Result<Vec<usize>> {

@@ -61,6 +61,15 @@ pub trait DualSource: Send + Sync {
         Ok((lower, upper))
     }
 
+    /// The bounding box of the free variables `δ` (the set is `x + δ`) as centre and radius
+    /// `(m, ρ)`, each `[B, K]` or `[1, K]`: `m − ρ ≤ δ ≤ m + ρ`, where `m_j ∓ ρ_j` are the source's
+    /// terms of the unit rows `±e_j` ([`DualSource::coefficient_terms`]). Interval bounds start
+    /// from it. `None` (the default) when the source does not state it directly; the caller then
+    /// computes it from the unit rows.
+    fn interval_box(&self) -> Option<Result<(Tensor, Tensor)>> {
+        None
+    }
+
     /// A short name for messages.
     fn name(&self) -> String;
 }

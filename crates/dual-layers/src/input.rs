@@ -146,6 +146,19 @@ impl DualSource for InfBall {
         };
         Ok((s.neg()?, s))
     }
+    /// `δ ∈ [−ε, ε]`: centre 0, radius `ε`.
+    fn interval_box(&self) -> Option<Result<(Tensor, Tensor)>> {
+        let f = || -> Result<(Tensor, Tensor)> {
+            let b = self.x.dim(0)?;
+            let k = self.x.elem_count() / b.max(1);
+            let rad = match &self.eps_t {
+                Some(e) => e.clone(),
+                None => Tensor::full(self.eps, (1, k), self.x.device())?.to_dtype(self.x.dtype())?,
+            };
+            Ok((rad.zeros_like()?, rad))
+        };
+        Some(f())
+    }
     fn name(&self) -> String {
         "InfBall".into()
     }
@@ -217,6 +230,12 @@ impl DualSource for InfBallBounded {
         let lin = contract_features(g, &mid)?;
         let abs = abs_contract(g, &rad)?;
         Ok(((&lin - &abs)?, (lin + abs)?))
+    }
+    /// `δ ∈ [δ⁻, δ⁺]`: centre `(δ⁻ + δ⁺) / 2`, radius `(δ⁺ − δ⁻) / 2`.
+    fn interval_box(&self) -> Option<Result<(Tensor, Tensor)>> {
+        let f =
+            || -> Result<(Tensor, Tensor)> { Ok((((&self.lo + &self.hi)? * 0.5)?, ((&self.hi - &self.lo)? * 0.5)?)) };
+        Some(f())
     }
     fn name(&self) -> String {
         "InfBallBounded".into()

@@ -27,6 +27,15 @@ impl DualActivation for DualReLU {
         Ok((lower.relu()?, upper.relu()?))
     }
 
+    /// One fused pass per output on the CPU (`kernels::relu_box`), the same numbers.
+    fn interval_mid_rad(&self, mid: &Tensor, rad: &Tensor) -> Result<(Tensor, Tensor)> {
+        if let Some(mr) = crate::kernels::relu_box(mid, rad)? {
+            return Ok(mr);
+        }
+        let (lo, hi) = self.interval(&(mid - rad)?, &(mid + rad)?)?;
+        Ok((((&lo + &hi)? * 0.5)?, ((hi - lo)? * 0.5)?))
+    }
+
     fn linear_relax(&self, lower: &Tensor, upper: &Tensor, rule: SlopeRule<'_>) -> Result<Box<dyn LinearRelaxation>> {
         Ok(Box::new(crate::relu_linear::ReluLinear::new(lower, upper, rule)?))
     }

@@ -57,7 +57,7 @@ impl LinearRelaxation for ReluLinear {
     /// `Λ_in = [Λ]₊ a_L + [Λ]₋ a_U`, offset `Σ_j b_Uj min(Λ_j, 0)`.
     fn backward_lower(&self, lam: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
         if self.a_l.dim(1)? == 1 {
-            // One fused pass when no gradient can be asked for (same numbers).
+            // One fused pass, also under autograd (same numbers, fused gradient).
             if let Some(gin) = crate::kernels::relax_columns(lam, &self.a_l, &self.a_u)? {
                 let offset = crate::kernels::neg_part_contract(lam, &self.b_u)?;
                 return Ok((gin, Some(offset)));

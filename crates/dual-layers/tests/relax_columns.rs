@@ -1,6 +1,6 @@
 //! The fused backward step of a two-line relaxation (`kernels::relax_columns`) against Candle's
 //! ops: `[λ]₊ a_L + [λ]₋ a_U`, shared and per-example coefficients, f32 and f64, equal bit for
-//! bit; and no fused op where a gradient could be asked for.
+//! bit; and its fused gradient against the gradient of Candle's ops.
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use dual_layers::kernels::relax_columns;
@@ -50,13 +50,42 @@ fn fused_step_equals_candle_ops() -> Result<()> {
     Ok(())
 }
 
+/// Gradients of `Σ w ⊙ out` in the three operands, fused and by Candle's ops (f64, exact zeros
+/// in `λ` included: both give the tie the mean of the two sides).
 #[test]
-fn tracked_operands_are_not_fused() -> Result<()> {
+fn fused_gradient_equals_candle_ops() -> Result<()> {
     let mut rng = StdRng::seed_from_u64(4);
+    for (bl, b, n, shape) in [(1, 4, 7, vec![3, 5, 5]), (4, 4, 7, vec![3, 5, 5]), (1, 2, 33, vec![40])] {
+        let mut ls = vec![bl, n];
+        ls.extend_from_slice(&shape);
+        let mut ps = vec![b];
+        ps.extend_from_slice(&shape);
+        let mut os = vec![b, n];
+        os.extend_from_slice(&shape);
+        let lam = Var::from_tensor(&rand_tensor(&mut rng, &ls, DType::F64)?)?;
+        let a_l = Var::from_tensor(&rand_tensor(&mut rng, &ps, DType::F64)?.abs()?)?;
+        let a_u = Var::from_tensor(&rand_tensor(&mut rng, &ps, DType::F64)?.abs()?)?;
+        let w = rand_tensor(&mut rng, &os, DType::F64)?;
+        let got = relax_columns(lam.as_tensor(), a_l.as_tensor(), a_u.as_tensor())?.expect("CPU operands are fused");
+        let want = reference(lam.as_tensor(), a_l.as_tensor(), a_u.as_tensor())?;
+        let gg = (got * &w)?.sum_all()?.backward()?;
+        let gw = (want * &w)?.sum_all()?.backward()?;
+        for v in [&lam, &a_l, &a_u] {
+            let a = gg.get(v.as_tensor()).expect("a gradient").flatten_all()?.to_vec1::<f64>()?;
+            let c = gw.get(v.as_tensor()).expect("a gradient").flatten_all()?.to_vec1::<f64>()?;
+            assert_eq!(a.len(), c.len());
+            let err = a.iter().zip(&c).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+            assert!(err < 1e-12, "fused gradient differs by {err} (lam {ls:?}, operand {:?})", v.dims());
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn mismatched_shapes_are_not_fused() -> Result<()> {
+    let mut rng = StdRng::seed_from_u64(5);
     let lam = rand_tensor(&mut rng, &[1, 3, 4], DType::F64)?;
     let a = rand_tensor(&mut rng, &[2, 4], DType::F64)?.abs()?;
-    let v = Var::from_tensor(&a)?;
-    assert!(relax_columns(&lam, v.as_tensor(), &a)?.is_none());
     assert!(relax_columns(&lam, &a, &a)?.is_some());
     // Shapes that do not match are left to the caller's ops (which report them).
     assert!(relax_columns(&lam, &a.narrow(1, 0, 3)?, &a)?.is_none());

@@ -210,7 +210,11 @@ impl Network {
     /// The dual nodes for the batch `x` (its forward pass fixes shapes and batch statistics).
     pub fn dual_nodes(&self, x: &Tensor) -> Result<Vec<DualNode>> {
         self.check_input(x)?;
-        let outs = self.forward_all(x)?;
+        // The duals of the built-in layers but BatchNorm read only their input's shape, which the
+        // first example gives at a fraction of the batch's forward pass.
+        let shapes_only = self.spec().layers.iter().all(dual_reads_shape_only);
+        let nominal = if shapes_only && x.dim(0)? > 1 { x.narrow(0, 0, 1)? } else { x.clone() };
+        let outs = self.forward_all(&nominal)?;
         let mut nodes = Vec::new();
         for (k, l) in self.layers.iter().enumerate() {
             let t = k + 1;
@@ -291,5 +295,15 @@ fn summarize<'a>(names: impl Iterator<Item = &'a str>) -> String {
         format!("{}, ... ({} in all)", v[..12].join(", "), v.len())
     } else {
         v.join(", ")
+    }
+}
+
+/// Whether the layer's dual reads only the shape of its input (not the batch's values, as
+/// BatchNorm's batch statistics do; a custom layer may).
+fn dual_reads_shape_only(l: &LayerSpec) -> bool {
+    match l {
+        LayerSpec::BatchNorm2d { .. } | LayerSpec::Custom { .. } => false,
+        LayerSpec::Dense { parts } => parts.iter().flatten().all(dual_reads_shape_only),
+        _ => true,
     }
 }

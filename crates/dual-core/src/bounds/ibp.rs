@@ -28,8 +28,9 @@ impl Boxes {
     }
 }
 
-/// The input set's bounding box `x + [δ⁻, δ⁺]` as `(mid, rad)`, `[B, 1, *in_shape]`: the source's
-/// terms for the identity rows (`DualSource::coefficient_terms`).
+/// The input set's bounding box `x + [δ⁻, δ⁺]` as `(mid, rad)`, `[B, 1, *in_shape]`: the box the
+/// source states (`DualSource::interval_box`), else the source's terms for the identity rows
+/// (`DualSource::coefficient_terms`; the same box, at the cost of `K` rows of `K`).
 pub fn input_box(net: &Net<'_>) -> Result<(Tensor, Tensor)> {
     if !net.input.exact_from_coefficients() {
         return Err(DualError::Unsupported(format!(
@@ -41,10 +42,27 @@ pub fn input_box(net: &Net<'_>) -> Result<(Tensor, Tensor)> {
     let b = x.dim(0)?;
     let shape = &x.dims()[1..];
     let k: usize = shape.iter().product();
-    let eye = super::crown::signed_identity_rows(&(0..k).collect::<Vec<_>>(), false, shape, x)?;
-    let (lo, hi) = net.input.coefficient_terms(&eye)?; // [B or 1, K]
     let mut s = vec![b, 1];
     s.extend_from_slice(shape);
+    if let Some(r) = net.input.interval_box() {
+        let (m, r) = r?;
+        let ok = |t: &Tensor| {
+            t.rank() == 2 && (t.dim(0).ok() == Some(1) || t.dim(0).ok() == Some(b)) && t.dim(1).ok() == Some(k)
+        };
+        if !ok(&m) || !ok(&r) {
+            return Err(DualError::shape(format!(
+                "the input set {} gave a box {:?} / {:?}; expected [{b} or 1, {k}]",
+                net.input.name(),
+                m.dims(),
+                r.dims()
+            )));
+        }
+        let m = m.to_dtype(x.dtype())?.broadcast_as((b, k))?.reshape(s.clone())?;
+        let r = r.to_dtype(x.dtype())?.broadcast_as((b, k))?.reshape(s)?;
+        return Ok(((x.unsqueeze(1)? + m)?, r));
+    }
+    let eye = super::crown::signed_identity_rows(&(0..k).collect::<Vec<_>>(), false, shape, x)?;
+    let (lo, hi) = net.input.coefficient_terms(&eye)?; // [B or 1, K]
     let lo = lo.broadcast_as((b, k))?.reshape(s.clone())?;
     let hi = hi.broadcast_as((b, k))?.reshape(s.clone())?;
     let x1 = x.unsqueeze(1)?;
@@ -74,9 +92,8 @@ pub fn propagate(net: &Net<'_>, upto: usize) -> Result<Boxes> {
                 (m, r)
             }
             DualNode::Activation(act) => {
-                let (l, u) = (mid[t - 1].squeeze(1)?, rad[t - 1].squeeze(1)?);
-                let (lo, hi) = act.interval(&(&l - &u)?, &(l + u)?)?;
-                (((&lo + &hi)? * 0.5)?.unsqueeze(1)?, ((hi - lo)? * 0.5)?.unsqueeze(1)?)
+                let (m, r) = act.interval_mid_rad(&mid[t - 1].squeeze(1)?, &rad[t - 1].squeeze(1)?)?;
+                (m.unsqueeze(1)?, r.unsqueeze(1)?)
             }
         };
         mid.push(m);

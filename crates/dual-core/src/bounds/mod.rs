@@ -138,6 +138,12 @@ fn output_shapes(net: &Net<'_>) -> Result<Vec<Vec<usize>>> {
     Ok(outs.iter().map(|o| o.dims()[2..].to_vec()).collect())
 }
 
+/// Output shapes (without batch) of every output, read from the interval boxes (the same as
+/// [`output_shapes`], without its nominal pass).
+fn box_shapes(boxes: &ibp::Boxes) -> Vec<Vec<usize>> {
+    boxes.mid.iter().map(|m| m.dims()[2..].to_vec()).collect()
+}
+
 /// Whether per-example rows for the units `[lower, upper]` leaves unstable cost less than every
 /// unit's rows: the shared rows of the first activation meet per-example work only at the input
 /// set, so there per-example rows pay when the whole batch needs fewer rows than one example
@@ -172,9 +178,6 @@ pub fn spec_bounds(
     }
     let n = net.nodes.len();
     let b = net.x.dim(0)?;
-    let shapes = output_shapes(net)?;
-    let c = spec.checked(b, &shapes[n], net.x.dtype())?;
-    let budget = opts.memory_budget.unwrap_or(DEFAULT_BUDGET);
     let need_ibp = matches!(method, Method::Ibp | Method::CrownIbp);
     let boxes = match ibp::propagate(net, n) {
         Ok(bx) => Some(bx),
@@ -182,17 +185,60 @@ pub fn spec_bounds(
         Err(DualError::Unsupported(_)) => None,
         Err(e) => return Err(e),
     };
+    let shapes = match &boxes {
+        Some(bx) => box_shapes(bx),
+        None => output_shapes(net)?,
+    };
+    let c = spec.checked(b, &shapes[n], net.x.dtype())?;
     if method == Method::Ibp {
         let boxes = boxes.expect("checked above");
-        let mut layers = Vec::new();
-        for (k, node) in net.nodes.iter().enumerate() {
-            if matches!(node, DualNode::Activation(_)) {
-                let (lower, upper) = boxes.interval(k)?;
-                layers.push(LayerBounds { layer: k + 1, lower, upper });
-            }
-        }
-        return Ok(SpecBounds { lower: ibp::spec_lower(net, &boxes, &c)?, layers, iterations: 0 });
+        return ibp_bounds(net, &boxes, &c);
     }
+    from_boxes(net, &shapes, &c, method, opts, reference, boxes.as_ref())
+}
+
+/// IBP's bounds from the boxes of every output.
+fn ibp_bounds(net: &Net<'_>, boxes: &ibp::Boxes, c: &Tensor) -> Result<SpecBounds> {
+    let mut layers = Vec::new();
+    for (k, node) in net.nodes.iter().enumerate() {
+        if matches!(node, DualNode::Activation(_)) {
+            let (lower, upper) = boxes.interval(k)?;
+            layers.push(LayerBounds { layer: k + 1, lower, upper });
+        }
+    }
+    Ok(SpecBounds { lower: ibp::spec_lower(net, boxes, c)?, layers, iterations: 0 })
+}
+
+/// CROWN-IBP's bounds and IBP's lower bounds of `C f(x')` from one interval pass:
+/// `(crown_ibp, ibp)`. CROWN-IBP's loss (Zhang et al. 2020) mixes the two; computed apart, the
+/// interval pass (and its gradient) would run twice. The same numbers as two [`spec_bounds`] calls.
+pub fn crown_ibp_and_ibp(net: &Net<'_>, spec: &Spec, opts: &BoundOptions) -> Result<(SpecBounds, SpecBounds)> {
+    if net.nodes.is_empty() {
+        return Err(DualError::invalid("the network has no layers"));
+    }
+    let n = net.nodes.len();
+    let boxes = ibp::propagate(net, n)?;
+    let shapes = box_shapes(&boxes);
+    let c = spec.checked(net.x.dim(0)?, &shapes[n], net.x.dtype())?;
+    let ibp = ibp_bounds(net, &boxes, &c)?;
+    let ci = from_boxes(net, &shapes, &c, Method::CrownIbp, opts, None, Some(&boxes))?;
+    Ok((ci, ibp))
+}
+
+/// The backward methods given the interval boxes (when the input set and layers allow them).
+fn from_boxes(
+    net: &Net<'_>,
+    shapes: &[Vec<usize>],
+    c: &Tensor,
+    method: Method,
+    opts: &BoundOptions,
+    reference: Option<&DualNetwork>,
+    boxes: Option<&ibp::Boxes>,
+) -> Result<SpecBounds> {
+    let n = net.nodes.len();
+    let b = net.x.dim(0)?;
+    let budget = opts.memory_budget.unwrap_or(DEFAULT_BUDGET);
+    let c = c.clone();
     let mut relax: Relaxed = (0..=n).map(|_| None).collect();
     let mut layers = Vec::new();
     let ref_bounds = match (method, reference) {
@@ -203,7 +249,7 @@ pub fn spec_bounds(
         let DualNode::Activation(act) = &net.nodes[t - 1] else { continue };
         let shape = &shapes[t - 1];
         let k: usize = shape.iter().product();
-        let ibp_lu = match &boxes {
+        let ibp_lu = match boxes {
             Some(bx) => {
                 let (l, u) = bx.interval(t - 1)?;
                 Some((l.reshape((b, k))?, u.reshape((b, k))?))
@@ -237,25 +283,25 @@ pub fn spec_bounds(
             match &ibp_lu {
                 Some((li, ui)) if method == Method::AlphaCrown && !act.exact_off_zero() => {
                     let units: Vec<usize> = (0..k).collect();
-                    let (lc, uc) = crown::layer_bounds(net, &relax, &shapes, t - 1, &units, budget)?;
+                    let (lc, uc) = crown::layer_bounds(net, &relax, shapes, t - 1, &units, budget)?;
                     (lc.maximum(li)?, uc.minimum(ui)?)
                 }
                 Some((li, ui)) if method == Method::AlphaCrown => {
                     // Where IBP proves the unit stable in an example, keep IBP's bounds (the
                     // relaxation is then exact); the backward pass runs on the others only.
                     let need = sparse::unstable_per_example(li, ui)?;
-                    crown::layer_bounds_per_example(net, &relax, &shapes, t - 1, &need, (li, ui), budget)?
+                    crown::layer_bounds_per_example(net, &relax, shapes, t - 1, &need, (li, ui), budget)?
                 }
                 _ => match sparse::loose_bounds(net, &relax, t - 1)? {
                     // Units the looser bound proves stable are stable under CROWN too, with the
                     // same relaxation: the backward pass runs on the others only.
                     Some((lf, uf)) if worth_skipping(net, &lf, &uf, t - 1)? => {
                         let need = sparse::unstable_per_example(&lf, &uf)?;
-                        crown::layer_bounds_per_example(net, &relax, &shapes, t - 1, &need, (&lf, &uf), budget)?
+                        crown::layer_bounds_per_example(net, &relax, shapes, t - 1, &need, (&lf, &uf), budget)?
                     }
                     _ => {
                         let units: Vec<usize> = (0..k).collect();
-                        crown::layer_bounds(net, &relax, &shapes, t - 1, &units, budget)?
+                        crown::layer_bounds(net, &relax, shapes, t - 1, &units, budget)?
                     }
                 },
             }
@@ -278,7 +324,11 @@ pub fn spec_bounds(
         };
         return Ok(SpecBounds { lower, layers, iterations: res.iterations });
     }
-    let lower = crown::backward_lower(net, &relax, n, c)?;
+    // The zero rows of C (the margins' `e_y − e_y`) bound to 0 without a backward pass.
+    let lower = match spec::drop_zero_rows(&c)? {
+        Some((reduced, pos)) => spec::expand_rows(&crown::backward_lower(net, &relax, n, reduced)?, &pos)?,
+        None => crown::backward_lower(net, &relax, n, c)?,
+    };
     Ok(SpecBounds { lower, layers, iterations: 0 })
 }
 

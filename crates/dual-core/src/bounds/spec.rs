@@ -57,3 +57,47 @@ impl Spec {
         Ok(self.c.to_dtype(dtype)?)
     }
 }
+
+/// The rows of `C` (`[B, m, *out_shape]`) that are not zero, when every example has the same
+/// number `z ≥ 1` of all-zero rows (the margins' row `e_y − e_y`): `C` without them
+/// (`[B, m − z, *out_shape]`) and, per example and row, the row of the reduced `C` that holds it
+/// (`m − z` for a zero row), `[B, m]`. A zero row's lower bound is 0, so a backward pass need not
+/// carry it: [`expand_rows`] puts the zeros back. `None` when there is nothing to drop.
+pub(crate) fn drop_zero_rows(c: &Tensor) -> Result<Option<(Tensor, Tensor)>> {
+    let (b, m) = (c.dim(0)?, c.dim(1)?);
+    let k = c.elem_count() / (b * m).max(1);
+    if b == 0 || m == 0 {
+        return Ok(None);
+    }
+    let v = c.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+    let zero: Vec<bool> = (0..b * m).map(|q| v[q * k..(q + 1) * k].iter().all(|&x| x == 0.0)).collect();
+    let z = zero[..m].iter().filter(|&&t| t).count();
+    if z == 0 || z == m || (0..b).any(|i| zero[i * m..(i + 1) * m].iter().filter(|&&t| t).count() != z) {
+        return Ok(None);
+    }
+    let keep = m - z;
+    let (mut idx, mut pos) = (Vec::with_capacity(b * keep), vec![keep as u32; b * m]);
+    for i in 0..b {
+        let mut r = 0;
+        for j in 0..m {
+            if !zero[i * m + j] {
+                idx.push(j as u32);
+                pos[i * m + j] = r as u32;
+                r += 1;
+            }
+        }
+    }
+    let idx = Tensor::from_vec(idx, (b, keep, 1), c.device())?.broadcast_as((b, keep, k))?.contiguous()?;
+    let mut shape = vec![b, keep];
+    shape.extend_from_slice(&c.dims()[2..]);
+    let reduced = c.reshape((b, m, k))?.gather(&idx, 1)?.reshape(shape)?;
+    Ok(Some((reduced, Tensor::from_vec(pos, (b, m), c.device())?)))
+}
+
+/// Bounds of the reduced rows `[B, m − z]` back on all `m` rows (`pos` from [`drop_zero_rows`]),
+/// 0 on the zero rows; differentiable.
+pub(crate) fn expand_rows(lower: &Tensor, pos: &Tensor) -> Result<Tensor> {
+    let b = lower.dim(0)?;
+    let zero = Tensor::zeros((b, 1), lower.dtype(), lower.device())?;
+    Ok(Tensor::cat(&[lower, &zero], 1)?.gather(pos, 1)?)
+}

@@ -35,11 +35,13 @@ macro_rules! dispatch {
 
 mod gemm_conv;
 mod im2col;
+mod interval;
 mod linear;
 mod relax;
 mod slopes;
 mod sparse;
 
+pub use interval::relu_box;
 pub use linear::{linear_columns, linear_weight_grad};
 pub use relax::relax_columns;
 pub use slopes::{abs_contract, neg_part_contract, scale_columns};
@@ -67,6 +69,8 @@ pub trait Elem:
     const ZERO: Self;
     /// Multiplicative identity.
     const ONE: Self;
+    /// One half.
+    const HALF: Self;
     /// `|x|`.
     fn abs(self) -> Self;
     /// `dst[j·rows + i] = src[i·cols + j]`: the contiguous `[rows, cols]` matrix `src` transposed
@@ -103,6 +107,7 @@ fn transpose_scalar<T: Copy>(src: &[T], rows: usize, cols: usize, dst: &mut [T])
 impl Elem for f64 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
+    const HALF: Self = 0.5;
     fn abs(self) -> Self {
         f64::abs(self)
     }
@@ -111,6 +116,7 @@ impl Elem for f64 {
 impl Elem for f32 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
+    const HALF: Self = 0.5;
     fn abs(self) -> Self {
         f32::abs(self)
     }

@@ -2,22 +2,32 @@
 //! `out[b, j, i] = [λ]₊ a_L[b, i] + [λ]₋ a_U[b, i]` for `λ = lam[b', j, i]`.
 //!
 //! Written with Candle's ops it takes five full-size passes (`[λ]₊`, `[λ]₋`, two products, a
-//! sum) over the largest tensors of CROWN's layer-wise bounds; here it is one. It has no backward
-//! pass: [`relax_columns`] answers `None` when a gradient could be asked for (an operand tracks
-//! its ops) and the caller uses the differentiable ops, which give the same numbers (each
-//! element is the same product: `λ a_L + 0 a_U` or `0 a_L + λ a_U`).
+//! sum) over the largest tensors of CROWN's layer-wise bounds, and under autograd keeps four
+//! full-size temporaries alive until the backward pass; here it is one pass and keeps only its
+//! inputs. Its gradient (first order) is fused too:
+//!
+//! | argument | gradient |
+//! |---|---|
+//! | `λ` | `grad ⊙ (λ > 0 ? a_L : a_U)` (summed over the batch when `λ` is shared) |
+//! | `a_L` | `Σ_j grad ⊙ [λ]₊` |
+//! | `a_U` | `Σ_j grad ⊙ [λ]₋` |
+//!
+//! Each output element is the same product as with Candle's ops (`λ a_L + 0 a_U` or
+//! `0 a_L + λ a_U`), so the numbers do not change.
 
 use super::{contiguous_slice, cpu_float, Elem};
-use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
 
 /// Rows of work below which a loop stays on the calling thread.
 const MIN_ROWS: usize = 16;
 
 /// The fused step for coefficients `lam` `[Bλ, n, *shape]` (`Bλ` = 1 when shared, or `B`) and
 /// per-example lines `a_l`, `a_u` (`[B, K]` elements each, any shape); `[B, n, *shape]`. `None`
-/// where it does not apply (an operand tracks its ops, another device or dtype, other shapes).
+/// where it does not apply (another device or dtype, other shapes). Recorded for backprop when an
+/// operand tracks its ops.
 pub fn relax_columns(lam: &Tensor, a_l: &Tensor, a_u: &Tensor) -> Result<Option<Tensor>> {
-    if lam.rank() < 2 || [lam, a_l, a_u].iter().any(|t| t.track_op()) || !cpu_float(&[lam, a_l, a_u]) {
+    if lam.rank() < 2 || !cpu_float(&[lam, a_l, a_u]) {
         return Ok(None);
     }
     let (bl, n) = (lam.dim(0)?, lam.dim(1)?);
@@ -27,7 +37,12 @@ pub fn relax_columns(lam: &Tensor, a_l: &Tensor, a_u: &Tensor) -> Result<Option<
         return Ok(None);
     }
     let (a_l, a_u) = (a_l.reshape((b, k))?.contiguous()?, a_u.reshape((b, k))?.contiguous()?);
-    Ok(Some(lam.contiguous()?.apply_op3_no_bwd(&a_l, &a_u, &RelaxColumns)?))
+    let lam = lam.contiguous()?;
+    if [&lam, &a_l, &a_u].iter().any(|t| t.track_op()) {
+        Ok(Some(lam.apply_op3(&a_l, &a_u, RelaxColumns)?))
+    } else {
+        Ok(Some(lam.apply_op3_no_bwd(&a_l, &a_u, &RelaxColumns)?))
+    }
 }
 
 struct RelaxColumns;
@@ -87,5 +102,150 @@ impl CustomOp3 for RelaxColumns {
         let mut dims = l1.dims().to_vec();
         dims[0] = b;
         Ok((out, Shape::from(dims)))
+    }
+    fn bwd(
+        &self,
+        lam: &Tensor,
+        a_l: &Tensor,
+        a_u: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let k = a_l.dim(1)?;
+        let dlam = if lam.track_op() {
+            let lines = Tensor::cat(&[a_l, a_u], 1)?;
+            Some(grad.apply_op3_no_bwd(lam, &lines, &RelaxGradLam)?)
+        } else {
+            None
+        };
+        let dlines =
+            if a_l.track_op() || a_u.track_op() { Some(grad.apply_op2_no_bwd(lam, &RelaxGradLines)?) } else { None };
+        let pick = |t: &Tensor, lo: usize| -> Result<Option<Tensor>> {
+            Ok(match (&dlines, t.track_op()) {
+                (Some(d), true) => Some(d.narrow(1, lo, k)?.contiguous()?),
+                _ => None,
+            })
+        };
+        Ok((dlam, pick(a_l, 0)?, pick(a_u, k)?))
+    }
+}
+
+/// `(Bλ, n, K)` of coefficients `[Bλ, n, *shape]` and `B` of a gradient `[B, n, *shape]`.
+fn grad_dims(g: &Layout, lam: &Layout) -> (usize, usize, usize, usize) {
+    let (b, n) = (g.dims()[0], g.dims()[1]);
+    let bl = lam.dims()[0];
+    (bl, n, g.shape().elem_count() / (b * n).max(1), b)
+}
+
+/// `out[b', j, i] = Σ_b grad[b, j, i] · (λ[b', j, i] > 0 ? a_L[b, i] : a_U[b, i])` with
+/// `lines = [a_L | a_U]` `[B, 2K]` (the sum only when `λ` is shared, `b' = 0`): shaped like `λ`.
+struct RelaxGradLam;
+
+/// `∂/∂λ ([λ]₊ a_L + [λ]₋ a_U) · g`; at `λ = 0` the mean of both sides, as Candle's
+/// `maximum` gives its tie (so the gradient equals that of the unfused ops).
+#[inline]
+fn pick_grad<T: Elem>(s: T, g: T, wl: T, wu: T) -> T {
+    let zero = T::default();
+    if s > zero {
+        g * wl
+    } else if s < zero {
+        g * wu
+    } else {
+        (g * wl + -(g * wu)) * T::HALF + g * wu
+    }
+}
+
+fn grad_lam_rows<T: Elem>(g: &[T], lam: &[T], lines: &[T], bl: usize, b: usize, n: usize, k: usize) -> Vec<T> {
+    let zero = T::default();
+    // SAFETY: every row of `k` is written in full (zipped, or zero-filled then accumulated).
+    unsafe {
+        super::rows_filled(bl * n, k, MIN_ROWS, |q, row| {
+            let src = &lam[q * k..][..k];
+            if bl == b {
+                let e = q / n;
+                let (lo, up) = (&lines[e * 2 * k..][..k], &lines[e * 2 * k + k..][..k]);
+                let gr = &g[q * k..][..k];
+                for ((((o, &s), &gv), &wl), &wu) in row.iter_mut().zip(src).zip(gr).zip(lo).zip(up) {
+                    o.write(pick_grad(s, gv, wl, wu));
+                }
+            } else {
+                for o in row.iter_mut() {
+                    o.write(zero);
+                }
+                // SAFETY: just initialised.
+                let row = &mut *(row as *mut [std::mem::MaybeUninit<T>] as *mut [T]);
+                for e in 0..b {
+                    let (lo, up) = (&lines[e * 2 * k..][..k], &lines[e * 2 * k + k..][..k]);
+                    let gr = &g[(e * n + q) * k..][..k];
+                    for ((((o, &s), &gv), &wl), &wu) in row.iter_mut().zip(src).zip(gr).zip(lo).zip(up) {
+                        *o += pick_grad(s, gv, wl, wu);
+                    }
+                }
+            }
+        })
+    }
+}
+
+impl CustomOp3 for RelaxGradLam {
+    fn name(&self) -> &'static str {
+        "relax-grad-lam"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (bl, n, k, b) = grad_dims(l1, l2);
+        let out = dispatch!("relax_grad_lam", s1, s2, s3; |g, lam, lines| {
+            grad_lam_rows(
+                contiguous_slice(g, l1, "relax_grad_lam")?,
+                contiguous_slice(lam, l2, "relax_grad_lam")?,
+                contiguous_slice(lines, l3, "relax_grad_lam")?,
+                bl, b, n, k,
+            )
+        });
+        Ok((out, l2.shape().clone()))
+    }
+}
+
+/// `out[b, i] = Σ_j grad[b, j, i] [λ[b', j, i]]₊` and `out[b, K + i] = Σ_j grad[b, j, i] [λ]₋`:
+/// the gradients of both lines, `[B, 2K]`.
+struct RelaxGradLines;
+
+fn grad_lines_rows<T: Elem>(g: &[T], lam: &[T], bl: usize, b: usize, n: usize, k: usize) -> Vec<T> {
+    let zero = T::default();
+    let mut out = vec![zero; b * 2 * k];
+    out.par_chunks_mut((2 * k).max(1)).enumerate().for_each(|(e, o)| {
+        let (pos, neg) = o.split_at_mut(k);
+        for j in 0..n {
+            let src = &lam[((if bl == 1 { 0 } else { e }) * n + j) * k..][..k];
+            let gr = &g[(e * n + j) * k..][..k];
+            for (((p, q), &s), &gv) in pos.iter_mut().zip(neg.iter_mut()).zip(src).zip(gr) {
+                if s > zero {
+                    *p += gv * s;
+                } else {
+                    *q += gv * s;
+                }
+            }
+        }
+    });
+    out
+}
+
+impl CustomOp2 for RelaxGradLines {
+    fn name(&self) -> &'static str {
+        "relax-grad-lines"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (bl, n, k, b) = grad_dims(l1, l2);
+        let out = dispatch!("relax_grad_lines", s1, s2; |g, lam| {
+            grad_lines_rows(contiguous_slice(g, l1, "relax_grad_lines")?, contiguous_slice(lam, l2, "relax_grad_lines")?, bl, b, n, k)
+        });
+        Ok((out, Shape::from((b, 2 * k))))
     }
 }

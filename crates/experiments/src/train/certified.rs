@@ -25,7 +25,7 @@ use crate::attacks::{cross_entropy, pgd, PgdConfig};
 use crate::certify::{input_set, Norm};
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
-use dual_core::bounds::{spec_bounds, BoundOptions, Method, Net, Spec};
+use dual_core::bounds::{crown_ibp_and_ibp, spec_bounds, BoundOptions, Method, Net, Spec};
 use dual_core::LayerBounds;
 use nets::Network;
 use serde::{Deserialize, Serialize};
@@ -103,6 +103,40 @@ pub fn margin_bounds_from_outputs(
     bounded: bool,
     method: Method,
 ) -> Result<(Tensor, Vec<LayerBounds>)> {
+    with_margin_net(net, outs, y, eps, norm, bounded, |n, spec| {
+        let sb = spec_bounds(n, spec, method, &BoundOptions::default(), None)?;
+        Ok((sb.lower, sb.layers))
+    })
+}
+
+/// CROWN-IBP's and IBP's margin lower bounds from one interval pass, with IBP's intervals of
+/// every activation: `(crown_ibp, ibp, layers)`; the same numbers as two calls of
+/// [`margin_bounds_from_outputs`].
+pub fn crown_ibp_and_ibp_from_outputs(
+    net: &Network,
+    outs: &[Tensor],
+    y: &[u32],
+    eps: f64,
+    norm: Norm,
+    bounded: bool,
+) -> Result<(Tensor, Tensor, Vec<LayerBounds>)> {
+    with_margin_net(net, outs, y, eps, norm, bounded, |n, spec| {
+        let (ci, ibp) = crown_ibp_and_ibp(n, spec, &BoundOptions::default())?;
+        Ok((ci.lower, ibp.lower, ibp.layers))
+    })
+}
+
+/// Runs `f` on the bound family's view of the network (dual nodes from the forward pass `outs`,
+/// the ball of radius `eps`) and the margins' specification.
+fn with_margin_net<T>(
+    net: &Network,
+    outs: &[Tensor],
+    y: &[u32],
+    eps: f64,
+    norm: Norm,
+    bounded: bool,
+    f: impl FnOnce(&Net<'_>, &Spec) -> dual_core::Result<T>,
+) -> Result<T> {
     if norm != Norm::Linf {
         bail!("interval-bound losses need an l_inf ball (--norm linf), got {norm:?}");
     }
@@ -119,8 +153,7 @@ pub fn margin_bounds_from_outputs(
     let input = input_set(x, eps, norm, bounded)?;
     let spec = Spec::margins(y, logits.dim(1)?, x.dtype(), x.device())?;
     let n = Net { nodes: &nodes, x, input: input.as_ref() };
-    let sb = spec_bounds(&n, &spec, method, &BoundOptions::default(), None)?;
-    Ok((sb.lower, sb.layers))
+    Ok(f(&n, &spec)?)
 }
 
 /// The loss of `kind` on the batch `(x, y)` given the outputs `outs` of its forward pass
@@ -158,13 +191,13 @@ pub fn bound_loss(
             }
         }
         BoundLoss::CrownIbp { kappa, beta } => {
-            let (lower_ibp, layers) = ibp(Method::Ibp)?;
             let b = beta.at(progress);
-            let lower = if b > 0.0 {
-                let (lower_ci, _) = ibp(Method::CrownIbp)?;
-                ((lower_ci * b)? + (lower_ibp * (1.0 - b))?)?
+            let (lower, layers) = if b > 0.0 {
+                // One interval pass for both bounds.
+                let (lower_ci, lower_ibp, layers) = crown_ibp_and_ibp_from_outputs(net, outs, y, eps, norm, bounded)?;
+                (((lower_ci * b)? + (lower_ibp * (1.0 - b))?)?, layers)
             } else {
-                lower_ibp
+                ibp(Method::Ibp)?
             };
             LossParts {
                 loss: mixed(kappa.at(progress), &lower)?,

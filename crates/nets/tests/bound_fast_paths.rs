@@ -1,0 +1,155 @@
+//! The bound family's shortcuts give the numbers of the long ways: the input box stated by the
+//! input set equals the one from its terms on the unit rows; CROWN-IBP's and IBP's bounds from one
+//! interval pass equal two separate calls (values and parameter gradients); a specification's
+//! zero rows (dropped from the backward pass) bound to 0 and the other rows as when each row is
+//! bounded alone.
+
+use candle_core::{DType, Device, Tensor};
+use dual_core::bounds::{crown_ibp_and_ibp, ibp, spec_bounds, BoundOptions, Method, Net, Spec};
+use dual_core::DualSource;
+use dual_layers::{InfBall, InfBallBounded};
+use nets::spec::build::{conv, flatten, linear, relu};
+use nets::{Network, NetworkSpec};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use std::ops::Range;
+
+fn flat(t: &Tensor) -> Vec<f64> {
+    t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap()
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.dims(), b.dims());
+    flat(a).iter().zip(flat(b)).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+}
+
+fn convnet() -> Network {
+    let spec = NetworkSpec::sequential(
+        "conv",
+        &[1, 6, 6],
+        vec![conv(1, 3, 3, 1, 1), relu(), conv(3, 4, 4, 2, 1), relu(), flatten(), linear(36, 8), relu(), linear(8, 4)],
+    );
+    Network::init(&spec, 5, DType::F64, &Device::Cpu).unwrap()
+}
+
+fn inputs(b: usize, seed: u64) -> Tensor {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let v: Vec<f64> = (0..b * 36).map(|_| rng.random_range(0.0..1.0)).collect();
+    Tensor::from_vec(v, (b, 1, 6, 6), &Device::Cpu).unwrap()
+}
+
+/// An input set that hides its box: the caller falls back to the unit rows.
+struct NoBox(Box<dyn DualSource>);
+
+impl DualSource for NoBox {
+    fn num_columns(&self) -> usize {
+        self.0.num_columns()
+    }
+    fn columns(&self, range: Range<usize>) -> dual_core::Result<Tensor> {
+        self.0.columns(range)
+    }
+    fn column_terms(&self, p: &Tensor, range: Range<usize>) -> dual_core::Result<(Tensor, Tensor)> {
+        self.0.column_terms(p, range)
+    }
+    fn lower_term(&self, g: &Tensor) -> dual_core::Result<Tensor> {
+        self.0.lower_term(g)
+    }
+    fn coefficient_terms(&self, g: &Tensor) -> dual_core::Result<(Tensor, Tensor)> {
+        self.0.coefficient_terms(g)
+    }
+    fn name(&self) -> String {
+        self.0.name()
+    }
+}
+
+#[test]
+fn stated_input_box_equals_the_unit_rows_box() {
+    let net = convnet();
+    let x = inputs(3, 1);
+    let nodes = net.dual_nodes(&x).unwrap();
+    let eps_t = Tensor::from_vec(vec![0.01, 0.2, 0.05], 3, &Device::Cpu).unwrap();
+    let sets: Vec<Box<dyn Fn() -> Box<dyn DualSource>>> = vec![
+        Box::new(|| Box::new(InfBall::new(&x, 0.1).unwrap())),
+        Box::new(|| Box::new(InfBall::new(&x, dual_layers::Epsilon::Tensor(eps_t.clone())).unwrap())),
+        Box::new(|| Box::new(InfBallBounded::new(&x, 0.3, 0.0, 1.0).unwrap())),
+    ];
+    for make in sets {
+        let (a, b) = (make(), NoBox(make()));
+        let fast = ibp::input_box(&Net { nodes: &nodes, x: &x, input: a.as_ref() }).unwrap();
+        let slow = ibp::input_box(&Net { nodes: &nodes, x: &x, input: &b }).unwrap();
+        assert!(max_diff(&fast.0, &slow.0) < 1e-15 && max_diff(&fast.1, &slow.1) < 1e-15, "{}", a.name());
+        assert!(flat(&fast.1).iter().any(|&r| r > 0.0));
+    }
+}
+
+#[test]
+fn one_interval_pass_gives_both_bounds_and_their_gradients() {
+    let net = convnet();
+    let x = inputs(4, 2);
+    let y = [0u32, 1, 2, 3];
+    let nodes = net.dual_nodes(&x).unwrap();
+    let set = InfBallBounded::new(&x, 0.05, 0.0, 1.0).unwrap();
+    let n = Net { nodes: &nodes, x: &x, input: &set };
+    let spec = Spec::margins(&y, 4, DType::F64, &Device::Cpu).unwrap();
+    let o = BoundOptions::default();
+    let (ci, ib) = crown_ibp_and_ibp(&n, &spec, &o).unwrap();
+    let ci2 = spec_bounds(&n, &spec, Method::CrownIbp, &o, None).unwrap();
+    let ib2 = spec_bounds(&n, &spec, Method::Ibp, &o, None).unwrap();
+    assert_eq!(max_diff(&ci.lower, &ci2.lower), 0.0);
+    assert_eq!(max_diff(&ib.lower, &ib2.lower), 0.0);
+    assert_eq!(ib.layers.len(), 3);
+    // The mixed loss's gradient in every parameter.
+    let mix = |a: &Tensor, b: &Tensor| {
+        (a.sum_all().unwrap() * 0.3).unwrap().add(&(b.sum_all().unwrap() * 0.7).unwrap()).unwrap()
+    };
+    let g1 = mix(&ci.lower, &ib.lower).backward().unwrap();
+    let g2 = mix(&ci2.lower, &ib2.lower).backward().unwrap();
+    let mut seen = 0;
+    for v in net.trainable() {
+        let (a, b) = (g1.get(v.as_tensor()), g2.get(v.as_tensor()));
+        let (a, b) = (a.expect("a gradient"), b.expect("a gradient"));
+        assert!(max_diff(a, b) < 1e-12);
+        seen += flat(a).iter().any(|&t| t != 0.0) as usize;
+    }
+    assert!(seen > 0);
+}
+
+#[test]
+fn zero_rows_bound_to_zero_and_the_others_as_alone() {
+    let net = convnet();
+    let x = inputs(3, 3);
+    let nodes = net.dual_nodes(&x).unwrap();
+    let set = InfBall::new(&x, 0.05).unwrap();
+    let n = Net { nodes: &nodes, x: &x, input: &set };
+    let o = BoundOptions::default();
+    let mut rng = StdRng::seed_from_u64(9);
+    // Per example: 5 rows, one of them zero at a different place (dropped), then a spec whose
+    // examples have different numbers of zero rows (kept).
+    for zeros in [vec![vec![1], vec![4], vec![0]], vec![vec![1], vec![], vec![0, 2]]] {
+        let mut c = vec![0f64; 3 * 5 * 4];
+        for (i, z) in zeros.iter().enumerate() {
+            for r in 0..5 {
+                if !z.contains(&r) {
+                    for j in 0..4 {
+                        c[(i * 5 + r) * 4 + j] = rng.random_range(-1.0..1.0);
+                    }
+                }
+            }
+        }
+        let ct = Tensor::from_vec(c, (3, 5, 4), &Device::Cpu).unwrap();
+        for method in [Method::CrownIbp, Method::Crown] {
+            let all = spec_bounds(&n, &Spec::new(ct.clone()).unwrap(), method, &o, None).unwrap().lower;
+            let all = flat(&all);
+            for r in 0..5 {
+                let row = Spec::new(ct.narrow(1, r, 1).unwrap()).unwrap();
+                let alone = flat(&spec_bounds(&n, &row, method, &o, None).unwrap().lower);
+                for i in 0..3 {
+                    let got = all[i * 5 + r];
+                    if zeros[i].contains(&r) {
+                        assert_eq!(got, 0.0);
+                    }
+                    assert!((got - alone[i]).abs() < 1e-12, "{method:?} row {r} example {i}: {got} vs {}", alone[i]);
+                }
+            }
+        }
+    }
+}
