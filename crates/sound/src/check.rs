@@ -5,7 +5,9 @@
 //! the input set; `Δ_t` bounds, per output of affine layer `t`, everything a rounding can move
 //! that output or its dual contraction by, relative to `|A| ẑ_in + |b|`.
 
+use crate::fused::{signed_dots, SignedDots};
 use crate::input::{check_finite, InputBox};
+use crate::sparse::{Csr, DENSE_ABOVE};
 use crate::plan::{plan, Step};
 use crate::rounding::{gamma, ETA, U32, U64};
 use crate::{Result, SoundError};
@@ -13,7 +15,7 @@ use candle_core::{DType, Device, Tensor};
 use dual_core::{DualAffine, DualNode};
 use nets::Network;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Settings of the check.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -32,6 +34,9 @@ pub struct SoundNetwork {
     opts: SoundOptions,
     /// Per node, the transpose of the identity on its units through the layer producing it.
     cache: Mutex<HashMap<usize, Vec<Option<Tensor>>>>,
+    /// Per node produced by a Linear or Conv2d layer, that transpose by its non-zeros (`None`
+    /// when it is too large to cache).
+    sparse: Mutex<HashMap<usize, Option<Arc<Csr>>>>,
 }
 
 /// Largest cached transpose of an identity (elements, f64): 256 MB.
@@ -76,6 +81,57 @@ impl Acc {
     fn add_err(&mut self, e: &Tensor) -> Result<()> {
         self.err = self.err.broadcast_add(e)?;
         Ok(())
+    }
+}
+
+/// Coefficients of a backward pass, `[1 or B, R, *shape]`: a tensor, or rows stored by their
+/// non-zeros (the same numbers).
+enum Coef {
+    Dense(Tensor),
+    Sparse(Csr),
+}
+
+/// What [`Coef::signed_dots`] gives: the scaled coefficients (when scaled) and the sums over the
+/// positive and the negative parts, one `[B, R]` per vector.
+struct Dots {
+    scaled: Option<Coef>,
+    pos: Vec<Tensor>,
+    neg: Vec<Tensor>,
+}
+
+impl Dots {
+    fn sums(self) -> (Vec<Tensor>, Vec<Tensor>) {
+        (self.pos, self.neg)
+    }
+    fn scaled(self) -> Result<(Coef, Vec<Tensor>, Vec<Tensor>)> {
+        let h = self.scaled.ok_or_else(|| SoundError::BadInput("no scaled coefficients".into()))?;
+        Ok((h, self.pos, self.neg))
+    }
+}
+
+impl Coef {
+    /// Sparse rows, or a tensor when they are too dense to gain from it.
+    fn new(csr: Csr) -> Result<Self> {
+        Ok(if csr.density() > DENSE_ABOVE { Coef::Dense(csr.to_dense()?) } else { Coef::Sparse(csr) })
+    }
+    fn dense(self) -> Result<Tensor> {
+        match self {
+            Coef::Dense(t) => Ok(t),
+            Coef::Sparse(c) => c.to_dense(),
+        }
+    }
+    /// `h = fl(g ∘ s)` (or `g`) and `Σ max(h, 0) v_k`, `Σ min(h, 0) v_k` (see [`crate::fused`]).
+    fn signed_dots(&self, scale: Option<&Tensor>, vs: &[&Tensor], batch: usize) -> Result<Dots> {
+        Ok(match self {
+            Coef::Dense(g) => {
+                let SignedDots { scaled, pos, neg } = signed_dots(g, scale, vs, batch)?;
+                Dots { scaled: scaled.map(Coef::Dense), pos, neg }
+            }
+            Coef::Sparse(c) => {
+                let (scaled, pos, neg) = c.signed_dots(scale, vs, batch)?;
+                Dots { scaled: scaled.map(Coef::Sparse), pos, neg }
+            }
+        })
     }
 }
 
@@ -140,7 +196,7 @@ impl SoundNetwork {
         for (n, p) in net.state_dict() {
             check_finite(&p, &format!("parameter {n}"))?;
         }
-        Ok(SoundNetwork { net, steps, opts, cache: Mutex::new(HashMap::new()) })
+        Ok(SoundNetwork { net, steps, opts, cache: Mutex::new(HashMap::new()), sparse: Mutex::new(HashMap::new()) })
     }
 
     /// The options.
@@ -152,7 +208,9 @@ impl SoundNetwork {
     /// `[B, m, *out_shape]` (or `[1, m, ...]`, shared): every entry is `≤ min cᵀ f(x')` over the
     /// box for the real-valued network (and for the deployed f32 one with `deployed_f32`).
     pub fn lower_bounds(&self, input: &InputBox, c: &Tensor) -> Result<Tensor> {
+        let t0 = std::time::Instant::now();
         let pass = self.forward(input)?;
+        if std::env::var("SOUNDPROF").is_ok() { eprintln!("PROF forward {:.4}", t0.elapsed().as_secs_f64()); }
         let c = c.to_dtype(DType::F64)?;
         check_finite(&c, "specification C")?;
         let top = self.steps.len();
@@ -164,7 +222,9 @@ impl SoundNetwork {
                 pass.batch
             )));
         }
+        let t0 = std::time::Instant::now();
         let (lower, _) = self.backward(&pass, top, &c)?;
+        if std::env::var("SOUNDPROF").is_ok() { eprintln!("PROF final {:.4}", t0.elapsed().as_secs_f64()); }
         Ok(lower)
     }
 
@@ -250,7 +310,7 @@ impl SoundNetwork {
         for t in 1..=self.steps.len() {
             let idx = pass.nodes[t - 1].inputs().indices(t);
             match (&self.steps[t - 1], &pass.nodes[t - 1]) {
-                (Step::Affine { terms, bias_error }, DualNode::Affine(a)) => {
+                (Step::Affine { terms, bias_error, .. }, DualNode::Affine(a)) => {
                     let (lo, hi, delta, bias) =
                         self.affine_forward(&pass, a.as_ref(), &idx, *terms, bias_error.as_ref())?;
                     pass.zmax.push(lo.abs()?.maximum(&hi.abs()?)?);
@@ -261,7 +321,9 @@ impl SoundNetwork {
                 (Step::Relu, DualNode::Activation(_)) => {
                     let p = t - 1;
                     if p >= 2 {
+                        let t0 = std::time::Instant::now();
                         self.refine(&mut pass, p)?;
+                        if std::env::var("SOUNDPROF").is_ok() { eprintln!("PROF refine {p} {:.4}", t0.elapsed().as_secs_f64()); }
                     }
                     let (l, u) = (&pass.lo[p], &pass.hi[p]);
                     let numel = l.elem_count() / batch;
@@ -322,22 +384,32 @@ impl SoundNetwork {
                 }
             }
         }
-        let center = a
-            .forward(&refs(&mids), true)?
-            .ok_or_else(|| SoundError::BadInput(format!("{} produced no output", a.name())))?
-            .squeeze(1)?;
-        let radius = match a.forward_abs(&refs(&rads))? {
-            Some(r) => r.squeeze(1)?,
-            None => center.zeros_like()?,
+        // Two columns per call: (mid, 0) through the layer gives the centre and the bias, and
+        // (radius, ẑ) through |A| the radius and |A| ẑ (each column is computed on its own).
+        let pair = |a: &[Option<Tensor>], b: &[Option<Tensor>]| -> Result<Vec<Option<Tensor>>> {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| match (x, y) {
+                    (Some(x), Some(y)) => Ok(Some(Tensor::cat(&[x, y], 1)?)),
+                    _ => Ok(None),
+                })
+                .collect()
         };
-        let absz = match a.forward_abs(&refs(&zs))? {
-            Some(r) => r.squeeze(1)?,
-            None => center.zeros_like()?,
+        let split = |t: Option<Tensor>| -> Result<(Option<Tensor>, Option<Tensor>)> {
+            match t {
+                Some(t) => Ok((
+                    Some(t.narrow(1, 0, 1)?.squeeze(1)?.contiguous()?),
+                    Some(t.narrow(1, 1, 1)?.squeeze(1)?.contiguous()?),
+                )),
+                None => Ok((None, None)),
+            }
         };
-        let bias = match a.forward(&refs(&zeros), true)? {
-            Some(b) => b.squeeze(1)?,
-            None => center.zeros_like()?,
-        };
+        let (center, bias) = split(a.forward(&refs(&pair(&mids, &zeros)?), true)?)?;
+        let center = center.ok_or_else(|| SoundError::BadInput(format!("{} produced no output", a.name())))?;
+        let bias = bias.unwrap_or(center.zeros_like()?);
+        let (radius, absz) = split(a.forward_abs(&refs(&pair(&rads, &zs)?))?)?;
+        let radius = radius.unwrap_or(center.zeros_like()?);
+        let absz = absz.unwrap_or(center.zeros_like()?);
         let r = (absz + bias.abs()?)?;
         let numel = center.elem_count() / pass.batch;
         let (ours, deployed) = self.coefficients(terms, numel);
@@ -367,6 +439,7 @@ impl SoundNetwork {
         let hi = pass.hi[p].flatten_all()?.to_vec1::<f64>()?;
         let rows: Vec<usize> =
             (0..numel).filter(|&j| (0..b).any(|e| lo[e * numel + j] < 0.0 && hi[e * numel + j] > 0.0)).collect();
+        if std::env::var("SOUNDPROF").is_ok() { eprintln!("PROF rows {p} {} of {numel}", rows.len()); }
         if rows.is_empty() {
             return Ok(());
         }
@@ -398,8 +471,8 @@ impl SoundNetwork {
         let (b, rows, dev) = (pass.batch, g.dim(1)?, g.device().clone());
         let z = zeros_like_rows(b, rows, &dev)?;
         let acc = Acc { lower: z.clone(), upper: z.clone(), abs: z.clone(), err: z, terms: 0 };
-        let mut contrib: Vec<Vec<Tensor>> = vec![vec![]; top + 1];
-        contrib[top].push(g.clone());
+        let mut contrib: Vec<Vec<Coef>> = (0..=top).map(|_| vec![]).collect();
+        contrib[top].push(Coef::Dense(g.clone()));
         self.backward_from(pass, top, acc, contrib)
     }
 
@@ -415,6 +488,19 @@ impl SoundNetwork {
         };
         let in_numel: usize =
             pass.nodes[p - 1].inputs().indices(p).iter().flatten().map(|i| pass.lo[*i].elem_count() / b).sum();
+        if let Some(tr) = self.sparse_transpose(pass, p)? {
+            let idx = Tensor::from_vec(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), rows.len(), &dev)?;
+            let pick = |t: &Tensor| -> Result<Tensor> { Ok(t.flatten_from(1)?.index_select(&idx, 1)?) };
+            let bias = pick(bias)?;
+            let acc = Acc { lower: bias.clone(), upper: bias.clone(), abs: bias.abs()?, err: pick(delta)?, terms: 1 };
+            let mut contrib: Vec<Vec<Coef>> = (0..p).map(|_| vec![]).collect();
+            let input = pass.nodes[p - 1].inputs().indices(p).first().copied().flatten();
+            let Some(input) = input else {
+                return Err(SoundError::BadInput(format!("node {p}: a layer without input")));
+            };
+            contrib[input].push(Coef::new(tr.select_rows(rows))?);
+            return self.backward_from(pass, p - 1, acc, contrib);
+        }
         if numel * in_numel.max(numel) > CACHE_ELEMS {
             return self.backward(pass, p, &eye_rows(rows, numel, shape, &dev)?);
         }
@@ -434,13 +520,46 @@ impl SoundNetwork {
         let pick = |t: &Tensor| -> Result<Tensor> { Ok(t.flatten_from(1)?.index_select(&idx, 1)?) };
         let bias = pick(bias)?;
         let acc = Acc { lower: bias.clone(), upper: bias.clone(), abs: bias.abs()?, err: pick(delta)?, terms: 1 };
-        let mut contrib: Vec<Vec<Tensor>> = vec![vec![]; p + 1];
+        let mut contrib: Vec<Vec<Coef>> = (0..=p).map(|_| vec![]).collect();
         for (i, t) in pass.nodes[p - 1].inputs().indices(p).iter().zip(cached) {
             if let (Some(i), Some(t)) = (i, t) {
-                contrib[*i].push(t.index_select(&idx, 1)?);
+                contrib[*i].push(Coef::Dense(t.index_select(&idx, 1)?));
             }
         }
         self.backward_from(pass, p - 1, acc, contrib)
+    }
+
+    /// The transpose of the identity through the Linear or Conv2d layer producing node `t`,
+    /// by its non-zeros: row `k` is `Aᵀ e_k`, i.e. the weights (exactly). Computed once per
+    /// network and node; `None` for other layers and when the identity would exceed
+    /// [`CACHE_ELEMS`].
+    fn sparse_transpose(&self, pass: &Pass, t: usize) -> Result<Option<Arc<Csr>>> {
+        let (Some(Step::Affine { plain: true, .. }), Some(DualNode::Affine(a))) =
+            (self.steps.get(t - 1), pass.nodes.get(t - 1))
+        else {
+            return Ok(None);
+        };
+        let mut cache = self.sparse.lock().map_err(|_| SoundError::BadInput("a poisoned cache".into()))?;
+        if let Some(c) = cache.get(&t) {
+            return Ok(c.clone());
+        }
+        let b = pass.batch;
+        let shape = pass.lo[t].dims()[1..].to_vec();
+        let numel: usize = shape.iter().product();
+        let inputs = pass.nodes[t - 1].inputs().indices(t);
+        let built = match inputs.as_slice() {
+            [Some(i)] if numel * numel.max(pass.lo[*i].elem_count() / b) <= CACHE_ELEMS => {
+                let all: Vec<usize> = (0..numel).collect();
+                let eye = eye_rows(&all, numel, &shape, pass.lo[t].device())?;
+                match a.transpose(&eye)?.into_iter().next().flatten() {
+                    Some(tr) => Some(Arc::new(Csr::from_dense(&tr)?)),
+                    None => None,
+                }
+            }
+            _ => None,
+        };
+        cache.insert(t, built.clone());
+        Ok(built)
     }
 
     /// The backward pass from node `top` down, with sums and coefficients so far.
@@ -449,7 +568,7 @@ impl SoundNetwork {
         pass: &Pass,
         top: usize,
         mut acc: Acc,
-        mut contrib: Vec<Vec<Tensor>>,
+        mut contrib: Vec<Vec<Coef>>,
     ) -> Result<(Tensor, Tensor)> {
         let b = pass.batch;
         for t in (0..=top).rev() {
@@ -460,6 +579,7 @@ impl SoundNetwork {
             let g = if cs.len() == 1 {
                 cs.into_iter().next().expect("one contribution")
             } else {
+                let cs = cs.into_iter().map(Coef::dense).collect::<Result<Vec<_>>>()?;
                 // The sum's rounding: γ_m Σ|c| against |z_t|.
                 let mut sum = cs[0].clone();
                 let mut abs = cs[0].abs()?;
@@ -468,12 +588,11 @@ impl SoundNetwork {
                     abs = abs.broadcast_add(&c.abs()?)?;
                 }
                 acc.add_err(&(dot(&abs, &pass.zmax[t])? * gamma(cs.len() + 1, U64))?)?;
-                sum
+                Coef::Dense(sum)
             };
             if t == 0 {
                 let (l0, h0, z0) = (&pass.lo[0], &pass.hi[0], &pass.zmax[0]);
-                let p = dots(&g.relu()?, &[l0, h0, z0])?;
-                let m = dots(&g.minimum(0.0)?, &[l0, h0, z0])?;
+                let (p, m) = g.signed_dots(None, &[l0, h0, z0], b)?.sums();
                 acc.add(&(&p[0] + &m[1])?, &(&p[1] + &m[0])?)?;
                 let n0 = l0.elem_count() / b;
                 acc.add_err(&((&p[2] - &m[2])? * (gamma(n0 + 2, U64) * (1.0 + 1e-6)))?)?;
@@ -482,23 +601,37 @@ impl SoundNetwork {
             let idx = pass.nodes[t - 1].inputs().indices(t);
             match (&pass.data[t - 1], &pass.nodes[t - 1]) {
                 (LayerData::Relu { slope, neg_lower, weight }, _) => {
-                    let gs = g.broadcast_mul(&slope.unsqueeze(1)?)?;
-                    let m = dots(&gs.minimum(0.0)?, &[neg_lower, weight])?;
-                    let p = dots(&gs.relu()?, &[neg_lower, weight])?;
+                    let (gs, p, m) = g.signed_dots(Some(slope), &[neg_lower, weight], b)?.scaled()?;
                     acc.add(&m[0], &p[0])?;
                     acc.add_err(&((&p[1] - &m[1])? * (1.0 + 1e-6))?)?;
                     if let Some(Some(p)) = idx.last() {
                         contrib[*p].push(gs);
                     }
                 }
-                (LayerData::Affine { delta, .. }, DualNode::Affine(a)) => {
+                (LayerData::Affine { delta, bias }, DualNode::Affine(a)) => {
+                    if let Coef::Sparse(csr) = &g {
+                        if let Some(tr) = self.sparse_transpose(pass, t)? {
+                            // gᵀ b (b: the output at a zero input) and ⟨|g|, Δ⟩; then gᵀ A.
+                            let (_, p, m) = csr.signed_dots(None, &[bias, delta], b)?;
+                            let bt = (&p[0] + &m[0])?;
+                            acc.add(&bt, &bt)?;
+                            acc.add_err(&(&p[1] - &m[1])?)?;
+                            let in_shape = tr.shape.clone();
+                            if let Some(Some(i)) = idx.first() {
+                                contrib[*i].push(Coef::new(csr.matmul(&tr, &in_shape)?)?);
+                            }
+                            continue;
+                        }
+                    }
+                    let g = g.dense()?;
                     if let Some(bt) = a.bias_term(&g)? {
                         acc.add(&bt, &bt)?;
                     }
-                    acc.add_err(&dot(&g.abs()?, delta)?)?;
+                    let SignedDots { pos: p, neg: m, .. } = signed_dots(&g, None, &[delta], b)?;
+                    acc.add_err(&(&p[0] - &m[0])?)?;
                     for (i, gi) in idx.iter().zip(a.transpose(&g)?) {
                         if let (Some(i), Some(gi)) = (i, gi) {
-                            contrib[*i].push(gi);
+                            contrib[*i].push(Coef::Dense(gi));
                         }
                     }
                 }
@@ -513,3 +646,4 @@ impl SoundNetwork {
         Ok((lower, upper))
     }
 }
+

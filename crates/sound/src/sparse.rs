@@ -1,0 +1,218 @@
+//! Mostly-zero coefficient rows, stored by their non-zeros (compressed sparse rows).
+//!
+//! The check's layer-wise bounds start from rows of the transpose of the identity through a
+//! convolution: a unit of a convolution's output reads `C_in k²` of its input's `C_in H W`
+//! values (on the papers' model 256 of 3,136), and another convolution below keeps the rows
+//! local (a receptive field of 10 × 10 of the 784 pixels). Dense tensors spend every step of the
+//! backward pass on the zeros; here each step visits the non-zeros only:
+//!
+//! * [`Csr::signed_dots`]: with `h = fl(g ∘ s)` (or `g`), `Σ max(h, 0) v` and `Σ min(h, 0) v`
+//!   per row, as [`crate::fused::signed_dots`];
+//! * [`Csr::matmul`]: `g ↦ gᵀ T` with `T` the transpose of the identity through a Linear or
+//!   Conv2d layer (its entries are the layer's weights, exactly: `wᵢ · 1` plus zeros), i.e. the
+//!   layer's transpose `Aᵀ g`. Each output is a sum of the same products `g_k w_{k,i}` the dense
+//!   transpose sums, in another order, so its rounding is bounded by the same
+//!   `γ_n Σ |g_k w_{k,i}|` the check charges (`n` the products per output, any order).
+//!
+//! Zeros are skipped, never invented: an entry left out is exactly 0 in the dense result too.
+
+use crate::{Result, SoundError};
+use candle_core::{DType, Device, Tensor};
+use rayon::prelude::*;
+
+/// Rows `[batch · rows]` of length `n` (a node of shape `shape`), by their non-zeros.
+#[derive(Clone)]
+pub(crate) struct Csr {
+    /// Examples the rows are for (1: shared by every example).
+    pub batch: usize,
+    /// Rows per example.
+    pub rows: usize,
+    /// The node's shape (without batch and rows).
+    pub shape: Vec<usize>,
+    /// `ptr[i]..ptr[i + 1]`: the non-zeros of row `i`.
+    pub ptr: Vec<usize>,
+    /// Column of each non-zero.
+    pub col: Vec<u32>,
+    /// Value of each non-zero.
+    pub val: Vec<f64>,
+}
+
+/// Above this fraction of non-zeros a dense tensor is faster.
+pub(crate) const DENSE_ABOVE: f64 = 0.2;
+
+impl Csr {
+    /// Columns per row.
+    pub fn n(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Fraction of non-zeros.
+    pub fn density(&self) -> f64 {
+        self.val.len() as f64 / ((self.batch * self.rows * self.n()).max(1)) as f64
+    }
+
+    /// The non-zeros of `t` (`[B, R, *shape]`, f64).
+    pub fn from_dense(t: &Tensor) -> Result<Self> {
+        if t.dtype() != DType::F64 || t.rank() < 2 {
+            return Err(SoundError::BadInput(format!("sparse rows from a {:?} tensor of shape {:?}", t.dtype(), t.dims())));
+        }
+        let (batch, rows) = (t.dim(0)?, t.dim(1)?);
+        let shape = t.dims()[2..].to_vec();
+        let n: usize = shape.iter().product();
+        let v = t.flatten_all()?.to_vec1::<f64>()?;
+        let parts: Vec<(Vec<u32>, Vec<f64>)> = v
+            .par_chunks(n.max(1))
+            .map(|row| {
+                let mut c = Vec::new();
+                let mut x = Vec::new();
+                for (j, &a) in row.iter().enumerate() {
+                    if a != 0.0 {
+                        c.push(j as u32);
+                        x.push(a);
+                    }
+                }
+                (c, x)
+            })
+            .collect();
+        Ok(Self::from_parts(batch, rows, shape, parts))
+    }
+
+    fn from_parts(batch: usize, rows: usize, shape: Vec<usize>, parts: Vec<(Vec<u32>, Vec<f64>)>) -> Self {
+        let mut ptr = Vec::with_capacity(parts.len() + 1);
+        ptr.push(0);
+        let total: usize = parts.iter().map(|p| p.0.len()).sum();
+        let (mut col, mut val) = (Vec::with_capacity(total), Vec::with_capacity(total));
+        for (c, x) in parts {
+            col.extend_from_slice(&c);
+            val.extend_from_slice(&x);
+            ptr.push(col.len());
+        }
+        Csr { batch, rows, shape, ptr, col, val }
+    }
+
+    /// The rows `pick` of every example.
+    pub fn select_rows(&self, pick: &[usize]) -> Self {
+        let parts = (0..self.batch)
+            .flat_map(|e| pick.iter().map(move |&r| e * self.rows + r))
+            .map(|i| {
+                let (a, b) = (self.ptr[i], self.ptr[i + 1]);
+                (self.col[a..b].to_vec(), self.val[a..b].to_vec())
+            })
+            .collect();
+        Self::from_parts(self.batch, pick.len(), self.shape.clone(), parts)
+    }
+
+    /// The dense tensor `[batch, rows, *shape]`.
+    pub fn to_dense(&self) -> Result<Tensor> {
+        let n = self.n();
+        let mut v = vec![0f64; self.batch * self.rows * n];
+        for i in 0..self.batch * self.rows {
+            for q in self.ptr[i]..self.ptr[i + 1] {
+                v[i * n + self.col[q] as usize] = self.val[q];
+            }
+        }
+        let mut shape = vec![self.batch, self.rows];
+        shape.extend_from_slice(&self.shape);
+        Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
+    }
+
+    /// `h = fl(g ∘ s)` (with `scale` `[B, *shape]`; then `h` has batch `B`) or `h = g`, and per
+    /// vector `v_k` (`[B, *shape]`) the sums `Σ max(h, 0) v_k` and `Σ min(h, 0) v_k`, `[B, R]`.
+    pub fn signed_dots(
+        &self,
+        scale: Option<&Tensor>,
+        vs: &[&Tensor],
+        batch: usize,
+    ) -> Result<(Option<Csr>, Vec<Tensor>, Vec<Tensor>)> {
+        let n = self.n();
+        if self.batch != 1 && self.batch != batch {
+            return Err(SoundError::BadInput(format!("sparse rows for {} examples, values for {batch}", self.batch)));
+        }
+        let flat = |t: &Tensor, what: &str| -> Result<Vec<f64>> {
+            if t.elem_count() != batch * n {
+                return Err(SoundError::BadInput(format!("{what} of shape {:?} against rows of {n}", t.dims())));
+            }
+            Ok(t.flatten_all()?.to_vec1::<f64>()?)
+        };
+        let sv = scale.map(|s| flat(s, "a scale")).transpose()?;
+        let vv: Vec<Vec<f64>> = vs.iter().map(|v| flat(v, "a vector")).collect::<Result<_>>()?;
+        let k = vs.len();
+        let rows = self.rows;
+        let out: Vec<(Vec<f64>, Option<(Vec<u32>, Vec<f64>)>)> = (0..batch * rows)
+            .into_par_iter()
+            .map(|i| {
+                let (e, r) = (i / rows, i % rows);
+                let src = if self.batch == 1 { r } else { i };
+                let (a, b) = (self.ptr[src], self.ptr[src + 1]);
+                let mut acc = vec![0f64; 2 * k];
+                let mut hs = Vec::new();
+                for q in a..b {
+                    let j = self.col[q] as usize;
+                    let h = match &sv {
+                        Some(s) => self.val[q] * s[e * n + j],
+                        None => self.val[q],
+                    };
+                    if sv.is_some() {
+                        hs.push(h);
+                    }
+                    if h != 0.0 {
+                        let slot = if h > 0.0 { 0 } else { 1 };
+                        for (p, v) in vv.iter().enumerate() {
+                            acc[2 * p + slot] += h * v[e * n + j];
+                        }
+                    }
+                }
+                let scaled = sv.as_ref().map(|_| (self.col[a..b].to_vec(), hs));
+                (acc, scaled)
+            })
+            .collect();
+        let dev = Device::Cpu;
+        let mut pos = Vec::with_capacity(k);
+        let mut neg = Vec::with_capacity(k);
+        for p in 0..k {
+            pos.push(Tensor::from_vec(out.iter().map(|o| o.0[2 * p]).collect::<Vec<_>>(), (batch, rows), &dev)?);
+            neg.push(Tensor::from_vec(out.iter().map(|o| o.0[2 * p + 1]).collect::<Vec<_>>(), (batch, rows), &dev)?);
+        }
+        let scaled = if sv.is_some() {
+            let parts = out.into_iter().map(|o| o.1.unwrap_or_default()).collect();
+            Some(Self::from_parts(batch, rows, self.shape.clone(), parts))
+        } else {
+            None
+        };
+        Ok((scaled, pos, neg))
+    }
+
+    /// `gᵀ T` row by row: `t` holds, per unit `k` of this node, the row `Aᵀ e_k` (shape
+    /// `out_shape`); the result has the same batch and rows.
+    pub fn matmul(&self, t: &Csr, out_shape: &[usize]) -> Result<Csr> {
+        let (n, m) = (self.n(), t.n());
+        if t.batch * t.rows != n || out_shape.iter().product::<usize>() != m {
+            return Err(SoundError::BadInput(format!(
+                "a transpose of {} rows of {m} for rows of {n} (output shape {out_shape:?})",
+                t.batch * t.rows
+            )));
+        }
+        let parts: Vec<(Vec<u32>, Vec<f64>)> = (0..self.batch * self.rows)
+            .into_par_iter()
+            .map(|i| {
+                let mut acc = vec![0f64; m];
+                for q in self.ptr[i]..self.ptr[i + 1] {
+                    let (k, g) = (self.col[q] as usize, self.val[q]);
+                    for p in t.ptr[k]..t.ptr[k + 1] {
+                        acc[t.col[p] as usize] += g * t.val[p];
+                    }
+                }
+                let mut c = Vec::new();
+                let mut x = Vec::new();
+                for j in 0..m {
+                    if acc[j] != 0.0 {
+                        c.push(j as u32);
+                        x.push(acc[j]);
+                    }
+                }
+                (c, x)
+            })
+            .collect();
+        Ok(Self::from_parts(self.batch, self.rows, out_shape.to_vec(), parts))
+    }
+}
