@@ -7,9 +7,9 @@
 
 use crate::fused::{signed_dots, SignedDots};
 use crate::input::{check_finite, InputBox};
-use crate::sparse::{Csr, DENSE_ABOVE};
 use crate::plan::{plan, Step};
 use crate::rounding::{gamma, ETA, U32, U64};
+use crate::sparse::{Csr, DENSE_ABOVE};
 use crate::{Result, SoundError};
 use candle_core::{DType, Device, Tensor};
 use dual_core::{DualAffine, DualNode};
@@ -208,9 +208,7 @@ impl SoundNetwork {
     /// `[B, m, *out_shape]` (or `[1, m, ...]`, shared): every entry is `≤ min cᵀ f(x')` over the
     /// box for the real-valued network (and for the deployed f32 one with `deployed_f32`).
     pub fn lower_bounds(&self, input: &InputBox, c: &Tensor) -> Result<Tensor> {
-        let t0 = std::time::Instant::now();
         let pass = self.forward(input)?;
-        if std::env::var("SOUNDPROF").is_ok() { eprintln!("PROF forward {:.4}", t0.elapsed().as_secs_f64()); }
         let c = c.to_dtype(DType::F64)?;
         check_finite(&c, "specification C")?;
         let top = self.steps.len();
@@ -222,9 +220,7 @@ impl SoundNetwork {
                 pass.batch
             )));
         }
-        let t0 = std::time::Instant::now();
         let (lower, _) = self.backward(&pass, top, &c)?;
-        if std::env::var("SOUNDPROF").is_ok() { eprintln!("PROF final {:.4}", t0.elapsed().as_secs_f64()); }
         Ok(lower)
     }
 
@@ -321,9 +317,7 @@ impl SoundNetwork {
                 (Step::Relu, DualNode::Activation(_)) => {
                     let p = t - 1;
                     if p >= 2 {
-                        let t0 = std::time::Instant::now();
                         self.refine(&mut pass, p)?;
-                        if std::env::var("SOUNDPROF").is_ok() { eprintln!("PROF refine {p} {:.4}", t0.elapsed().as_secs_f64()); }
                     }
                     let (l, u) = (&pass.lo[p], &pass.hi[p]);
                     let numel = l.elem_count() / batch;
@@ -439,7 +433,6 @@ impl SoundNetwork {
         let hi = pass.hi[p].flatten_all()?.to_vec1::<f64>()?;
         let rows: Vec<usize> =
             (0..numel).filter(|&j| (0..b).any(|e| lo[e * numel + j] < 0.0 && hi[e * numel + j] > 0.0)).collect();
-        if std::env::var("SOUNDPROF").is_ok() { eprintln!("PROF rows {p} {} of {numel}", rows.len()); }
         if rows.is_empty() {
             return Ok(());
         }
@@ -646,4 +639,3 @@ impl SoundNetwork {
         Ok((lower, upper))
     }
 }
-

@@ -18,14 +18,13 @@
 use crate::{Result, SoundError};
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
-use std::borrow::Cow;
 
-/// The values of `t` as one contiguous f64 slice (no copy when `t` already is one).
-fn values(t: &Tensor) -> Result<Cow<'static, [f64]>> {
+/// The values of `t`, f64, in row-major order.
+fn values(t: &Tensor) -> Result<Vec<f64>> {
     if t.dtype() != DType::F64 {
         return Err(SoundError::BadInput(format!("the check works in f64, got {:?}", t.dtype())));
     }
-    Ok(Cow::Owned(t.flatten_all()?.to_vec1::<f64>()?))
+    Ok(t.flatten_all()?.to_vec1::<f64>()?)
 }
 
 /// What [`signed_dots`] returns: the scaled coefficients (when a scale was given) and, per

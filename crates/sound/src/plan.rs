@@ -68,13 +68,11 @@ pub(crate) fn plan(net: &Network) -> Result<Vec<Step>> {
             LayerSpec::Flatten | LayerSpec::Identity => {
                 Step::Affine { terms: affine_terms(&spec, &where_)?, bias_error: None, plain: false }
             }
-            LayerSpec::BatchNorm2d { mode: BatchNormMode::Eval, eps, .. } => {
-                Step::Affine {
-                    terms: 6,
-                    bias_error: Some(batchnorm_bias_error(layer.params(), *eps, &where_)?),
-                    plain: false,
-                }
-            }
+            LayerSpec::BatchNorm2d { mode: BatchNormMode::Eval, eps, .. } => Step::Affine {
+                terms: 6,
+                bias_error: Some(batchnorm_bias_error(layer.params(), *eps, &where_)?),
+                plain: false,
+            },
             LayerSpec::Dense { parts } => {
                 let mut terms = parts.len();
                 for p in parts.iter().flatten() {

@@ -54,7 +54,11 @@ impl Csr {
     /// The non-zeros of `t` (`[B, R, *shape]`, f64).
     pub fn from_dense(t: &Tensor) -> Result<Self> {
         if t.dtype() != DType::F64 || t.rank() < 2 {
-            return Err(SoundError::BadInput(format!("sparse rows from a {:?} tensor of shape {:?}", t.dtype(), t.dims())));
+            return Err(SoundError::BadInput(format!(
+                "sparse rows from a {:?} tensor of shape {:?}",
+                t.dtype(),
+                t.dims()
+            )));
         }
         let (batch, rows) = (t.dim(0)?, t.dim(1)?);
         let shape = t.dims()[2..].to_vec();
@@ -214,5 +218,72 @@ impl Csr {
             })
             .collect();
         Ok(Self::from_parts(self.batch, self.rows, out_shape.to_vec(), parts))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `[b, r, n]` tensor with about a third of its entries non-zero, reproducible.
+    fn sparse_tensor(b: usize, r: usize, n: usize, seed: u64) -> Tensor {
+        let mut s = seed;
+        let v: Vec<f64> = (0..b * r * n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let u = (s >> 11) as f64 / (1u64 << 53) as f64;
+                if u < 0.35 {
+                    (u - 0.17) * 3.0
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        Tensor::from_vec(v, (b, r, n), &Device::Cpu).unwrap()
+    }
+
+    fn close(a: &Tensor, b: &Tensor) {
+        let (a, b) =
+            (a.flatten_all().unwrap().to_vec1::<f64>().unwrap(), b.flatten_all().unwrap().to_vec1::<f64>().unwrap());
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() <= 1e-12 * (1.0 + y.abs()), "{x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn round_trip_and_row_selection() {
+        let t = sparse_tensor(2, 5, 9, 1);
+        let c = Csr::from_dense(&t).unwrap();
+        close(&c.to_dense().unwrap(), &t);
+        let picked = c.select_rows(&[4, 1]).to_dense().unwrap();
+        let idx = Tensor::new(&[4u32, 1], &Device::Cpu).unwrap();
+        close(&picked, &t.index_select(&idx, 1).unwrap());
+    }
+
+    #[test]
+    fn matmul_is_the_dense_product() {
+        let g = sparse_tensor(3, 4, 6, 2);
+        let tr = sparse_tensor(1, 6, 5, 3);
+        let out = Csr::from_dense(&g).unwrap().matmul(&Csr::from_dense(&tr).unwrap(), &[5]).unwrap();
+        let want = g.reshape((12, 6)).unwrap().matmul(&tr.reshape((6, 5)).unwrap()).unwrap();
+        close(&out.to_dense().unwrap().reshape((12, 5)).unwrap(), &want);
+    }
+
+    #[test]
+    fn signed_dots_split_the_sums_and_scale() {
+        let g = sparse_tensor(1, 3, 8, 4);
+        let s = sparse_tensor(2, 1, 8, 5).abs().unwrap().squeeze(1).unwrap();
+        let v = sparse_tensor(2, 1, 8, 6).squeeze(1).unwrap();
+        let (h, pos, neg) = Csr::from_dense(&g).unwrap().signed_dots(Some(&s), &[&v], 2).unwrap();
+        let hd = g.broadcast_mul(&s.unsqueeze(1).unwrap()).unwrap();
+        close(&h.unwrap().to_dense().unwrap(), &hd);
+        let dot = |t: Tensor| t.broadcast_mul(&v.unsqueeze(1).unwrap()).unwrap().sum(2).unwrap();
+        close(&pos[0], &dot(hd.relu().unwrap()));
+        close(&neg[0], &dot(hd.minimum(0.0).unwrap()));
+        let dense = crate::fused::signed_dots(&g, Some(&s), &[&v], 2).unwrap();
+        close(&dense.scaled.unwrap(), &hd);
+        close(&dense.pos[0], &pos[0]);
+        close(&dense.neg[0], &neg[0]);
     }
 }
