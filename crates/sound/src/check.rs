@@ -420,33 +420,40 @@ impl SoundNetwork {
         Ok((lo, hi, delta, bias))
     }
 
-    /// Replaces the box of node `p` by the backward pass's bounds (the dual's layer-wise bounds)
-    /// on the units it leaves unstable in any example of the batch. The intervals are kept on
-    /// the units they prove stable (their bounds then only serve `ẑ`). Not intersecting the two
-    /// keeps the slopes those of the dual: tighter bounds do not always give a tighter bound
-    /// with the slope rule `u/(u−l)`.
+    /// Replaces the box of node `p`, in every example, by the backward pass's bounds (the dual's
+    /// layer-wise bounds) on the units that example's intervals leave unstable. The intervals
+    /// are kept on the units they prove stable (their bounds then only serve `ẑ`). Not
+    /// intersecting the two keeps the slopes those of the dual: tighter bounds do not always give
+    /// a tighter bound with the slope rule `u/(u−l)`. Each example's result is the same as in a
+    /// batch of one; the examples go together, row position by row position (example `e`'s
+    /// `r`-th unstable unit in row `r`, rows past its count left empty).
     fn refine(&self, pass: &mut Pass, p: usize) -> Result<()> {
         let (b, dev) = (pass.batch, pass.lo[p].device().clone());
         let shape = pass.lo[p].dims()[1..].to_vec();
         let numel: usize = shape.iter().product();
-        let lo = pass.lo[p].flatten_all()?.to_vec1::<f64>()?;
-        let hi = pass.hi[p].flatten_all()?.to_vec1::<f64>()?;
-        let rows: Vec<usize> =
-            (0..numel).filter(|&j| (0..b).any(|e| lo[e * numel + j] < 0.0 && hi[e * numel + j] > 0.0)).collect();
-        if rows.is_empty() {
+        let mut lo = pass.lo[p].flatten_all()?.to_vec1::<f64>()?;
+        let mut hi = pass.hi[p].flatten_all()?.to_vec1::<f64>()?;
+        let per: Vec<Vec<usize>> = (0..b)
+            .map(|e| (0..numel).filter(|&j| lo[e * numel + j] < 0.0 && hi[e * numel + j] > 0.0).collect())
+            .collect();
+        let rmax = per.iter().map(Vec::len).max().unwrap_or(0);
+        if rmax == 0 {
             return Ok(());
         }
         let widest = pass.lo.iter().map(|t| t.elem_count() / b).max().unwrap_or(1);
         let chunk = (CHUNK_ELEMS / (b * widest).max(1)).max(1);
-        let (mut lo, mut hi) = (lo, hi);
-        for part in rows.chunks(chunk) {
-            let (l, u) = self.backward_rows(pass, p, part, &shape)?;
+        for start in (0..rmax).step_by(chunk) {
+            let width = chunk.min(rmax - start);
+            let sel: Vec<Vec<Option<usize>>> =
+                per.iter().map(|u| (start..start + width).map(|r| u.get(r).copied()).collect()).collect();
+            let (l, u) = self.backward_rows(pass, p, &sel, &shape)?;
             let (l, u) = (l.to_vec2::<f64>()?, u.to_vec2::<f64>()?);
-            for e in 0..b {
-                for (r, &j) in part.iter().enumerate() {
-                    let k = e * numel + j;
-                    lo[k] = l[e][r];
-                    hi[k] = u[e][r];
+            for (e, row) in sel.iter().enumerate() {
+                for (r, j) in row.iter().enumerate() {
+                    if let Some(j) = j {
+                        lo[e * numel + j] = l[e][r];
+                        hi[e * numel + j] = u[e][r];
+                    }
                 }
             }
         }
@@ -469,33 +476,56 @@ impl SoundNetwork {
         self.backward_from(pass, top, acc, contrib)
     }
 
-    /// [`Self::backward`] for the unit rows `rows` of node `p`, an affine layer's output: its
+    /// [`Self::backward`] for unit rows of node `p`, an affine layer's output: row `r` of example
+    /// `e` is the unit `sel[e][r]` (`None`: an empty row, its result meaningless). The layer's
     /// transpose of the identity does not depend on the example, so it is computed once per
-    /// network and node (when it fits [`CACHE_ELEMS`]) and the rows are picked from it; its bias
-    /// and `Δ` rows start the sums.
-    fn backward_rows(&self, pass: &Pass, p: usize, rows: &[usize], shape: &[usize]) -> Result<(Tensor, Tensor)> {
+    /// network and node (when it fits [`CACHE_ELEMS`]; by its non-zeros for Linear and Conv2d)
+    /// and the rows are picked from it; its bias and `Δ` rows start the sums.
+    fn backward_rows(
+        &self,
+        pass: &Pass,
+        p: usize,
+        sel: &[Vec<Option<usize>>],
+        shape: &[usize],
+    ) -> Result<(Tensor, Tensor)> {
         let (b, dev) = (pass.batch, pass.lo[p].device().clone());
         let numel: usize = shape.iter().product();
+        let width = sel.first().map(Vec::len).unwrap_or(0);
+        let eye = || -> Result<Tensor> {
+            let mut v = vec![0f64; b * width * numel];
+            for (e, row) in sel.iter().enumerate() {
+                for (r, j) in row.iter().enumerate() {
+                    if let Some(j) = j {
+                        v[(e * width + r) * numel + j] = 1.0;
+                    }
+                }
+            }
+            Ok(Tensor::from_vec(v, [&[b, width][..], shape].concat(), &dev)?)
+        };
         let (DualNode::Affine(a), LayerData::Affine { delta, bias }) = (&pass.nodes[p - 1], &pass.data[p - 1]) else {
-            return self.backward(pass, p, &eye_rows(rows, numel, shape, &dev)?);
+            return self.backward(pass, p, &eye()?);
+        };
+        // [B, width] indices (empty rows read unit 0; their results are not used).
+        let flat: Vec<u32> = sel.iter().flat_map(|row| row.iter().map(|j| j.unwrap_or(0) as u32)).collect();
+        let idx = Tensor::from_vec(flat.clone(), (b, width), &dev)?;
+        let pick = |t: &Tensor| -> Result<Tensor> { Ok(t.flatten_from(1)?.contiguous()?.gather(&idx, 1)?) };
+        let start = || -> Result<Acc> {
+            let bias = pick(bias)?;
+            Ok(Acc { lower: bias.clone(), upper: bias.clone(), abs: bias.abs()?, err: pick(delta)?, terms: 1 })
         };
         let in_numel: usize =
             pass.nodes[p - 1].inputs().indices(p).iter().flatten().map(|i| pass.lo[*i].elem_count() / b).sum();
         if let Some(tr) = self.sparse_transpose(pass, p)? {
-            let idx = Tensor::from_vec(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), rows.len(), &dev)?;
-            let pick = |t: &Tensor| -> Result<Tensor> { Ok(t.flatten_from(1)?.index_select(&idx, 1)?) };
-            let bias = pick(bias)?;
-            let acc = Acc { lower: bias.clone(), upper: bias.clone(), abs: bias.abs()?, err: pick(delta)?, terms: 1 };
             let mut contrib: Vec<Vec<Coef>> = (0..p).map(|_| vec![]).collect();
             let input = pass.nodes[p - 1].inputs().indices(p).first().copied().flatten();
             let Some(input) = input else {
                 return Err(SoundError::BadInput(format!("node {p}: a layer without input")));
             };
-            contrib[input].push(Coef::new(tr.select_rows(rows))?);
-            return self.backward_from(pass, p - 1, acc, contrib);
+            contrib[input].push(Coef::new(tr.select_rows(sel))?);
+            return self.backward_from(pass, p - 1, start()?, contrib);
         }
         if numel * in_numel.max(numel) > CACHE_ELEMS {
-            return self.backward(pass, p, &eye_rows(rows, numel, shape, &dev)?);
+            return self.backward(pass, p, &eye()?);
         }
         let cached = {
             let mut cache = self.cache.lock().map_err(|_| SoundError::BadInput("a poisoned cache".into()))?;
@@ -509,17 +539,16 @@ impl SoundNetwork {
                 }
             }
         };
-        let idx = Tensor::from_vec(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), rows.len(), &dev)?;
-        let pick = |t: &Tensor| -> Result<Tensor> { Ok(t.flatten_from(1)?.index_select(&idx, 1)?) };
-        let bias = pick(bias)?;
-        let acc = Acc { lower: bias.clone(), upper: bias.clone(), abs: bias.abs()?, err: pick(delta)?, terms: 1 };
+        let flat = Tensor::from_vec(flat, b * width, &dev)?;
         let mut contrib: Vec<Vec<Coef>> = (0..=p).map(|_| vec![]).collect();
         for (i, t) in pass.nodes[p - 1].inputs().indices(p).iter().zip(cached) {
             if let (Some(i), Some(t)) = (i, t) {
-                contrib[*i].push(Coef::Dense(t.index_select(&idx, 1)?));
+                let rows = t.index_select(&flat, 1)?;
+                let dims = [&[b, width][..], &t.dims()[2..]].concat();
+                contrib[*i].push(Coef::Dense(rows.reshape(dims)?));
             }
         }
-        self.backward_from(pass, p - 1, acc, contrib)
+        self.backward_from(pass, p - 1, start()?, contrib)
     }
 
     /// The transpose of the identity through the Linear or Conv2d layer producing node `t`,

@@ -94,16 +94,24 @@ impl Csr {
         Csr { batch, rows, shape, ptr, col, val }
     }
 
-    /// The rows `pick` of every example.
-    pub fn select_rows(&self, pick: &[usize]) -> Self {
-        let parts = (0..self.batch)
-            .flat_map(|e| pick.iter().map(move |&r| e * self.rows + r))
-            .map(|i| {
-                let (a, b) = (self.ptr[i], self.ptr[i + 1]);
-                (self.col[a..b].to_vec(), self.val[a..b].to_vec())
+    /// Rows per example: row `r` of example `e` is row `sel[e][r]` of these (shared) rows, or
+    /// empty for `None`. The result has batch `sel.len()`.
+    pub fn select_rows(&self, sel: &[Vec<Option<usize>>]) -> Self {
+        let width = sel.first().map(Vec::len).unwrap_or(0);
+        let parts = sel
+            .iter()
+            .enumerate()
+            .flat_map(|(e, row)| row.iter().map(move |j| (e, *j)))
+            .map(|(e, j)| match j {
+                Some(j) => {
+                    let i = if self.batch == 1 { j } else { e * self.rows + j };
+                    let (a, b) = (self.ptr[i], self.ptr[i + 1]);
+                    (self.col[a..b].to_vec(), self.val[a..b].to_vec())
+                }
+                None => (Vec::new(), Vec::new()),
             })
             .collect();
-        Self::from_parts(self.batch, pick.len(), self.shape.clone(), parts)
+        Self::from_parts(sel.len(), width, self.shape.clone(), parts)
     }
 
     /// The dense tensor `[batch, rows, *shape]`.
@@ -256,9 +264,17 @@ mod tests {
         let t = sparse_tensor(2, 5, 9, 1);
         let c = Csr::from_dense(&t).unwrap();
         close(&c.to_dense().unwrap(), &t);
-        let picked = c.select_rows(&[4, 1]).to_dense().unwrap();
-        let idx = Tensor::new(&[4u32, 1], &Device::Cpu).unwrap();
-        close(&picked, &t.index_select(&idx, 1).unwrap());
+        let picked = c.select_rows(&[vec![Some(4), Some(1)], vec![Some(0), None]]).to_dense().unwrap();
+        let rows = |e: usize, j: usize| t.narrow(0, e, 1).unwrap().narrow(1, j, 1).unwrap();
+        let want = Tensor::cat(
+            &[
+                Tensor::cat(&[rows(0, 4), rows(0, 1)], 1).unwrap(),
+                Tensor::cat(&[rows(1, 0), rows(1, 0).zeros_like().unwrap()], 1).unwrap(),
+            ],
+            0,
+        )
+        .unwrap();
+        close(&picked, &want);
     }
 
     #[test]
