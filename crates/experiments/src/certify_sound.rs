@@ -77,7 +77,7 @@ pub fn evaluate_batch_sound(
             let xs = x.index_select(&Tensor::new(idx.as_slice(), x.device())?, 0)?;
             let ys: Vec<u32> = idx.iter().map(|&i| y[i as usize]).collect();
             let bx = InputBox::linf(&xs, cfg.eps, clip, DATA)?;
-            refused += check.certify(&bx, &ys)?.iter().filter(|c| !**c).count();
+            refused += check.certify_each(&bx, &ys)?.iter().filter(|c| !**c).count();
         }
         let secs = t.elapsed().as_secs_f64();
         let robust_errors = y.len() - idx.len() + refused;

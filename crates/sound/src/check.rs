@@ -17,6 +17,15 @@ use nets::Network;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+/// Which units of a layer an example's layer-wise bounds are recomputed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rows {
+    /// Those its own intervals leave unstable.
+    Each,
+    /// Those the intervals leave unstable in any example of the batch.
+    Union,
+}
+
 /// Settings of the check.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SoundOptions {
@@ -208,7 +217,11 @@ impl SoundNetwork {
     /// `[B, m, *out_shape]` (or `[1, m, ...]`, shared): every entry is `≤ min cᵀ f(x')` over the
     /// box for the real-valued network (and for the deployed f32 one with `deployed_f32`).
     pub fn lower_bounds(&self, input: &InputBox, c: &Tensor) -> Result<Tensor> {
-        let pass = self.forward(input)?;
+        self.lower_bounds_with(input, c, Rows::Union)
+    }
+
+    fn lower_bounds_with(&self, input: &InputBox, c: &Tensor, rows: Rows) -> Result<Tensor> {
+        let pass = self.forward(input, rows)?;
         let c = c.to_dtype(DType::F64)?;
         check_finite(&c, "specification C")?;
         let top = self.steps.len();
@@ -226,6 +239,10 @@ impl SoundNetwork {
 
     /// Sound lower bounds of the margins `z_y − z_j` (`[B, classes]`, 0 at `j = y`).
     pub fn margins(&self, input: &InputBox, y: &[u32]) -> Result<Tensor> {
+        self.margins_with(input, y, Rows::Union)
+    }
+
+    fn margins_with(&self, input: &InputBox, y: &[u32], rows: Rows) -> Result<Tensor> {
         let classes = self.output_len()?;
         if y.len() != input.batch() {
             return Err(SoundError::BadInput(format!("{} labels for {} boxes", y.len(), input.batch())));
@@ -244,19 +261,37 @@ impl SoundNetwork {
             }
         }
         let c = Tensor::from_vec(c, (y.len(), classes, classes), &Device::Cpu)?;
-        self.lower_bounds(input, &c)
+        self.lower_bounds_with(input, &c, rows)
     }
 
     /// Per box: is the label `y` certified (every margin's sound lower bound `> 0`)?
     pub fn certify(&self, input: &InputBox, y: &[u32]) -> Result<Vec<bool>> {
-        let m = self.margins(input, y)?.to_vec2::<f64>()?;
+        Self::verdicts(&self.margins(input, y)?, y)
+    }
+
+    /// [`Self::certify`] with every example checked as in a batch of its own: the layer-wise
+    /// bounds are recomputed on the units its own intervals leave unstable (in a batch, the
+    /// units unstable in any example are recomputed for all, as the dual does); same cost per
+    /// example, one call for the batch. Either way every bound is sound.
+    pub fn certify_each(&self, input: &InputBox, y: &[u32]) -> Result<Vec<bool>> {
+        Self::verdicts(&self.margins_each(input, y)?, y)
+    }
+
+    /// [`Self::margins`] with every example bounded as in a batch of its own (see
+    /// [`Self::certify_each`]).
+    pub fn margins_each(&self, input: &InputBox, y: &[u32]) -> Result<Tensor> {
+        self.margins_with(input, y, Rows::Each)
+    }
+
+    fn verdicts(m: &Tensor, y: &[u32]) -> Result<Vec<bool>> {
+        let m = m.to_vec2::<f64>()?;
         Ok(m.iter().zip(y).map(|(r, &yb)| r.iter().enumerate().all(|(j, &v)| j == yb as usize || v > 0.0)).collect())
     }
 
     /// The sound box `[lo, hi]` of every node's values over the input set (node 0 the input),
     /// each `[B, *shape]`.
     pub fn layer_bounds(&self, input: &InputBox) -> Result<Vec<(Tensor, Tensor)>> {
-        let p = self.forward(input)?;
+        let p = self.forward(input, Rows::Union)?;
         Ok(p.lo.into_iter().zip(p.hi).collect())
     }
 
@@ -283,7 +318,7 @@ impl SoundNetwork {
 
     /// Sound interval bounds forward, refined at every ReLU input after the first by a backward
     /// pass on the units the intervals leave unstable.
-    fn forward(&self, input: &InputBox) -> Result<Pass> {
+    fn forward(&self, input: &InputBox, rows: Rows) -> Result<Pass> {
         let mut ib = input.clone();
         if self.opts.deployed_f32 {
             ib = ib.widened_for_f32()?;
@@ -317,7 +352,7 @@ impl SoundNetwork {
                 (Step::Relu, DualNode::Activation(_)) => {
                     let p = t - 1;
                     if p >= 2 {
-                        self.refine(&mut pass, p)?;
+                        self.refine(&mut pass, p, rows)?;
                     }
                     let (l, u) = (&pass.lo[p], &pass.hi[p]);
                     let numel = l.elem_count() / batch;
@@ -420,22 +455,24 @@ impl SoundNetwork {
         Ok((lo, hi, delta, bias))
     }
 
-    /// Replaces the box of node `p`, in every example, by the backward pass's bounds (the dual's
-    /// layer-wise bounds) on the units that example's intervals leave unstable. The intervals
-    /// are kept on the units they prove stable (their bounds then only serve `ẑ`). Not
+    /// Replaces the box of node `p` by the backward pass's bounds (the dual's layer-wise bounds)
+    /// on the units the intervals leave unstable: in any example of the batch ([`Rows::Union`]),
+    /// or in that example ([`Rows::Each`]: its result is the same as in a batch of one). The
+    /// intervals are kept on the other units (their bounds then only serve `ẑ`). Not
     /// intersecting the two keeps the slopes those of the dual: tighter bounds do not always give
-    /// a tighter bound with the slope rule `u/(u−l)`. Each example's result is the same as in a
-    /// batch of one; the examples go together, row position by row position (example `e`'s
-    /// `r`-th unstable unit in row `r`, rows past its count left empty).
-    fn refine(&self, pass: &mut Pass, p: usize) -> Result<()> {
+    /// a tighter bound with the slope rule `u/(u−l)`. The examples go together, row position by
+    /// row position (example `e`'s `r`-th unit in row `r`, rows past its count left empty).
+    fn refine(&self, pass: &mut Pass, p: usize, rows: Rows) -> Result<()> {
         let (b, dev) = (pass.batch, pass.lo[p].device().clone());
         let shape = pass.lo[p].dims()[1..].to_vec();
         let numel: usize = shape.iter().product();
         let mut lo = pass.lo[p].flatten_all()?.to_vec1::<f64>()?;
         let mut hi = pass.hi[p].flatten_all()?.to_vec1::<f64>()?;
-        let per: Vec<Vec<usize>> = (0..b)
-            .map(|e| (0..numel).filter(|&j| lo[e * numel + j] < 0.0 && hi[e * numel + j] > 0.0).collect())
-            .collect();
+        let unstable = |e: usize, j: usize| lo[e * numel + j] < 0.0 && hi[e * numel + j] > 0.0;
+        let per: Vec<Vec<usize>> = match rows {
+            Rows::Each => (0..b).map(|e| (0..numel).filter(|&j| unstable(e, j)).collect()).collect(),
+            Rows::Union => vec![(0..numel).filter(|&j| (0..b).any(|e| unstable(e, j))).collect(); b],
+        };
         let rmax = per.iter().map(Vec::len).max().unwrap_or(0);
         if rmax == 0 {
             return Ok(());
