@@ -37,6 +37,9 @@ pub(crate) struct Csr {
     pub val: Vec<f64>,
 }
 
+/// One row by its non-zeros: columns and values.
+type Row = (Vec<u32>, Vec<f64>);
+
 /// Above this fraction of non-zeros a dense tensor is faster.
 pub(crate) const DENSE_ABOVE: f64 = 0.2;
 
@@ -64,7 +67,7 @@ impl Csr {
         let shape = t.dims()[2..].to_vec();
         let n: usize = shape.iter().product();
         let v = t.flatten_all()?.to_vec1::<f64>()?;
-        let parts: Vec<(Vec<u32>, Vec<f64>)> = v
+        let parts: Vec<Row> = v
             .par_chunks(n.max(1))
             .map(|row| {
                 let mut c = Vec::new();
@@ -81,7 +84,7 @@ impl Csr {
         Ok(Self::from_parts(batch, rows, shape, parts))
     }
 
-    fn from_parts(batch: usize, rows: usize, shape: Vec<usize>, parts: Vec<(Vec<u32>, Vec<f64>)>) -> Self {
+    fn from_parts(batch: usize, rows: usize, shape: Vec<usize>, parts: Vec<Row>) -> Self {
         let mut ptr = Vec::with_capacity(parts.len() + 1);
         ptr.push(0);
         let total: usize = parts.iter().map(|p| p.0.len()).sum();
@@ -150,7 +153,7 @@ impl Csr {
         let vv: Vec<Vec<f64>> = vs.iter().map(|v| flat(v, "a vector")).collect::<Result<_>>()?;
         let k = vs.len();
         let rows = self.rows;
-        let out: Vec<(Vec<f64>, Option<(Vec<u32>, Vec<f64>)>)> = (0..batch * rows)
+        let out: Vec<(Vec<f64>, Option<Row>)> = (0..batch * rows)
             .into_par_iter()
             .map(|i| {
                 let (e, r) = (i / rows, i % rows);
@@ -204,22 +207,23 @@ impl Csr {
                 t.batch * t.rows
             )));
         }
-        let parts: Vec<(Vec<u32>, Vec<f64>)> = (0..self.batch * self.rows)
+        let parts: Vec<Row> = (0..self.batch * self.rows)
             .into_par_iter()
             .map(|i| {
                 let mut acc = vec![0f64; m];
-                for q in self.ptr[i]..self.ptr[i + 1] {
-                    let (k, g) = (self.col[q] as usize, self.val[q]);
-                    for p in t.ptr[k]..t.ptr[k + 1] {
-                        acc[t.col[p] as usize] += g * t.val[p];
+                let (a, b) = (self.ptr[i], self.ptr[i + 1]);
+                for (&k, &g) in self.col[a..b].iter().zip(&self.val[a..b]) {
+                    let (c, d) = (t.ptr[k as usize], t.ptr[k as usize + 1]);
+                    for (&j, &w) in t.col[c..d].iter().zip(&t.val[c..d]) {
+                        acc[j as usize] += g * w;
                     }
                 }
                 let mut c = Vec::new();
                 let mut x = Vec::new();
-                for j in 0..m {
-                    if acc[j] != 0.0 {
+                for (j, &v) in acc.iter().enumerate() {
+                    if v != 0.0 {
                         c.push(j as u32);
-                        x.push(acc[j]);
+                        x.push(v);
                     }
                 }
                 (c, x)
