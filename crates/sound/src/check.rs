@@ -5,15 +5,26 @@
 //! the input set; `Δ_t` bounds, per output of affine layer `t`, everything a rounding can move
 //! that output or its dual contraction by, relative to `|A| ẑ_in + |b|`.
 
+use crate::fused::{signed_dots, SignedDots};
 use crate::input::{check_finite, InputBox};
 use crate::plan::{plan, Step};
 use crate::rounding::{gamma, ETA, U32, U64};
+use crate::sparse::{Csr, DENSE_ABOVE};
 use crate::{Result, SoundError};
 use candle_core::{DType, Device, Tensor};
 use dual_core::{DualAffine, DualNode};
 use nets::Network;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+/// Which units of a layer an example's layer-wise bounds are recomputed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rows {
+    /// Those its own intervals leave unstable.
+    Each,
+    /// Those the intervals leave unstable in any example of the batch.
+    Union,
+}
 
 /// Settings of the check.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -32,6 +43,9 @@ pub struct SoundNetwork {
     opts: SoundOptions,
     /// Per node, the transpose of the identity on its units through the layer producing it.
     cache: Mutex<HashMap<usize, Vec<Option<Tensor>>>>,
+    /// Per node produced by a Linear or Conv2d layer, that transpose by its non-zeros (`None`
+    /// when it is too large to cache).
+    sparse: Mutex<HashMap<usize, Option<Arc<Csr>>>>,
 }
 
 /// Largest cached transpose of an identity (elements, f64): 256 MB.
@@ -76,6 +90,57 @@ impl Acc {
     fn add_err(&mut self, e: &Tensor) -> Result<()> {
         self.err = self.err.broadcast_add(e)?;
         Ok(())
+    }
+}
+
+/// Coefficients of a backward pass, `[1 or B, R, *shape]`: a tensor, or rows stored by their
+/// non-zeros (the same numbers).
+enum Coef {
+    Dense(Tensor),
+    Sparse(Csr),
+}
+
+/// What [`Coef::signed_dots`] gives: the scaled coefficients (when scaled) and the sums over the
+/// positive and the negative parts, one `[B, R]` per vector.
+struct Dots {
+    scaled: Option<Coef>,
+    pos: Vec<Tensor>,
+    neg: Vec<Tensor>,
+}
+
+impl Dots {
+    fn sums(self) -> (Vec<Tensor>, Vec<Tensor>) {
+        (self.pos, self.neg)
+    }
+    fn scaled(self) -> Result<(Coef, Vec<Tensor>, Vec<Tensor>)> {
+        let h = self.scaled.ok_or_else(|| SoundError::BadInput("no scaled coefficients".into()))?;
+        Ok((h, self.pos, self.neg))
+    }
+}
+
+impl Coef {
+    /// Sparse rows, or a tensor when they are too dense to gain from it.
+    fn new(csr: Csr) -> Result<Self> {
+        Ok(if csr.density() > DENSE_ABOVE { Coef::Dense(csr.to_dense()?) } else { Coef::Sparse(csr) })
+    }
+    fn dense(self) -> Result<Tensor> {
+        match self {
+            Coef::Dense(t) => Ok(t),
+            Coef::Sparse(c) => c.to_dense(),
+        }
+    }
+    /// `h = fl(g ∘ s)` (or `g`) and `Σ max(h, 0) v_k`, `Σ min(h, 0) v_k` (see [`crate::fused`]).
+    fn signed_dots(&self, scale: Option<&Tensor>, vs: &[&Tensor], batch: usize) -> Result<Dots> {
+        Ok(match self {
+            Coef::Dense(g) => {
+                let SignedDots { scaled, pos, neg } = signed_dots(g, scale, vs, batch)?;
+                Dots { scaled: scaled.map(Coef::Dense), pos, neg }
+            }
+            Coef::Sparse(c) => {
+                let (scaled, pos, neg) = c.signed_dots(scale, vs, batch)?;
+                Dots { scaled: scaled.map(Coef::Sparse), pos, neg }
+            }
+        })
     }
 }
 
@@ -140,7 +205,7 @@ impl SoundNetwork {
         for (n, p) in net.state_dict() {
             check_finite(&p, &format!("parameter {n}"))?;
         }
-        Ok(SoundNetwork { net, steps, opts, cache: Mutex::new(HashMap::new()) })
+        Ok(SoundNetwork { net, steps, opts, cache: Mutex::new(HashMap::new()), sparse: Mutex::new(HashMap::new()) })
     }
 
     /// The options.
@@ -152,7 +217,11 @@ impl SoundNetwork {
     /// `[B, m, *out_shape]` (or `[1, m, ...]`, shared): every entry is `≤ min cᵀ f(x')` over the
     /// box for the real-valued network (and for the deployed f32 one with `deployed_f32`).
     pub fn lower_bounds(&self, input: &InputBox, c: &Tensor) -> Result<Tensor> {
-        let pass = self.forward(input)?;
+        self.lower_bounds_with(input, c, Rows::Union)
+    }
+
+    fn lower_bounds_with(&self, input: &InputBox, c: &Tensor, rows: Rows) -> Result<Tensor> {
+        let pass = self.forward(input, rows)?;
         let c = c.to_dtype(DType::F64)?;
         check_finite(&c, "specification C")?;
         let top = self.steps.len();
@@ -170,6 +239,10 @@ impl SoundNetwork {
 
     /// Sound lower bounds of the margins `z_y − z_j` (`[B, classes]`, 0 at `j = y`).
     pub fn margins(&self, input: &InputBox, y: &[u32]) -> Result<Tensor> {
+        self.margins_with(input, y, Rows::Union)
+    }
+
+    fn margins_with(&self, input: &InputBox, y: &[u32], rows: Rows) -> Result<Tensor> {
         let classes = self.output_len()?;
         if y.len() != input.batch() {
             return Err(SoundError::BadInput(format!("{} labels for {} boxes", y.len(), input.batch())));
@@ -188,19 +261,37 @@ impl SoundNetwork {
             }
         }
         let c = Tensor::from_vec(c, (y.len(), classes, classes), &Device::Cpu)?;
-        self.lower_bounds(input, &c)
+        self.lower_bounds_with(input, &c, rows)
     }
 
     /// Per box: is the label `y` certified (every margin's sound lower bound `> 0`)?
     pub fn certify(&self, input: &InputBox, y: &[u32]) -> Result<Vec<bool>> {
-        let m = self.margins(input, y)?.to_vec2::<f64>()?;
+        Self::verdicts(&self.margins(input, y)?, y)
+    }
+
+    /// [`Self::certify`] with every example checked as in a batch of its own: the layer-wise
+    /// bounds are recomputed on the units its own intervals leave unstable (in a batch, the
+    /// units unstable in any example are recomputed for all, as the dual does); same cost per
+    /// example, one call for the batch. Either way every bound is sound.
+    pub fn certify_each(&self, input: &InputBox, y: &[u32]) -> Result<Vec<bool>> {
+        Self::verdicts(&self.margins_each(input, y)?, y)
+    }
+
+    /// [`Self::margins`] with every example bounded as in a batch of its own (see
+    /// [`Self::certify_each`]).
+    pub fn margins_each(&self, input: &InputBox, y: &[u32]) -> Result<Tensor> {
+        self.margins_with(input, y, Rows::Each)
+    }
+
+    fn verdicts(m: &Tensor, y: &[u32]) -> Result<Vec<bool>> {
+        let m = m.to_vec2::<f64>()?;
         Ok(m.iter().zip(y).map(|(r, &yb)| r.iter().enumerate().all(|(j, &v)| j == yb as usize || v > 0.0)).collect())
     }
 
     /// The sound box `[lo, hi]` of every node's values over the input set (node 0 the input),
     /// each `[B, *shape]`.
     pub fn layer_bounds(&self, input: &InputBox) -> Result<Vec<(Tensor, Tensor)>> {
-        let p = self.forward(input)?;
+        let p = self.forward(input, Rows::Union)?;
         Ok(p.lo.into_iter().zip(p.hi).collect())
     }
 
@@ -227,7 +318,7 @@ impl SoundNetwork {
 
     /// Sound interval bounds forward, refined at every ReLU input after the first by a backward
     /// pass on the units the intervals leave unstable.
-    fn forward(&self, input: &InputBox) -> Result<Pass> {
+    fn forward(&self, input: &InputBox, rows: Rows) -> Result<Pass> {
         let mut ib = input.clone();
         if self.opts.deployed_f32 {
             ib = ib.widened_for_f32()?;
@@ -250,7 +341,7 @@ impl SoundNetwork {
         for t in 1..=self.steps.len() {
             let idx = pass.nodes[t - 1].inputs().indices(t);
             match (&self.steps[t - 1], &pass.nodes[t - 1]) {
-                (Step::Affine { terms, bias_error }, DualNode::Affine(a)) => {
+                (Step::Affine { terms, bias_error, .. }, DualNode::Affine(a)) => {
                     let (lo, hi, delta, bias) =
                         self.affine_forward(&pass, a.as_ref(), &idx, *terms, bias_error.as_ref())?;
                     pass.zmax.push(lo.abs()?.maximum(&hi.abs()?)?);
@@ -261,7 +352,7 @@ impl SoundNetwork {
                 (Step::Relu, DualNode::Activation(_)) => {
                     let p = t - 1;
                     if p >= 2 {
-                        self.refine(&mut pass, p)?;
+                        self.refine(&mut pass, p, rows)?;
                     }
                     let (l, u) = (&pass.lo[p], &pass.hi[p]);
                     let numel = l.elem_count() / batch;
@@ -322,22 +413,32 @@ impl SoundNetwork {
                 }
             }
         }
-        let center = a
-            .forward(&refs(&mids), true)?
-            .ok_or_else(|| SoundError::BadInput(format!("{} produced no output", a.name())))?
-            .squeeze(1)?;
-        let radius = match a.forward_abs(&refs(&rads))? {
-            Some(r) => r.squeeze(1)?,
-            None => center.zeros_like()?,
+        // Two columns per call: (mid, 0) through the layer gives the centre and the bias, and
+        // (radius, ẑ) through |A| the radius and |A| ẑ (each column is computed on its own).
+        let pair = |a: &[Option<Tensor>], b: &[Option<Tensor>]| -> Result<Vec<Option<Tensor>>> {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| match (x, y) {
+                    (Some(x), Some(y)) => Ok(Some(Tensor::cat(&[x, y], 1)?)),
+                    _ => Ok(None),
+                })
+                .collect()
         };
-        let absz = match a.forward_abs(&refs(&zs))? {
-            Some(r) => r.squeeze(1)?,
-            None => center.zeros_like()?,
+        let split = |t: Option<Tensor>| -> Result<(Option<Tensor>, Option<Tensor>)> {
+            match t {
+                Some(t) => Ok((
+                    Some(t.narrow(1, 0, 1)?.squeeze(1)?.contiguous()?),
+                    Some(t.narrow(1, 1, 1)?.squeeze(1)?.contiguous()?),
+                )),
+                None => Ok((None, None)),
+            }
         };
-        let bias = match a.forward(&refs(&zeros), true)? {
-            Some(b) => b.squeeze(1)?,
-            None => center.zeros_like()?,
-        };
+        let (center, bias) = split(a.forward(&refs(&pair(&mids, &zeros)?), true)?)?;
+        let center = center.ok_or_else(|| SoundError::BadInput(format!("{} produced no output", a.name())))?;
+        let bias = bias.unwrap_or(center.zeros_like()?);
+        let (radius, absz) = split(a.forward_abs(&refs(&pair(&rads, &zs)?))?)?;
+        let radius = radius.unwrap_or(center.zeros_like()?);
+        let absz = absz.unwrap_or(center.zeros_like()?);
         let r = (absz + bias.abs()?)?;
         let numel = center.elem_count() / pass.batch;
         let (ours, deployed) = self.coefficients(terms, numel);
@@ -355,32 +456,41 @@ impl SoundNetwork {
     }
 
     /// Replaces the box of node `p` by the backward pass's bounds (the dual's layer-wise bounds)
-    /// on the units it leaves unstable in any example of the batch. The intervals are kept on
-    /// the units they prove stable (their bounds then only serve `ẑ`). Not intersecting the two
-    /// keeps the slopes those of the dual: tighter bounds do not always give a tighter bound
-    /// with the slope rule `u/(u−l)`.
-    fn refine(&self, pass: &mut Pass, p: usize) -> Result<()> {
+    /// on the units the intervals leave unstable: in any example of the batch ([`Rows::Union`]),
+    /// or in that example ([`Rows::Each`]: its result is the same as in a batch of one). The
+    /// intervals are kept on the other units (their bounds then only serve `ẑ`). Not
+    /// intersecting the two keeps the slopes those of the dual: tighter bounds do not always give
+    /// a tighter bound with the slope rule `u/(u−l)`. The examples go together, row position by
+    /// row position (example `e`'s `r`-th unit in row `r`, rows past its count left empty).
+    fn refine(&self, pass: &mut Pass, p: usize, rows: Rows) -> Result<()> {
         let (b, dev) = (pass.batch, pass.lo[p].device().clone());
         let shape = pass.lo[p].dims()[1..].to_vec();
         let numel: usize = shape.iter().product();
-        let lo = pass.lo[p].flatten_all()?.to_vec1::<f64>()?;
-        let hi = pass.hi[p].flatten_all()?.to_vec1::<f64>()?;
-        let rows: Vec<usize> =
-            (0..numel).filter(|&j| (0..b).any(|e| lo[e * numel + j] < 0.0 && hi[e * numel + j] > 0.0)).collect();
-        if rows.is_empty() {
+        let mut lo = pass.lo[p].flatten_all()?.to_vec1::<f64>()?;
+        let mut hi = pass.hi[p].flatten_all()?.to_vec1::<f64>()?;
+        let unstable = |e: usize, j: usize| lo[e * numel + j] < 0.0 && hi[e * numel + j] > 0.0;
+        let per: Vec<Vec<usize>> = match rows {
+            Rows::Each => (0..b).map(|e| (0..numel).filter(|&j| unstable(e, j)).collect()).collect(),
+            Rows::Union => vec![(0..numel).filter(|&j| (0..b).any(|e| unstable(e, j))).collect(); b],
+        };
+        let rmax = per.iter().map(Vec::len).max().unwrap_or(0);
+        if rmax == 0 {
             return Ok(());
         }
         let widest = pass.lo.iter().map(|t| t.elem_count() / b).max().unwrap_or(1);
         let chunk = (CHUNK_ELEMS / (b * widest).max(1)).max(1);
-        let (mut lo, mut hi) = (lo, hi);
-        for part in rows.chunks(chunk) {
-            let (l, u) = self.backward_rows(pass, p, part, &shape)?;
+        for start in (0..rmax).step_by(chunk) {
+            let width = chunk.min(rmax - start);
+            let sel: Vec<Vec<Option<usize>>> =
+                per.iter().map(|u| (start..start + width).map(|r| u.get(r).copied()).collect()).collect();
+            let (l, u) = self.backward_rows(pass, p, &sel, &shape)?;
             let (l, u) = (l.to_vec2::<f64>()?, u.to_vec2::<f64>()?);
-            for e in 0..b {
-                for (r, &j) in part.iter().enumerate() {
-                    let k = e * numel + j;
-                    lo[k] = l[e][r];
-                    hi[k] = u[e][r];
+            for (e, row) in sel.iter().enumerate() {
+                for (r, j) in row.iter().enumerate() {
+                    if let Some(j) = j {
+                        lo[e * numel + j] = l[e][r];
+                        hi[e * numel + j] = u[e][r];
+                    }
                 }
             }
         }
@@ -398,25 +508,61 @@ impl SoundNetwork {
         let (b, rows, dev) = (pass.batch, g.dim(1)?, g.device().clone());
         let z = zeros_like_rows(b, rows, &dev)?;
         let acc = Acc { lower: z.clone(), upper: z.clone(), abs: z.clone(), err: z, terms: 0 };
-        let mut contrib: Vec<Vec<Tensor>> = vec![vec![]; top + 1];
-        contrib[top].push(g.clone());
+        let mut contrib: Vec<Vec<Coef>> = (0..=top).map(|_| vec![]).collect();
+        contrib[top].push(Coef::Dense(g.clone()));
         self.backward_from(pass, top, acc, contrib)
     }
 
-    /// [`Self::backward`] for the unit rows `rows` of node `p`, an affine layer's output: its
+    /// [`Self::backward`] for unit rows of node `p`, an affine layer's output: row `r` of example
+    /// `e` is the unit `sel[e][r]` (`None`: an empty row, its result meaningless). The layer's
     /// transpose of the identity does not depend on the example, so it is computed once per
-    /// network and node (when it fits [`CACHE_ELEMS`]) and the rows are picked from it; its bias
-    /// and `Δ` rows start the sums.
-    fn backward_rows(&self, pass: &Pass, p: usize, rows: &[usize], shape: &[usize]) -> Result<(Tensor, Tensor)> {
+    /// network and node (when it fits [`CACHE_ELEMS`]; by its non-zeros for Linear and Conv2d)
+    /// and the rows are picked from it; its bias and `Δ` rows start the sums.
+    fn backward_rows(
+        &self,
+        pass: &Pass,
+        p: usize,
+        sel: &[Vec<Option<usize>>],
+        shape: &[usize],
+    ) -> Result<(Tensor, Tensor)> {
         let (b, dev) = (pass.batch, pass.lo[p].device().clone());
         let numel: usize = shape.iter().product();
+        let width = sel.first().map(Vec::len).unwrap_or(0);
+        let eye = || -> Result<Tensor> {
+            let mut v = vec![0f64; b * width * numel];
+            for (e, row) in sel.iter().enumerate() {
+                for (r, j) in row.iter().enumerate() {
+                    if let Some(j) = j {
+                        v[(e * width + r) * numel + j] = 1.0;
+                    }
+                }
+            }
+            Ok(Tensor::from_vec(v, [&[b, width][..], shape].concat(), &dev)?)
+        };
         let (DualNode::Affine(a), LayerData::Affine { delta, bias }) = (&pass.nodes[p - 1], &pass.data[p - 1]) else {
-            return self.backward(pass, p, &eye_rows(rows, numel, shape, &dev)?);
+            return self.backward(pass, p, &eye()?);
+        };
+        // [B, width] indices (empty rows read unit 0; their results are not used).
+        let flat: Vec<u32> = sel.iter().flat_map(|row| row.iter().map(|j| j.unwrap_or(0) as u32)).collect();
+        let idx = Tensor::from_vec(flat.clone(), (b, width), &dev)?;
+        let pick = |t: &Tensor| -> Result<Tensor> { Ok(t.flatten_from(1)?.contiguous()?.gather(&idx, 1)?) };
+        let start = || -> Result<Acc> {
+            let bias = pick(bias)?;
+            Ok(Acc { lower: bias.clone(), upper: bias.clone(), abs: bias.abs()?, err: pick(delta)?, terms: 1 })
         };
         let in_numel: usize =
             pass.nodes[p - 1].inputs().indices(p).iter().flatten().map(|i| pass.lo[*i].elem_count() / b).sum();
+        if let Some(tr) = self.sparse_transpose(pass, p)? {
+            let mut contrib: Vec<Vec<Coef>> = (0..p).map(|_| vec![]).collect();
+            let input = pass.nodes[p - 1].inputs().indices(p).first().copied().flatten();
+            let Some(input) = input else {
+                return Err(SoundError::BadInput(format!("node {p}: a layer without input")));
+            };
+            contrib[input].push(Coef::new(tr.select_rows(sel))?);
+            return self.backward_from(pass, p - 1, start()?, contrib);
+        }
         if numel * in_numel.max(numel) > CACHE_ELEMS {
-            return self.backward(pass, p, &eye_rows(rows, numel, shape, &dev)?);
+            return self.backward(pass, p, &eye()?);
         }
         let cached = {
             let mut cache = self.cache.lock().map_err(|_| SoundError::BadInput("a poisoned cache".into()))?;
@@ -430,17 +576,49 @@ impl SoundNetwork {
                 }
             }
         };
-        let idx = Tensor::from_vec(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), rows.len(), &dev)?;
-        let pick = |t: &Tensor| -> Result<Tensor> { Ok(t.flatten_from(1)?.index_select(&idx, 1)?) };
-        let bias = pick(bias)?;
-        let acc = Acc { lower: bias.clone(), upper: bias.clone(), abs: bias.abs()?, err: pick(delta)?, terms: 1 };
-        let mut contrib: Vec<Vec<Tensor>> = vec![vec![]; p + 1];
+        let flat = Tensor::from_vec(flat, b * width, &dev)?;
+        let mut contrib: Vec<Vec<Coef>> = (0..=p).map(|_| vec![]).collect();
         for (i, t) in pass.nodes[p - 1].inputs().indices(p).iter().zip(cached) {
             if let (Some(i), Some(t)) = (i, t) {
-                contrib[*i].push(t.index_select(&idx, 1)?);
+                let rows = t.index_select(&flat, 1)?;
+                let dims = [&[b, width][..], &t.dims()[2..]].concat();
+                contrib[*i].push(Coef::Dense(rows.reshape(dims)?));
             }
         }
-        self.backward_from(pass, p - 1, acc, contrib)
+        self.backward_from(pass, p - 1, start()?, contrib)
+    }
+
+    /// The transpose of the identity through the Linear or Conv2d layer producing node `t`,
+    /// by its non-zeros: row `k` is `Aᵀ e_k`, i.e. the weights (exactly). Computed once per
+    /// network and node; `None` for other layers and when the identity would exceed
+    /// [`CACHE_ELEMS`].
+    fn sparse_transpose(&self, pass: &Pass, t: usize) -> Result<Option<Arc<Csr>>> {
+        let (Some(Step::Affine { plain: true, .. }), Some(DualNode::Affine(a))) =
+            (self.steps.get(t - 1), pass.nodes.get(t - 1))
+        else {
+            return Ok(None);
+        };
+        let mut cache = self.sparse.lock().map_err(|_| SoundError::BadInput("a poisoned cache".into()))?;
+        if let Some(c) = cache.get(&t) {
+            return Ok(c.clone());
+        }
+        let b = pass.batch;
+        let shape = pass.lo[t].dims()[1..].to_vec();
+        let numel: usize = shape.iter().product();
+        let inputs = pass.nodes[t - 1].inputs().indices(t);
+        let built = match inputs.as_slice() {
+            [Some(i)] if numel * numel.max(pass.lo[*i].elem_count() / b) <= CACHE_ELEMS => {
+                let all: Vec<usize> = (0..numel).collect();
+                let eye = eye_rows(&all, numel, &shape, pass.lo[t].device())?;
+                match a.transpose(&eye)?.into_iter().next().flatten() {
+                    Some(tr) => Some(Arc::new(Csr::from_dense(&tr)?)),
+                    None => None,
+                }
+            }
+            _ => None,
+        };
+        cache.insert(t, built.clone());
+        Ok(built)
     }
 
     /// The backward pass from node `top` down, with sums and coefficients so far.
@@ -449,7 +627,7 @@ impl SoundNetwork {
         pass: &Pass,
         top: usize,
         mut acc: Acc,
-        mut contrib: Vec<Vec<Tensor>>,
+        mut contrib: Vec<Vec<Coef>>,
     ) -> Result<(Tensor, Tensor)> {
         let b = pass.batch;
         for t in (0..=top).rev() {
@@ -460,6 +638,7 @@ impl SoundNetwork {
             let g = if cs.len() == 1 {
                 cs.into_iter().next().expect("one contribution")
             } else {
+                let cs = cs.into_iter().map(Coef::dense).collect::<Result<Vec<_>>>()?;
                 // The sum's rounding: γ_m Σ|c| against |z_t|.
                 let mut sum = cs[0].clone();
                 let mut abs = cs[0].abs()?;
@@ -468,12 +647,11 @@ impl SoundNetwork {
                     abs = abs.broadcast_add(&c.abs()?)?;
                 }
                 acc.add_err(&(dot(&abs, &pass.zmax[t])? * gamma(cs.len() + 1, U64))?)?;
-                sum
+                Coef::Dense(sum)
             };
             if t == 0 {
                 let (l0, h0, z0) = (&pass.lo[0], &pass.hi[0], &pass.zmax[0]);
-                let p = dots(&g.relu()?, &[l0, h0, z0])?;
-                let m = dots(&g.minimum(0.0)?, &[l0, h0, z0])?;
+                let (p, m) = g.signed_dots(None, &[l0, h0, z0], b)?.sums();
                 acc.add(&(&p[0] + &m[1])?, &(&p[1] + &m[0])?)?;
                 let n0 = l0.elem_count() / b;
                 acc.add_err(&((&p[2] - &m[2])? * (gamma(n0 + 2, U64) * (1.0 + 1e-6)))?)?;
@@ -482,23 +660,37 @@ impl SoundNetwork {
             let idx = pass.nodes[t - 1].inputs().indices(t);
             match (&pass.data[t - 1], &pass.nodes[t - 1]) {
                 (LayerData::Relu { slope, neg_lower, weight }, _) => {
-                    let gs = g.broadcast_mul(&slope.unsqueeze(1)?)?;
-                    let m = dots(&gs.minimum(0.0)?, &[neg_lower, weight])?;
-                    let p = dots(&gs.relu()?, &[neg_lower, weight])?;
+                    let (gs, p, m) = g.signed_dots(Some(slope), &[neg_lower, weight], b)?.scaled()?;
                     acc.add(&m[0], &p[0])?;
                     acc.add_err(&((&p[1] - &m[1])? * (1.0 + 1e-6))?)?;
                     if let Some(Some(p)) = idx.last() {
                         contrib[*p].push(gs);
                     }
                 }
-                (LayerData::Affine { delta, .. }, DualNode::Affine(a)) => {
+                (LayerData::Affine { delta, bias }, DualNode::Affine(a)) => {
+                    if let Coef::Sparse(csr) = &g {
+                        if let Some(tr) = self.sparse_transpose(pass, t)? {
+                            // gᵀ b (b: the output at a zero input) and ⟨|g|, Δ⟩; then gᵀ A.
+                            let (_, p, m) = csr.signed_dots(None, &[bias, delta], b)?;
+                            let bt = (&p[0] + &m[0])?;
+                            acc.add(&bt, &bt)?;
+                            acc.add_err(&(&p[1] - &m[1])?)?;
+                            let in_shape = tr.shape.clone();
+                            if let Some(Some(i)) = idx.first() {
+                                contrib[*i].push(Coef::new(csr.matmul(&tr, &in_shape)?)?);
+                            }
+                            continue;
+                        }
+                    }
+                    let g = g.dense()?;
                     if let Some(bt) = a.bias_term(&g)? {
                         acc.add(&bt, &bt)?;
                     }
-                    acc.add_err(&dot(&g.abs()?, delta)?)?;
+                    let SignedDots { pos: p, neg: m, .. } = signed_dots(&g, None, &[delta], b)?;
+                    acc.add_err(&(&p[0] - &m[0])?)?;
                     for (i, gi) in idx.iter().zip(a.transpose(&g)?) {
                         if let (Some(i), Some(gi)) = (i, gi) {
-                            contrib[*i].push(gi);
+                            contrib[*i].push(Coef::Dense(gi));
                         }
                     }
                 }

@@ -23,9 +23,11 @@
 //! BatchNorm2d in eval mode; any other layer is an error naming it.
 
 mod check;
+mod fused;
 mod input;
 mod plan;
 pub mod rounding;
+mod sparse;
 
 pub use check::{SoundNetwork, SoundOptions};
 pub use input::{DataRounding, InputBox};

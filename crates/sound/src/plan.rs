@@ -18,6 +18,10 @@ pub(crate) enum Step {
         /// bounds the error of a computed shift `β − μ γ/√(σ²+ε)` (a cancellation the relative
         /// bound above does not cover).
         bias_error: Option<Tensor>,
+        /// A Linear or Conv2d layer: its transpose `Aᵀ g` is a sum of products of `g` with the
+        /// stored weights (the transpose of the identity through it holds the weights exactly),
+        /// and its bias term is `gᵀ b` with `b` its output at a zero input.
+        plain: bool,
     },
     /// A ReLU.
     Relu,
@@ -58,18 +62,23 @@ pub(crate) fn plan(net: &Network) -> Result<Vec<Step>> {
         let where_ = format!("layer {i}");
         let step = match &spec {
             LayerSpec::ReLU => Step::Relu,
-            LayerSpec::Linear { .. } | LayerSpec::Conv2d { .. } | LayerSpec::Flatten | LayerSpec::Identity => {
-                Step::Affine { terms: affine_terms(&spec, &where_)?, bias_error: None }
+            LayerSpec::Linear { .. } | LayerSpec::Conv2d { .. } => {
+                Step::Affine { terms: affine_terms(&spec, &where_)?, bias_error: None, plain: true }
             }
-            LayerSpec::BatchNorm2d { mode: BatchNormMode::Eval, eps, .. } => {
-                Step::Affine { terms: 6, bias_error: Some(batchnorm_bias_error(layer.params(), *eps, &where_)?) }
+            LayerSpec::Flatten | LayerSpec::Identity => {
+                Step::Affine { terms: affine_terms(&spec, &where_)?, bias_error: None, plain: false }
             }
+            LayerSpec::BatchNorm2d { mode: BatchNormMode::Eval, eps, .. } => Step::Affine {
+                terms: 6,
+                bias_error: Some(batchnorm_bias_error(layer.params(), *eps, &where_)?),
+                plain: false,
+            },
             LayerSpec::Dense { parts } => {
                 let mut terms = parts.len();
                 for p in parts.iter().flatten() {
                     terms += affine_terms(p, &where_)?;
                 }
-                Step::Affine { terms, bias_error: None }
+                Step::Affine { terms, bias_error: None, plain: false }
             }
             other => {
                 return Err(SoundError::Unsupported(format!(

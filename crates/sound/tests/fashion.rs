@@ -69,3 +69,30 @@ fn real_network_clipped_ball() {
 fn deployed_f32_clipped_ball() {
     check(true, SoundOptions { deployed_f32: true }, 0.1);
 }
+
+/// `margins_each` on a batch gives every example the margins of a batch of one (the certify
+/// program's mode).
+#[test]
+fn each_example_as_alone() {
+    let Some(dir) = shared_data::shared_path("reference/fashion_mnist_eps0.1") else { return };
+    let net = model(&dir);
+    let x = npy(&dir, "fashion_X20.npy").narrow(0, 0, 6).unwrap();
+    let y: Vec<u32> = npy(&dir, "fashion_y20.npy").to_dtype(DType::I64).unwrap().to_vec1::<i64>().unwrap()[..6]
+        .iter()
+        .map(|&v| v as u32)
+        .collect();
+    let sn = SoundNetwork::new(&net, SoundOptions::default()).unwrap();
+    let bx = InputBox::linf(&x, 0.1, Some((0.0, 1.0)), DataRounding::F32Ops(3)).unwrap();
+    let batch = sn.margins_each(&bx, &y).unwrap().to_vec2::<f64>().unwrap();
+    for (i, row) in batch.iter().enumerate() {
+        let one = InputBox::linf(&x.narrow(0, i, 1).unwrap(), 0.1, Some((0.0, 1.0)), DataRounding::F32Ops(3)).unwrap();
+        let alone = sn.margins(&one, &y[i..i + 1]).unwrap().to_vec2::<f64>().unwrap();
+        for (a, b) in row.iter().zip(&alone[0]) {
+            assert!((a - b).abs() <= 1e-9 * (1.0 + b.abs()), "image {i}: {a} in the batch, {b} alone");
+        }
+    }
+    assert_eq!(
+        sn.certify_each(&bx, &y).unwrap(),
+        (0..6).map(|i| batch[i].iter().enumerate().all(|(j, v)| j == y[i] as usize || *v > 0.0)).collect::<Vec<_>>()
+    );
+}
