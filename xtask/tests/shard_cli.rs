@@ -159,9 +159,40 @@ fn shards_killed_and_restarted_merge_to_the_single_process_result() {
         v["seconds"] = Value::Null;
         v
     };
-    assert_eq!(strip(m), strip(s), "the same keys and settings");
+    assert_eq!(strip(m), strip(s.clone()), "the same keys and settings");
     let rows = |t: &str| -> Vec<String> { t.lines().filter(|l| l.contains('%')).map(String::from).collect() };
     assert_eq!(rows(&table), rows(&single_table), "the same table");
+
+    // Every example's verdicts, in test-set order, counting up to the merged errors.
+    let ex = d.join("examples.jsonl");
+    run_ok(xtask(&["merge".into(), records.display().to_string(), "--examples".into(), ex.display().to_string()], &[]));
+    let lines: Vec<Value> =
+        std::fs::read_to_string(&ex).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 120);
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["index"], i, "{l}");
+    }
+    let share = |key: &str| lines.iter().filter(|l| l[key] == Value::Bool(false)).count() as f64 / 120.0;
+    let (robust, clean) = (s["robust_error"].as_f64().unwrap(), s["clean_error"].as_f64().unwrap());
+    assert!((share("certified") - robust).abs() < 1e-12 && (share("clean") - clean).abs() < 1e-12);
+    if let Some(p) = s["pgd_error"].as_f64() {
+        assert!((share("pgd") - p).abs() < 1e-12);
+    }
+    // A record whose verdicts do not add up to its counts is refused at merge.
+    let bad = d.join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    for i in 0..SHARDS {
+        let name = format!("shard-{i:05}-of-{SHARDS:05}.jsonl");
+        let mut text = std::fs::read_to_string(records.join(&name)).unwrap();
+        if i == 0 {
+            // Flip the first recorded verdict of the first block.
+            assert!(text.contains("\"certified\":true"), "shard 0 certified nothing");
+            text = text.replacen("\"certified\":true", "\"certified\":false", 1);
+        }
+        std::fs::write(bad.join(&name), text).unwrap();
+    }
+    let e = run_err(xtask(&["merge".into(), bad.display().to_string()], &[]));
+    assert!(e.contains("do not add up"), "{e}");
 
     // A folder with a shard missing is refused, naming it.
     let partial = d.join("partial");
@@ -210,7 +241,7 @@ fn vnncomp_shards_merge_to_the_single_process_tables() {
         assert!(!d.join("out/test_results.csv").exists());
     }
     let e = run_err(xtask(&["merge".into(), s(&records), "--json".into(), s(&d.join("x.json"))], &[]));
-    assert!(e.contains("--json is for certification"), "{e}");
+    assert!(e.contains("--json and --examples are for certification"), "{e}");
     run_ok(xtask(&["merge".into(), s(&records), "--out".into(), s(&d.join("merged"))], &[]));
     // Every column but the seconds.
     let table = |p: PathBuf| -> Vec<String> {

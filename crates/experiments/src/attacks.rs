@@ -241,6 +241,16 @@ pub fn count_errors(logits: &Tensor, y: &[u32]) -> candle_core::Result<usize> {
     Ok(pred.iter().zip(y).filter(|(p, t)| p != t).count())
 }
 
+/// Per row: is the arg-max of `logits` (`[b, k]`) the label?
+pub fn correct(logits: &Tensor, y: &[u32]) -> candle_core::Result<Vec<bool>> {
+    let (b, _) = logits.dims2()?;
+    if y.len() != b {
+        candle_core::bail!("{} labels for {b} rows of logits", y.len());
+    }
+    let pred: Vec<u32> = logits.argmax(D::Minus1)?.to_dtype(DType::U32)?.to_vec1()?;
+    Ok(pred.iter().zip(y).map(|(p, t)| p == t).collect())
+}
+
 /// The papers' evaluation: `(clean errors, errors under l_inf PGD)` on one batch.
 pub fn pgd_error_counts<F>(model: F, x: &Tensor, y: &[u32], cfg: &PgdConfig) -> candle_core::Result<(usize, usize)>
 where

@@ -1,7 +1,7 @@
 //! Certified evaluation of a model on a data set: clean error, certified robust error (exact
 //! dual bound) and, on request, PGD error.
 
-use crate::attacks::{count_errors, pgd, pgd_l2, PgdConfig};
+use crate::attacks::{correct, pgd, pgd_l2, PgdConfig};
 use crate::datasets::{Dataset, Split};
 use crate::report::{write_json_atomic, Table};
 use anyhow::{bail, Context, Result};
@@ -256,8 +256,20 @@ pub fn projection_config(eps: f64, norm: Norm, bounded: bool, p: &Projection) ->
     c
 }
 
-/// Per-batch counts.
-#[derive(Debug, Default, Clone, Copy)]
+/// One example's verdicts (a `--records` block keeps one per example).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ExampleVerdict {
+    /// Classified correctly at the clean input.
+    pub clean: bool,
+    /// Certified robust (the bound proves every other class below the label's).
+    pub certified: bool,
+    /// Classified correctly at the PGD point (`None`: PGD not run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pgd: Option<bool>,
+}
+
+/// Per-batch counts, and the per-example verdicts they count.
+#[derive(Debug, Default, Clone)]
 pub struct BatchCounts {
     /// Examples.
     pub n: usize,
@@ -267,6 +279,8 @@ pub struct BatchCounts {
     pub robust_errors: usize,
     /// Misclassified at the PGD point.
     pub pgd_errors: usize,
+    /// Per example, in order (empty when the counts come from elsewhere, e.g. old records).
+    pub verdicts: Vec<ExampleVerdict>,
 }
 
 /// What to evaluate on a batch.
@@ -342,12 +356,37 @@ pub fn evaluate(
 }
 
 impl BatchCounts {
-    /// Adds another batch's counts.
+    /// The counts of per-example verdicts: `clean[i]` correct at the clean input, `certified[i]`
+    /// certified, `pgd[i]` correct at the PGD point (`None`: PGD not run, 0 PGD errors).
+    pub fn from_verdicts(clean: &[bool], certified: &[bool], pgd: Option<&[bool]>) -> Result<Self> {
+        let n = clean.len();
+        if certified.len() != n || pgd.is_some_and(|p| p.len() != n) {
+            bail!(
+                "verdicts of different lengths: {n} clean, {} certified, {:?} PGD",
+                certified.len(),
+                pgd.map(<[bool]>::len)
+            );
+        }
+        let verdicts: Vec<ExampleVerdict> = (0..n)
+            .map(|i| ExampleVerdict { clean: clean[i], certified: certified[i], pgd: pgd.map(|p| p[i]) })
+            .collect();
+        let count = |f: &dyn Fn(&ExampleVerdict) -> bool| verdicts.iter().filter(|v| f(v)).count();
+        Ok(BatchCounts {
+            n,
+            clean_errors: count(&|v| !v.clean),
+            robust_errors: count(&|v| !v.certified),
+            pgd_errors: count(&|v| v.pgd == Some(false)),
+            verdicts,
+        })
+    }
+
+    /// Adds another batch's counts (and appends its verdicts).
     pub fn add(&mut self, c: &BatchCounts) {
         self.n += c.n;
         self.clean_errors += c.clean_errors;
         self.robust_errors += c.robust_errors;
         self.pgd_errors += c.pgd_errors;
+        self.verdicts.extend_from_slice(&c.verdicts);
     }
 }
 
@@ -389,14 +428,12 @@ pub fn evaluate_batch(net: &Network, x: &Tensor, y: &[u32], cfg: &EvalSettings) 
 
 /// [`evaluate_batch`] in the current gradient mode.
 fn evaluate_batch_inner(net: &Network, x: &Tensor, y: &[u32], cfg: &EvalSettings) -> Result<BatchCounts> {
-    let logits = net.forward(x)?;
-    let clean_errors = count_errors(&logits, y)?;
+    let clean = correct(&net.forward(x)?, y)?;
     let dual = bound_network(net, x, cfg)?;
-    let f = robust_bounds(&dual, y)?;
-    let robust_errors = certified_from_bounds(&f, y)?.iter().filter(|c| !**c).count();
+    let certified = certified_from_bounds(&robust_bounds(&dual, y)?, y)?;
     drop(dual);
-    let pgd_errors = if cfg.pgd { count_errors(&net.forward(&pgd_point(net, x, y, cfg)?)?, y)? } else { 0 };
-    Ok(BatchCounts { n: y.len(), clean_errors, robust_errors, pgd_errors })
+    let pgd = if cfg.pgd { Some(correct(&net.forward(&pgd_point(net, x, y, cfg)?)?, y)?) } else { None };
+    BatchCounts::from_verdicts(&clean, &certified, pgd.as_deref())
 }
 
 /// Runs the whole evaluation and writes `cfg.json` when set; `progress(done, total, counts so

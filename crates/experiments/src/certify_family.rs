@@ -3,7 +3,7 @@
 //! `Network::margin_bounds` (certified when every margin bound `z_y − z_j`, `j ≠ y`, is positive
 //! and the clean prediction is right).
 
-use crate::attacks::count_errors;
+use crate::attacks::correct;
 use crate::certify::{
     certify_batches, head_table, input_set, pgd_point, BatchCounts, CertifyConfig, CertifyReport, EvalSettings,
 };
@@ -61,19 +61,19 @@ fn evaluate_batch(
     fam: &FamilyBound,
 ) -> Result<BatchCounts> {
     let logits = net.forward(x)?;
-    let clean_errors = count_errors(&logits, y)?;
-    let pred: Vec<u32> = logits.argmax(1)?.to_dtype(DType::U32)?.to_vec1()?;
+    let clean = correct(&logits, y)?;
     let opts = BoundOptions { alpha: fam.alpha.clone(), memory_budget: settings.memory_budget };
     let set = input_set(x, settings.eps, settings.norm, settings.bounded_input)?;
     let margins = net.margin_bounds(x, set, y, fam.method, &opts)?;
     let rows = margins.to_dtype(DType::F64)?.to_vec2::<f64>()?;
-    let robust_errors = rows
+    // Certified: classified correctly and every other class's margin bound above 0.
+    let certified: Vec<bool> = rows
         .iter()
-        .zip(y.iter().zip(&pred))
-        .filter(|(r, (&yi, &p))| p != yi || r.iter().enumerate().any(|(j, &v)| j != yi as usize && v <= 0.0))
-        .count();
-    let pgd_errors = if settings.pgd { count_errors(&net.forward(&pgd_point(net, x, y, settings)?)?, y)? } else { 0 };
-    Ok(BatchCounts { n: y.len(), clean_errors, robust_errors, pgd_errors })
+        .zip(y.iter().zip(&clean))
+        .map(|(r, (&yi, &ok))| ok && r.iter().enumerate().all(|(j, &v)| j == yi as usize || v > 0.0))
+        .collect();
+    let pgd = if settings.pgd { Some(correct(&net.forward(&pgd_point(net, x, y, settings)?)?, y)?) } else { None };
+    BatchCounts::from_verdicts(&clean, &certified, pgd.as_deref())
 }
 
 /// Runs the evaluation with a bound of the family; `progress(done, total, counts so far)` after

@@ -3,13 +3,14 @@
 //! The unit of work is a block of `batch_size` consecutive test examples — the batch of a
 //! single-process run, so a merged run adds up the very batches one process would have
 //! evaluated. Block `b` belongs to shard `b mod N`; each finished block is one record
-//! (`start`, `end`, the three error counts, seconds). The header's settings are what defines the
+//! (`start`, `end`, the three error counts, seconds, and `examples`: one verdict per example of
+//! the block — clean, certified, PGD — so a merge can say which examples were certified). The header's settings are what defines the
 //! results: the model file's and the data's SHA-256, the data set, the number of examples, the
 //! threat model, the batch size, PGD, the precision and the method (bound, α-CROWN's options,
 //! projections, stage); paths, the memory budget and the device are kept as `info` only.
 
 use crate::cascade_certify::StageReport;
-use crate::certify::{BatchCounts, CertifyConfig, CertifyReport};
+use crate::certify::{BatchCounts, CertifyConfig, CertifyReport, ExampleVerdict};
 use crate::certify_family::FamilyReport;
 use crate::datasets::Dataset;
 use crate::report::Table;
@@ -88,6 +89,7 @@ pub(crate) fn record(start: usize, end: usize, c: &BatchCounts, seconds: f64) ->
         "start": start, "end": end, "n": c.n,
         "clean_errors": c.clean_errors, "robust_errors": c.robust_errors, "pgd_errors": c.pgd_errors,
         "seconds": seconds,
+        "examples": c.verdicts,
     })
 }
 
@@ -99,12 +101,53 @@ pub(crate) fn counts(v: &Value, start: usize, end: usize) -> Result<BatchCounts>
     if get("start")? != start || get("end")? != end || get("n")? != end - start {
         bail!("record {v} is not the block {start}..{end}");
     }
-    Ok(BatchCounts {
+    let counts = BatchCounts {
         n: get("n")?,
         clean_errors: get("clean_errors")?,
         robust_errors: get("robust_errors")?,
         pgd_errors: get("pgd_errors")?,
-    })
+        verdicts: Vec::new(),
+    };
+    // Per-example verdicts (records written before they existed have none): they must count up
+    // to the block's counts.
+    let Some(ex) = v.get("examples") else { return Ok(counts) };
+    let verdicts: Vec<ExampleVerdict> =
+        serde_json::from_value(ex.clone()).with_context(|| format!("record {start}..{end}: unreadable `examples`"))?;
+    let clean: Vec<bool> = verdicts.iter().map(|e| e.clean).collect();
+    let certified: Vec<bool> = verdicts.iter().map(|e| e.certified).collect();
+    // PGD verdicts for every example or for none.
+    let pgd: Option<Vec<bool>> = verdicts.iter().map(|e| e.pgd).collect();
+    if pgd.is_none() && verdicts.iter().any(|e| e.pgd.is_some()) {
+        bail!("record {start}..{end}: PGD verdicts for some examples only");
+    }
+    let from = BatchCounts::from_verdicts(&clean, &certified, pgd.as_deref())?;
+    if (from.n, from.clean_errors, from.robust_errors, from.pgd_errors)
+        != (counts.n, counts.clean_errors, counts.robust_errors, counts.pgd_errors)
+    {
+        bail!("record {start}..{end}: its `examples` do not add up to its counts");
+    }
+    Ok(from)
+}
+
+/// Every example's verdicts of a merged run, in test-set order, as `(index, verdict)`; `None`
+/// when some block's record has none (written before records kept them).
+pub fn merged_verdicts(m: &Merged) -> Result<Option<Vec<(usize, ExampleVerdict)>>> {
+    let mut out = Vec::new();
+    let mut blocks: Vec<(usize, usize, &Value)> = Vec::new();
+    for (u, v) in &m.units {
+        let start = v.get("start").and_then(Value::as_u64).with_context(|| format!("unit {u}: no start"))? as usize;
+        let end = v.get("end").and_then(Value::as_u64).with_context(|| format!("unit {u}: no end"))? as usize;
+        blocks.push((start, end, v));
+    }
+    blocks.sort_by_key(|b| b.0);
+    for (start, end, v) in blocks {
+        let c = counts(v, start, end)?;
+        if c.verdicts.len() != end - start {
+            return Ok(None);
+        }
+        out.extend(c.verdicts.into_iter().enumerate().map(|(k, e)| (start + k, e)));
+    }
+    Ok(Some(out))
 }
 
 /// The merged report of a records folder, as one process would have written it.

@@ -4,7 +4,7 @@
 //! only when the check agrees. With `deployed_f32` the check also covers the network's own f32
 //! rounding. See `docs/SOUNDNESS.md`.
 
-use crate::attacks::count_errors;
+use crate::attacks::correct;
 use crate::certify::{
     bound_network, certify_batches, head_table, pgd_point, BatchCounts, CertifyConfig, CertifyReport,
 };
@@ -63,9 +63,9 @@ pub fn evaluate_batch_sound(
     cfg: &EvalSettings,
 ) -> Result<(BatchCounts, usize, f64)> {
     nets::no_grad(|| {
-        let clean_errors = count_errors(&net.forward(x)?, y)?;
+        let clean = correct(&net.forward(x)?, y)?;
         let dual = bound_network(net, x, cfg)?;
-        let certified = certified_from_bounds(&robust_bounds(&dual, y)?, y)?;
+        let mut certified = certified_from_bounds(&robust_bounds(&dual, y)?, y)?;
         drop(dual);
         let idx: Vec<u32> = (0..y.len() as u32).filter(|&i| certified[i as usize]).collect();
         let mut refused = 0;
@@ -77,12 +77,17 @@ pub fn evaluate_batch_sound(
             let xs = x.index_select(&Tensor::new(idx.as_slice(), x.device())?, 0)?;
             let ys: Vec<u32> = idx.iter().map(|&i| y[i as usize]).collect();
             let bx = InputBox::linf(&xs, cfg.eps, clip, DATA)?;
-            refused += check.certify_each(&bx, &ys)?.iter().filter(|c| !**c).count();
+            for (&i, ok) in idx.iter().zip(check.certify_each(&bx, &ys)?) {
+                if !ok {
+                    // Refused by the check: not certified.
+                    certified[i as usize] = false;
+                    refused += 1;
+                }
+            }
         }
         let secs = t.elapsed().as_secs_f64();
-        let robust_errors = y.len() - idx.len() + refused;
-        let pgd_errors = if cfg.pgd { count_errors(&net.forward(&pgd_point(net, x, y, cfg)?)?, y)? } else { 0 };
-        Ok((BatchCounts { n: y.len(), clean_errors, robust_errors, pgd_errors }, refused, secs))
+        let pgd = if cfg.pgd { Some(correct(&net.forward(&pgd_point(net, x, y, cfg)?)?, y)?) } else { None };
+        Ok((BatchCounts::from_verdicts(&clean, &certified, pgd.as_deref())?, refused, secs))
     })
 }
 
