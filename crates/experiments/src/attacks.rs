@@ -233,12 +233,7 @@ where
 
 /// Number of examples whose predicted class `argmax(logits_i)` differs from `y_i`.
 pub fn count_errors(logits: &Tensor, y: &[u32]) -> candle_core::Result<usize> {
-    let (b, _) = logits.dims2()?;
-    if y.len() != b {
-        candle_core::bail!("{} labels for {b} rows of logits", y.len());
-    }
-    let pred: Vec<u32> = logits.argmax(D::Minus1)?.to_dtype(DType::U32)?.to_vec1()?;
-    Ok(pred.iter().zip(y).filter(|(p, t)| p != t).count())
+    Ok(correct(logits, y)?.iter().filter(|c| !**c).count())
 }
 
 /// Per row: is the arg-max of `logits` (`[b, k]`) the label?

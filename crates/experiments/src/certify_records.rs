@@ -129,20 +129,25 @@ pub(crate) fn counts(v: &Value, start: usize, end: usize) -> Result<BatchCounts>
     Ok(from)
 }
 
+/// Every recorded block of a checked records folder, in test-set order: `(start, counts)`, each
+/// block's counts checked against its range and its per-example verdicts ([`counts`]).
+fn recorded_blocks(m: &Merged) -> Result<Vec<(usize, BatchCounts)>> {
+    let mut blocks = Vec::with_capacity(m.units.len());
+    for (u, v) in &m.units {
+        let start = v.get("start").and_then(Value::as_u64).with_context(|| format!("unit {u}: no start"))? as usize;
+        let end = v.get("end").and_then(Value::as_u64).with_context(|| format!("unit {u}: no end"))? as usize;
+        blocks.push((start, counts(v, start, end).with_context(|| format!("unit {u}"))?));
+    }
+    blocks.sort_by_key(|b| b.0);
+    Ok(blocks)
+}
+
 /// Every example's verdicts of a merged run, in test-set order, as `(index, verdict)`; `None`
 /// when some block's record has none (written before records kept them).
 pub fn merged_verdicts(m: &Merged) -> Result<Option<Vec<(usize, ExampleVerdict)>>> {
     let mut out = Vec::new();
-    let mut blocks: Vec<(usize, usize, &Value)> = Vec::new();
-    for (u, v) in &m.units {
-        let start = v.get("start").and_then(Value::as_u64).with_context(|| format!("unit {u}: no start"))? as usize;
-        let end = v.get("end").and_then(Value::as_u64).with_context(|| format!("unit {u}: no end"))? as usize;
-        blocks.push((start, end, v));
-    }
-    blocks.sort_by_key(|b| b.0);
-    for (start, end, v) in blocks {
-        let c = counts(v, start, end)?;
-        if c.verdicts.len() != end - start {
+    for (start, c) in recorded_blocks(m)? {
+        if c.verdicts.len() != c.n {
             return Ok(None);
         }
         out.extend(c.verdicts.into_iter().enumerate().map(|(k, e)| (start + k, e)));
@@ -199,13 +204,10 @@ pub fn merge(m: &Merged, json: Option<&std::path::Path>) -> Result<MergedReport>
     let method: Method = serde_json::from_value(m.header["settings"]["method"].clone())
         .context("the records' header names no method")?;
     let mut acc = BatchCounts::default();
-    let mut seconds = 0.0;
-    for (u, v) in &m.units {
-        let start = v.get("start").and_then(Value::as_u64).with_context(|| format!("unit {u}: no start"))? as usize;
-        let end = v.get("end").and_then(Value::as_u64).with_context(|| format!("unit {u}: no end"))? as usize;
-        acc.add(&counts(v, start, end).with_context(|| format!("unit {u}"))?);
-        seconds += v.get("seconds").and_then(Value::as_f64).unwrap_or(0.0);
+    for (_, c) in recorded_blocks(m)? {
+        acc.add(&c);
     }
+    let seconds: f64 = m.units.values().map(|v| v.get("seconds").and_then(Value::as_f64).unwrap_or(0.0)).sum();
     let want = m.header["settings"]["examples"].as_u64().context("the records' header has no example count")?;
     if acc.n as u64 != want {
         bail!("the records add up to {} examples, the run has {want}", acc.n);

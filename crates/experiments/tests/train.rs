@@ -3,39 +3,16 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use experiments::certify::Norm;
-use experiments::datasets::Dataset;
 use experiments::train::{train, EpsilonSchedule, LossKind, LrSchedule, Optimizer, OptimizerConfig, TrainConfig};
-use nets::{spec::build::*, Network, NetworkSpec};
+use nets::Network;
+
+mod common;
+use common::{blobs, spec};
 
 fn tmp(tag: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("convex-train-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     d
-}
-
-/// Two separable blobs of 6x6 images.
-fn blobs(n: usize, seed: u64) -> Dataset {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut images = Vec::new();
-    let mut labels = Vec::new();
-    for i in 0..n {
-        let c = (i % 2) as u32;
-        for p in 0..36 {
-            let base = if (p < 18) == (c == 0) { 0.7 } else { 0.3 };
-            images.push((base + rng.random_range(-0.1f32..0.1)).clamp(0.0, 1.0));
-        }
-        labels.push(c);
-    }
-    Dataset { images, labels, n, channels: 1, height: 6, width: 6 }
-}
-
-fn spec() -> NetworkSpec {
-    NetworkSpec::sequential(
-        "blob",
-        &[1, 6, 6],
-        vec![conv(1, 4, 3, 2, 1), relu(), flatten(), linear(36, 16), relu(), linear(16, 2)],
-    )
 }
 
 fn cfg(epochs: usize) -> TrainConfig {
