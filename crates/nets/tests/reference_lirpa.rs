@@ -168,7 +168,7 @@ fn crown_layer_bounds_f64_box() {
 }
 
 /// α-CROWN (20 iterations, lr 0.1): mean margin bound over the 20 images and 9 classes at least
-/// auto_LiRPA's, and on every row at least CROWN's and the exact dual's.
+/// auto_LiRPA's, and on every row at least CROWN's, IBP's and the exact dual's.
 fn check_alpha(bounded: bool) {
     let Some((dir, l)) = lirpa_dir() else { return };
     let dtype = DType::F32;
@@ -178,6 +178,7 @@ fn check_alpha(bounded: bool) {
     let opts = BoundOptions::default();
     let ours = net.margin_bounds(&x, input(&x, bounded), &y, Method::AlphaCrown, &opts).unwrap();
     let crown = net.margin_bounds(&x, input(&x, bounded), &y, Method::Crown, &opts).unwrap();
+    let ibp = net.margin_bounds(&x, input(&x, bounded), &y, Method::Ibp, &opts).unwrap();
     let dual = net.dual(&x, input(&x, bounded), &Default::default()).unwrap();
     let exact = dual_core::robust_bounds(&dual, &y).unwrap().neg().unwrap();
     let b = bounded as u8;
@@ -186,8 +187,9 @@ fn check_alpha(bounded: bool) {
     let (m_ours, m_want) = (mean(&ours), mean(&want));
     eprintln!("alpha-crown mean margin bound: ours {m_ours:.5}, auto_LiRPA {m_want:.5}, crown {:.5}", mean(&crown));
     assert!(m_ours >= m_want, "α-CROWN mean {m_ours} below auto_LiRPA's {m_want}");
-    for (o, (c, e)) in flat(&ours).iter().zip(flat(&crown).iter().zip(flat(&exact))) {
+    for ((o, i), (c, e)) in flat(&ours).iter().zip(flat(&ibp)).zip(flat(&crown).iter().zip(flat(&exact))) {
         assert!(*o >= c.max(e) - 1e-5, "α-CROWN {o} below CROWN {c} or the dual {e}");
+        assert!(*o >= i - 1e-5, "α-CROWN {o} below IBP {i}");
     }
 }
 

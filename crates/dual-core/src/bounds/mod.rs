@@ -9,7 +9,7 @@
 //! | [`Method::Ibp`] | IBP | IBP (C folded into the last layer) | — |
 //! | [`Method::CrownIbp`] | IBP | backward | adaptive |
 //! | [`Method::Crown`] | backward | backward | adaptive |
-//! | [`Method::AlphaCrown`] | backward (∩ the dual's when given) | backward | optimised per row |
+//! | [`Method::AlphaCrown`] | backward ∩ IBP (∩ the dual's when given) | backward, at least IBP's | optimised per row |
 //!
 //! The dual itself (`exact`) is the backward pass with `a_L = a_U = u/(u − l)`.
 //!
@@ -165,7 +165,8 @@ fn with_batch(b: usize, shape: &[usize]) -> Vec<usize> {
 
 /// Lower bounds of `C f(x')` for `x'` in the input set by `method`. With `reference` (the exact
 /// dual of the same nodes, input and batch), α-CROWN intersects its layer-wise bounds with the
-/// dual's and returns at least the dual's bound on every row.
+/// dual's and returns at least the dual's bound on every row. α-CROWN also returns at least IBP's
+/// bound on every row where IBP supports the network (tighter on interval-trained networks).
 pub fn spec_bounds(
     net: &Net<'_>,
     spec: &Spec,
@@ -318,10 +319,15 @@ fn from_boxes(
         let pre: Vec<(usize, Tensor, Tensor)> =
             layers.iter().map(|lb| (lb.layer, lb.lower.clone(), lb.upper.clone())).collect();
         let res = alpha::optimize(net, &pre, &c, &opts.alpha)?;
-        let lower = match reference {
+        let mut lower = match reference {
             Some(d) => res.lower.maximum(&d.objective(&c)?)?,
             None => res.lower,
         };
+        // On interval-trained networks IBP's own bound of `C f(x')` can beat every backward
+        // bound (Zhang et al. 2020, §3): both are sound, so the row keeps the larger.
+        if let Some(bx) = boxes {
+            lower = lower.maximum(&ibp::spec_lower(net, bx, &c)?)?;
+        }
         return Ok(SpecBounds { lower, layers, iterations: res.iterations });
     }
     // The zero rows of C (the margins' `e_y − e_y`) bound to 0 without a backward pass.
