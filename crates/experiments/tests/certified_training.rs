@@ -76,7 +76,8 @@ fn each_interval_loss_decreases_and_certifies_the_separable_problem() {
         let s = train(&net, &tr, &te, &c, &d, false).unwrap();
         let (first, last) = (&s.log[0], s.log.last().unwrap());
         assert!(last.train_loss < first.train_loss, "{loss:?}: loss did not decrease: {:?}", s.log);
-        assert_eq!(last.test_robust_error, 0.0, "{loss:?}: certified error (exact bound) {:?}", s.log);
+        assert_eq!(last.test_robust_error, 0.0, "{loss:?}: certified error (exact ∪ IBP) {:?}", s.log);
+        assert_eq!(last.test_bound.as_deref(), Some("exact+ibp"), "{loss:?}");
         assert_eq!(last.train_robust_error, Some(0.0), "{loss:?}: training bound's error {:?}", s.log);
         let conf: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(d.join("config.json")).unwrap()).unwrap();
@@ -342,4 +343,64 @@ fn cnn7_has_the_papers_widths_and_trains_its_batchnorm_on_batch_statistics() {
     let eval = experiments::train::batchnorm::eval_copy(&net).unwrap().unwrap();
     assert!(!experiments::train::batchnorm::trains_batch_stats(&eval));
     assert_eq!(nets::zoo::by_name("cifar-cnn7").unwrap().input_shape, vec![3, 32, 32]);
+}
+
+/// Checks [`evaluate_exact_or_ibp`] against the two bounds' verdicts example by example at
+/// `eps`; returns how many examples only IBP and only the dual certify.
+fn union_check(net: &Network, te: &experiments::datasets::Dataset, eps: f64) -> (usize, usize) {
+    use dual_core::{certified_from_bounds, robust_bounds};
+    use experiments::certify::{evaluate, evaluate_exact_or_ibp, input_set, EvalSettings};
+    let s = EvalSettings { eps, norm: Norm::Linf, bounded_input: true, pgd: false, memory_budget: None, proj: None };
+    let (x, y) = te.batch(0, te.len(), &Device::Cpu).unwrap();
+    let dual = net.dual(&x, input_set(&x, eps, Norm::Linf, true).unwrap(), &Default::default()).unwrap();
+    let by_dual = certified_from_bounds(&robust_bounds(&dual, &y).unwrap(), &y).unwrap();
+    let lower = net
+        .margin_bounds(&x, input_set(&x, eps, Norm::Linf, true).unwrap(), &y, Method::Ibp, &Default::default())
+        .unwrap();
+    let by_ibp = certified_from_bounds(&lower.neg().unwrap(), &y).unwrap();
+    let count = |f: &dyn Fn(bool, bool) -> bool| by_dual.iter().zip(&by_ibp).filter(|(a, b)| f(**a, **b)).count();
+    let union = evaluate_exact_or_ibp(net, te, &s, 7, None, DType::F32).unwrap();
+    let exact = evaluate(net, te, &s, 7, None, DType::F32).unwrap();
+    assert_eq!(union.robust_errors, count(&|a, b| !a && !b), "eps {eps}");
+    assert_eq!(exact.robust_errors, count(&|a, _| !a), "eps {eps}");
+    assert_eq!(union.clean_errors, exact.clean_errors);
+    (count(&|a, b| !a && b), count(&|a, b| a && !b))
+}
+
+/// The per-epoch evaluation of the interval losses counts an example as certified when the exact
+/// dual or IBP certifies it: the union, example by example, of the two bounds' verdicts.
+#[test]
+fn exact_or_ibp_evaluation_is_the_union_of_both_bounds_verdicts() {
+    // A partly trained net, where the dual certifies examples IBP does not.
+    let (tr, te) = (blobs(60, 5), blobs(40, 6));
+    let net = Network::init(&spec(), 9, DType::F32, &Device::Cpu).unwrap();
+    let d = tmp("union");
+    train(&net, &tr, &te, &cfg(LossKind::Ibp, 1), &d, false).unwrap();
+    let _ = std::fs::remove_dir_all(&d);
+    let only_dual: usize = [0.02, 0.05, 0.1].iter().map(|&e| union_check(&net, &te, e).1).sum();
+    assert!(only_dual > 0, "the dual should certify some examples IBP does not");
+
+    // One pixel x, h = ReLU(x − 0.5), logits (h + 0.1, 0): at x = 0.5 with eps 0.5, IBP proves
+    // h ≥ 0 (margin ≥ 0.1) while the dual's lower line h ≥ z/2 gives margin ≥ −0.15.
+    let one = NetworkSpec::sequential("one", &[1], vec![linear(1, 1), relu(), linear(1, 2)]);
+    let net = Network::init(&one, 0, DType::F32, &Device::Cpu).unwrap();
+    let values: [&[f32]; 4] = [&[1.0], &[-0.5], &[1.0, 0.0], &[0.1, 0.0]];
+    for ((name, v), w) in net.params().iter().zip(values) {
+        let t = Tensor::from_slice(w, v.as_tensor().shape(), &Device::Cpu).unwrap();
+        v.set(&t).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    let te =
+        experiments::datasets::Dataset { images: vec![0.5], labels: vec![0], n: 1, channels: 1, height: 1, width: 1 };
+    assert_eq!(union_check(&net, &te, 0.5), (1, 0));
+
+    let proj = experiments::certify::EvalSettings {
+        eps: 0.1,
+        norm: Norm::Linf,
+        bounded_input: true,
+        pgd: false,
+        memory_budget: None,
+        proj: Some(experiments::certify::Projection { k: 5, seed: 0, inflate_delta: None }),
+    };
+    let err = experiments::certify::evaluate_exact_or_ibp(&net, &te, &proj, 7, None, DType::F32).unwrap_err();
+    assert!(format!("{err:#}").contains("exact bound"), "{err:#}");
 }
