@@ -524,3 +524,69 @@ fn backward_pass_with_extra_terms_bounds_the_extended_objective() {
         assert!(backward_lower_with_terms(&nb, &relax, 1, c.clone(), &[(first + 5, c.clone())]).is_err());
     }
 }
+
+/// A net `2 → h → … → h → 1` with `depth` hidden layers.
+fn deep_layers(rng: &mut StdRng, h: usize, depth: usize) -> Layers {
+    let mut layers = Vec::new();
+    let mut n_in = 2;
+    for _ in 0..depth {
+        let w = (0..h).map(|_| (0..n_in).map(|_| rng.random_range(-1.0..1.0)).collect()).collect();
+        let b = (0..h).map(|_| rng.random_range(-0.5..0.5)).collect();
+        layers.push((w, b));
+        n_in = h;
+    }
+    layers.push((vec![(0..n_in).map(|_| rng.random_range(-1.0..1.0)).collect()], vec![0.0]));
+    layers
+}
+
+#[test]
+fn intermediate_alpha_bounds_contain_samples_and_are_no_looser_than_crown() {
+    // Random nets of 3–4 hidden layers: the root's layer bounds tightened by their own α must
+    // contain every sampled pre-activation, never be looser than α-CROWN's (CROWN ∩ IBP) layer
+    // bounds they start from, and be strictly tighter on some units.
+    let mut rng = StdRng::seed_from_u64(18);
+    let (mut units, mut tighter, mut samples_checked) = (0, 0, 0);
+    for k in 0..25 {
+        let h = rng.random_range(4..9);
+        let depth = rng.random_range(3..5);
+        let layers = deep_layers(&mut rng, h, depth);
+        let m = mlp(&layers);
+        let net = m.to_network("r", &candle_core::Device::Cpu).unwrap();
+        let lo = vec![rng.random_range(-1.0..0.0), rng.random_range(-1.0..0.0)];
+        let hi = vec![lo[0] + rng.random_range(0.3..1.5), lo[1] + rng.random_range(0.3..1.5)];
+        let rows = vec![vec![1.0]];
+        let base = BetaOptions { layer_alpha: 0, ..BetaOptions::default() };
+        let opt = BetaOptions { layer_alpha: 30, ..BetaOptions::default() };
+        let before = verifier::bab::relu_root_layers(&net, &lo, &hi, &rows, &base).unwrap();
+        let after = verifier::bab::relu_root_layers(&net, &lo, &hi, &rows, &opt).unwrap();
+        assert_eq!(before.len(), depth, "net {k}: one bound pair per activation");
+        for (li, ((l0, u0), (l1, u1))) in before.iter().zip(&after).enumerate() {
+            for j in 0..h {
+                assert!(l1[j] >= l0[j] && u1[j] <= u0[j], "net {k} layer {li} unit {j}: looser than CROWN's");
+                units += 1;
+                if l1[j] > l0[j] + 1e-6 || u1[j] < u0[j] - 1e-6 {
+                    tighter += 1;
+                }
+            }
+        }
+        for _ in 0..2000 {
+            let x: Vec<f64> = lo.iter().zip(&hi).map(|(l, h)| l + rng.random::<f64>() * (h - l)).collect();
+            for (li, z) in pre_activations(&layers, &x).iter().enumerate() {
+                let (l, u) = &after[li];
+                for j in 0..h {
+                    let tol = 1e-5 * (1.0 + z[j].abs());
+                    assert!(
+                        l[j] <= z[j] + tol && z[j] <= u[j] + tol,
+                        "net {k} layer {li} unit {j}: {} outside [{}, {}]",
+                        z[j],
+                        l[j],
+                        u[j]
+                    );
+                }
+            }
+            samples_checked += 1;
+        }
+    }
+    eprintln!("units {units}, tighter {tighter}, samples {samples_checked}");
+    assert!(tighter >= 10, "intermediate α tightened only {tighter} of {units} units");
+}

@@ -66,11 +66,23 @@ pub struct BetaOptions {
     /// clamped only, as β-CROWN does; the split constraints then act through β. Measured on
     /// mnistfc 256x2 / prop 1 (0.03): unsat in 51 s without refresh, timeout at 60 s with it).
     pub refresh: bool,
+    /// Adam steps per activation for the intermediate layers' bounds at the root
+    /// ([`super::layer_alpha::tighten_layers`]; 0: CROWN's layer bounds with α-CROWN's final
+    /// bound, as before).
+    pub layer_alpha: usize,
 }
 
 impl Default for BetaOptions {
     fn default() -> Self {
-        BetaOptions { beta: true, iterations: 8, root_iterations: 20, lr_alpha: 0.1, lr_beta: 0.05, refresh: false }
+        BetaOptions {
+            beta: true,
+            iterations: 8,
+            root_iterations: 20,
+            lr_alpha: 0.1,
+            lr_beta: 0.05,
+            refresh: false,
+            layer_alpha: 20,
+        }
     }
 }
 
@@ -124,18 +136,18 @@ fn err(e: impl std::fmt::Display) -> String {
 }
 
 /// Adam's state for one variable.
-struct Adam {
+pub(crate) struct Adam {
     m: Tensor,
     v: Tensor,
 }
 
 impl Adam {
-    fn new(v: &Var) -> Result<Self, String> {
+    pub(crate) fn new(v: &Var) -> Result<Self, String> {
         Ok(Adam { m: v.zeros_like().map_err(err)?, v: v.zeros_like().map_err(err)? })
     }
 
     /// One projected Adam step of descent on `g`; `hi = None`: projection to `≥ 0` only.
-    fn step(&mut self, var: &Var, g: &Tensor, step: usize, lr: f64, hi: Option<f64>) -> Result<(), String> {
+    pub(crate) fn step(&mut self, var: &Var, g: &Tensor, step: usize, lr: f64, hi: Option<f64>) -> Result<(), String> {
         const B1: f64 = 0.9;
         const B2: f64 = 0.999;
         let mut f = || -> candle_core::Result<()> {

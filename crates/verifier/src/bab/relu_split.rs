@@ -21,6 +21,7 @@
 use super::beta::{BetaOptions, Decision, DomainBounder, LayerBox, Pending};
 use super::clock::RoundClock;
 use super::domain::margin;
+use super::layer_alpha::tighten_layers;
 use super::BabStats;
 use crate::answer::Answer;
 use crate::driver::{check_counterexample, proves_above, ClauseWork};
@@ -92,8 +93,16 @@ pub(crate) fn relu_bab(
     }
 }
 
-/// The α-CROWN bound of `rows` over `[lo, hi]` and its layer bounds (flattened, per activation).
-fn root_bounds(net: &Network, lo: &[f64], hi: &[f64], rows: &[Vec<f64>]) -> Result<(Vec<f64>, LayerBox), String> {
+/// The α-CROWN bound of `rows` over `[lo, hi]` and its layer bounds (flattened, per
+/// activation), with `opts.layer_alpha > 0` tightened by [`tighten_layers`].
+fn root_bounds(
+    net: &Network,
+    lo: &[f64],
+    hi: &[f64],
+    rows: &[Vec<f64>],
+    opts: &BetaOptions,
+    deadline: Instant,
+) -> Result<(Vec<f64>, LayerBox), String> {
     let k = lo.len();
     let dev = Device::Cpu;
     let mid: Vec<f64> = lo.iter().zip(hi).map(|(l, h)| 0.5 * (l + h)).collect();
@@ -117,7 +126,27 @@ fn root_bounds(net: &Network, lo: &[f64], hi: &[f64], rows: &[Vec<f64>]) -> Resu
         layers.push((l, u));
     }
     let lb = root.lower.to_dtype(DType::F64).and_then(|t| t.to_vec2::<f64>()).map_err(err)?.remove(0);
+    if opts.layer_alpha > 0 {
+        tighten_layers(net, lo, hi, &mut layers, opts.layer_alpha, opts.lr_alpha, deadline)?;
+    }
     Ok((lb, layers))
+}
+
+/// The layer bounds (flattened, per activation) the root of ReLU splitting starts from on
+/// `[lo, hi]` with the rows `rows`: α-CROWN's (CROWN ∩ IBP), with `opts.layer_alpha > 0`
+/// tightened by [`tighten_layers`]. For tests: they must contain every pre-activation on the box.
+pub fn relu_root_layers(
+    net: &Network,
+    lo: &[f64],
+    hi: &[f64],
+    rows: &[Vec<f64>],
+    opts: &BetaOptions,
+) -> Result<LayerBox, String> {
+    if rows.is_empty() || lo.len() != hi.len() {
+        return Err(format!("{} rows on a box of {} / {} features", rows.len(), lo.len(), hi.len()));
+    }
+    let far = Instant::now() + Duration::from_secs(3600);
+    Ok(root_bounds(net, lo, hi, rows, opts, far)?.1)
 }
 
 /// The bound of `rows` on the domain `{x ∈ [lo, hi] : the decisions hold}` (β-CROWN with
@@ -134,7 +163,8 @@ pub fn relu_domain_bound(
     if rows.is_empty() || lo.len() != hi.len() {
         return Err(format!("{} rows on a box of {} / {} features", rows.len(), lo.len(), hi.len()));
     }
-    let (_, layers) = root_bounds(net, lo, hi, rows)?;
+    let far = Instant::now() + Duration::from_secs(3600);
+    let (_, layers) = root_bounds(net, lo, hi, rows, opts, far)?;
     for &(li, unit, _) in decisions {
         match layers.get(li) {
             Some((l, _)) if unit < l.len() => {}
@@ -149,7 +179,6 @@ pub fn relu_domain_bound(
         bounds: Rc::new(layers),
         refresh_above: decisions.iter().map(|d| d.0).min().unwrap_or(usize::MAX),
     };
-    let far = Instant::now() + Duration::from_secs(3600);
     let res = bounder.bound(&[pending], opts.iterations, far)?.ok_or("deadline")?;
     Ok(res[0].lb.clone())
 }
@@ -170,7 +199,7 @@ fn run(
     }
     let start = Instant::now();
     let n = w.bound_rows.len();
-    let (root_lb, layers) = root_bounds(net, &w.lo, &w.hi, &w.bound_rows)?;
+    let (root_lb, layers) = root_bounds(net, &w.lo, &w.hi, &w.bound_rows, ro.beta, deadline)?;
     stats.bounded += 1;
     if root_lb.iter().zip(&w.bound_rhs).any(|(l, r)| proves_above(*l, *r)) {
         stats.proved += 1;
