@@ -25,6 +25,9 @@ pub struct BoundArgs {
     /// the root with their own α (0: CROWN ∩ IBP layer bounds, as α-CROWN keeps them).
     #[arg(long, default_value_t = 20)]
     layer_alpha: usize,
+    /// ReLU splitting: the clauses over one box share one tree (default: one tree per clause, in turn).
+    #[arg(long)]
+    one_tree: bool,
 }
 
 impl BoundArgs {
@@ -53,6 +56,7 @@ impl BoundArgs {
         let defaults = BabOptions::default();
         BabOptions {
             batch: self.bab_batch.max(1),
+            relu_one_tree: self.one_tree,
             beta: verifier::bab::BetaOptions { layer_alpha: self.layer_alpha, ..defaults.beta.clone() },
             smart: !self.no_smart_split,
             progress: (self.progress > 0.0 && self.progress.is_finite())

@@ -590,3 +590,61 @@ fn intermediate_alpha_bounds_contain_samples_and_are_no_looser_than_crown() {
     eprintln!("units {units}, tighter {tighter}, samples {samples_checked}");
     assert!(tighter >= 10, "intermediate α tightened only {tighter} of {units} units");
 }
+
+#[test]
+fn one_tree_over_several_clauses_never_unsat_where_the_grid_violates() {
+    // The clauses `Y_j ≥ t_j` (j = 0, 1, 2) of one disjunction, in one ReLU-splitting tree (even
+    // nets: a domain closes only when every clause is proved on it) or one tree per clause
+    // sharing the root's layer bounds (odd nets). Thresholds near each output's grid
+    // maximum make some clauses reachable and some not; the answer must never be unsat where
+    // the grid violates one, and a sat must be a real violation.
+    let mut rng = StdRng::seed_from_u64(1818);
+    let (mut sat, mut unsat, mut split) = (0, 0, 0);
+    for k in 0..30 {
+        let h = rng.random_range(4..8);
+        let layers = random_layers(&mut rng, h, 3);
+        let m = mlp(&layers);
+        let lo = vec![rng.random_range(-1.0..0.0), rng.random_range(-1.0..0.0)];
+        let hi = vec![lo[0] + rng.random_range(0.3..1.5), lo[1] + rng.random_range(0.3..1.5)];
+        let n = 120;
+        let grid: Vec<(Vec<f64>, Vec<f64>)> = (0..=n)
+            .flat_map(|i| (0..=n).map(move |j| (i, j)))
+            .map(|(i, j)| {
+                let x =
+                    vec![lo[0] + (hi[0] - lo[0]) * i as f64 / n as f64, lo[1] + (hi[1] - lo[1]) * j as f64 / n as f64];
+                let y = m.forward(&x).unwrap();
+                (x, y)
+            })
+            .collect();
+        let mut clauses = String::new();
+        for j in 0..3 {
+            let top = grid.iter().map(|(_, y)| y[j]).fold(f64::NEG_INFINITY, f64::max);
+            let t = top + rng.random_range(-0.01..0.08);
+            clauses += &format!(" (and (>= Y_{j} {t:.17}))");
+        }
+        let p = property(&lo, &hi, 3, &format!("(assert (or{clauses}))"));
+        assert_eq!(p.clauses.len(), 3);
+        let violated = grid.iter().any(|(x, y)| p.violated_by(x, y).is_some());
+        let mut o = VerifyOptions { split_max_inputs: 0, ..opts(3.0) };
+        o.bab.relu_one_tree = k % 2 == 0;
+        let (a, stats) = verify_with_stats(&m, &p, &FamilyBound::new(Method::Crown), &o);
+        match &a {
+            Answer::Sat { x, y } => {
+                assert!(p.violated_by(x, y).is_some(), "net {k}: sat without a violation");
+                sat += 1;
+            }
+            Answer::Unsat => {
+                assert!(!violated, "net {k}: unsat but the grid violates");
+                unsat += 1;
+                if stats.rounds > 0 {
+                    split += 1;
+                }
+            }
+            Answer::Unknown | Answer::Timeout => {}
+            Answer::Error(e) => panic!("net {k}: {e}"),
+        }
+    }
+    eprintln!("sat {sat}, unsat {unsat} ({split} after ReLU splitting)");
+    assert!(sat >= 3 && unsat >= 3, "sat {sat}, unsat {unsat}: the cases should exercise both answers");
+    assert!(split >= 2, "only {split} unsat answers needed ReLU splitting");
+}

@@ -124,6 +124,8 @@ pub struct DomainBounder<'a> {
     rows: usize,
     outputs: usize,
     rhs: Vec<f64>,
+    /// Groups of rows (clauses): a domain is closed when every group has a proved row.
+    groups: Vec<std::ops::Range<usize>>,
     /// Per activation: its output index `t` and shape.
     layers: Vec<(usize, Vec<usize>)>,
     shapes: Vec<Vec<usize>>,
@@ -201,10 +203,22 @@ impl<'a> DomainBounder<'a> {
             rows: rows.len(),
             outputs: rows.first().map_or(0, |r| r.len()),
             rhs: rhs.to_vec(),
+            groups: vec![0..rows.len()],
             layers,
             shapes,
             opts,
         })
+    }
+
+    /// Splits the rows into groups (clauses of one tree; default: one group of every row). The
+    /// branching score follows the best row of the domain's worst group (the group nearest to
+    /// keeping the domain open).
+    pub fn with_groups(mut self, groups: Vec<std::ops::Range<usize>>) -> Result<Self, String> {
+        if groups.is_empty() || groups.iter().any(|g| g.is_empty() || g.end > self.rows) {
+            return Err(format!("row groups {groups:?} for {} rows", self.rows));
+        }
+        self.groups = groups;
+        Ok(self)
     }
 
     /// The activations' output indices and shapes.
@@ -407,7 +421,15 @@ impl<'a> DomainBounder<'a> {
                 // The gradient of each domain's best row, for branching.
                 let mut mask = vec![0f64; b * n];
                 for (i, v) in vals.iter().enumerate() {
-                    let r = (0..n).max_by(|&p, &q| (v[p] - self.rhs[p]).total_cmp(&(v[q] - self.rhs[q]))).unwrap_or(0);
+                    let best_in = |g: &std::ops::Range<usize>| {
+                        g.clone().max_by(|&p, &q| (v[p] - self.rhs[p]).total_cmp(&(v[q] - self.rhs[q]))).unwrap_or(0)
+                    };
+                    let r = self
+                        .groups
+                        .iter()
+                        .map(best_in)
+                        .min_by(|&p, &q| (v[p] - self.rhs[p]).total_cmp(&(v[q] - self.rhs[q])))
+                        .unwrap_or(0);
                     mask[i * n + r] = 1.0;
                 }
                 let mask = Tensor::from_vec(mask, (b, n), &dev).and_then(|mk| mk.to_dtype(dt)).map_err(err)?;
