@@ -203,7 +203,7 @@ impl<'a> DomainBounder<'a> {
             rows: rows.len(),
             outputs: rows.first().map_or(0, |r| r.len()),
             rhs: rhs.to_vec(),
-            groups: vec![0..rows.len()],
+            groups: std::iter::once(0..rows.len()).collect(),
             layers,
             shapes,
             opts,

@@ -59,6 +59,9 @@ struct ReluDomain {
 const RETRIES: usize = 3;
 const RETRY_FACTOR: usize = 5;
 
+/// A box's corners and the root's layer bounds on it.
+pub(crate) type RootCache = (Vec<f64>, Vec<f64>, Rc<LayerBox>);
+
 /// Settings of one ReLU-splitting run.
 #[derive(Debug, Clone)]
 pub(crate) struct ReluRun<'a> {
@@ -72,7 +75,7 @@ pub(crate) struct ReluRun<'a> {
     pub progress: Option<Duration>,
     /// The root's layer bounds of the last box seen (`lo`, `hi`, bounds): they depend on the
     /// box only, so clauses over the same box compute them once.
-    pub root_cache: &'a RefCell<Option<(Vec<f64>, Vec<f64>, Rc<LayerBox>)>>,
+    pub root_cache: &'a RefCell<Option<RootCache>>,
 }
 
 fn err(e: impl std::fmt::Display) -> String {
