@@ -21,6 +21,13 @@ pub struct BoundArgs {
     /// Seconds between branch-and-bound progress lines on stderr (0: none).
     #[arg(long, default_value_t = 10.0)]
     progress: f64,
+    /// ReLU splitting: Adam steps per activation that tighten the intermediate layers' bounds at
+    /// the root with their own α (0: CROWN ∩ IBP layer bounds, as α-CROWN keeps them).
+    #[arg(long, default_value_t = 20)]
+    layer_alpha: usize,
+    /// ReLU splitting: the clauses over one box share one tree (default: one tree per clause, in turn).
+    #[arg(long)]
+    one_tree: bool,
 }
 
 impl BoundArgs {
@@ -46,12 +53,15 @@ impl BoundArgs {
 
     /// Branch-and-bound settings.
     pub fn bab(&self) -> BabOptions {
+        let defaults = BabOptions::default();
         BabOptions {
             batch: self.bab_batch.max(1),
+            relu_one_tree: self.one_tree,
+            beta: verifier::bab::BetaOptions { layer_alpha: self.layer_alpha, ..defaults.beta.clone() },
             smart: !self.no_smart_split,
             progress: (self.progress > 0.0 && self.progress.is_finite())
                 .then(|| Duration::from_secs_f64(self.progress)),
-            ..BabOptions::default()
+            ..defaults
         }
     }
 }

@@ -237,15 +237,30 @@ fn verify_inner(
     }
     // ReLU splitting bounds in f32 without charging rounding: never under `--sound`.
     if opts.bab.relu_split && !opts.sound {
-        let mut all = true;
+        if opts.bab.progress.is_some() {
+            eprintln!("  relu split: {} of {} clauses open after the root bound", open.len(), work.len());
+        }
+        // Clauses over the same box share one tree (one root, one set of domains).
+        let mut trees: Vec<Vec<&ClauseWork>> = Vec::new();
         for &i in &open {
-            let ro = ReluRun {
-                batch: opts.bab.relu_batch,
-                beta: &opts.bab.beta,
-                pgd: &opts.pgd,
-                progress: opts.bab.progress,
-            };
-            let a = relu_bab(model, prop, net, &work[i], &ro, &mut rng, deadline, stats);
+            let w = &work[i];
+            let shared = trees.iter_mut().find(|t| opts.bab.relu_one_tree && t[0].lo == w.lo && t[0].hi == w.hi);
+            match shared {
+                Some(t) => t.push(w),
+                None => trees.push(vec![w]),
+            }
+        }
+        let mut all = true;
+        let root_cache = std::cell::RefCell::new(None);
+        let ro = ReluRun {
+            batch: opts.bab.relu_batch,
+            beta: &opts.bab.beta,
+            pgd: &opts.pgd,
+            progress: opts.bab.progress,
+            root_cache: &root_cache,
+        };
+        for ws in &trees {
+            let a = relu_bab(model, prop, net, ws, &ro, &mut rng, deadline, stats);
             match a {
                 Answer::Unsat => {}
                 Answer::Unknown => all = false,

@@ -66,11 +66,23 @@ pub struct BetaOptions {
     /// clamped only, as β-CROWN does; the split constraints then act through β. Measured on
     /// mnistfc 256x2 / prop 1 (0.03): unsat in 51 s without refresh, timeout at 60 s with it).
     pub refresh: bool,
+    /// Adam steps per activation for the intermediate layers' bounds at the root
+    /// ([`super::layer_alpha::tighten_layers`]; 0: CROWN's layer bounds with α-CROWN's final
+    /// bound, as before).
+    pub layer_alpha: usize,
 }
 
 impl Default for BetaOptions {
     fn default() -> Self {
-        BetaOptions { beta: true, iterations: 8, root_iterations: 20, lr_alpha: 0.1, lr_beta: 0.05, refresh: false }
+        BetaOptions {
+            beta: true,
+            iterations: 8,
+            root_iterations: 20,
+            lr_alpha: 0.1,
+            lr_beta: 0.05,
+            refresh: false,
+            layer_alpha: 20,
+        }
     }
 }
 
@@ -112,6 +124,8 @@ pub struct DomainBounder<'a> {
     rows: usize,
     outputs: usize,
     rhs: Vec<f64>,
+    /// Groups of rows (clauses): a domain is closed when every group has a proved row.
+    groups: Vec<std::ops::Range<usize>>,
     /// Per activation: its output index `t` and shape.
     layers: Vec<(usize, Vec<usize>)>,
     shapes: Vec<Vec<usize>>,
@@ -124,18 +138,18 @@ fn err(e: impl std::fmt::Display) -> String {
 }
 
 /// Adam's state for one variable.
-struct Adam {
+pub(crate) struct Adam {
     m: Tensor,
     v: Tensor,
 }
 
 impl Adam {
-    fn new(v: &Var) -> Result<Self, String> {
+    pub(crate) fn new(v: &Var) -> Result<Self, String> {
         Ok(Adam { m: v.zeros_like().map_err(err)?, v: v.zeros_like().map_err(err)? })
     }
 
     /// One projected Adam step of descent on `g`; `hi = None`: projection to `≥ 0` only.
-    fn step(&mut self, var: &Var, g: &Tensor, step: usize, lr: f64, hi: Option<f64>) -> Result<(), String> {
+    pub(crate) fn step(&mut self, var: &Var, g: &Tensor, step: usize, lr: f64, hi: Option<f64>) -> Result<(), String> {
         const B1: f64 = 0.9;
         const B2: f64 = 0.999;
         let mut f = || -> candle_core::Result<()> {
@@ -189,10 +203,22 @@ impl<'a> DomainBounder<'a> {
             rows: rows.len(),
             outputs: rows.first().map_or(0, |r| r.len()),
             rhs: rhs.to_vec(),
+            groups: std::iter::once(0..rows.len()).collect(),
             layers,
             shapes,
             opts,
         })
+    }
+
+    /// Splits the rows into groups (clauses of one tree; default: one group of every row). The
+    /// branching score follows the best row of the domain's worst group (the group nearest to
+    /// keeping the domain open).
+    pub fn with_groups(mut self, groups: Vec<std::ops::Range<usize>>) -> Result<Self, String> {
+        if groups.is_empty() || groups.iter().any(|g| g.is_empty() || g.end > self.rows) {
+            return Err(format!("row groups {groups:?} for {} rows", self.rows));
+        }
+        self.groups = groups;
+        Ok(self)
     }
 
     /// The activations' output indices and shapes.
@@ -395,7 +421,15 @@ impl<'a> DomainBounder<'a> {
                 // The gradient of each domain's best row, for branching.
                 let mut mask = vec![0f64; b * n];
                 for (i, v) in vals.iter().enumerate() {
-                    let r = (0..n).max_by(|&p, &q| (v[p] - self.rhs[p]).total_cmp(&(v[q] - self.rhs[q]))).unwrap_or(0);
+                    let best_in = |g: &std::ops::Range<usize>| {
+                        g.clone().max_by(|&p, &q| (v[p] - self.rhs[p]).total_cmp(&(v[q] - self.rhs[q]))).unwrap_or(0)
+                    };
+                    let r = self
+                        .groups
+                        .iter()
+                        .map(best_in)
+                        .min_by(|&p, &q| (v[p] - self.rhs[p]).total_cmp(&(v[q] - self.rhs[q])))
+                        .unwrap_or(0);
                     mask[i * n + r] = 1.0;
                 }
                 let mask = Tensor::from_vec(mask, (b, n), &dev).and_then(|mk| mk.to_dtype(dt)).map_err(err)?;

@@ -6,6 +6,7 @@
 //! * [`beta`]: β-CROWN bounds of a batch of ReLU-split domains (α and β optimised jointly);
 //! * [`clock`]: how many domains a round may take to end by the deadline;
 //! * [`domain`]: a sub-domain with its bounds, and the queue (worst margin first);
+//! * [`layer_alpha`]: the intermediate layers' bounds at the root, tightened by their own α;
 //! * [`input_split`]: which input feature to halve (the bound's sensitivity × the radius);
 //! * [`driver`]: the batched loop over input boxes;
 //! * `relu_split`: branch and bound on the signs of unstable ReLUs (high-dimensional inputs).
@@ -15,8 +16,9 @@ pub mod clock;
 pub mod domain;
 pub mod driver;
 pub mod input_split;
+pub mod layer_alpha;
 pub(crate) mod relu_split;
 
 pub use beta::BetaOptions;
 pub use driver::{BabOptions, BabStats, InputBab};
-pub use relu_split::relu_domain_bound;
+pub use relu_split::{relu_domain_bound, relu_root_layers};

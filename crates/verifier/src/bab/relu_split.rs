@@ -21,6 +21,7 @@
 use super::beta::{BetaOptions, Decision, DomainBounder, LayerBox, Pending};
 use super::clock::RoundClock;
 use super::domain::margin;
+use super::layer_alpha::tighten_layers;
 use super::BabStats;
 use crate::answer::Answer;
 use crate::driver::{check_counterexample, proves_above, ClauseWork};
@@ -31,6 +32,7 @@ use dual_layers::{Epsilon, InfBall};
 use nets::Network;
 use onnx_import::Model;
 use rand::rngs::StdRng;
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 use vnnlib::Property;
@@ -57,6 +59,9 @@ struct ReluDomain {
 const RETRIES: usize = 3;
 const RETRY_FACTOR: usize = 5;
 
+/// A box's corners and the root's layer bounds on it.
+pub(crate) type RootCache = (Vec<f64>, Vec<f64>, Rc<LayerBox>);
+
 /// Settings of one ReLU-splitting run.
 #[derive(Debug, Clone)]
 pub(crate) struct ReluRun<'a> {
@@ -68,32 +73,46 @@ pub(crate) struct ReluRun<'a> {
     pub pgd: &'a PgdConfig,
     /// Progress lines.
     pub progress: Option<Duration>,
+    /// The root's layer bounds of the last box seen (`lo`, `hi`, bounds): they depend on the
+    /// box only, so clauses over the same box compute them once.
+    pub root_cache: &'a RefCell<Option<RootCache>>,
 }
 
 fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
-/// ReLU branch and bound on one clause until the deadline.
+/// ReLU branch and bound on the clauses `ws` (all over the same box) in one tree until the
+/// deadline: a domain is closed when every clause has a row proved on it, so the answer is
+/// `unsat` only when each clause is unreachable on every leaf.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn relu_bab(
     model: &Model,
     prop: &Property,
     net: &Network,
-    w: &ClauseWork,
+    ws: &[&ClauseWork],
     run_opts: &ReluRun<'_>,
     rng: &mut StdRng,
     deadline: Instant,
     stats: &mut BabStats,
 ) -> Answer {
-    match run(model, prop, net, w, run_opts, rng, deadline, stats) {
+    match run(model, prop, net, ws, run_opts, rng, deadline, stats) {
         Ok(a) => a,
         Err(e) => Answer::Error(format!("relu split: {e}")),
     }
 }
 
-/// The α-CROWN bound of `rows` over `[lo, hi]` and its layer bounds (flattened, per activation).
-fn root_bounds(net: &Network, lo: &[f64], hi: &[f64], rows: &[Vec<f64>]) -> Result<(Vec<f64>, LayerBox), String> {
+/// The α-CROWN bound of `rows` over `[lo, hi]` and its layer bounds (flattened, per
+/// activation), with `opts.layer_alpha > 0` tightened by [`tighten_layers`].
+fn root_bounds(
+    net: &Network,
+    lo: &[f64],
+    hi: &[f64],
+    rows: &[Vec<f64>],
+    opts: &BetaOptions,
+    deadline: Instant,
+    progress: bool,
+) -> Result<(Vec<f64>, LayerBox), String> {
     let k = lo.len();
     let dev = Device::Cpu;
     let mid: Vec<f64> = lo.iter().zip(hi).map(|(l, h)| 0.5 * (l + h)).collect();
@@ -117,7 +136,36 @@ fn root_bounds(net: &Network, lo: &[f64], hi: &[f64], rows: &[Vec<f64>]) -> Resu
         layers.push((l, u));
     }
     let lb = root.lower.to_dtype(DType::F64).and_then(|t| t.to_vec2::<f64>()).map_err(err)?.remove(0);
+    if opts.layer_alpha > 0 {
+        let t0 = Instant::now();
+        let st = tighten_layers(net, lo, hi, &mut layers, opts.layer_alpha, opts.lr_alpha, deadline)?;
+        if progress {
+            eprintln!(
+                "  relu root: layer α in {:.2} s, unstable units per activation {:?} -> {:?}",
+                t0.elapsed().as_secs_f64(),
+                st.unstable_before,
+                st.unstable_after
+            );
+        }
+    }
     Ok((lb, layers))
+}
+
+/// The layer bounds (flattened, per activation) the root of ReLU splitting starts from on
+/// `[lo, hi]` with the rows `rows`: α-CROWN's (CROWN ∩ IBP), with `opts.layer_alpha > 0`
+/// tightened by [`tighten_layers`]. For tests: they must contain every pre-activation on the box.
+pub fn relu_root_layers(
+    net: &Network,
+    lo: &[f64],
+    hi: &[f64],
+    rows: &[Vec<f64>],
+    opts: &BetaOptions,
+) -> Result<LayerBox, String> {
+    if rows.is_empty() || lo.len() != hi.len() {
+        return Err(format!("{} rows on a box of {} / {} features", rows.len(), lo.len(), hi.len()));
+    }
+    let far = Instant::now() + Duration::from_secs(3600);
+    Ok(root_bounds(net, lo, hi, rows, opts, far, false)?.1)
 }
 
 /// The bound of `rows` on the domain `{x ∈ [lo, hi] : the decisions hold}` (β-CROWN with
@@ -134,7 +182,8 @@ pub fn relu_domain_bound(
     if rows.is_empty() || lo.len() != hi.len() {
         return Err(format!("{} rows on a box of {} / {} features", rows.len(), lo.len(), hi.len()));
     }
-    let (_, layers) = root_bounds(net, lo, hi, rows)?;
+    let far = Instant::now() + Duration::from_secs(3600);
+    let (_, layers) = root_bounds(net, lo, hi, rows, opts, far, false)?;
     for &(li, unit, _) in decisions {
         match layers.get(li) {
             Some((l, _)) if unit < l.len() => {}
@@ -149,9 +198,39 @@ pub fn relu_domain_bound(
         bounds: Rc::new(layers),
         refresh_above: decisions.iter().map(|d| d.0).min().unwrap_or(usize::MAX),
     };
-    let far = Instant::now() + Duration::from_secs(3600);
     let res = bounder.bound(&[pending], opts.iterations, far)?.ok_or("deadline")?;
     Ok(res[0].lb.clone())
+}
+
+/// The rows of several clauses in one tree: their bound rows stacked, with the range of each
+/// clause's rows.
+struct Tree {
+    rows: Vec<Vec<f64>>,
+    rhs: Vec<f64>,
+    groups: Vec<std::ops::Range<usize>>,
+}
+
+impl Tree {
+    fn new(ws: &[&ClauseWork]) -> Self {
+        let mut t = Tree { rows: vec![], rhs: vec![], groups: vec![] };
+        for w in ws {
+            let s = t.rows.len();
+            t.rows.extend(w.bound_rows.iter().cloned());
+            t.rhs.extend(&w.bound_rhs);
+            t.groups.push(s..t.rows.len());
+        }
+        t
+    }
+
+    /// Every clause has a row whose lower bound proves it unreachable.
+    fn closed(&self, lb: &[f64]) -> bool {
+        self.groups.iter().all(|g| g.clone().any(|r| proves_above(lb[r], self.rhs[r])))
+    }
+
+    /// The lowest clause margin (each clause's `max_k (lb_k − r_k)`): the domain stays open while ≤ 0.
+    fn margin(&self, lb: &[f64]) -> f64 {
+        self.groups.iter().map(|g| margin(&lb[g.clone()], &self.rhs[g.clone()])).fold(f64::INFINITY, f64::min)
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -159,38 +238,50 @@ fn run(
     model: &Model,
     prop: &Property,
     net: &Network,
-    w: &ClauseWork,
+    ws: &[&ClauseWork],
     ro: &ReluRun<'_>,
     rng: &mut StdRng,
     deadline: Instant,
     stats: &mut BabStats,
 ) -> Result<Answer, String> {
-    if w.bound_rows.is_empty() {
+    let Some(w) = ws.first() else { return Ok(Answer::Unsat) };
+    if ws.iter().any(|c| c.bound_rows.is_empty() || c.lo != w.lo || c.hi != w.hi) {
         return Ok(Answer::Unknown);
     }
+    let tree = Tree::new(ws);
     let start = Instant::now();
-    let n = w.bound_rows.len();
-    let (root_lb, layers) = root_bounds(net, &w.lo, &w.hi, &w.bound_rows)?;
+    let n = tree.rows.len();
+    let cached = ro.root_cache.borrow().as_ref().filter(|c| c.0 == w.lo && c.1 == w.hi).map(|c| c.2.clone());
+    let (root_lb, layers) = match cached {
+        // The root's β-CROWN call below optimises α for these rows from the same layer bounds.
+        Some(layers) => (vec![f64::NEG_INFINITY; n], layers),
+        None => {
+            let (lb, layers) = root_bounds(net, &w.lo, &w.hi, &tree.rows, ro.beta, deadline, ro.progress.is_some())?;
+            let layers = Rc::new(layers);
+            *ro.root_cache.borrow_mut() = Some((w.lo.clone(), w.hi.clone(), layers.clone()));
+            (lb, layers)
+        }
+    };
     stats.bounded += 1;
-    if root_lb.iter().zip(&w.bound_rhs).any(|(l, r)| proves_above(*l, *r)) {
+    if tree.closed(&root_lb) {
         stats.proved += 1;
         return Ok(Answer::Unsat);
     }
-    let bounder = DomainBounder::new(net, &w.lo, &w.hi, &w.bound_rows, &w.bound_rhs, ro.beta.clone())?;
-    let root =
-        Pending { decisions: vec![], beta: vec![], alpha: None, bounds: Rc::new(layers), refresh_above: usize::MAX };
+    let bounder = DomainBounder::new(net, &w.lo, &w.hi, &tree.rows, &tree.rhs, ro.beta.clone())?
+        .with_groups(tree.groups.clone())?;
+    let root = Pending { decisions: vec![], beta: vec![], alpha: None, bounds: layers, refresh_above: usize::MAX };
     let Some(mut r) = bounder.bound(&[root], ro.beta.root_iterations, deadline)? else {
         stats.open += 1;
         return Ok(Answer::Timeout);
     };
     let r = r.remove(0);
     let lb0: Vec<f64> = r.lb.iter().zip(&root_lb).map(|(a, b)| a.max(*b)).collect();
-    if lb0.iter().zip(&w.bound_rhs).any(|(l, r)| proves_above(*l, *r)) {
+    if tree.closed(&lb0) {
         stats.proved += 1;
         return Ok(Answer::Unsat);
     }
     let mut queue = vec![ReluDomain {
-        margin: margin(&lb0, &w.bound_rhs),
+        margin: tree.margin(&lb0),
         lb: lb0,
         decisions: vec![],
         beta: vec![],
@@ -272,12 +363,12 @@ fn run(
         let keep_alpha = queue.len() < KEEP_ALPHA_UP_TO;
         for (((child, r), pi), retries) in children.into_iter().zip(res).zip(child_parent).zip(retries) {
             let lb: Vec<f64> = r.lb.iter().zip(&parents[pi].lb).map(|(a, b)| a.max(*b)).collect();
-            if lb.iter().zip(&w.bound_rhs).any(|(l, r)| proves_above(*l, *r)) {
+            if tree.closed(&lb) {
                 stats.proved += 1;
                 continue;
             }
             queue.push(ReluDomain {
-                margin: margin(&lb, &w.bound_rhs),
+                margin: tree.margin(&lb),
                 lb,
                 decisions: child.decisions,
                 beta: r.beta,
@@ -287,10 +378,12 @@ fn run(
                 retries,
             });
         }
-        if stats.rounds.is_multiple_of(10) && !w.rows.is_empty() {
-            let t = Target { lo: &w.lo, hi: &w.hi, rows: &w.rows, rhs: &w.rhs };
+        // PGD every ten rounds, on the clauses in turn.
+        let pw = ws[(stats.rounds / 10) % ws.len()];
+        if stats.rounds.is_multiple_of(10) && !pw.rows.is_empty() {
+            let t = Target { lo: &pw.lo, hi: &pw.hi, rows: &pw.rows, rhs: &pw.rhs };
             let cands = pgd(net, &t, ro.pgd, rng, deadline).unwrap_or_default();
-            if let Some(a) = cands.iter().find_map(|x| check_counterexample(model, prop, x, &w.lo, &w.hi)) {
+            if let Some(a) = cands.iter().find_map(|x| check_counterexample(model, prop, x, &pw.lo, &pw.hi)) {
                 return Ok(a);
             }
         }
