@@ -74,7 +74,12 @@ impl DualAffine for DualConv2d {
     /// The convolution of `r` with `|W|`.
     fn forward_abs(&self, radii: &[Option<&Tensor>]) -> Result<Option<Tensor>> {
         match radii.first().copied().flatten() {
-            Some(r) => Ok(Some(crate::kernels::conv2d_columns(r, &self.weight.abs()?, self.stride, self.padding)?)),
+            Some(r) => Ok(Some(crate::kernels::conv2d_columns(
+                r,
+                &crate::kernels::abs_tracked(&self.weight)?,
+                self.stride,
+                self.padding,
+            )?)),
             None => Ok(None),
         }
     }

@@ -1,7 +1,8 @@
-//! The per-channel bias of convolution outputs (`kernels::add_channel_bias`) against Candle's
+//! The training step's fused ops against Candle's compositions. The per-channel bias of
+//! convolution outputs (`kernels::add_channel_bias`) against Candle's
 //! `broadcast_add` of the bias reshaped to `[1, …, c, 1, 1]`: the sums equal bit for bit, the
 //! gradients (to the outputs' input and to the bias) equal to float tolerance, f32 and f64, on
-//! ranks 4 and 5 (the dual network's columns).
+//! ranks 4 and 5 (the dual network's columns); and `abs_tracked`, IBP's `|W|`, against Candle's `abs`.
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use dual_layers::kernels::add_channel_bias;
@@ -77,5 +78,32 @@ fn mismatched_shapes_are_errors() -> Result<()> {
     }
     let flat2 = Tensor::zeros((2, 3), DType::F32, &Device::Cpu)?;
     assert!(add_channel_bias(&flat2, &Tensor::zeros(3, DType::F32, &Device::Cpu)?).is_err());
+    Ok(())
+}
+
+/// `kernels::abs_tracked` (IBP's `|W|`, one-pass backward) against Candle's `abs`: values and
+/// gradients equal bit for bit, f32 and f64, with weights exactly 0 (sign +1 as Candle's).
+#[test]
+fn tracked_abs_equals_candle_abs_bit_for_bit() -> Result<()> {
+    use dual_layers::kernels::abs_tracked;
+    let mut rng = StdRng::seed_from_u64(33);
+    for dtype in [DType::F32, DType::F64] {
+        for shape in [vec![17, 3, 4, 4], vec![20_000], vec![3, 5]] {
+            let mut w = rand(&mut rng, &shape, dtype)?.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+            for i in (0..w.len()).step_by(7) {
+                w[i] = 0.0;
+            }
+            let w = Var::from_tensor(&Tensor::from_vec(w, shape.as_slice(), &Device::Cpu)?.to_dtype(dtype)?)?;
+            let (ours, theirs) = (abs_tracked(w.as_tensor())?, w.as_tensor().abs()?);
+            assert_eq!(flat(&ours), flat(&theirs), "{dtype:?} {shape:?} values");
+            let k = rand(&mut rng, &shape, dtype)?;
+            // The weight also reaches the loss directly, so its gradient is a sum of two parts.
+            let loss = |a: &Tensor| -> Result<Tensor> { ((a * &k)? + (w.as_tensor() * 0.5)?)?.sqr()?.sum_all() };
+            let (g1, g2) = (loss(&ours)?.backward()?, loss(&theirs)?.backward()?);
+            let (a, b) = (g1.get(&w).expect("gradient"), g2.get(&w).expect("gradient"));
+            let bits = |t: &Tensor| -> Vec<u64> { flat(t).iter().map(|v| v.to_bits()).collect() };
+            assert_eq!(bits(a), bits(b), "{dtype:?} {shape:?} gradient");
+        }
+    }
     Ok(())
 }
