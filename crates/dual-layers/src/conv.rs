@@ -65,10 +65,8 @@ impl DualAffine for DualConv2d {
             None => None,
         };
         match (y, with_bias, &self.bias) {
-            (Some(y), true, Some(b)) => {
-                let c = b.dim(0)?;
-                Ok(Some(y.broadcast_add(&b.reshape((1, 1, c, 1, 1))?)?))
-            }
+            // One op whose bias gradient reduces along memory order (`kernels::add_channel_bias`).
+            (Some(y), true, Some(b)) => Ok(Some(crate::kernels::add_channel_bias(&y, b)?)),
             (y, _, _) => Ok(y),
         }
     }
@@ -76,7 +74,12 @@ impl DualAffine for DualConv2d {
     /// The convolution of `r` with `|W|`.
     fn forward_abs(&self, radii: &[Option<&Tensor>]) -> Result<Option<Tensor>> {
         match radii.first().copied().flatten() {
-            Some(r) => Ok(Some(crate::kernels::conv2d_columns(r, &self.weight.abs()?, self.stride, self.padding)?)),
+            Some(r) => Ok(Some(crate::kernels::conv2d_columns(
+                r,
+                &crate::kernels::abs_tracked(&self.weight)?,
+                self.stride,
+                self.padding,
+            )?)),
             None => Ok(None),
         }
     }

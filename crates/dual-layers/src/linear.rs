@@ -41,7 +41,7 @@ impl DualAffine for DualLinear {
     /// `|W| r`.
     fn forward_abs(&self, radii: &[Option<&Tensor>]) -> Result<Option<Tensor>> {
         match radii.first().copied().flatten() {
-            Some(r) => Ok(Some(crate::kernels::linear_columns(r, &self.weight.abs()?)?)),
+            Some(r) => Ok(Some(crate::kernels::linear_columns(r, &crate::kernels::abs_tracked(&self.weight)?)?)),
             None => Ok(None),
         }
     }

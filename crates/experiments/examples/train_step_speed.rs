@@ -21,9 +21,7 @@ use candle_core::{DType, Device, Tensor};
 use dual_core::bounds::Method;
 use experiments::certify::Norm;
 use experiments::datasets::{load_mnist_like, Split};
-use experiments::train::certified::{
-    bound_cross_entropy, margin_bounds_from_outputs, margin_bounds_with_layers, uncertified_fraction,
-};
+use experiments::train::certified::{bound_cross_entropy, margin_bounds_with_layers, uncertified_fraction};
 use experiments::train::{Optimizer, OptimizerConfig};
 use experiments::workloads::{median, proc_status_bytes, time_repeats, WorkerReport};
 use nets::Network;
@@ -62,8 +60,8 @@ fn worker(arch: &str, bound: &str, dir: &Path, repeats: usize) -> Result<()> {
     let m = method(bound)?;
     let mut opt = Optimizer::new(OptimizerConfig::adam(1e-3), net.trainable());
     let t = time_repeats(repeats, |_| {
-        let outs = net.forward_all(&x)?;
-        let (lower, _) = margin_bounds_from_outputs(&net, &outs, &y, EPS, Norm::Linf, true, m)?;
+        // The bound alone, as auto_LiRPA's `compute_bounds` (no forward pass of the batch).
+        let (lower, _) = margin_bounds_with_layers(&net, &x, &y, EPS, Norm::Linf, true, m)?;
         let loss = bound_cross_entropy(&lower, &y)?;
         let grads = loss.backward()?;
         opt.step(&grads)?;
@@ -82,8 +80,9 @@ fn worker(arch: &str, bound: &str, dir: &Path, repeats: usize) -> Result<()> {
     Ok(())
 }
 
-/// `--profile ARCH BOUND`: the seconds of each phase of a step (median of 5), on stderr.
-fn profile(arch: &str, bound: &str) -> Result<()> {
+/// `--profile ARCH BOUND [STEPS]`: the seconds of each phase of a step (median of `STEPS − 1`, default 5),
+/// on stderr.
+fn profile(arch: &str, bound: &str, steps: usize) -> Result<()> {
     use std::time::Instant;
     let net = Network::init(&nets::zoo::by_name(arch)?, 0, DType::F32, &Device::Cpu)?;
     let data = load_mnist_like(&experiments::certify::default_data_dir("fashion-mnist"), Split::Train)?;
@@ -91,7 +90,7 @@ fn profile(arch: &str, bound: &str) -> Result<()> {
     let m = method(bound)?;
     let mut opt = Optimizer::new(OptimizerConfig::adam(1e-3), net.trainable());
     let mut t = vec![Vec::new(); 5];
-    for _ in 0..6 {
+    for _ in 0..steps.max(2) {
         let t0 = Instant::now();
         let _ = net.forward(&x)?;
         let t1 = Instant::now();
@@ -167,8 +166,12 @@ fn main() -> Result<()> {
         return worker(arch, bound, Path::new(dir), reps.parse()?);
     }
     if args.first().map(String::as_str) == Some("--profile") {
-        let [_, arch, bound] = &args[..] else { bail!("--profile ARCH BOUND") };
-        return profile(arch, bound);
+        let (arch, bound, steps) = match &args[..] {
+            [_, arch, bound] => (arch, bound, 6),
+            [_, arch, bound, steps] => (arch, bound, steps.parse()?),
+            _ => bail!("--profile ARCH BOUND [STEPS]"),
+        };
+        return profile(arch, bound, steps);
     }
     let out = PathBuf::from(args.first().cloned().unwrap_or_else(|| "docs/results/train_step_speed".into()));
     let repeats: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(3);

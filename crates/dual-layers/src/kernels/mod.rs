@@ -40,11 +40,15 @@ mod linear;
 mod relax;
 mod slopes;
 mod sparse;
+mod train_abs;
+mod train_bias;
 
 pub use interval::relu_box;
 pub use linear::{linear_columns, linear_weight_grad};
 pub use relax::relax_columns;
 pub use slopes::{abs_contract, neg_part_contract, scale_columns};
+pub use train_abs::abs_tracked;
+pub use train_bias::add_channel_bias;
 
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use gemm_conv::View4;

@@ -86,9 +86,14 @@ pub fn margin_bounds_with_layers(
     bounded: bool,
     method: Method,
 ) -> Result<(Tensor, Vec<LayerBounds>)> {
-    net.check_input(x)?;
-    let outs = net.forward_all(x)?;
-    margin_bounds_from_outputs(net, &outs, y, eps, norm, bounded, method)
+    // The dual nodes need no forward pass of the whole batch (only BatchNorm's batch statistics
+    // do, and `dual_nodes` makes one then): the bound alone is what auto_LiRPA computes too.
+    let nodes = net.dual_nodes(x)?;
+    let classes = net.forward(&x.narrow(0, 0, 1)?)?;
+    with_margin_nodes(&nodes, x, &classes, y, eps, norm, bounded, |n, spec| {
+        let sb = spec_bounds(n, spec, method, &BoundOptions::default(), None)?;
+        Ok((sb.lower, sb.layers))
+    })
 }
 
 /// [`margin_bounds_with_layers`] from the outputs of a forward pass already made (`outs[0]` the
@@ -137,22 +142,38 @@ fn with_margin_net<T>(
     bounded: bool,
     f: impl FnOnce(&Net<'_>, &Spec) -> dual_core::Result<T>,
 ) -> Result<T> {
-    if norm != Norm::Linf {
-        bail!("interval-bound losses need an l_inf ball (--norm linf), got {norm:?}");
-    }
-    let x = &outs[0];
     let mut nodes = Vec::with_capacity(net.layers().len());
     for (k, l) in net.layers().iter().enumerate() {
         let xs: Vec<Option<&Tensor>> = l.inputs().indices(k + 1).into_iter().map(|i| i.map(|i| &outs[i])).collect();
         nodes.push(l.dual(&xs)?);
     }
     let logits = outs.last().expect("a network has layers");
+    with_margin_nodes(&nodes, &outs[0], logits, y, eps, norm, bounded, f)
+}
+
+/// Runs `f` on the network of dual nodes `nodes` for the batch `x` (`logits`: the network's
+/// output for some rows of `x`, which gives the number of classes) and the margins'
+/// specification.
+#[allow(clippy::too_many_arguments)]
+fn with_margin_nodes<T>(
+    nodes: &[dual_core::DualNode],
+    x: &Tensor,
+    logits: &Tensor,
+    y: &[u32],
+    eps: f64,
+    norm: Norm,
+    bounded: bool,
+    f: impl FnOnce(&Net<'_>, &Spec) -> dual_core::Result<T>,
+) -> Result<T> {
+    if norm != Norm::Linf {
+        bail!("interval-bound losses need an l_inf ball (--norm linf), got {norm:?}");
+    }
     if logits.rank() != 2 {
         bail!("margins need a flat output; the network gives {:?}", &logits.dims()[1..]);
     }
     let input = input_set(x, eps, norm, bounded)?;
     let spec = Spec::margins(y, logits.dim(1)?, x.dtype(), x.device())?;
-    let n = Net { nodes: &nodes, x, input: input.as_ref() };
+    let n = Net { nodes, x, input: input.as_ref() };
     Ok(f(&n, &spec)?)
 }
 

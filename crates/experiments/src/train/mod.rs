@@ -3,6 +3,7 @@
 //! adversarial training, with the papers' schedules, checkpoints every epoch, resume,
 //! best-model tracking and a JSON-lines log.
 
+mod adam;
 pub mod augment;
 pub mod batchnorm;
 pub mod certified;

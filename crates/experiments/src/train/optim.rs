@@ -1,6 +1,7 @@
 //! Optimizers with state that can be saved and restored: Adam (PyTorch's, with optional L2
 //! weight decay) and SGD with momentum and weight decay (which Candle lacks).
 
+use super::adam::{adam_update, AdamStep};
 use anyhow::{bail, Result};
 use candle_core::{backprop::GradStore, Tensor, Var};
 use serde::{Deserialize, Serialize};
@@ -96,10 +97,20 @@ impl Optimizer {
             // intermediate gradients are detached): without `detach` the moments would hold every
             // step's forward graph alive, and memory would grow by a whole graph per step.
             let Some(g) = grads.get(var).map(|g| g.detach()) else { continue };
+            let theta = &var.as_tensor().detach();
+            if let OptimizerConfig::Adam { beta1, beta2, eps, weight_decay, .. } = self.cfg {
+                // One pass over the data on the CPU (the same numbers as the tensor ops below).
+                let c = AdamStep { beta1, beta2, eps, weight_decay, lr: self.lr, t };
+                if let Some((th, m, v)) = adam_update(theta, &g, self.m[i].as_ref(), self.v[i].as_ref(), c)? {
+                    var.set(&th)?;
+                    self.m[i] = Some(m);
+                    self.v[i] = Some(v);
+                    continue;
+                }
+            }
             if !g.flatten_all()?.to_dtype(candle_core::DType::F64)?.sum_all()?.to_scalar::<f64>()?.is_finite() {
                 bail!("non-finite gradient at step {}: training diverged", self.step);
             }
-            let theta = &var.as_tensor().detach();
             match self.cfg {
                 OptimizerConfig::Adam { beta1, beta2, eps, weight_decay, .. } => {
                     let g = if weight_decay != 0.0 { (g + (theta * weight_decay)?)? } else { g.clone() };
