@@ -153,11 +153,30 @@ impl<T: SingleInputAffine> DualAffine for T {
     }
 }
 
+/// What an activation computes and how its exact-dual relaxation is formed, for code that picks a
+/// relaxation policy per activation (the projections replace the exact relaxation of every
+/// ReLU by one whose terms are estimated from random projections). The engine never reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActivationKind {
+    /// `max(ẑ, 0)` with the relaxation of Wong & Kolter (slope `u/(u − l)`, gap `[0, −d l]`).
+    Relu,
+    /// `max(ẑ, 0)` with the same slopes, the gap's terms estimated from random projections.
+    ReluProjected,
+    /// Any other activation (Sigmoid, Tanh, MaxPool2d, a user's): no policy replaces it.
+    Other,
+}
+
 /// A piecewise-linear activation (ReLU) whose relaxation is chosen once the bounds of its input
 /// are known.
 pub trait DualActivation: Send + Sync {
     /// A short name for messages.
     fn name(&self) -> String;
+
+    /// What the activation is, for relaxation policies ([`ActivationKind`]); default
+    /// [`ActivationKind::Other`].
+    fn kind(&self) -> ActivationKind {
+        ActivationKind::Other
+    }
 
     /// Choose the relaxation for pre-activation bounds `lower ≤ ẑ ≤ upper`, both `[B, *shape]`.
     fn relax(&self, lower: &Tensor, upper: &Tensor) -> Result<Box<dyn Relaxation>>;
