@@ -1,4 +1,8 @@
-//! The linear program behind the dual network, solved with Clarabel (f64).
+//! # lp-check
+//!
+//! The linear program behind the dual network, solved with Clarabel (f64): the checking code's
+//! reference for the bounds (tests compare the dual's bounds with its optimum, and the primal
+//! experiment reads its solution), never a certificate.
 //!
 //! Wong & Kolter bound `min cᵀ f(x')` over an input set by the LP in which every ReLU is replaced
 //! by its convex relaxation, given bounds `l ≤ ẑ ≤ u` of its input (those the dual network
