@@ -19,6 +19,7 @@ pub mod certify_records;
 pub mod certify_sound;
 pub use ::datasets;
 pub mod device;
+pub mod error;
 pub use ::datasets::download;
 /// The checking LP, in its own crate (`crates/lp-check`); re-exported under its old path.
 pub use lp_check as lp;
