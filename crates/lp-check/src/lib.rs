@@ -25,6 +25,10 @@
 //! Files: [`program`] (the LP and Clarabel), [`network`] (the network as sparse matrices in
 //! f64), [`relaxation`] (the ReLU relaxations over an input set).
 
+#![forbid(unsafe_code)]
+// `!(a <= b)` is meant: it is also true when either side is NaN, which must be refused.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
 pub mod network;
 pub mod program;
 pub mod relaxation;
