@@ -4,7 +4,7 @@
 //!
 //! This file plays the part of a user's crate. It defines
 //! * `ChannelAffine`, a per-channel scale and shift `y = a ⊙ x + b` (a frozen normalisation):
-//!   the network layer (`nets::Layer`) and its dual (`dual_core::DualAffine`);
+//!   the network layer (`nets::Layer`) and its dual (`dual_core::SingleInputAffine`);
 //! * `MaskedInfBall`, an input set: an l_inf ball of radius ε on some pixels only, every other
 //!   pixel fixed (`dual_core::DualSource`);
 //!
@@ -18,7 +18,7 @@
 use anyhow::{bail, ensure, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use dual_core::{
-    class_difference_c, DualAffine, DualError, DualNetwork, DualNode, DualOptions, DualSource, Result as DResult,
+    class_difference_c, DualError, DualNetwork, DualNode, DualOptions, DualSource, Result as DResult, SingleInputAffine,
 };
 use dual_layers::InfBall;
 use nets::layers::{Conv2d, Flatten, Linear, ReLU};
@@ -121,31 +121,25 @@ pub struct DualChannelAffine {
     pub shift: Tensor,
 }
 
-impl DualAffine for DualChannelAffine {
+/// A single-input layer implements the short form, `SingleInputAffine` (one tensor in, one out);
+/// `DualAffine`, the engine's general form for layers with several inputs, comes with it.
+impl SingleInputAffine for DualChannelAffine {
     fn name(&self) -> String {
         format!("ChannelAffine({})", self.scale.dims()[0])
     }
 
-    fn forward(&self, xs: &[Option<&Tensor>], with_bias: bool) -> DResult<Option<Tensor>> {
-        // `None` stands for a zero input (A·0 = 0): columns that start after this layer's input.
-        // The nominal pass (`with_bias`) always has an input, so, like the built-in duals, answer
-        // `None`.
-        let Some(x) = xs.first().copied().flatten() else { return Ok(None) };
-        let trailing = x.rank() - 3; // [B, n, C, trailing...]
-        let y = x.broadcast_mul(&per_channel(&self.scale, 2, trailing)?)?;
-        Ok(Some(if with_bias { y.broadcast_add(&per_channel(&self.shift, 2, trailing)?)? } else { y }))
+    fn forward(&self, x: &Tensor, with_bias: bool) -> DResult<Tensor> {
+        let y = x.broadcast_mul(&per_channel(&self.scale, 2, x.rank() - 3)?)?; // [B, n, C, ...]
+        Ok(if with_bias { y.broadcast_add(&per_channel(&self.shift, 2, x.rank() - 3)?)? } else { y })
     }
 
     /// `|a| ⊙ r` per channel: the radius of the output box, for IBP and CROWN-IBP.
-    fn forward_abs(&self, radii: &[Option<&Tensor>]) -> DResult<Option<Tensor>> {
-        let Some(r) = radii.first().copied().flatten() else { return Ok(None) };
-        let trailing = r.rank() - 3;
-        Ok(Some(r.broadcast_mul(&per_channel(&self.scale.abs()?, 2, trailing)?)?))
+    fn forward_abs(&self, r: &Tensor) -> DResult<Tensor> {
+        Ok(r.broadcast_mul(&per_channel(&self.scale.abs()?, 2, r.rank() - 3)?)?)
     }
 
-    fn transpose(&self, nu: &Tensor) -> DResult<Vec<Option<Tensor>>> {
-        let trailing = nu.rank() - 3;
-        Ok(vec![Some(nu.broadcast_mul(&per_channel(&self.scale, 2, trailing)?)?)])
+    fn transpose(&self, nu: &Tensor) -> DResult<Tensor> {
+        Ok(nu.broadcast_mul(&per_channel(&self.scale, 2, nu.rank() - 3)?)?)
     }
 
     fn bias_term(&self, nu: &Tensor) -> DResult<Option<Tensor>> {

@@ -268,40 +268,6 @@ fn run_full(a: &BenchArgs, py: &Path, script: &Path, work: &Path, test: &experim
     Ok(())
 }
 
-/// The interpreter of a venv with torch and convex_adversarial, created and filled if needed.
-fn ensure_venv(venv: &Path, python: &str) -> Result<PathBuf> {
-    let py = venv.join("bin").join("python");
-    let ready = |py: &Path| {
-        Command::new(py)
-            .args(["-c", "import torch, numpy, convex_adversarial"])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    };
-    if py.is_file() && ready(&py) {
-        return Ok(py);
-    }
-    eprintln!(
-        "creating the Python environment {} (torch, numpy, convex-adversarial==0.4.4 from PyPI; several GB, minutes)",
-        venv.display()
-    );
-    let st = Command::new(python)
-        .args(["-m", "venv"])
-        .arg(venv)
-        .status()
-        .with_context(|| format!("running {python} -m venv"))?;
-    if !st.success() {
-        bail!("`{python} -m venv {}` failed", venv.display());
-    }
-    let st = Command::new(&py)
-        .args(["-m", "pip", "install", "-q", "torch", "numpy", "convex-adversarial==0.4.4"])
-        .status()?;
-    if !st.success() || !ready(&py) {
-        bail!("installing torch, numpy and convex-adversarial==0.4.4 into {} failed", venv.display());
-    }
-    Ok(py)
-}
-
 /// One measurement on each side, each in a fresh process with `a.threads` threads: the PyTorch
 /// worker (`script` under `py`) and this binary's `bench-worker` (`exe`), on the inputs `xp`,
 /// `yp` with the workload flags `common`.
@@ -402,7 +368,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let workloads = a.workloads.iter().map(|s| parse_workload(s, a.k)).collect::<Result<Vec<_>>>()?;
     nets::io::check_model_file(&a.model)?;
     nets::io::check_writable_dir(&a.out).context("--out")?;
-    let py = ensure_venv(&a.venv, &a.python)?;
+    let py = crate::pytorch_env::ensure_venv(&a.venv, &a.python)?;
     let work = PathBuf::from("target/bench-vs-pytorch");
     std::fs::create_dir_all(&work)?;
     let script = work.join("bench_pytorch.py");

@@ -18,6 +18,7 @@ mod extra;
 mod lirpa_env;
 mod merge;
 mod parse;
+mod pytorch_env;
 mod reproduce;
 mod size;
 mod train;

@@ -76,11 +76,107 @@ pub trait DualAffine: Send + Sync {
     }
 }
 
+/// The dual of an affine layer with one input, `z_out = A z_in + b`: the short form of
+/// [`DualAffine`] for every layer that reads only the previous output (all but `Dense`).
+///
+/// The same three quantities of Theorem 1 (`A x (+ b)`, `Aᵀ ν`, `νᵀ b`) on one tensor each; the
+/// blanket implementation of [`DualAffine`] maps a zero input (`None`) to a zero output and
+/// refuses any other number of inputs than one.
+pub trait SingleInputAffine: Send + Sync {
+    /// A short name for messages ("Linear(784->100)").
+    fn name(&self) -> String;
+
+    /// `A x (+ b when with_bias)` for `x` shaped `[B, n, *in_shape]`, as `[B, n, *out_shape]`.
+    fn forward(&self, x: &Tensor, with_bias: bool) -> Result<Tensor>;
+
+    /// The adjoint `Aᵀ ν` for `ν` shaped `[B, n, *out_shape]`, as `[B, n, *in_shape]`.
+    fn transpose(&self, nu: &Tensor) -> Result<Tensor>;
+
+    /// `νᵀ b` for `ν` shaped `[B, n, *out_shape]`, as `[B, n]`; `None` (the default) when the
+    /// layer has no bias.
+    fn bias_term(&self, _nu: &Tensor) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+
+    /// Multiply-adds to apply `A` (or `Aᵀ`) to one column of `in_numel` elements giving
+    /// `out_numel`; only chooses the bounds' form. Default: a dense matrix, `in · out`.
+    fn macs_per_column(&self, in_numel: usize, out_numel: usize) -> usize {
+        in_numel * out_numel
+    }
+
+    /// `|A| r` for a non-negative radius `r` shaped `[B, n, *in_shape]` (interval bounds).
+    /// Default: an error saying the layer does not support interval bounds.
+    fn forward_abs(&self, _radius: &Tensor) -> Result<Tensor> {
+        Err(DualError::Unsupported(format!(
+            "{} does not support interval bounds (IBP, CROWN-IBP)",
+            SingleInputAffine::name(self)
+        )))
+    }
+}
+
+/// The one input of a single-input layer, `None` for a zero input; an error naming the layer for
+/// any other number of inputs.
+fn single_input<'a>(name: impl FnOnce() -> String, xs: &[Option<&'a Tensor>]) -> Result<Option<&'a Tensor>> {
+    match xs {
+        [x] => Ok(*x),
+        _ => Err(DualError::shape(format!("{} reads one input, got {}", name(), xs.len()))),
+    }
+}
+
+impl<T: SingleInputAffine> DualAffine for T {
+    fn name(&self) -> String {
+        SingleInputAffine::name(self)
+    }
+
+    fn forward(&self, xs: &[Option<&Tensor>], with_bias: bool) -> Result<Option<Tensor>> {
+        single_input(|| SingleInputAffine::name(self), xs)?
+            .map(|x| SingleInputAffine::forward(self, x, with_bias))
+            .transpose()
+    }
+
+    fn transpose(&self, nu: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        Ok(vec![Some(SingleInputAffine::transpose(self, nu)?)])
+    }
+
+    fn bias_term(&self, nu: &Tensor) -> Result<Option<Tensor>> {
+        SingleInputAffine::bias_term(self, nu)
+    }
+
+    fn macs_per_column(&self, in_numels: &[Option<usize>], out_numel: usize) -> usize {
+        in_numels.iter().flatten().map(|&n| SingleInputAffine::macs_per_column(self, n, out_numel)).sum()
+    }
+
+    fn forward_abs(&self, radii: &[Option<&Tensor>]) -> Result<Option<Tensor>> {
+        single_input(|| SingleInputAffine::name(self), radii)?
+            .map(|r| SingleInputAffine::forward_abs(self, r))
+            .transpose()
+    }
+}
+
+/// What an activation computes and how its exact-dual relaxation is formed, for code that picks a
+/// relaxation policy per activation (the projections replace the exact relaxation of every
+/// ReLU by one whose terms are estimated from random projections). The engine never reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActivationKind {
+    /// `max(ẑ, 0)` with the relaxation of Wong & Kolter (slope `u/(u − l)`, gap `[0, −d l]`).
+    Relu,
+    /// `max(ẑ, 0)` with the same slopes, the gap's terms estimated from random projections.
+    ReluProjected,
+    /// Any other activation (Sigmoid, Tanh, MaxPool2d, a user's): no policy replaces it.
+    Other,
+}
+
 /// A piecewise-linear activation (ReLU) whose relaxation is chosen once the bounds of its input
 /// are known.
 pub trait DualActivation: Send + Sync {
     /// A short name for messages.
     fn name(&self) -> String;
+
+    /// What the activation is, for relaxation policies ([`ActivationKind`]); default
+    /// [`ActivationKind::Other`].
+    fn kind(&self) -> ActivationKind {
+        ActivationKind::Other
+    }
 
     /// Choose the relaxation for pre-activation bounds `lower ≤ ẑ ≤ upper`, both `[B, *shape]`.
     fn relax(&self, lower: &Tensor, upper: &Tensor) -> Result<Box<dyn Relaxation>>;

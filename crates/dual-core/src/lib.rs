@@ -24,7 +24,10 @@ pub mod network;
 pub mod source;
 
 pub use error::{DualError, Result};
-pub use layer::{DualActivation, DualAffine, DualNode, Inputs, Relaxation};
-pub use loss::{certified_from_bounds, class_difference_c, cross_entropy, robust_bounds, robust_loss, RobustLoss};
+pub use layer::{ActivationKind, DualActivation, DualAffine, DualNode, Inputs, Relaxation, SingleInputAffine};
+pub use loss::{
+    certified_from_bounds, class_difference_c, cross_entropy, cross_entropy_per_example, robust_bounds, robust_loss,
+    RobustLoss,
+};
 pub use network::{BoundForm, DualNetwork, DualOptions, FormsUsed, LayerBounds};
 pub use source::DualSource;

@@ -67,12 +67,29 @@ pub fn certified_from_bounds(f: &Tensor, y: &[u32]) -> Result<Vec<bool>> {
     Ok(rows.iter().zip(y).map(|(r, &yi)| r.iter().enumerate().all(|(j, &v)| j == yi as usize || v < 0.0)).collect())
 }
 
-/// Mean cross-entropy `log Σ_j exp(f_j) - f_y`, computed stably and differentiably.
+/// Mean cross-entropy `log Σ_j exp(f_j) - f_y` of logits `[b, k]` against labels `y`: the mean
+/// of [`cross_entropy_per_example`]. The one cross-entropy of the workspace (the robust loss,
+/// training's clean and adversarial losses, the attacks' gradients).
 pub fn cross_entropy(logits: &Tensor, y: &[u32]) -> Result<Tensor> {
+    Ok(cross_entropy_per_example(logits, y)?.mean_all()?)
+}
+
+/// Per-example cross-entropy `log Σ_j exp(f_j) - f_y` of logits `[b, k]`, as `[b]`: computed on
+/// `f - max_j f_j` (the maximum detached, so `exp` stays finite and the gradient is
+/// `softmax(f) - e_y`), with differentiable primitives only. An error when `y` has not `b`
+/// labels.
+pub fn cross_entropy_per_example(logits: &Tensor, y: &[u32]) -> Result<Tensor> {
+    let b = logits
+        .dims2()
+        .map_err(|_| DualError::shape(format!("cross-entropy needs logits [batch, classes], got {:?}", logits.dims())))?
+        .0;
+    if y.len() != b {
+        return Err(DualError::shape(format!("{} labels for a batch of {b}", y.len())));
+    }
     let max = logits.max_keepdim(D::Minus1)?.detach();
     let shifted = logits.broadcast_sub(&max)?;
     let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-    let idx = Tensor::from_vec(y.to_vec(), (y.len(), 1), logits.device())?;
+    let idx = Tensor::from_vec(y.to_vec(), (b, 1), logits.device())?;
     let picked = shifted.gather(&idx, D::Minus1)?;
-    Ok((lse - picked)?.mean_all()?)
+    Ok((lse - picked)?.reshape(b)?)
 }

@@ -1,7 +1,7 @@
 //! Dual of BatchNorm2d, an affine map per channel once its statistics are fixed.
 
 use candle_core::{Tensor, D};
-use dual_core::{DualAffine, DualError, Result};
+use dual_core::{DualError, Result, SingleInputAffine};
 
 /// `y = s ⊙ x + t` per channel with `s = γ / √(σ² + ε)` and `t = β - μ s`.
 ///
@@ -37,29 +37,27 @@ impl DualBatchNorm2d {
     }
 }
 
-impl DualAffine for DualBatchNorm2d {
+impl SingleInputAffine for DualBatchNorm2d {
     fn name(&self) -> String {
         format!("BatchNorm2d({})", self.scale.dim(0).unwrap_or(0))
     }
-    fn forward(&self, xs: &[Option<&Tensor>], with_bias: bool) -> Result<Option<Tensor>> {
-        let Some(x) = xs.first().copied().flatten() else { return Ok(None) };
+    fn forward(&self, x: &Tensor, with_bias: bool) -> Result<Tensor> {
         let y = x.broadcast_mul(&self.per_channel(&self.scale)?)?;
         if with_bias {
-            Ok(Some(y.broadcast_add(&self.per_channel(&self.shift)?)?))
+            Ok(y.broadcast_add(&self.per_channel(&self.shift)?)?)
         } else {
-            Ok(Some(y))
+            Ok(y)
         }
     }
     /// `|s| ⊙ r` per channel.
-    fn forward_abs(&self, radii: &[Option<&Tensor>]) -> Result<Option<Tensor>> {
-        let Some(r) = radii.first().copied().flatten() else { return Ok(None) };
-        Ok(Some(r.broadcast_mul(&self.per_channel(&self.scale.abs()?)?)?))
+    fn forward_abs(&self, r: &Tensor) -> Result<Tensor> {
+        Ok(r.broadcast_mul(&self.per_channel(&self.scale.abs()?)?)?)
     }
-    fn transpose(&self, nu: &Tensor) -> Result<Vec<Option<Tensor>>> {
-        Ok(vec![Some(nu.broadcast_mul(&self.per_channel(&self.scale)?)?)])
+    fn transpose(&self, nu: &Tensor) -> Result<Tensor> {
+        Ok(nu.broadcast_mul(&self.per_channel(&self.scale)?)?)
     }
     /// An elementwise map: one multiply-add (or copy) per element.
-    fn macs_per_column(&self, _in_numels: &[Option<usize>], out_numel: usize) -> usize {
+    fn macs_per_column(&self, _in_numel: usize, out_numel: usize) -> usize {
         out_numel
     }
     fn bias_term(&self, nu: &Tensor) -> Result<Option<Tensor>> {

@@ -1,7 +1,7 @@
 //! Dual of a 2-d convolution.
 
 use candle_core::Tensor;
-use dual_core::{DualAffine, DualError, Result};
+use dual_core::{DualError, Result, SingleInputAffine};
 
 /// The dual of `Conv2d`: forward is the convolution applied to every column; its transpose is the
 /// transposed convolution with the output padding that restores the input size (Eq. 10).
@@ -53,43 +53,32 @@ impl DualConv2d {
     }
 }
 
-impl DualAffine for DualConv2d {
+impl SingleInputAffine for DualConv2d {
     fn name(&self) -> String {
         let d = self.weight.dims();
         format!("Conv2d({}->{}, k{}, s{}, p{})", d[1], d[0], d[2], self.stride, self.padding)
     }
 
-    fn forward(&self, xs: &[Option<&Tensor>], with_bias: bool) -> Result<Option<Tensor>> {
-        let y = match xs.first().copied().flatten() {
-            Some(x) => Some(self.conv_columns(x)?),
-            None => None,
-        };
-        match (y, with_bias, &self.bias) {
+    fn forward(&self, x: &Tensor, with_bias: bool) -> Result<Tensor> {
+        let y = self.conv_columns(x)?;
+        match (with_bias, &self.bias) {
             // One op whose bias gradient reduces along memory order (`kernels::add_channel_bias`).
-            (Some(y), true, Some(b)) => Ok(Some(crate::kernels::add_channel_bias(&y, b)?)),
-            (y, _, _) => Ok(y),
+            (true, Some(b)) => Ok(crate::kernels::add_channel_bias(&y, b)?),
+            _ => Ok(y),
         }
     }
 
     /// The convolution of `r` with `|W|`.
-    fn forward_abs(&self, radii: &[Option<&Tensor>]) -> Result<Option<Tensor>> {
-        match radii.first().copied().flatten() {
-            Some(r) => Ok(Some(crate::kernels::conv2d_columns(
-                r,
-                &crate::kernels::abs_tracked(&self.weight)?,
-                self.stride,
-                self.padding,
-            )?)),
-            None => Ok(None),
-        }
+    fn forward_abs(&self, r: &Tensor) -> Result<Tensor> {
+        Ok(crate::kernels::conv2d_columns(r, &crate::kernels::abs_tracked(&self.weight)?, self.stride, self.padding)?)
     }
 
-    fn transpose(&self, nu: &Tensor) -> Result<Vec<Option<Tensor>>> {
-        Ok(vec![Some(self.conv_transpose_columns(nu)?)])
+    fn transpose(&self, nu: &Tensor) -> Result<Tensor> {
+        self.conv_transpose_columns(nu)
     }
 
     /// Every output element reads `c_in · k_h · k_w` inputs.
-    fn macs_per_column(&self, _in_numels: &[Option<usize>], out_numel: usize) -> usize {
+    fn macs_per_column(&self, _in_numel: usize, out_numel: usize) -> usize {
         let d = self.weight.dims();
         out_numel * d[1] * d[2] * d[3]
     }

@@ -1,7 +1,7 @@
 //! Dual of a fully connected layer `ẑ = W z + b`.
 
 use candle_core::Tensor;
-use dual_core::{DualAffine, Result};
+use dual_core::{Result, SingleInputAffine};
 
 /// The dual of `Linear`: forward `W x (+ b)`, transpose `Wᵀ ν`, bias term `νᵀ b` (Eq. 10).
 pub struct DualLinear {
@@ -16,34 +16,28 @@ impl DualLinear {
     }
 }
 
-impl DualAffine for DualLinear {
+impl SingleInputAffine for DualLinear {
     fn name(&self) -> String {
         let (o, i) = self.weight.dims2().unwrap_or((0, 0));
         format!("Linear({i}->{o})")
     }
 
-    fn forward(&self, xs: &[Option<&Tensor>], with_bias: bool) -> Result<Option<Tensor>> {
-        let y = match xs.first().copied().flatten() {
-            // The hot loop: `x [B, n, in] → x Wᵀ [B, n, out]`, one product over all columns.
-            Some(x) => Some(crate::kernels::linear_columns(x, &self.weight)?),
-            None => None,
-        };
-        match (y, with_bias, &self.bias) {
-            (Some(y), true, Some(b)) => Ok(Some(y.broadcast_add(b)?)),
-            (y, _, _) => Ok(y),
+    fn forward(&self, x: &Tensor, with_bias: bool) -> Result<Tensor> {
+        // The hot loop: `x [B, n, in] → x Wᵀ [B, n, out]`, one product over all columns.
+        let y = crate::kernels::linear_columns(x, &self.weight)?;
+        match (with_bias, &self.bias) {
+            (true, Some(b)) => Ok(y.broadcast_add(b)?),
+            _ => Ok(y),
         }
     }
 
-    fn transpose(&self, nu: &Tensor) -> Result<Vec<Option<Tensor>>> {
-        Ok(vec![Some(crate::kernels::linear_columns(nu, &self.weight.t()?)?)])
+    fn transpose(&self, nu: &Tensor) -> Result<Tensor> {
+        Ok(crate::kernels::linear_columns(nu, &self.weight.t()?)?)
     }
 
     /// `|W| r`.
-    fn forward_abs(&self, radii: &[Option<&Tensor>]) -> Result<Option<Tensor>> {
-        match radii.first().copied().flatten() {
-            Some(r) => Ok(Some(crate::kernels::linear_columns(r, &crate::kernels::abs_tracked(&self.weight)?)?)),
-            None => Ok(None),
-        }
+    fn forward_abs(&self, r: &Tensor) -> Result<Tensor> {
+        Ok(crate::kernels::linear_columns(r, &crate::kernels::abs_tracked(&self.weight)?)?)
     }
 
     fn bias_term(&self, nu: &Tensor) -> Result<Option<Tensor>> {

@@ -3,7 +3,7 @@
 //! Its transpose crops (`Pᵀ ν`), its bias term is `v Σ_{padded} ν`.
 
 use candle_core::{Tensor, D};
-use dual_core::{DualAffine, DualError, Result};
+use dual_core::{DualError, Result, SingleInputAffine};
 
 /// The dual of Pad on `[…, H, W]` inputs.
 pub struct DualPad {
@@ -34,29 +34,28 @@ impl DualPad {
     }
 }
 
-impl DualAffine for DualPad {
+impl SingleInputAffine for DualPad {
     fn name(&self) -> String {
         format!("Pad({:?}, {})", self.pads, self.value)
     }
-    fn forward(&self, xs: &[Option<&Tensor>], with_bias: bool) -> Result<Option<Tensor>> {
-        let Some(x) = xs.first().copied().flatten() else { return Ok(None) };
+    fn forward(&self, x: &Tensor, with_bias: bool) -> Result<Tensor> {
         let d = x.dims();
         if d.len() < 2 || (d[d.len() - 2], d[d.len() - 1]) != self.in_hw {
             return Err(DualError::shape(format!("Pad built for {:?} inputs got shape {d:?}", self.in_hw)));
         }
         let y = self.embed(x)?;
         if with_bias && self.value != 0.0 {
-            return Ok(Some(y.broadcast_add(&(self.border(x)? * self.value)?)?));
+            return Ok(y.broadcast_add(&(self.border(x)? * self.value)?)?);
         }
-        Ok(Some(y))
+        Ok(y)
     }
     /// An embedding: `|A| r = A r`.
-    fn forward_abs(&self, radii: &[Option<&Tensor>]) -> Result<Option<Tensor>> {
-        self.forward(radii, false)
+    fn forward_abs(&self, r: &Tensor) -> Result<Tensor> {
+        SingleInputAffine::forward(self, r, false)
     }
-    fn transpose(&self, nu: &Tensor) -> Result<Vec<Option<Tensor>>> {
+    fn transpose(&self, nu: &Tensor) -> Result<Tensor> {
         let [t, l, _, _] = self.pads;
-        Ok(vec![Some(nu.narrow(D::Minus2, t, self.in_hw.0)?.narrow(D::Minus1, l, self.in_hw.1)?)])
+        Ok(nu.narrow(D::Minus2, t, self.in_hw.0)?.narrow(D::Minus1, l, self.in_hw.1)?)
     }
     fn bias_term(&self, nu: &Tensor) -> Result<Option<Tensor>> {
         if self.value == 0.0 {
@@ -66,7 +65,7 @@ impl DualAffine for DualPad {
         let masked = nu.broadcast_mul(&self.border(nu)?)?;
         Ok(Some((masked.reshape((b, n, ()))?.sum(2)? * self.value)?))
     }
-    fn macs_per_column(&self, _in_numels: &[Option<usize>], out_numel: usize) -> usize {
+    fn macs_per_column(&self, _in_numel: usize, out_numel: usize) -> usize {
         out_numel
     }
 }

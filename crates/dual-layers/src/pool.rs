@@ -8,7 +8,7 @@
 
 use crate::window::Windows;
 use candle_core::Tensor;
-use dual_core::{DualAffine, Result};
+use dual_core::{Result, SingleInputAffine};
 
 /// The dual of AvgPool2d on a fixed input size.
 pub struct DualAvgPool2d {
@@ -47,26 +47,23 @@ impl DualAvgPool2d {
     }
 }
 
-impl DualAffine for DualAvgPool2d {
+impl SingleInputAffine for DualAvgPool2d {
     fn name(&self) -> String {
         self.windows.describe("AvgPool2d")
     }
-    fn forward(&self, xs: &[Option<&Tensor>], _with_bias: bool) -> Result<Option<Tensor>> {
-        xs.first().copied().flatten().map(|x| self.apply(x)).transpose()
+    fn forward(&self, x: &Tensor, _with_bias: bool) -> Result<Tensor> {
+        self.apply(x)
     }
     /// Non-negative weights: `|A| r = A r`.
-    fn forward_abs(&self, radii: &[Option<&Tensor>]) -> Result<Option<Tensor>> {
-        self.forward(radii, false)
+    fn forward_abs(&self, r: &Tensor) -> Result<Tensor> {
+        self.apply(r)
     }
-    fn transpose(&self, nu: &Tensor) -> Result<Vec<Option<Tensor>>> {
+    fn transpose(&self, nu: &Tensor) -> Result<Tensor> {
         let v = self.windows.flatten_out(nu)?.broadcast_mul(&self.weights(nu)?)?;
-        Ok(vec![Some(self.windows.scatter(&v)?)])
-    }
-    fn bias_term(&self, _nu: &Tensor) -> Result<Option<Tensor>> {
-        Ok(None)
+        self.windows.scatter(&v)
     }
     /// Every output reads `kk` inputs.
-    fn macs_per_column(&self, _in_numels: &[Option<usize>], out_numel: usize) -> usize {
+    fn macs_per_column(&self, _in_numel: usize, out_numel: usize) -> usize {
         out_numel * self.windows.slots()
     }
 }

@@ -3,7 +3,7 @@
 use crate::columns::{contract_features, sum_over_columns};
 use candle_core::{DType, Device, Tensor};
 use dual_core::bounds::{LinearRelaxation, SlopeRule};
-use dual_core::{DualActivation, DualSource, Relaxation, Result};
+use dual_core::{ActivationKind, DualActivation, DualSource, Relaxation, Result};
 use std::ops::Range;
 
 /// ReLU. Given pre-activation bounds `l ≤ ẑ ≤ u` it picks the slopes
@@ -16,6 +16,10 @@ pub struct DualReLU;
 impl DualActivation for DualReLU {
     fn name(&self) -> String {
         "ReLU".into()
+    }
+
+    fn kind(&self) -> ActivationKind {
+        ActivationKind::Relu
     }
 
     fn relax(&self, lower: &Tensor, upper: &Tensor) -> Result<Box<dyn Relaxation>> {

@@ -1,7 +1,7 @@
 //! Dual of Flatten (any reshape that keeps the batch dimension).
 
 use candle_core::Tensor;
-use dual_core::{DualAffine, Result};
+use dual_core::{Result, SingleInputAffine};
 
 /// Reshape between `in_shape` and `out_shape` (both without batch); its transpose reshapes back.
 pub struct DualReshape {
@@ -28,25 +28,22 @@ fn reshape_columns(x: &Tensor, shape: &[usize]) -> Result<Tensor> {
     Ok(x.reshape(s)?)
 }
 
-impl DualAffine for DualReshape {
+impl SingleInputAffine for DualReshape {
     fn name(&self) -> String {
         format!("Reshape({:?}->{:?})", self.in_shape, self.out_shape)
     }
-    fn forward(&self, xs: &[Option<&Tensor>], _with_bias: bool) -> Result<Option<Tensor>> {
-        xs.first().copied().flatten().map(|x| reshape_columns(x, &self.out_shape)).transpose()
+    fn forward(&self, x: &Tensor, _with_bias: bool) -> Result<Tensor> {
+        reshape_columns(x, &self.out_shape)
     }
     /// A permutation: `|A| r = A r`.
-    fn forward_abs(&self, radii: &[Option<&Tensor>]) -> Result<Option<Tensor>> {
-        self.forward(radii, false)
+    fn forward_abs(&self, r: &Tensor) -> Result<Tensor> {
+        reshape_columns(r, &self.out_shape)
     }
-    fn transpose(&self, nu: &Tensor) -> Result<Vec<Option<Tensor>>> {
-        Ok(vec![Some(reshape_columns(nu, &self.in_shape)?)])
+    fn transpose(&self, nu: &Tensor) -> Result<Tensor> {
+        reshape_columns(nu, &self.in_shape)
     }
     /// An elementwise map: one multiply-add (or copy) per element.
-    fn macs_per_column(&self, _in_numels: &[Option<usize>], out_numel: usize) -> usize {
+    fn macs_per_column(&self, _in_numel: usize, out_numel: usize) -> usize {
         out_numel
-    }
-    fn bias_term(&self, _nu: &Tensor) -> Result<Option<Tensor>> {
-        Ok(None)
     }
 }

@@ -8,7 +8,7 @@
 use candle_core::{DType, Device, Result, Tensor, Var};
 use dual_layers::kernels::{
     abs_contract, conv2d_fast, conv2d_weight_grad, conv_transpose2d_fast, conv_transpose2d_fast_hw, linear_columns,
-    linear_weight_grad, neg_part_contract, scale_columns, set_tuning, tuning, Tuning,
+    linear_weight_grad, neg_part_contract, record_paths, scale_columns, with_tuning, KernelPath, PathTaken, Tuning,
 };
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -258,7 +258,6 @@ fn conv_kernels_match_candle_f32() -> Result<()> {
 /// and no parallelism at all.
 #[test]
 fn conv_kernels_any_tuning() -> Result<()> {
-    let base = tuning();
     let variants = [
         Tuning { group_bytes: 1, ..Tuning::DEFAULT },
         Tuning { group_bytes: 1 << 30, ..Tuning::DEFAULT },
@@ -269,15 +268,24 @@ fn conv_kernels_any_tuning() -> Result<()> {
     let case = Case { n: 23, c: 6, h: 10, w: 10, o: 12, k: 3, stride: 2, pad: 1 };
     let mut seed = 1000;
     for t in variants {
-        set_tuning(t);
-        for form in [Form::Contiguous, Form::ChannelsLast] {
-            seed += 1;
-            check_conv2d(case, DType::F64, form, Form::Contiguous, seed)?;
-            check_conv_transpose2d(case, 1, DType::F64, form, Form::Contiguous, seed)?;
-            check_conv2d(Case { k: 1, stride: 1, pad: 0, ..case }, DType::F64, form, Form::Contiguous, seed)?;
+        // The knobs hold on this thread only, for this scope: tests running beside it keep theirs.
+        let (res, paths) = record_paths(|| {
+            with_tuning(t, || -> Result<()> {
+                for form in [Form::Contiguous, Form::ChannelsLast] {
+                    seed += 1;
+                    check_conv2d(case, DType::F64, form, Form::Contiguous, seed)?;
+                    check_conv_transpose2d(case, 1, DType::F64, form, Form::Contiguous, seed)?;
+                    check_conv2d(Case { k: 1, stride: 1, pad: 0, ..case }, DType::F64, form, Form::Contiguous, seed)?;
+                }
+                Ok(())
+            })
+        });
+        res?;
+        let paths = paths_of(&paths);
+        for op in ["conv2d", "conv_transpose2d", "conv2d_weight_grad"] {
+            assert!(paths.contains(&(op, KernelPath::Dense)), "{t:?}: {op} never ran the gemm path: {paths:?}");
         }
     }
-    set_tuning(base);
     Ok(())
 }
 
@@ -557,11 +565,64 @@ fn rand_row_sparse(rng: &mut StdRng, shape: &[usize], dtype: DType) -> Result<Te
 
 /// `f` run with the sparse paths turned off (the gemm kernels only).
 fn dense_only<R>(f: impl FnOnce() -> R) -> R {
-    let before = tuning();
-    set_tuning(Tuning { sparse_below: 0.0, ..before });
-    let r = f();
-    set_tuning(before);
-    r
+    with_tuning(Tuning { sparse_below: 0.0, ..Tuning::DEFAULT }, f)
+}
+
+/// The (op, path) pairs of recorded kernel calls.
+fn paths_of(calls: &[PathTaken]) -> Vec<(&'static str, KernelPath)> {
+    calls.iter().map(|c| (c.op, c.path)).collect()
+}
+
+/// Each public op reports the path it took: the sparse product on a mostly-zero operand, the
+/// gemm on a dense one or when the tuning turns sparsity off, Candle's op when the tuning routes
+/// there or for another dtype; nested recordings see their own calls, the outer one all.
+#[test]
+fn kernel_calls_report_their_path() -> Result<()> {
+    use KernelPath::{Candle, Dense, Sparse};
+    let mut rng = StdRng::seed_from_u64(5);
+    let dense_x = rand_tensor(&mut rng, &[4, 3, 9, 9], DType::F64)?;
+    let mut one = vec![0.0; 4 * 3 * 9 * 9];
+    one[17] = 1.0;
+    let sparse_x = Tensor::from_vec(one, (4, 3, 9, 9), &Device::Cpu)?;
+    let w = rand_tensor(&mut rng, &[5, 3, 3, 3], DType::F64)?;
+    let call = |x: &Tensor| conv2d_fast(x, &w, 1, 1);
+    let (y, p) = record_paths(|| call(&sparse_x));
+    let y = y?;
+    assert_eq!(paths_of(&p), [("conv2d", Sparse)]);
+    let (yd, p) = record_paths(|| dense_only(|| call(&sparse_x)));
+    assert_eq!(paths_of(&p), [("conv2d", Dense)]);
+    assert_close(&y, &yd?, DType::F64, "sparse vs dense path")?;
+    let (_, p) = record_paths(|| call(&dense_x));
+    assert_eq!(paths_of(&p), [("conv2d", Dense)]);
+    let (_, p) = record_paths(|| with_tuning(Tuning { candle: true, ..Tuning::DEFAULT }, || call(&dense_x)));
+    assert_eq!(paths_of(&p), [("conv2d", Candle)]);
+    let (_, p) = record_paths(|| conv2d_fast(&dense_x.to_dtype(DType::F32)?, &w.to_dtype(DType::F16)?, 1, 1));
+    assert_eq!(paths_of(&p), [("conv2d", Candle)], "mixed dtypes go to Candle (which then refuses them)");
+
+    // Gradients: the transposed convolution and the kernel gradient of a dense upstream gradient.
+    let (xv, wv) = (Var::from_tensor(&dense_x)?, Var::from_tensor(&w)?);
+    let (g, p) = record_paths(|| conv2d_fast(xv.as_tensor(), wv.as_tensor(), 1, 1)?.sqr()?.sum_all()?.backward());
+    g?;
+    let p = paths_of(&p);
+    for want in [("conv2d", Dense), ("conv_transpose2d", Dense), ("conv2d_weight_grad", Dense)] {
+        assert!(p.contains(&want), "{want:?} missing from {p:?}");
+    }
+
+    // Linear: mostly-zero and dense columns; nested recordings.
+    let lw = rand_tensor(&mut rng, &[64, 40], DType::F64)?;
+    let mut v = vec![0.0; 2 * 50 * 40];
+    v[3] = 1.0;
+    let lx = Tensor::from_vec(v, (2, 50, 40), &Device::Cpu)?;
+    let (inner, outer) = record_paths(|| {
+        let (_, inner) = record_paths(|| linear_columns(&lx, &lw));
+        linear_columns(&rand_tensor(&mut StdRng::seed_from_u64(6), &[2, 50, 40], DType::F64).unwrap(), &lw).unwrap();
+        inner
+    });
+    assert_eq!(paths_of(&inner), [("linear_columns", Sparse)]);
+    assert_eq!(paths_of(&outer), [("linear_columns", Sparse), ("linear_columns", Dense)]);
+    let (_, none) = record_paths(|| ());
+    assert!(none.is_empty());
+    Ok(())
 }
 
 #[test]
@@ -697,7 +758,7 @@ fn linear_weight_grad_op_and_its_gradients() -> Result<()> {
 fn transposes_match_the_definition() {
     // The 8×8 SIMD tiles (f32) and the element-by-element edges, on the kernels' shapes and odd
     // ones, against dst[j·rows + i] = src[i·cols + j].
-    use dual_layers::kernels::Elem;
+    use dual_layers::kernels::cpu::Elem;
     fn check<T: Elem + From<u16>>(rows: usize, cols: usize) {
         let src: Vec<T> = (0..rows * cols).map(|v| T::from((v % 60_000) as u16)).collect();
         let mut dst = vec![T::ZERO; rows * cols];

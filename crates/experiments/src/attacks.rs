@@ -48,42 +48,38 @@ impl Default for PgdConfig {
     }
 }
 
-fn labels_tensor(y: &[u32], batch: usize, device: &candle_core::Device) -> candle_core::Result<Tensor> {
+/// An error unless there is one label per example.
+fn check_labels(y: &[u32], batch: usize) -> candle_core::Result<()> {
     if y.len() != batch {
         candle_core::bail!("{} labels for a batch of {batch}", y.len());
     }
-    Tensor::from_slice(y, y.len(), device)
+    Ok(())
 }
 
-/// Per-example cross-entropy `logsumexp(logits_i) - logits_i[y_i]`, shape `[b]`. Written with
-/// differentiable primitives only (no `softmax_last_dim`).
-fn cross_entropy_per_example(logits: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
-    let (b, _k) = logits.dims2()?;
-    let m = logits.max_keepdim(D::Minus1)?.detach();
-    let lse = (logits.broadcast_sub(&m)?.exp()?.sum_keepdim(D::Minus1)?.log()? + &m)?;
-    let y = y.to_dtype(DType::U32)?.reshape((b, 1))?;
-    let true_logit = logits.gather(&y, D::Minus1)?;
-    (lse - true_logit)?.reshape(b)
+/// [`dual_core::cross_entropy_per_example`] (the workspace's one cross-entropy) with Candle's
+/// error type.
+fn cross_entropy_per_example(logits: &Tensor, y: &[u32]) -> candle_core::Result<Tensor> {
+    dual_core::cross_entropy_per_example(logits, y).map_err(|e| match e {
+        dual_core::DualError::Candle(e) => e,
+        e => candle_core::Error::wrap(e),
+    })
 }
 
-/// Mean cross-entropy of `logits` `[b, k]` against labels `y` (a scalar tensor).
+/// Mean cross-entropy of `logits` `[b, k]` against labels `y` (a scalar tensor):
+/// [`dual_core::cross_entropy`] with Candle's error type.
 pub fn cross_entropy(logits: &Tensor, y: &[u32]) -> candle_core::Result<Tensor> {
-    let (b, _) = logits.dims2()?;
-    let yt = labels_tensor(y, b, logits.device())?;
-    cross_entropy_per_example(logits, &yt)?.mean_all()
+    cross_entropy_per_example(logits, y)?.mean_all()
 }
 
 /// Per-example cross-entropy of `logits` `[b, k]` against `y`, as host values.
 pub fn cross_entropy_values(logits: &Tensor, y: &[u32]) -> candle_core::Result<Vec<f64>> {
-    let (b, _) = logits.dims2()?;
-    let yt = labels_tensor(y, b, logits.device())?;
-    cross_entropy_per_example(logits, &yt)?.to_dtype(DType::F64)?.to_vec1()
+    cross_entropy_per_example(logits, y)?.to_dtype(DType::F64)?.to_vec1()
 }
 
 /// Gradient of the summed cross-entropy with respect to the input `x` (same shape as `x`).
 /// Summing rather than averaging keeps the per-example gradients independent of the batch size;
 /// the attacks only use their sign or direction.
-fn input_gradient<F>(model: &F, x: &Tensor, y: &Tensor) -> candle_core::Result<Tensor>
+fn input_gradient<F>(model: &F, x: &Tensor, y: &[u32]) -> candle_core::Result<Tensor>
 where
     F: Fn(&Tensor) -> candle_core::Result<Tensor>,
 {
@@ -111,8 +107,8 @@ pub fn fgsm<F>(model: F, x: &Tensor, y: &[u32], epsilon: f64, clip: Option<(f64,
 where
     F: Fn(&Tensor) -> candle_core::Result<Tensor>,
 {
-    let yt = labels_tensor(y, x.dim(0)?, x.device())?;
-    let g = input_gradient(&model, x, &yt)?;
+    check_labels(y, x.dim(0)?)?;
+    let g = input_gradient(&model, x, y)?;
     let x_adv = (x.detach() + (g.sign()? * epsilon)?)?;
     clip_to(&x_adv, clip)
 }
@@ -132,7 +128,7 @@ where
     F: Fn(&Tensor) -> candle_core::Result<Tensor>,
 {
     let x0 = x.detach();
-    let yt = labels_tensor(y, x0.dim(0)?, x0.device())?;
+    check_labels(y, x0.dim(0)?)?;
     // Box = ball ∩ clip range, so one clamp projects onto both.
     let mut lo = (&x0 - cfg.epsilon)?;
     let mut hi = (&x0 + cfg.epsilon)?;
@@ -149,7 +145,7 @@ where
         project(&x0)?
     };
     for _ in 0..cfg.steps {
-        let g = input_gradient(&model, &x_adv, &yt)?;
+        let g = input_gradient(&model, &x_adv, y)?;
         let stepped = (&x_adv + (g.sign()? * cfg.step_size)?)?;
         x_adv = project(&stepped)?.detach();
     }
@@ -210,7 +206,7 @@ where
     F: Fn(&Tensor) -> candle_core::Result<Tensor>,
 {
     let x0 = x.detach();
-    let yt = labels_tensor(y, x0.dim(0)?, x0.device())?;
+    check_labels(y, x0.dim(0)?)?;
     let project = |t: &Tensor| -> candle_core::Result<Tensor> {
         let delta = project_l2(&(t - &x0)?, cfg.epsilon)?;
         clip_to(&(&x0 + delta)?, cfg.clip)
@@ -223,7 +219,7 @@ where
         clip_to(&x0, cfg.clip)?
     };
     for _ in 0..cfg.steps {
-        let g = input_gradient(&model, &x_adv, &yt)?;
+        let g = input_gradient(&model, &x_adv, y)?;
         let direction = g.broadcast_div(&(per_example_norm(&g)? + 1e-12)?)?;
         let stepped = (&x_adv + (direction * cfg.step_size)?)?;
         x_adv = project(&stepped)?.detach();

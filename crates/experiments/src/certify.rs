@@ -3,6 +3,7 @@
 
 use crate::attacks::{correct, pgd, pgd_l2, PgdConfig};
 use crate::datasets::{Dataset, Split};
+use crate::error::ConfigError;
 use crate::report::{write_json_atomic, Table};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
@@ -24,12 +25,12 @@ pub enum Norm {
 }
 
 impl std::str::FromStr for Norm {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> std::result::Result<Self, ConfigError> {
         match s {
             "linf" | "l_inf" | "inf" | "linf-median" | "l1_median" => Ok(Norm::Linf),
             "l2" | "l2-normal" | "l2_normal" => Ok(Norm::L2),
-            _ => bail!("unknown norm `{s}` (expected linf, linf-median, l2 or l2-normal)"),
+            _ => Err(ConfigError::UnknownNorm(s.into())),
         }
     }
 }
@@ -112,30 +113,33 @@ fn cpu() -> String {
 
 impl CertifyConfig {
     /// Checks values that clap cannot (ranges, existing files).
-    pub fn validate(&self) -> Result<()> {
+    pub fn validate(&self) -> std::result::Result<(), ConfigError> {
         if !self.eps.is_finite() || self.eps < 0.0 {
-            bail!("--eps must be a non-negative number, got {}", self.eps);
+            return Err(ConfigError::invalid("--eps", format!("must be a non-negative number, got {}", self.eps)));
         }
         if self.batch_size == 0 {
-            bail!("--batch-size must be at least 1");
+            return Err(ConfigError::invalid("--batch-size", "must be at least 1"));
         }
         if self.limit == Some(0) {
-            bail!("--limit must be at least 1");
+            return Err(ConfigError::invalid("--limit", "must be at least 1"));
         }
-        nets::io::check_model_file(&self.model)?;
+        nets::io::check_model_file(&self.model).map_err(ConfigError::Model)?;
         if let Some(p) = &self.json {
-            nets::io::check_writable_file(p).context("--json")?;
+            nets::io::check_writable_file(p).map_err(|cause| ConfigError::Output { flag: "--json", cause })?;
         }
         if self.bounded_input && self.norm == Norm::L2 {
-            bail!("--bounded-input is only supported with --norm linf");
+            return Err(ConfigError::invalid("--bounded-input", "is only supported with --norm linf"));
         }
         if let Some(p) = &self.proj {
             if p.k == 0 {
-                bail!("--proj must be at least 1");
+                return Err(ConfigError::invalid("--proj", "must be at least 1"));
             }
             if let Some(d) = p.inflate_delta {
                 if !(d > 0.0 && d < 1.0) {
-                    bail!("--inflate-delta must be a probability strictly between 0 and 1, got {d}");
+                    return Err(ConfigError::invalid(
+                        "--inflate-delta",
+                        format!("must be a probability strictly between 0 and 1, got {d}"),
+                    ));
                 }
             }
         }

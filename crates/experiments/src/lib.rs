@@ -19,8 +19,10 @@ pub mod certify_records;
 pub mod certify_sound;
 pub use ::datasets;
 pub mod device;
+pub mod error;
 pub use ::datasets::download;
-pub mod lp;
+/// The checking LP, in its own crate (`crates/lp-check`); re-exported under its old path.
+pub use lp_check as lp;
 pub mod min_distance;
 pub mod plot;
 pub mod primal;

@@ -179,18 +179,15 @@ fn bad_specifications_are_clear_errors() {
 /// A layer whose dual has no `forward_abs` (the identity, written without it).
 struct PlainIdentity;
 
-impl dual_core::DualAffine for PlainIdentity {
+impl dual_core::SingleInputAffine for PlainIdentity {
     fn name(&self) -> String {
         "PlainIdentity".into()
     }
-    fn forward(&self, xs: &[Option<&Tensor>], _with_bias: bool) -> dual_core::Result<Option<Tensor>> {
-        Ok(xs.first().copied().flatten().cloned())
+    fn forward(&self, x: &Tensor, _with_bias: bool) -> dual_core::Result<Tensor> {
+        Ok(x.clone())
     }
-    fn transpose(&self, nu: &Tensor) -> dual_core::Result<Vec<Option<Tensor>>> {
-        Ok(vec![Some(nu.clone())])
-    }
-    fn bias_term(&self, _nu: &Tensor) -> dual_core::Result<Option<Tensor>> {
-        Ok(None)
+    fn transpose(&self, nu: &Tensor) -> dual_core::Result<Tensor> {
+        Ok(nu.clone())
     }
 }
 

@@ -4,7 +4,7 @@ use crate::guarantee::{median_epsilon, median_epsilon_lower, normal_epsilon_lowe
 use crate::input::{InfBallProj, InfBallProjBounded, L2BallProj};
 use crate::relu::{DualReLUProj, ReluRule};
 use candle_core::Tensor;
-use dual_core::{DualError, DualNetwork, DualNode, DualOptions, DualSource, Result};
+use dual_core::{ActivationKind, DualError, DualNetwork, DualNode, DualOptions, DualSource, Result};
 use dual_layers::{validate_input, BallNorm, Epsilon, ThreatModel};
 
 /// Which norm the input set has, and so which projections and estimator it uses. ReLU layers
@@ -205,18 +205,27 @@ pub fn projected_input(x: &Tensor, cfg: &ProjectionConfig, infl: &Inflation) -> 
     })
 }
 
-/// Is this node a ReLU activation (the only activation the projections know)?
+/// The activation's kind, if the node is one.
+fn activation_kind(node: &DualNode) -> Option<ActivationKind> {
+    match node {
+        DualNode::Activation(a) => Some(a.kind()),
+        DualNode::Affine(_) => None,
+    }
+}
+
+/// Is this node an exactly relaxed ReLU (the only activation the projections know)?
 fn is_relu(node: &DualNode) -> bool {
-    matches!(node, DualNode::Activation(a) if a.name() == "ReLU")
+    activation_kind(node) == Some(ActivationKind::Relu)
 }
 
 /// A ReLU or an already projected ReLU.
 fn counts_as_relu(node: &DualNode) -> bool {
-    matches!(node, DualNode::Activation(a) if a.name() == "ReLU" || a.name().starts_with("ReLU(proj"))
+    matches!(activation_kind(node), Some(ActivationKind::Relu | ActivationKind::ReluProjected))
 }
 
-/// Replaces every ReLU activation node (name `"ReLU"`) by a [`DualReLUProj`] drawing from stream
-/// `t` (its 1-based node index); other nodes are kept.
+/// The projection policy, chosen per activation by its [`ActivationKind`]: every exactly relaxed
+/// ReLU becomes a [`DualReLUProj`] drawing from stream `t` (its 1-based node index); other
+/// nodes are kept.
 pub fn project_nodes(nodes: Vec<DualNode>, cfg: &ProjectionConfig, infl: &Inflation) -> Result<Vec<DualNode>> {
     nodes
         .into_iter()

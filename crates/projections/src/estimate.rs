@@ -13,7 +13,7 @@
 
 use candle_core::{DType, Tensor};
 use dual_core::{DualError, Result};
-use dual_layers::kernels::Elem;
+use dual_layers::kernels::cpu::Elem;
 use dual_layers::sum_over_columns;
 
 /// Index (0-based) of the median among `k` sorted values: the middle one for odd `k`, the lower
@@ -330,7 +330,7 @@ fn median_terms_fwd<T: Elem>(p: &[T], b: usize, n: usize, kk: usize, idx: &[u32]
 fn median_terms_bwd<T: Elem>(p: &[T], g: &[T], b: usize, n: usize, kk: usize, idx: &[u32], lin: bool) -> Vec<T> {
     use rayon::prelude::*;
     let rows = 1 + lin as usize;
-    let mut out = dual_layers::kernels::zeroed::<T>(b * n * kk);
+    let mut out = dual_layers::kernels::cpu::zeroed::<T>(b * n * kk);
     if kk == 0 || n == 0 {
         return out;
     }
@@ -349,7 +349,7 @@ fn median_terms_bwd<T: Elem>(p: &[T], g: &[T], b: usize, n: usize, kk: usize, id
 }
 
 fn cpu_slice<'a, T>(data: &'a [T], l: &candle_core::Layout) -> candle_core::Result<&'a [T]> {
-    dual_layers::kernels::contiguous_slice(data, l, "median terms")
+    dual_layers::kernels::cpu::contiguous_slice(data, l, "median terms")
 }
 
 impl candle_core::CustomOp1 for MedianTerms {

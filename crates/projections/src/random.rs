@@ -128,12 +128,12 @@ fn build(
     dims.extend_from_slice(shape);
     let t = match dtype {
         DType::F64 => {
-            let mut v = dual_layers::kernels::zeroed::<f64>(b * k * per);
+            let mut v = dual_layers::kernels::cpu::zeroed::<f64>(b * k * per);
             per_example(&mut v, b, fill_one);
             Tensor::from_vec(v, dims, device)?
         }
         _ => {
-            let mut v = dual_layers::kernels::zeroed::<f32>(b * k * per);
+            let mut v = dual_layers::kernels::cpu::zeroed::<f32>(b * k * per);
             per_example(&mut v, b, fill_one32);
             Tensor::from_vec(v, dims, device)?.to_dtype(dtype)?
         }

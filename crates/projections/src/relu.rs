@@ -4,7 +4,7 @@ use crate::estimate::linear_and_median_abs;
 use crate::input::{inflation_factor, need_all_columns};
 use crate::random::stream_seed;
 use candle_core::Tensor;
-use dual_core::{DualActivation, DualSource, Relaxation, Result};
+use dual_core::{ActivationKind, DualActivation, DualSource, Relaxation, Result};
 use dual_layers::{ReluParts, ReluRelaxation};
 use std::ops::Range;
 
@@ -66,6 +66,10 @@ impl DualReLUProj {
 impl DualActivation for DualReLUProj {
     fn name(&self) -> String {
         format!("ReLU(proj k={})", self.k)
+    }
+
+    fn kind(&self) -> ActivationKind {
+        ActivationKind::ReluProjected
     }
 
     fn relax(&self, lower: &Tensor, upper: &Tensor) -> Result<Box<dyn Relaxation>> {

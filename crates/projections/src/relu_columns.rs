@@ -15,7 +15,7 @@
 use crate::random::{draws_at, projection_tensor_on, Projection};
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use dual_core::Result;
-use dual_layers::kernels::Elem;
+use dual_layers::kernels::cpu::Elem;
 use rayon::prelude::*;
 use std::sync::Arc;
 
@@ -68,7 +68,7 @@ fn per_example<T: Send>(out: &mut [T], row: usize, f: impl Fn(usize, &mut [T]) +
 }
 
 fn slice<'a, T>(data: &'a [T], l: &Layout) -> candle_core::Result<&'a [T]> {
-    dual_layers::kernels::contiguous_slice(data, l, "projected ReLU columns")
+    dual_layers::kernels::cpu::contiguous_slice(data, l, "projected ReLU columns")
 }
 
 struct ReluProjColumns {
@@ -80,7 +80,7 @@ impl ReluProjColumns {
     fn fwd<T: Elem>(&self, w: &[T], conv: impl Fn(f64) -> T + Sync + Send) -> Vec<T> {
         let d = &self.draws;
         let kk = w.len() / d.support.len().max(1);
-        let mut out = dual_layers::kernels::zeroed::<T>(d.support.len() * (1 + d.k) * kk);
+        let mut out = dual_layers::kernels::cpu::zeroed::<T>(d.support.len() * (1 + d.k) * kk);
         per_example(&mut out, (1 + d.k) * kk, |b, o| {
             let wb = &w[b * kk..(b + 1) * kk];
             o[..kk].copy_from_slice(wb);

@@ -305,3 +305,38 @@ fn projected_input_sets_through_a_network() {
         );
     }
 }
+
+/// An activation that calls itself "ReLU" but is not one (its kind is the default, `Other`).
+struct NamedReluButNot;
+
+impl dual_core::DualActivation for NamedReluButNot {
+    fn name(&self) -> String {
+        "ReLU".into()
+    }
+    fn relax(&self, lower: &Tensor, upper: &Tensor) -> dual_core::Result<Box<dyn dual_core::Relaxation>> {
+        dual_layers::DualReLU.relax(lower, upper)
+    }
+}
+
+/// The projection policy is chosen per activation by its kind, never by its name: the built-in
+/// ReLU is projected, an activation merely named "ReLU" is kept, affine nodes are kept.
+#[test]
+fn projection_policy_follows_the_activation_kind() {
+    use dual_core::ActivationKind;
+    let nodes = vec![
+        DualNode::Activation(Box::new(dual_layers::DualReLU)),
+        DualNode::Activation(Box::new(NamedReluButNot)),
+        DualNode::Affine(Box::new(dual_layers::DualIdentity)),
+    ];
+    let cfg = ProjectionConfig::linf(0.1, 5, 1);
+    let out = project_nodes(nodes, &cfg, &Inflation::default()).unwrap();
+    let kinds: Vec<Option<ActivationKind>> = out
+        .iter()
+        .map(|n| match n {
+            DualNode::Activation(a) => Some(a.kind()),
+            DualNode::Affine(_) => None,
+        })
+        .collect();
+    assert_eq!(kinds, [Some(ActivationKind::ReluProjected), Some(ActivationKind::Other), None]);
+    assert!(out[0].name().starts_with("ReLU(proj"), "{}", out[0].name());
+}

@@ -117,6 +117,8 @@ struct Plan {
     tasks: usize,
     per_task: usize,
     par: Parallelism,
+    /// [`super::Tuning::group_bytes`], read on the calling thread (the tasks run on others).
+    group_bytes: usize,
 }
 
 fn plan(n: usize, macs_per_image: usize) -> Plan {
@@ -132,13 +134,13 @@ fn plan(n: usize, macs_per_image: usize) -> Plan {
     };
     let per_task = n.div_ceil(tasks.max(1)).max(1);
     let tasks = n.div_ceil(per_task).max(1);
-    Plan { tasks, per_task, par }
+    Plan { tasks, per_task, par, group_bytes: t.group_bytes }
 }
 
 /// Images per group: as many as keep the `[k, group·pq]` patch buffer within the target size.
-fn group_size<T>(g: &Geom, per_task: usize) -> usize {
+fn group_size<T>(g: &Geom, per_task: usize, group_bytes: usize) -> usize {
     let per_image = (g.k() * g.pq() * std::mem::size_of::<T>()).max(1);
-    (tuning().group_bytes / per_image).clamp(1, per_task.max(1))
+    (group_bytes / per_image).clamp(1, per_task.max(1))
 }
 
 /// Copies images `first..first+gc` of the `[n, o, oh, ow]` side (pixel stride `ps`) into `buf`
@@ -190,7 +192,7 @@ pub(crate) fn conv2d_forward<T: Elem>(g: &Geom, x: View4<'_, T>, w: &[T]) -> Vec
             }
             return;
         }
-        let gmax = group_size::<T>(g, count);
+        let gmax = group_size::<T>(g, count, pl.group_bytes);
         let mut ph = vec![T::ZERO; g.phase_len()];
         let mut col = vec![T::ZERO; k * gmax * pq];
         let mut obuf = vec![T::ZERO; o * gmax * pq];
@@ -248,7 +250,7 @@ pub(crate) fn conv2d_backward_data<T: Elem>(g: &Geom, y: View4<'_, T>, ps: usize
             }
             return;
         }
-        let gmax = group_size::<T>(g, count);
+        let gmax = group_size::<T>(g, count, pl.group_bytes);
         let mut ph = vec![T::ZERO; g.phase_len()];
         let mut cols = vec![T::ZERO; k * gmax * pq];
         let mut ybuf = vec![T::ZERO; o * gmax * pq];
@@ -298,7 +300,7 @@ pub(crate) fn conv2d_backward_weight<T: Elem>(g: &Geom, x: View4<'_, T>, gy: Vie
             }
             return acc;
         }
-        let gmax = group_size::<T>(g, count);
+        let gmax = group_size::<T>(g, count, pl.group_bytes);
         let mut ph = vec![T::ZERO; g.phase_len()];
         let mut col = vec![T::ZERO; k * gmax * pq];
         let mut gbuf = vec![T::ZERO; o * gmax * pq];

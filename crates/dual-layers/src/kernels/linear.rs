@@ -14,6 +14,7 @@
 //! Off the CPU, or in other dtypes, Candle's matmul does the work.
 
 use super::gemm_conv::{matmul, Mat, View4};
+use super::path::{note, KernelPath};
 use super::sparse::{density_limit, mostly_zero};
 use super::{add_into, axpy, contiguous_slice, cpu_float, tuning, Elem};
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
@@ -39,6 +40,7 @@ pub fn linear_columns(x: &Tensor, w: &Tensor) -> Result<Tensor> {
         bail!("linear_columns: columns of shape {:?} do not match a weight of shape [{o}, {k}]", x.dims());
     }
     if !cpu_float(&[x, w]) {
+        note("linear_columns", KernelPath::Candle);
         let lead = &x.dims()[..x.rank() - 1];
         let rows: usize = lead.iter().product();
         let mut shape = lead.to_vec();
@@ -57,6 +59,7 @@ pub fn linear_weight_grad(x: &Tensor, g: &Tensor) -> Result<Tensor> {
         bail!("linear_weight_grad: columns {:?} and gradient {:?} differ in their leading dims", x.dims(), g.dims());
     }
     if !cpu_float(&[x, g]) {
+        note("linear_weight_grad", KernelPath::Candle);
         let (k, o) = (x.dim(xr - 1)?, g.dim(gr - 1)?);
         let rows = x.elem_count() / k.max(1);
         return g.reshape((rows, o))?.t()?.matmul(&x.reshape((rows, k))?);
@@ -155,8 +158,10 @@ impl LinearOp {
     fn run<T: Elem>(x: &[T], rows: usize, k: usize, w: Mat<'_, T>, o: usize) -> Vec<T> {
         if mostly_zero_rows(x, rows, k, density_limit(o)) {
             // Wᵀ as a contiguous [k, o].
+            note("linear_columns", KernelPath::Sparse);
             return scatter_rows(x, k, &transposed(w, o, k), o);
         }
+        note("linear_columns", KernelPath::Dense);
         let mut out = super::zeroed::<T>(rows * o);
         let wt = Mat { data: w.data, off: w.off, rs: w.cs, cs: w.rs };
         matmul(rows, o, k, &mut out, o, false, Mat { data: x, off: 0, rs: k, cs: 1 }, wt, parallelism(rows * o * k));
@@ -198,14 +203,17 @@ impl LinearWeightGradOp {
     fn run<T: Elem>(x: &[T], k: usize, g: &[T], o: usize) -> Vec<T> {
         let rows = x.len() / k.max(1);
         if mostly_zero_rows(g, rows, o, density_limit(k)) {
+            note("linear_weight_grad", KernelPath::Sparse);
             return outer_rows(g, o, x, k);
         }
         if mostly_zero_rows(x, rows, k, density_limit(o)) {
+            note("linear_weight_grad", KernelPath::Sparse);
             let t = outer_rows(x, k, g, o);
             let mut out = vec![T::ZERO; o * k];
             T::transpose(&t, k, o, &mut out);
             return out;
         }
+        note("linear_weight_grad", KernelPath::Dense);
         let mut out = vec![T::ZERO; o * k];
         let gt = Mat { data: g, off: 0, rs: 1, cs: o };
         matmul(o, k, rows, &mut out, k, false, gt, Mat { data: x, off: 0, rs: k, cs: 1 }, parallelism(rows * o * k));

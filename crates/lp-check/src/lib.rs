@@ -1,4 +1,8 @@
-//! The linear program behind the dual network, solved with Clarabel (f64).
+//! # lp-check
+//!
+//! The linear program behind the dual network, solved with Clarabel (f64): the checking code's
+//! reference for the bounds (tests compare the dual's bounds with its optimum, and the primal
+//! experiment reads its solution), never a certificate.
 //!
 //! Wong & Kolter bound `min cᵀ f(x')` over an input set by the LP in which every ReLU is replaced
 //! by its convex relaxation, given bounds `l ≤ ẑ ≤ u` of its input (those the dual network
@@ -20,6 +24,10 @@
 //!
 //! Files: [`program`] (the LP and Clarabel), [`network`] (the network as sparse matrices in
 //! f64), [`relaxation`] (the ReLU relaxations over an input set).
+
+#![forbid(unsafe_code)]
+// `!(a <= b)` is meant: it is also true when either side is NaN, which must be refused.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
 
 pub mod network;
 pub mod program;

@@ -1,0 +1,79 @@
+//! Buffers and slices of CPU storage shared by the kernels: a contiguous layout's elements, a
+//! zeroed buffer filled in parallel, a buffer whose rows are written in parallel without a zero
+//! fill, and the two vector updates of the sparse products.
+
+use super::Elem;
+use candle_core::{bail, Layout, Result};
+
+/// The elements of a contiguous layout as a slice of its storage; an error naming `what`
+/// otherwise (custom ops that need contiguous operands make them so before they are applied).
+pub fn contiguous_slice<'a, T>(data: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => bail!("{what}: expects a contiguous tensor"),
+    }
+}
+
+/// `a += v · b` over two slices of one length.
+#[inline]
+pub(crate) fn axpy<T: Elem>(a: &mut [T], v: T, b: &[T]) {
+    for (a, &b) in a.iter_mut().zip(b) {
+        *a += v * b;
+    }
+}
+
+/// `a += b` element by element (the reduction of per-thread accumulators).
+pub(crate) fn add_into<T: Elem>(a: &mut [T], b: &[T]) {
+    for (a, &b) in a.iter_mut().zip(b) {
+        *a += b;
+    }
+}
+
+/// A buffer of `rows × len` elements whose every row is written by `fill(row index, row)` on
+/// rayon's threads (at least `min_rows` rows per task): no zero fill first, since nothing is
+/// left unwritten.
+///
+/// # Safety
+/// `fill` must write every element of the row it is given.
+pub(crate) unsafe fn rows_filled<T: Send>(
+    rows: usize,
+    len: usize,
+    min_rows: usize,
+    fill: impl Fn(usize, &mut [std::mem::MaybeUninit<T>]) + Sync + Send,
+) -> Vec<T> {
+    use rayon::prelude::*;
+    let total = rows * len;
+    let mut v: Vec<T> = Vec::with_capacity(total);
+    if len > 0 {
+        v.spare_capacity_mut()[..total]
+            .par_chunks_mut(len)
+            .with_min_len(min_rows.max(1))
+            .enumerate()
+            .for_each(|(q, row)| fill(q, row));
+    }
+    // SAFETY: `fill` wrote every element of every row (the caller's contract).
+    unsafe { v.set_len(total) };
+    v
+}
+
+/// A zero-filled buffer of `len` elements, filled by rayon's threads when it is large: a single
+/// thread zeroing the tens of megabytes of a column block is a serial step every other thread
+/// waits for (and the pages are then first touched by the threads that work on them).
+pub fn zeroed<T: Copy + Send + Sync + Default>(len: usize) -> Vec<T> {
+    const CHUNK: usize = 1 << 16;
+    if len < 4 * CHUNK || rayon::current_num_threads() == 1 {
+        return vec![T::default(); len];
+    }
+    let mut v: Vec<T> = Vec::with_capacity(len);
+    {
+        use rayon::prelude::*;
+        v.spare_capacity_mut()[..len].par_chunks_mut(CHUNK).for_each(|c| {
+            for e in c {
+                e.write(T::default());
+            }
+        });
+    }
+    // SAFETY: the first `len` elements were all initialised just above.
+    unsafe { v.set_len(len) };
+    v
+}
