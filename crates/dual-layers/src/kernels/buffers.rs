@@ -77,3 +77,20 @@ pub fn zeroed<T: Copy + Send + Sync + Default>(len: usize) -> Vec<T> {
     unsafe { v.set_len(len) };
     v
 }
+
+/// `out[i] = f(i)` for `i < n`, computed in parallel rows of `row` elements (on one thread below
+/// `min_rows` rows).
+pub(crate) fn par_fill<T: Elem>(n: usize, row: usize, min_rows: usize, f: impl Fn(usize) -> T + Sync + Send) -> Vec<T> {
+    let rows = n.div_ceil(row);
+    // SAFETY: every element of every row is written (the last row is cut to `n`).
+    let mut v = unsafe {
+        rows_filled(rows, row, min_rows, |q, r| {
+            for (i, o) in r.iter_mut().enumerate() {
+                let j = q * row + i;
+                o.write(if j < n { f(j) } else { T::ZERO });
+            }
+        })
+    };
+    v.truncate(n);
+    v
+}

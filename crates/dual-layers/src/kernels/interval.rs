@@ -48,18 +48,7 @@ struct ReluBox(Part);
 
 /// Fills `out[i] = f(i)` in parallel rows.
 fn par_fill<T: Elem>(n: usize, f: impl Fn(usize) -> T + Sync + Send) -> Vec<T> {
-    let rows = n.div_ceil(ROW);
-    // SAFETY: every element of every row is written (the last row is cut to `n`).
-    let mut v = unsafe {
-        super::rows_filled(rows, ROW, MIN_ROWS, |q, row| {
-            for (i, o) in row.iter_mut().enumerate() {
-                let j = q * ROW + i;
-                o.write(if j < n { f(j) } else { T::ZERO });
-            }
-        })
-    };
-    v.truncate(n);
-    v
+    super::par_fill(n, ROW, MIN_ROWS, f)
 }
 
 fn relu<T: Elem>(x: T) -> T {

@@ -27,18 +27,7 @@ struct AbsOp;
 
 /// `out[i] = f(i)` for `i < n`, in parallel rows.
 fn fill<T: Elem>(n: usize, f: impl Fn(usize) -> T + Sync + Send) -> Vec<T> {
-    let rows = n.div_ceil(ROW);
-    // SAFETY: every element of every row is written (the last row is cut to `n`).
-    let mut v = unsafe {
-        super::rows_filled(rows, ROW, MIN_ROWS, |q, row| {
-            for (i, o) in row.iter_mut().enumerate() {
-                let j = q * ROW + i;
-                o.write(if j < n { f(j) } else { T::ZERO });
-            }
-        })
-    };
-    v.truncate(n);
-    v
+    super::par_fill(n, ROW, MIN_ROWS, f)
 }
 
 impl CustomOp1 for AbsOp {
