@@ -11,6 +11,8 @@ pub mod distributed;
 pub mod init;
 #[cfg(feature = "mpi")]
 pub mod mpi;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 pub mod optim;
 pub mod regularizer;
 pub mod resume;

@@ -51,3 +51,11 @@ impl Collective for MpiCollective {
         Ok(())
     }
 }
+
+impl MpiCollective {
+    /// Rank `root`'s bytes to every rank, in place (e.g. the NCCL unique id).
+    pub fn broadcast_bytes(&self, buf: &mut [std::ffi::c_char], root: usize) -> Result<()> {
+        self.world.process_at_rank(root as i32).broadcast_into(buf);
+        Ok(())
+    }
+}
