@@ -74,19 +74,9 @@ pub fn ensure(venv: &Path, python: &str, src: Option<&Path>, tarball: &Path, unp
         "preparing the Python environment {} (torch, numpy and auto_LiRPA's dependencies from PyPI; minutes)",
         venv.display()
     );
-    if !py.is_file() {
-        let st = Command::new(python)
-            .args(["-m", "venv"])
-            .arg(venv)
-            .status()
-            .with_context(|| format!("running {python} -m venv"))?;
-        if !st.success() {
-            bail!("`{python} -m venv {}` failed", venv.display());
-        }
-    }
     let deps = ["torch", "numpy", "packaging", "appdirs", "pyyaml", "tqdm", "graphviz", "ninja"];
-    let st = Command::new(&py).args(["-m", "pip", "install", "-q"]).args(deps).status()?;
-    if !st.success() || !imports(&py, &pythonpath) {
+    let py = crate::venv::create_and_install(venv, python, &deps)?;
+    if !imports(&py, &pythonpath) {
         bail!("installing {} into {} did not make auto_LiRPA importable", deps.join(", "), venv.display());
     }
     Ok(LirpaEnv { python: py, pythonpath })

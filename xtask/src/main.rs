@@ -22,6 +22,7 @@ mod pytorch_env;
 mod reproduce;
 mod size;
 mod train;
+mod venv;
 mod verify;
 mod vnncomp;
 

@@ -1,7 +1,7 @@
 //! The Python side of `bench-vs-pytorch`: a virtual environment with torch, numpy and the PyTorch
 //! package `convex_adversarial` 0.4.4, created and filled from PyPI when it cannot import them.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -22,19 +22,14 @@ pub fn ensure_venv(venv: &Path, python: &str) -> Result<PathBuf> {
         "creating the Python environment {} (torch, numpy, convex-adversarial==0.4.4 from PyPI; several GB, minutes)",
         venv.display()
     );
-    let st = Command::new(python)
-        .args(["-m", "venv"])
-        .arg(venv)
-        .status()
-        .with_context(|| format!("running {python} -m venv"))?;
-    if !st.success() {
-        bail!("`{python} -m venv {}` failed", venv.display());
-    }
-    let st = Command::new(&py)
-        .args(["-m", "pip", "install", "-q", "torch", "numpy", "convex-adversarial==0.4.4"])
-        .status()?;
-    if !st.success() || !ready(&py) {
-        bail!("installing torch, numpy and convex-adversarial==0.4.4 into {} failed", venv.display());
+    let packages = ["torch", "numpy", "convex-adversarial==0.4.4"];
+    let py = crate::venv::create_and_install(venv, python, &packages)?;
+    if !ready(&py) {
+        bail!(
+            "installing {} into {} did not make torch, numpy and convex_adversarial importable",
+            packages.join(", "),
+            venv.display()
+        );
     }
     Ok(py)
 }

@@ -359,9 +359,6 @@ pub fn evaluate_exact_or_ibp(
     limit: Option<usize>,
     dtype: DType,
 ) -> Result<BatchCounts> {
-    if s.proj.is_some() {
-        bail!("the exact-or-IBP evaluation needs the exact bound, not random projections");
-    }
     evaluate_with(net, data, s, batch_size, limit, dtype, true)
 }
 
@@ -374,6 +371,9 @@ fn evaluate_with(
     dtype: DType,
     or_ibp: bool,
 ) -> Result<BatchCounts> {
+    if or_ibp && s.proj.is_some() {
+        bail!("the exact-or-IBP evaluation needs the exact bound, not random projections");
+    }
     let total = limit.unwrap_or(data.len()).min(data.len());
     let device = net.device();
     let mut acc = BatchCounts::default();
@@ -465,14 +465,15 @@ fn evaluate_batch_inner(net: &Network, x: &Tensor, y: &[u32], cfg: &EvalSettings
     let clean = correct(&net.forward(x)?, y)?;
     let dual = bound_network(net, x, cfg)?;
     let mut certified = certified_from_bounds(&robust_bounds(&dual, y)?, y)?;
-    drop(dual);
     if or_ibp {
-        let input = input_set(x, cfg.eps, cfg.norm, cfg.bounded_input)?;
-        let opts = dual_core::bounds::BoundOptions::default();
-        let lower = net.margin_bounds(x, input, y, dual_core::bounds::Method::Ibp, &opts)?;
+        // IBP on the dual's own nodes and input set: no second forward pass or input set.
+        use dual_core::bounds::{margin_bounds, BoundOptions, Method, Net};
+        let nodes = Net { nodes: dual.nodes(), x: dual.x(), input: dual.input() };
+        let lower = margin_bounds(&nodes, y, Method::Ibp, &BoundOptions::default(), None)?;
         let by_ibp = certified_from_bounds(&lower.neg()?, y)?;
         certified.iter_mut().zip(by_ibp).for_each(|(c, i)| *c |= i);
     }
+    drop(dual);
     let pgd = if cfg.pgd { Some(correct(&net.forward(&pgd_point(net, x, y, cfg)?)?, y)?) } else { None };
     BatchCounts::from_verdicts(&clean, &certified, pgd.as_deref())
 }

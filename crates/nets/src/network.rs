@@ -209,16 +209,35 @@ impl Network {
 
     /// The dual nodes for the batch `x` (its forward pass fixes shapes and batch statistics).
     pub fn dual_nodes(&self, x: &Tensor) -> Result<Vec<DualNode>> {
+        Ok(self.dual_nodes_and_logits(x)?.0)
+    }
+
+    /// [`Network::dual_nodes`] and the logits of the forward pass that fixed them: of the first
+    /// example where the duals read only shapes, else of the whole batch.
+    pub fn dual_nodes_and_logits(&self, x: &Tensor) -> Result<(Vec<DualNode>, Tensor)> {
         self.check_input(x)?;
         // The duals of the built-in layers but BatchNorm read only their input's shape, which the
         // first example gives at a fraction of the batch's forward pass.
         let shapes_only = self.spec().layers.iter().all(dual_reads_shape_only);
         let nominal = if shapes_only && x.dim(0)? > 1 { x.narrow(0, 0, 1)? } else { x.clone() };
-        let outs = self.forward_all(&nominal)?;
-        let mut nodes = Vec::new();
+        let mut outs = self.forward_all(&nominal)?;
+        let nodes = self.dual_nodes_from_outputs(&outs)?;
+        Ok((nodes, outs.pop().expect("at least one layer")))
+    }
+
+    /// The dual nodes given the outputs of a forward pass already made (`outs[0]` the input,
+    /// `outs[t]` layer `t`'s output, as [`Network::forward_all`] gives them).
+    pub fn dual_nodes_from_outputs(&self, outs: &[Tensor]) -> Result<Vec<DualNode>> {
+        if outs.len() != self.layers.len() + 1 {
+            return Err(NetError::Dual(dual_core::DualError::shape(format!(
+                "{} outputs for a network of {} layers (expected the input and one per layer)",
+                outs.len(),
+                self.layers.len()
+            ))));
+        }
+        let mut nodes = Vec::with_capacity(self.layers.len());
         for (k, l) in self.layers.iter().enumerate() {
-            let t = k + 1;
-            let xs: Vec<Option<&Tensor>> = l.inputs().indices(t).into_iter().map(|i| i.map(|i| &outs[i])).collect();
+            let xs: Vec<Option<&Tensor>> = l.inputs().indices(k + 1).into_iter().map(|i| i.map(|i| &outs[i])).collect();
             nodes.push(l.dual(&xs)?);
         }
         Ok(nodes)

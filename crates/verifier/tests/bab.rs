@@ -307,13 +307,15 @@ fn runs_that_cannot_finish_stop_near_their_deadline() {
     }
 }
 
-/// A net `2 → h → h → outs` with its weights, for computing pre-activations by hand.
+/// A net's weights and biases, layer by layer, for computing pre-activations by hand.
 type Layers = Vec<(Vec<Vec<f64>>, Vec<f64>)>;
 
-fn random_layers(rng: &mut StdRng, h: usize, outs: usize) -> Layers {
+/// A random net `2 → h → … → h → outs` with `depth` hidden layers (weights in [−1, 1], hidden
+/// biases in [−0.5, 0.5], output biases 0).
+fn random_layers(rng: &mut StdRng, h: usize, depth: usize, outs: usize) -> Layers {
     let mut layers = Vec::new();
     let mut n_in = 2;
-    for _ in 0..2 {
+    for _ in 0..depth {
         let w = (0..h).map(|_| (0..n_in).map(|_| rng.random_range(-1.0..1.0)).collect()).collect();
         let b = (0..h).map(|_| rng.random_range(-0.5..0.5)).collect();
         layers.push((w, b));
@@ -347,7 +349,7 @@ fn beta_bounds_hold_on_the_domain_and_never_fall_below_the_start() {
     for k in 0..40 {
         let h = rng.random_range(3..7);
         let outs = rng.random_range(1..3);
-        let layers = random_layers(&mut rng, h, outs);
+        let layers = random_layers(&mut rng, h, 2, outs);
         let m = mlp(&layers);
         let net = m.to_network("r", &candle_core::Device::Cpu).unwrap();
         let lo = vec![rng.random_range(-1.0..0.0), rng.random_range(-1.0..0.0)];
@@ -429,7 +431,7 @@ fn relu_splitting_with_beta_never_unsat_where_the_grid_violates() {
     for k in 0..40 {
         let h = rng.random_range(4..9);
         let outs = rng.random_range(1..3);
-        let layers = random_layers(&mut rng, h, outs);
+        let layers = random_layers(&mut rng, h, 2, outs);
         let m = mlp(&layers);
         let lo = [rng.random_range(-1.0..0.0), rng.random_range(-1.0..0.0)];
         let hi = [lo[0] + rng.random_range(0.3..1.5), lo[1] + rng.random_range(0.3..1.5)];
@@ -487,7 +489,7 @@ fn backward_pass_with_extra_terms_bounds_the_extended_objective() {
     let dev = Device::Cpu;
     for k in 0..20 {
         let h = rng.random_range(3..7);
-        let layers = random_layers(&mut rng, h, 1);
+        let layers = random_layers(&mut rng, h, 2, 1);
         let m = mlp(&layers);
         let net = m.to_network("r", &dev).unwrap();
         let lo = [rng.random_range(-1.0..0.0), rng.random_range(-1.0..0.0)];
@@ -526,20 +528,6 @@ fn backward_pass_with_extra_terms_bounds_the_extended_objective() {
     }
 }
 
-/// A net `2 → h → … → h → 1` with `depth` hidden layers.
-fn deep_layers(rng: &mut StdRng, h: usize, depth: usize) -> Layers {
-    let mut layers = Vec::new();
-    let mut n_in = 2;
-    for _ in 0..depth {
-        let w = (0..h).map(|_| (0..n_in).map(|_| rng.random_range(-1.0..1.0)).collect()).collect();
-        let b = (0..h).map(|_| rng.random_range(-0.5..0.5)).collect();
-        layers.push((w, b));
-        n_in = h;
-    }
-    layers.push((vec![(0..n_in).map(|_| rng.random_range(-1.0..1.0)).collect()], vec![0.0]));
-    layers
-}
-
 #[test]
 fn intermediate_alpha_bounds_contain_samples_and_are_no_looser_than_crown() {
     // Random nets of 3–4 hidden layers: the root's layer bounds tightened by their own α must
@@ -550,7 +538,7 @@ fn intermediate_alpha_bounds_contain_samples_and_are_no_looser_than_crown() {
     for k in 0..25 {
         let h = rng.random_range(4..9);
         let depth = rng.random_range(3..5);
-        let layers = deep_layers(&mut rng, h, depth);
+        let layers = random_layers(&mut rng, h, depth, 1);
         let m = mlp(&layers);
         let net = m.to_network("r", &candle_core::Device::Cpu).unwrap();
         let lo = vec![rng.random_range(-1.0..0.0), rng.random_range(-1.0..0.0)];
@@ -603,7 +591,7 @@ fn one_tree_over_several_clauses_never_unsat_where_the_grid_violates() {
     let (mut sat, mut unsat, mut split) = (0, 0, 0);
     for k in 0..30 {
         let h = rng.random_range(4..8);
-        let layers = random_layers(&mut rng, h, 3);
+        let layers = random_layers(&mut rng, h, 2, 3);
         let m = mlp(&layers);
         let lo = vec![rng.random_range(-1.0..0.0), rng.random_range(-1.0..0.0)];
         let hi = vec![lo[0] + rng.random_range(0.3..1.5), lo[1] + rng.random_range(0.3..1.5)];

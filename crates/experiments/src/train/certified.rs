@@ -88,9 +88,8 @@ pub fn margin_bounds_with_layers(
 ) -> Result<(Tensor, Vec<LayerBounds>)> {
     // The dual nodes need no forward pass of the whole batch (only BatchNorm's batch statistics
     // do, and `dual_nodes` makes one then): the bound alone is what auto_LiRPA computes too.
-    let nodes = net.dual_nodes(x)?;
-    let classes = net.forward(&x.narrow(0, 0, 1)?)?;
-    with_margin_nodes(&nodes, x, &classes, y, eps, norm, bounded, |n, spec| {
+    let (nodes, logits) = net.dual_nodes_and_logits(x)?;
+    with_margin_nodes(&nodes, x, &logits, y, eps, norm, bounded, |n, spec| {
         let sb = spec_bounds(n, spec, method, &BoundOptions::default(), None)?;
         Ok((sb.lower, sb.layers))
     })
@@ -142,11 +141,7 @@ fn with_margin_net<T>(
     bounded: bool,
     f: impl FnOnce(&Net<'_>, &Spec) -> dual_core::Result<T>,
 ) -> Result<T> {
-    let mut nodes = Vec::with_capacity(net.layers().len());
-    for (k, l) in net.layers().iter().enumerate() {
-        let xs: Vec<Option<&Tensor>> = l.inputs().indices(k + 1).into_iter().map(|i| i.map(|i| &outs[i])).collect();
-        nodes.push(l.dual(&xs)?);
-    }
+    let nodes = net.dual_nodes_from_outputs(outs)?;
     let logits = outs.last().expect("a network has layers");
     with_margin_nodes(&nodes, &outs[0], logits, y, eps, norm, bounded, f)
 }

@@ -560,11 +560,8 @@ pub fn train_with(
         }
         let eval_net = batchnorm::eval_copy(net)?;
         let saved = eval_net.as_ref().unwrap_or(net);
-        let ev = if or_ibp {
-            evaluate_exact_or_ibp(saved, test_set, &settings, cfg.batch_size, cfg.eval_limit, dtype)?
-        } else {
-            evaluate(saved, test_set, &settings, cfg.batch_size, cfg.eval_limit, dtype)?
-        };
+        let eval = if or_ibp { evaluate_exact_or_ibp } else { evaluate };
+        let ev = eval(saved, test_set, &settings, cfg.batch_size, cfg.eval_limit, dtype)?;
         let en = ev.n.max(1) as f64;
         let entry = EpochLog {
             epoch: epoch + 1,
