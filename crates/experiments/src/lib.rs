@@ -17,6 +17,7 @@ pub mod certify;
 pub mod certify_family;
 pub mod certify_records;
 pub mod certify_sound;
+pub mod chunked_grads;
 pub use ::datasets;
 pub mod device;
 pub mod error;

@@ -8,6 +8,7 @@
 //! and the cross-entropy of `-J` (Eq. 14).
 
 use crate::certify::{input_set, projection_config, Norm, Projection};
+use crate::chunked_grads::{dual_bytes_per_example, examples_per_pass, PASS_MEMORY_BUDGET};
 pub use crate::report::median;
 use anyhow::Result;
 use candle_core::{DType, Tensor};
@@ -103,31 +104,53 @@ fn run_once(
     seed: u64,
 ) -> Result<WorkloadRun> {
     let t0 = Instant::now();
-    let dual = match w.bound {
-        BoundKind::Exact => net.dual(x, input_set(x, eps, Norm::Linf, bounded)?, &DualOptions::default())?,
-        BoundKind::Projected { k } => {
-            let p = Projection { k, seed, inflate_delta: None };
-            projections::projected_dual(
-                x,
-                net.dual_nodes(x)?,
-                &projection_config(eps, Norm::Linf, bounded, &p),
-                &DualOptions::default(),
-            )?
-        }
-    };
-    let rl = robust_loss(&dual, y)?;
-    let loss = rl.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-    let mut grad_abs_sum = 0.0;
-    if w.backward {
-        let grads = rl.loss.backward()?;
-        for v in net.trainable() {
-            if let Some(g) = grads.get(v.as_tensor()) {
-                grad_abs_sum += g.abs()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    let chunk_loss = |r: std::ops::Range<usize>| -> Result<(Tensor, f64)> {
+        let x = x.narrow(0, r.start, r.len())?;
+        let dual = match w.bound {
+            BoundKind::Exact => net.dual(&x, input_set(&x, eps, Norm::Linf, bounded)?, &DualOptions::default())?,
+            BoundKind::Projected { k } => {
+                let p = Projection { k, seed, inflate_delta: None };
+                projections::projected_dual(
+                    &x,
+                    net.dual_nodes(&x)?,
+                    &projection_config(eps, Norm::Linf, bounded, &p),
+                    &DualOptions::default(),
+                )?
             }
+        };
+        let rl = robust_loss(&dual, &y[r])?;
+        Ok((rl.loss, rl.error))
+    };
+    let n = y.len();
+    if !w.backward {
+        let (l, error) = chunk_loss(0..n)?;
+        let loss = l.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        return Ok(WorkloadRun { loss, robust_error: error, grad_abs_sum: 0.0, seconds: t0.elapsed().as_secs_f64() });
+    }
+    let chunk = pass_size(net, x, w)?;
+    let cg = crate::chunked_grads::mean_loss_grads_in_chunks(n, chunk, chunk_loss)?;
+    let mut grad_abs_sum = 0.0;
+    for v in net.trainable() {
+        if let Some(g) = cg.grads.get(v.as_tensor()) {
+            grad_abs_sum += g.abs()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         }
     }
     let seconds = t0.elapsed().as_secs_f64();
-    Ok(WorkloadRun { loss, robust_error: rl.error, grad_abs_sum, seconds })
+    Ok(WorkloadRun { loss: cg.loss, robust_error: cg.stat, grad_abs_sum, seconds })
+}
+
+/// Examples per forward + backward pass of `w` on `x`: the whole batch unless its dual's graph
+/// would exceed [`PASS_MEMORY_BUDGET`] (see [`crate::chunked_grads`]).
+pub fn pass_size(net: &Network, x: &Tensor, w: Workload) -> Result<usize> {
+    let n = x.dim(0)?;
+    let one = x.narrow(0, 0, 1.min(n))?;
+    let lens: Vec<usize> = nets::no_grad(|| net.forward_all(&one))?.iter().map(|t| t.elem_count()).collect();
+    let columns = match w.bound {
+        BoundKind::Exact => one.elem_count(),
+        BoundKind::Projected { k } => k,
+    };
+    let bpe = dual_bytes_per_example(columns, &lens, x.dtype().size_in_bytes());
+    Ok(examples_per_pass(n, bpe, PASS_MEMORY_BUDGET))
 }
 
 /// What one process reports after timing one workload (`cargo xtask bench-vs-pytorch` runs

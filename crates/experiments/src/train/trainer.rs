@@ -126,6 +126,13 @@ impl Recipe {
     }
 }
 
+/// A step's loss: a graph still to differentiate, or a value whose gradients are already
+/// summed over passes of a few examples.
+enum StepLoss {
+    Graph(Tensor),
+    Done(f64, candle_core::backprop::GradStore),
+}
+
 /// Everything a training run needs; saved as `config.json` in the output folder.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainConfig {
@@ -450,30 +457,53 @@ pub fn train_with(
             }
             let logits = outs.last().expect("at least one layer").clone();
             let clean_err = argmax_errors(&logits, &y)?;
-            let (loss, rerr) = match cfg.loss {
-                LossKind::Baseline => (cross_entropy(&logits, &y)?, None),
+            let (step, rerr) = match cfg.loss {
+                LossKind::Baseline => (StepLoss::Graph(cross_entropy(&logits, &y)?), None),
                 LossKind::Robust => {
-                    let dual = match cfg.proj {
-                        None => {
-                            net.dual(&x, input_set(&x, eps, cfg.norm, cfg.bounded_input)?, &DualOptions::default())?
-                        }
-                        Some(k) => {
-                            // Fresh projections every step, reproducible from the seed.
-                            let p = Projection {
-                                k,
-                                seed: cfg.seed ^ (opt.steps() + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-                                inflate_delta: None,
-                            };
-                            projections::projected_dual(
-                                &x,
-                                net.dual_nodes(&x)?,
-                                &projection_config(eps, cfg.norm, cfg.bounded_input, &p),
-                                &DualOptions::default(),
-                            )?
-                        }
+                    // The dual's graph of a large batch is split into passes of a few examples
+                    // (gradient accumulation, `chunked_grads`), unless BatchNorm's batch
+                    // statistics tie the examples together.
+                    let columns = cfg.proj.unwrap_or(x.elem_count() / x.dim(0)?.max(1));
+                    let lens: Vec<usize> = outs.iter().map(|t| t.elem_count() / x.dim(0).unwrap_or(1).max(1)).collect();
+                    let bpe = crate::chunked_grads::dual_bytes_per_example(columns, &lens, x.dtype().size_in_bytes());
+                    let chunk = if bn_train {
+                        y.len()
+                    } else {
+                        crate::chunked_grads::examples_per_pass(y.len(), bpe, crate::chunked_grads::PASS_MEMORY_BUDGET)
                     };
-                    let rl = robust_loss(&dual, &y)?;
-                    (rl.loss, Some(rl.error))
+                    let pass = |r: std::ops::Range<usize>| -> anyhow::Result<(Tensor, f64)> {
+                        let x = x.narrow(0, r.start, r.len())?;
+                        let dual = match cfg.proj {
+                            None => {
+                                net.dual(&x, input_set(&x, eps, cfg.norm, cfg.bounded_input)?, &DualOptions::default())?
+                            }
+                            Some(k) => {
+                                // Fresh projections every step, reproducible from the seed (and the
+                                // pass: its examples get their own draws).
+                                let p = Projection {
+                                    k,
+                                    seed: (cfg.seed ^ (opt.steps() + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+                                        .wrapping_add(r.start as u64),
+                                    inflate_delta: None,
+                                };
+                                projections::projected_dual(
+                                    &x,
+                                    net.dual_nodes(&x)?,
+                                    &projection_config(eps, cfg.norm, cfg.bounded_input, &p),
+                                    &DualOptions::default(),
+                                )?
+                            }
+                        };
+                        let rl = robust_loss(&dual, &y[r])?;
+                        Ok((rl.loss, rl.error))
+                    };
+                    if chunk < y.len() {
+                        let cg = crate::chunked_grads::mean_loss_grads_in_chunks(y.len(), chunk, pass)?;
+                        (StepLoss::Done(cg.loss, cg.grads), Some(cg.stat))
+                    } else {
+                        let (l, e) = pass(0..y.len())?;
+                        (StepLoss::Graph(l), Some(e))
+                    }
                 }
                 LossKind::Madry { steps, step } => {
                     let mut pc = PgdConfig::new(eps);
@@ -484,16 +514,21 @@ pub fn train_with(
                     }
                     let model = |t: &Tensor| net.forward(t).map_err(|e| candle_core::Error::Msg(e.to_string()));
                     let xa = pgd(model, &x, &y, &pc)?;
-                    (cross_entropy(&net.forward(&xa)?, &y)?, None)
+                    (StepLoss::Graph(cross_entropy(&net.forward(&xa)?, &y)?), None)
                 }
                 LossKind::Ibp | LossKind::CrownIbp | LossKind::MtlIbp | LossKind::Sabr => {
                     let kind = cfg.recipe.bound_loss(cfg.loss).expect("an interval-bound loss");
                     let step_seed = cfg.seed ^ (opt.steps() + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
-                    interval_loss(net, &outs, &y, eps, cfg, &kind, step_seed)?
+                    let (l, e) = interval_loss(net, &outs, &y, eps, cfg, &kind, step_seed)?;
+                    (StepLoss::Graph(l), e)
                 }
             };
-            let mut lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            let mut grads = loss.backward()?;
+            let (mut lv, mut grads) = match step {
+                StepLoss::Graph(loss) => {
+                    (loss.to_dtype(DType::F64)?.to_scalar::<f64>()?, crate::chunked_grads::detached(loss.backward()?)?)
+                }
+                StepLoss::Done(lv, grads) => (lv, grads),
+            };
             // The batch's gradient and statistics: this rank's weighted by its share of the batch.
             let share = y.len() as f64 / batch_n as f64;
             let (mut clean_err, mut rerr) = (clean_err, rerr);
