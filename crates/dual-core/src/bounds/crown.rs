@@ -193,50 +193,44 @@ pub fn layer_bounds(
     Ok((cat(lows)?, cat(ups)?))
 }
 
-/// Rows `+e_j` then `−e_j` for the units `need[i][r0..r0 + len]` of every example `i` (zero rows
-/// where an example has fewer), `[B, 2 len, *shape]`, with, per example and unit, the row that
-/// holds it (`len` where none) and whether one does.
-fn per_example_rows(
-    need: &[Vec<usize>],
-    r0: usize,
-    len: usize,
-    shape: &[usize],
-    like: &Tensor,
-) -> Result<(Tensor, Vec<u32>, Vec<u8>)> {
+/// One backward row of a layer-wise bound: unit `j` (flat index) and the side it bounds
+/// (`upper`: the row `−e_j`, whose lower bound is minus the unit's upper bound; else `+e_j`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SideRow {
+    pub unit: usize,
+    pub upper: bool,
+}
+
+/// Rows `±e_j` for the rows `rows[i][r0..r0 + len]` of every example `i` (zero rows where an
+/// example has fewer), `[B, len, *shape]`.
+fn per_example_rows(rows: &[Vec<SideRow>], r0: usize, len: usize, shape: &[usize], like: &Tensor) -> Result<Tensor> {
     let k: usize = shape.iter().product();
-    let b = need.len();
-    let mut pos = vec![len as u32; b * k];
-    let mut mask = vec![0u8; b * k];
+    let b = rows.len();
     let mut ones = Vec::new();
-    for (i, units) in need.iter().enumerate() {
-        let end = units.len().min(r0 + len);
-        for (r, &j) in units[r0.min(end)..end].iter().enumerate() {
-            pos[i * k + j] = r as u32;
-            mask[i * k + j] = 1;
-            ones.push(((i * 2 * len + r) * k + j, (i * 2 * len + len + r) * k + j));
+    for (i, list) in rows.iter().enumerate() {
+        let end = list.len().min(r0 + len);
+        for (r, row) in list[r0.min(end)..end].iter().enumerate() {
+            ones.push(((i * len + r) * k + row.unit, if row.upper { -1.0 } else { 1.0 }));
         }
     }
-    let mut s = vec![b, 2 * len];
+    let mut s = vec![b, len];
     s.extend_from_slice(shape);
-    let rows = match like.dtype() {
+    Ok(match like.dtype() {
         DType::F32 => {
-            let mut data = vec![0f32; b * 2 * len * k];
-            for &(p, q) in &ones {
-                data[p] = 1.0;
-                data[q] = -1.0;
+            let mut data = vec![0f32; b * len * k];
+            for &(p, v) in &ones {
+                data[p] = v as f32;
             }
             Tensor::from_vec(data, s, like.device())?
         }
         dt => {
-            let mut data = vec![0f64; b * 2 * len * k];
-            for &(p, q) in &ones {
-                data[p] = 1.0;
-                data[q] = -1.0;
+            let mut data = vec![0f64; b * len * k];
+            for &(p, v) in &ones {
+                data[p] = v;
             }
             Tensor::from_vec(data, s, like.device())?.to_dtype(dt)?
         }
-    };
-    Ok((rows, pos, mask))
+    })
 }
 
 /// The rows `+e_j` of every unit of output `top` (`[1, K, *shape]`) run backwards through the
@@ -259,20 +253,124 @@ fn shared_prefix(net: &Net<'_>, relax: &Relaxed, shapes: &[Vec<usize>], top: usi
     Ok(shared.then_some((pass, t)))
 }
 
-/// Rows `±` of `v` (`[1, K, ...]`) for the units `idx` (`[B·len]`, example-major): `[B, 2 len, ...]`.
-fn gather_signed(v: &Tensor, idx: &Tensor, b: usize, len: usize) -> Result<Tensor> {
-    let sel = v.index_select(idx, 1)?;
+/// Rows of `v2` (`[1, 2K, ...]`: the shared rows `+e_j`, then `−e_j`) picked by `idx`
+/// (`[B·len]`, example-major): `[B, len, ...]`.
+fn gather_rows(v2: &Tensor, idx: &Tensor, b: usize, len: usize) -> Result<Tensor> {
+    let sel = v2.index_select(idx, 1)?;
     let mut s = vec![b, len];
-    s.extend_from_slice(&v.dims()[2..]);
-    let sel = sel.reshape(s)?;
-    Ok(Tensor::cat(&[&sel, &sel.neg()?], 1)?)
+    s.extend_from_slice(&v2.dims()[2..]);
+    Ok(sel.reshape(s)?)
+}
+
+/// Runs the rows `rows[i]` of every example `i` backwards and writes what they give into
+/// `lo` / `up` (`[B, K]`): a row `+e_j` sets the unit's lower bound, a row `−e_j` its upper
+/// bound; units without a row keep what they hold. The rows are per example (an example's rows
+/// are its own units), so the cost follows the rows an example needs, not their union over the
+/// batch; they go in chunks of about `budget` bytes. Differentiable in the bounds computed.
+fn run_rows(
+    net: &Net<'_>,
+    relax: &Relaxed,
+    shapes: &[Vec<usize>],
+    top: usize,
+    rows: &[Vec<SideRow>],
+    (lo, up): (&mut Tensor, &mut Tensor),
+    budget: usize,
+) -> Result<()> {
+    let shape = &shapes[top];
+    let b = net.x.dim(0)?;
+    let k: usize = shape.iter().product();
+    let rmax = rows.iter().map(|u| u.len()).max().unwrap_or(0);
+    if rmax == 0 {
+        return Ok(());
+    }
+    // Per-example rows make `[Λ]₊` and `[Λ]₋` per example too at the first activation: half the
+    // rows of `layer_bounds` per chunk keeps the same memory.
+    let chunk = (chunk_rows(net, shapes, top, budget) / 2).max(1);
+    // The rows `+e_j` of every unit through the affine nodes down to the first activation, shared
+    // by the batch, then their negatives (`[1, 2K, ...]`): each example's rows are gathered.
+    let prefix = match shared_prefix(net, relax, shapes, top)? {
+        Some((pass, from)) => {
+            let both = |v: &Tensor| -> Result<Tensor> { Ok(Tensor::cat(&[v, &v.neg()?], 1)?) };
+            let g = pass.g.iter().map(|v| v.as_ref().map(both).transpose()).collect::<Result<Vec<_>>>()?;
+            let acc = match &pass.acc {
+                Some(a) => Some(both(&a.unsqueeze(2)?)?),
+                None => None,
+            };
+            Some((g, acc, from))
+        }
+        None => None,
+    };
+    let mut r0 = 0;
+    while r0 < rmax {
+        let len = chunk.min(rmax - r0);
+        let (mut pos_l, mut mask_l) = (vec![len as u32; b * k], vec![0u8; b * k]);
+        let (mut pos_u, mut mask_u) = (vec![len as u32; b * k], vec![0u8; b * k]);
+        let mut sign = vec![0f64; b * len];
+        for (i, list) in rows.iter().enumerate() {
+            let end = list.len().min(r0 + len);
+            for (r, row) in list[r0.min(end)..end].iter().enumerate() {
+                let (pos, mask) = if row.upper { (&mut pos_u, &mut mask_u) } else { (&mut pos_l, &mut mask_l) };
+                pos[i * k + row.unit] = r as u32;
+                mask[i * k + row.unit] = 1;
+                sign[i * len + r] = if row.upper { -1.0 } else { 1.0 };
+            }
+        }
+        let lb = match &prefix {
+            Some((g2, acc2, from)) => {
+                // Every example's own rows, gathered from the shared ones (padding: row 0).
+                let mut idx = vec![0u32; b * len];
+                for (i, list) in rows.iter().enumerate() {
+                    let end = list.len().min(r0 + len);
+                    for (r, row) in list[r0.min(end)..end].iter().enumerate() {
+                        idx[i * len + r] = (row.unit + if row.upper { k } else { 0 }) as u32;
+                    }
+                }
+                let idx = Tensor::from_vec(idx, b * len, net.x.device())?;
+                let g = g2.iter().map(|v| v.as_ref().map(|v| gather_rows(v, &idx, b, len)).transpose());
+                let g = g.collect::<Result<Vec<_>>>()?;
+                let acc = match acc2 {
+                    Some(a) => Some(gather_rows(a, &idx, b, len)?.squeeze(2)?),
+                    None => None,
+                };
+                Pass { g, acc }.finish(net, relax, *from, len)?
+            }
+            None => backward_lower(net, relax, top, per_example_rows(rows, r0, len, shape, net.x)?)?,
+        };
+        // A row `−e_j` bounds `−z_j` from below: the unit's upper bound is minus that.
+        let sign = Tensor::from_vec(sign, (b, len), lb.device())?.to_dtype(lb.dtype())?;
+        let zero = Tensor::zeros((b, 1), lb.dtype(), lb.device())?;
+        let ext = Tensor::cat(&[&(lb * sign)?, &zero], 1)?;
+        let put = |pos: Vec<u32>, mask: Vec<u8>, into: &mut Tensor| -> Result<()> {
+            if mask.iter().any(|&m| m != 0) {
+                let pos = Tensor::from_vec(pos, (b, k), ext.device())?;
+                let mask = Tensor::from_vec(mask, (b, k), ext.device())?;
+                *into = mask.where_cond(&ext.gather(&pos, 1)?, into)?;
+            }
+            Ok(())
+        };
+        put(pos_l, mask_l, lo)?;
+        put(pos_u, mask_u, up)?;
+        r0 += len;
+    }
+    Ok(())
+}
+
+fn check_fallback(b: usize, k: usize, need: &[Vec<usize>], fallback: (&Tensor, &Tensor)) -> Result<()> {
+    if need.len() != b || fallback.0.dims() != [b, k] || fallback.1.dims() != [b, k] {
+        return Err(DualError::shape(format!(
+            "per-example units for {} examples and fallback bounds {:?} / {:?}; expected {b} and [{b}, {k}]",
+            need.len(),
+            fallback.0.dims(),
+            fallback.1.dims()
+        )));
+    }
+    Ok(())
 }
 
 /// CROWN's bounds of output `top`, `(lower, upper)` `[B, K]`, on the units `need[i]` of each
-/// example `i`, and `fallback` elsewhere, with the relaxations chosen so far. The rows `±e_j`
-/// are per example (an example's rows are its own units), so the cost follows the number of
-/// units an example needs, not their union over the batch; they go in chunks of about `budget`
-/// bytes. The same numbers as [`layer_bounds`] on the units computed (differentiable in both).
+/// example `i`, and `fallback` elsewhere, with the relaxations chosen so far: both sides of
+/// every unit needed. The same numbers as [`layer_bounds`] on the units computed
+/// (differentiable in both).
 pub fn layer_bounds_per_example(
     net: &Net<'_>,
     relax: &Relaxed,
@@ -282,62 +380,59 @@ pub fn layer_bounds_per_example(
     fallback: (&Tensor, &Tensor),
     budget: usize,
 ) -> Result<(Tensor, Tensor)> {
-    let shape = &shapes[top];
     let b = net.x.dim(0)?;
-    let k: usize = shape.iter().product();
-    if need.len() != b || fallback.0.dims() != [b, k] || fallback.1.dims() != [b, k] {
-        return Err(DualError::shape(format!(
-            "per-example units for {} examples and fallback bounds {:?} / {:?}; expected {b} and [{b}, {k}]",
-            need.len(),
-            fallback.0.dims(),
-            fallback.1.dims()
-        )));
-    }
+    let k: usize = shapes[top].iter().product();
+    check_fallback(b, k, need, fallback)?;
+    let rows: Vec<Vec<SideRow>> = need
+        .iter()
+        .map(|u| u.iter().flat_map(|&unit| [false, true].map(|upper| SideRow { unit, upper })).collect())
+        .collect();
     let (mut lo, mut up) = (fallback.0.clone(), fallback.1.clone());
-    let rmax = need.iter().map(|u| u.len()).max().unwrap_or(0);
-    // Per-example rows make `[Λ]₊` and `[Λ]₋` per example too at the first activation: a
-    // quarter of the rows of `layer_bounds` per chunk keeps the same memory.
-    let chunk = (chunk_rows(net, shapes, top, budget) / 4).max(1);
-    let prefix = shared_prefix(net, relax, shapes, top)?;
-    let mut r0 = 0;
-    while r0 < rmax {
-        let len = chunk.min(rmax - r0);
-        let (pos, mask, lb) = match &prefix {
-            Some((pass, from)) => {
-                // Every example's own units, gathered from the shared rows (padding: unit 0).
-                let mut idx = vec![0u32; b * len];
-                let (mut pos, mut mask) = (vec![len as u32; b * k], vec![0u8; b * k]);
-                for (i, units) in need.iter().enumerate() {
-                    let end = units.len().min(r0 + len);
-                    for (r, &j) in units[r0.min(end)..end].iter().enumerate() {
-                        idx[i * len + r] = j as u32;
-                        pos[i * k + j] = r as u32;
-                        mask[i * k + j] = 1;
-                    }
-                }
-                let idx = Tensor::from_vec(idx, b * len, net.x.device())?;
-                let g = pass.g.iter().map(|v| v.as_ref().map(|v| gather_signed(v, &idx, b, len)).transpose());
-                let g = g.collect::<Result<Vec<_>>>()?;
-                let acc = match &pass.acc {
-                    Some(a) => Some(gather_signed(&a.unsqueeze(2)?, &idx, b, len)?.squeeze(2)?),
-                    None => None,
-                };
-                let lb = Pass { g, acc }.finish(net, relax, *from, 2 * len)?;
-                (pos, mask, lb)
-            }
-            None => {
-                let (rows, pos, mask) = per_example_rows(need, r0, len, shape, net.x)?;
-                (pos, mask, backward_lower(net, relax, top, rows)?)
-            }
-        };
-        let zero = Tensor::zeros((b, 1), lb.dtype(), lb.device())?;
-        let l_ext = Tensor::cat(&[&lb.narrow(1, 0, len)?, &zero], 1)?;
-        let u_ext = Tensor::cat(&[&lb.narrow(1, len, len)?.neg()?, &zero], 1)?;
-        let pos = Tensor::from_vec(pos, (b, k), lb.device())?;
-        let mask = Tensor::from_vec(mask, (b, k), lb.device())?;
-        lo = mask.where_cond(&l_ext.gather(&pos, 1)?, &lo)?;
-        up = mask.where_cond(&u_ext.gather(&pos, 1)?, &up)?;
-        r0 += len;
-    }
+    run_rows(net, relax, shapes, top, &rows, (&mut lo, &mut up), budget)?;
+    Ok((lo, up))
+}
+
+/// CROWN's layer-wise bounds for an activation whose relaxation of a unit depends only on its
+/// class once the unit is stable (ReLU: `l ≥ 0` identity, `u ≤ 0` zero). Each unit of `need[i]`
+/// first runs the side that is likelier to prove it stable (the lower bound where the sound
+/// `guess` interval leans positive, `l̃ + ũ ≥ 0`, else the upper); the other side runs only for
+/// the units that side left unstable. A unit proved stable keeps `guess` on its other side: a
+/// sound bound, looser than CROWN's, that changes no relaxation (the unit is stable either way),
+/// so every bound computed from these relaxations is CROWN's. Units outside `need` keep `guess`.
+/// Rows run: `Σ_j (1 + [j left unstable by its first side])` instead of `2 |need|`.
+pub fn layer_bounds_one_sign_first(
+    net: &Net<'_>,
+    relax: &Relaxed,
+    shapes: &[Vec<usize>],
+    top: usize,
+    need: &[Vec<usize>],
+    guess: (&Tensor, &Tensor),
+    budget: usize,
+) -> Result<(Tensor, Tensor)> {
+    let b = net.x.dim(0)?;
+    let k: usize = shapes[top].iter().product();
+    check_fallback(b, k, need, guess)?;
+    let flat = |t: &Tensor| -> Result<Vec<f64>> { Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?) };
+    let (gl, gu) = (flat(guess.0)?, flat(guess.1)?);
+    let upper_first = |i: usize, j: usize| gl[i * k + j] + gu[i * k + j] < 0.0;
+    let first: Vec<Vec<SideRow>> = need
+        .iter()
+        .enumerate()
+        .map(|(i, u)| u.iter().map(|&unit| SideRow { unit, upper: upper_first(i, unit) }).collect())
+        .collect();
+    let (mut lo, mut up) = (guess.0.clone(), guess.1.clone());
+    run_rows(net, relax, shapes, top, &first, (&mut lo, &mut up), budget)?;
+    let (l1, u1) = (flat(&lo)?, flat(&up)?);
+    let second: Vec<Vec<SideRow>> = first
+        .iter()
+        .enumerate()
+        .map(|(i, rows)| {
+            rows.iter()
+                .filter(|r| if r.upper { u1[i * k + r.unit] > 0.0 } else { l1[i * k + r.unit] < 0.0 })
+                .map(|r| SideRow { unit: r.unit, upper: !r.upper })
+                .collect()
+        })
+        .collect();
+    run_rows(net, relax, shapes, top, &second, (&mut lo, &mut up), budget)?;
     Ok((lo, up))
 }

@@ -153,8 +153,13 @@ fn worth_skipping(net: &Net<'_>, lower: &Tensor, upper: &Tensor, top: usize) -> 
     let k = lower.elem_count() / b.max(1);
     let need = sparse::unstable_per_example(lower, upper)?;
     let rmax = need.iter().map(|u| u.len()).max().unwrap_or(0);
-    let after_activation = net.nodes[..top].iter().any(|n| matches!(n, DualNode::Activation(_)));
-    Ok(if after_activation { rmax < k } else { b * rmax < k })
+    Ok(if activation_below(net, top) { rmax < k } else { b * rmax < k })
+}
+
+/// Whether an activation lies below output `top`: rows shared by the batch meet per-example
+/// slopes there (else only at the input set).
+fn activation_below(net: &Net<'_>, top: usize) -> bool {
+    net.nodes[..top].iter().any(|n| matches!(n, DualNode::Activation(_)))
 }
 
 fn with_batch(b: usize, shape: &[usize]) -> Vec<usize> {
@@ -273,6 +278,17 @@ fn from_boxes(
             }
             _ => None,
         };
+        // One side first (`crown::layer_bounds_one_sign_first`) where a stable unit's relaxation
+        // does not depend on its bounds' values and no activation reads these bounds directly
+        // (ReLU → MaxPool2d would see the looser side).
+        let one_sign = act.exact_off_zero() && !matches!(net.nodes.get(t), Some(DualNode::Activation(_)));
+        let per_example = |need: &[Vec<usize>], guess: (&Tensor, &Tensor)| {
+            if one_sign {
+                crown::layer_bounds_one_sign_first(net, &relax, shapes, t - 1, need, guess, budget)
+            } else {
+                crown::layer_bounds_per_example(net, &relax, shapes, t - 1, need, guess, budget)
+            }
+        };
         let (mut l, mut u) = if let Some((lo, hi)) = shortcut {
             match &ibp_lu {
                 Some((li, ui)) => (lo.maximum(li)?, hi.minimum(ui)?),
@@ -291,14 +307,22 @@ fn from_boxes(
                     // Where IBP proves the unit stable in an example, keep IBP's bounds (the
                     // relaxation is then exact); the backward pass runs on the others only.
                     let need = sparse::unstable_per_example(li, ui)?;
-                    crown::layer_bounds_per_example(net, &relax, shapes, t - 1, &need, (li, ui), budget)?
+                    per_example(&need, (li, ui))?
                 }
                 _ => match sparse::loose_bounds(net, &relax, t - 1)? {
                     // Units the looser bound proves stable are stable under CROWN too, with the
                     // same relaxation: the backward pass runs on the others only.
-                    Some((lf, uf)) if worth_skipping(net, &lf, &uf, t - 1)? => {
+                    Some((lf, uf))
+                        if (one_sign && activation_below(net, t - 1)) || worth_skipping(net, &lf, &uf, t - 1)? =>
+                    {
                         let need = sparse::unstable_per_example(&lf, &uf)?;
-                        crown::layer_bounds_per_example(net, &relax, shapes, t - 1, &need, (&lf, &uf), budget)?
+                        per_example(&need, (&lf, &uf))?
+                    }
+                    // Every unit, one side first, guided by IBP's interval: CROWN's numbers.
+                    _ if one_sign && ibp_lu.is_some() => {
+                        let (li, ui) = ibp_lu.as_ref().expect("checked");
+                        let need = vec![(0..k).collect::<Vec<_>>(); b];
+                        per_example(&need, (li, ui))?
                     }
                     _ => {
                         let units: Vec<usize> = (0..k).collect();
