@@ -75,6 +75,28 @@ impl LinearRelaxation for ReluLinear {
         Ok(((lo + up)?, Some(offset)))
     }
 
+    /// The gather, the step and the offset in one pass when nothing tracks its ops
+    /// (`kernels::relax_gathered`); else the default.
+    fn backward_lower_gathered(
+        &self,
+        table: &Tensor,
+        idx: &[u32],
+        b: usize,
+        len: usize,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        if self.a_l.dim(1)? == 1 && self.a_u.dim(0)? == b {
+            if let Some((gin, off)) =
+                crate::kernels::relax_gathered(table, idx, len, (&self.a_l, &self.a_u, &self.b_u))?
+            {
+                return Ok((gin, Some(off)));
+            }
+        }
+        let ids = Tensor::from_vec(idx.to_vec(), idx.len(), table.device())?;
+        let mut s = vec![b, len];
+        s.extend_from_slice(&table.dims()[2..]);
+        self.backward_lower(&table.index_select(&ids, 1)?.reshape(s)?)
+    }
+
     fn lower_slopes(&self) -> &Tensor {
         &self.a_l
     }

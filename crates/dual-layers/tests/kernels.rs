@@ -774,3 +774,37 @@ fn transposes_match_the_definition() {
         check::<f64>(rows, cols);
     }
 }
+
+/// The fused gather + ReLU step + offset (`relax_gathered`) against the long way: rows gathered
+/// with `index_select`, `[λ]₊ a_L + [λ]₋ a_U` and `Σ min(λ, 0) b_U` with Candle's ops; exact
+/// zeros in the rows and the lines included, repeated and padding indices too. `None` when the
+/// table tracks its ops.
+#[test]
+fn relax_gathered_matches_gather_then_step() -> Result<()> {
+    use dual_layers::kernels::relax_gathered;
+    for dtype in [DType::F64, DType::F32] {
+        let mut rng = StdRng::seed_from_u64(17);
+        let (rows, shape, b, len) = (7usize, [2usize, 3, 3], 3usize, 5usize);
+        let k: usize = shape.iter().product();
+        let mut tab = rand_tensor(&mut rng, &[1, rows, 2, 3, 3], dtype)?;
+        // Some exact zeros in the table.
+        let mask: Vec<f64> = (0..rows * k).map(|i| if i % 5 == 0 { 0.0 } else { 1.0 }).collect();
+        tab = tab.mul(&Tensor::from_vec(mask, (1, rows, 2, 3, 3), &Device::Cpu)?.to_dtype(dtype)?)?;
+        let a_l = rand_tensor(&mut rng, &[b, 1, 2, 3, 3], dtype)?.abs()?;
+        let a_u = rand_tensor(&mut rng, &[b, 2, 3, 3], dtype)?.abs()?.relu()?;
+        let b_u = rand_tensor(&mut rng, &[b, k], dtype)?;
+        let idx: Vec<u32> = (0..b * len).map(|i| ((i * 3) % rows) as u32).collect();
+        let (got, off) = relax_gathered(&tab, &idx, len, (&a_l, &a_u, &b_u))?.expect("applies");
+        let ids = Tensor::from_vec(idx.clone(), idx.len(), &Device::Cpu)?;
+        let lam = tab.index_select(&ids, 1)?.reshape((b, len, 2, 3, 3))?;
+        let pos = lam.maximum(0.0)?;
+        let neg = (&lam - &pos)?;
+        let want = (pos.broadcast_mul(&a_l)? + neg.broadcast_mul(&a_u.unsqueeze(1)?)?)?;
+        let want_off = neg.reshape((b, len, k))?.broadcast_mul(&b_u.unsqueeze(1)?)?.sum(2)?;
+        assert_close(&got, &want, dtype, "relax_gathered step")?;
+        assert_close(&off, &want_off, dtype, "relax_gathered offset")?;
+        let v = Var::from_tensor(&tab)?;
+        assert!(relax_gathered(v.as_tensor(), &idx, len, (&a_l, &a_u, &b_u))?.is_none());
+    }
+    Ok(())
+}

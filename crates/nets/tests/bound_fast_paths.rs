@@ -182,12 +182,21 @@ fn crown_long_way(n: &Net<'_>, c: &Tensor) -> (Tensor, Vec<(Tensor, Tensor)>) {
 /// CROWN's layer-wise bounds one side first (the side likelier to prove the unit stable, the
 /// other only where it does not) give CROWN's margin bounds, and per unit: the same side(s) where
 /// computed, a sound looser bound on the side skipped, and the same stability everywhere.
+///
+/// Run with tracked parameters (Candle's gather and step) and inside `no_grad` (the ReLU's fused
+/// gather + step, `kernels::relax_gathered`).
 #[test]
 fn one_side_first_gives_crowns_bounds() {
+    one_side_first_case(false);
+    nets::no_grad(|| one_side_first_case(true));
+}
+
+fn one_side_first_case(plain: bool) {
     let net = convnet();
     let x = inputs(6, 4);
     let y = [0u32, 1, 2, 3, 0, 1];
     let nodes = net.dual_nodes(&x).unwrap();
+    let mode = if plain { "no_grad" } else { "tracked" };
     for eps in [0.02, 0.1, 0.3] {
         let set = InfBallBounded::new(&x, eps, 0.0, 1.0).unwrap();
         let n = Net { nodes: &nodes, x: &x, input: &set };
@@ -195,7 +204,7 @@ fn one_side_first_gives_crowns_bounds() {
         let c = spec.matrix().clone();
         let fast = spec_bounds(&n, &spec, Method::Crown, &BoundOptions::default(), None).unwrap();
         let (slow, slow_layers) = crown_long_way(&n, &c);
-        assert!(max_diff(&fast.lower, &slow) < 1e-10, "eps {eps}: {}", max_diff(&fast.lower, &slow));
+        assert!(max_diff(&fast.lower, &slow) < 1e-10, "{mode} eps {eps}: {}", max_diff(&fast.lower, &slow));
         let (mut skipped, mut unstable) = (0, 0);
         for (lb, (sl, su)) in fast.layers.iter().zip(&slow_layers) {
             let (fl, fu, sl, su) = (flat(&lb.lower), flat(&lb.upper), flat(sl), flat(su));

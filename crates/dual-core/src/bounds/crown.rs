@@ -39,16 +39,23 @@ pub(crate) fn contract(lam: &Tensor, v: &Tensor) -> Result<Tensor> {
 pub(crate) fn signed_identity_rows(units: &[usize], signed: bool, shape: &[usize], like: &Tensor) -> Result<Tensor> {
     let k: usize = shape.iter().product();
     let rows = if signed { 2 * units.len() } else { units.len() };
-    let mut data = vec![0f64; rows * k];
-    for (r, &j) in units.iter().enumerate() {
-        data[r * k + j] = 1.0;
-        if signed {
-            data[(units.len() + r) * k + j] = -1.0;
-        }
-    }
     let mut s = vec![1, rows];
     s.extend_from_slice(shape);
-    Ok(Tensor::from_vec(data, s, like.device())?.to_dtype(like.dtype())?)
+    // Built in the target type: the rows of a layer of K units are K² numbers.
+    fn fill<T: candle_core::WithDType>(units: &[usize], signed: bool, rows: usize, k: usize) -> Vec<T> {
+        let mut data = vec![T::from_f64(0.0); rows * k];
+        for (r, &j) in units.iter().enumerate() {
+            data[r * k + j] = T::from_f64(1.0);
+            if signed {
+                data[(units.len() + r) * k + j] = T::from_f64(-1.0);
+            }
+        }
+        data
+    }
+    Ok(match like.dtype() {
+        DType::F32 => Tensor::from_vec(fill::<f32>(units, signed, rows, k), s, like.device())?,
+        dt => Tensor::from_vec(fill::<f64>(units, signed, rows, k), s, like.device())?.to_dtype(dt)?,
+    })
 }
 
 fn accumulate(slot: &mut Option<Tensor>, v: Tensor) -> Result<()> {
@@ -254,24 +261,44 @@ fn shared_prefix(net: &Net<'_>, relax: &Relaxed, shapes: &[Vec<usize>], top: usi
 }
 
 /// Rows of `v2` (`[1, 2K, ...]`: the shared rows `+e_j`, then `−e_j`) picked by `idx`
-/// (`[B·len]`, example-major): `[B, len, ...]`.
-fn gather_rows(v2: &Tensor, idx: &Tensor, b: usize, len: usize) -> Result<Tensor> {
-    let sel = v2.index_select(idx, 1)?;
+/// (`B·len` of them, example-major): `[B, len, ...]`.
+fn gather_rows(v2: &Tensor, idx: &[u32], b: usize, len: usize) -> Result<Tensor> {
+    let ids = Tensor::from_vec(idx.to_vec(), idx.len(), v2.device())?;
     let mut s = vec![b, len];
     s.extend_from_slice(&v2.dims()[2..]);
-    Ok(sel.reshape(s)?)
+    Ok(v2.index_select(&ids, 1)?.reshape(s)?)
 }
 
-/// Runs the rows `rows[i]` of every example `i` backwards and writes what they give into
-/// `lo` / `up` (`[B, K]`): a row `+e_j` sets the unit's lower bound, a row `−e_j` its upper
-/// bound; units without a row keep what they hold. The rows are per example (an example's rows
-/// are its own units), so the cost follows the rows an example needs, not their union over the
-/// batch; they go in chunks of about `budget` bytes. Differentiable in the bounds computed.
+/// The rows `+e_j` of every unit of a layer, then their negatives (`[1, 2K, ...]` on every
+/// output they reached), run through the affine nodes down to the first activation, where they
+/// are still shared by the batch: each example's rows are gathered from them. Built once per
+/// layer (both sides' passes use it).
+struct SharedRows {
+    g: Vec<Option<Tensor>>,
+    acc: Option<Tensor>,
+    from: usize,
+}
+
+impl SharedRows {
+    fn new(net: &Net<'_>, relax: &Relaxed, shapes: &[Vec<usize>], top: usize) -> Result<Option<Self>> {
+        let Some((pass, from)) = shared_prefix(net, relax, shapes, top)? else { return Ok(None) };
+        let both = |v: &Tensor| -> Result<Tensor> { Ok(Tensor::cat(&[v, &v.neg()?], 1)?) };
+        let g = pass.g.iter().map(|v| v.as_ref().map(both).transpose()).collect::<Result<Vec<_>>>()?;
+        let acc = match &pass.acc {
+            Some(a) => Some(both(&a.unsqueeze(2)?)?),
+            None => None,
+        };
+        Ok(Some(SharedRows { g, acc, from }))
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn run_rows(
     net: &Net<'_>,
     relax: &Relaxed,
     shapes: &[Vec<usize>],
     top: usize,
+    prefix: Option<&SharedRows>,
     rows: &[Vec<SideRow>],
     (lo, up): (&mut Tensor, &mut Tensor),
     budget: usize,
@@ -286,20 +313,6 @@ fn run_rows(
     // Per-example rows make `[Λ]₊` and `[Λ]₋` per example too at the first activation: half the
     // rows of `layer_bounds` per chunk keeps the same memory.
     let chunk = (chunk_rows(net, shapes, top, budget) / 2).max(1);
-    // The rows `+e_j` of every unit through the affine nodes down to the first activation, shared
-    // by the batch, then their negatives (`[1, 2K, ...]`): each example's rows are gathered.
-    let prefix = match shared_prefix(net, relax, shapes, top)? {
-        Some((pass, from)) => {
-            let both = |v: &Tensor| -> Result<Tensor> { Ok(Tensor::cat(&[v, &v.neg()?], 1)?) };
-            let g = pass.g.iter().map(|v| v.as_ref().map(both).transpose()).collect::<Result<Vec<_>>>()?;
-            let acc = match &pass.acc {
-                Some(a) => Some(both(&a.unsqueeze(2)?)?),
-                None => None,
-            };
-            Some((g, acc, from))
-        }
-        None => None,
-    };
     let mut r0 = 0;
     while r0 < rmax {
         let len = chunk.min(rmax - r0);
@@ -315,8 +328,8 @@ fn run_rows(
                 sign[i * len + r] = if row.upper { -1.0 } else { 1.0 };
             }
         }
-        let lb = match &prefix {
-            Some((g2, acc2, from)) => {
+        let lb = match prefix {
+            Some(SharedRows { g: g2, acc: acc2, from }) => {
                 // Every example's own rows, gathered from the shared ones (padding: row 0).
                 let mut idx = vec![0u32; b * len];
                 for (i, list) in rows.iter().enumerate() {
@@ -325,14 +338,39 @@ fn run_rows(
                         idx[i * len + r] = (row.unit + if row.upper { k } else { 0 }) as u32;
                     }
                 }
-                let idx = Tensor::from_vec(idx, b * len, net.x.device())?;
-                let g = g2.iter().map(|v| v.as_ref().map(|v| gather_rows(v, &idx, b, len)).transpose());
-                let g = g.collect::<Result<Vec<_>>>()?;
+                let from = *from;
+                // The activation at `from` takes its rows straight from the table (its step may
+                // fuse the gather); anything else is gathered first.
+                let fused = match (from, g2.get(from)) {
+                    (1.., Some(Some(table))) => match (&net.nodes[from - 1], relax[from].as_ref()) {
+                        (DualNode::Activation(_), Some(r)) => Some(r.backward_lower_gathered(table, &idx, b, len)?),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                let mut g = Vec::with_capacity(g2.len());
+                for (t, v) in g2.iter().enumerate() {
+                    let skip = fused.is_some() && t == from;
+                    g.push(match v {
+                        Some(v) if !skip => Some(gather_rows(v, &idx, b, len)?),
+                        _ => None,
+                    });
+                }
                 let acc = match acc2 {
                     Some(a) => Some(gather_rows(a, &idx, b, len)?.squeeze(2)?),
                     None => None,
                 };
-                Pass { g, acc }.finish(net, relax, *from, len)?
+                let mut pass = Pass { g, acc };
+                match fused {
+                    Some((gin, off)) => {
+                        if let Some(off) = off {
+                            accumulate(&mut pass.acc, off)?;
+                        }
+                        accumulate(&mut pass.g[from - 1], gin)?;
+                        pass.finish(net, relax, from - 1, len)?
+                    }
+                    None => pass.finish(net, relax, from, len)?,
+                }
             }
             None => backward_lower(net, relax, top, per_example_rows(rows, r0, len, shape, net.x)?)?,
         };
@@ -388,7 +426,8 @@ pub fn layer_bounds_per_example(
         .map(|u| u.iter().flat_map(|&unit| [false, true].map(|upper| SideRow { unit, upper })).collect())
         .collect();
     let (mut lo, mut up) = (fallback.0.clone(), fallback.1.clone());
-    run_rows(net, relax, shapes, top, &rows, (&mut lo, &mut up), budget)?;
+    let prefix = SharedRows::new(net, relax, shapes, top)?;
+    run_rows(net, relax, shapes, top, prefix.as_ref(), &rows, (&mut lo, &mut up), budget)?;
     Ok((lo, up))
 }
 
@@ -421,7 +460,8 @@ pub fn layer_bounds_one_sign_first(
         .map(|(i, u)| u.iter().map(|&unit| SideRow { unit, upper: upper_first(i, unit) }).collect())
         .collect();
     let (mut lo, mut up) = (guess.0.clone(), guess.1.clone());
-    run_rows(net, relax, shapes, top, &first, (&mut lo, &mut up), budget)?;
+    let prefix = SharedRows::new(net, relax, shapes, top)?;
+    run_rows(net, relax, shapes, top, prefix.as_ref(), &first, (&mut lo, &mut up), budget)?;
     let (l1, u1) = (flat(&lo)?, flat(&up)?);
     let second: Vec<Vec<SideRow>> = first
         .iter()
@@ -433,6 +473,6 @@ pub fn layer_bounds_one_sign_first(
                 .collect()
         })
         .collect();
-    run_rows(net, relax, shapes, top, &second, (&mut lo, &mut up), budget)?;
+    run_rows(net, relax, shapes, top, prefix.as_ref(), &second, (&mut lo, &mut up), budget)?;
     Ok((lo, up))
 }

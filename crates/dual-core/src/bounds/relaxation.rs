@@ -41,6 +41,25 @@ pub trait LinearRelaxation: Send + Sync {
     /// `Λ σ(ẑ) ≥ Λ_in ẑ + offset` for every `ẑ ∈ [l, u]`.
     fn backward_lower(&self, lam: &Tensor) -> Result<(Tensor, Option<Tensor>)>;
 
+    /// [`Self::backward_lower`] of rows gathered per example from a table shared by the batch:
+    /// `table` `[1, R, *shape]`, `idx` `b · len` row indices (example-major), so that
+    /// `Λ[e, r] = table[idx[e · len + r]]`; returns `([B, len, *shape], [B, len])` as
+    /// `backward_lower` would on that `Λ`. The default gathers with `index_select`; an
+    /// implementation may fuse the gather into its step (the same numbers up to the order of
+    /// summation).
+    fn backward_lower_gathered(
+        &self,
+        table: &Tensor,
+        idx: &[u32],
+        b: usize,
+        len: usize,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let ids = Tensor::from_vec(idx.to_vec(), idx.len(), table.device())?;
+        let mut s = vec![b, len];
+        s.extend_from_slice(&table.dims()[2..]);
+        self.backward_lower(&table.index_select(&ids, 1)?.reshape(s)?)
+    }
+
     /// The lower slopes `a_L`, `[B, r, *shape]` (`r` = 1, or the rows of a [`SlopeRule::Given`]).
     fn lower_slopes(&self) -> &Tensor;
 

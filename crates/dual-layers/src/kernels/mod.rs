@@ -65,7 +65,7 @@ pub use conv::{
 pub use interval::relu_box;
 pub use linear::{linear_columns, linear_weight_grad};
 pub use path::{record_paths, KernelPath, PathTaken};
-pub use relax::relax_columns;
+pub use relax::{relax_columns, relax_gathered};
 pub use slopes::{abs_contract, neg_part_contract, scale_columns};
 pub use train_abs::abs_tracked;
 pub use train_bias::add_channel_bias;

@@ -47,6 +47,115 @@ pub fn relax_columns(lam: &Tensor, a_l: &Tensor, a_u: &Tensor) -> Result<Option<
 
 struct RelaxColumns;
 
+/// The fused step on rows gathered per example from a shared table, with the ReLU offset:
+/// `out[e, r, i] = [λ]₊ a_L[e, i] + [λ]₋ a_U[e, i]` and `off[e, r] = Σ_i min(λ_i, 0) b_U[e, i]`
+/// for `λ = table[idx[e·len + r]]` (`table` `[1, R, *shape]`, `a_l`, `a_u`, `b_u` `[B, K]`
+/// elements each). One read of each gathered row and one write, where `index_select`, the step
+/// and the offset's contraction took four passes and a serial zero fill. Returns
+/// `([B, len, *shape], [B, len])`; `None` where it does not apply (another device or dtype, an
+/// operand that tracks its ops, other shapes).
+pub fn relax_gathered(
+    table: &Tensor,
+    idx: &[u32],
+    len: usize,
+    (a_l, a_u, b_u): (&Tensor, &Tensor, &Tensor),
+) -> Result<Option<(Tensor, Tensor)>> {
+    if table.rank() < 2 || table.dim(0)? != 1 || !cpu_float(&[table, a_l, a_u, b_u]) {
+        return Ok(None);
+    }
+    if [table, a_l, a_u, b_u].iter().any(|t| t.track_op()) {
+        return Ok(None);
+    }
+    let rows = table.dim(1)?;
+    let k = table.elem_count() / rows.max(1);
+    let b = a_u.dim(0)?;
+    if len == 0 || idx.len() != b * len || a_l.elem_count() != b * k || b_u.elem_count() != b * k {
+        return Ok(None);
+    }
+    if idx.iter().any(|&i| i as usize >= rows) {
+        bail!("relax_gathered: a row index beyond the table's {rows} rows");
+    }
+    let flat = |t: &Tensor| t.reshape((b, k))?.contiguous();
+    let (a_l, a_u, b_u) = (flat(a_l)?, flat(a_u)?, flat(b_u)?);
+    let table = table.contiguous()?;
+    let mut dims = table.dims().to_vec();
+    dims[0] = b;
+    dims[1] = len;
+    let dev = table.device().clone();
+    let (ts, tl) = table.storage_and_layout();
+    let (ls, ll) = a_l.storage_and_layout();
+    let (us, ul) = a_u.storage_and_layout();
+    let (bs, bl) = b_u.storage_and_layout();
+    use candle_core::Storage::Cpu;
+    let what = "relax_gathered";
+    let (out, off) = match (&*ts, &*ls, &*us, &*bs) {
+        (Cpu(CpuStorage::F32(t)), Cpu(CpuStorage::F32(l)), Cpu(CpuStorage::F32(u)), Cpu(CpuStorage::F32(c))) => {
+            let (out, off) = relax_gather_rows(
+                contiguous_slice(t, tl, what)?,
+                idx,
+                contiguous_slice(l, ll, what)?,
+                contiguous_slice(u, ul, what)?,
+                contiguous_slice(c, bl, what)?,
+                len,
+                k,
+            );
+            (Tensor::from_vec(out, dims, &dev)?, Tensor::from_vec(off, (b, len), &dev)?)
+        }
+        (Cpu(CpuStorage::F64(t)), Cpu(CpuStorage::F64(l)), Cpu(CpuStorage::F64(u)), Cpu(CpuStorage::F64(c))) => {
+            let (out, off) = relax_gather_rows(
+                contiguous_slice(t, tl, what)?,
+                idx,
+                contiguous_slice(l, ll, what)?,
+                contiguous_slice(u, ul, what)?,
+                contiguous_slice(c, bl, what)?,
+                len,
+                k,
+            );
+            (Tensor::from_vec(out, dims, &dev)?, Tensor::from_vec(off, (b, len), &dev)?)
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some((out, off)))
+}
+
+fn relax_gather_rows<T: Elem>(
+    tab: &[T],
+    idx: &[u32],
+    al: &[T],
+    au: &[T],
+    bu: &[T],
+    len: usize,
+    k: usize,
+) -> (Vec<T>, Vec<T>) {
+    let zero = T::default();
+    let n = idx.len();
+    let mut off = vec![zero; n];
+    let mut out: Vec<T> = Vec::with_capacity(n * k);
+    if k > 0 {
+        out.spare_capacity_mut()[..n * k]
+            .par_chunks_mut(k)
+            .zip(off.par_iter_mut())
+            .enumerate()
+            .with_min_len(MIN_ROWS)
+            .for_each(|(q, (row, o))| {
+                let e = q / len;
+                let src = &tab[idx[q] as usize * k..][..k];
+                let (lo, up, bb) = (&al[e * k..][..k], &au[e * k..][..k], &bu[e * k..][..k]);
+                let mut acc = zero;
+                for ((((d, &s), &wl), &wu), &c) in row.iter_mut().zip(src).zip(lo).zip(up).zip(bb) {
+                    d.write(if s > zero { s * wl } else { s * wu });
+                    if s < zero {
+                        acc += s * c;
+                    }
+                }
+                *o = acc;
+            });
+    }
+    // SAFETY: every row of `k` was written in full just above (zipped with slices of `k`).
+    unsafe { out.set_len(n * k) };
+    (out, off)
+}
+
 fn relax_rows<T: Elem>(lam: &[T], al: &[T], au: &[T], bl: usize, b: usize, n: usize, k: usize) -> Vec<T> {
     let zero = T::default();
     // SAFETY: every row of `k` is zipped with three slices of `k` and so written in full.
