@@ -91,10 +91,7 @@ impl LinearRelaxation for ReluLinear {
                 return Ok((gin, Some(off)));
             }
         }
-        let ids = Tensor::from_vec(idx.to_vec(), idx.len(), table.device())?;
-        let mut s = vec![b, len];
-        s.extend_from_slice(&table.dims()[2..]);
-        self.backward_lower(&table.index_select(&ids, 1)?.reshape(s)?)
+        dual_core::bounds::gather_then_step(self, table, idx, b, len)
     }
 
     fn lower_slopes(&self) -> &Tensor {

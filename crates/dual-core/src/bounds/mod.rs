@@ -27,7 +27,7 @@ pub mod sparse;
 pub mod spec;
 
 pub use alpha::AlphaOptions;
-pub use relaxation::{LinearRelaxation, SlopeRule};
+pub use relaxation::{gather_then_step, LinearRelaxation, SlopeRule};
 pub use spec::Spec;
 
 use crate::{layer::DualNode, source::DualSource, DualError, DualNetwork, LayerBounds, Result};

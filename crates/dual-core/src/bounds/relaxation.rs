@@ -54,10 +54,7 @@ pub trait LinearRelaxation: Send + Sync {
         b: usize,
         len: usize,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        let ids = Tensor::from_vec(idx.to_vec(), idx.len(), table.device())?;
-        let mut s = vec![b, len];
-        s.extend_from_slice(&table.dims()[2..]);
-        self.backward_lower(&table.index_select(&ids, 1)?.reshape(s)?)
+        gather_then_step(self, table, idx, b, len)
     }
 
     /// The lower slopes `a_L`, `[B, r, *shape]` (`r` = 1, or the rows of a [`SlopeRule::Given`]).
@@ -71,4 +68,19 @@ pub trait LinearRelaxation: Send + Sync {
     fn line_box(&self) -> Option<Result<(Tensor, Tensor)>> {
         None
     }
+}
+
+/// [`LinearRelaxation::backward_lower_gathered`] the long way: the rows gathered with
+/// `index_select`, then `relax.backward_lower` (the default, and the fallback of fused versions).
+pub fn gather_then_step<R: LinearRelaxation + ?Sized>(
+    relax: &R,
+    table: &Tensor,
+    idx: &[u32],
+    b: usize,
+    len: usize,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let ids = Tensor::from_vec(idx.to_vec(), idx.len(), table.device())?;
+    let mut s = vec![b, len];
+    s.extend_from_slice(&table.dims()[2..]);
+    relax.backward_lower(&table.index_select(&ids, 1)?.reshape(s)?)
 }

@@ -87,35 +87,30 @@ pub fn relax_gathered(
     let (us, ul) = a_u.storage_and_layout();
     let (bs, bl) = b_u.storage_and_layout();
     use candle_core::Storage::Cpu;
-    let what = "relax_gathered";
-    let (out, off) = match (&*ts, &*ls, &*us, &*bs) {
+    fn run<T: Elem + candle_core::WithDType>(
+        (t, tl): (&[T], &Layout),
+        (l, ll): (&[T], &Layout),
+        (u, ul): (&[T], &Layout),
+        (c, cl): (&[T], &Layout),
+        idx: &[u32],
+        (len, k, b): (usize, usize, usize),
+        (dims, dev): (Vec<usize>, &candle_core::Device),
+    ) -> Result<(Tensor, Tensor)> {
+        let what = "relax_gathered";
+        let slices = (contiguous_slice(l, ll, what)?, contiguous_slice(u, ul, what)?, contiguous_slice(c, cl, what)?);
+        let (out, off) = relax_gather_rows(contiguous_slice(t, tl, what)?, idx, slices.0, slices.1, slices.2, len, k);
+        Ok((Tensor::from_vec(out, dims, dev)?, Tensor::from_vec(off, (b, len), dev)?))
+    }
+    let shape = (len, k, b);
+    Ok(Some(match (&*ts, &*ls, &*us, &*bs) {
         (Cpu(CpuStorage::F32(t)), Cpu(CpuStorage::F32(l)), Cpu(CpuStorage::F32(u)), Cpu(CpuStorage::F32(c))) => {
-            let (out, off) = relax_gather_rows(
-                contiguous_slice(t, tl, what)?,
-                idx,
-                contiguous_slice(l, ll, what)?,
-                contiguous_slice(u, ul, what)?,
-                contiguous_slice(c, bl, what)?,
-                len,
-                k,
-            );
-            (Tensor::from_vec(out, dims, &dev)?, Tensor::from_vec(off, (b, len), &dev)?)
+            run((t, tl), (l, ll), (u, ul), (c, bl), idx, shape, (dims, &dev))?
         }
         (Cpu(CpuStorage::F64(t)), Cpu(CpuStorage::F64(l)), Cpu(CpuStorage::F64(u)), Cpu(CpuStorage::F64(c))) => {
-            let (out, off) = relax_gather_rows(
-                contiguous_slice(t, tl, what)?,
-                idx,
-                contiguous_slice(l, ll, what)?,
-                contiguous_slice(u, ul, what)?,
-                contiguous_slice(c, bl, what)?,
-                len,
-                k,
-            );
-            (Tensor::from_vec(out, dims, &dev)?, Tensor::from_vec(off, (b, len), &dev)?)
+            run((t, tl), (l, ll), (u, ul), (c, bl), idx, shape, (dims, &dev))?
         }
         _ => return Ok(None),
-    };
-    Ok(Some((out, off)))
+    }))
 }
 
 fn relax_gather_rows<T: Elem>(
