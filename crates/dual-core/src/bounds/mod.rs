@@ -319,7 +319,9 @@ fn from_boxes(
                         per_example(&need, (&lf, &uf))?
                     }
                     // Every unit, one side first, guided by IBP's interval: CROWN's numbers.
-                    _ if one_sign && ibp_lu.is_some() => {
+                    // Above an activation only: below the first one, rows shared by the batch
+                    // all the way to the input cost less than any per-example rows.
+                    _ if one_sign && ibp_lu.is_some() && activation_below(net, t - 1) => {
                         let (li, ui) = ibp_lu.as_ref().expect("checked");
                         let need = vec![(0..k).collect::<Vec<_>>(); b];
                         per_example(&need, (li, ui))?
