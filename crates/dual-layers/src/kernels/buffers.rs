@@ -56,6 +56,27 @@ pub(crate) unsafe fn rows_filled<T: Send>(
     v
 }
 
+/// `Σ_i f(a_i) · b_i` in eight running sums (lanes `i mod 8`), added pairwise at the end: a
+/// single running sum is a chain of dependent additions the compiler may not reorder (float
+/// addition is not associative), so it runs one add per add-latency; eight lanes vectorise. The
+/// sum's rounding differs from the sequential order by a few ulps.
+#[inline]
+pub(crate) fn dot_lanes<T: Elem>(a: &[T], b: &[T], f: impl Fn(T) -> T) -> T {
+    let mut lanes = [T::ZERO; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (x, y) in ac.zip(bc) {
+        for l in 0..8 {
+            lanes[l] += f(x[l]) * y[l];
+        }
+    }
+    let mut tail = T::ZERO;
+    for (&x, &y) in ar.iter().zip(br) {
+        tail += f(x) * y;
+    }
+    ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6])) + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7])) + tail
+}
+
 /// A zero-filled buffer of `len` elements, filled by rayon's threads when it is large: a single
 /// thread zeroing the tens of megabytes of a column block is a serial step every other thread
 /// waits for (and the pages are then first touched by the threads that work on them).

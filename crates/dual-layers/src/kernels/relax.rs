@@ -136,14 +136,30 @@ fn relax_gather_rows<T: Elem>(
                 let e = q / len;
                 let src = &tab[idx[q] as usize * k..][..k];
                 let (lo, up, bb) = (&al[e * k..][..k], &au[e * k..][..k], &bu[e * k..][..k]);
-                let mut acc = zero;
-                for ((((d, &s), &wl), &wu), &c) in row.iter_mut().zip(src).zip(lo).zip(up).zip(bb) {
-                    d.write(if s > zero { s * wl } else { s * wu });
+                // The offset in eight running sums (as `dot_lanes`), so that the loop vectorises.
+                let mut lanes = [zero; 8];
+                let step = |i: usize, d: &mut std::mem::MaybeUninit<T>| -> T {
+                    let s = src[i];
+                    d.write(if s > zero { s * lo[i] } else { s * up[i] });
                     if s < zero {
-                        acc += s * c;
+                        s * bb[i]
+                    } else {
+                        zero
+                    }
+                };
+                let body = k / 8 * 8;
+                for (c8, d8) in row[..body].chunks_exact_mut(8).enumerate() {
+                    for (l, d) in d8.iter_mut().enumerate() {
+                        lanes[l] += step(c8 * 8 + l, d);
                     }
                 }
-                *o = acc;
+                let mut tail = zero;
+                for (i, d) in row.iter_mut().enumerate().skip(body) {
+                    tail += step(i, d);
+                }
+                *o = ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6]))
+                    + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]))
+                    + tail;
             });
     }
     // SAFETY: every row of `k` was written in full just above (zipped with slices of `k`).

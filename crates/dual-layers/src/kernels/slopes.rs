@@ -266,11 +266,11 @@ impl CustomOp2 for PieceContract {
             let mut out = vec![Default::default(); b * r];
             out.par_iter_mut().with_min_len(MIN_ROWS).enumerate().for_each(|(q, o)| {
                 let ws = &w[(q / r) * p..][..p];
-                let mut acc = Default::default();
-                for (&a, &c) in g[q * p..][..p].iter().zip(ws) {
-                    acc += piece.value(a) * c;
-                }
-                *o = acc;
+                let gs = &g[q * p..][..p];
+                *o = match piece {
+                    Piece::Abs => super::dot_lanes(gs, ws, |a| Piece::Abs.value(a)),
+                    Piece::NegPart => super::dot_lanes(gs, ws, |a| Piece::NegPart.value(a)),
+                };
             });
             out
         });
