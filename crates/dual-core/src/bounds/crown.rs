@@ -11,7 +11,10 @@
 //! Layer-wise bounds of an activation's input (`K` units) run the rows `±e_j`, shared by the
 //! batch until they meet the first per-example slopes, in chunks of rows.
 
-use super::{relaxation::LinearRelaxation, Net};
+use super::{
+    relaxation::{gather_rows, LinearRelaxation},
+    Net,
+};
 use crate::{layer::DualNode, DualError, Result};
 use candle_core::{DType, Tensor};
 
@@ -260,15 +263,6 @@ fn shared_prefix(net: &Net<'_>, relax: &Relaxed, shapes: &[Vec<usize>], top: usi
     Ok(shared.then_some((pass, t)))
 }
 
-/// Rows of `v2` (`[1, 2K, ...]`: the shared rows `+e_j`, then `−e_j`) picked by `idx`
-/// (`B·len` of them, example-major): `[B, len, ...]`.
-fn gather_rows(v2: &Tensor, idx: &[u32], b: usize, len: usize) -> Result<Tensor> {
-    let ids = Tensor::from_vec(idx.to_vec(), idx.len(), v2.device())?;
-    let mut s = vec![b, len];
-    s.extend_from_slice(&v2.dims()[2..]);
-    Ok(v2.index_select(&ids, 1)?.reshape(s)?)
-}
-
 /// The rows `+e_j` of every unit of a layer, then their negatives (`[1, 2K, ...]` on every
 /// output they reached), run through the affine nodes down to the first activation, where they
 /// are still shared by the batch: each example's rows are gathered from them. Built once per
@@ -319,6 +313,8 @@ fn run_rows(
         let (mut pos_l, mut mask_l) = (vec![len as u32; b * k], vec![0u8; b * k]);
         let (mut pos_u, mut mask_u) = (vec![len as u32; b * k], vec![0u8; b * k]);
         let mut sign = vec![0f64; b * len];
+        // Each row's place in the shared table `[+e_j; −e_j]` (padding: row 0).
+        let mut idx = vec![0u32; b * len];
         for (i, list) in rows.iter().enumerate() {
             let end = list.len().min(r0 + len);
             for (r, row) in list[r0.min(end)..end].iter().enumerate() {
@@ -326,18 +322,12 @@ fn run_rows(
                 pos[i * k + row.unit] = r as u32;
                 mask[i * k + row.unit] = 1;
                 sign[i * len + r] = if row.upper { -1.0 } else { 1.0 };
+                idx[i * len + r] = (row.unit + if row.upper { k } else { 0 }) as u32;
             }
         }
         let lb = match prefix {
             Some(SharedRows { g: g2, acc: acc2, from }) => {
-                // Every example's own rows, gathered from the shared ones (padding: row 0).
-                let mut idx = vec![0u32; b * len];
-                for (i, list) in rows.iter().enumerate() {
-                    let end = list.len().min(r0 + len);
-                    for (r, row) in list[r0.min(end)..end].iter().enumerate() {
-                        idx[i * len + r] = (row.unit + if row.upper { k } else { 0 }) as u32;
-                    }
-                }
+                // Every example's own rows, gathered from the shared ones.
                 let from = *from;
                 // The activation at `from` takes its rows straight from the table (its step may
                 // fuse the gather); anything else is gathered first.

@@ -70,8 +70,9 @@ pub trait LinearRelaxation: Send + Sync {
     }
 }
 
-/// [`LinearRelaxation::backward_lower_gathered`] the long way: the rows gathered with
-/// `index_select`, then `relax.backward_lower` (the default, and the fallback of fused versions).
+/// [`LinearRelaxation::backward_lower_gathered`] the long way: the rows gathered
+/// ([`gather_rows`]), then `relax.backward_lower` (the default, and the fallback of fused
+/// versions).
 pub fn gather_then_step<R: LinearRelaxation + ?Sized>(
     relax: &R,
     table: &Tensor,
@@ -79,8 +80,14 @@ pub fn gather_then_step<R: LinearRelaxation + ?Sized>(
     b: usize,
     len: usize,
 ) -> Result<(Tensor, Option<Tensor>)> {
+    relax.backward_lower(&gather_rows(table, idx, b, len)?)
+}
+
+/// Rows of `table` (`[1, R, ...]`) picked by `idx` (`b · len` of them, example-major), with
+/// `index_select`: `[b, len, ...]`.
+pub fn gather_rows(table: &Tensor, idx: &[u32], b: usize, len: usize) -> Result<Tensor> {
     let ids = Tensor::from_vec(idx.to_vec(), idx.len(), table.device())?;
     let mut s = vec![b, len];
     s.extend_from_slice(&table.dims()[2..]);
-    relax.backward_lower(&table.index_select(&ids, 1)?.reshape(s)?)
+    Ok(table.index_select(&ids, 1)?.reshape(s)?)
 }

@@ -74,7 +74,14 @@ pub(crate) fn dot_lanes<T: Elem>(a: &[T], b: &[T], f: impl Fn(T) -> T) -> T {
     for (&x, &y) in ar.iter().zip(br) {
         tail += f(x) * y;
     }
-    ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6])) + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7])) + tail
+    sum_lanes(lanes) + tail
+}
+
+/// The eight running sums of [`dot_lanes`] added pairwise (a fixed order: the same numbers
+/// wherever lanes are kept).
+#[inline]
+pub(crate) fn sum_lanes<T: Elem>(lanes: [T; 8]) -> T {
+    ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6])) + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]))
 }
 
 /// A zero-filled buffer of `len` elements, filled by rayon's threads when it is large: a single

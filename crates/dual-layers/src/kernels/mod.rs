@@ -72,6 +72,6 @@ pub use train_bias::add_channel_bias;
 pub use tuning::{set_tuning, tuning, with_tuning, Tuning};
 
 // The helpers the op files share, by their short names.
-use buffers::{add_into, axpy, contiguous_slice, dot_lanes, par_fill, rows_filled, zeroed};
+use buffers::{add_into, axpy, contiguous_slice, dot_lanes, par_fill, rows_filled, sum_lanes, zeroed};
 use elem::Elem;
 use path::cpu_float;

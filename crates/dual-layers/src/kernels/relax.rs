@@ -157,9 +157,7 @@ fn relax_gather_rows<T: Elem>(
                 for (i, d) in row.iter_mut().enumerate().skip(body) {
                     tail += step(i, d);
                 }
-                *o = ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6]))
-                    + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]))
-                    + tail;
+                *o = super::sum_lanes(lanes) + tail;
             });
     }
     // SAFETY: every row of `k` was written in full just above (zipped with slices of `k`).
