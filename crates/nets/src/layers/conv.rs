@@ -24,9 +24,12 @@ impl Layer for Conv2d {
         }
     }
     fn forward(&self, xs: &[Option<&Tensor>]) -> CResult<Tensor> {
-        let y = single(xs)?.conv2d(&param(&self.weight), self.padding, self.stride, 1, 1)?;
+        // The dual layers' gemm convolution and per-channel bias op (Candle's own conv2d and
+        // broadcast add off the CPU or in other dtypes): the clean pass, the training loss and
+        // the attacks run the same kernels as the bounds.
+        let y = dual_layers::kernels::conv2d_fast(single(xs)?, &param(&self.weight), self.stride, self.padding)?;
         match &self.bias {
-            Some(b) => y.broadcast_add(&param(b).reshape((1, (), 1, 1))?),
+            Some(b) => dual_layers::kernels::add_channel_bias(&y, &param(b)),
             None => Ok(y),
         }
     }
