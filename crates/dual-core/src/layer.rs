@@ -74,9 +74,33 @@ pub trait DualAffine: Send + Sync {
     fn forward_abs(&self, _radii: &[Option<&Tensor>]) -> Result<Option<Tensor>> {
         Err(DualError::Unsupported(format!("{} does not support interval bounds (IBP, CROWN-IBP)", self.name())))
     }
+
+    /// The transpose of coefficients that live on a spatial window of the output (the last two
+    /// axes): `g` `[B, n, C_out, h, w]` whose entry `(y, x)` sits at `(at.0 + y, at.1 + x)` of the
+    /// output grid. Returns the coefficients on the input window they reach, `[B, n, C_in, h',
+    /// w']`, its origin on the input grid (it may reach past the grid: entries there multiply the
+    /// layer's zero padding and the caller drops them), and the bias term `νᵀ b` of `g` (`[B, n]`,
+    /// `None` without bias). A layer whose transpose is local (a convolution: `h' = (h − 1) s + k`,
+    /// origin `at · s − p`) lets CROWN's rows from single units run on windows instead of whole
+    /// images (auto_LiRPA's "patches"). `None` (the default): no windowed form, the caller uses
+    /// [`Self::transpose`].
+    fn transpose_window(&self, _g: &Tensor, _at: (isize, isize)) -> Option<Result<WindowTranspose>> {
+        None
+    }
 }
 
 /// The dual of an affine layer with one input, `z_out = A z_in + b`: the short form of
+/// What [`DualAffine::transpose_window`] gives: the coefficients on the input window, the
+/// window's origin on the input grid, and the bias term.
+pub struct WindowTranspose {
+    /// `[B, n, C_in, h', w']`.
+    pub g: Tensor,
+    /// Row and column of the window's first entry on the input grid (negative past its edge).
+    pub origin: (isize, isize),
+    /// `νᵀ b`, `[B, n]`; `None` without bias.
+    pub bias: Option<Tensor>,
+}
+
 /// [`DualAffine`] for every layer that reads only the previous output (all but `Dense`).
 ///
 /// The same three quantities of Theorem 1 (`A x (+ b)`, `Aᵀ ν`, `νᵀ b`) on one tensor each; the
@@ -111,6 +135,19 @@ pub trait SingleInputAffine: Send + Sync {
             "{} does not support interval bounds (IBP, CROWN-IBP)",
             SingleInputAffine::name(self)
         )))
+    }
+
+    /// The transpose of coefficients that live on a spatial window of the output (the last two
+    /// axes): `g` `[B, n, C_out, h, w]` whose entry `(y, x)` sits at `(at.0 + y, at.1 + x)` of the
+    /// output grid. Returns the coefficients on the input window they reach, `[B, n, C_in, h',
+    /// w']`, its origin on the input grid (it may reach past the grid: entries there multiply the
+    /// layer's zero padding and the caller drops them), and the bias term `νᵀ b` of `g` (`[B, n]`,
+    /// `None` without bias). A layer whose transpose is local (a convolution: `h' = (h − 1) s + k`,
+    /// origin `at · s − p`) lets CROWN's rows from single units run on windows instead of whole
+    /// images (auto_LiRPA's "patches"). `None` (the default): no windowed form, the caller uses
+    /// [`Self::transpose`].
+    fn transpose_window(&self, _g: &Tensor, _at: (isize, isize)) -> Option<Result<WindowTranspose>> {
+        None
     }
 }
 
@@ -150,6 +187,10 @@ impl<T: SingleInputAffine> DualAffine for T {
         single_input(|| SingleInputAffine::name(self), radii)?
             .map(|r| SingleInputAffine::forward_abs(self, r))
             .transpose()
+    }
+
+    fn transpose_window(&self, g: &Tensor, at: (isize, isize)) -> Option<Result<WindowTranspose>> {
+        SingleInputAffine::transpose_window(self, g, at)
     }
 }
 

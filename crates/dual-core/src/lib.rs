@@ -24,7 +24,9 @@ pub mod network;
 pub mod source;
 
 pub use error::{DualError, Result};
-pub use layer::{ActivationKind, DualActivation, DualAffine, DualNode, Inputs, Relaxation, SingleInputAffine};
+pub use layer::{
+    ActivationKind, DualActivation, DualAffine, DualNode, Inputs, Relaxation, SingleInputAffine, WindowTranspose,
+};
 pub use loss::{
     certified_from_bounds, class_difference_c, cross_entropy, cross_entropy_per_example, robust_bounds, robust_loss,
     RobustLoss,

@@ -70,6 +70,13 @@ pub trait DualSource: Send + Sync {
         None
     }
 
+    /// Whether the set *is* its [`DualSource::interval_box`] (an l_inf ball, clipped or not),
+    /// so that the interval image of one affine map of it is the map's exact range. `false` (the
+    /// default) for every other set: an l2 ball only fits inside its box.
+    fn is_box(&self) -> bool {
+        false
+    }
+
     /// A short name for messages.
     fn name(&self) -> String;
 }

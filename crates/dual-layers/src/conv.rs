@@ -1,7 +1,7 @@
 //! Dual of a 2-d convolution.
 
 use candle_core::Tensor;
-use dual_core::{DualError, Result, SingleInputAffine};
+use dual_core::{DualError, Result, SingleInputAffine, WindowTranspose};
 
 /// The dual of `Conv2d`: forward is the convolution applied to every column; its transpose is the
 /// transposed convolution with the output padding that restores the input size (Eq. 10).
@@ -81,6 +81,20 @@ impl SingleInputAffine for DualConv2d {
     fn macs_per_column(&self, _in_numel: usize, out_numel: usize) -> usize {
         let d = self.weight.dims();
         out_numel * d[1] * d[2] * d[3]
+    }
+
+    /// The full transposed convolution of the window (no padding cropped, no output padding):
+    /// `h' = (h − 1)·s + k`, origin `at·s − p`.
+    fn transpose_window(&self, g: &Tensor, at: (isize, isize)) -> Option<Result<WindowTranspose>> {
+        if g.rank() != 5 {
+            return None;
+        }
+        let f = || -> Result<WindowTranspose> {
+            let gin = crate::kernels::conv_transpose2d_columns(g, &self.weight, self.stride, 0, 0)?;
+            let (s, p) = (self.stride as isize, self.padding as isize);
+            Ok(WindowTranspose { g: gin, origin: (at.0 * s - p, at.1 * s - p), bias: self.bias_term(g)? })
+        };
+        Some(f())
     }
 
     fn bias_term(&self, nu: &Tensor) -> Result<Option<Tensor>> {

@@ -159,6 +159,9 @@ impl DualSource for InfBall {
         };
         Some(f())
     }
+    fn is_box(&self) -> bool {
+        true
+    }
     fn name(&self) -> String {
         "InfBall".into()
     }
@@ -236,6 +239,9 @@ impl DualSource for InfBallBounded {
         let f =
             || -> Result<(Tensor, Tensor)> { Ok((((&self.lo + &self.hi)? * 0.5)?, ((&self.hi - &self.lo)? * 0.5)?)) };
         Some(f())
+    }
+    fn is_box(&self) -> bool {
+        true
     }
     fn name(&self) -> String {
         "InfBallBounded".into()

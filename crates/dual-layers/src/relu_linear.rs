@@ -98,6 +98,30 @@ impl LinearRelaxation for ReluLinear {
         &self.a_l
     }
 
+    /// Every line narrowed to the window (the same lines on the same units).
+    fn crop(&self, y0: usize, h: usize, x0: usize, w: usize) -> Option<Result<Box<dyn LinearRelaxation>>> {
+        let r = self.a_u.rank();
+        if r < 3 || y0 + h > self.a_u.dim(r - 2).ok()? || x0 + w > self.a_u.dim(r - 1).ok()? {
+            return None;
+        }
+        let f = || -> Result<Box<dyn LinearRelaxation>> {
+            let cut = |t: &Tensor| -> Result<Tensor> {
+                let r = t.rank();
+                Ok(t.narrow(r - 2, y0, h)?.narrow(r - 1, x0, w)?.contiguous()?)
+            };
+            let b = self.a_u.dim(0)?;
+            let b_u = cut(&self.b_u.reshape(self.a_u.shape())?)?.reshape((b, ()))?;
+            Ok(Box::new(ReluLinear {
+                a_l: cut(&self.a_l)?,
+                a_u: cut(&self.a_u)?,
+                b_u,
+                lower: cut(&self.lower)?,
+                upper: cut(&self.upper)?,
+            }))
+        };
+        Some(f())
+    }
+
     /// With `a_L, a_U ≥ 0` and `b_L = 0`: `[a_L l, a_U u + b_U]` (`[l, u]` on active units, `0` on
     /// inactive ones, `[a_L l, u]` on unstable ones).
     fn line_box(&self) -> Option<Result<(Tensor, Tensor)>> {

@@ -32,9 +32,35 @@ fn convnet() -> Network {
 }
 
 fn inputs(b: usize, seed: u64) -> Tensor {
+    inputs_side(b, 6, seed)
+}
+
+fn inputs_side(b: usize, side: usize, seed: u64) -> Tensor {
     let mut rng = StdRng::seed_from_u64(seed);
-    let v: Vec<f64> = (0..b * 36).map(|_| rng.random_range(0.0..1.0)).collect();
-    Tensor::from_vec(v, (b, 1, 6, 6), &Device::Cpu).unwrap()
+    let v: Vec<f64> = (0..b * side * side).map(|_| rng.random_range(0.0..1.0)).collect();
+    Tensor::from_vec(v, (b, 1, side, side), &Device::Cpu).unwrap()
+}
+
+/// Three convolutions on 16×16 images: the rows of the second and third convolutions' units live
+/// on small windows of the layers below (CROWN runs them there, `bounds::rows_on_windows`).
+fn deep_convnet() -> Network {
+    let spec = NetworkSpec::sequential(
+        "deep-conv",
+        &[1, 16, 16],
+        vec![
+            conv(1, 2, 3, 1, 1),
+            relu(),
+            conv(2, 3, 4, 2, 1),
+            relu(),
+            conv(3, 4, 3, 1, 1),
+            relu(),
+            flatten(),
+            linear(256, 6),
+            relu(),
+            linear(6, 4),
+        ],
+    );
+    Network::init(&spec, 9, DType::F64, &Device::Cpu).unwrap()
 }
 
 /// An input set that hides its box: the caller falls back to the unit rows.
@@ -187,19 +213,27 @@ fn crown_long_way(n: &Net<'_>, c: &Tensor) -> (Tensor, Vec<(Tensor, Tensor)>) {
 /// gather + step, `kernels::relax_gathered`).
 #[test]
 fn one_side_first_gives_crowns_bounds() {
-    one_side_first_case(false);
-    nets::no_grad(|| one_side_first_case(true));
+    let (small, x) = (convnet(), inputs(6, 4));
+    one_side_first_case(&small, &x, false);
+    nets::no_grad(|| one_side_first_case(&small, &x, true));
+    // Rows on windows (`bounds::window`): the same numbers, through two ReLUs and three
+    // convolutions, windows clipped at the edges of every grid.
+    let (deep, x) = (deep_convnet(), inputs_side(6, 16, 7));
+    let before = dual_core::bounds::rows_on_windows();
+    one_side_first_case(&deep, &x, false);
+    let tracked = dual_core::bounds::rows_on_windows();
+    assert!(tracked > before, "no row ran on windows (tracked)");
+    nets::no_grad(|| one_side_first_case(&deep, &x, true));
+    assert!(dual_core::bounds::rows_on_windows() > tracked, "no row ran on windows (no_grad)");
 }
 
-fn one_side_first_case(plain: bool) {
-    let net = convnet();
-    let x = inputs(6, 4);
+fn one_side_first_case(net: &Network, x: &Tensor, plain: bool) {
     let y = [0u32, 1, 2, 3, 0, 1];
-    let nodes = net.dual_nodes(&x).unwrap();
+    let nodes = net.dual_nodes(x).unwrap();
     let mode = if plain { "no_grad" } else { "tracked" };
     for eps in [0.02, 0.1, 0.3] {
-        let set = InfBallBounded::new(&x, eps, 0.0, 1.0).unwrap();
-        let n = Net { nodes: &nodes, x: &x, input: &set };
+        let set = InfBallBounded::new(x, eps, 0.0, 1.0).unwrap();
+        let n = Net { nodes: &nodes, x, input: &set };
         let spec = Spec::margins(&y, 4, DType::F64, &Device::Cpu).unwrap();
         let c = spec.matrix().clone();
         let fast = spec_bounds(&n, &spec, Method::Crown, &BoundOptions::default(), None).unwrap();

@@ -13,6 +13,7 @@
 
 use super::{
     relaxation::{gather_rows, LinearRelaxation},
+    window::{self, Windows},
     Net,
 };
 use crate::{layer::DualNode, DualError, Result};
@@ -271,6 +272,9 @@ struct SharedRows {
     g: Vec<Option<Tensor>>,
     acc: Option<Tensor>,
     from: usize,
+    /// The table at `from` grouped by window, where the rows run on windows
+    /// ([`super::window`]).
+    windows: Option<Windows>,
 }
 
 impl SharedRows {
@@ -282,7 +286,12 @@ impl SharedRows {
             Some(a) => Some(both(&a.unsqueeze(2)?)?),
             None => None,
         };
-        Ok(Some(SharedRows { g, acc, from }))
+        let only_table = g.iter().enumerate().all(|(t, v)| v.is_none() || t == from);
+        let windows = match (&g[from], only_table) {
+            (Some(table), true) => Windows::new(net, shapes, from, table)?,
+            _ => None,
+        };
+        Ok(Some(SharedRows { g, acc, from, windows }))
     }
 }
 
@@ -325,8 +334,22 @@ fn run_rows(
                 idx[i * len + r] = (row.unit + if row.upper { k } else { 0 }) as u32;
             }
         }
+        let counts: Vec<usize> = rows.iter().map(|l| l.len().saturating_sub(r0).min(len)).collect();
+        let windowed = match prefix {
+            Some(SharedRows { windows: Some(w), from, acc: acc2, .. }) => {
+                match window::rows_lower(net, relax, shapes, *from, w, &idx, &counts, len)? {
+                    Some(lb) => Some(match acc2 {
+                        Some(a) => (lb + gather_rows(a, &idx, b, len)?.squeeze(2)?)?,
+                        None => lb,
+                    }),
+                    None => None,
+                }
+            }
+            _ => None,
+        };
         let lb = match prefix {
-            Some(SharedRows { g: g2, acc: acc2, from }) => {
+            _ if windowed.is_some() => windowed.expect("checked"),
+            Some(SharedRows { g: g2, acc: acc2, from, .. }) => {
                 // Every example's own rows, gathered from the shared ones.
                 let from = *from;
                 // The activation at `from` takes its rows straight from the table (its step may

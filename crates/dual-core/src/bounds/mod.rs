@@ -25,10 +25,12 @@ pub mod ibp;
 pub mod relaxation;
 pub mod sparse;
 pub mod spec;
+mod window;
 
 pub use alpha::AlphaOptions;
 pub use relaxation::{gather_then_step, LinearRelaxation, SlopeRule};
 pub use spec::Spec;
+pub use window::rows_on_windows;
 
 use crate::{layer::DualNode, source::DualSource, DualError, DualNetwork, LayerBounds, Result};
 use candle_core::Tensor;
@@ -289,7 +291,13 @@ fn from_boxes(
                 crown::layer_bounds_per_example(net, &relax, shapes, t - 1, need, guess, budget)
             }
         };
-        let (mut l, mut u) = if let Some((lo, hi)) = shortcut {
+        // The first activation's input is one affine map `A x + b` of a box: its interval image
+        // `A mid + b ± |A| rad` is the map's exact range, the value every backward method
+        // computes with far more work (auto_LiRPA likewise bounds a first linear layer by IBP).
+        let exact_interval = t == 2 && matches!(net.nodes[0], DualNode::Affine(_)) && net.input.is_box();
+        let (mut l, mut u) = if let (true, Some((li, ui))) = (exact_interval, &ibp_lu) {
+            (li.clone(), ui.clone())
+        } else if let Some((lo, hi)) = shortcut {
             match &ibp_lu {
                 Some((li, ui)) => (lo.maximum(li)?, hi.minimum(ui)?),
                 None => (lo, hi),

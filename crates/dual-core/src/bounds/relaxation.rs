@@ -57,6 +57,15 @@ pub trait LinearRelaxation: Send + Sync {
         gather_then_step(self, table, idx, b, len)
     }
 
+    /// The relaxation of the units in a spatial window of the last two axes (rows `y0..y0 + h`,
+    /// columns `x0..x0 + w`, inside the grid): its [`Self::backward_lower`] takes coefficients
+    /// `[B, n, C, h, w]` and equals this one's on coefficients that are zero outside the window.
+    /// CROWN's windowed rows use it ([`crate::DualAffine::transpose_window`]). `None` (the
+    /// default) when there is no such restriction.
+    fn crop(&self, _y0: usize, _h: usize, _x0: usize, _w: usize) -> Option<Result<Box<dyn LinearRelaxation>>> {
+        None
+    }
+
     /// The lower slopes `a_L`, `[B, r, *shape]` (`r` = 1, or the rows of a [`SlopeRule::Given`]).
     fn lower_slopes(&self) -> &Tensor;
 

@@ -136,26 +136,26 @@ fn relax_gather_rows<T: Elem>(
                 let e = q / len;
                 let src = &tab[idx[q] as usize * k..][..k];
                 let (lo, up, bb) = (&al[e * k..][..k], &au[e * k..][..k], &bu[e * k..][..k]);
-                // The offset in eight running sums (as `dot_lanes`), so that the loop vectorises.
+                // The offset in eight running sums (as `dot_lanes`), so that the loop vectorises:
+                // fixed chunks of eight, no indexing, selects instead of branches (a NaN in the
+                // row stays a NaN: `s * up`).
                 let mut lanes = [zero; 8];
-                let step = |i: usize, d: &mut std::mem::MaybeUninit<T>| -> T {
-                    let s = src[i];
-                    d.write(if s > zero { s * lo[i] } else { s * up[i] });
-                    if s < zero {
-                        s * bb[i]
-                    } else {
-                        zero
-                    }
-                };
-                let body = k / 8 * 8;
-                for (c8, d8) in row[..body].chunks_exact_mut(8).enumerate() {
-                    for (l, d) in d8.iter_mut().enumerate() {
-                        lanes[l] += step(c8 * 8 + l, d);
+                let (s8, r8) = (src.chunks_exact(8), row.chunks_exact_mut(8));
+                let (l8, u8, b8) = (lo.chunks_exact(8), up.chunks_exact(8), bb.chunks_exact(8));
+                let (s_tail, l_tail, u_tail, b_tail) = (s8.remainder(), l8.remainder(), u8.remainder(), b8.remainder());
+                for ((((s, d), l), u), b) in s8.zip(r8).zip(l8).zip(u8).zip(b8) {
+                    for j in 0..8 {
+                        let v = s[j];
+                        d[j].write(if v > zero { v * l[j] } else { v * u[j] });
+                        lanes[j] += if v < zero { v * b[j] } else { zero };
                     }
                 }
+                let body = k / 8 * 8;
                 let mut tail = zero;
-                for (i, d) in row.iter_mut().enumerate().skip(body) {
-                    tail += step(i, d);
+                for (j, d) in row[body..].iter_mut().enumerate() {
+                    let v = s_tail[j];
+                    d.write(if v > zero { v * l_tail[j] } else { v * u_tail[j] });
+                    tail += if v < zero { v * b_tail[j] } else { zero };
                 }
                 *o = super::sum_lanes(lanes) + tail;
             });
