@@ -288,7 +288,7 @@ impl SharedRows {
         };
         let only_table = g.iter().enumerate().all(|(t, v)| v.is_none() || t == from);
         let windows = match (&g[from], only_table) {
-            (Some(table), true) => Windows::new(net, shapes, from, table)?,
+            (Some(table), true) => Windows::new(net, shapes, from, table, true)?,
             _ => None,
         };
         Ok(Some(SharedRows { g, acc, from, windows }))

@@ -93,33 +93,43 @@ fn bbox_of<T: PartialEq + Default + Copy>(row: &[T], c: usize, h: usize, w: usiz
 }
 
 impl Windows {
-    /// Groups the rows of `table` (`[1, R, C, H, W]`, the coefficients on output `from`) by the
-    /// box of their non-zeros, when the path applies below `from` and the boxes cover on average
-    /// at most a quarter of the grid (else the whole-image pass costs no more). All-zero rows go
-    /// to a 1×1 box.
-    pub(crate) fn new(net: &Net<'_>, shapes: &[Vec<usize>], from: usize, table: &Tensor) -> Result<Option<Self>> {
+    /// Groups the rows of `table` (`[1, R, C, H, W]`, the coefficients on output `from`; with
+    /// `mirrored`, row `R/2 + i` is minus row `i`) by the box of their non-zeros, when the path
+    /// applies below `from` and the boxes cover on average at most a quarter of the grid (else
+    /// the whole-image pass costs no more). All-zero rows go to a 1×1 box.
+    pub(crate) fn new(
+        net: &Net<'_>,
+        shapes: &[Vec<usize>],
+        from: usize,
+        table: &Tensor,
+        mirrored: bool,
+    ) -> Result<Option<Self>> {
         if !chain_applies(net, shapes, from) || table.rank() != 5 || table.dim(0)? != 1 {
             return Ok(None);
         }
         let (_, r, c, h, w) = table.dims5()?;
-        let per = c * h * w;
-        let boxes: Vec<Option<Bbox>> = match table.dtype() {
-            DType::F32 => {
-                let v = table.flatten_all()?.to_vec1::<f32>()?;
-                (0..r).map(|i| bbox_of(&v[i * per..(i + 1) * per], c, h, w)).collect()
-            }
-            _ => {
-                let v = table.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-                (0..r).map(|i| bbox_of(&v[i * per..(i + 1) * per], c, h, w)).collect()
-            }
+        let half = if mirrored && r % 2 == 0 { r / 2 } else { r };
+        // The scanned rows as f64 when the table tracks gradients (the boxes only), else in
+        // the table's own type (also the source of the cut rows).
+        let scanned = table.narrow(1, 0, half)?.flatten_all()?;
+        let data = match table.dtype() {
+            DType::F32 => Data::F32(scanned.to_vec1::<f32>()?),
+            _ => Data::F64(scanned.to_dtype(DType::F64)?.to_vec1::<f64>()?),
         };
+        let per = c * h * w;
+        let boxes: Vec<Option<Bbox>> = (0..half)
+            .map(|i| match &data {
+                Data::F32(v) => bbox_of(&v[i * per..(i + 1) * per], c, h, w),
+                Data::F64(v) => bbox_of(&v[i * per..(i + 1) * per], c, h, w),
+            })
+            .collect();
         let area: usize = boxes.iter().map(|b| b.map_or(1, |b| b.h * b.w)).sum();
-        if r == 0 || 4 * area > r * h * w {
+        if half == 0 || 4 * area > half * h * w {
             return Ok(None);
         }
         let mut members: BTreeMap<Bbox, Vec<u32>> = BTreeMap::new();
-        for (i, b) in boxes.iter().enumerate() {
-            let b = b.unwrap_or(Bbox { y0: 0, h: 1, x0: 0, w: 1 });
+        for i in 0..r {
+            let b = boxes[i % half].unwrap_or(Bbox { y0: 0, h: 1, x0: 0, w: 1 });
             members.entry(b).or_default().push(i as u32);
         }
         let mut place = vec![(0u32, 0u32); r];
@@ -128,14 +138,66 @@ impl Windows {
             for (s, &i) in ids.iter().enumerate() {
                 place[i as usize] = (g as u32, s as u32);
             }
-            let sel = Tensor::from_vec(ids.clone(), ids.len(), table.device())?;
-            let cut = table.index_select(&sel, 1)?.narrow(3, bbox.y0, bbox.h)?.narrow(4, bbox.x0, bbox.w)?;
-            let zero = Tensor::zeros((1, 1, c, bbox.h, bbox.w), table.dtype(), table.device())?;
-            let rows = Tensor::cat(&[&cut, &zero], 1)?;
+            let rows = if table.track_op() || table.dtype() != data.dtype() {
+                // Candle's ops, so that gradients reach the table.
+                let sel = Tensor::from_vec(ids.clone(), ids.len(), table.device())?;
+                let cut = table.index_select(&sel, 1)?.narrow(3, bbox.y0, bbox.h)?.narrow(4, bbox.x0, bbox.w)?;
+                let zero = Tensor::zeros((1, 1, c, bbox.h, bbox.w), table.dtype(), table.device())?;
+                Tensor::cat(&[&cut, &zero], 1)?
+            } else {
+                let shape = (1, ids.len() + 1, c, bbox.h, bbox.w);
+                match &data {
+                    Data::F32(v) => Tensor::from_vec(cut_rows(v, &ids, half, bbox, (c, h, w)), shape, table.device())?,
+                    Data::F64(v) => Tensor::from_vec(cut_rows(v, &ids, half, bbox, (c, h, w)), shape, table.device())?,
+                }
+            };
             groups.push(Group { bbox, rows, zero: ids.len() as u32 });
         }
         Ok(Some(Windows { groups, place }))
     }
+}
+
+/// The scanned rows of the table, in its own element type where it has one here.
+enum Data {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+impl Data {
+    fn dtype(&self) -> DType {
+        match self {
+            Data::F32(_) => DType::F32,
+            Data::F64(_) => DType::F64,
+        }
+    }
+}
+
+/// Rows `ids` of a table whose first `half` rows are `v` (`[half, C, H, W]`) and whose others
+/// are their negatives, cut to `bbox`, then one zero row: `(|ids| + 1) · C · h · w` values.
+fn cut_rows<T: Copy + Default + std::ops::Neg<Output = T>>(
+    v: &[T],
+    ids: &[u32],
+    half: usize,
+    bbox: Bbox,
+    (c, h, w): (usize, usize, usize),
+) -> Vec<T> {
+    let mut out = Vec::with_capacity((ids.len() + 1) * c * bbox.h * bbox.w);
+    for &i in ids {
+        let (src, negate) = ((i as usize) % half, (i as usize) >= half);
+        let row = &v[src * c * h * w..(src + 1) * c * h * w];
+        for ch in 0..c {
+            for y in bbox.y0..bbox.y0 + bbox.h {
+                let line = &row[(ch * h + y) * w + bbox.x0..(ch * h + y) * w + bbox.x0 + bbox.w];
+                if negate {
+                    out.extend(line.iter().map(|&e| -e));
+                } else {
+                    out.extend_from_slice(line);
+                }
+            }
+        }
+    }
+    out.resize((ids.len() + 1) * c * bbox.h * bbox.w, T::default());
+    out
 }
 
 /// Narrows `g` (`[B, n, C, h, w]` at `origin`) to the part inside an `hh × ww` grid: the part and
