@@ -274,6 +274,13 @@ pub trait Relaxation: Send + Sync {
 
     /// Number of units whose bounds straddle zero, per example (for reports).
     fn unstable_counts(&self) -> Vec<usize>;
+
+    /// [`Self::apply`] for columns that live on a spatial window of the `[C, H, W]` grid (`x`
+    /// `[B or 1, n, C, h, w]`, first entry at `at`, inside the grid). `None` (the default): no
+    /// windowed form.
+    fn apply_window(&self, _x: &Tensor, _at: (usize, usize)) -> Option<Result<Tensor>> {
+        None
+    }
 }
 
 /// One node of a dual network.

@@ -33,6 +33,7 @@ mod backward_form;
 mod chunking;
 mod cost_model;
 mod forward_columns;
+mod window_form;
 
 use crate::{
     layer::{DualNode, Relaxation},

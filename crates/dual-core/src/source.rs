@@ -77,6 +77,15 @@ pub trait DualSource: Send + Sync {
         false
     }
 
+    /// [`Self::coefficient_terms`] for coefficients that live on a spatial window of the
+    /// source's `[C, H, W]` grid: `g` `[B or 1, n, C, h, w]`, its first entry at `at` (the window
+    /// inside the grid); the same as the whole-grid terms of `g` padded with zeros. The exact
+    /// dual's backward form runs rows of single units on windows with it. `None` (the default):
+    /// no windowed form.
+    fn coefficient_terms_window(&self, _g: &Tensor, _at: (usize, usize)) -> Option<Result<(Tensor, Tensor)>> {
+        None
+    }
+
     /// A short name for messages.
     fn name(&self) -> String;
 }

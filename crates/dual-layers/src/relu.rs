@@ -118,6 +118,19 @@ impl Relaxation for ReluRelaxation {
     fn unstable_counts(&self) -> Vec<usize> {
         self.counts.clone()
     }
+    /// `D` narrowed to the window.
+    fn apply_window(&self, x: &Tensor, at: (usize, usize)) -> Option<Result<Tensor>> {
+        let (r, xr) = (self.d.rank(), x.rank());
+        if r < 3 || xr != r + 1 {
+            return None;
+        }
+        let f = || -> Result<Tensor> {
+            let (h, w) = (x.dim(xr - 2)?, x.dim(xr - 1)?);
+            let d = self.d.narrow(r - 2, at.0, h)?.narrow(r - 1, at.1, w)?.contiguous()?;
+            Ok(crate::kernels::scale_columns(x, &d)?)
+        };
+        Some(f())
+    }
 }
 
 /// The unstable units of one ReLU: one column per unstable unit of each example (examples with
@@ -217,6 +230,24 @@ impl DualSource for ReluSource {
         let lin = contract_features(g, &self.w)?;
         let abs = crate::kernels::abs_contract(g, &self.w)?;
         Ok((((&lin - &abs)? * 0.5)?, ((lin + abs)? * 0.5)?))
+    }
+
+    /// The weights `-d l` narrowed to the window.
+    fn coefficient_terms_window(&self, g: &Tensor, at: (usize, usize)) -> Option<Result<(Tensor, Tensor)>> {
+        let (sr, gr) = (self.shape.len(), g.rank());
+        if sr != 3 || gr != 5 {
+            return None;
+        }
+        let f = || -> Result<(Tensor, Tensor)> {
+            let (c, h, w) = (g.dim(2)?, g.dim(3)?, g.dim(4)?);
+            let b = self.w.dim(0)?;
+            let wfull = self.w.reshape((b, self.shape[0], self.shape[1], self.shape[2]))?;
+            let ww = wfull.narrow(2, at.0, h)?.narrow(3, at.1, w)?.contiguous()?.reshape((b, c * h * w))?;
+            let lin = contract_features(g, &ww)?;
+            let abs = crate::kernels::abs_contract(g, &ww)?;
+            Ok((((&lin - &abs)? * 0.5)?, ((lin + abs)? * 0.5)?))
+        };
+        Some(f())
     }
 
     fn name(&self) -> String {

@@ -467,6 +467,27 @@ fn mlp_spec() -> NetworkSpec {
     NetworkSpec::sequential("mlp", &[6], vec![linear(6, 20), relu(), linear(20, 20), relu(), linear(20, 4)])
 }
 
+/// Three convolutions on 16×16 images: the backward form runs the rows of the second and third
+/// convolutions' units on windows (`bounds::rows_on_windows` counts them).
+fn deep_conv_spec() -> NetworkSpec {
+    NetworkSpec::sequential(
+        "deep-conv",
+        &[1, 16, 16],
+        vec![
+            conv(1, 2, 3, 1, 1),
+            relu(),
+            conv(2, 3, 4, 2, 1),
+            relu(),
+            conv(3, 4, 3, 1, 1),
+            relu(),
+            flatten(),
+            linear(256, 6),
+            relu(),
+            linear(6, 4),
+        ],
+    )
+}
+
 fn conv_spec() -> NetworkSpec {
     NetworkSpec::sequential(
         "conv",
@@ -928,7 +949,9 @@ fn forward_and_backward_forms_give_the_same_bounds() {
         (init(&bn_spec(BatchNormMode::BatchStats), 35), 0.05),
         (init(&avgpool_pad_spec(), 36), 0.1),
         (init(&smooth_mlp_spec(), 37), 0.3),
+        (init(&deep_conv_spec(), 38), 0.1),
     ];
+    let windows_before = dual_core::bounds::rows_on_windows();
     let mut rng = StdRng::seed_from_u64(810);
     for (net, eps) in &cases {
         let x = inputs(net, 3, &mut rng);
@@ -954,6 +977,8 @@ fn forward_and_backward_forms_give_the_same_bounds() {
             }
         }
     }
+    // The l_inf balls of the three-convolution net took the windowed rows.
+    assert!(dual_core::bounds::rows_on_windows() > windows_before, "no backward row ran on windows");
 }
 
 #[test]

@@ -25,7 +25,7 @@ pub mod ibp;
 pub mod relaxation;
 pub mod sparse;
 pub mod spec;
-mod window;
+pub(crate) mod window;
 
 pub use alpha::AlphaOptions;
 pub use relaxation::{gather_then_step, LinearRelaxation, SlopeRule};

@@ -27,35 +27,40 @@ thread_local! {
     static ROWS_ON_WINDOWS: Cell<usize> = const { Cell::new(0) };
 }
 
-/// How many rows this thread has run on windows so far (tests and diagnostics: whether the path
-/// was taken).
+/// How many rows this thread has run on windows so far, CROWN's and the exact dual's backward
+/// form's (tests and diagnostics: whether the path was taken).
 pub fn rows_on_windows() -> usize {
     ROWS_ON_WINDOWS.with(Cell::get)
 }
 
+/// Adds `n` rows to [`rows_on_windows`].
+pub(crate) fn count_rows(n: usize) {
+    ROWS_ON_WINDOWS.with(|c| c.set(c.get() + n));
+}
+
 /// Rows `y0..y0 + h`, columns `x0..x0 + w` of a grid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct Bbox {
-    y0: usize,
-    h: usize,
-    x0: usize,
-    w: usize,
+pub(crate) struct Bbox {
+    pub y0: usize,
+    pub h: usize,
+    pub x0: usize,
+    pub w: usize,
 }
 
 /// One group of the table's rows: their common box and the rows cut to it, `[1, m + 1, C, h, w]`
 /// (the last row zero, for the examples with fewer rows in the group).
-struct Group {
-    bbox: Bbox,
-    rows: Tensor,
+pub(crate) struct Group {
+    pub bbox: Bbox,
+    pub rows: Tensor,
     /// Index of the zero row.
-    zero: u32,
+    pub zero: u32,
 }
 
 /// The table's rows grouped by window, built once per layer.
 pub(crate) struct Windows {
-    groups: Vec<Group>,
+    pub groups: Vec<Group>,
     /// For every row of the table: its group and its place in the group.
-    place: Vec<(u32, u32)>,
+    pub place: Vec<(u32, u32)>,
 }
 
 /// Whether the windowed path applies below output `from`: the input set is a box, and every
@@ -104,7 +109,15 @@ impl Windows {
         table: &Tensor,
         mirrored: bool,
     ) -> Result<Option<Self>> {
-        if !chain_applies(net, shapes, from) || table.rank() != 5 || table.dim(0)? != 1 {
+        if !chain_applies(net, shapes, from) {
+            return Ok(None);
+        }
+        Self::group(table, mirrored)
+    }
+
+    /// The grouping of [`Self::new`] without the check of the layers below.
+    pub(crate) fn group(table: &Tensor, mirrored: bool) -> Result<Option<Self>> {
+        if table.rank() != 5 || table.dim(0)? != 1 {
             return Ok(None);
         }
         let (_, r, c, h, w) = table.dims5()?;
@@ -202,7 +215,12 @@ fn cut_rows<T: Copy + Default + std::ops::Neg<Output = T>>(
 
 /// Narrows `g` (`[B, n, C, h, w]` at `origin`) to the part inside an `hh × ww` grid: the part and
 /// its origin, `None` when nothing is inside.
-fn clip(g: Tensor, origin: (isize, isize), hh: usize, ww: usize) -> Result<Option<(Tensor, (usize, usize))>> {
+pub(crate) fn clip(
+    g: Tensor,
+    origin: (isize, isize),
+    hh: usize,
+    ww: usize,
+) -> Result<Option<(Tensor, (usize, usize))>> {
     let (_, _, _, h, w) = g.dims5()?;
     let range = |o: isize, len: usize, grid: usize| -> Option<(usize, usize, usize)> {
         let lo = o.max(0);
@@ -218,7 +236,7 @@ fn clip(g: Tensor, origin: (isize, isize), hh: usize, ww: usize) -> Result<Optio
 
 /// `Σ_p g[·, ·, p] v[·, p]` over the last three axes, `g` `[B, n, C, h, w]`, `v` `[B or 1, C, h, w]`:
 /// `[B, n]`.
-fn dot3(g: &Tensor, v: &Tensor) -> Result<Tensor> {
+pub(crate) fn dot3(g: &Tensor, v: &Tensor) -> Result<Tensor> {
     let v = v.unsqueeze(1)?.flatten_from(2)?;
     Ok(g.flatten_from(2)?.broadcast_mul(&v)?.sum(2)?)
 }
@@ -327,7 +345,7 @@ pub(crate) fn rows_lower(
         parts.push(value.flatten_all()?);
         offset += b * n;
     }
-    ROWS_ON_WINDOWS.with(|c| c.set(c.get() + counts.iter().map(|&n| n.min(len)).sum::<usize>()));
+    count_rows(counts.iter().map(|&n| n.min(len)).sum::<usize>());
     parts.push(Tensor::zeros(1, net.x.dtype(), net.x.device())?);
     let zero_at = offset as u32;
     let pos: Vec<u32> = pos.into_iter().map(|p| if p == u32::MAX { zero_at } else { p }).collect();

@@ -44,6 +44,10 @@ pub(super) fn backward_terms(
     x: &Tensor,
     memory_budget: Option<usize>,
 ) -> Result<(Tensor, Tensor)> {
+    // Rows of single units on windows where the layers allow it (the same terms).
+    if let Some(terms) = super::window_form::window_terms(net, positions, t, x)? {
+        return Ok(terms);
+    }
     let NetPrefix { nodes, shapes, input, relax } = *net;
     let top = t - 1;
     let shape = &shapes[top];

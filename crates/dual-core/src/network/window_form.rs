@@ -1,0 +1,143 @@
+//! The backward form's rows of single units on spatial windows (the exact dual's counterpart of
+//! [`crate::bounds::window`]).
+//!
+//! The identity row `e_j` of a convolution's output unit, pushed back through that convolution,
+//! is non-zero on the unit's `k × k` window of the layer below only; the slopes `D` keep it there
+//! and each convolution below widens it by its kernel. On the papers' Fashion-MNIST model the
+//! whole-image backward form spent two thirds of the exact bound's time transposing the zeros
+//! around those windows. Here the rows, shared by the batch after the top layer's transpose,
+//! are grouped by the bounding box of their non-zeros, and each group runs on its window: the
+//! relaxations through [`crate::Relaxation::apply_window`], their sources through
+//! [`crate::DualSource::coefficient_terms_window`], the affine layers through
+//! [`crate::DualAffine::transpose_window`] (entries past a grid's edge multiply zero padding and
+//! are dropped), the input box by centre and radius. Only zeros are left out: the terms are the
+//! whole-image form's up to the order of the sums.
+
+use super::NetPrefix;
+use crate::bounds::window::{clip, dot3, Windows};
+use crate::{layer::DualNode, Result};
+use candle_core::Tensor;
+
+/// Elements of the shared table (rows × their size) above which the path is not tried.
+const MAX_TABLE: usize = 1 << 24;
+
+/// The terms `backward_terms` computes for every unit of output `t − 1` (`[B, K]` each), on
+/// windows; `None` when the path does not apply (then nothing was computed that matters).
+pub(super) fn window_terms(
+    net: &NetPrefix<'_>,
+    positions: &[usize],
+    t: usize,
+    x: &Tensor,
+) -> Result<Option<(Tensor, Tensor)>> {
+    let NetPrefix { nodes, shapes, input, relax } = *net;
+    let top = t - 1;
+    let lowest = positions[0];
+    if top < 2 || lowest > 0 || !input.is_box() || shapes[..=top].iter().any(|s| s.len() != 3) {
+        return Ok(None);
+    }
+    // The nodes below the top: each an activation or an affine layer reading the output just
+    // below it; the top's own node affine (its transpose makes the shared table).
+    let chain = (1..=top).all(|s| match &nodes[s - 1] {
+        DualNode::Activation(_) => s < top,
+        DualNode::Affine(a) => a.inputs().indices(s) == vec![Some(s - 1)],
+    });
+    let k: usize = shapes[top].iter().product();
+    let below: usize = shapes[top - 1].iter().product();
+    if !chain || k.saturating_mul(below) > MAX_TABLE {
+        return Ok(None);
+    }
+    let DualNode::Affine(a) = &nodes[top - 1] else { return Ok(None) };
+    // The identity rows through the top layer, shared by the batch: `[1, K, C, H, W]`.
+    let mut s = vec![1, k];
+    s.extend_from_slice(&shapes[top]);
+    let eye = Tensor::eye(k, x.dtype(), x.device())?.reshape(s)?;
+    let Some(Some(table)) = a.transpose(&eye)?.into_iter().next() else { return Ok(None) };
+    let Some(windows) = Windows::group(&table, false)? else { return Ok(None) };
+    let Some(bx) = input.interval_box() else { return Ok(None) };
+    let (m, rad) = bx?;
+    let in_shape = &shapes[0];
+    let shape4 = |v: &Tensor| -> Result<Tensor> {
+        let lead = v.elem_count() / in_shape.iter().product::<usize>().max(1);
+        Ok(v.to_dtype(x.dtype())?.reshape((lead, in_shape[0], in_shape[1], in_shape[2]))?)
+    };
+    let (m, rad) = (shape4(&m)?, shape4(&rad)?);
+    let (mut los, mut ups) = (Vec::new(), Vec::new());
+    for group in &windows.groups {
+        let n = group.zero as usize;
+        let mut g = group.rows.narrow(1, 0, n)?;
+        let mut origin = (group.bbox.y0 as isize, group.bbox.x0 as isize);
+        let (mut lo, mut up): (Option<Tensor>, Option<Tensor>) = (None, None);
+        let mut add = |l: Tensor, u: Tensor| -> Result<()> {
+            lo = Some(match lo.take() {
+                None => l,
+                Some(v) => v.broadcast_add(&l)?,
+            });
+            up = Some(match up.take() {
+                None => u,
+                Some(v) => v.broadcast_add(&u)?,
+            });
+            Ok(())
+        };
+        let mut s = top - 1;
+        loop {
+            let Some((inside, at)) = clip(g, origin, shapes[s][1], shapes[s][2])? else { break };
+            if s == 0 {
+                let (_, _, _, h, w) = inside.dims5()?;
+                let cut = |v: &Tensor| -> Result<Tensor> { Ok(v.narrow(2, at.0, h)?.narrow(3, at.1, w)?) };
+                let lin = dot3(&inside, &cut(&m)?)?;
+                let abs = dot3(&inside.abs()?, &cut(&rad)?)?;
+                add((&lin - &abs)?, (lin + abs)?)?;
+                break;
+            }
+            match &nodes[s - 1] {
+                DualNode::Activation(_) => {
+                    let Some(r) = relax[s].as_ref() else { return Ok(None) };
+                    if positions.contains(&s) {
+                        if let Some(src) = r.source() {
+                            let Some(terms) = src.coefficient_terms_window(&inside, at) else { return Ok(None) };
+                            let (l, u) = terms?;
+                            add(l, u)?;
+                        }
+                    }
+                    let Some(next) = r.apply_window(&inside, at) else { return Ok(None) };
+                    g = next?;
+                    origin = (at.0 as isize, at.1 as isize);
+                }
+                DualNode::Affine(a) => {
+                    let Some(step) = a.transpose_window(&inside, (at.0 as isize, at.1 as isize)) else {
+                        return Ok(None);
+                    };
+                    let step = step?;
+                    g = step.g;
+                    origin = step.origin;
+                }
+            }
+            s -= 1;
+        }
+        let zeros = || Tensor::zeros((1, n), x.dtype(), x.device());
+        los.push(match lo {
+            Some(v) => v,
+            None => zeros()?,
+        });
+        ups.push(match up {
+            Some(v) => v,
+            None => zeros()?,
+        });
+    }
+    crate::bounds::window::count_rows(k);
+    // Back to the units' order: unit `j` is row `place[j]` of its group.
+    let b = x.dim(0)?;
+    let mut starts = Vec::with_capacity(windows.groups.len());
+    let mut acc = 0u32;
+    for gr in &windows.groups {
+        starts.push(acc);
+        acc += gr.zero;
+    }
+    let order: Vec<u32> = windows.place.iter().map(|&(g, q)| starts[g as usize] + q).collect();
+    let order = Tensor::from_vec(order, k, x.device())?;
+    let full = |v: Vec<Tensor>| -> Result<Tensor> {
+        let v: Vec<Tensor> = v.iter().map(|t| t.broadcast_as((b, t.dim(1)?))).collect::<candle_core::Result<_>>()?;
+        Ok(Tensor::cat(&v, 1)?.index_select(&order, 1)?.contiguous()?)
+    };
+    Ok(Some((full(los)?, full(ups)?)))
+}
