@@ -241,6 +241,33 @@ pub(crate) fn dot3(g: &Tensor, v: &Tensor) -> Result<Tensor> {
     Ok(g.flatten_from(2)?.broadcast_mul(&v)?.sum(2)?)
 }
 
+/// `f` on every item, in order, on as many scoped threads as the CPU pool has (Candle's
+/// `get_num_threads`); items are dealt round-robin. The first error wins.
+pub(crate) fn map_threads<I: Send, R: Send>(items: Vec<I>, f: impl Fn(I) -> Result<R> + Sync) -> Result<Vec<R>> {
+    let threads = candle_core::utils::get_num_threads().clamp(1, items.len().max(1));
+    if threads == 1 {
+        return items.into_iter().map(f).collect();
+    }
+    let count = items.len();
+    let mut lanes: Vec<Vec<(usize, I)>> = (0..threads).map(|_| Vec::new()).collect();
+    for (i, item) in items.into_iter().enumerate() {
+        lanes[i % threads].push((i, item));
+    }
+    let f = &f;
+    let done: Vec<Vec<(usize, Result<R>)>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = lanes
+            .into_iter()
+            .map(|lane| scope.spawn(move || lane.into_iter().map(|(i, item)| (i, f(item))).collect::<Vec<_>>()))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+    });
+    let mut out: Vec<Option<R>> = (0..count).map(|_| None).collect();
+    for (i, r) in done.into_iter().flatten() {
+        out[i] = Some(r?);
+    }
+    Ok(out.into_iter().map(|r| r.expect("every item ran")).collect())
+}
+
 /// Lower bounds of the rows `idx` (`b · len`, example-major, indices into the table `Windows`
 /// was built from; example `e` has `counts[e]` real rows, the rest are padding and get 0) over
 /// the input set, without the table's own constant terms: `[b, len]`. `None` when some layer
@@ -275,9 +302,10 @@ pub(crate) fn rows_lower(
             by_group.entry(g).or_insert_with(|| vec![Vec::new(); b])[e].push((r, s));
         }
     }
-    let mut parts = Vec::with_capacity(by_group.len() + 1);
+    // Each group's rows (table places, example-major, `n` per example) and where its values go.
     let mut pos = vec![u32::MAX; b * len];
     let mut offset = 0usize;
+    let mut jobs = Vec::with_capacity(by_group.len());
     for (gi, per_example) in by_group {
         let group = &windows.groups[gi as usize];
         let n = per_example.iter().map(Vec::len).max().unwrap_or(0);
@@ -288,6 +316,11 @@ pub(crate) fn rows_lower(
                 pos[e * len + r] = (offset + e * n + q) as u32;
             }
         }
+        jobs.push((group, ids, n));
+        offset += b * n;
+    }
+    // The groups are independent: they run on the threads of the pool's size.
+    let run = |(group, ids, n): (&Group, Vec<u32>, usize)| -> Result<Option<Tensor>> {
         let sel = Tensor::from_vec(ids, b * n, net.x.device())?;
         let bb = group.bbox;
         let (c, h, w) = (group.rows.dim(2)?, bb.h, bb.w);
@@ -342,8 +375,14 @@ pub(crate) fn rows_lower(
             Some(a) => a,
             None => Tensor::zeros((b, n), net.x.dtype(), net.x.device())?,
         };
-        parts.push(value.flatten_all()?);
-        offset += b * n;
+        Ok(Some(value.flatten_all()?))
+    };
+    let mut parts = Vec::with_capacity(jobs.len() + 1);
+    for part in map_threads(jobs, run)? {
+        match part {
+            Some(p) => parts.push(p),
+            None => return Ok(None),
+        }
     }
     count_rows(counts.iter().map(|&n| n.min(len)).sum::<usize>());
     parts.push(Tensor::zeros(1, net.x.dtype(), net.x.device())?);

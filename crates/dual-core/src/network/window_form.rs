@@ -14,7 +14,7 @@
 //! whole-image form's up to the order of the sums.
 
 use super::NetPrefix;
-use crate::bounds::window::{clip, dot3, Windows};
+use crate::bounds::window::{clip, dot3, map_threads, Windows};
 use crate::{layer::DualNode, Result};
 use candle_core::Tensor;
 
@@ -61,8 +61,8 @@ pub(super) fn window_terms(
         Ok(v.to_dtype(x.dtype())?.reshape((lead, in_shape[0], in_shape[1], in_shape[2]))?)
     };
     let (m, rad) = (shape4(&m)?, shape4(&rad)?);
-    let (mut los, mut ups) = (Vec::new(), Vec::new());
-    for group in &windows.groups {
+    // The groups are independent: they run on the threads of the pool's size.
+    let run = |group: &crate::bounds::window::Group| -> Result<Option<(Tensor, Tensor)>> {
         let n = group.zero as usize;
         let mut g = group.rows.narrow(1, 0, n)?;
         let mut origin = (group.bbox.y0 as isize, group.bbox.x0 as isize);
@@ -115,14 +115,21 @@ pub(super) fn window_terms(
             s -= 1;
         }
         let zeros = || Tensor::zeros((1, n), x.dtype(), x.device());
-        los.push(match lo {
+        let lo = match lo {
             Some(v) => v,
             None => zeros()?,
-        });
-        ups.push(match up {
+        };
+        let up = match up {
             Some(v) => v,
             None => zeros()?,
-        });
+        };
+        Ok(Some((lo, up)))
+    };
+    let (mut los, mut ups) = (Vec::new(), Vec::new());
+    for part in map_threads(windows.groups.iter().collect(), run)? {
+        let Some((lo, up)) = part else { return Ok(None) };
+        los.push(lo);
+        ups.push(up);
     }
     crate::bounds::window::count_rows(k);
     // Back to the units' order: unit `j` is row `place[j]` of its group.
