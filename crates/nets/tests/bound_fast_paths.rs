@@ -13,6 +13,10 @@ use nets::{Network, NetworkSpec};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::ops::Range;
 
+#[path = "common/deep_conv.rs"]
+mod deep_conv;
+use deep_conv::deep_conv_spec;
+
 fn flat(t: &Tensor) -> Vec<f64> {
     t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap()
 }
@@ -41,26 +45,9 @@ fn inputs_side(b: usize, side: usize, seed: u64) -> Tensor {
     Tensor::from_vec(v, (b, 1, side, side), &Device::Cpu).unwrap()
 }
 
-/// Three convolutions on 16×16 images: the rows of the second and third convolutions' units live
-/// on small windows of the layers below (CROWN runs them there, `bounds::rows_on_windows`).
+/// [`deep_conv_spec`] with seeded weights.
 fn deep_convnet() -> Network {
-    let spec = NetworkSpec::sequential(
-        "deep-conv",
-        &[1, 16, 16],
-        vec![
-            conv(1, 2, 3, 1, 1),
-            relu(),
-            conv(2, 3, 4, 2, 1),
-            relu(),
-            conv(3, 4, 3, 1, 1),
-            relu(),
-            flatten(),
-            linear(256, 6),
-            relu(),
-            linear(6, 4),
-        ],
-    );
-    Network::init(&spec, 9, DType::F64, &Device::Cpu).unwrap()
+    Network::init(&deep_conv_spec(), 9, DType::F64, &Device::Cpu).unwrap()
 }
 
 /// An input set that hides its box: the caller falls back to the unit rows.

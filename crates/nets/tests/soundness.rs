@@ -20,6 +20,10 @@ use nets::{BatchNormMode, LayerSpec, Network, NetworkSpec};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use rand_distr::StandardNormal;
 
+#[path = "common/deep_conv.rs"]
+mod deep_conv;
+use deep_conv::deep_conv_spec;
+
 /// Slack allowed on every checked inequality (absolute, scaled by 1 + |value|).
 const TOL: f64 = 1e-9;
 
@@ -465,27 +469,6 @@ impl Problem<'_> {
 
 fn mlp_spec() -> NetworkSpec {
     NetworkSpec::sequential("mlp", &[6], vec![linear(6, 20), relu(), linear(20, 20), relu(), linear(20, 4)])
-}
-
-/// Three convolutions on 16×16 images: the backward form runs the rows of the second and third
-/// convolutions' units on windows (`bounds::rows_on_windows` counts them).
-fn deep_conv_spec() -> NetworkSpec {
-    NetworkSpec::sequential(
-        "deep-conv",
-        &[1, 16, 16],
-        vec![
-            conv(1, 2, 3, 1, 1),
-            relu(),
-            conv(2, 3, 4, 2, 1),
-            relu(),
-            conv(3, 4, 3, 1, 1),
-            relu(),
-            flatten(),
-            linear(256, 6),
-            relu(),
-            linear(6, 4),
-        ],
-    )
 }
 
 fn conv_spec() -> NetworkSpec {

@@ -234,9 +234,17 @@ pub(crate) fn clip(
     Ok(Some((g, (y, x))))
 }
 
+/// `(Σ g m, Σ |g| ρ)` over a window (`g` `[B or 1, n, C, h, w]` at `at`) of a box with centre `m`
+/// and radius `ρ` (`[B or 1, C, H, W]`): the input term of a windowed row is `Σ g m ∓ Σ |g| ρ`.
+pub(crate) fn box_terms(g: &Tensor, at: (usize, usize), mid: &Tensor, rad: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (_, _, _, h, w) = g.dims5()?;
+    let cut = |v: &Tensor| -> Result<Tensor> { Ok(v.narrow(2, at.0, h)?.narrow(3, at.1, w)?) };
+    Ok((dot3(g, &cut(mid)?)?, dot3(&g.abs()?, &cut(rad)?)?))
+}
+
 /// `Σ_p g[·, ·, p] v[·, p]` over the last three axes, `g` `[B, n, C, h, w]`, `v` `[B or 1, C, h, w]`:
 /// `[B, n]`.
-pub(crate) fn dot3(g: &Tensor, v: &Tensor) -> Result<Tensor> {
+fn dot3(g: &Tensor, v: &Tensor) -> Result<Tensor> {
     let v = v.unsqueeze(1)?.flatten_from(2)?;
     Ok(g.flatten_from(2)?.broadcast_mul(&v)?.sum(2)?)
 }
@@ -338,10 +346,7 @@ pub(crate) fn rows_lower(
         loop {
             let Some((inside, at)) = clip(g, origin, shapes[t][1], shapes[t][2])? else { break };
             if t == 0 {
-                let (_, _, _, h, w) = inside.dims5()?;
-                let cut = |v: &Tensor| -> Result<Tensor> { Ok(v.narrow(2, at.0, h)?.narrow(3, at.1, w)?) };
-                let lin = dot3(&inside, &cut(&centre)?)?;
-                let abs = dot3(&inside.abs()?, &cut(&rad)?)?;
+                let (lin, abs) = box_terms(&inside, at, &centre, &rad)?;
                 add(&mut acc, (lin - abs)?)?;
                 break;
             }

@@ -14,7 +14,7 @@
 //! whole-image form's up to the order of the sums.
 
 use super::NetPrefix;
-use crate::bounds::window::{clip, dot3, map_threads, Windows};
+use crate::bounds::window::{box_terms, clip, map_threads, Windows};
 use crate::{layer::DualNode, Result};
 use candle_core::Tensor;
 
@@ -82,10 +82,7 @@ pub(super) fn window_terms(
         loop {
             let Some((inside, at)) = clip(g, origin, shapes[s][1], shapes[s][2])? else { break };
             if s == 0 {
-                let (_, _, _, h, w) = inside.dims5()?;
-                let cut = |v: &Tensor| -> Result<Tensor> { Ok(v.narrow(2, at.0, h)?.narrow(3, at.1, w)?) };
-                let lin = dot3(&inside, &cut(&m)?)?;
-                let abs = dot3(&inside.abs()?, &cut(&rad)?)?;
+                let (lin, abs) = box_terms(&inside, at, &m, &rad)?;
                 add((&lin - &abs)?, (lin + abs)?)?;
                 break;
             }
