@@ -126,8 +126,7 @@ impl Relaxation for ReluRelaxation {
         }
         let f = || -> Result<Tensor> {
             let (h, w) = (x.dim(xr - 2)?, x.dim(xr - 1)?);
-            let d = self.d.narrow(r - 2, at.0, h)?.narrow(r - 1, at.1, w)?.contiguous()?;
-            Ok(crate::kernels::scale_columns(x, &d)?)
+            Ok(crate::kernels::scale_columns(x, &crop_hw(&self.d, at, (h, w))?)?)
         };
         Some(f())
     }
@@ -166,6 +165,22 @@ impl ReluSource {
         };
         Ok(ReluSource { idx, w, w_cols, shape, r })
     }
+}
+
+/// `(Σ_j w_j min(g_kj, 0), Σ_j w_j max(g_kj, 0))` per row, written with
+/// `min(g, 0) = (g − |g|) / 2` as a matmul and a weighted l1 norm: the unstable units' terms for
+/// the weights `w = −d l` (`[B, K]`).
+fn neg_pos_terms(g: &Tensor, w: &Tensor) -> Result<(Tensor, Tensor)> {
+    let lin = contract_features(g, w)?;
+    let abs = crate::kernels::abs_contract(g, w)?;
+    Ok((((&lin - &abs)? * 0.5)?, ((lin + abs)? * 0.5)?))
+}
+
+/// `t` narrowed to rows `at.0..at.0 + h` and columns `at.1..at.1 + w` of its last two axes,
+/// contiguous: a relaxation's per-unit tensors on a spatial window.
+pub(crate) fn crop_hw(t: &Tensor, at: (usize, usize), (h, w): (usize, usize)) -> Result<Tensor> {
+    let r = t.rank();
+    Ok(t.narrow(r - 2, at.0, h)?.narrow(r - 1, at.1, w)?.contiguous()?)
 }
 
 /// The unstable units' objective term for coefficients `g` (`[B, n, *shape]`) and weights
@@ -227,9 +242,7 @@ impl DualSource for ReluSource {
     /// Lower `Σ_{j∈I} -d_j l_j min(g_kj, 0)`, upper `Σ_{j∈I} -d_j l_j max(g_kj, 0)`, written
     /// with `min(g, 0) = (g - |g|) / 2` as a matmul and a weighted l1 norm.
     fn coefficient_terms(&self, g: &Tensor) -> Result<(Tensor, Tensor)> {
-        let lin = contract_features(g, &self.w)?;
-        let abs = crate::kernels::abs_contract(g, &self.w)?;
-        Ok((((&lin - &abs)? * 0.5)?, ((lin + abs)? * 0.5)?))
+        neg_pos_terms(g, &self.w)
     }
 
     /// The weights `-d l` narrowed to the window.
@@ -242,10 +255,7 @@ impl DualSource for ReluSource {
             let (c, h, w) = (g.dim(2)?, g.dim(3)?, g.dim(4)?);
             let b = self.w.dim(0)?;
             let wfull = self.w.reshape((b, self.shape[0], self.shape[1], self.shape[2]))?;
-            let ww = wfull.narrow(2, at.0, h)?.narrow(3, at.1, w)?.contiguous()?.reshape((b, c * h * w))?;
-            let lin = contract_features(g, &ww)?;
-            let abs = crate::kernels::abs_contract(g, &ww)?;
-            Ok((((&lin - &abs)? * 0.5)?, ((lin + abs)? * 0.5)?))
+            neg_pos_terms(g, &crop_hw(&wfull, at, (h, w))?.reshape((b, c * h * w))?)
         };
         Some(f())
     }

@@ -105,10 +105,7 @@ impl LinearRelaxation for ReluLinear {
             return None;
         }
         let f = || -> Result<Box<dyn LinearRelaxation>> {
-            let cut = |t: &Tensor| -> Result<Tensor> {
-                let r = t.rank();
-                Ok(t.narrow(r - 2, y0, h)?.narrow(r - 1, x0, w)?.contiguous()?)
-            };
+            let cut = |t: &Tensor| crate::relu::crop_hw(t, (y0, x0), (h, w));
             let b = self.a_u.dim(0)?;
             let b_u = cut(&self.b_u.reshape(self.a_u.shape())?)?.reshape((b, ()))?;
             Ok(Box::new(ReluLinear {

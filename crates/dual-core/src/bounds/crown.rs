@@ -336,20 +336,16 @@ fn run_rows(
         }
         let counts: Vec<usize> = rows.iter().map(|l| l.len().saturating_sub(r0).min(len)).collect();
         let windowed = match prefix {
-            Some(SharedRows { windows: Some(w), from, acc: acc2, .. }) => {
-                match window::rows_lower(net, relax, shapes, *from, w, &idx, &counts, len)? {
-                    Some(lb) => Some(match acc2 {
-                        Some(a) => (lb + gather_rows(a, &idx, b, len)?.squeeze(2)?)?,
-                        None => lb,
-                    }),
-                    None => None,
-                }
+            Some(SharedRows { windows: Some(w), from, .. }) => {
+                window::rows_lower(net, relax, shapes, *from, w, &idx, &counts, len)?
             }
             _ => None,
         };
-        let lb = match prefix {
-            _ if windowed.is_some() => windowed.expect("checked"),
-            Some(SharedRows { g: g2, acc: acc2, from, .. }) => {
+        let lb = match (windowed, prefix) {
+            // The rows ran on windows: the constants the shared rows gathered on the way remain.
+            (Some(lb), Some(SharedRows { acc: Some(a), .. })) => (lb + gather_rows(a, &idx, b, len)?.squeeze(2)?)?,
+            (Some(lb), _) => lb,
+            (None, Some(SharedRows { g: g2, acc: acc2, from, .. })) => {
                 // Every example's own rows, gathered from the shared ones.
                 let from = *from;
                 // The activation at `from` takes its rows straight from the table (its step may
@@ -385,7 +381,7 @@ fn run_rows(
                     None => pass.finish(net, relax, from, len)?,
                 }
             }
-            None => backward_lower(net, relax, top, per_example_rows(rows, r0, len, shape, net.x)?)?,
+            (None, None) => backward_lower(net, relax, top, per_example_rows(rows, r0, len, shape, net.x)?)?,
         };
         // A row `−e_j` bounds `−z_j` from below: the unit's upper bound is minus that.
         let sign = Tensor::from_vec(sign, (b, len), lb.device())?.to_dtype(lb.dtype())?;

@@ -18,7 +18,7 @@
 
 use super::crown::Relaxed;
 use super::Net;
-use crate::{layer::DualNode, Result};
+use crate::{layer::DualNode, source::DualSource, Result};
 use candle_core::{DType, Tensor};
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -66,17 +66,30 @@ pub(crate) struct Windows {
 /// Whether the windowed path applies below output `from`: the input set is a box, and every
 /// node below is an activation or an affine layer reading the output just below it, on
 /// `[C, H, W]` outputs. (Whether each layer has a windowed form is asked as the rows run.)
-fn chain_applies(net: &Net<'_>, shapes: &[Vec<usize>], from: usize) -> bool {
-    if !net.input.is_box() || from == 0 || shapes.len() <= from {
+pub(crate) fn chain_applies(nodes: &[DualNode], shapes: &[Vec<usize>], input: &dyn DualSource, from: usize) -> bool {
+    if !input.is_box() || from == 0 || shapes.len() <= from {
         return false;
     }
     (1..=from).all(|t| {
-        let reads_below = match &net.nodes[t - 1] {
+        let reads_below = match &nodes[t - 1] {
             DualNode::Activation(_) => true,
             DualNode::Affine(a) => a.inputs().indices(t) == vec![Some(t - 1)],
         };
         reads_below && shapes[t].len() == 3
     }) && shapes[0].len() == 3
+}
+
+/// The input set's box (`x + [m − ρ, m + ρ]`, relative to `x`) as `(m, ρ)`, each
+/// `[B or 1, C, H, W]` on the input's `[C, H, W]` grid; `None` when the set states no box.
+pub(crate) fn input_box(input: &dyn DualSource, in_shape: &[usize], x: &Tensor) -> Option<Result<(Tensor, Tensor)>> {
+    let f = |(m, rad): (Tensor, Tensor)| -> Result<(Tensor, Tensor)> {
+        let grid = |v: &Tensor| -> Result<Tensor> {
+            let lead = v.elem_count() / in_shape.iter().product::<usize>().max(1);
+            Ok(v.to_dtype(x.dtype())?.reshape((lead, in_shape[0], in_shape[1], in_shape[2]))?)
+        };
+        Ok((grid(&m)?, grid(&rad)?))
+    };
+    input.interval_box().map(|bx| bx.and_then(f))
 }
 
 /// The bounding box of the non-zeros of one row `[C, H, W]` (`None`: all zero).
@@ -109,7 +122,7 @@ impl Windows {
         table: &Tensor,
         mirrored: bool,
     ) -> Result<Option<Self>> {
-        if !chain_applies(net, shapes, from) {
+        if !chain_applies(net.nodes, shapes, net.input, from) {
             return Ok(None);
         }
         Self::group(table, mirrored)
@@ -293,15 +306,9 @@ pub(crate) fn rows_lower(
 ) -> Result<Option<Tensor>> {
     let b = counts.len();
     // The input box in absolute coordinates: centre `x + m`, radius `ρ`.
-    let Some(bx) = net.input.interval_box() else { return Ok(None) };
+    let Some(bx) = input_box(net.input, &shapes[0], net.x) else { return Ok(None) };
     let (m, rad) = bx?;
-    let in_shape = &shapes[0];
-    let shape4 = |t: &Tensor| -> Result<Tensor> {
-        let lead = t.elem_count() / in_shape.iter().product::<usize>().max(1);
-        Ok(t.reshape((lead, in_shape[0], in_shape[1], in_shape[2]))?)
-    };
-    let centre = shape4(&net.x.broadcast_add(&shape4(&m.to_dtype(net.x.dtype())?)?)?)?;
-    let rad = shape4(&rad.to_dtype(net.x.dtype())?)?;
+    let centre = net.x.broadcast_add(&m)?;
     // Rows per group and example: (row slot in the chunk, place in the group).
     let mut by_group: BTreeMap<u32, Vec<Vec<(usize, u32)>>> = BTreeMap::new();
     for (e, &count) in counts.iter().enumerate() {

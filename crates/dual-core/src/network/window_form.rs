@@ -14,7 +14,7 @@
 //! whole-image form's up to the order of the sums.
 
 use super::NetPrefix;
-use crate::bounds::window::{box_terms, clip, map_threads, Windows};
+use crate::bounds::window::{box_terms, chain_applies, clip, input_box, map_threads, Windows};
 use crate::{layer::DualNode, Result};
 use candle_core::Tensor;
 
@@ -32,35 +32,25 @@ pub(super) fn window_terms(
     let NetPrefix { nodes, shapes, input, relax } = *net;
     let top = t - 1;
     let lowest = positions[0];
-    if top < 2 || lowest > 0 || !input.is_box() || shapes[..=top].iter().any(|s| s.len() != 3) {
-        return Ok(None);
-    }
-    // The nodes below the top: each an activation or an affine layer reading the output just
-    // below it; the top's own node affine (its transpose makes the shared table).
-    let chain = (1..=top).all(|s| match &nodes[s - 1] {
-        DualNode::Activation(_) => s < top,
-        DualNode::Affine(a) => a.inputs().indices(s) == vec![Some(s - 1)],
-    });
-    let k: usize = shapes[top].iter().product();
-    let below: usize = shapes[top - 1].iter().product();
-    if !chain || k.saturating_mul(below) > MAX_TABLE {
+    // Every node up to the top an activation or an affine layer reading the output just below
+    // it, the top's own node affine (its transpose makes the shared table).
+    if top < 2 || lowest > 0 || !chain_applies(nodes, shapes, input, top) {
         return Ok(None);
     }
     let DualNode::Affine(a) = &nodes[top - 1] else { return Ok(None) };
+    let k: usize = shapes[top].iter().product();
+    let below: usize = shapes[top - 1].iter().product();
+    if k.saturating_mul(below) > MAX_TABLE {
+        return Ok(None);
+    }
     // The identity rows through the top layer, shared by the batch: `[1, K, C, H, W]`.
     let mut s = vec![1, k];
     s.extend_from_slice(&shapes[top]);
     let eye = Tensor::eye(k, x.dtype(), x.device())?.reshape(s)?;
     let Some(Some(table)) = a.transpose(&eye)?.into_iter().next() else { return Ok(None) };
     let Some(windows) = Windows::group(&table, false)? else { return Ok(None) };
-    let Some(bx) = input.interval_box() else { return Ok(None) };
+    let Some(bx) = input_box(input, &shapes[0], x) else { return Ok(None) };
     let (m, rad) = bx?;
-    let in_shape = &shapes[0];
-    let shape4 = |v: &Tensor| -> Result<Tensor> {
-        let lead = v.elem_count() / in_shape.iter().product::<usize>().max(1);
-        Ok(v.to_dtype(x.dtype())?.reshape((lead, in_shape[0], in_shape[1], in_shape[2]))?)
-    };
-    let (m, rad) = (shape4(&m)?, shape4(&rad)?);
     // The groups are independent: they run on the threads of the pool's size.
     let run = |group: &crate::bounds::window::Group| -> Result<Option<(Tensor, Tensor)>> {
         let n = group.zero as usize;
