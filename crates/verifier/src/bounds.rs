@@ -36,9 +36,9 @@ pub trait BoundMethod: Send + Sync {
         Ok((self.lower_bounds(net, boxes, rows)?, None))
     }
 
-    /// The methods input splitting runs one after the other (each from scratch), each with its
-    /// share of the time left (the last one gets all of it), for inputs of `num_inputs`
-    /// features. Default `None`: this method alone.
+    /// The methods input splitting runs one after the other (each on the open domains the one
+    /// before left), each with its share of the time left (the last one gets all of it), for
+    /// inputs of `num_inputs` features. Default `None`: this method alone.
     fn stages(&self, _num_inputs: usize) -> Option<Vec<(&dyn BoundMethod, f64)>> {
         None
     }

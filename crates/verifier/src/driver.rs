@@ -218,6 +218,8 @@ fn verify_inner(
     if prop.num_inputs <= opts.split_max_inputs {
         let stages = method.stages(prop.num_inputs).unwrap_or_else(|| vec![(method, 1.0)]);
         'clauses: for &i in &open {
+            // Each stage goes on from the open domains the one before left.
+            let mut carry = None;
             for (k, &(m, share)) in stages.iter().enumerate() {
                 let bab = InputBab { model, prop, net, method: m, opts: &opts.bab, pgd: &opts.pgd, sound: opts.sound };
                 let now = Instant::now();
@@ -226,7 +228,7 @@ fn verify_inner(
                 } else {
                     now + deadline.saturating_duration_since(now).mul_f64(share.clamp(0.0, 1.0))
                 };
-                match bab.run(&work[i], stop, stats) {
+                match bab.run(&work[i], stop, stats, &mut carry) {
                     Answer::Unsat => continue 'clauses,
                     Answer::Timeout if k + 1 < stages.len() => {}
                     a => return a,

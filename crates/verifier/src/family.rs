@@ -178,7 +178,9 @@ impl BoundMethod for BySize {
 
 /// Input splitting with several methods in turn: e.g. CROWN for the first quarter of the time
 /// (tighter on some boxes, 10–20× slower per box here) and then the exact dual for the rest
-/// (cheap per box). Bounds outside input splitting come from the first method.
+/// (cheap per box), which goes on from the open domains CROWN left (their CROWN bounds kept:
+/// a child keeps the larger bound per row). Bounds outside input splitting come from the first
+/// method.
 pub struct Portfolio {
     /// The methods and their shares of the time left when each starts.
     pub stages: Vec<(Box<dyn BoundMethod>, f64)>,

@@ -142,29 +142,53 @@ impl InputBab<'_> {
     }
 
     /// Branch and bound on the clause `w` over `[lo, hi]` (its box) until `deadline`.
-    pub(crate) fn run(&self, w: &ClauseWork, deadline: Instant, stats: &mut BabStats) -> Answer {
+    ///
+    /// `carry`: the open domains an earlier stage left on this clause (they cover what it did
+    /// not prove; their bounds hold and children keep the larger per row), or `None` to start
+    /// from the clause's box. On a timeout the open domains are left there for the next stage.
+    pub(crate) fn run(
+        &self,
+        w: &ClauseWork,
+        deadline: Instant,
+        stats: &mut BabStats,
+        carry: &mut Option<DomainQueue>,
+    ) -> Answer {
         if w.bound_rows.is_empty() {
             return Answer::Unknown;
         }
         let start = Instant::now();
         let root_width: Vec<f64> = w.lo.iter().zip(&w.hi).map(|(l, h)| h - l).collect();
-        let root = match self.bound(w, &[(w.lo.clone(), w.hi.clone())]) {
-            Ok(mut r) => r.remove(0),
-            Err(e) => return Answer::Error(format!("bound ({}): {e}", self.method.name())),
+        let mut queue = match carry.take() {
+            Some(q) if !q.is_empty() => q,
+            _ => {
+                let root = match self.bound(w, &[(w.lo.clone(), w.hi.clone())]) {
+                    Ok(mut r) => r.remove(0),
+                    Err(e) => return Answer::Error(format!("bound ({}): {e}", self.method.name())),
+                };
+                stats.bounded += 1;
+                if is_proved(&root.0, &w.bound_rhs) {
+                    stats.proved += 1;
+                    return Answer::Unsat;
+                }
+                let mut queue = DomainQueue::new();
+                let m = margin(&root.0, &w.bound_rhs);
+                queue.push(Domain {
+                    lo: w.lo.clone(),
+                    hi: w.hi.clone(),
+                    lb: root.0,
+                    margin: m,
+                    sens: root.1,
+                    depth: 0,
+                });
+                queue
+            }
         };
-        stats.bounded += 1;
-        if is_proved(&root.0, &w.bound_rhs) {
-            stats.proved += 1;
-            return Answer::Unsat;
-        }
-        let mut queue = DomainQueue::new();
-        let m = margin(&root.0, &w.bound_rhs);
-        queue.push(Domain { lo: w.lo.clone(), hi: w.hi.clone(), lb: root.0, margin: m, sens: root.1, depth: 0 });
         let mut last_print = Instant::now();
         let mut clock = RoundClock::new();
         while !queue.is_empty() {
             if Instant::now() > deadline {
                 stats.open = queue.len();
+                *carry = Some(queue);
                 return Answer::Timeout;
             }
             stats.rounds += 1;
