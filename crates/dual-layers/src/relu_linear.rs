@@ -28,6 +28,16 @@ impl ReluLinear {
         let dtype = lower.dtype();
         let b = lower.dim(0)?;
         let k = lower.elem_count() / b.max(1);
+        // One pass per line when nothing tracks the bounds (the same numbers).
+        let fused = match rule {
+            SlopeRule::Dual => crate::kernels::relu_lines(lower, upper, false)?,
+            SlopeRule::Adaptive => crate::kernels::relu_lines(lower, upper, true)?,
+            SlopeRule::Given(_) => None,
+        };
+        if let Some((a_u, b_u, a_l)) = fused {
+            let (b_u, a_l) = (b_u.reshape((b, k))?, a_l.unsqueeze(1)?);
+            return Ok(ReluLinear { a_l, a_u, b_u, lower: lower.clone(), upper: upper.clone() });
+        }
         let unstable = lower.lt(0.0)?.mul(&upper.gt(0.0)?)?.to_dtype(dtype)?;
         let active = lower.ge(0.0)?.to_dtype(dtype)?;
         let denom = ((upper - lower)? + (1.0 - &unstable)?)?;
@@ -131,5 +141,60 @@ impl LinearRelaxation for ReluLinear {
             Ok((lo, hi))
         };
         Some(f())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, Var};
+
+    /// The fused lines (bounds that track nothing) equal Candle's ops (bounds that track) bit for
+    /// bit, NaN and infinite bounds included, for both slope rules and both float types.
+    #[test]
+    fn fused_lines_equal_the_op_by_op_lines() {
+        let special = [0.0, -0.0, 1e-30, -1e-30, 0.5, -0.5, 3.0, -3.0, f64::INFINITY, f64::NEG_INFINITY, f64::NAN];
+        let mut lo = Vec::new();
+        let mut hi = Vec::new();
+        for &a in &special {
+            for &b in &special {
+                lo.push(a);
+                hi.push(b);
+            }
+        }
+        let mut seed = 11u64;
+        for _ in 0..5000 {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let a = ((seed >> 11) as f64 / (1u64 << 53) as f64) * 4.0 - 2.0;
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let w = ((seed >> 11) as f64 / (1u64 << 53) as f64) * 3.0;
+            lo.push(a);
+            hi.push(a + w);
+        }
+        let n = lo.len();
+        for dtype in [DType::F32, DType::F64] {
+            let l = Tensor::from_vec(lo.clone(), (1, n), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+            let u = Tensor::from_vec(hi.clone(), (1, n), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+            let tracked = Var::from_tensor(&l).unwrap();
+            for rule in [SlopeRule::Dual, SlopeRule::Adaptive] {
+                let fast = ReluLinear::new(&l, &u, rule).unwrap();
+                let slow = ReluLinear::new(tracked.as_tensor(), &u, rule).unwrap();
+                for (what, a, b) in
+                    [("a_L", &fast.a_l, &slow.a_l), ("a_U", &fast.a_u, &slow.a_u), ("b_U", &fast.b_u, &slow.b_u)]
+                {
+                    assert_eq!(a.dims(), b.dims(), "{what}");
+                    let a = a.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+                    let b = b.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+                    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+                        assert!(
+                            x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()) || (*x == 0.0 && *y == 0.0),
+                            "{what} {dtype:?} at l = {}, u = {}: fused {x}, ops {y}",
+                            lo[i],
+                            hi[i]
+                        );
+                    }
+                }
+            }
+        }
     }
 }
