@@ -28,7 +28,7 @@ impl ReluLinear {
         let dtype = lower.dtype();
         let b = lower.dim(0)?;
         let k = lower.elem_count() / b.max(1);
-        // One pass per line when nothing tracks the bounds (the same numbers).
+        // One pass when nothing tracks the bounds (the same numbers).
         let fused = match rule {
             SlopeRule::Dual => crate::kernels::relu_lines(lower, upper, false)?,
             SlopeRule::Adaptive => crate::kernels::relu_lines(lower, upper, true)?,
@@ -148,6 +148,7 @@ impl LinearRelaxation for ReluLinear {
 mod tests {
     use super::*;
     use candle_core::{DType, Device, Var};
+    use rand::{rngs::StdRng, Rng, SeedableRng};
 
     /// The fused lines (bounds that track nothing) equal Candle's ops (bounds that track) bit for
     /// bit, NaN and infinite bounds included, for both slope rules and both float types.
@@ -162,14 +163,12 @@ mod tests {
                 hi.push(b);
             }
         }
-        let mut seed = 11u64;
-        for _ in 0..5000 {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            let a = ((seed >> 11) as f64 / (1u64 << 53) as f64) * 4.0 - 2.0;
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            let w = ((seed >> 11) as f64 / (1u64 << 53) as f64) * 3.0;
+        // Enough units for many rows of the parallel pass (and its chunk offsets).
+        let mut rng = StdRng::seed_from_u64(11);
+        for _ in 0..100_000 {
+            let a = rng.random::<f64>() * 4.0 - 2.0;
             lo.push(a);
-            hi.push(a + w);
+            hi.push(a + rng.random::<f64>() * 3.0);
         }
         let n = lo.len();
         for dtype in [DType::F32, DType::F64] {

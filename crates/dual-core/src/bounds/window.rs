@@ -262,6 +262,15 @@ fn dot3(g: &Tensor, v: &Tensor) -> Result<Tensor> {
     Ok(g.flatten_from(2)?.broadcast_mul(&v)?.sum(2)?)
 }
 
+/// `acc += v` (broadcasting), `acc = v` the first time: the terms a windowed walk collects.
+pub(crate) fn accumulate(acc: &mut Option<Tensor>, v: Tensor) -> Result<()> {
+    *acc = Some(match acc.take() {
+        None => v,
+        Some(a) => a.broadcast_add(&v)?,
+    });
+    Ok(())
+}
+
 /// `f` on every item, in order, on as many scoped threads as the CPU pool has (Candle's
 /// `get_num_threads`); items are dealt round-robin. The first error wins.
 pub(crate) fn map_threads<I: Send, R: Send>(items: Vec<I>, f: impl Fn(I) -> Result<R> + Sync) -> Result<Vec<R>> {
@@ -342,19 +351,12 @@ pub(crate) fn rows_lower(
         let mut g = group.rows.index_select(&sel, 1)?.reshape((b, n, c, h, w))?;
         let mut origin = (bb.y0 as isize, bb.x0 as isize);
         let mut acc: Option<Tensor> = None;
-        let add = |acc: &mut Option<Tensor>, v: Tensor| -> Result<()> {
-            *acc = Some(match acc.take() {
-                None => v,
-                Some(a) => (a + v)?,
-            });
-            Ok(())
-        };
         let mut t = from;
         loop {
             let Some((inside, at)) = clip(g, origin, shapes[t][1], shapes[t][2])? else { break };
             if t == 0 {
                 let (lin, abs) = box_terms(&inside, at, &centre, &rad)?;
-                add(&mut acc, (lin - abs)?)?;
+                accumulate(&mut acc, (lin - abs)?)?;
                 break;
             }
             match &net.nodes[t - 1] {
@@ -364,7 +366,7 @@ pub(crate) fn rows_lower(
                     let Some(cropped) = r.crop(at.0, h, at.1, w) else { return Ok(None) };
                     let (gin, off) = cropped?.backward_lower(&inside)?;
                     if let Some(off) = off {
-                        add(&mut acc, off)?;
+                        accumulate(&mut acc, off)?;
                     }
                     g = gin;
                     origin = (at.0 as isize, at.1 as isize);
@@ -375,7 +377,7 @@ pub(crate) fn rows_lower(
                     };
                     let step = step?;
                     if let Some(bias) = step.bias {
-                        add(&mut acc, bias)?;
+                        accumulate(&mut acc, bias)?;
                     }
                     g = step.g;
                     origin = step.origin;
@@ -383,10 +385,7 @@ pub(crate) fn rows_lower(
             }
             t -= 1;
         }
-        let value = match acc {
-            Some(a) => a,
-            None => Tensor::zeros((b, n), net.x.dtype(), net.x.device())?,
-        };
+        let value = acc.map_or_else(|| Tensor::zeros((b, n), net.x.dtype(), net.x.device()), Ok)?;
         Ok(Some(value.flatten_all()?))
     };
     let mut parts = Vec::with_capacity(jobs.len() + 1);

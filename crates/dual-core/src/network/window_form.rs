@@ -14,7 +14,7 @@
 //! whole-image form's up to the order of the sums.
 
 use super::NetPrefix;
-use crate::bounds::window::{box_terms, chain_applies, clip, input_box, map_threads, Windows};
+use crate::bounds::window::{accumulate, box_terms, chain_applies, clip, input_box, map_threads, Windows};
 use crate::{layer::DualNode, Result};
 use candle_core::Tensor;
 
@@ -58,15 +58,8 @@ pub(super) fn window_terms(
         let mut origin = (group.bbox.y0 as isize, group.bbox.x0 as isize);
         let (mut lo, mut up): (Option<Tensor>, Option<Tensor>) = (None, None);
         let mut add = |l: Tensor, u: Tensor| -> Result<()> {
-            lo = Some(match lo.take() {
-                None => l,
-                Some(v) => v.broadcast_add(&l)?,
-            });
-            up = Some(match up.take() {
-                None => u,
-                Some(v) => v.broadcast_add(&u)?,
-            });
-            Ok(())
+            accumulate(&mut lo, l)?;
+            accumulate(&mut up, u)
         };
         let mut s = top - 1;
         loop {
@@ -102,15 +95,7 @@ pub(super) fn window_terms(
             s -= 1;
         }
         let zeros = || Tensor::zeros((1, n), x.dtype(), x.device());
-        let lo = match lo {
-            Some(v) => v,
-            None => zeros()?,
-        };
-        let up = match up {
-            Some(v) => v,
-            None => zeros()?,
-        };
-        Ok(Some((lo, up)))
+        Ok(Some((lo.map_or_else(zeros, Ok)?, up.map_or_else(zeros, Ok)?)))
     };
     let (mut los, mut ups) = (Vec::new(), Vec::new());
     for part in map_threads(windows.groups.iter().collect(), run)? {
