@@ -4,6 +4,7 @@
 //! (the nominal "center" pass has `n = 1`), `shape` the layer's own output shape without batch.
 
 use crate::bounds::{LinearRelaxation, SlopeRule};
+use crate::interval_rows::IntervalRows;
 use crate::{source::DualSource, DualError, Result};
 use candle_core::Tensor;
 
@@ -87,6 +88,12 @@ pub trait DualAffine: Send + Sync {
     fn transpose_window(&self, _g: &Tensor, _at: (isize, isize)) -> Option<Result<WindowTranspose>> {
         None
     }
+
+    /// The interval map on raw rows for IBP's fused inference pass ([`IntervalRows`]); `None`
+    /// (the default): the node runs op by op.
+    fn interval_rows(&self) -> Option<Result<Box<dyn IntervalRows + '_>>> {
+        None
+    }
 }
 
 /// The dual of an affine layer with one input, `z_out = A z_in + b`: the short form of
@@ -149,6 +156,12 @@ pub trait SingleInputAffine: Send + Sync {
     fn transpose_window(&self, _g: &Tensor, _at: (isize, isize)) -> Option<Result<WindowTranspose>> {
         None
     }
+
+    /// The interval map on raw rows for IBP's fused inference pass ([`IntervalRows`]); `None`
+    /// (the default): the node runs op by op.
+    fn interval_rows(&self) -> Option<Result<Box<dyn IntervalRows + '_>>> {
+        None
+    }
 }
 
 /// The one input of a single-input layer, `None` for a zero input; an error naming the layer for
@@ -191,6 +204,10 @@ impl<T: SingleInputAffine> DualAffine for T {
 
     fn transpose_window(&self, g: &Tensor, at: (isize, isize)) -> Option<Result<WindowTranspose>> {
         SingleInputAffine::transpose_window(self, g, at)
+    }
+
+    fn interval_rows(&self) -> Option<Result<Box<dyn IntervalRows + '_>>> {
+        SingleInputAffine::interval_rows(self)
     }
 }
 
@@ -249,6 +266,12 @@ pub trait DualActivation: Send + Sync {
     /// Tanh, MaxPool2d) gets CROWN's bounds on every unit, intersected with IBP's.
     fn exact_off_zero(&self) -> bool {
         true
+    }
+
+    /// The interval map on raw rows for IBP's fused inference pass ([`IntervalRows`]); `None`
+    /// (the default): the node runs op by op.
+    fn interval_rows(&self) -> Option<Result<Box<dyn IntervalRows + '_>>> {
+        None
     }
 
     /// Linear bounds with separate lines, `a_L ẑ + b_L ≤ σ(ẑ) ≤ a_U ẑ + b_U` on `[lower, upper]`,

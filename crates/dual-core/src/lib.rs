@@ -18,12 +18,14 @@
 
 pub mod bounds;
 pub mod error;
+pub mod interval_rows;
 pub mod layer;
 pub mod loss;
 pub mod network;
 pub mod source;
 
 pub use error::{DualError, Result};
+pub use interval_rows::IntervalRows;
 pub use layer::{
     ActivationKind, DualActivation, DualAffine, DualNode, Inputs, Relaxation, SingleInputAffine, WindowTranspose,
 };

@@ -1,7 +1,7 @@
 //! Dual of a 2-d convolution.
 
 use candle_core::Tensor;
-use dual_core::{DualError, Result, SingleInputAffine, WindowTranspose};
+use dual_core::{DualError, IntervalRows, Result, SingleInputAffine, WindowTranspose};
 
 /// The dual of `Conv2d`: forward is the convolution applied to every column; its transpose is the
 /// transposed convolution with the output padding that restores the input size (Eq. 10).
@@ -11,6 +11,7 @@ pub struct DualConv2d {
     stride: usize,
     padding: usize,
     output_padding: usize,
+    in_hw: (usize, usize),
 }
 
 impl DualConv2d {
@@ -39,7 +40,7 @@ impl DualConv2d {
                 in_hw.0, in_hw.1
             )));
         }
-        Ok(DualConv2d { weight, bias, stride, padding, output_padding: op_h })
+        Ok(DualConv2d { weight, bias, stride, padding, output_padding: op_h, in_hw })
     }
 
     /// The hot loop: convolution of every column.
@@ -75,6 +76,17 @@ impl SingleInputAffine for DualConv2d {
 
     fn transpose(&self, nu: &Tensor) -> Result<Tensor> {
         self.conv_transpose_columns(nu)
+    }
+
+    fn interval_rows(&self) -> Option<Result<Box<dyn IntervalRows + '_>>> {
+        crate::kernels::conv_interval_rows(
+            &self.weight,
+            self.bias.as_ref(),
+            self.stride,
+            self.padding,
+            self.in_hw,
+            true,
+        )
     }
 
     /// Every output element reads `c_in · k_h · k_w` inputs.

@@ -1,7 +1,7 @@
 //! Dual of a fully connected layer `ẑ = W z + b`.
 
 use candle_core::Tensor;
-use dual_core::{Result, SingleInputAffine};
+use dual_core::{IntervalRows, Result, SingleInputAffine};
 
 /// The dual of `Linear`: forward `W x (+ b)`, transpose `Wᵀ ν`, bias term `νᵀ b` (Eq. 10).
 pub struct DualLinear {
@@ -38,6 +38,10 @@ impl SingleInputAffine for DualLinear {
     /// `|W| r`.
     fn forward_abs(&self, r: &Tensor) -> Result<Tensor> {
         Ok(crate::kernels::linear_columns(r, &crate::kernels::abs_tracked(&self.weight)?)?)
+    }
+
+    fn interval_rows(&self) -> Option<Result<Box<dyn IntervalRows + '_>>> {
+        crate::kernels::linear_interval_rows(&self.weight, self.bias.as_ref(), true)
     }
 
     fn bias_term(&self, nu: &Tensor) -> Result<Option<Tensor>> {

@@ -3,7 +3,7 @@
 use crate::columns::{contract_features, sum_over_columns};
 use candle_core::{DType, Device, Tensor};
 use dual_core::bounds::{LinearRelaxation, SlopeRule};
-use dual_core::{ActivationKind, DualActivation, DualSource, Relaxation, Result};
+use dual_core::{ActivationKind, DualActivation, DualSource, IntervalRows, Relaxation, Result};
 use std::ops::Range;
 
 /// ReLU. Given pre-activation bounds `l ≤ ẑ ≤ u` it picks the slopes
@@ -29,6 +29,10 @@ impl DualActivation for DualReLU {
     /// `[max(l, 0), max(u, 0)]`.
     fn interval(&self, lower: &Tensor, upper: &Tensor) -> Result<(Tensor, Tensor)> {
         Ok((lower.relu()?, upper.relu()?))
+    }
+
+    fn interval_rows(&self) -> Option<Result<Box<dyn IntervalRows + '_>>> {
+        Some(Ok(crate::kernels::relu_interval_rows()))
     }
 
     /// One fused pass per output on the CPU (`kernels::relu_box`), the same numbers.

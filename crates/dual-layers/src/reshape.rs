@@ -1,7 +1,7 @@
 //! Dual of Flatten (any reshape that keeps the batch dimension).
 
 use candle_core::Tensor;
-use dual_core::{Result, SingleInputAffine};
+use dual_core::{IntervalRows, Result, SingleInputAffine};
 
 /// Reshape between `in_shape` and `out_shape` (both without batch); its transpose reshapes back.
 pub struct DualReshape {
@@ -35,6 +35,10 @@ impl SingleInputAffine for DualReshape {
     fn forward(&self, x: &Tensor, _with_bias: bool) -> Result<Tensor> {
         reshape_columns(x, &self.out_shape)
     }
+    fn interval_rows(&self) -> Option<Result<Box<dyn IntervalRows + '_>>> {
+        Some(Ok(crate::kernels::reshape_interval_rows(&self.in_shape, &self.out_shape)))
+    }
+
     /// A permutation: `|A| r = A r`.
     fn forward_abs(&self, r: &Tensor) -> Result<Tensor> {
         reshape_columns(r, &self.out_shape)

@@ -2,7 +2,7 @@
 
 use crate::spec::LayerSpec;
 use candle_core::{Result as CResult, Tensor, Var};
-use dual_core::{DualNode, Inputs, Result as DResult};
+use dual_core::{DualNode, Inputs, IntervalRows, Result as DResult};
 
 /// A layer: its forward pass, its dual, its parameters and its description.
 ///
@@ -26,6 +26,14 @@ pub trait Layer: Send + Sync {
 
     /// The parameters, with names relative to the layer (`weight`, `Ws.0.bias`, ...).
     fn params(&self) -> Vec<(String, Var)>;
+
+    /// The forward pass on raw rows for inputs shaped `in_shape` (without batch), for the fused
+    /// inference pass of [`crate::Network::forward`] (`dual_core::interval_rows::forward_chain`);
+    /// `None` (the default) where the layer has none or its parameters track their ops: the
+    /// network then runs layer by layer.
+    fn rows(&self, _in_shape: &[usize]) -> Option<DResult<Box<dyn IntervalRows>>> {
+        None
+    }
 }
 
 /// The one input of a single-input layer (for `Layer::forward` / `Layer::dual`).

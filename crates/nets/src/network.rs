@@ -202,9 +202,34 @@ impl Network {
         Ok(outs)
     }
 
-    /// The forward pass (logits).
+    /// The forward pass (logits). Where nothing is differentiated (inside [`crate::no_grad`], an
+    /// input that tracks no ops) and every layer offers [`Layer::rows`] on a plain chain, the
+    /// batch runs fused, one slice per thread through every layer (the same numbers up to the
+    /// gemm's blocking); otherwise layer by layer.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(y) = self.forward_fused(x)? {
+            return Ok(y);
+        }
         Ok(self.forward_all(x)?.pop().expect("at least one layer"))
+    }
+
+    /// [`Network::forward`]'s fused pass alone; `None` where it does not apply.
+    pub fn forward_fused(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        if crate::grad_enabled() || x.track_op() || !x.device().is_cpu() || self.check_input(x).is_err() {
+            return Ok(None);
+        }
+        let mut shape = self.input_shape.clone();
+        let mut maps = Vec::with_capacity(self.layers.len());
+        for (k, l) in self.layers.iter().enumerate() {
+            if l.inputs().indices(k + 1) != [Some(k)] {
+                return Ok(None);
+            }
+            let Some(map) = l.rows(&shape) else { return Ok(None) };
+            let map = map?;
+            shape = map.out_shape(&shape)?;
+            maps.push(map);
+        }
+        Ok(dual_core::interval_rows::forward_chain(&maps, x)?)
     }
 
     /// The dual nodes for the batch `x` (its forward pass fixes shapes and batch statistics).

@@ -2,7 +2,8 @@
 //! input set equals the one from its terms on the unit rows; CROWN-IBP's and IBP's bounds from one
 //! interval pass equal two separate calls (values and parameter gradients); a specification's
 //! zero rows (dropped from the backward pass) bound to 0 and the other rows as when each row is
-//! bounded alone.
+//! bounded alone; IBP's and the forward pass's fused passes (one slice of the batch per thread)
+//! give the op-by-op numbers and step aside where a layer has no map on raw rows.
 
 use candle_core::{DType, Device, Tensor};
 use dual_core::bounds::{crown_ibp_and_ibp, ibp, spec_bounds, BoundOptions, Method, Net, Spec};
@@ -245,4 +246,99 @@ fn one_side_first_case(net: &Network, x: &Tensor, plain: bool) {
             assert!(skipped > 0 && unstable > 0, "eps 0.1: {skipped} sides skipped, {unstable} unstable");
         }
     }
+}
+
+/// The papers' `mnist-small` layer kinds on 12×12 inputs (conv, ReLU, conv, ReLU, flatten,
+/// linear, ReLU, linear), seeded weights.
+fn mnist_small_like(dtype: DType, seed: u64) -> Network {
+    let layers = vec![
+        conv(1, 4, 4, 2, 1),
+        relu(),
+        conv(4, 8, 4, 2, 1),
+        relu(),
+        flatten(),
+        linear(72, 20),
+        relu(),
+        linear(20, 10),
+    ];
+    Network::init(&NetworkSpec::sequential("mnist-small-like", &[1, 12, 12], layers), seed, dtype, &Device::Cpu)
+        .unwrap()
+}
+
+/// IBP's fused inference pass (one slice of the batch per thread, raw rows) gives the boxes of
+/// the op-by-op pass, in f64 and f32, for batches that do not split evenly over the threads; it
+/// is not taken where something is differentiated.
+#[test]
+fn fused_interval_pass_equals_the_op_by_op_pass() {
+    for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
+        let net = mnist_small_like(dtype, 11);
+        for b in [1usize, 2, 7, 13] {
+            let x = inputs_side(b, 12, 30 + b as u64).to_dtype(dtype).unwrap();
+            nets::no_grad(|| {
+                let nodes = net.dual_nodes(&x).unwrap();
+                let set = InfBallBounded::new(&x, 0.1, 0.0, 1.0).unwrap();
+                let n = Net { nodes: &nodes, x: &x, input: &set };
+                let upto = nodes.len() - 1;
+                let fused = ibp::propagate_fused(&n, upto).unwrap().expect("the fused pass applies");
+                // A tracked input takes the op-by-op pass.
+                let xv = candle_core::Var::from_tensor(&x).unwrap();
+                let setv = InfBallBounded::new(xv.as_tensor(), 0.1, 0.0, 1.0).unwrap();
+                let nv = Net { nodes: &nodes, x: xv.as_tensor(), input: &setv };
+                assert!(ibp::propagate_fused(&nv, upto).unwrap().is_none());
+                let ops = ibp::propagate(&nv, upto).unwrap();
+                assert_eq!(fused.mid.len(), upto + 1);
+                for t in 0..=upto {
+                    assert_eq!(fused.mid[t].dims(), ops.mid[t].dims(), "output {t}");
+                    let scale =
+                        1.0 + flat(&ops.mid[t]).iter().chain(&flat(&ops.rad[t])).fold(0.0f64, |m, v| m.max(v.abs()));
+                    let d = max_diff(&fused.mid[t], &ops.mid[t]).max(max_diff(&fused.rad[t], &ops.rad[t]));
+                    assert!(d <= tol * scale, "{dtype:?} batch {b} output {t}: fused and op-by-op differ by {d}");
+                }
+            });
+        }
+    }
+}
+
+/// The fused inference pass of `Network::forward` gives the logits of the layer-by-layer pass,
+/// in f64 and f32 and for batches that split unevenly over the threads; it is not taken while
+/// gradients are on.
+#[test]
+fn fused_forward_equals_the_layer_by_layer_pass() {
+    for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
+        let net = mnist_small_like(dtype, 12);
+        for b in [1usize, 3, 8, 13] {
+            let x = inputs_side(b, 12, 50 + b as u64).to_dtype(dtype).unwrap();
+            assert!(net.forward_fused(&x).unwrap().is_none(), "gradients are on: layer by layer");
+            let want = net.forward_all(&x).unwrap().pop().unwrap();
+            let got = nets::no_grad(|| net.forward_fused(&x).unwrap()).expect("the fused pass applies");
+            assert_eq!(got.dims(), want.dims());
+            let scale = 1.0 + flat(&want).iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            let d = max_diff(&got, &want);
+            assert!(d <= tol * scale, "{dtype:?} batch {b}: fused and layer-by-layer logits differ by {d}");
+        }
+    }
+}
+
+/// A layer without a map on raw rows (MaxPool2d) keeps the whole network on the op-by-op passes:
+/// neither fused pass is taken, and IBP and the forward pass still give their numbers.
+#[test]
+fn a_layer_without_rows_keeps_the_op_by_op_passes() {
+    let layers = vec![conv(1, 4, 3, 1, 1), relu(), nets::spec::build::maxpool(2, 2, 0), flatten(), linear(64, 5)];
+    let spec = NetworkSpec::sequential("pooled", &[1, 8, 8], layers);
+    let net = Network::init(&spec, 13, DType::F64, &Device::Cpu).unwrap();
+    let x = inputs_side(3, 8, 70).to_dtype(DType::F64).unwrap();
+    nets::no_grad(|| {
+        assert!(net.forward_fused(&x).unwrap().is_none());
+        let logits = net.forward(&x).unwrap();
+        assert_eq!(logits.dims(), &[3, 5]);
+        let nodes = net.dual_nodes(&x).unwrap();
+        let set = InfBallBounded::new(&x, 0.05, 0.0, 1.0).unwrap();
+        let n = Net { nodes: &nodes, x: &x, input: &set };
+        assert!(ibp::propagate_fused(&n, nodes.len()).unwrap().is_none());
+        let boxes = ibp::propagate(&n, nodes.len()).unwrap();
+        // The clean logits lie in the output box.
+        let (lo, hi) = boxes.interval(nodes.len()).unwrap();
+        let (lo, hi, z) = (flat(&lo), flat(&hi), flat(&logits));
+        assert!(z.iter().zip(lo.iter().zip(&hi)).all(|(v, (l, h))| *l - 1e-12 <= *v && *v <= *h + 1e-12));
+    });
 }

@@ -72,7 +72,13 @@ pub fn input_box(net: &Net<'_>) -> Result<(Tensor, Tensor)> {
 }
 
 /// Pushes the input box through every node; `upto` stops after output `upto`.
+///
+/// Where nothing is differentiated and every node has a map on raw rows, the pass runs fused
+/// per thread ([`propagate_fused`]); the same boxes.
 pub fn propagate(net: &Net<'_>, upto: usize) -> Result<Boxes> {
+    if let Some(boxes) = propagate_fused(net, upto)? {
+        return Ok(boxes);
+    }
     let (m0, r0) = input_box(net)?;
     let mut mid = vec![m0];
     let mut rad = vec![r0];
@@ -100,6 +106,13 @@ pub fn propagate(net: &Net<'_>, upto: usize) -> Result<Boxes> {
         rad.push(r);
     }
     Ok(Boxes { mid, rad })
+}
+
+/// [`propagate`]'s fused pass alone: one slice of the batch per thread, every node's
+/// [`crate::IntervalRows`] in turn; `None` where it does not apply (something is differentiated,
+/// a node has no map, a node reads skip inputs, not CPU f32/f64).
+pub fn propagate_fused(net: &Net<'_>, upto: usize) -> Result<Option<Boxes>> {
+    super::ibp_fused::propagate(net, upto)
 }
 
 /// `Σ_j Λ_j mid_j − |Λ_j| rad_j` for `Λ` `[Bλ, m, *shape]` and a box `[B, 1, *shape]`, as `[B, m]`.

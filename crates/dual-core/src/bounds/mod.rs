@@ -22,6 +22,7 @@
 pub mod alpha;
 pub mod crown;
 pub mod ibp;
+mod ibp_fused;
 pub mod relaxation;
 pub mod sparse;
 pub mod spec;

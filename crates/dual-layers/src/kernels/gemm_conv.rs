@@ -143,6 +143,44 @@ fn group_size<T>(g: &Geom, per_task: usize, group_bytes: usize) -> usize {
     (group_bytes / per_image).clamp(1, per_task.max(1))
 }
 
+/// One task's buffers for groups of images: a phase image, the `[k, group·pq]` patch matrix and
+/// the `[o, group·pq]` side of the product, sized for groups of `gmax` images.
+struct GroupBuffers<T> {
+    gmax: usize,
+    ph: Vec<T>,
+    cols: Vec<T>,
+    side: Vec<T>,
+}
+
+impl<T: Elem> GroupBuffers<T> {
+    /// For a task of `count` images, groups kept within `group_bytes` ([`group_size`]).
+    fn new(g: &Geom, count: usize, group_bytes: usize) -> Self {
+        let gmax = group_size::<T>(g, count, group_bytes);
+        let (k, o, pq) = (g.k(), g.o, g.pq());
+        GroupBuffers {
+            gmax,
+            ph: vec![T::ZERO; g.phase_len()],
+            cols: vec![T::ZERO; k * gmax * pq],
+            side: vec![T::ZERO; o * gmax * pq],
+        }
+    }
+}
+
+/// `(j0, gc)`: the first image and the size of each group of at most `gmax` of `count` images.
+fn groups(count: usize, gmax: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..count).step_by(gmax.max(1)).map(move |j0| (j0, gmax.min(count - j0)))
+}
+
+/// Writes the patch matrices of images `first..first+gc` of `x` into `cols` as one
+/// `[k, gc·pq]` matrix (image `j` in columns `j·pq..(j+1)·pq`), through the phase image `ph`.
+fn patch_group<T: Elem>(g: &Geom, x: &View4<'_, T>, first: usize, gc: usize, ph: &mut [T], cols: &mut [T]) {
+    let (pq, ld) = (g.pq(), gc * g.pq());
+    for j in 0..gc {
+        image_to_phases(g, x.data, x.image(first + j), ph);
+        phases_to_cols(g, ph, &mut cols[j * pq..], ld);
+    }
+}
+
 /// Copies images `first..first+gc` of the `[n, o, oh, ow]` side (pixel stride `ps`) into `buf`
 /// as one `[o, gc·pq]` matrix on the `oh × wq` grid (image `j` in columns `j·pq..(j+1)·pq`),
 /// with zeros in the garbage columns.
@@ -171,59 +209,72 @@ fn expand_group<T: Elem>(g: &Geom, y: &View4<'_, T>, ps: usize, first: usize, gc
 
 /// `y = conv2d(x, w)`: `x` any strides, `w` contiguous `[o, k]`. Returns `[n, o, oh, ow]`.
 pub(crate) fn conv2d_forward<T: Elem>(g: &Geom, x: View4<'_, T>, w: &[T]) -> Vec<T> {
-    let (k, p, o, pq, wq, ow) = (g.k(), g.p(), g.o, g.pq(), g.wq(), g.ow);
     let out_len = g.out_len();
     let mut out = super::zeroed::<T>(g.n * out_len);
     if out.is_empty() {
         return out;
     }
     let pl = plan(g.n, g.macs_per_image());
-    let wmat = Mat { data: w, off: 0, rs: k, cs: 1 };
-    let pointwise = if g.is_pointwise() { x.pixel_stride(g.h, g.w) } else { None };
-    let body = |(t, chunk): (usize, &mut [T])| {
-        let first = t * pl.per_task;
-        let count = chunk.len() / out_len;
-        if let Some(ps) = pointwise {
-            // 1x1 stride-1 kernel: the image is its own patch matrix.
-            for j in 0..count {
-                let v = x.image(first + j);
-                let rhs = Mat { data: x.data, off: v.start, rs: v.sc, cs: ps };
-                matmul(o, p, k, &mut chunk[j * out_len..(j + 1) * out_len], p, false, wmat, rhs, pl.par);
-            }
-            return;
-        }
-        let gmax = group_size::<T>(g, count, pl.group_bytes);
-        let mut ph = vec![T::ZERO; g.phase_len()];
-        let mut col = vec![T::ZERO; k * gmax * pq];
-        let mut obuf = vec![T::ZERO; o * gmax * pq];
-        let mut j0 = 0;
-        while j0 < count {
-            let gc = gmax.min(count - j0);
-            let ld = gc * pq;
-            for j in 0..gc {
-                image_to_phases(g, x.data, x.image(first + j0 + j), &mut ph);
-                phases_to_cols(g, &ph, &mut col[j * pq..k * ld], ld);
-            }
-            let rhs = Mat { data: &col[..k * ld], off: 0, rs: ld, cs: 1 };
-            matmul(o, ld, k, &mut obuf[..o * ld], ld, false, wmat, rhs, pl.par);
-            for j in 0..gc {
-                let dst = &mut chunk[(j0 + j) * out_len..(j0 + j + 1) * out_len];
-                for oc in 0..o {
-                    for oy in 0..g.oh {
-                        let s0 = oc * ld + j * pq + oy * wq;
-                        dst[oc * p + oy * ow..oc * p + (oy + 1) * ow].copy_from_slice(&obuf[s0..s0 + ow]);
-                    }
-                }
-            }
-            j0 += gc;
-        }
-    };
+    let body = |(t, chunk): (usize, &mut [T])| forward_images(g, &x, w, t * pl.per_task, chunk, pl.par, pl.group_bytes);
     if pl.tasks == 1 {
         body((0, &mut out[..]));
     } else {
         out.par_chunks_mut(pl.per_task * out_len).enumerate().for_each(body);
     }
     out
+}
+
+/// [`conv2d_forward`] of the contiguous images `x` (`[n, c, h, w]`, `n = out.len() / out_len`)
+/// into `out`, on the calling thread (IBP's fused pass runs one per thread).
+pub(crate) fn conv2d_forward_serial<T: Elem>(g: &Geom, x: &[T], w: &[T], out: &mut [T]) {
+    let (c, h, wd) = (g.c, g.h, g.w);
+    let view = View4 { data: x, start: 0, stride: [c * h * wd, h * wd, wd, 1] };
+    forward_images(g, &view, w, 0, out, Parallelism::None, tuning().group_bytes);
+}
+
+/// The convolution of images `first..` of `x` into `chunk` (whole output images; every element
+/// written), gemm with `par`.
+fn forward_images<T: Elem>(
+    g: &Geom,
+    x: &View4<'_, T>,
+    w: &[T],
+    first: usize,
+    chunk: &mut [T],
+    par: Parallelism,
+    group_bytes: usize,
+) {
+    let (k, p, o, pq, wq, ow) = (g.k(), g.p(), g.o, g.pq(), g.wq(), g.ow);
+    let out_len = g.out_len();
+    let count = chunk.len() / out_len.max(1);
+    if count == 0 {
+        return;
+    }
+    let wmat = Mat { data: w, off: 0, rs: k, cs: 1 };
+    if let Some(ps) = if g.is_pointwise() { x.pixel_stride(g.h, g.w) } else { None } {
+        // 1x1 stride-1 kernel: the image is its own patch matrix.
+        for j in 0..count {
+            let v = x.image(first + j);
+            let rhs = Mat { data: x.data, off: v.start, rs: v.sc, cs: ps };
+            matmul(o, p, k, &mut chunk[j * out_len..(j + 1) * out_len], p, false, wmat, rhs, par);
+        }
+        return;
+    }
+    let mut bufs = GroupBuffers::new(g, count, group_bytes);
+    for (j0, gc) in groups(count, bufs.gmax) {
+        let ld = gc * pq;
+        patch_group(g, x, first + j0, gc, &mut bufs.ph, &mut bufs.cols[..k * ld]);
+        let rhs = Mat { data: &bufs.cols[..k * ld], off: 0, rs: ld, cs: 1 };
+        matmul(o, ld, k, &mut bufs.side[..o * ld], ld, false, wmat, rhs, par);
+        for j in 0..gc {
+            let dst = &mut chunk[(j0 + j) * out_len..(j0 + j + 1) * out_len];
+            for oc in 0..o {
+                for oy in 0..g.oh {
+                    let s0 = oc * ld + j * pq + oy * wq;
+                    dst[oc * p + oy * ow..oc * p + (oy + 1) * ow].copy_from_slice(&bufs.side[s0..s0 + ow]);
+                }
+            }
+        }
+    }
 }
 
 /// `x = conv_transpose2d(y, w)` (the adjoint of [`conv2d_forward`] in its input): `y` is the
@@ -250,23 +301,17 @@ pub(crate) fn conv2d_backward_data<T: Elem>(g: &Geom, y: View4<'_, T>, ps: usize
             }
             return;
         }
-        let gmax = group_size::<T>(g, count, pl.group_bytes);
-        let mut ph = vec![T::ZERO; g.phase_len()];
-        let mut cols = vec![T::ZERO; k * gmax * pq];
-        let mut ybuf = vec![T::ZERO; o * gmax * pq];
-        let mut j0 = 0;
-        while j0 < count {
-            let gc = gmax.min(count - j0);
+        let mut bufs = GroupBuffers::new(g, count, pl.group_bytes);
+        for (j0, gc) in groups(count, bufs.gmax) {
             let ld = gc * pq;
-            expand_group(g, &y, ps, first + j0, gc, &mut ybuf[..o * ld]);
-            let rhs = Mat { data: &ybuf[..o * ld], off: 0, rs: ld, cs: 1 };
-            matmul(k, ld, o, &mut cols[..k * ld], ld, false, wt, rhs, pl.par);
+            expand_group(g, &y, ps, first + j0, gc, &mut bufs.side[..o * ld]);
+            let rhs = Mat { data: &bufs.side[..o * ld], off: 0, rs: ld, cs: 1 };
+            matmul(k, ld, o, &mut bufs.cols[..k * ld], ld, false, wt, rhs, pl.par);
             for j in 0..gc {
-                ph.fill(T::ZERO);
-                cols_to_phases(g, &cols[j * pq..k * ld], ld, &mut ph);
-                phases_to_image(g, &ph, &mut chunk[(j0 + j) * in_len..(j0 + j + 1) * in_len]);
+                bufs.ph.fill(T::ZERO);
+                cols_to_phases(g, &bufs.cols[j * pq..k * ld], ld, &mut bufs.ph);
+                phases_to_image(g, &bufs.ph, &mut chunk[(j0 + j) * in_len..(j0 + j + 1) * in_len]);
             }
-            j0 += gc;
         }
     };
     if pl.tasks == 1 {
@@ -300,26 +345,17 @@ pub(crate) fn conv2d_backward_weight<T: Elem>(g: &Geom, x: View4<'_, T>, gy: Vie
             }
             return acc;
         }
-        let gmax = group_size::<T>(g, count, pl.group_bytes);
-        let mut ph = vec![T::ZERO; g.phase_len()];
-        let mut col = vec![T::ZERO; k * gmax * pq];
-        let mut gbuf = vec![T::ZERO; o * gmax * pq];
+        let mut bufs = GroupBuffers::new(g, count, pl.group_bytes);
         // Accumulated as dWᵀ ([k, o]): gemm then runs its microkernel with the patch matrix as
         // the packed left operand, which is measurably faster than packing its transpose.
         let mut acc_t = vec![T::ZERO; k * o];
-        let mut j0 = 0;
-        while j0 < count {
-            let gc = gmax.min(count - j0);
+        for (j0, gc) in groups(count, bufs.gmax) {
             let ld = gc * pq;
-            for j in 0..gc {
-                image_to_phases(g, x.data, x.image(first + j0 + j), &mut ph);
-                phases_to_cols(g, &ph, &mut col[j * pq..k * ld], ld);
-            }
-            expand_group(g, &gy, ps, first + j0, gc, &mut gbuf[..o * ld]);
-            let lhs = Mat { data: &col[..k * ld], off: 0, rs: ld, cs: 1 };
-            let rhs = Mat { data: &gbuf[..o * ld], off: 0, rs: 1, cs: ld };
+            patch_group(g, &x, first + j0, gc, &mut bufs.ph, &mut bufs.cols[..k * ld]);
+            expand_group(g, &gy, ps, first + j0, gc, &mut bufs.side[..o * ld]);
+            let lhs = Mat { data: &bufs.cols[..k * ld], off: 0, rs: ld, cs: 1 };
+            let rhs = Mat { data: &bufs.side[..o * ld], off: 0, rs: 1, cs: ld };
             matmul(k, o, ld, &mut acc_t, o, true, lhs, rhs, pl.par);
-            j0 += gc;
         }
         for kk in 0..k {
             for oc in 0..o {

@@ -51,7 +51,8 @@ fn par_fill<T: Elem>(n: usize, f: impl Fn(usize) -> T + Sync + Send) -> Vec<T> {
     super::par_fill(n, ROW, MIN_ROWS, f)
 }
 
-fn relu<T: Elem>(x: T) -> T {
+/// `max(x, 0)`, NaN to 0 (Candle's ReLU).
+pub(super) fn relu<T: Elem>(x: T) -> T {
     if x > T::ZERO {
         x
     } else {
@@ -59,12 +60,20 @@ fn relu<T: Elem>(x: T) -> T {
     }
 }
 
+/// `(m', r')` of one unit: `lo = [m − r]₊`, `hi = [m + r]₊`, `((lo + hi) / 2, (hi − lo) / 2)`
+/// (also the fused pass's ReLU, `interval_rows.rs`).
+#[inline]
+pub(super) fn relu_box_elem<T: Elem>(m: T, r: T) -> (T, T) {
+    let (lo, hi) = (relu(m + -r), relu(m + r));
+    ((lo + hi) * T::HALF, (hi + -lo) * T::HALF)
+}
+
 fn box_fwd<T: Elem>(m: &[T], r: &[T], part: Part) -> Vec<T> {
     par_fill(m.len(), |i| {
-        let (lo, hi) = (relu(m[i] + -r[i]), relu(m[i] + r[i]));
+        let (mid, rad) = relu_box_elem(m[i], r[i]);
         match part {
-            Part::Mid => (lo + hi) * T::HALF,
-            Part::Rad => (hi + -lo) * T::HALF,
+            Part::Mid => mid,
+            Part::Rad => rad,
         }
     })
 }

@@ -48,6 +48,7 @@ mod elem;
 mod gemm_conv;
 mod im2col;
 mod interval;
+mod interval_rows;
 mod layout;
 mod linear;
 mod path;
@@ -64,6 +65,7 @@ pub use conv::{
     conv_transpose2d_fast_hw,
 };
 pub use interval::relu_box;
+pub use interval_rows::{conv_interval_rows, linear_interval_rows, relu_interval_rows, reshape_interval_rows};
 pub use linear::{linear_columns, linear_weight_grad};
 pub use path::{record_paths, KernelPath, PathTaken};
 pub use relax::{relax_columns, relax_gathered};

@@ -1,6 +1,6 @@
 use crate::{layer::single_input as single, param, spec::LayerSpec, Layer};
 use candle_core::{Result as CResult, Tensor, Var};
-use dual_core::{DualError, DualNode, Result as DResult};
+use dual_core::{DualError, DualNode, IntervalRows, Result as DResult};
 use dual_layers::DualConv2d;
 
 /// 2-d convolution, weight `[c_out, c_in, k, k]`.
@@ -44,6 +44,18 @@ impl Layer for Conv2d {
             self.padding,
             (h, w),
         )?)))
+    }
+    fn rows(&self, in_shape: &[usize]) -> Option<DResult<Box<dyn IntervalRows>>> {
+        let [_, h, w] = in_shape else { return None };
+        let b = self.bias.as_ref().map(param);
+        dual_layers::kernels::conv_interval_rows(
+            &param(&self.weight),
+            b.as_ref(),
+            self.stride,
+            self.padding,
+            (*h, *w),
+            false,
+        )
     }
     fn params(&self) -> Vec<(String, Var)> {
         let mut v = vec![("weight".to_string(), self.weight.clone())];

@@ -1,6 +1,6 @@
 use crate::{layer::single_input as single, param, spec::LayerSpec, Layer};
 use candle_core::{Result as CResult, Tensor, Var};
-use dual_core::{DualNode, Result as DResult};
+use dual_core::{DualNode, IntervalRows, Result as DResult};
 use dual_layers::DualLinear;
 
 /// `y = x Wᵀ + b` with `W` `[out, in]`.
@@ -23,6 +23,13 @@ impl Layer for Linear {
     }
     fn dual(&self, _xs: &[Option<&Tensor>]) -> DResult<DualNode> {
         Ok(DualNode::Affine(Box::new(DualLinear::new(param(&self.weight), self.bias.as_ref().map(param)))))
+    }
+    fn rows(&self, in_shape: &[usize]) -> Option<DResult<Box<dyn IntervalRows>>> {
+        if in_shape.len() != 1 {
+            return None;
+        }
+        let b = self.bias.as_ref().map(param);
+        dual_layers::kernels::linear_interval_rows(&param(&self.weight), b.as_ref(), false)
     }
     fn params(&self) -> Vec<(String, Var)> {
         let mut v = vec![("weight".to_string(), self.weight.clone())];

@@ -1,6 +1,6 @@
 use crate::{layer::single_input as single, spec::LayerSpec, Layer};
 use candle_core::{Result as CResult, Tensor, Var};
-use dual_core::{DualNode, Result as DResult};
+use dual_core::{DualNode, IntervalRows, Result as DResult};
 use dual_layers::{DualIdentity, DualReLU, DualReshape, DualSmooth, Smooth};
 
 /// Rectified linear unit.
@@ -15,6 +15,9 @@ impl Layer for ReLU {
     }
     fn dual(&self, _xs: &[Option<&Tensor>]) -> DResult<DualNode> {
         Ok(DualNode::Activation(Box::new(DualReLU)))
+    }
+    fn rows(&self, _in_shape: &[usize]) -> Option<DResult<Box<dyn IntervalRows>>> {
+        Some(Ok(dual_layers::kernels::relu_interval_rows()))
     }
     fn params(&self) -> Vec<(String, Var)> {
         Vec::new()
@@ -34,6 +37,9 @@ impl Layer for Flatten {
     fn dual(&self, xs: &[Option<&Tensor>]) -> DResult<DualNode> {
         let x = single(xs)?;
         Ok(DualNode::Affine(Box::new(DualReshape::flatten(x.dims()[1..].to_vec()))))
+    }
+    fn rows(&self, in_shape: &[usize]) -> Option<DResult<Box<dyn IntervalRows>>> {
+        Some(Ok(dual_layers::kernels::reshape_interval_rows(in_shape, &[in_shape.iter().product()])))
     }
     fn params(&self) -> Vec<(String, Var)> {
         Vec::new()

@@ -1,0 +1,131 @@
+//! A node's interval map on raw rows, for IBP's fused inference pass.
+//!
+//! Interval bound propagation (Gowal et al. 2018, Eq. 6) maps a box `mid ± rad` through an affine
+//! layer as `A mid + b ± |A| rad` and through a monotone activation σ as the image
+//! `[σ(mid − rad), σ(mid + rad)]`. With one Candle op per step, a small network's IBP is mostly
+//! per-op overhead: each op wakes the thread pool, allocates and waits for its slowest thread.
+//! When nothing is differentiated, `bounds::ibp` instead cuts the batch into one slice per thread
+//! and runs every node's [`IntervalRows`] on its slice, one node after the other, with no pool
+//! and no synchronisation until the end. A node offers the map through
+//! `SingleInputAffine::interval_rows`, `DualAffine::interval_rows` or
+//! `DualActivation::interval_rows`; a node without one (the default) keeps the op-by-op pass for
+//! the whole network. The map must compute the same numbers as the node's
+//! `forward`/`forward_abs` (or `interval_mid_rad`): IBP's results do not depend on the path.
+//!
+//! The same maps give the plain forward pass of a chain of layers ([`forward_chain`]): a network
+//! crate's inference pass (the prediction beside every certificate) runs fused the same way.
+
+use crate::{DualError, Result};
+use candle_core::{DType, Tensor, WithDType};
+use rayon::prelude::*;
+
+/// The interval map of one node on the rows of a few examples, on the calling thread only (no
+/// thread pool, no Candle ops: many run at once, one per slice of the batch). A node offers one
+/// only when nothing is differentiated through it (its parameters track no ops).
+pub trait IntervalRows: Send + Sync {
+    /// The output shape (without batch) for an input shaped `in_shape`; an error naming the
+    /// layer when it does not take that shape.
+    fn out_shape(&self, in_shape: &[usize]) -> Result<Vec<usize>>;
+
+    /// `n` examples: `mid`, `rad` `[n, in_len]` row-major in; `out_mid`, `out_rad` `[n, out_len]`
+    /// written in full.
+    fn map_f32(&self, n: usize, mid: &[f32], rad: &[f32], out_mid: &mut [f32], out_rad: &mut [f32]) -> Result<()>;
+
+    /// [`IntervalRows::map_f32`] in f64.
+    fn map_f64(&self, n: usize, mid: &[f64], rad: &[f64], out_mid: &mut [f64], out_rad: &mut [f64]) -> Result<()>;
+
+    /// The node's plain forward pass (bias included) on `n` examples: `x` `[n, in_len]` in,
+    /// `out` `[n, out_len]` written in full.
+    fn forward_f32(&self, n: usize, x: &[f32], out: &mut [f32]) -> Result<()>;
+
+    /// [`IntervalRows::forward_f32`] in f64.
+    fn forward_f64(&self, n: usize, x: &[f64], out: &mut [f64]) -> Result<()>;
+}
+
+/// The element types of the fused passes, each with its entries of [`IntervalRows`].
+pub(crate) trait RowElem: WithDType + Default {
+    fn map(m: &dyn IntervalRows, n: usize, mid: &[Self], rad: &[Self], om: &mut [Self], or: &mut [Self]) -> Result<()>;
+    fn forward(m: &dyn IntervalRows, n: usize, x: &[Self], out: &mut [Self]) -> Result<()>;
+}
+
+impl RowElem for f32 {
+    fn map(m: &dyn IntervalRows, n: usize, mid: &[f32], rad: &[f32], om: &mut [f32], or: &mut [f32]) -> Result<()> {
+        m.map_f32(n, mid, rad, om, or)
+    }
+    fn forward(m: &dyn IntervalRows, n: usize, x: &[f32], out: &mut [f32]) -> Result<()> {
+        m.forward_f32(n, x, out)
+    }
+}
+
+impl RowElem for f64 {
+    fn map(m: &dyn IntervalRows, n: usize, mid: &[f64], rad: &[f64], om: &mut [f64], or: &mut [f64]) -> Result<()> {
+        m.map_f64(n, mid, rad, om, or)
+    }
+    fn forward(m: &dyn IntervalRows, n: usize, x: &[f64], out: &mut [f64]) -> Result<()> {
+        m.forward_f64(n, x, out)
+    }
+}
+
+/// The shapes along the chain `maps` for inputs shaped `in_shape` (without batch):
+/// `[in_shape, out_1, …, out_n]`; an error where a map does not take its input's shape.
+pub(crate) fn chain_shapes(maps: &[Box<dyn IntervalRows + '_>], in_shape: &[usize]) -> Result<Vec<Vec<usize>>> {
+    let mut shapes = vec![in_shape.to_vec()];
+    for (t, m) in maps.iter().enumerate() {
+        shapes.push(m.out_shape(&shapes[t])?);
+    }
+    Ok(shapes)
+}
+
+/// The forward pass of the chain `maps` (each reading the previous output) on the CPU f32/f64
+/// batch `x` (`[B, *in_shape]`), one slice of the batch per thread of rayon's pool, each slice
+/// through every map with two scratch buffers of its own; the output `[B, *out_shape]`. `None`
+/// where it does not apply (another device or dtype, `x` tracks its ops).
+pub fn forward_chain(maps: &[Box<dyn IntervalRows + '_>], x: &Tensor) -> Result<Option<Tensor>> {
+    if !x.device().is_cpu() || x.track_op() || x.rank() == 0 {
+        return Ok(None);
+    }
+    let shapes = chain_shapes(maps, &x.dims()[1..])?;
+    match x.dtype() {
+        DType::F32 => forward_run::<f32>(maps, &shapes, x).map(Some),
+        DType::F64 => forward_run::<f64>(maps, &shapes, x).map(Some),
+        _ => Ok(None),
+    }
+}
+
+fn forward_run<T: RowElem>(maps: &[Box<dyn IntervalRows + '_>], shapes: &[Vec<usize>], x: &Tensor) -> Result<Tensor> {
+    let b = x.dim(0)?;
+    let lens: Vec<usize> = shapes.iter().map(|s| s.iter().product()).collect();
+    let (l0, ln) = (lens[0], lens[lens.len() - 1]);
+    let xs: Vec<T> = x.flatten_all()?.to_vec1()?;
+    if xs.len() != b * l0 {
+        return Err(DualError::shape(format!("forward rows: {} values for a batch of {b} × {l0}", xs.len())));
+    }
+    let tasks = rayon::current_num_threads().clamp(1, b.max(1));
+    let per = b.div_ceil(tasks).max(1);
+    let widest = lens.iter().copied().max().unwrap_or(0);
+    let mut out = vec![T::default(); b * ln];
+    if ln > 0 && b > 0 {
+        out.par_chunks_mut(per * ln).enumerate().try_for_each(|(i, dst)| -> Result<()> {
+            let (first, n) = (i * per, dst.len() / ln);
+            let (mut a, mut c) = (vec![T::default(); n * widest], vec![T::default(); n * widest]);
+            a[..n * l0].copy_from_slice(&xs[first * l0..(first + n) * l0]);
+            let last = maps.len().saturating_sub(1);
+            for (t, m) in maps.iter().enumerate() {
+                let (li, lo) = (lens[t] * n, lens[t + 1] * n);
+                if t == last {
+                    T::forward(m.as_ref(), n, &a[..li], dst)?;
+                } else {
+                    T::forward(m.as_ref(), n, &a[..li], &mut c[..lo])?;
+                    std::mem::swap(&mut a, &mut c);
+                }
+            }
+            if maps.is_empty() {
+                dst.copy_from_slice(&a[..n * l0]);
+            }
+            Ok(())
+        })?;
+    }
+    let mut s = vec![b];
+    s.extend_from_slice(&shapes[shapes.len() - 1]);
+    Ok(Tensor::from_vec(out, s, x.device())?)
+}
