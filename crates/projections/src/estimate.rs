@@ -190,21 +190,19 @@ fn median_indices<K: Key>(v: &[K], b: usize, n: usize, kk: usize, offset: usize,
             example_medians_by_selection(example, kk, offset, k, mid, out)
         }
     };
-    let threads = std::thread::available_parallelism().map(|t| t.get()).unwrap_or(1).min(b);
+    // Rayon's pool, not threads of our own: a thread spawned per call costs its creation, a
+    // fresh stack and a fresh allocator heap (zeroed pages) each time, several times per bound.
+    let threads = rayon::current_num_threads().min(b);
     if threads <= 1 || b * k * kk < 1 << 16 {
         for (bi, o) in out.chunks_mut(kk).enumerate() {
             one(bi, o);
         }
     } else {
+        use rayon::prelude::*;
         let per = b.div_ceil(threads);
-        std::thread::scope(|s| {
-            for (c, chunk) in out.chunks_mut(per * kk).enumerate() {
-                let one = &one;
-                s.spawn(move || {
-                    for (i, o) in chunk.chunks_mut(kk).enumerate() {
-                        one(c * per + i, o);
-                    }
-                });
+        out.par_chunks_mut(per * kk).enumerate().for_each(|(c, chunk)| {
+            for (i, o) in chunk.chunks_mut(kk).enumerate() {
+                one(c * per + i, o);
             }
         });
     }

@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use dual_core::Result;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use rand_distr::StandardNormal;
+use rayon::prelude::*;
 
 /// The distribution of the entries of a projection matrix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,18 +100,16 @@ fn per_example<T: Send>(out: &mut [T], b: usize, f: impl Fn(usize, &mut [T]) + S
         return;
     }
     let per = out.len() / b;
-    let threads = std::thread::available_parallelism().map(|t| t.get()).unwrap_or(1).min(b);
+    // Rayon's pool (see `estimate::median_indices`).
+    let threads = rayon::current_num_threads().min(b);
     if threads <= 1 || out.len() < 1 << 16 {
         out.chunks_mut(per).enumerate().for_each(|(i, c)| f(i, c));
         return;
     }
     let group = b.div_ceil(threads);
-    std::thread::scope(|s| {
-        for (g, chunk) in out.chunks_mut(group * per).enumerate() {
-            let f = &f;
-            s.spawn(move || chunk.chunks_mut(per).enumerate().for_each(|(i, c)| f(g * group + i, c)));
-        }
-    });
+    out.par_chunks_mut(group * per)
+        .enumerate()
+        .for_each(|(g, chunk)| chunk.chunks_mut(per).enumerate().for_each(|(i, c)| f(g * group + i, c)));
 }
 
 /// The tensor `[B, k, *shape]` from per-example values `fill_one(example, &mut [k * K])`.

@@ -417,8 +417,11 @@ fn candle_num_threads() -> usize {
 }
 
 pub fn get_num_threads() -> usize {
-    // Respond to the same environment variable as rayon.
-    rayon_num_threads()
+    // Respond to the same environment variable as rayon. Patched (PATCHED.md): read once — without
+    // RAYON_NUM_THREADS, `default_num_threads` parses /proc/cpuinfo (~30 µs), and every matmul
+    // asks.
+    static THREADS: OnceLock<usize> = OnceLock::new();
+    *THREADS.get_or_init(rayon_num_threads)
 }
 
 /// On Apple Silicon: P-core count via `hw.perflevel0.logicalcpu`.
