@@ -46,6 +46,7 @@ def main():
     ap.add_argument("--proj", type=int, default=0)
     ap.add_argument("--backward", action="store_true")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--warmup-seconds", type=float, default=0.0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--full-batch", type=int, default=0,
@@ -87,8 +88,9 @@ def main():
             "idle_rss_bytes": idle * 1024, "peak_rss_above_idle_bytes": max(peak - idle, 0) * 1024,
         }))
         return
-    times, loss, err, gsum = [], None, None, 0.0
-    for r in range(a.repeats + 1):  # the first run warms up and is not timed
+
+    def one():
+        """One run: the robust loss (and its backward); its seconds, loss, error, gradient mass."""
         net.zero_grad(set_to_none=True)
         t0 = time.perf_counter()
         if a.backward:
@@ -98,11 +100,20 @@ def main():
             with torch.no_grad():
                 l, e = robust_loss(net, a.eps, X, y, **kw)
         dt = time.perf_counter() - t0
-        if r > 0:
-            times.append(dt)
-        loss, err = float(l.detach()), float(e)
+        g = 0.0
         if a.backward:
-            gsum = float(sum(p.grad.abs().sum() for p in net.parameters() if p.grad is not None))
+            g = float(sum(p.grad.abs().sum() for p in net.parameters() if p.grad is not None))
+        return dt, float(l.detach()), float(e), g
+
+    # Warm-up, not timed: runs until --warmup-seconds have gone, at least one (as the Rust side).
+    warm = time.perf_counter()
+    _, loss, err, gsum = one()
+    while time.perf_counter() - warm < a.warmup_seconds:
+        _, loss, err, gsum = one()
+    times = []
+    for _ in range(a.repeats):
+        dt, loss, err, gsum = one()
+        times.append(dt)
     peak = rss_kib("VmHWM")
     print(json.dumps({
         "implementation": "pytorch",

@@ -47,6 +47,12 @@ pub struct LirpaArgs {
     /// timed and the median seconds per batch reported with the spread.
     #[arg(long, default_value_t = 3, value_parser = crate::parse::at_least_one)]
     repeats: usize,
+    /// Untimed warm-up on both sides: passes over every batch until this many seconds have gone
+    /// (at least one pass). A fresh process runs its first ~0.1 s of small batches up to 1.6×
+    /// slower than its steady state (thread placement settling, measured 2026-12-05); the Python
+    /// side spends longer than that importing before its first batch.
+    #[arg(long, default_value_t = 1.0, value_parser = crate::parse::non_negative)]
+    warmup_seconds: f64,
     /// Threads on both sides.
     #[arg(long, default_value_t = 2, value_parser = crate::parse::at_least_one)]
     threads: usize,
@@ -92,6 +98,8 @@ pub struct LirpaWorkerArgs {
     batch: usize,
     #[arg(long, value_parser = crate::parse::at_least_one)]
     repeats: usize,
+    #[arg(long, default_value_t = 0.0, value_parser = crate::parse::non_negative)]
+    warmup_seconds: f64,
     #[arg(long, default_value_t = 20)]
     alpha_iterations: usize,
     #[arg(long, default_value_t = 0.1)]
@@ -125,28 +133,44 @@ pub fn worker(a: LirpaWorkerArgs) -> Result<()> {
         alpha: AlphaOptions { iterations: a.alpha_iterations, lr: a.alpha_lr, ..AlphaOptions::default() },
         memory_budget: None,
     };
-    let run = |lo: usize, hi: usize| -> Result<usize> {
-        nets::no_grad(|| -> Result<usize> {
+    // One batch: the bound call timed (input set and margin bounds), then, untimed, the clean
+    // prediction as a check: a certified example (every margin bound > 0 over a set that holds
+    // the clean point) must be predicted right, so the robust error is read off the bounds alone.
+    let run = |lo: usize, hi: usize| -> Result<(usize, f64)> {
+        nets::no_grad(|| -> Result<(usize, f64)> {
             let xb = x.narrow(0, lo, hi - lo)?;
             let yb = &y[lo..hi];
+            let t0 = std::time::Instant::now();
             let set = experiments::certify::input_set(&xb, a.eps, experiments::certify::Norm::Linf, a.bounded)?;
             let m = net.margin_bounds(&xb, set, yb, method, &opts)?.to_dtype(DType::F64)?.to_vec2::<f64>()?;
+            let secs = t0.elapsed().as_secs_f64();
             let pred: Vec<u32> = net.forward(&xb)?.argmax(1)?.to_dtype(DType::U32)?.to_vec1()?;
-            Ok(m.iter()
-                .zip(yb.iter().zip(&pred))
-                .filter(|(r, (&yi, &p))| p != yi || r.iter().enumerate().any(|(j, &v)| j != yi as usize && v <= 0.0))
-                .count())
+            let mut errors = 0;
+            for (i, (r, (&yi, &p))) in m.iter().zip(yb.iter().zip(&pred)).enumerate() {
+                let certified = r.iter().enumerate().all(|(j, &v)| j == yi as usize || v > 0.0);
+                if certified && p != yi {
+                    bail!("image {}: certified for label {yi} but predicted {p}: an unsound bound", lo + i);
+                }
+                errors += usize::from(!certified);
+            }
+            Ok((errors, secs))
         })
     };
     let idle = proc_status_bytes("VmRSS");
     // Warm-up: one untimed pass over every batch (as the Python side does). The first batches of
     // a fresh process grow the allocator's and the threads' buffers: 40-70 ms against a steady
     // 10-11 ms for CROWN-IBP (measured 2026-12-04), a start-up cost a long run amortises.
-    let mut lo = 0;
-    while lo < n {
-        let hi = (lo + a.batch).min(n);
-        run(lo, hi)?;
-        lo = hi;
+    let warm = std::time::Instant::now();
+    loop {
+        let mut lo = 0;
+        while lo < n {
+            let hi = (lo + a.batch).min(n);
+            run(lo, hi)?;
+            lo = hi;
+        }
+        if warm.elapsed().as_secs_f64() >= a.warmup_seconds {
+            break;
+        }
     }
     let (mut seconds, mut errors) = (Vec::new(), 0);
     for _ in 0..a.repeats {
@@ -154,9 +178,9 @@ pub fn worker(a: LirpaWorkerArgs) -> Result<()> {
         let mut lo = 0;
         while lo < n {
             let hi = (lo + a.batch).min(n);
-            let t0 = std::time::Instant::now();
-            errors += run(lo, hi)?;
-            seconds.push(t0.elapsed().as_secs_f64());
+            let (e, secs) = run(lo, hi)?;
+            errors += e;
+            seconds.push(secs);
             lo = hi;
         }
     }
@@ -211,6 +235,7 @@ struct Summary<'a> {
     bounded_input: bool,
     threads: usize,
     repeats: usize,
+    warmup_seconds: f64,
     alpha_iterations: usize,
     alpha_lr: f64,
     cpu: String,
@@ -263,6 +288,8 @@ pub fn run(a: LirpaArgs) -> Result<()> {
             a.batch.to_string(),
             "--repeats".into(),
             a.repeats.to_string(),
+            "--warmup-seconds".into(),
+            a.warmup_seconds.to_string(),
             "--alpha-iterations".into(),
             a.alpha_iterations.to_string(),
             "--alpha-lr".into(),
@@ -329,8 +356,8 @@ fn write(a: &LirpaArgs, load_before: &str, rows: &[Row], print: bool) -> Result<
     let head = format!(
         "bench-vs-lirpa: mnist-small ({}), first {} test images, batch {}, eps {}, {}, {} threads, {} passes, \
          α-CROWN {} iterations lr {} ({cpu}; load average before: {load_before})\n\
-         Seconds per batch of bounding the margins (model building and data loading excluded), median of every \
-         batch of every timed pass (after one untimed pass on both sides); peak = resident memory at its \
+         Seconds per batch of the bound call (input set and margin bounds; model building, data loading and the \
+         clean prediction, checked against the certificates, untimed), median of every batch of every timed pass (after untimed passes for {}s, at least one, on both sides); peak = resident memory at its \
          highest, whole process.\n",
         a.model.display(),
         a.images,
@@ -341,6 +368,7 @@ fn write(a: &LirpaArgs, load_before: &str, rows: &[Row], print: bool) -> Result<
         a.repeats,
         a.alpha_iterations,
         a.alpha_lr,
+        a.warmup_seconds,
     );
     if print {
         println!("{head}\n{t}");
@@ -355,6 +383,7 @@ fn write(a: &LirpaArgs, load_before: &str, rows: &[Row], print: bool) -> Result<
         bounded_input: !a.unbounded,
         threads: a.threads,
         repeats: a.repeats,
+        warmup_seconds: a.warmup_seconds,
         alpha_iterations: a.alpha_iterations,
         alpha_lr: a.alpha_lr,
         cpu,

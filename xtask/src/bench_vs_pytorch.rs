@@ -42,9 +42,15 @@ pub struct BenchArgs {
     /// The ball alone, not intersected with [0, 1].
     #[arg(long)]
     unbounded: bool,
-    /// Timed runs per measurement (after one warm-up run); the median is reported.
+    /// Timed runs per measurement (after the warm-up); the median is reported.
     #[arg(long, default_value_t = 5, value_parser = crate::parse::at_least_one)]
     repeats: usize,
+    /// Untimed warm-up on both sides: runs until this many seconds have gone (at least one run).
+    /// A process started right after another freed gigabytes runs its first second or so slower
+    /// (measured 2026-12-05, docs/PERFORMANCE.md). 0 gives the single warm-up run of the
+    /// benchmarks before 2026-12-05.
+    #[arg(long, default_value_t = 2.0, value_parser = crate::parse::non_negative)]
+    warmup_seconds: f64,
     /// Threads on both sides.
     #[arg(long, default_value_t = 2, value_parser = crate::parse::at_least_one)]
     threads: usize,
@@ -83,6 +89,8 @@ pub struct WorkerArgs {
     backward: bool,
     #[arg(long, value_parser = crate::parse::at_least_one)]
     repeats: usize,
+    #[arg(long, default_value_t = 0.0, value_parser = crate::parse::non_negative)]
+    warmup_seconds: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Certify all of `--x` in batches of this size, timed once as a whole.
@@ -113,7 +121,7 @@ pub fn worker(a: WorkerArgs) -> Result<()> {
     let rep = if a.full_batch > 0 {
         time_full_set(&net, &x, &y, a.eps, a.bounded, w, a.full_batch)?
     } else {
-        time_workload(&net, &x, &y, a.eps, a.bounded, w, a.repeats, a.seed)?
+        time_workload(&net, &x, &y, a.eps, a.bounded, w, a.repeats, a.warmup_seconds, a.seed)?
     };
     println!("{}", serde_json::to_string(&rep)?);
     Ok(())
@@ -404,6 +412,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 proj.to_string(),
                 "--repeats".into(),
                 a.repeats.to_string(),
+                "--warmup-seconds".into(),
+                a.warmup_seconds.to_string(),
             ];
             if !a.unbounded {
                 common.push("--bounded".into());

@@ -17,7 +17,7 @@
 
 use crate::{DualError, Result};
 use candle_core::{DType, Tensor, WithDType};
-use rayon::prelude::*;
+use std::sync::Mutex;
 
 /// The interval map of one node on the rows of a few examples, on the calling thread only (no
 /// thread pool, no Candle ops: many run at once, one per slice of the batch). A node offers one
@@ -77,22 +77,27 @@ pub(crate) fn chain_shapes(maps: &[Box<dyn IntervalRows + '_>], in_shape: &[usiz
 }
 
 /// The forward pass of the chain `maps` (each reading the previous output) on the CPU f32/f64
-/// batch `x` (`[B, *in_shape]`), one slice of the batch per thread of rayon's pool, each slice
+/// batch `x` (`[B, *in_shape]`), one slice of the batch per thread of `pool`, each slice
 /// through every map with two scratch buffers of its own; the output `[B, *out_shape]`. `None`
 /// where it does not apply (another device or dtype, `x` tracks its ops).
-pub fn forward_chain(maps: &[Box<dyn IntervalRows + '_>], x: &Tensor) -> Result<Option<Tensor>> {
+pub fn forward_chain(maps: &[Box<dyn IntervalRows + '_>], x: &Tensor, pool: CpuPool) -> Result<Option<Tensor>> {
     if !x.device().is_cpu() || x.track_op() || x.rank() == 0 {
         return Ok(None);
     }
     let shapes = chain_shapes(maps, &x.dims()[1..])?;
     match x.dtype() {
-        DType::F32 => forward_run::<f32>(maps, &shapes, x).map(Some),
-        DType::F64 => forward_run::<f64>(maps, &shapes, x).map(Some),
+        DType::F32 => forward_run::<f32>(maps, &shapes, x, pool).map(Some),
+        DType::F64 => forward_run::<f64>(maps, &shapes, x, pool).map(Some),
         _ => Ok(None),
     }
 }
 
-fn forward_run<T: RowElem>(maps: &[Box<dyn IntervalRows + '_>], shapes: &[Vec<usize>], x: &Tensor) -> Result<Tensor> {
+fn forward_run<T: RowElem>(
+    maps: &[Box<dyn IntervalRows + '_>],
+    shapes: &[Vec<usize>],
+    x: &Tensor,
+    pool: CpuPool,
+) -> Result<Tensor> {
     let b = x.dim(0)?;
     let lens: Vec<usize> = shapes.iter().map(|s| s.iter().product()).collect();
     let (l0, ln) = (lens[0], lens[lens.len() - 1]);
@@ -100,12 +105,11 @@ fn forward_run<T: RowElem>(maps: &[Box<dyn IntervalRows + '_>], shapes: &[Vec<us
     if xs.len() != b * l0 {
         return Err(DualError::shape(format!("forward rows: {} values for a batch of {b} × {l0}", xs.len())));
     }
-    let tasks = rayon::current_num_threads().clamp(1, b.max(1));
-    let per = b.div_ceil(tasks).max(1);
+    let per = b.div_ceil(pool_threads(pool).clamp(1, b.max(1))).max(1);
     let widest = lens.iter().copied().max().unwrap_or(0);
     let mut out = vec![T::default(); b * ln];
     if ln > 0 && b > 0 {
-        out.par_chunks_mut(per * ln).enumerate().try_for_each(|(i, dst)| -> Result<()> {
+        run_slots(pool, out.chunks_mut(per * ln).enumerate().collect(), |(i, dst)| -> Result<()> {
             let (first, n) = (i * per, dst.len() / ln);
             let (mut a, mut c) = (vec![T::default(); n * widest], vec![T::default(); n * widest]);
             a[..n * l0].copy_from_slice(&xs[first * l0..(first + n) * l0]);
@@ -128,4 +132,55 @@ fn forward_run<T: RowElem>(maps: &[Box<dyn IntervalRows + '_>], shapes: &[Vec<us
     let mut s = vec![b];
     s.extend_from_slice(&shapes[shapes.len() - 1]);
     Ok(Tensor::from_vec(out, s, x.device())?)
+}
+
+/// The CPU thread pool a fused pass runs on. Candle runs its own ops on its barrier pool and its
+/// matmuls (and this workspace's kernels) on rayon's; a pass is fastest on the pool whose threads
+/// the work around it keeps busy: with the other one the two sets of threads take turns on the
+/// CPUs (wake-ups across pools, preemptions; measured 2026-12-05, docs/PERFORMANCE.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuPool {
+    /// Candle's barrier pool (its workers and the calling thread): where IBP alone, whose other
+    /// steps are Candle ops, runs best (0.77–0.83 ms per batch of 50 against 0.77–1.39 on rayon's).
+    Candle,
+    /// Rayon's global pool: where the backward methods' kernels run (CROWN-IBP 4.7–5.0 ms per
+    /// batch of 50 against 6.0–10.5 with its interval pass on Candle's pool).
+    Rayon,
+}
+
+/// Threads of `pool`: one slice of the batch each.
+pub(crate) fn pool_threads(pool: CpuPool) -> usize {
+    match pool {
+        CpuPool::Candle => candle_core::utils::barrier_pool().n_workers() + 1,
+        CpuPool::Rayon => rayon::current_num_threads(),
+    }
+}
+
+/// Runs `f` once on every slot, the slots spread over `pool` (on Candle's the calling thread
+/// takes part), and returns the first error. `f` must not call Candle ops (its pool is not
+/// re-entrant).
+pub(crate) fn run_slots<S: Send>(pool: CpuPool, slots: Vec<S>, f: impl Fn(S) -> Result<()> + Sync) -> Result<()> {
+    let cells: Vec<Mutex<Option<S>>> = slots.into_iter().map(|s| Mutex::new(Some(s))).collect();
+    let first_err: Mutex<Option<DualError>> = Mutex::new(None);
+    let run = |cell: &Mutex<Option<S>>| {
+        let slot = cell.lock().ok().and_then(|mut c| c.take());
+        if let Some(Err(e)) = slot.map(&f) {
+            if let Ok(mut fe) = first_err.lock() {
+                fe.get_or_insert(e);
+            }
+        }
+    };
+    match pool {
+        CpuPool::Candle => candle_core::utils::barrier_pool().execute_chunked(cells.len(), |range| {
+            cells[range].iter().for_each(run);
+        }),
+        CpuPool::Rayon => {
+            use rayon::prelude::*;
+            cells.par_iter().for_each(run);
+        }
+    }
+    match first_err.into_inner() {
+        Ok(Some(e)) => Err(e),
+        _ => Ok(()),
+    }
 }

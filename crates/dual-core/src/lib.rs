@@ -25,7 +25,7 @@ pub mod network;
 pub mod source;
 
 pub use error::{DualError, Result};
-pub use interval_rows::IntervalRows;
+pub use interval_rows::{CpuPool, IntervalRows};
 pub use layer::{
     ActivationKind, DualActivation, DualAffine, DualNode, Inputs, Relaxation, SingleInputAffine, WindowTranspose,
 };

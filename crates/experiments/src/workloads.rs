@@ -199,10 +199,26 @@ pub struct Timed<T> {
 
 /// Runs `f(r)` for `r = 0..=repeats`: run 0 warms up and is not timed. Run it in a fresh
 /// process for a meaningful peak memory.
-pub fn time_repeats<T>(repeats: usize, mut f: impl FnMut(usize) -> Result<T>) -> Result<Timed<T>> {
+pub fn time_repeats<T>(repeats: usize, f: impl FnMut(usize) -> Result<T>) -> Result<Timed<T>> {
+    time_repeats_warm(repeats, 0.0, f)
+}
+
+/// [`time_repeats`] with a longer warm-up: `f(0)` runs untimed until `warmup_seconds` have gone
+/// (at least once). The first ~0.1 s of a fresh process runs slower than its steady state (the
+/// threads' placement settling; measured 2026-12-05, `docs/PERFORMANCE.md`), which one short
+/// warm-up run does not cover.
+pub fn time_repeats_warm<T>(
+    repeats: usize,
+    warmup_seconds: f64,
+    mut f: impl FnMut(usize) -> Result<T>,
+) -> Result<Timed<T>> {
     let idle = proc_status_bytes("VmRSS");
     let mut seconds = Vec::with_capacity(repeats);
+    let warm = Instant::now();
     let mut last = f(0)?;
+    while warm.elapsed().as_secs_f64() < warmup_seconds {
+        last = f(0)?;
+    }
     for r in 1..=repeats {
         let t0 = Instant::now();
         last = f(r)?;
@@ -216,8 +232,9 @@ pub fn time_repeats<T>(repeats: usize, mut f: impl FnMut(usize) -> Result<T>) ->
     })
 }
 
-/// Times `w` `repeats` times after one warm-up run, in this process, and reports as
-/// [`WorkerReport`]. Run it in a fresh process for a meaningful peak memory.
+/// Times `w` `repeats` times after warm-up runs for `warmup_seconds` (at least one run), in this
+/// process, and reports as [`WorkerReport`]. Run it in a fresh process for a meaningful peak
+/// memory.
 #[allow(clippy::too_many_arguments)] // one workload's full description, as `run_workload` takes it
 pub fn time_workload(
     net: &Network,
@@ -227,9 +244,12 @@ pub fn time_workload(
     bounded: bool,
     w: Workload,
     repeats: usize,
+    warmup_seconds: f64,
     seed: u64,
 ) -> Result<WorkerReport> {
-    let t = time_repeats(repeats, |r| run_workload(net, x, y, eps, bounded, w, seed.wrapping_add(r as u64)))?;
+    let t = time_repeats_warm(repeats, warmup_seconds, |r| {
+        run_workload(net, x, y, eps, bounded, w, seed.wrapping_add(r as u64))
+    })?;
     let last = t.last;
     Ok(WorkerReport {
         implementation: "rust".into(),

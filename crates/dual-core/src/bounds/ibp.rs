@@ -9,7 +9,7 @@
 //! differentiable in the parameters.
 
 use super::Net;
-use crate::{layer::DualNode, DualError, Result};
+use crate::{interval_rows::CpuPool, layer::DualNode, DualError, Result};
 use candle_core::{Tensor, D};
 
 /// The box of every output `0..=n` of the network as `(mid, rad)`, `[B, 1, *shape]`.
@@ -76,7 +76,12 @@ pub fn input_box(net: &Net<'_>) -> Result<(Tensor, Tensor)> {
 /// Where nothing is differentiated and every node has a map on raw rows, the pass runs fused
 /// per thread ([`propagate_fused`]); the same boxes.
 pub fn propagate(net: &Net<'_>, upto: usize) -> Result<Boxes> {
-    if let Some(boxes) = propagate_fused(net, upto)? {
+    propagate_on(net, upto, CpuPool::Rayon)
+}
+
+/// [`propagate`] with its fused pass (where it applies) on `pool`.
+pub fn propagate_on(net: &Net<'_>, upto: usize, pool: CpuPool) -> Result<Boxes> {
+    if let Some(boxes) = super::ibp_fused::propagate(net, upto, pool)? {
         return Ok(boxes);
     }
     let (m0, r0) = input_box(net)?;
@@ -112,7 +117,7 @@ pub fn propagate(net: &Net<'_>, upto: usize) -> Result<Boxes> {
 /// [`crate::IntervalRows`] in turn; `None` where it does not apply (something is differentiated,
 /// a node has no map, a node reads skip inputs, not CPU f32/f64).
 pub fn propagate_fused(net: &Net<'_>, upto: usize) -> Result<Option<Boxes>> {
-    super::ibp_fused::propagate(net, upto)
+    super::ibp_fused::propagate(net, upto, CpuPool::Rayon)
 }
 
 /// `Σ_j Λ_j mid_j − |Λ_j| rad_j` for `Λ` `[Bλ, m, *shape]` and a box `[B, 1, *shape]`, as `[B, m]`.

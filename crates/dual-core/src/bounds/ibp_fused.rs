@@ -1,5 +1,5 @@
-//! IBP's inference pass, fused per thread: the batch is cut into one slice per thread of rayon's
-//! pool and each thread pushes its slice through every node ([`IntervalRows`]) on its own, with
+//! IBP's inference pass, fused per thread: the batch is cut into one slice per thread of a CPU
+//! pool ([`CpuPool`]) and each thread pushes its slice through every node ([`IntervalRows`]) on its own, with
 //! no pool wake-up, no allocation per op and no barrier between layers. The same boxes as the
 //! op-by-op pass of [`super::ibp::propagate`] (each map computes what its node's ops compute; the
 //! gemm blocking may differ, so sums can differ in the last bits). Taken only where nothing is
@@ -8,13 +8,12 @@
 
 use super::ibp::{input_box, Boxes};
 use super::Net;
-use crate::interval_rows::{chain_shapes, RowElem};
+use crate::interval_rows::{chain_shapes, pool_threads, run_slots, CpuPool, RowElem};
 use crate::{layer::DualNode, IntervalRows, Result};
 use candle_core::{DType, Tensor};
-use rayon::prelude::*;
 
 /// The boxes of outputs `0..=upto` by the fused pass, or `None` where it does not apply.
-pub(super) fn propagate(net: &Net<'_>, upto: usize) -> Result<Option<Boxes>> {
+pub(super) fn propagate(net: &Net<'_>, upto: usize, pool: CpuPool) -> Result<Option<Boxes>> {
     let x = net.x;
     if !x.device().is_cpu() || x.track_op() || !matches!(x.dtype(), DType::F32 | DType::F64) {
         return Ok(None);
@@ -39,8 +38,8 @@ pub(super) fn propagate(net: &Net<'_>, upto: usize) -> Result<Option<Boxes>> {
     }
     let shapes = chain_shapes(&maps, &x.dims()[1..])?;
     Ok(Some(match x.dtype() {
-        DType::F32 => run::<f32>(&maps, &shapes, m0, r0)?,
-        _ => run::<f64>(&maps, &shapes, m0, r0)?,
+        DType::F32 => run::<f32>(&maps, &shapes, m0, r0, pool)?,
+        _ => run::<f64>(&maps, &shapes, m0, r0, pool)?,
     }))
 }
 
@@ -52,12 +51,13 @@ fn run<T: RowElem>(
     shapes: &[Vec<usize>],
     m0: Tensor,
     r0: Tensor,
+    pool: CpuPool,
 ) -> Result<Boxes> {
     let b = m0.dim(0)?;
     let lens: Vec<usize> = shapes.iter().map(|s| s.iter().product()).collect();
     let mid0: Vec<T> = m0.flatten_all()?.to_vec1()?;
     let rad0: Vec<T> = r0.flatten_all()?.to_vec1()?;
-    let tasks = rayon::current_num_threads().clamp(1, b.max(1));
+    let tasks = pool_threads(pool).clamp(1, b.max(1));
     let per = b.div_ceil(tasks).max(1);
     let mut bufs: Vec<(Vec<T>, Vec<T>)> =
         lens[1..].iter().map(|&l| (vec![T::default(); b * l], vec![T::default(); b * l])).collect();
@@ -77,7 +77,7 @@ fn run<T: RowElem>(
                 slot.2.push((mc, rc));
             }
         }
-        slots.into_par_iter().try_for_each(|(first, n, outs)| -> Result<()> {
+        run_slots(pool, slots, |(first, n, outs)| -> Result<()> {
             let l0 = lens[0];
             let mut prev: (&[T], &[T]) = (&mid0[first * l0..(first + n) * l0], &rad0[first * l0..(first + n) * l0]);
             for (map, (om, or)) in maps.iter().zip(outs) {

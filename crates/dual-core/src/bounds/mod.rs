@@ -33,7 +33,7 @@ pub use relaxation::{gather_then_step, LinearRelaxation, SlopeRule};
 pub use spec::Spec;
 pub use window::rows_on_windows;
 
-use crate::{layer::DualNode, source::DualSource, DualError, DualNetwork, LayerBounds, Result};
+use crate::{interval_rows::CpuPool, layer::DualNode, source::DualSource, DualError, DualNetwork, LayerBounds, Result};
 use candle_core::Tensor;
 use crown::Relaxed;
 
@@ -188,7 +188,10 @@ pub fn spec_bounds(
     let n = net.nodes.len();
     let b = net.x.dim(0)?;
     let need_ibp = matches!(method, Method::Ibp | Method::CrownIbp);
-    let boxes = match ibp::propagate(net, n) {
+    // IBP alone: the rest of the bound is Candle ops, so its pool; the backward methods' kernels
+    // run on rayon's (`CpuPool`).
+    let pool = if method == Method::Ibp { CpuPool::Candle } else { CpuPool::Rayon };
+    let boxes = match ibp::propagate_on(net, n, pool) {
         Ok(bx) => Some(bx),
         Err(e @ DualError::Unsupported(_)) if need_ibp => return Err(e),
         Err(DualError::Unsupported(_)) => None,
