@@ -342,3 +342,40 @@ fn a_layer_without_rows_keeps_the_op_by_op_passes() {
         assert!(z.iter().zip(lo.iter().zip(&hi)).all(|(v, (l, h))| *l - 1e-12 <= *v && *v <= *h + 1e-12));
     });
 }
+
+/// IBP's margin bounds alone (`margin_bounds`: the fused pass keeping only the box the last layer
+/// reads, on Candle's pool) equal the bounds from the op-by-op boxes, in f64 and f32 and for
+/// batches that split unevenly over the threads; with a tracked input the long way is taken and
+/// gives the same numbers.
+#[test]
+fn ibp_margins_alone_equal_the_op_by_op_bound() {
+    for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
+        let net = mnist_small_like(dtype, 14);
+        for b in [1usize, 3, 8, 13] {
+            let x = inputs_side(b, 12, 90 + b as u64).to_dtype(dtype).unwrap();
+            let y: Vec<u32> = (0..b as u32).map(|i| (i * 7) % 10).collect();
+            let (got, want, tracked) = nets::no_grad(|| {
+                let nodes = net.dual_nodes(&x).unwrap();
+                let set = InfBallBounded::new(&x, 0.1, 0.0, 1.0).unwrap();
+                let n = Net { nodes: &nodes, x: &x, input: &set };
+                let got =
+                    dual_core::bounds::margin_bounds(&n, &y, Method::Ibp, &BoundOptions::default(), None).unwrap();
+                // The long way: every box op by op (a tracked input), the specification folded in.
+                let xv = candle_core::Var::from_tensor(&x).unwrap();
+                let setv = InfBallBounded::new(xv.as_tensor(), 0.1, 0.0, 1.0).unwrap();
+                let nv = Net { nodes: &nodes, x: xv.as_tensor(), input: &setv };
+                let boxes = ibp::propagate(&nv, nodes.len()).unwrap();
+                let c = Spec::margins(&y, 10, dtype, &Device::Cpu).unwrap();
+                let want = ibp::spec_lower(&nv, &boxes, c.matrix()).unwrap();
+                let tracked =
+                    dual_core::bounds::margin_bounds(&nv, &y, Method::Ibp, &BoundOptions::default(), None).unwrap();
+                (got, want, tracked)
+            });
+            assert_eq!(got.dims(), &[b, 10]);
+            let scale = 1.0 + flat(&want).iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            let d = max_diff(&got, &want);
+            assert!(d <= tol * scale, "{dtype:?} batch {b}: lean and op-by-op IBP margins differ by {d}");
+            assert!(max_diff(&tracked, &want) <= tol * scale, "{dtype:?} batch {b}: tracked input");
+        }
+    }
+}

@@ -130,6 +130,32 @@ fn box_lower(lam: &Tensor, mid: &Tensor, rad: &Tensor) -> Result<Tensor> {
 /// IBP lower bound of `C z_n` (`c`: `[B, m, *out_shape]`) from the boxes, with `C` folded into
 /// the last node when it is affine; `[B, m]`.
 pub fn spec_lower(net: &Net<'_>, boxes: &Boxes, c: &Tensor) -> Result<Tensor> {
+    spec_lower_by(net, c, |i| Ok((boxes.mid[i].clone(), boxes.rad[i].clone())))
+}
+
+/// [`spec_lower`] with only the box it reads, by the fused pass that keeps no other box
+/// (`ibp_fused::propagate_last`): IBP's bound alone, without the layer-wise boxes. `None` where
+/// the fused pass does not apply (the caller then runs the whole pass).
+pub(super) fn spec_lower_fused(net: &Net<'_>, c: &Tensor, pool: CpuPool) -> Result<Option<Tensor>> {
+    let n = net.nodes.len();
+    let need = match &net.nodes[n - 1] {
+        DualNode::Affine(a) if a.inputs().indices(n) == [Some(n - 1)] => n - 1,
+        DualNode::Affine(_) => return Ok(None),
+        DualNode::Activation(_) => n,
+    };
+    let Some((m, r)) = super::ibp_fused::propagate_last(net, need, pool)? else { return Ok(None) };
+    let got = spec_lower_by(net, c, |i| {
+        if i == need {
+            Ok((m.clone(), r.clone()))
+        } else {
+            Err(DualError::shape(format!("IBP's last step reads output {i}; only {need} was kept")))
+        }
+    })?;
+    Ok(Some(got))
+}
+
+/// [`spec_lower`] reading the box of output `i` through `box_of`.
+fn spec_lower_by(net: &Net<'_>, c: &Tensor, box_of: impl Fn(usize) -> Result<(Tensor, Tensor)>) -> Result<Tensor> {
     let n = net.nodes.len();
     match &net.nodes[n - 1] {
         DualNode::Affine(a) => {
@@ -140,11 +166,15 @@ pub fn spec_lower(net: &Net<'_>, boxes: &Boxes, c: &Tensor) -> Result<Tensor> {
             };
             for (i, lam) in idx.into_iter().zip(a.transpose(c)?) {
                 if let (Some(i), Some(lam)) = (i, lam) {
-                    acc = acc.broadcast_add(&box_lower(&lam, &boxes.mid[i], &boxes.rad[i])?)?;
+                    let (m, r) = box_of(i)?;
+                    acc = acc.broadcast_add(&box_lower(&lam, &m, &r)?)?;
                 }
             }
             Ok(acc)
         }
-        DualNode::Activation(_) => box_lower(c, &boxes.mid[n], &boxes.rad[n]),
+        DualNode::Activation(_) => {
+            let (m, r) = box_of(n)?;
+            box_lower(c, &m, &r)
+        }
     }
 }

@@ -12,13 +12,14 @@ use crate::interval_rows::{chain_shapes, pool_threads, run_slots, CpuPool, RowEl
 use crate::{layer::DualNode, IntervalRows, Result};
 use candle_core::{DType, Tensor};
 
-/// The boxes of outputs `0..=upto` by the fused pass, or `None` where it does not apply.
-pub(super) fn propagate(net: &Net<'_>, upto: usize, pool: CpuPool) -> Result<Option<Boxes>> {
+/// The maps of nodes `1..=upto` and the input box, or `None` where the fused pass does not apply.
+#[allow(clippy::type_complexity)]
+fn chain<'a>(net: &'a Net<'_>, upto: usize) -> Result<Option<(Vec<Box<dyn IntervalRows + 'a>>, Tensor, Tensor)>> {
     let x = net.x;
     if !x.device().is_cpu() || x.track_op() || !matches!(x.dtype(), DType::F32 | DType::F64) {
         return Ok(None);
     }
-    let mut maps: Vec<Box<dyn IntervalRows + '_>> = Vec::with_capacity(upto);
+    let mut maps: Vec<Box<dyn IntervalRows + 'a>> = Vec::with_capacity(upto);
     for (t, node) in net.nodes[..upto].iter().enumerate() {
         if node.inputs().indices(t + 1) != [Some(t)] {
             return Ok(None);
@@ -36,11 +37,76 @@ pub(super) fn propagate(net: &Net<'_>, upto: usize, pool: CpuPool) -> Result<Opt
     if m0.track_op() || r0.track_op() {
         return Ok(None);
     }
-    let shapes = chain_shapes(&maps, &x.dims()[1..])?;
-    Ok(Some(match x.dtype() {
+    Ok(Some((maps, m0, r0)))
+}
+
+/// The boxes of outputs `0..=upto` by the fused pass, or `None` where it does not apply.
+pub(super) fn propagate(net: &Net<'_>, upto: usize, pool: CpuPool) -> Result<Option<Boxes>> {
+    let Some((maps, m0, r0)) = chain(net, upto)? else { return Ok(None) };
+    let shapes = chain_shapes(&maps, &net.x.dims()[1..])?;
+    Ok(Some(match net.x.dtype() {
         DType::F32 => run::<f32>(&maps, &shapes, m0, r0, pool)?,
         _ => run::<f64>(&maps, &shapes, m0, r0, pool)?,
     }))
+}
+
+/// The box of output `upto` alone (`[B, 1, *shape]` each) by the fused pass, or `None` where it
+/// does not apply. Every box below it lives only in its thread's two scratch buffers (in cache,
+/// no batch-sized buffers to allocate and fill): what IBP's bound alone needs.
+pub(super) fn propagate_last(net: &Net<'_>, upto: usize, pool: CpuPool) -> Result<Option<(Tensor, Tensor)>> {
+    let Some((maps, m0, r0)) = chain(net, upto)? else { return Ok(None) };
+    let shapes = chain_shapes(&maps, &net.x.dims()[1..])?;
+    Ok(Some(match net.x.dtype() {
+        DType::F32 => run_last::<f32>(&maps, &shapes, m0, r0, pool)?,
+        _ => run_last::<f64>(&maps, &shapes, m0, r0, pool)?,
+    }))
+}
+
+fn run_last<T: RowElem>(
+    maps: &[Box<dyn IntervalRows + '_>],
+    shapes: &[Vec<usize>],
+    m0: Tensor,
+    r0: Tensor,
+    pool: CpuPool,
+) -> Result<(Tensor, Tensor)> {
+    let b = m0.dim(0)?;
+    let lens: Vec<usize> = shapes.iter().map(|s| s.iter().product()).collect();
+    let (l0, ln) = (lens[0], lens[lens.len() - 1]);
+    let mid0: Vec<T> = m0.flatten_all()?.to_vec1()?;
+    let rad0: Vec<T> = r0.flatten_all()?.to_vec1()?;
+    let per = b.div_ceil(pool_threads(pool).clamp(1, b.max(1))).max(1);
+    let widest = lens.iter().copied().max().unwrap_or(0);
+    let (mut mid, mut rad) = (vec![T::default(); b * ln], vec![T::default(); b * ln]);
+    if b > 0 && ln > 0 {
+        let slots: Vec<_> = mid.chunks_mut(per * ln).zip(rad.chunks_mut(per * ln)).enumerate().collect();
+        run_slots(pool, slots, |(i, (om, or))| -> Result<()> {
+            let (first, n) = (i * per, om.len() / ln);
+            // Two scratch boxes, each read by one map and written by the next.
+            let mut a = (vec![T::default(); n * widest], vec![T::default(); n * widest]);
+            let mut c = (vec![T::default(); n * widest], vec![T::default(); n * widest]);
+            a.0[..n * l0].copy_from_slice(&mid0[first * l0..(first + n) * l0]);
+            a.1[..n * l0].copy_from_slice(&rad0[first * l0..(first + n) * l0]);
+            let last = maps.len().saturating_sub(1);
+            for (t, m) in maps.iter().enumerate() {
+                let (li, lo) = (lens[t] * n, lens[t + 1] * n);
+                if t == last {
+                    T::map(m.as_ref(), n, &a.0[..li], &a.1[..li], om, or)?;
+                } else {
+                    T::map(m.as_ref(), n, &a.0[..li], &a.1[..li], &mut c.0[..lo], &mut c.1[..lo])?;
+                    std::mem::swap(&mut a, &mut c);
+                }
+            }
+            if maps.is_empty() {
+                om.copy_from_slice(&a.0[..n * l0]);
+                or.copy_from_slice(&a.1[..n * l0]);
+            }
+            Ok(())
+        })?;
+    }
+    let mut s = vec![b, 1];
+    s.extend_from_slice(&shapes[shapes.len() - 1]);
+    let dev = m0.device();
+    Ok((Tensor::from_vec(mid, s.clone(), dev)?, Tensor::from_vec(rad, s, dev)?))
 }
 
 /// One slice of the batch: its first example, its length, and its part of every output buffer.

@@ -394,5 +394,13 @@ pub fn margin_bounds(
         return Err(DualError::shape(format!("margins need a flat output; the network gives {out:?}")));
     }
     let spec = Spec::margins(y, out[0], net.x.dtype(), net.x.device())?;
+    if method == Method::Ibp {
+        // The bound alone: no layer-wise boxes to keep (`ibp::spec_lower_fused`), on the pool of
+        // the Candle ops around it (`CpuPool`).
+        let c = spec.checked(b, out, net.x.dtype())?;
+        if let Some(lower) = ibp::spec_lower_fused(net, &c, CpuPool::Candle)? {
+            return Ok(lower);
+        }
+    }
     Ok(spec_bounds(net, &spec, method, opts, reference)?.lower)
 }
