@@ -78,6 +78,17 @@ fn main() {
     if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
         std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "100");
     }
+    // One set of worker threads: Candle runs its element-wise ops on its own barrier pool and its
+    // matmuls (and this workspace's kernels) on rayon's; on 2 CPUs the two pools take turns and
+    // preempt each other. With no barrier-pool workers, Candle's ops run on the calling thread and
+    // every parallel pass on rayon's pool (`dual_core::CpuPool::of_candle_ops`). Measured
+    // 2026-12-05 (docs/PERFORMANCE.md): exact forward 0.105–0.113 → 0.085–0.092 s per batch of
+    // 50, forward + backward 0.465–0.478 → 0.425–0.429 s, k = 50 forward + backward 0.123–0.134
+    // → 0.119–0.120 s with a tighter spread; IBP, CROWN-IBP and CROWN unchanged. Read when
+    // Candle's pool is first used, so set before any op; the environment wins.
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
     let cli = Cli::parse();
     let res = match cli.task {
         Task::Attack(a) => attack::run(a),

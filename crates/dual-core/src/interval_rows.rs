@@ -148,6 +148,18 @@ pub enum CpuPool {
     Rayon,
 }
 
+impl CpuPool {
+    /// The pool that runs Candle's own ops: its barrier pool, or rayon's where the barrier pool
+    /// has no workers (`CANDLE_NUM_THREADS=1`: Candle's ops then run on the calling thread alone).
+    pub fn of_candle_ops() -> Self {
+        if candle_core::utils::barrier_pool().n_workers() > 0 {
+            CpuPool::Candle
+        } else {
+            CpuPool::Rayon
+        }
+    }
+}
+
 /// Threads of `pool`: one slice of the batch each.
 pub(crate) fn pool_threads(pool: CpuPool) -> usize {
     match pool {

@@ -229,7 +229,7 @@ impl Network {
             shape = map.out_shape(&shape)?;
             maps.push(map);
         }
-        Ok(dual_core::interval_rows::forward_chain(&maps, x, dual_core::CpuPool::Candle)?)
+        Ok(dual_core::interval_rows::forward_chain(&maps, x, dual_core::CpuPool::of_candle_ops())?)
     }
 
     /// The dual nodes for the batch `x` (its forward pass fixes shapes and batch statistics).

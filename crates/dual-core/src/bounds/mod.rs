@@ -190,7 +190,7 @@ pub fn spec_bounds(
     let need_ibp = matches!(method, Method::Ibp | Method::CrownIbp);
     // IBP alone: the rest of the bound is Candle ops, so its pool; the backward methods' kernels
     // run on rayon's (`CpuPool`).
-    let pool = if method == Method::Ibp { CpuPool::Candle } else { CpuPool::Rayon };
+    let pool = if method == Method::Ibp { CpuPool::of_candle_ops() } else { CpuPool::Rayon };
     let boxes = match ibp::propagate_on(net, n, pool) {
         Ok(bx) => Some(bx),
         Err(e @ DualError::Unsupported(_)) if need_ibp => return Err(e),
@@ -398,7 +398,7 @@ pub fn margin_bounds(
         // The bound alone: no layer-wise boxes to keep (`ibp::spec_lower_fused`), on the pool of
         // the Candle ops around it (`CpuPool`).
         let c = spec.checked(b, out, net.x.dtype())?;
-        if let Some(lower) = ibp::spec_lower_fused(net, &c, CpuPool::Candle)? {
+        if let Some(lower) = ibp::spec_lower_fused(net, &c, CpuPool::of_candle_ops())? {
             return Ok(lower);
         }
     }
