@@ -469,7 +469,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let head = format!(
         "bench-vs-pytorch: mnist-small ({}), eps {}, {}, {} threads, median of {} runs, k = {} ({cpu})\n\
          Seconds are per batch; peak is resident memory above the idle process. Projected losses are random on both sides.\n\
-         Ours runs forward + backward in passes whose dual graph fits 2 GiB (gradient accumulation, the same loss and gradients): the exact bound at batch 50 in two passes of 25.\n",
+         Ours runs forward + backward in passes whose dual graph fits 2 GiB (exact; 128 MiB estimated for projections) with gradient accumulation (the same loss and gradients; each projected pass draws its own projections): at batch 50 both in two passes of 25.\n",
         a.model.display(),
         a.eps,
         if a.unbounded { "ball" } else { "ball ∩ [0,1]" },

@@ -139,8 +139,17 @@ fn run_once(
     Ok(WorkloadRun { loss: cg.loss, robust_error: cg.stat, grad_abs_sum, seconds })
 }
 
+/// The estimated graph ([`dual_bytes_per_example`]) one forward + backward pass of a projected
+/// bound may take before the batch is split. Its graph is small, so the split costs nothing
+/// measurable and only lowers the peak: `k = 50` at batch 50 on the papers' model is estimated at
+/// 240 MB and peaked at 0.62–0.65 GiB in one pass — against the PyTorch package's 0.62–0.74 —,
+/// 0.39–0.40 GiB in two passes of 25, in the same 0.114–0.119 s (2026-12-05, AMD EPYC). Each pass
+/// draws its own projections (the estimate is random either way).
+pub const PROJECTED_PASS_MEMORY_BUDGET: usize = 128 << 20;
+
 /// Examples per forward + backward pass of `w` on `x`: the whole batch unless its dual's graph
-/// would exceed [`PASS_MEMORY_BUDGET`] (see [`crate::chunked_grads`]).
+/// would exceed [`PASS_MEMORY_BUDGET`] ([`PROJECTED_PASS_MEMORY_BUDGET`] for projected bounds;
+/// see [`crate::chunked_grads`]).
 pub fn pass_size(net: &Network, x: &Tensor, w: Workload) -> Result<usize> {
     let n = x.dim(0)?;
     let one = x.narrow(0, 0, 1.min(n))?;
@@ -150,7 +159,11 @@ pub fn pass_size(net: &Network, x: &Tensor, w: Workload) -> Result<usize> {
         BoundKind::Projected { k } => k,
     };
     let bpe = dual_bytes_per_example(columns, &lens, x.dtype().size_in_bytes());
-    Ok(examples_per_pass(n, bpe, PASS_MEMORY_BUDGET))
+    let budget = match w.bound {
+        BoundKind::Exact => PASS_MEMORY_BUDGET,
+        BoundKind::Projected { .. } => PROJECTED_PASS_MEMORY_BUDGET,
+    };
+    Ok(examples_per_pass(n, bpe, budget))
 }
 
 /// What one process reports after timing one workload (`cargo xtask bench-vs-pytorch` runs
