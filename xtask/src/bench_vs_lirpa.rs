@@ -43,8 +43,8 @@ pub struct LirpaArgs {
     /// The ball alone, not intersected with [0, 1].
     #[arg(long)]
     unbounded: bool,
-    /// Timed passes over the images per measurement (after one untimed warm-up pass); every batch is
-    /// timed and the median seconds per batch reported with the spread.
+    /// Timed passes over the images per measurement (after the warm-up); every batch is timed and
+    /// the median seconds per batch reported with the spread.
     #[arg(long, default_value_t = 3, value_parser = crate::parse::at_least_one)]
     repeats: usize,
     /// Untimed warm-up on both sides: passes over every batch until this many seconds have gone
@@ -156,26 +156,9 @@ pub fn worker(a: LirpaWorkerArgs) -> Result<()> {
             Ok((errors, secs))
         })
     };
-    let idle = proc_status_bytes("VmRSS");
-    // Warm-up: one untimed pass over every batch (as the Python side does). The first batches of
-    // a fresh process grow the allocator's and the threads' buffers: 40-70 ms against a steady
-    // 10-11 ms for CROWN-IBP (measured 2026-12-04), a start-up cost a long run amortises.
-    let warm = std::time::Instant::now();
-    loop {
-        let mut lo = 0;
-        while lo < n {
-            let hi = (lo + a.batch).min(n);
-            run(lo, hi)?;
-            lo = hi;
-        }
-        if warm.elapsed().as_secs_f64() >= a.warmup_seconds {
-            break;
-        }
-    }
-    let (mut seconds, mut errors) = (Vec::new(), 0);
-    for _ in 0..a.repeats {
-        errors = 0;
-        let mut lo = 0;
+    // One pass over every batch: the seconds of each bound call and the robust error.
+    let pass = || -> Result<(Vec<f64>, usize)> {
+        let (mut seconds, mut errors, mut lo) = (Vec::new(), 0, 0);
         while lo < n {
             let hi = (lo + a.batch).min(n);
             let (e, secs) = run(lo, hi)?;
@@ -183,6 +166,23 @@ pub fn worker(a: LirpaWorkerArgs) -> Result<()> {
             seconds.push(secs);
             lo = hi;
         }
+        Ok((seconds, errors))
+    };
+    let idle = proc_status_bytes("VmRSS");
+    // Warm-up, untimed: passes until --warmup-seconds have gone, at least one (as the Python side
+    // does). A fresh process's first batches run slower than its steady state (the allocator's
+    // and threads' buffers growing, the threads' placement settling), a start-up cost a long run
+    // amortises.
+    let warm = std::time::Instant::now();
+    pass()?;
+    while warm.elapsed().as_secs_f64() < a.warmup_seconds {
+        pass()?;
+    }
+    let (mut seconds, mut errors) = (Vec::new(), 0);
+    for _ in 0..a.repeats {
+        let (s, e) = pass()?;
+        seconds.extend(s);
+        errors = e;
     }
     let m = Measurement {
         implementation: "rust".into(),

@@ -99,39 +99,65 @@ fn forward_run<T: RowElem>(
     pool: CpuPool,
 ) -> Result<Tensor> {
     let b = x.dim(0)?;
+    let xs: Vec<T> = x.flatten_all()?.to_vec1()?;
+    let [out] = through_chain(maps, shapes, b, [&xs], pool, |m, n, [x], [o]| T::forward(m, n, x, o))?;
+    let mut s = vec![b];
+    s.extend_from_slice(&shapes[shapes.len() - 1]);
+    Ok(Tensor::from_vec(out, s, x.device())?)
+}
+
+/// The chain `maps` on `K` streams of rows (`ins[k]`: `b` examples of the chain's input, row
+/// after row), one slice of the batch per thread of `pool`, each slice through every map with two
+/// scratch buffers per stream of its own (no batch-sized buffer between maps); `step` applies one
+/// map to a slice. Returns the last map's output of every stream, `b` rows each. The forward pass
+/// is one stream, an interval pass two (centres and radii).
+pub(crate) fn through_chain<T: RowElem, const K: usize>(
+    maps: &[Box<dyn IntervalRows + '_>],
+    shapes: &[Vec<usize>],
+    b: usize,
+    ins: [&[T]; K],
+    pool: CpuPool,
+    step: impl Fn(&dyn IntervalRows, usize, [&[T]; K], [&mut [T]; K]) -> Result<()> + Sync,
+) -> Result<[Vec<T>; K]> {
     let lens: Vec<usize> = shapes.iter().map(|s| s.iter().product()).collect();
     let (l0, ln) = (lens[0], lens[lens.len() - 1]);
-    let xs: Vec<T> = x.flatten_all()?.to_vec1()?;
-    if xs.len() != b * l0 {
-        return Err(DualError::shape(format!("forward rows: {} values for a batch of {b} × {l0}", xs.len())));
+    if let Some(bad) = ins.iter().find(|v| v.len() != b * l0) {
+        return Err(DualError::shape(format!("chain rows: {} values for a batch of {b} × {l0}", bad.len())));
     }
     let per = b.div_ceil(pool_threads(pool).clamp(1, b.max(1))).max(1);
     let widest = lens.iter().copied().max().unwrap_or(0);
-    let mut out = vec![T::default(); b * ln];
+    let mut outs: [Vec<T>; K] = std::array::from_fn(|_| vec![T::default(); b * ln]);
     if ln > 0 && b > 0 {
-        run_slots(pool, out.chunks_mut(per * ln).enumerate().collect(), |(i, dst)| -> Result<()> {
-            let (first, n) = (i * per, dst.len() / ln);
-            let (mut a, mut c) = (vec![T::default(); n * widest], vec![T::default(); n * widest]);
-            a[..n * l0].copy_from_slice(&xs[first * l0..(first + n) * l0]);
+        let mut chunks = outs.each_mut().map(|o| o.chunks_mut(per * ln));
+        let slots: Vec<[&mut [T]; K]> =
+            (0..b.div_ceil(per)).map(|_| chunks.each_mut().map(|c| c.next().expect("one chunk per slot"))).collect();
+        run_slots(pool, slots.into_iter().enumerate().collect(), |(i, mut dst)| -> Result<()> {
+            let (first, n) = (i * per, dst[0].len() / ln);
+            let mut a: [Vec<T>; K] = std::array::from_fn(|_| vec![T::default(); n * widest]);
+            let mut c: [Vec<T>; K] = std::array::from_fn(|_| vec![T::default(); n * widest]);
+            for (buf, src) in a.iter_mut().zip(&ins) {
+                buf[..n * l0].copy_from_slice(&src[first * l0..(first + n) * l0]);
+            }
             let last = maps.len().saturating_sub(1);
             for (t, m) in maps.iter().enumerate() {
                 let (li, lo) = (lens[t] * n, lens[t + 1] * n);
+                let from = a.each_ref().map(|v| &v[..li]);
                 if t == last {
-                    T::forward(m.as_ref(), n, &a[..li], dst)?;
+                    step(m.as_ref(), n, from, dst.each_mut().map(|d| &mut **d))?;
                 } else {
-                    T::forward(m.as_ref(), n, &a[..li], &mut c[..lo])?;
+                    step(m.as_ref(), n, from, c.each_mut().map(|v| &mut v[..lo]))?;
                     std::mem::swap(&mut a, &mut c);
                 }
             }
             if maps.is_empty() {
-                dst.copy_from_slice(&a[..n * l0]);
+                for (d, buf) in dst.iter_mut().zip(&a) {
+                    d.copy_from_slice(&buf[..n * l0]);
+                }
             }
             Ok(())
         })?;
     }
-    let mut s = vec![b];
-    s.extend_from_slice(&shapes[shapes.len() - 1]);
-    Ok(Tensor::from_vec(out, s, x.device())?)
+    Ok(outs)
 }
 
 /// The CPU thread pool a fused pass runs on. Candle runs its own ops on its barrier pool and its

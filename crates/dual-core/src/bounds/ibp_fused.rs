@@ -8,7 +8,7 @@
 
 use super::ibp::{input_box, Boxes};
 use super::Net;
-use crate::interval_rows::{chain_shapes, pool_threads, run_slots, CpuPool, RowElem};
+use crate::interval_rows::{chain_shapes, pool_threads, run_slots, through_chain, CpuPool, RowElem};
 use crate::{layer::DualNode, IntervalRows, Result};
 use candle_core::{DType, Tensor};
 
@@ -70,39 +70,10 @@ fn run_last<T: RowElem>(
     pool: CpuPool,
 ) -> Result<(Tensor, Tensor)> {
     let b = m0.dim(0)?;
-    let lens: Vec<usize> = shapes.iter().map(|s| s.iter().product()).collect();
-    let (l0, ln) = (lens[0], lens[lens.len() - 1]);
     let mid0: Vec<T> = m0.flatten_all()?.to_vec1()?;
     let rad0: Vec<T> = r0.flatten_all()?.to_vec1()?;
-    let per = b.div_ceil(pool_threads(pool).clamp(1, b.max(1))).max(1);
-    let widest = lens.iter().copied().max().unwrap_or(0);
-    let (mut mid, mut rad) = (vec![T::default(); b * ln], vec![T::default(); b * ln]);
-    if b > 0 && ln > 0 {
-        let slots: Vec<_> = mid.chunks_mut(per * ln).zip(rad.chunks_mut(per * ln)).enumerate().collect();
-        run_slots(pool, slots, |(i, (om, or))| -> Result<()> {
-            let (first, n) = (i * per, om.len() / ln);
-            // Two scratch boxes, each read by one map and written by the next.
-            let mut a = (vec![T::default(); n * widest], vec![T::default(); n * widest]);
-            let mut c = (vec![T::default(); n * widest], vec![T::default(); n * widest]);
-            a.0[..n * l0].copy_from_slice(&mid0[first * l0..(first + n) * l0]);
-            a.1[..n * l0].copy_from_slice(&rad0[first * l0..(first + n) * l0]);
-            let last = maps.len().saturating_sub(1);
-            for (t, m) in maps.iter().enumerate() {
-                let (li, lo) = (lens[t] * n, lens[t + 1] * n);
-                if t == last {
-                    T::map(m.as_ref(), n, &a.0[..li], &a.1[..li], om, or)?;
-                } else {
-                    T::map(m.as_ref(), n, &a.0[..li], &a.1[..li], &mut c.0[..lo], &mut c.1[..lo])?;
-                    std::mem::swap(&mut a, &mut c);
-                }
-            }
-            if maps.is_empty() {
-                om.copy_from_slice(&a.0[..n * l0]);
-                or.copy_from_slice(&a.1[..n * l0]);
-            }
-            Ok(())
-        })?;
-    }
+    let [mid, rad] =
+        through_chain(maps, shapes, b, [&mid0, &rad0], pool, |m, n, [mi, ri], [mo, ro]| T::map(m, n, mi, ri, mo, ro))?;
     let mut s = vec![b, 1];
     s.extend_from_slice(&shapes[shapes.len() - 1]);
     let dev = m0.device();
