@@ -43,7 +43,7 @@ pub trait IntervalRows: Send + Sync {
 }
 
 /// The element types of the fused passes, each with its entries of [`IntervalRows`].
-pub(crate) trait RowElem: WithDType + Default {
+pub(crate) trait RowElem: WithDType + Default + crate::scratch::ScratchElem {
     fn map(m: &dyn IntervalRows, n: usize, mid: &[Self], rad: &[Self], om: &mut [Self], or: &mut [Self]) -> Result<()>;
     fn forward(m: &dyn IntervalRows, n: usize, x: &[Self], out: &mut [Self]) -> Result<()>;
 }
@@ -133,15 +133,18 @@ pub(crate) fn through_chain<T: RowElem, const K: usize>(
             (0..b.div_ceil(per)).map(|_| chunks.each_mut().map(|c| c.next().expect("one chunk per slot"))).collect();
         run_slots(pool, slots.into_iter().enumerate().collect(), |(i, mut dst)| -> Result<()> {
             let (first, n) = (i * per, dst[0].len() / ln);
-            let mut a: [Vec<T>; K] = std::array::from_fn(|_| vec![T::default(); n * widest]);
-            let mut c: [Vec<T>; K] = std::array::from_fn(|_| vec![T::default(); n * widest]);
-            for (buf, src) in a.iter_mut().zip(&ins) {
-                buf[..n * l0].copy_from_slice(&src[first * l0..(first + n) * l0]);
-            }
+            // Two ping-pong buffers per stream from the thread's scratch (no zero fill per call).
+            let sizes = vec![n * widest; 2 * K];
+            let mut scratch = crate::scratch::Scratch::<T>::take(&sizes);
+            let mut bufs = scratch.all(&sizes).into_iter();
+            let mut a: [&mut [T]; K] = std::array::from_fn(|_| bufs.next().expect("2K buffers"));
+            let mut c: [&mut [T]; K] = std::array::from_fn(|_| bufs.next().expect("2K buffers"));
+            let rows_in: [&[T]; K] = ins.map(|src| &src[first * l0..(first + n) * l0]);
             let last = maps.len().saturating_sub(1);
             for (t, m) in maps.iter().enumerate() {
                 let (li, lo) = (lens[t] * n, lens[t + 1] * n);
-                let from = a.each_ref().map(|v| &v[..li]);
+                // The first map reads the slice of the input in place.
+                let from = if t == 0 { rows_in } else { a.each_ref().map(|v| &v[..li]) };
                 if t == last {
                     step(m.as_ref(), n, from, dst.each_mut().map(|d| &mut **d))?;
                 } else {
@@ -150,8 +153,8 @@ pub(crate) fn through_chain<T: RowElem, const K: usize>(
                 }
             }
             if maps.is_empty() {
-                for (d, buf) in dst.iter_mut().zip(&a) {
-                    d.copy_from_slice(&buf[..n * l0]);
+                for (d, src) in dst.iter_mut().zip(rows_in) {
+                    d.copy_from_slice(src);
                 }
             }
             Ok(())

@@ -22,6 +22,7 @@ pub mod interval_rows;
 pub mod layer;
 pub mod loss;
 pub mod network;
+pub mod scratch;
 pub mod source;
 
 pub use error::{DualError, Result};

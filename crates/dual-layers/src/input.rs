@@ -62,7 +62,11 @@ pub fn validate_input(x: &Tensor) -> Result<(usize, usize)> {
     if b == 0 {
         return Err(DualError::invalid("the input batch is empty"));
     }
-    let bad = x.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?.iter().any(|v| !v.is_finite());
+    let bad = match x.dtype() {
+        // Read in their own type: no converted copy of the batch.
+        DType::F32 => x.flatten_all()?.to_vec1::<f32>()?.iter().any(|v| !v.is_finite()),
+        _ => x.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?.iter().any(|v| !v.is_finite()),
+    };
     if bad {
         return Err(DualError::invalid("the input contains NaN or infinite values"));
     }
@@ -187,6 +191,13 @@ impl InfBallBounded {
         }
         let (eps, eps_t) = eps.into().resolve(b, k, x.dtype())?;
         let xf = x.reshape((b, k))?;
+        if eps_t.is_none() {
+            match x.dtype() {
+                DType::F32 => return Self::scalar_radius::<f32>(x, &xf, eps, lo, hi),
+                DType::F64 => return Self::scalar_radius::<f64>(x, &xf, eps, lo, hi),
+                _ => {}
+            }
+        }
         let v = xf.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
         if v.iter().any(|&v| v < lo || v > hi) {
             return Err(DualError::invalid(format!("the input lies outside the box [{lo}, {hi}]")));
@@ -196,6 +207,31 @@ impl InfBallBounded {
             Some(e) => (((&xf - &e)?.maximum(lo)? - &xf)?, ((&xf + &e)?.minimum(hi)? - &xf)?),
         };
         Ok(InfBallBounded { x: x.clone(), lo: dlo, hi: dhi })
+    }
+
+    /// [`InfBallBounded::new`] for one radius on f32/f64 inputs `xf` (`[B, K]`), in one pass over
+    /// the values: the range check and `δ⁻ = max(x − ε, lo) − x`, `δ⁺ = min(x + ε, hi) − x` in the
+    /// input's type, as the tensor ops compute them (the same numbers, without their five
+    /// temporaries of the batch's size).
+    fn scalar_radius<T>(x: &Tensor, xf: &Tensor, eps: f64, lo: f64, hi: f64) -> Result<Self>
+    where
+        T: candle_core::WithDType + candle_core::FloatDType,
+    {
+        let v = xf.flatten_all()?.to_vec1::<T>()?;
+        if v.iter().any(|&e| e.to_f64() < lo || e.to_f64() > hi) {
+            return Err(DualError::invalid(format!("the input lies outside the box [{lo}, {hi}]")));
+        }
+        let (e, l, h) = (T::from_f64(eps), T::from_f64(lo), T::from_f64(hi));
+        let max = |a: T, b: T| if a > b { a } else { b };
+        let min = |a: T, b: T| if a < b { a } else { b };
+        let dlo: Vec<T> = v.iter().map(|&x| max(x - e, l) - x).collect();
+        let dhi: Vec<T> = v.iter().map(|&x| min(x + e, h) - x).collect();
+        let shape = xf.dims();
+        Ok(InfBallBounded {
+            x: x.clone(),
+            lo: Tensor::from_vec(dlo, shape, x.device())?,
+            hi: Tensor::from_vec(dhi, shape, x.device())?,
+        })
     }
 }
 

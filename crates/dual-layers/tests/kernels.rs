@@ -289,6 +289,39 @@ fn conv_kernels_any_tuning() -> Result<()> {
     Ok(())
 }
 
+/// Fills the calling thread's scratch pools (`dual_core::scratch`) with NaN buffers of many sizes:
+/// a kernel that read a lent buffer before writing it would then return NaN.
+fn poison_scratch() {
+    use dual_core::scratch::Scratch;
+    let lens: Vec<usize> = (0..12).map(|i| 64usize << i).collect();
+    let mut a = Scratch::<f32>::take(&lens);
+    let mut b = Scratch::<f64>::take(&lens);
+    for (i, &l) in lens.iter().enumerate() {
+        a.get(i, l).fill(f32::NAN);
+        b.get(i, l).fill(f64::NAN);
+    }
+}
+
+/// The kernels' buffers come from a per-thread pool without a zero fill: whatever an earlier call
+/// left in them (here NaN) never reaches a result. Every case on the calling thread.
+#[test]
+fn left_over_scratch_never_reaches_a_result() -> Result<()> {
+    let serial = Tuning { serial_macs: usize::MAX, ..Tuning::DEFAULT };
+    let mut seed = 5000;
+    with_tuning(serial, || -> Result<()> {
+        for case in cases() {
+            for dtype in [DType::F32, DType::F64] {
+                seed += 1;
+                poison_scratch();
+                check_conv2d(case, dtype, Form::Contiguous, Form::Contiguous, seed)?;
+                poison_scratch();
+                check_conv_transpose2d(case, 0, dtype, Form::Contiguous, Form::Contiguous, seed)?;
+            }
+        }
+        Ok(())
+    })
+}
+
 /// Non-square inputs whose transpose needs different output paddings per axis.
 #[test]
 fn conv_transpose_per_axis_output_padding() -> Result<()> {

@@ -14,6 +14,7 @@ pub trait Elem:
     + std::ops::AddAssign
     + std::fmt::Debug
     + Default
+    + dual_core::scratch::ScratchElem
 {
     /// Additive identity.
     const ZERO: Self;

@@ -14,6 +14,7 @@
 
 use super::im2col::{cols_to_phases, image_to_phases, phases_to_cols, phases_to_image, Geom, ImageView};
 use super::{tuning, Elem};
+use dual_core::scratch::Scratch;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -111,6 +112,54 @@ pub(crate) fn matmul<T: Elem>(
     }
 }
 
+/// `dst = lhs · rhs` for `dst: [m, n]` stored column-major (`dst[i + j·m]`), on the calling
+/// thread.
+pub(crate) fn matmul_col_major<T: Elem>(
+    m: usize,
+    n: usize,
+    kk: usize,
+    dst: &mut [T],
+    lhs: Mat<'_, T>,
+    rhs: Mat<'_, T>,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(m * n <= dst.len(), "gemm destination out of bounds");
+    if kk == 0 {
+        dst[..m * n].fill(T::ZERO);
+        return;
+    }
+    let last = |a: Mat<'_, T>, r: usize, c: usize| a.off + (r - 1) * a.rs + (c - 1) * a.cs;
+    assert!(last(lhs, m, kk) < lhs.data.len(), "gemm lhs out of bounds");
+    assert!(last(rhs, kk, n) < rhs.data.len(), "gemm rhs out of bounds");
+    // SAFETY: every element gemm touches lies inside the slices (checked above); `dst` is an
+    // exclusive borrow that overlaps neither operand.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            kk,
+            dst.as_mut_ptr(),
+            m as isize,
+            1,
+            false,
+            lhs.data.as_ptr().add(lhs.off),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr().add(rhs.off),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            T::ONE,
+            T::ONE,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        )
+    }
+}
+
 /// How the images are split: `tasks` tasks of `per_task` images each (the last may have fewer),
 /// each running gemm with `par`.
 struct Plan {
@@ -143,13 +192,16 @@ fn group_size<T>(g: &Geom, per_task: usize, group_bytes: usize) -> usize {
     (group_bytes / per_image).clamp(1, per_task.max(1))
 }
 
-/// One task's buffers for groups of images: a phase image, the `[k, group·pq]` patch matrix and
-/// the `[o, group·pq]` side of the product, sized for groups of `gmax` images.
-struct GroupBuffers<T> {
+/// One task's buffers for groups of images: a phase image (zero-filled: its padding is read),
+/// the `[k, group·pq]` patch matrix and the `[o, group·pq]` side of the product, sized for groups
+/// of `gmax` images. The last two are written in full before they are read, so they come from
+/// the thread's scratch pool (`dual_core::scratch`) without a zero fill.
+struct GroupBuffers<T: Elem> {
     gmax: usize,
     ph: Vec<T>,
     cols: Vec<T>,
     side: Vec<T>,
+    lent: Scratch<T>,
 }
 
 impl<T: Elem> GroupBuffers<T> {
@@ -157,12 +209,17 @@ impl<T: Elem> GroupBuffers<T> {
     fn new(g: &Geom, count: usize, group_bytes: usize) -> Self {
         let gmax = group_size::<T>(g, count, group_bytes);
         let (k, o, pq) = (g.k(), g.o, g.pq());
-        GroupBuffers {
-            gmax,
-            ph: vec![T::ZERO; g.phase_len()],
-            cols: vec![T::ZERO; k * gmax * pq],
-            side: vec![T::ZERO; o * gmax * pq],
-        }
+        let mut lent = Scratch::<T>::take(&[k * gmax * pq, o * gmax * pq]);
+        let cols = std::mem::take(lent.vec(0));
+        let side = std::mem::take(lent.vec(1));
+        GroupBuffers { gmax, ph: vec![T::ZERO; g.phase_len()], cols, side, lent }
+    }
+}
+
+impl<T: Elem> Drop for GroupBuffers<T> {
+    fn drop(&mut self) {
+        *self.lent.vec(0) = std::mem::take(&mut self.cols);
+        *self.lent.vec(1) = std::mem::take(&mut self.side);
     }
 }
 

@@ -6,13 +6,13 @@
 //! per map. Built only for CPU f32/f64 parameters that track no ops (nothing is differentiated
 //! through this pass).
 
-use super::gemm_conv::{conv2d_forward_serial, matmul, Mat};
+use super::gemm_conv::{conv2d_forward_serial, matmul_col_major, Mat};
 use super::im2col::Geom;
 use super::interval::{relu, relu_box_elem};
 use super::Elem;
 use candle_core::{Storage, Tensor, WithDType};
+use dual_core::scratch::Scratch;
 use dual_core::{DualError, IntervalRows, Result};
-use gemm::Parallelism;
 
 /// Whether parameters can be read by a map: CPU f32/f64 tensors that track no ops.
 fn plain(ts: &[Option<&Tensor>]) -> bool {
@@ -201,7 +201,14 @@ impl LinearRows {
             let lhs = Mat { data: x, off: 0, rs: inp, cs: 1 };
             // Wᵀ as an [in, out] matrix over W's [out, in] storage.
             let rhs = Mat { data: w, off: 0, rs: 1, cs: inp };
-            matmul(n, out, inp, dst, out, false, lhs, rhs, Parallelism::None);
+            // The product is taken column-major (`[out, n]` in scratch), then transposed into the
+            // rows: gemm then reads W in place instead of packing all of it on every call (with
+            // few rows the packing cost as much as the product: 25 rows of the Fashion model's
+            // 1568 → 100 layer, 68 → 53 µs per call, measured 2026-12-05).
+            let mut lent = Scratch::<T>::take(&[n * out]);
+            let tmp = lent.get(0, n * out);
+            matmul_col_major(n, out, inp, tmp, lhs, rhs);
+            T::transpose(tmp, out, n, dst);
             Ok(())
         })
     }
