@@ -307,6 +307,12 @@ impl Network {
         method: Method,
         opts: &BoundOptions,
     ) -> Result<Tensor> {
+        if method == Method::Ibp {
+            // IBP's bound alone keeps no layer-wise box (`dual_core::bounds::margin_bounds`).
+            let nodes = self.dual_nodes(x)?;
+            let net = Net { nodes: &nodes, x, input: input.as_ref() };
+            return Ok(dual_core::bounds::margin_bounds(&net, y, method, opts, None)?);
+        }
         let out = self.forward(&x.narrow(0, 0, 1)?)?;
         let classes = out.elem_count();
         if out.rank() != 2 {
