@@ -234,7 +234,32 @@ impl Network {
 
     /// The dual nodes for the batch `x` (its forward pass fixes shapes and batch statistics).
     pub fn dual_nodes(&self, x: &Tensor) -> Result<Vec<DualNode>> {
+        self.check_input(x)?;
+        if let Some(outs) = self.nominal_outputs_by_shape(x)? {
+            return self.dual_nodes_from_outputs(&outs);
+        }
         Ok(self.dual_nodes_and_logits(x)?.0)
+    }
+
+    /// Zero outputs of one example, shaped as the layers' outputs for `x`, where every dual reads
+    /// only its input's shape and every layer gives its output shape through its rows map on a
+    /// plain chain ([`Layer::rows`]): the dual nodes without a forward pass (a tenth of IBP's
+    /// whole bound on the papers' Fashion-MNIST model at batch 50). `None` otherwise.
+    fn nominal_outputs_by_shape(&self, x: &Tensor) -> Result<Option<Vec<Tensor>>> {
+        if !self.spec().layers.iter().all(dual_reads_shape_only) {
+            return Ok(None);
+        }
+        let mut shape = self.input_shape.clone();
+        let mut outs = vec![x.narrow(0, 0, 1)?];
+        for (k, l) in self.layers.iter().enumerate() {
+            if l.inputs().indices(k + 1) != [Some(k)] {
+                return Ok(None);
+            }
+            let Some(map) = l.rows(&shape) else { return Ok(None) };
+            shape = map?.out_shape(&shape)?;
+            outs.push(Tensor::zeros([&[1][..], &shape].concat(), x.dtype(), x.device())?);
+        }
+        Ok(Some(outs))
     }
 
     /// [`Network::dual_nodes`] and the logits of the forward pass that fixed them: of the first

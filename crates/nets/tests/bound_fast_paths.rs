@@ -379,3 +379,25 @@ fn ibp_margins_alone_equal_the_op_by_op_bound() {
         }
     }
 }
+
+/// The dual nodes made from the layers' shapes alone (no forward pass, where every dual reads
+/// only shapes) give the same bounds as the nodes made after a forward pass, for every method.
+#[test]
+fn dual_nodes_by_shape_equal_those_after_a_forward_pass() {
+    let net = mnist_small_like(DType::F64, 21);
+    let x = inputs_side(5, 12, 77).to_dtype(DType::F64).unwrap();
+    let y: Vec<u32> = vec![1, 4, 0, 9, 3];
+    nets::no_grad(|| {
+        let by_shape = net.dual_nodes(&x).unwrap();
+        let (after_forward, _) = net.dual_nodes_and_logits(&x).unwrap();
+        assert_eq!(by_shape.len(), after_forward.len());
+        let set = InfBallBounded::new(&x, 0.05, 0.0, 1.0).unwrap();
+        for method in [Method::Ibp, Method::CrownIbp, Method::Crown] {
+            let bound = |nodes: &[dual_core::DualNode]| {
+                let n = Net { nodes, x: &x, input: &set };
+                flat(&dual_core::bounds::margin_bounds(&n, &y, method, &BoundOptions::default(), None).unwrap())
+            };
+            assert_eq!(bound(&by_shape), bound(&after_forward), "{method:?}");
+        }
+    });
+}

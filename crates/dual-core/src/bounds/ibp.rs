@@ -133,18 +133,27 @@ pub fn spec_lower(net: &Net<'_>, boxes: &Boxes, c: &Tensor) -> Result<Tensor> {
     spec_lower_by(net, c, |i| Ok((boxes.mid[i].clone(), boxes.rad[i].clone())))
 }
 
-/// [`spec_lower`] with only the box it reads, by the fused pass that keeps no other box
-/// (`ibp_fused::propagate_last`): IBP's bound alone, without the layer-wise boxes. `None` where
-/// the fused pass does not apply (the caller then runs the whole pass).
-pub(super) fn spec_lower_fused(net: &Net<'_>, c: &Tensor, pool: CpuPool) -> Result<Option<Tensor>> {
+/// IBP's lower bounds of the margins `z_y − z_j` (`[B, classes]`) with only the box the
+/// specification reads, by the fused pass that keeps no other box ([`super::ibp_fused::LastBox`]):
+/// IBP's bound alone, without the layer-wise boxes, and with the output shape read off the
+/// nodes' maps (no forward pass). `None` where the fused pass does not apply (the caller then
+/// runs the whole pass).
+pub(super) fn margins_fused(net: &Net<'_>, y: &[u32], pool: CpuPool) -> Result<Option<Tensor>> {
     let n = net.nodes.len();
     let need = match &net.nodes[n - 1] {
         DualNode::Affine(a) if a.inputs().indices(n) == [Some(n - 1)] => n - 1,
         DualNode::Affine(_) => return Ok(None),
         DualNode::Activation(_) => n,
     };
-    let Some((m, r)) = super::ibp_fused::propagate_last(net, need, pool)? else { return Ok(None) };
-    let got = spec_lower_by(net, c, |i| {
+    let Some(last) = super::ibp_fused::LastBox::new(net, need, n)? else { return Ok(None) };
+    let out = last.shapes[n].clone();
+    if out.len() != 1 {
+        return Err(DualError::shape(format!("margins need a flat output; the network gives {out:?}")));
+    }
+    let (b, dtype) = (net.x.dim(0)?, net.x.dtype());
+    let c = super::Spec::margins(y, out[0], dtype, net.x.device())?.checked(b, &out, dtype)?;
+    let (m, r) = last.run(pool)?;
+    let got = spec_lower_by(net, &c, |i| {
         if i == need {
             Ok((m.clone(), r.clone()))
         } else {

@@ -50,16 +50,35 @@ pub(super) fn propagate(net: &Net<'_>, upto: usize, pool: CpuPool) -> Result<Opt
     }))
 }
 
-/// The box of output `upto` alone (`[B, 1, *shape]` each) by the fused pass, or `None` where it
-/// does not apply. Every box below it lives only in its thread's two scratch buffers (in cache,
-/// no batch-sized buffers to allocate and fill): what IBP's bound alone needs.
-pub(super) fn propagate_last(net: &Net<'_>, upto: usize, pool: CpuPool) -> Result<Option<(Tensor, Tensor)>> {
-    let Some((maps, m0, r0)) = chain(net, upto)? else { return Ok(None) };
-    let shapes = chain_shapes(&maps, &net.x.dims()[1..])?;
-    Ok(Some(match net.x.dtype() {
-        DType::F32 => run_last::<f32>(&maps, &shapes, m0, r0, pool)?,
-        _ => run_last::<f64>(&maps, &shapes, m0, r0, pool)?,
-    }))
+/// The fused pass of nodes `1..=upto` for IBP's bound alone: the output shapes of nodes
+/// `0..=all` (`all ≥ upto`: the nodes after `upto` must offer a map too; only their shapes are
+/// read, with no forward pass), and the box of output `upto` by [`LastBox::run`]; `None` where
+/// the fused pass does not apply.
+pub(super) struct LastBox<'a> {
+    maps: Vec<Box<dyn IntervalRows + 'a>>,
+    m0: Tensor,
+    r0: Tensor,
+    upto: usize,
+    /// `[in_shape, out_1, …, out_all]`.
+    pub shapes: Vec<Vec<usize>>,
+}
+
+impl<'a> LastBox<'a> {
+    pub(super) fn new(net: &'a Net<'_>, upto: usize, all: usize) -> Result<Option<Self>> {
+        let Some((maps, m0, r0)) = chain(net, all.max(upto))? else { return Ok(None) };
+        let shapes = chain_shapes(&maps, &net.x.dims()[1..])?;
+        Ok(Some(LastBox { maps, m0, r0, upto, shapes }))
+    }
+
+    /// The box of output `upto` alone (`[B, 1, *shape]` each). Every box below it lives only in
+    /// its thread's two scratch buffers (in cache, no batch-sized buffers to allocate and fill).
+    pub(super) fn run(self, pool: CpuPool) -> Result<(Tensor, Tensor)> {
+        let (maps, shapes) = (&self.maps[..self.upto], &self.shapes[..=self.upto]);
+        match self.m0.dtype() {
+            DType::F32 => run_last::<f32>(maps, shapes, self.m0, self.r0, pool),
+            _ => run_last::<f64>(maps, shapes, self.m0, self.r0, pool),
+        }
+    }
 }
 
 fn run_last<T: RowElem>(

@@ -388,19 +388,18 @@ pub fn margin_bounds(
     if y.len() != b {
         return Err(DualError::shape(format!("{} labels for a batch of {b}", y.len())));
     }
+    if method == Method::Ibp && !net.nodes.is_empty() {
+        // The bound alone: no layer-wise boxes to keep (`ibp::margins_fused`), on the pool of
+        // the Candle ops around it (`CpuPool`).
+        if let Some(lower) = ibp::margins_fused(net, y, CpuPool::of_candle_ops())? {
+            return Ok(lower);
+        }
+    }
     let shapes = output_shapes(net)?;
     let out = &shapes[net.nodes.len()];
     if out.len() != 1 {
         return Err(DualError::shape(format!("margins need a flat output; the network gives {out:?}")));
     }
     let spec = Spec::margins(y, out[0], net.x.dtype(), net.x.device())?;
-    if method == Method::Ibp {
-        // The bound alone: no layer-wise boxes to keep (`ibp::spec_lower_fused`), on the pool of
-        // the Candle ops around it (`CpuPool`).
-        let c = spec.checked(b, out, net.x.dtype())?;
-        if let Some(lower) = ibp::spec_lower_fused(net, &c, CpuPool::of_candle_ops())? {
-            return Ok(lower);
-        }
-    }
     Ok(spec_bounds(net, &spec, method, opts, reference)?.lower)
 }
