@@ -33,9 +33,15 @@ use std::process::Command;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const EPS: f64 = 0.1;
-/// `[env]` of `.cargo/config.toml`.
-const PROJECT_ENV: [(&str, &str); 3] =
-    [("MIMALLOC_PURGE_DELAY", "-1"), ("CANDLE_BARRIER_POOL_SPIN_LIMIT", "100"), ("MIMALLOC_ALLOW_LARGE_OS_PAGES", "1")];
+/// `[env]` of `.cargo/config.toml`, and `CANDLE_NUM_THREADS=1`, which `cargo xtask` sets (one set
+/// of worker threads: Candle's ops on the calling thread, every parallel pass on rayon's pool;
+/// docs/PERFORMANCE.md).
+const PROJECT_ENV: [(&str, &str); 4] = [
+    ("MIMALLOC_PURGE_DELAY", "-1"),
+    ("CANDLE_BARRIER_POOL_SPIN_LIMIT", "100"),
+    ("MIMALLOC_ALLOW_LARGE_OS_PAGES", "1"),
+    ("CANDLE_NUM_THREADS", "1"),
+];
 const BATCH: usize = 50;
 
 fn method(name: &str) -> Result<Method> {
