@@ -55,11 +55,13 @@ fn one_pass_adam_equals_the_tensor_ops_bit_for_bit() {
         for weight_decay in [0.0, 0.05] {
             let hp = (3e-3, 0.9, 0.999, 1e-8, weight_decay);
             let cfg = OptimizerConfig::Adam { lr: hp.0, beta1: hp.1, beta2: hp.2, eps: hp.3, weight_decay };
-            let shapes = [vec![7, 3, 3, 3], vec![10, 33], vec![5]];
+            // The last one is large enough to be split over threads (tasks of 2^14 elements).
+            let shapes = [vec![7, 3, 3, 3], vec![10, 33], vec![5], vec![300, 257]];
             let vars: Vec<Var> =
                 shapes.iter().map(|s| Var::from_tensor(&rand(&mut rng, s, dtype, 1.0)).unwrap()).collect();
             let mut theta: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().copy().unwrap()).collect();
-            let (mut m, mut v): (Vec<Option<Tensor>>, Vec<Option<Tensor>>) = (vec![None; 3], vec![None; 3]);
+            let (mut m, mut v): (Vec<Option<Tensor>>, Vec<Option<Tensor>>) =
+                (vec![None; shapes.len()], vec![None; shapes.len()]);
             let mut opt = Optimizer::new(cfg, vars.clone());
             for t in 1..=4 {
                 // A loss whose gradient is `w ⊙ θ + c` (a few gradient elements exactly 0).

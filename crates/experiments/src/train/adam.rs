@@ -27,7 +27,7 @@ pub(crate) struct AdamStep {
 }
 
 /// The element type's conversions of Adam's constants and `√`.
-trait Float: Copy + PartialOrd + std::ops::Add<Output = Self> + std::ops::Mul<Output = Self> {
+trait Float: Copy + Send + Sync + PartialOrd + std::ops::Add<Output = Self> + std::ops::Mul<Output = Self> {
     const ZERO: Self;
     fn of(v: f64) -> Self;
     fn sqrt(self) -> Self;
@@ -121,29 +121,44 @@ fn update<T: Float>(
     c: AdamStep,
     like: &Tensor,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    if !g.iter().all(|x| x.is_finite()) {
+    use rayon::prelude::*;
+    // Elements per task: below this a parameter is updated on one thread.
+    const MIN_LEN: usize = 1 << 14;
+    if !g.par_iter().with_min_len(MIN_LEN).all(|x| x.is_finite()) {
         bail!("non-finite gradient at step {}: training diverged", c.t);
     }
     let n = th.len();
     let (b1, b2, wd, eps, lr) = (T::of(c.beta1), T::of(c.beta2), T::of(c.weight_decay), T::of(c.eps), T::of(c.lr));
     let (a1, a2) = (T::of(1.0 - c.beta1), T::of(1.0 - c.beta2));
     let (c1, c2) = (T::of(1.0 / (1.0 - c.beta1.powi(c.t))), T::of(1.0 / (1.0 - c.beta2.powi(c.t))));
-    let (mut tn, mut mn, mut vn) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-    for i in 0..n {
-        let gi = if c.weight_decay != 0.0 { g[i] + scale(th[i], wd) } else { g[i] };
-        let mi = match m {
-            None => scale(gi, a1),
-            Some(m) => scale(m[i], b1) + scale(gi, a1),
-        };
-        let vi = match v {
-            None => scale(gi * gi, a2),
-            Some(v) => scale(v[i], b2) + scale(gi * gi, a2),
-        };
-        let upd = scale(mi, c1).div(scale(vi, c2).sqrt() * T::of(1.0) + eps);
-        tn.push(th[i].sub(scale(upd, lr)));
-        mn.push(mi);
-        vn.push(vi);
-    }
+    // Two passes on rayon's threads (the moments, then θ from them): each element by the same
+    // float operations in the same order as one serial pass.
+    let (mut mn, mut vn) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    (0..n)
+        .into_par_iter()
+        .with_min_len(MIN_LEN)
+        .map(|i| {
+            let gi = if c.weight_decay != 0.0 { g[i] + scale(th[i], wd) } else { g[i] };
+            let mi = match m {
+                None => scale(gi, a1),
+                Some(m) => scale(m[i], b1) + scale(gi, a1),
+            };
+            let vi = match v {
+                None => scale(gi * gi, a2),
+                Some(v) => scale(v[i], b2) + scale(gi * gi, a2),
+            };
+            (mi, vi)
+        })
+        .unzip_into_vecs(&mut mn, &mut vn);
+    let mut tn = Vec::with_capacity(n);
+    (0..n)
+        .into_par_iter()
+        .with_min_len(MIN_LEN)
+        .map(|i| {
+            let upd = scale(mn[i], c1).div(scale(vn[i], c2).sqrt() * T::of(1.0) + eps);
+            th[i].sub(scale(upd, lr))
+        })
+        .collect_into_vec(&mut tn);
     let shape = like.dims();
     Ok((T::vec(tn, shape, like)?, T::vec(mn, shape, like)?, T::vec(vn, shape, like)?))
 }
