@@ -70,15 +70,48 @@ pub(crate) fn matmul<T: Elem>(
     rhs: Mat<'_, T>,
     par: Parallelism,
 ) {
+    gemm_into(m, n, kk, dst, (ld, 1), accumulate, lhs, rhs, par);
+}
+
+/// `dst = lhs · rhs` for `dst: [m, n]` stored column-major (`dst[i + j·m]`), on the calling
+/// thread.
+pub(crate) fn matmul_col_major<T: Elem>(
+    m: usize,
+    n: usize,
+    kk: usize,
+    dst: &mut [T],
+    lhs: Mat<'_, T>,
+    rhs: Mat<'_, T>,
+) {
+    gemm_into(m, n, kk, dst, (1, m), false, lhs, rhs, Parallelism::None);
+}
+
+/// `dst (+)= lhs · rhs` with `dst`'s element `(i, j)` at `i·rs + j·cs` (`(rs, cs)` = `strides`),
+/// every operand checked to lie inside its slice.
+#[allow(clippy::too_many_arguments)]
+fn gemm_into<T: Elem>(
+    m: usize,
+    n: usize,
+    kk: usize,
+    dst: &mut [T],
+    strides: (usize, usize),
+    accumulate: bool,
+    lhs: Mat<'_, T>,
+    rhs: Mat<'_, T>,
+    par: Parallelism,
+) {
     if m == 0 || n == 0 {
         return;
     }
+    let (drs, dcs) = strides;
     let last = |a: Mat<'_, T>, r: usize, c: usize| a.off + (r - 1) * a.rs + (c - 1) * a.cs;
-    assert!((m - 1) * ld + n <= dst.len(), "gemm destination out of bounds");
+    assert!((m - 1) * drs + (n - 1) * dcs < dst.len(), "gemm destination out of bounds");
     if kk == 0 {
         if !accumulate {
             for i in 0..m {
-                dst[i * ld..i * ld + n].fill(T::ZERO);
+                for j in 0..n {
+                    dst[i * drs + j * dcs] = T::ZERO;
+                }
             }
         }
         return;
@@ -93,8 +126,8 @@ pub(crate) fn matmul<T: Elem>(
             n,
             kk,
             dst.as_mut_ptr(),
-            1,
-            ld as isize,
+            dcs as isize,
+            drs as isize,
             accumulate,
             lhs.data.as_ptr().add(lhs.off),
             lhs.cs as isize,
@@ -108,54 +141,6 @@ pub(crate) fn matmul<T: Elem>(
             false,
             false,
             par,
-        )
-    }
-}
-
-/// `dst = lhs · rhs` for `dst: [m, n]` stored column-major (`dst[i + j·m]`), on the calling
-/// thread.
-pub(crate) fn matmul_col_major<T: Elem>(
-    m: usize,
-    n: usize,
-    kk: usize,
-    dst: &mut [T],
-    lhs: Mat<'_, T>,
-    rhs: Mat<'_, T>,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    assert!(m * n <= dst.len(), "gemm destination out of bounds");
-    if kk == 0 {
-        dst[..m * n].fill(T::ZERO);
-        return;
-    }
-    let last = |a: Mat<'_, T>, r: usize, c: usize| a.off + (r - 1) * a.rs + (c - 1) * a.cs;
-    assert!(last(lhs, m, kk) < lhs.data.len(), "gemm lhs out of bounds");
-    assert!(last(rhs, kk, n) < rhs.data.len(), "gemm rhs out of bounds");
-    // SAFETY: every element gemm touches lies inside the slices (checked above); `dst` is an
-    // exclusive borrow that overlaps neither operand.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            kk,
-            dst.as_mut_ptr(),
-            m as isize,
-            1,
-            false,
-            lhs.data.as_ptr().add(lhs.off),
-            lhs.cs as isize,
-            lhs.rs as isize,
-            rhs.data.as_ptr().add(rhs.off),
-            rhs.cs as isize,
-            rhs.rs as isize,
-            T::ONE,
-            T::ONE,
-            false,
-            false,
-            false,
-            Parallelism::None,
         )
     }
 }
