@@ -1,10 +1,11 @@
 //! Per-thread scratch buffers that outlive a call.
 //!
 //! The fused passes (IBP's interval rows, the plain forward pass) and the convolution kernels
-//! need a few buffers per call that are fully written before they are read. Allocating them
-//! zero-filled on every call was a measurable part of a small network's bound: IBP on the
-//! papers' Fashion-MNIST model zeroed ~2.4 MB per thread per call of 25 images (measured
-//! 2026-12-05, docs/PERFORMANCE.md). [`Scratch::take`] lends buffers from the calling thread's
+//! need a few buffers per call that are fully written before they are read. Allocated
+//! zero-filled on every call, they cost IBP on the papers' Fashion-MNIST model ~2.8 MB of zero
+//! fill per thread per call of 25 images (the chain's four buffers, each convolution's patch and
+//! product buffers; worked out from the shapes) — with the other per-call changes of 2026-12-05
+//! a few percent of the call (docs/PERFORMANCE.md). [`Scratch::take`] lends buffers from the calling thread's
 //! pool instead, grown on demand (only the grown part is filled) and handed back when the guard
 //! drops; their contents are left over from earlier use, every element initialised.
 //!
