@@ -7,7 +7,7 @@ use crate::{
 };
 use candle_core::{DType, Device, Tensor, Var};
 use dual_core::bounds::{BoundOptions, Method, Net, Spec, SpecBounds};
-use dual_core::{DualNetwork, DualNode, DualOptions, DualSource, Inputs};
+use dual_core::{DualNetwork, DualNode, DualOptions, DualSource, Inputs, IntervalRows};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::collections::HashMap;
 
@@ -218,18 +218,27 @@ impl Network {
         if crate::grad_enabled() || x.track_op() || !x.device().is_cpu() || self.check_input(x).is_err() {
             return Ok(None);
         }
-        let mut shape = self.input_shape.clone();
+        let Some((maps, _)) = self.row_maps()? else { return Ok(None) };
+        Ok(dual_core::interval_rows::forward_chain(&maps, x, dual_core::CpuPool::of_candle_ops())?)
+    }
+
+    /// Every layer's row map ([`Layer::rows`]) and the output shapes they give
+    /// (`[input, out_1, …]`, without batch), where the layers form a plain chain and each offers
+    /// one; `None` otherwise.
+    #[allow(clippy::type_complexity)]
+    fn row_maps(&self) -> Result<Option<(Vec<Box<dyn IntervalRows>>, Vec<Vec<usize>>)>> {
+        let mut shapes = vec![self.input_shape.clone()];
         let mut maps = Vec::with_capacity(self.layers.len());
         for (k, l) in self.layers.iter().enumerate() {
             if l.inputs().indices(k + 1) != [Some(k)] {
                 return Ok(None);
             }
-            let Some(map) = l.rows(&shape) else { return Ok(None) };
+            let Some(map) = l.rows(&shapes[k]) else { return Ok(None) };
             let map = map?;
-            shape = map.out_shape(&shape)?;
+            shapes.push(map.out_shape(&shapes[k])?);
             maps.push(map);
         }
-        Ok(dual_core::interval_rows::forward_chain(&maps, x, dual_core::CpuPool::of_candle_ops())?)
+        Ok(Some((maps, shapes)))
     }
 
     /// The dual nodes for the batch `x` (its forward pass fixes shapes and batch statistics).
@@ -249,15 +258,10 @@ impl Network {
         if !self.spec().layers.iter().all(dual_reads_shape_only) {
             return Ok(None);
         }
-        let mut shape = self.input_shape.clone();
+        let Some((_, shapes)) = self.row_maps()? else { return Ok(None) };
         let mut outs = vec![x.narrow(0, 0, 1)?];
-        for (k, l) in self.layers.iter().enumerate() {
-            if l.inputs().indices(k + 1) != [Some(k)] {
-                return Ok(None);
-            }
-            let Some(map) = l.rows(&shape) else { return Ok(None) };
-            shape = map?.out_shape(&shape)?;
-            outs.push(Tensor::zeros([&[1][..], &shape].concat(), x.dtype(), x.device())?);
+        for shape in &shapes[1..] {
+            outs.push(Tensor::zeros([&[1][..], shape].concat(), x.dtype(), x.device())?);
         }
         Ok(Some(outs))
     }
