@@ -134,7 +134,7 @@ pub fn spec_lower(net: &Net<'_>, boxes: &Boxes, c: &Tensor) -> Result<Tensor> {
 }
 
 /// IBP's lower bounds of the margins `z_y − z_j` (`[B, classes]`) with only the box the
-/// specification reads, by the fused pass that keeps no other box ([`super::ibp_fused::LastBox`]):
+/// specification reads, by the fused pass that keeps no other box ([`super::ibp_fused::FusedChain::last_box`]):
 /// IBP's bound alone, without the layer-wise boxes, and with the output shape read off the
 /// nodes' maps (no forward pass). `None` where the fused pass does not apply (the caller then
 /// runs the whole pass).
@@ -145,14 +145,15 @@ pub(super) fn margins_fused(net: &Net<'_>, y: &[u32], pool: CpuPool) -> Result<O
         DualNode::Affine(_) => return Ok(None),
         DualNode::Activation(_) => n,
     };
-    let Some(last) = super::ibp_fused::LastBox::new(net, need, n)? else { return Ok(None) };
-    let out = last.shapes[n].clone();
+    // Every node's map (the last ones' only give the output shape).
+    let Some(chain) = super::ibp_fused::FusedChain::new(net, n)? else { return Ok(None) };
+    let out = chain.shapes[n].clone();
     if out.len() != 1 {
         return Err(DualError::shape(format!("margins need a flat output; the network gives {out:?}")));
     }
     let (b, dtype) = (net.x.dim(0)?, net.x.dtype());
     let c = super::Spec::margins(y, out[0], dtype, net.x.device())?.checked(b, &out, dtype)?;
-    let (m, r) = last.run(pool)?;
+    let (m, r) = chain.last_box(need, pool)?;
     let got = spec_lower_by(net, &c, |i| {
         if i == need {
             Ok((m.clone(), r.clone()))

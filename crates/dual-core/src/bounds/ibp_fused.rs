@@ -12,107 +12,93 @@ use crate::interval_rows::{chain_shapes, pool_threads, run_slots, through_chain,
 use crate::{layer::DualNode, IntervalRows, Result};
 use candle_core::{DType, Tensor};
 
-/// The maps of nodes `1..=upto` and the input box, or `None` where the fused pass does not apply.
-#[allow(clippy::type_complexity)]
-fn chain<'a>(net: &'a Net<'_>, upto: usize) -> Result<Option<(Vec<Box<dyn IntervalRows + 'a>>, Tensor, Tensor)>> {
-    let x = net.x;
-    if !x.device().is_cpu() || x.track_op() || !matches!(x.dtype(), DType::F32 | DType::F64) {
-        return Ok(None);
-    }
-    let mut maps: Vec<Box<dyn IntervalRows + 'a>> = Vec::with_capacity(upto);
-    for (t, node) in net.nodes[..upto].iter().enumerate() {
-        if node.inputs().indices(t + 1) != [Some(t)] {
+/// The fused pass of nodes `1..=upto`: their maps, the input box and the output shapes
+/// `[in_shape, out_1, …, out_upto]` (read off the maps, with no forward pass). Built by
+/// [`FusedChain::new`], run by [`FusedChain::boxes`] (every box) or [`FusedChain::last_box`].
+pub(super) struct FusedChain<'a> {
+    maps: Vec<Box<dyn IntervalRows + 'a>>,
+    m0: Tensor,
+    r0: Tensor,
+    /// `[in_shape, out_1, …, out_upto]`.
+    pub shapes: Vec<Vec<usize>>,
+}
+
+impl<'a> FusedChain<'a> {
+    /// The chain of nodes `1..=upto`, or `None` where the fused pass does not apply.
+    pub(super) fn new(net: &'a Net<'_>, upto: usize) -> Result<Option<Self>> {
+        let x = net.x;
+        if !x.device().is_cpu() || x.track_op() || !matches!(x.dtype(), DType::F32 | DType::F64) {
             return Ok(None);
         }
-        let map = match node {
-            DualNode::Affine(a) => a.interval_rows(),
-            DualNode::Activation(a) => a.interval_rows(),
-        };
-        match map {
-            Some(m) => maps.push(m?),
-            None => return Ok(None),
+        let mut maps: Vec<Box<dyn IntervalRows + 'a>> = Vec::with_capacity(upto);
+        for (t, node) in net.nodes[..upto].iter().enumerate() {
+            if node.inputs().indices(t + 1) != [Some(t)] {
+                return Ok(None);
+            }
+            let map = match node {
+                DualNode::Affine(a) => a.interval_rows(),
+                DualNode::Activation(a) => a.interval_rows(),
+            };
+            match map {
+                Some(m) => maps.push(m?),
+                None => return Ok(None),
+            }
+        }
+        let (m0, r0) = input_box(net)?;
+        if m0.track_op() || r0.track_op() {
+            return Ok(None);
+        }
+        let shapes = chain_shapes(&maps, &x.dims()[1..])?;
+        Ok(Some(FusedChain { maps, m0, r0, shapes }))
+    }
+
+    /// The boxes of every output `0..=upto`.
+    pub(super) fn boxes(self, pool: CpuPool) -> Result<Boxes> {
+        match self.m0.dtype() {
+            DType::F32 => run::<f32>(self, pool),
+            _ => run::<f64>(self, pool),
         }
     }
-    let (m0, r0) = input_box(net)?;
-    if m0.track_op() || r0.track_op() {
-        return Ok(None);
+
+    /// The box of output `last ≤ upto` alone (`[B, 1, *shape]` each). Every box below it lives
+    /// only in its thread's two scratch buffers (in cache, no batch-sized buffers to allocate and
+    /// fill): what IBP's bound alone needs.
+    pub(super) fn last_box(self, last: usize, pool: CpuPool) -> Result<(Tensor, Tensor)> {
+        match self.m0.dtype() {
+            DType::F32 => run_last::<f32>(self, last, pool),
+            _ => run_last::<f64>(self, last, pool),
+        }
     }
-    Ok(Some((maps, m0, r0)))
+
+    /// The batch size and the input box's centres and radii as rows.
+    fn input_rows<T: RowElem>(&self) -> Result<(usize, Vec<T>, Vec<T>)> {
+        Ok((self.m0.dim(0)?, self.m0.flatten_all()?.to_vec1()?, self.r0.flatten_all()?.to_vec1()?))
+    }
 }
 
 /// The boxes of outputs `0..=upto` by the fused pass, or `None` where it does not apply.
 pub(super) fn propagate(net: &Net<'_>, upto: usize, pool: CpuPool) -> Result<Option<Boxes>> {
-    let Some((maps, m0, r0)) = chain(net, upto)? else { return Ok(None) };
-    let shapes = chain_shapes(&maps, &net.x.dims()[1..])?;
-    Ok(Some(match net.x.dtype() {
-        DType::F32 => run::<f32>(&maps, &shapes, m0, r0, pool)?,
-        _ => run::<f64>(&maps, &shapes, m0, r0, pool)?,
-    }))
+    FusedChain::new(net, upto)?.map(|c| c.boxes(pool)).transpose()
 }
 
-/// The fused pass of nodes `1..=upto` for IBP's bound alone: the output shapes of nodes
-/// `0..=all` (`all ≥ upto`: the nodes after `upto` must offer a map too; only their shapes are
-/// read, with no forward pass), and the box of output `upto` by [`LastBox::run`]; `None` where
-/// the fused pass does not apply.
-pub(super) struct LastBox<'a> {
-    maps: Vec<Box<dyn IntervalRows + 'a>>,
-    m0: Tensor,
-    r0: Tensor,
-    upto: usize,
-    /// `[in_shape, out_1, …, out_all]`.
-    pub shapes: Vec<Vec<usize>>,
-}
-
-impl<'a> LastBox<'a> {
-    pub(super) fn new(net: &'a Net<'_>, upto: usize, all: usize) -> Result<Option<Self>> {
-        let Some((maps, m0, r0)) = chain(net, all.max(upto))? else { return Ok(None) };
-        let shapes = chain_shapes(&maps, &net.x.dims()[1..])?;
-        Ok(Some(LastBox { maps, m0, r0, upto, shapes }))
-    }
-
-    /// The box of output `upto` alone (`[B, 1, *shape]` each). Every box below it lives only in
-    /// its thread's two scratch buffers (in cache, no batch-sized buffers to allocate and fill).
-    pub(super) fn run(self, pool: CpuPool) -> Result<(Tensor, Tensor)> {
-        let (maps, shapes) = (&self.maps[..self.upto], &self.shapes[..=self.upto]);
-        match self.m0.dtype() {
-            DType::F32 => run_last::<f32>(maps, shapes, self.m0, self.r0, pool),
-            _ => run_last::<f64>(maps, shapes, self.m0, self.r0, pool),
-        }
-    }
-}
-
-fn run_last<T: RowElem>(
-    maps: &[Box<dyn IntervalRows + '_>],
-    shapes: &[Vec<usize>],
-    m0: Tensor,
-    r0: Tensor,
-    pool: CpuPool,
-) -> Result<(Tensor, Tensor)> {
-    let b = m0.dim(0)?;
-    let mid0: Vec<T> = m0.flatten_all()?.to_vec1()?;
-    let rad0: Vec<T> = r0.flatten_all()?.to_vec1()?;
+fn run_last<T: RowElem>(chain: FusedChain<'_>, last: usize, pool: CpuPool) -> Result<(Tensor, Tensor)> {
+    let (b, mid0, rad0) = chain.input_rows::<T>()?;
+    let (maps, shapes) = (&chain.maps[..last], &chain.shapes[..=last]);
     let [mid, rad] =
         through_chain(maps, shapes, b, [&mid0, &rad0], pool, |m, n, [mi, ri], [mo, ro]| T::map(m, n, mi, ri, mo, ro))?;
     let mut s = vec![b, 1];
-    s.extend_from_slice(&shapes[shapes.len() - 1]);
-    let dev = m0.device();
+    s.extend_from_slice(&shapes[last]);
+    let dev = chain.m0.device();
     Ok((Tensor::from_vec(mid, s.clone(), dev)?, Tensor::from_vec(rad, s, dev)?))
 }
 
 /// One slice of the batch: its first example, its length, and its part of every output buffer.
 type Slot<'a, T> = (usize, usize, Vec<(&'a mut [T], &'a mut [T])>);
 
-fn run<T: RowElem>(
-    maps: &[Box<dyn IntervalRows + '_>],
-    shapes: &[Vec<usize>],
-    m0: Tensor,
-    r0: Tensor,
-    pool: CpuPool,
-) -> Result<Boxes> {
-    let b = m0.dim(0)?;
+fn run<T: RowElem>(chain: FusedChain<'_>, pool: CpuPool) -> Result<Boxes> {
+    let (b, mid0, rad0) = chain.input_rows::<T>()?;
+    let FusedChain { maps, m0, r0, shapes } = chain;
     let lens: Vec<usize> = shapes.iter().map(|s| s.iter().product()).collect();
-    let mid0: Vec<T> = m0.flatten_all()?.to_vec1()?;
-    let rad0: Vec<T> = r0.flatten_all()?.to_vec1()?;
     let tasks = pool_threads(pool).clamp(1, b.max(1));
     let per = b.div_ceil(tasks).max(1);
     let mut bufs: Vec<(Vec<T>, Vec<T>)> =
