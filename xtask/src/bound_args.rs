@@ -3,7 +3,7 @@
 use clap::Args;
 use std::time::Duration;
 use verifier::bab::BabOptions;
-use verifier::{BoundMethod, BySize, ExactDual, FamilyBound, Portfolio};
+use verifier::{BoundMethod, BySize, DenseExactDual, FamilyBound, Portfolio};
 
 #[derive(Args, Debug)]
 pub struct BoundArgs {
@@ -39,11 +39,11 @@ impl BoundArgs {
     /// The bound method.
     pub fn method(&self) -> anyhow::Result<Box<dyn BoundMethod>> {
         if self.method == "exact" {
-            return Ok(Box::new(ExactDual));
+            return Ok(Box::new(DenseExactDual));
         }
         if self.method == "auto" {
             let crown: Box<dyn BoundMethod> = Box::new(FamilyBound::new(dual_core::bounds::Method::Crown));
-            let small = Box::new(Portfolio { stages: vec![(crown, 0.25), (Box::new(ExactDual), 1.0)] });
+            let small = Box::new(Portfolio { stages: vec![(crown, 0.25), (Box::new(DenseExactDual), 1.0)] });
             let large = Box::new(FamilyBound::new(dual_core::bounds::Method::AlphaCrown));
             return Ok(Box::new(BySize { small, large, threshold: 16 }));
         }

@@ -11,6 +11,7 @@ pub mod bab;
 pub mod benchmark;
 pub mod benchmark_records;
 mod bounds;
+mod dense_dual;
 mod driver;
 pub mod falsify;
 mod family;
@@ -18,6 +19,7 @@ mod sound;
 
 pub use answer::Answer;
 pub use bounds::{BoundMethod, BoundsAndSensitivity, ExactDual, InputBox};
+pub use dense_dual::{DenseChain, DenseExactDual};
 pub use driver::{check_counterexample, proves_above, verify, verify_lowered, verify_with_stats, VerifyOptions};
 pub use family::{BySize, FamilyBound, Portfolio};
 pub use sound::{confirm_counterexample, f32_point_in_box, SoundDual};

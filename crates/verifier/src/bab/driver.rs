@@ -20,6 +20,7 @@ use super::domain::{margin, Domain, DomainQueue};
 use super::input_split::{choose_feature, halve};
 use crate::answer::Answer;
 use crate::bounds::{BoundMethod, InputBox};
+use crate::dense_dual::DenseChain;
 use crate::driver::{confirm, proves_above, ClauseWork};
 use crate::falsify::{pgd_from, PgdConfig, Target};
 use nets::Network;
@@ -37,6 +38,10 @@ pub struct BabOptions {
     pub smart: bool,
     /// Rounds between PGD runs from the centres of the worst open boxes (0: never).
     pub pgd_every: usize,
+    /// Largest share of the run's time PGD may take: a PGD run is skipped while the runs so far
+    /// took more (with fast bounds a round is a few milliseconds and PGD's 32 starts of 60 steps
+    /// as long as several rounds).
+    pub pgd_share: f64,
     /// PGD's first step there, as a fraction of the clause box's width.
     pub pgd_step_fraction: f64,
     /// Print a progress line this often (`None`: silent).
@@ -60,6 +65,7 @@ impl Default for BabOptions {
             batch: 128,
             smart: true,
             pgd_every: 5,
+            pgd_share: 0.1,
             pgd_step_fraction: 0.02,
             progress: None,
             relu_split: true,
@@ -185,6 +191,8 @@ impl InputBab<'_> {
         };
         let mut last_print = Instant::now();
         let mut clock = RoundClock::new();
+        let chain = DenseChain::from_network(self.net);
+        let mut pgd_time = Duration::ZERO;
         while !queue.is_empty() {
             if Instant::now() > deadline {
                 stats.open = queue.len();
@@ -218,14 +226,25 @@ impl InputBab<'_> {
                     continue;
                 }
                 let centre: Vec<f64> = lo.iter().zip(&hi).map(|(l, h)| 0.5 * (l + h)).collect();
-                if let Some(a) = confirm(self.model, Some(self.net), self.prop, &centre, &w.lo, &w.hi, self.sound) {
-                    return a;
+                // The dense chain's own f64 pass screens the centre; the graph confirms a hit.
+                let hit = chain.as_ref().is_none_or(|c| self.prop.violated_by(&centre, &c.forward(&centre)).is_some());
+                if hit {
+                    if let Some(a) = confirm(self.model, Some(self.net), self.prop, &centre, &w.lo, &w.hi, self.sound) {
+                        return a;
+                    }
                 }
                 let m = margin(&lb, &w.bound_rhs);
                 queue.push(Domain { lo, hi, lb, margin: m, sens, depth: parent.depth + 1 });
             }
-            if self.opts.pgd_every > 0 && stats.rounds.is_multiple_of(self.opts.pgd_every) && !w.rows.is_empty() {
-                if let Some(a) = self.pgd_from_worst(w, &mut queue, deadline) {
+            let pgd_due = self.opts.pgd_every > 0 && stats.rounds.is_multiple_of(self.opts.pgd_every);
+            if pgd_due
+                && !w.rows.is_empty()
+                && pgd_time.as_secs_f64() <= self.opts.pgd_share * start.elapsed().as_secs_f64()
+            {
+                let t = Instant::now();
+                let found = self.pgd_from_worst(w, &mut queue, deadline);
+                pgd_time += t.elapsed();
+                if let Some(a) = found {
                     return a;
                 }
             }
