@@ -118,6 +118,17 @@ impl DenseChain {
         Some(DenseChain { layers })
     }
 
+    /// Affine layers.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Affine layer `li` alone on `z` (no ReLU).
+    pub fn layer_forward(&self, li: usize, z: &[f64]) -> Vec<f64> {
+        let layer = &self.layers[li];
+        layer.w.chunks_exact(layer.n_in).zip(&layer.b).map(|(row, b)| b + dot(row, z)).collect()
+    }
+
     /// Input features.
     pub fn num_inputs(&self) -> usize {
         self.layers[0].n_in
@@ -267,14 +278,47 @@ impl DenseChain {
         (lbs, best.map(|(_, s)| s))
     }
 
+    /// Each layer's output as an affine map of the input, `(A_i [n_i × k] row-major, a_i)`, when
+    /// the ReLU after layer `i` is fixed to `patterns[i]` (`true`: identity, `false`: zero):
+    /// `A_1 = W_1`, `A_{i+1} = W_{i+1} P_i A_i`, `a_{i+1} = W_{i+1} P_i a_i + b_{i+1}`. `None`
+    /// when the patterns do not fit the hidden layers.
+    pub(crate) fn affine_maps(&self, patterns: &[Vec<bool>]) -> Option<Vec<(Vec<f64>, Vec<f64>)>> {
+        if patterns.len() + 1 != self.layers.len() {
+            return None;
+        }
+        let k = self.num_inputs();
+        let first = &self.layers[0];
+        let mut maps = vec![(first.w.clone(), first.b.clone())];
+        for (layer, p) in self.layers[1..].iter().zip(patterns) {
+            let (a, c) = maps.last()?;
+            if p.len() != layer.n_in {
+                return None;
+            }
+            let mut a2 = vec![0.0; layer.n_out * k];
+            let mut c2 = layer.b.clone();
+            for o in 0..layer.n_out {
+                let dst = &mut a2[o * k..(o + 1) * k];
+                for j in (0..layer.n_in).filter(|&j| p[j]) {
+                    let wv = layer.w[o * layer.n_in + j];
+                    if wv != 0.0 {
+                        dst.iter_mut().zip(&a[j * k..(j + 1) * k]).for_each(|(d, s)| *d += wv * s);
+                        c2[o] += wv * c[j];
+                    }
+                }
+            }
+            maps.push((a2, c2));
+        }
+        Some(maps)
+    }
+
     /// The chain's forward pass in f64.
     pub fn forward(&self, x: &[f64]) -> Vec<f64> {
         let mut z = x.to_vec();
-        for (li, layer) in self.layers.iter().enumerate() {
+        for li in 0..self.layers.len() {
             if li > 0 {
                 z.iter_mut().for_each(|v| *v = v.max(0.0));
             }
-            z = layer.w.chunks_exact(layer.n_in).zip(&layer.b).map(|(row, b)| b + dot(row, &z)).collect();
+            z = self.layer_forward(li, &z);
         }
         z
     }

@@ -15,7 +15,7 @@
 use crate::answer::Answer;
 use crate::bab::relu_split::{relu_bab, ReluRun};
 use crate::bab::{BabOptions, BabStats, InputBab};
-use crate::bounds::{BoundMethod, InputBox};
+use crate::bounds::BoundMethod;
 use crate::falsify::{output_rows, pgd, samples, PgdConfig, Target};
 use nets::Network;
 use onnx_import::Model;
@@ -199,10 +199,14 @@ fn verify_inner(
 
     // 2. Bound each clause over its whole box.
     let mut open = Vec::new();
+    let mut root_margin = vec![f64::NEG_INFINITY; work.len()];
     for (i, w) in work.iter().enumerate() {
-        match unreachable(net, method, w, &w.lo, &w.hi) {
-            Ok(true) => {}
-            Ok(false) => open.push(i),
+        match root_bound(net, method, w) {
+            Ok((true, _)) => {}
+            Ok((false, m)) => {
+                open.push(i);
+                root_margin[i] = m;
+            }
             Err(e) => return Answer::Error(format!("bound ({}): {e}", method.name())),
         }
         if Instant::now() > deadline {
@@ -240,8 +244,17 @@ fn verify_inner(
     // ReLU splitting bounds in f32 without charging rounding: never under `--sound`.
     if opts.bab.relu_split && !opts.sound {
         if opts.bab.progress.is_some() {
-            eprintln!("  relu split: {} of {} clauses open after the root bound", open.len(), work.len());
+            let m: Vec<String> = open.iter().map(|&i| format!("{i}: {:.3e}", root_margin[i])).collect();
+            eprintln!(
+                "  relu split: {} of {} clauses open after the root bound (margins {})",
+                open.len(),
+                work.len(),
+                m.join(", ")
+            );
         }
+        // Worst root margin first: a clause with a counterexample is among the hardest to prove,
+        // and an unsat answer needs every tree anyway.
+        open.sort_by(|&a, &b| root_margin[a].total_cmp(&root_margin[b]));
         // Clauses over the same box share one tree (one root, one set of domains).
         let mut trees: Vec<Vec<&ClauseWork>> = Vec::new();
         for &i in &open {
@@ -303,31 +316,13 @@ fn falsify_once(
     std::iter::once(centre).chain(cands).find_map(|x| confirm(model, net, prop, &x, &w.lo, &w.hi, opts.sound))
 }
 
-/// Is the clause unreachable over `[lo, hi]`? (Some inequality's lower bound exceeds its
-/// right-hand side.)
-fn unreachable(
-    net: &Network,
-    method: &dyn BoundMethod,
-    w: &ClauseWork,
-    lo: &[f64],
-    hi: &[f64],
-) -> Result<bool, String> {
+/// Is the clause unreachable on its whole box, and its margin there (`max_k lb_k − r_k`, −∞
+/// without rows)?
+fn root_bound(net: &Network, method: &dyn BoundMethod, w: &ClauseWork) -> Result<(bool, f64), String> {
     if w.bound_rows.is_empty() {
-        return Ok(false);
+        return Ok((false, f64::NEG_INFINITY));
     }
-    Ok(unreachable_boxes(net, method, w, &[(lo.to_vec(), hi.to_vec())])?[0])
-}
-
-/// [`unreachable`] for several boxes at once (one batch through the bound method).
-fn unreachable_boxes(
-    net: &Network,
-    method: &dyn BoundMethod,
-    w: &ClauseWork,
-    boxes: &[InputBox],
-) -> Result<Vec<bool>, String> {
-    if w.bound_rows.is_empty() {
-        return Ok(vec![false; boxes.len()]);
-    }
-    let lbs = method.lower_bounds(net, boxes, &w.bound_rows)?;
-    Ok(lbs.iter().map(|l| l.iter().zip(&w.bound_rhs).any(|(lb, r)| proves_above(*lb, *r))).collect())
+    let lb = method.lower_bounds(net, &[(w.lo.clone(), w.hi.clone())], &w.bound_rows)?.remove(0);
+    let proved = lb.iter().zip(&w.bound_rhs).any(|(l, r)| proves_above(*l, *r));
+    Ok((proved, crate::bab::domain::margin(&lb, &w.bound_rhs)))
 }

@@ -113,12 +113,19 @@ pub struct BoundedDomain {
     pub beta: Vec<f32>,
     /// The domain's layer bounds (clamped and refreshed).
     pub bounds: LayerBox,
+    /// The corner of the box where the last iterate's linear bound of the branching row is
+    /// lowest (`x_i = lo_i` where its input coefficient `Λ_i > 0`, `hi_i` where `< 0`): the
+    /// relaxation's minimiser over the box, a candidate counterexample (α,β-CROWN checks the
+    /// same "primal" point).
+    pub primal: Vec<f64>,
 }
 
 /// The network, box and rows the domains of one clause share.
 pub struct DomainBounder<'a> {
     net: &'a Network,
     x1: Tensor,
+    lo: Vec<f64>,
+    hi: Vec<f64>,
     rad: Vec<f64>,
     rows_flat: Vec<f64>,
     rows: usize,
@@ -198,6 +205,8 @@ impl<'a> DomainBounder<'a> {
         Ok(DomainBounder {
             net,
             x1,
+            lo: lo.to_vec(),
+            hi: hi.to_vec(),
             rad,
             rows_flat: rows.iter().flatten().copied().collect(),
             rows: rows.len(),
@@ -250,7 +259,9 @@ impl<'a> DomainBounder<'a> {
         let dt = xb.dtype();
         let rb = Tensor::from_vec(self.rad.repeat(b), (b, k), &dev).map_err(err)?;
         let nodes = self.net.dual_nodes(&xb).map_err(err)?;
-        let ball = InfBall::new(&xb, Epsilon::Tensor(rb)).map_err(err)?;
+        // The centre as a variable: the bound's gradient in it is the input coefficient Λ.
+        let xv = Var::from_tensor(&xb).map_err(err)?;
+        let ball = InfBall::new(xv.as_tensor(), Epsilon::Tensor(rb)).map_err(err)?;
         let netb = dual_core::bounds::Net { nodes: &nodes, x: &xb, input: &ball };
         let refresh_above = doms.iter().map(|d| d.refresh_above).min().unwrap_or(usize::MAX);
         let with_b = |shape: &[usize], r: Option<usize>| {
@@ -450,6 +461,19 @@ impl<'a> DomainBounder<'a> {
         }
         let best = best.ok_or("no iterate")?;
         let grads = branch_grads.ok_or("no branching gradient")?;
+        let lam = match grads.get(xv.as_tensor()) {
+            Some(g) => g.to_dtype(DType::F64).and_then(|g| g.flatten_all()?.to_vec1::<f64>()).map_err(err)?,
+            None => vec![0.0; b * k],
+        };
+        let primal = |d: usize| -> Vec<f64> {
+            (0..k)
+                .map(|i| match lam[d * k + i] {
+                    v if v > 0.0 => self.lo[i],
+                    v if v < 0.0 => self.hi[i],
+                    _ => 0.5 * (self.lo[i] + self.hi[i]),
+                })
+                .collect()
+        };
 
         // 4. The next unit to split per domain.
         let mut next: Vec<(f64, Option<(usize, usize)>)> = vec![(f64::NEG_INFINITY, None); b];
@@ -514,7 +538,7 @@ impl<'a> DomainBounder<'a> {
                     (lv[d * size..(d + 1) * size].to_vec(), uv[d * size..(d + 1) * size].to_vec())
                 })
                 .collect();
-            out.push(BoundedDomain { lb, next: nx.1, alpha, beta, bounds });
+            out.push(BoundedDomain { lb, next: nx.1, alpha, beta, bounds, primal: primal(d) });
         }
         Ok(Some(out))
     }

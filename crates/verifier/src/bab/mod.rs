@@ -7,6 +7,7 @@
 //! * [`clock`]: how many domains a round may take to end by the deadline;
 //! * [`domain`]: a sub-domain with its bounds, and the queue (worst margin first);
 //! * [`layer_alpha`]: the intermediate layers' bounds at the root, tightened by their own α;
+//! * `leaf_lp`: on a leaf with every ReLU fixed, the LP's worst point as a candidate counterexample;
 //! * [`input_split`]: which input feature to halve (the bound's sensitivity × the radius);
 //! * [`driver`]: the batched loop over input boxes;
 //! * `relu_split`: branch and bound on the signs of unstable ReLUs (high-dimensional inputs).
@@ -17,6 +18,7 @@ pub mod domain;
 pub mod driver;
 pub mod input_split;
 pub mod layer_alpha;
+pub(crate) mod leaf_lp;
 pub(crate) mod relu_split;
 
 pub use beta::BetaOptions;

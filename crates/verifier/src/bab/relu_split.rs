@@ -22,8 +22,10 @@ use super::beta::{BetaOptions, Decision, DomainBounder, LayerBox, Pending};
 use super::clock::RoundClock;
 use super::domain::margin;
 use super::layer_alpha::tighten_layers;
+use super::leaf_lp::leaf_point;
 use super::BabStats;
 use crate::answer::Answer;
+use crate::dense_dual::DenseChain;
 use crate::driver::{check_counterexample, proves_above, ClauseWork};
 use crate::falsify::{pgd, PgdConfig, Target};
 use candle_core::{DType, Device, Tensor};
@@ -40,6 +42,10 @@ use vnnlib::Property;
 /// Open domains beyond which children no longer keep their own α (memory: `rows × units`
 /// numbers each); they then start from CROWN's slopes.
 const KEEP_ALPHA_UP_TO: usize = 8192;
+
+/// Open domains per round whose primal point the graph checks when the network is not a dense
+/// chain (a dense chain screens every one with its own forward pass).
+const PRIMAL_CHECKS_WITHOUT_CHAIN: usize = 4;
 
 struct ReluDomain {
     decisions: Vec<Decision>,
@@ -293,6 +299,7 @@ fn run(
     let mut last = Instant::now();
     let mut exhausted = false;
     let mut clock = RoundClock::new();
+    let chain = DenseChain::from_network(net);
     while !queue.is_empty() {
         if Instant::now() > deadline {
             stats.open += queue.len();
@@ -322,6 +329,16 @@ fn run(
                     });
                     again_parent.push(pi);
                 } else {
+                    // Every unit fixed: the network is affine on the leaf and an LP finds the
+                    // clause's worst point there (checked by the graph).
+                    if let Some(c) = &chain {
+                        for w in ws {
+                            let x = leaf_point(c, &p.bounds, &p.decisions, &w.lo, &w.hi, &w.rows, &w.rhs);
+                            if let Some(a) = x.and_then(|x| check_counterexample(model, prop, &x, &w.lo, &w.hi)) {
+                                return Ok(a);
+                            }
+                        }
+                    }
                     exhausted = true;
                 }
                 continue;
@@ -361,11 +378,26 @@ fn run(
         retries.extend(again_parent.iter().map(|&pi| parents[pi].retries + 1));
         child_parent.extend(again_parent);
         let keep_alpha = queue.len() < KEEP_ALPHA_UP_TO;
+        let mut screened = 0;
         for (((child, r), pi), retries) in children.into_iter().zip(res).zip(child_parent).zip(retries) {
             let lb: Vec<f64> = r.lb.iter().zip(&parents[pi].lb).map(|(a, b)| a.max(*b)).collect();
             if tree.closed(&lb) {
                 stats.proved += 1;
                 continue;
+            }
+            // The open domain's primal point: the dense chain's f64 pass screens it (without a
+            // chain, the graph checks a few per round); the graph confirms a hit.
+            let hit = match &chain {
+                Some(c) => prop.violated_by(&r.primal, &c.forward(&r.primal)).is_some(),
+                None => {
+                    screened += 1;
+                    screened <= PRIMAL_CHECKS_WITHOUT_CHAIN
+                }
+            };
+            if hit {
+                if let Some(a) = check_counterexample(model, prop, &r.primal, &ws[0].lo, &ws[0].hi) {
+                    return Ok(a);
+                }
             }
             queue.push(ReluDomain {
                 margin: tree.margin(&lb),
