@@ -84,7 +84,7 @@ pub(crate) fn leaf_point(
         lp.add_le(e, r - g0);
     }
     let sol = lp.minimize(&[(t, 1.0)]).ok()?;
-    if !(sol.value < 0.0) || sol.x.len() != k + 1 {
+    if sol.value.is_nan() || sol.value >= 0.0 || sol.x.len() != k + 1 {
         return None;
     }
     Some(sol.x[..k].iter().zip(lo.iter().zip(hi)).map(|(v, (l, h))| v.clamp(*l, *h)).collect())
