@@ -26,7 +26,7 @@ fn bench(c: &mut Criterion) {
     let mut rng = StdRng::seed_from_u64(1);
     let boxes: Vec<InputBox> = (0..256)
         .map(|i| {
-            let frac = 0.25 / f64::powi(2.0, (i % 9) as i32);
+            let frac = 0.25 / f64::powi(2.0, i % 9);
             let mut bl = Vec::with_capacity(lo.len());
             let mut bh = Vec::with_capacity(lo.len());
             for (l, h) in lo.iter().zip(&hi) {
@@ -40,8 +40,12 @@ fn bench(c: &mut Criterion) {
         .collect();
     let mut g = c.benchmark_group("box_bounds_acasxu_3_3_prop2_256_boxes");
     g.sample_size(20).measurement_time(Duration::from_secs(5));
-    g.bench_function("dense", |b| b.iter(|| DenseExactDual.lower_bounds_sensitivity(&net, &boxes, &rows, &rhs).unwrap()));
-    g.bench_function("tensor engine", |b| b.iter(|| ExactDual.lower_bounds_sensitivity(&net, &boxes, &rows, &rhs).unwrap()));
+    g.bench_function("dense", |b| {
+        b.iter(|| DenseExactDual.lower_bounds_sensitivity(&net, &boxes, &rows, &rhs).unwrap())
+    });
+    g.bench_function("tensor engine", |b| {
+        b.iter(|| ExactDual.lower_bounds_sensitivity(&net, &boxes, &rows, &rhs).unwrap())
+    });
     g.finish();
 }
 

@@ -13,6 +13,18 @@ pub type InputBox = (Vec<f64>, Vec<f64>);
 /// Lower bounds per box and row, and per box the sensitivity to each input's radius (if any).
 pub type BoundsAndSensitivity = (Vec<Vec<f64>>, Option<Vec<Vec<f64>>>);
 
+/// The box `[lo, hi]` as an l_inf ball: centre `(lo + hi)/2` and per-feature radius, rounded up
+/// so the ball covers the box despite the rounding of the centre.
+pub(crate) fn box_ball(lo: &[f64], hi: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    lo.iter()
+        .zip(hi)
+        .map(|(l, h)| {
+            let m = 0.5 * (l + h);
+            (m, (h - m).max(m - l) * (1.0 + 4.0 * f64::EPSILON))
+        })
+        .unzip()
+}
+
 /// A method that bounds `cᵀ f(x)` from below for every `x` in a box.
 pub trait BoundMethod: Send + Sync {
     /// A short name for logs.
@@ -64,12 +76,9 @@ impl BoundMethod for ExactDual {
         let mut mid = Vec::with_capacity(b * k);
         let mut rad = Vec::with_capacity(b * k);
         for (lo, hi) in boxes {
-            for (l, h) in lo.iter().zip(hi) {
-                let m = 0.5 * (l + h);
-                // Rounded up so the ball covers the box despite the rounding of the centre.
-                rad.push((h - m).max(m - l) * (1.0 + 4.0 * f64::EPSILON));
-                mid.push(m);
-            }
+            let (m, r) = box_ball(lo, hi);
+            mid.extend(m);
+            rad.extend(r);
         }
         let dev = Device::Cpu;
         let n = rows.len();

@@ -27,7 +27,7 @@
 //! feature gains, for [`crate::bab::input_split::choose_feature`] only; soundness does not
 //! depend on it.
 
-use crate::bounds::{BoundMethod, BoundsAndSensitivity, ExactDual, InputBox};
+use crate::bounds::{box_ball, BoundMethod, BoundsAndSensitivity, ExactDual, InputBox};
 use candle_core::DType;
 use nets::{LayerSpec, Network, NetworkKind};
 use rayon::prelude::*;
@@ -331,21 +331,13 @@ impl DenseChain {
         rhs: Option<&[f64]>,
     ) -> Vec<(Vec<f64>, Option<Vec<f64>>)> {
         let flat: Vec<f64> = rows.iter().flatten().copied().collect();
-        let k = self.num_inputs();
         boxes
             .par_iter()
             .with_min_len(8)
             .map_init(
                 || Work::new(self),
                 |w, (lo, hi)| {
-                    let mut m = Vec::with_capacity(k);
-                    let mut rho = Vec::with_capacity(k);
-                    for (l, h) in lo.iter().zip(hi) {
-                        let c = 0.5 * (l + h);
-                        // Rounded up so the ball covers the box despite the rounding of the centre.
-                        rho.push((h - c).max(c - l) * (1.0 + 4.0 * f64::EPSILON));
-                        m.push(c);
-                    }
+                    let (m, rho) = box_ball(lo, hi);
                     self.bound_box(&m, &rho, &flat, rhs, w)
                 },
             )

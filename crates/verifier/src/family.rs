@@ -9,7 +9,7 @@
 //! bound's linear function; halving feature `i` shrinks its radius by `ρ_i / 2`, so
 //! `s_i ρ_i` estimates what a split along `i` gains.
 
-use crate::bounds::{BoundMethod, BoundsAndSensitivity, InputBox};
+use crate::bounds::{box_ball, BoundMethod, BoundsAndSensitivity, InputBox};
 use candle_core::{DType, Device, Tensor, Var};
 use dual_core::bounds::{BoundOptions, Method, Spec};
 use dual_layers::{Epsilon, InfBall};
@@ -55,11 +55,9 @@ pub(crate) fn balls(boxes: &[InputBox]) -> Result<(Tensor, Tensor), String> {
         if lo.len() != k || hi.len() != k {
             return Err(format!("boxes of different sizes ({k} and {}/{})", lo.len(), hi.len()));
         }
-        for (l, h) in lo.iter().zip(hi) {
-            let m = 0.5 * (l + h);
-            rad.push((h - m).max(m - l) * (1.0 + 4.0 * f64::EPSILON));
-            mid.push(m);
-        }
+        let (m, r) = box_ball(lo, hi);
+        mid.extend(m);
+        rad.extend(r);
     }
     let dev = Device::Cpu;
     let x = Tensor::from_vec(mid, (b, k), &dev).map_err(|e| e.to_string())?;

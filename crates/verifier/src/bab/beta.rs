@@ -189,9 +189,7 @@ impl<'a> DomainBounder<'a> {
         opts: BetaOptions,
     ) -> Result<Self, String> {
         let k = lo.len();
-        let mid: Vec<f64> = lo.iter().zip(hi).map(|(l, h)| 0.5 * (l + h)).collect();
-        let rad: Vec<f64> =
-            lo.iter().zip(hi).zip(&mid).map(|((l, h), m)| (h - m).max(m - l) * (1.0 + 4.0 * f64::EPSILON)).collect();
+        let (mid, rad) = crate::bounds::box_ball(lo, hi);
         let x1 = Tensor::from_vec(mid, (1, k), &Device::Cpu).map_err(err)?;
         let nodes = net.dual_nodes(&x1).map_err(err)?;
         let outs = net.forward_all(&x1).map_err(err)?;

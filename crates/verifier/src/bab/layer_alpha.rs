@@ -56,9 +56,7 @@ pub fn tighten_layers(
         return Err(format!("a box of {k} lower and {} upper corners", hi.len()));
     }
     let dev = Device::Cpu;
-    let mid: Vec<f64> = lo.iter().zip(hi).map(|(l, h)| 0.5 * (l + h)).collect();
-    let rad: Vec<f64> =
-        lo.iter().zip(hi).zip(&mid).map(|((l, h), m)| (h - m).max(m - l) * (1.0 + 4.0 * f64::EPSILON)).collect();
+    let (mid, rad) = crate::bounds::box_ball(lo, hi);
     let x1 = Tensor::from_vec(mid, (1, k), &dev).map_err(err)?;
     let r1 = Tensor::from_vec(rad, (1, k), &dev).map_err(err)?;
     let nodes = net.dual_nodes(&x1).map_err(err)?;

@@ -121,9 +121,7 @@ fn root_bounds(
 ) -> Result<(Vec<f64>, LayerBox), String> {
     let k = lo.len();
     let dev = Device::Cpu;
-    let mid: Vec<f64> = lo.iter().zip(hi).map(|(l, h)| 0.5 * (l + h)).collect();
-    let rad: Vec<f64> =
-        lo.iter().zip(hi).zip(&mid).map(|((l, h), m)| (h - m).max(m - l) * (1.0 + 4.0 * f64::EPSILON)).collect();
+    let (mid, rad) = crate::bounds::box_ball(lo, hi);
     let (n, m) = (rows.len(), rows[0].len());
     let x1 = Tensor::from_vec(mid, (1, k), &dev).map_err(err)?;
     let r1 = Tensor::from_vec(rad, (1, k), &dev).map_err(err)?;
