@@ -28,6 +28,10 @@ pub struct BoundArgs {
     /// ReLU splitting: the clauses over one box share one tree (default: one tree per clause, in turn).
     #[arg(long)]
     one_tree: bool,
+    /// ReLU splitting: units tried per split (the best by the gradient score, each by one
+    /// un-optimised bound of its two children; 1: the score alone).
+    #[arg(long, default_value_t = verifier::bab::BetaOptions::default().candidates, value_parser = crate::parse::at_least_one)]
+    branch_candidates: usize,
 }
 
 impl BoundArgs {
@@ -57,7 +61,11 @@ impl BoundArgs {
         BabOptions {
             batch: self.bab_batch.max(1),
             relu_one_tree: self.one_tree,
-            beta: verifier::bab::BetaOptions { layer_alpha: self.layer_alpha, ..defaults.beta.clone() },
+            beta: verifier::bab::BetaOptions {
+                layer_alpha: self.layer_alpha,
+                candidates: self.branch_candidates,
+                ..defaults.beta.clone()
+            },
             smart: !self.no_smart_split,
             progress: (self.progress > 0.0 && self.progress.is_finite())
                 .then(|| Duration::from_secs_f64(self.progress)),

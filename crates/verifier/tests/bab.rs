@@ -428,7 +428,7 @@ fn relu_splitting_with_beta_never_unsat_where_the_grid_violates() {
     // Only ReLU splitting (no input splitting), β on: random nets of two hidden layers, a
     // threshold near the grid's largest value so both answers occur.
     let mut rng = StdRng::seed_from_u64(55);
-    let (mut sat, mut unsat, mut split) = (0, 0, 0);
+    let (mut sat, mut unsat, mut split, mut split_fsb) = (0, 0, 0, 0);
     for k in 0..40 {
         let h = rng.random_range(4..9);
         let outs = rng.random_range(1..3);
@@ -453,7 +453,9 @@ fn relu_splitting_with_beta_never_unsat_where_the_grid_violates() {
             if outs == 1 { format!("(assert (>= Y_0 {t:.17}))") } else { format!("(assert (>= (- Y_0 Y_1) {t:.17}))") };
         let p = property(&lo, &hi, outs, &unsafe_set);
         let violated = grid.iter().any(|(x, y)| p.violated_by(x, y).is_some());
-        let o = VerifyOptions { split_max_inputs: 0, ..opts(3.0) };
+        // Every other net branches on the best of three candidates (filtered smart branching).
+        let mut o = VerifyOptions { split_max_inputs: 0, ..opts(3.0) };
+        o.bab.beta.candidates = 1 + 2 * (k % 2);
         let (a, stats) = verify_with_stats(&m, &p, &FamilyBound::new(Method::Crown), &o);
         match &a {
             Answer::Sat { x, y } => {
@@ -466,6 +468,7 @@ fn relu_splitting_with_beta_never_unsat_where_the_grid_violates() {
                 unsat += 1;
                 if stats.rounds > 0 {
                     split += 1;
+                    split_fsb += k % 2;
                 }
             }
             Answer::Unknown | Answer::Timeout => {}
@@ -473,8 +476,9 @@ fn relu_splitting_with_beta_never_unsat_where_the_grid_violates() {
         }
     }
     assert!(sat >= 5 && unsat >= 5, "sat {sat}, unsat {unsat}: the cases should exercise both answers");
-    eprintln!("sat {sat}, unsat {unsat} ({split} after ReLU splitting)");
+    eprintln!("sat {sat}, unsat {unsat} ({split} after ReLU splitting, {split_fsb} of them with three candidates)");
     assert!(split >= 3, "only {split} unsat answers needed ReLU splitting");
+    assert!(split_fsb >= 1, "no unsat answer came through the three-candidate branching");
 }
 
 #[test]

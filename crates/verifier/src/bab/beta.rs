@@ -66,6 +66,11 @@ pub struct BetaOptions {
     /// clamped only, as β-CROWN does; the split constraints then act through β. Measured on
     /// mnistfc 256x2 / prop 1 (0.03): unsat in 51 s without refresh, timeout at 60 s with it).
     pub refresh: bool,
+    /// Branching candidates per domain (the best by the gradient score); with two or more, each
+    /// is tried by one un-optimised bound of its two children (the parent's α and β, the new
+    /// decision acting through the clamped layer bounds) and the split whose worse child is
+    /// best is taken — filtered smart branching (De Palma et al. 2021). 1: the score alone.
+    pub candidates: usize,
     /// Adam steps per activation for the intermediate layers' bounds at the root
     /// ([`super::layer_alpha::tighten_layers`]; 0: CROWN's layer bounds with α-CROWN's final
     /// bound, as before).
@@ -81,6 +86,7 @@ impl Default for BetaOptions {
             lr_alpha: 0.1,
             lr_beta: 0.05,
             refresh: false,
+            candidates: 1,
             layer_alpha: 20,
         }
     }
@@ -105,8 +111,9 @@ pub struct Pending {
 pub struct BoundedDomain {
     /// Lower bounds per row (the best iterate's).
     pub lb: Vec<f64>,
-    /// The unit to split next, if any is unstable.
-    pub next: Option<(usize, usize)>,
+    /// The units to split next, best score first (empty when none is unstable; at most
+    /// [`BetaOptions::candidates`]).
+    pub candidates: Vec<(usize, usize)>,
     /// The last iterate's α per activation (`rows × K`).
     pub alpha: Vec<Vec<f32>>,
     /// The last iterate's β per decision and row.
@@ -118,6 +125,12 @@ pub struct BoundedDomain {
     /// relaxation's minimiser over the box, a candidate counterexample (α,β-CROWN checks the
     /// same "primal" point).
     pub primal: Vec<f64>,
+}
+
+/// What [`DomainBounder::bound_impl`] gives: full results, or a probe's lower bounds alone.
+enum Bounded {
+    Full(Vec<BoundedDomain>),
+    Probe(Vec<Vec<f64>>),
 }
 
 /// The network, box and rows the domains of one clause share.
@@ -246,9 +259,27 @@ impl<'a> DomainBounder<'a> {
         iterations: usize,
         deadline: Instant,
     ) -> Result<Option<Vec<BoundedDomain>>, String> {
+        match self.bound_impl(doms, iterations, deadline, false)? {
+            Some(Bounded::Full(v)) => Ok(Some(v)),
+            Some(Bounded::Probe(_)) => Err("a probe where a full bound was asked".into()),
+            None => Ok(None),
+        }
+    }
+
+    /// The bound of each domain at its start (the parent's α and β, no optimisation, no
+    /// branching gradient): per domain, its rows' lower bounds. `None` past the deadline.
+    pub fn probe(&self, doms: &[Pending], deadline: Instant) -> Result<Option<Vec<Vec<f64>>>, String> {
+        match self.bound_impl(doms, 0, deadline, true)? {
+            Some(Bounded::Probe(v)) => Ok(Some(v)),
+            Some(Bounded::Full(_)) => Err("a full bound where a probe was asked".into()),
+            None => Ok(None),
+        }
+    }
+
+    fn bound_impl(&self, doms: &[Pending], iterations: usize, deadline: Instant, probe: bool) -> Result<Option<Bounded>, String> {
         let b = doms.len();
         if b == 0 {
-            return Ok(Some(vec![]));
+            return Ok(Some(if probe { Bounded::Probe(vec![]) } else { Bounded::Full(vec![]) }));
         }
         let dev = Device::Cpu;
         let k = self.rad.len();
@@ -418,6 +449,9 @@ impl<'a> DomainBounder<'a> {
             }
             let lb = backward_lower_with_terms(&netb, &relax, nodes.len(), c.clone(), &extra).map_err(err)?;
             let vals = lb.to_dtype(DType::F64).and_then(|t| t.to_vec2::<f64>()).map_err(err)?;
+            if probe {
+                return Ok(Some(Bounded::Probe(vals)));
+            }
             best = Some(match best {
                 None => vals.clone(),
                 Some(bs) => bs
@@ -474,7 +508,8 @@ impl<'a> DomainBounder<'a> {
         };
 
         // 4. The next unit to split per domain.
-        let mut next: Vec<(f64, Option<(usize, usize)>)> = vec![(f64::NEG_INFINITY, None); b];
+        let keep = self.opts.candidates.max(1);
+        let mut next: Vec<Vec<(f64, (usize, usize))>> = vec![Vec::with_capacity(keep + 1); b];
         for (li, ((lt, ut), (lv, uv))) in lu_vars.iter().zip(&clamped).enumerate() {
             let get = |v: &Var| -> Result<Vec<f64>, String> {
                 match grads.get(v.as_tensor()) {
@@ -493,8 +528,10 @@ impl<'a> DomainBounder<'a> {
                     }
                     // Both children should gain; a tiny width term breaks ties among zero gradients.
                     let gain = (gl[i].abs() * -l).min(gu[i].abs() * u) + 1e-9 * (u * -l / (u - l));
-                    if gain > nd.0 {
-                        *nd = (gain, Some((li, j)));
+                    if nd.len() < keep || gain > nd[nd.len() - 1].0 {
+                        let at = nd.partition_point(|(g, _)| *g >= gain);
+                        nd.insert(at, (gain, (li, j)));
+                        nd.truncate(keep);
                     }
                 }
             }
@@ -536,8 +573,9 @@ impl<'a> DomainBounder<'a> {
                     (lv[d * size..(d + 1) * size].to_vec(), uv[d * size..(d + 1) * size].to_vec())
                 })
                 .collect();
-            out.push(BoundedDomain { lb, next: nx.1, alpha, beta, bounds, primal: primal(d) });
+            let candidates = nx.into_iter().map(|(_, u)| u).collect();
+            out.push(BoundedDomain { lb, candidates, alpha, beta, bounds, primal: primal(d) });
         }
-        Ok(Some(out))
+        Ok(Some(Bounded::Full(out)))
     }
 }

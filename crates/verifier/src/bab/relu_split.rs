@@ -54,8 +54,8 @@ struct ReluDomain {
     bounds: Rc<LayerBox>,
     lb: Vec<f64>,
     margin: f64,
-    /// The unit to split next, if any is unstable.
-    next: Option<(usize, usize)>,
+    /// The units to split next, best score first (empty: none is unstable).
+    candidates: Vec<(usize, usize)>,
     /// Times the domain was bounded again without a unit left to split.
     retries: usize,
 }
@@ -64,6 +64,62 @@ struct ReluDomain {
 /// `RETRY_FACTOR × iterations` Adam steps) before it counts as undecided.
 const RETRIES: usize = 3;
 const RETRY_FACTOR: usize = 5;
+
+/// The two children of splitting `p` on unit `(li, j)`: `ẑ_j ≥ 0` first, then `ẑ_j ≤ 0`, each
+/// with the parent's α and β (the new decision's β 0 for each of the `n` rows).
+fn children_of(p: &ReluDomain, (li, j): (usize, usize), n: usize) -> [Pending; 2] {
+    [true, false].map(|active| {
+        let mut decisions = p.decisions.clone();
+        decisions.push((li, j, active));
+        let mut beta = p.beta.clone();
+        beta.extend(std::iter::repeat_n(0.0, n));
+        Pending { decisions, beta, alpha: p.alpha.clone(), bounds: p.bounds.clone(), refresh_above: li }
+    })
+}
+
+/// The unit each parent is split on: its best-scored candidate, or with several candidates the
+/// one whose worse child has the best margin under one un-optimised bound of every candidate's
+/// children (filtered smart branching). `None` past the deadline.
+fn choose_splits(
+    bounder: &DomainBounder<'_>,
+    tree: &Tree,
+    parents: &[ReluDomain],
+    n: usize,
+    deadline: Instant,
+) -> Result<Option<Vec<Option<(usize, usize)>>>, String> {
+    let mut chosen: Vec<Option<(usize, usize)>> = parents.iter().map(|p| p.candidates.first().copied()).collect();
+    let mut probes = Vec::new();
+    let mut owner = Vec::new();
+    for (pi, p) in parents.iter().enumerate() {
+        if p.candidates.len() < 2 {
+            continue;
+        }
+        for &c in &p.candidates {
+            probes.extend(children_of(p, c, n));
+            owner.push((pi, c));
+        }
+    }
+    if probes.is_empty() {
+        return Ok(Some(chosen));
+    }
+    let Some(lbs) = bounder.probe(&probes, deadline)? else { return Ok(None) };
+    let mut best: Vec<f64> = vec![f64::NEG_INFINITY; parents.len()];
+    for (k, &(pi, c)) in owner.iter().enumerate() {
+        let parent = &parents[pi].lb;
+        let worse = lbs[2 * k..2 * k + 2]
+            .iter()
+            .map(|lb| {
+                let kept: Vec<f64> = lb.iter().zip(parent).map(|(a, b)| if a.is_nan() { *b } else { a.max(*b) }).collect();
+                tree.margin(&kept)
+            })
+            .fold(f64::INFINITY, f64::min);
+        if worse > best[pi] {
+            best[pi] = worse;
+            chosen[pi] = Some(c);
+        }
+    }
+    Ok(Some(chosen))
+}
 
 /// A box's corners and the root's layer bounds on it.
 pub(crate) type RootCache = (Vec<f64>, Vec<f64>, Rc<LayerBox>);
@@ -291,7 +347,7 @@ fn run(
         beta: vec![],
         alpha: Some(Rc::new(r.alpha)),
         bounds: Rc::new(r.bounds),
-        next: r.next,
+        candidates: r.candidates,
         retries: 0,
     }];
     let mut last = Instant::now();
@@ -312,8 +368,12 @@ fn run(
         let mut child_parent = Vec::new();
         let mut again = Vec::new();
         let mut again_parent = Vec::new();
+        let Some(chosen) = choose_splits(&bounder, &tree, &parents, n, deadline)? else {
+            stats.open += queue.len() + parents.len();
+            return Ok(Answer::Timeout);
+        };
         for (pi, p) in parents.iter().enumerate() {
-            let Some((li, j)) = p.next else {
+            let Some(unit) = chosen[pi] else {
                 // No unstable unit left and not proved: every relaxation is exact on the domain,
                 // so the bound tends to the domain's minimum as α and β approach their optimum.
                 // Optimise longer a few times, then give up on this one.
@@ -341,20 +401,8 @@ fn run(
                 }
                 continue;
             };
-            for active in [true, false] {
-                let mut decisions = p.decisions.clone();
-                decisions.push((li, j, active));
-                let mut beta = p.beta.clone();
-                beta.extend(std::iter::repeat_n(0.0, n));
-                children.push(Pending {
-                    decisions,
-                    beta,
-                    alpha: p.alpha.clone(),
-                    bounds: p.bounds.clone(),
-                    refresh_above: li,
-                });
-                child_parent.push(pi);
-            }
+            children.extend(children_of(p, unit, n));
+            child_parent.extend([pi, pi]);
         }
         if children.is_empty() && again.is_empty() {
             continue;
@@ -404,7 +452,7 @@ fn run(
                 beta: r.beta,
                 alpha: keep_alpha.then(|| Rc::new(r.alpha)),
                 bounds: Rc::new(r.bounds),
-                next: r.next,
+                candidates: r.candidates,
                 retries,
             });
         }
