@@ -276,7 +276,13 @@ impl<'a> DomainBounder<'a> {
         }
     }
 
-    fn bound_impl(&self, doms: &[Pending], iterations: usize, deadline: Instant, probe: bool) -> Result<Option<Bounded>, String> {
+    fn bound_impl(
+        &self,
+        doms: &[Pending],
+        iterations: usize,
+        deadline: Instant,
+        probe: bool,
+    ) -> Result<Option<Bounded>, String> {
         let b = doms.len();
         if b == 0 {
             return Ok(Some(if probe { Bounded::Probe(vec![]) } else { Bounded::Full(vec![]) }));

@@ -65,6 +65,9 @@ struct ReluDomain {
 const RETRIES: usize = 3;
 const RETRY_FACTOR: usize = 5;
 
+/// A unit: activation index and flat unit index.
+type Unit = (usize, usize);
+
 /// The two children of splitting `p` on unit `(li, j)`: `ẑ_j ≥ 0` first, then `ẑ_j ≤ 0`, each
 /// with the parent's α and β (the new decision's β 0 for each of the `n` rows).
 fn children_of(p: &ReluDomain, (li, j): (usize, usize), n: usize) -> [Pending; 2] {
@@ -86,8 +89,8 @@ fn choose_splits(
     parents: &[ReluDomain],
     n: usize,
     deadline: Instant,
-) -> Result<Option<Vec<Option<(usize, usize)>>>, String> {
-    let mut chosen: Vec<Option<(usize, usize)>> = parents.iter().map(|p| p.candidates.first().copied()).collect();
+) -> Result<Option<Vec<Option<Unit>>>, String> {
+    let mut chosen: Vec<Option<Unit>> = parents.iter().map(|p| p.candidates.first().copied()).collect();
     let mut probes = Vec::new();
     let mut owner = Vec::new();
     for (pi, p) in parents.iter().enumerate() {
@@ -109,7 +112,8 @@ fn choose_splits(
         let worse = lbs[2 * k..2 * k + 2]
             .iter()
             .map(|lb| {
-                let kept: Vec<f64> = lb.iter().zip(parent).map(|(a, b)| if a.is_nan() { *b } else { a.max(*b) }).collect();
+                let kept: Vec<f64> =
+                    lb.iter().zip(parent).map(|(a, b)| if a.is_nan() { *b } else { a.max(*b) }).collect();
                 tree.margin(&kept)
             })
             .fold(f64::INFINITY, f64::min);
