@@ -2,7 +2,7 @@
 //! step of the verifier (the exact Wong–Kolter dual now; CROWN / α-CROWN can implement the
 //! same trait).
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use dual_core::DualOptions;
 use dual_layers::{Epsilon, InfBall};
 use nets::Network;
@@ -68,40 +68,11 @@ impl BoundMethod for ExactDual {
     }
 
     fn lower_bounds(&self, net: &Network, boxes: &[InputBox], rows: &[Vec<f64>]) -> Result<Vec<Vec<f64>>, String> {
-        let b = boxes.len();
-        if b == 0 || rows.is_empty() {
-            return Ok(vec![vec![]; b]);
+        if boxes.is_empty() || rows.is_empty() {
+            return Ok(vec![vec![]; boxes.len()]);
         }
-        let k = boxes[0].0.len();
-        let mut mid = Vec::with_capacity(b * k);
-        let mut rad = Vec::with_capacity(b * k);
-        for (lo, hi) in boxes {
-            let (m, r) = box_ball(lo, hi);
-            mid.extend(m);
-            rad.extend(r);
-        }
-        let dev = Device::Cpu;
-        let n = rows.len();
-        let m = rows[0].len();
-        let run = || -> candle_core::Result<Result<Vec<Vec<f64>>, String>> {
-            let x = Tensor::from_vec(mid, (b, k), &dev)?.to_dtype(DType::F64)?;
-            let eps = Tensor::from_vec(rad, (b, k), &dev)?;
-            let ball = match InfBall::new(&x, Epsilon::Tensor(eps)) {
-                Ok(ball) => ball,
-                Err(e) => return Ok(Err(e.to_string())),
-            };
-            let dual = match net.dual(&x, Box::new(ball), &DualOptions::default()) {
-                Ok(d) => d,
-                Err(e) => return Ok(Err(e.to_string())),
-            };
-            let flat: Vec<f64> = rows.iter().flatten().copied().collect();
-            let c = Tensor::from_vec(flat, (1, n, m), &dev)?.broadcast_as((b, n, m))?.contiguous()?;
-            match dual.objective(&c) {
-                Ok(j) => Ok(Ok(j.to_vec2::<f64>()?)),
-                Err(e) => Ok(Err(e.to_string())),
-            }
-        };
-        nets::no_grad(run).map_err(|e| e.to_string())?
+        let (x, rad) = balls(boxes)?;
+        nets::no_grad(|| exact_objective(net, &x, &rad, rows))?.to_vec2::<f64>().map_err(|e| e.to_string())
     }
 
     /// The dual's objective is differentiable in the radius: the sensitivity is its gradient.
@@ -112,15 +83,43 @@ impl BoundMethod for ExactDual {
         rows: &[Vec<f64>],
         rhs: &[f64],
     ) -> Result<BoundsAndSensitivity, String> {
-        crate::family::with_sensitivity(boxes, rows, rhs, |x, rad| {
-            let (b, n, m) = (boxes.len(), rows.len(), rows[0].len());
-            let ball = InfBall::new(x, Epsilon::Tensor(rad.clone())).map_err(|e| e.to_string())?;
-            let dual = net.dual(x, Box::new(ball), &DualOptions::default()).map_err(|e| e.to_string())?;
-            let flat: Vec<f64> = rows.iter().flatten().copied().collect();
-            let c = Tensor::from_vec(flat, (1, n, m), x.device())
-                .and_then(|c| c.broadcast_as((b, n, m))?.contiguous())
-                .map_err(|e| e.to_string())?;
-            dual.objective(&c).map_err(|e| e.to_string())
-        })
+        crate::family::with_sensitivity(boxes, rows, rhs, |x, rad| exact_objective(net, x, rad, rows))
     }
+}
+
+/// `J(c)` of the exact dual for every row of `rows` on the balls with centres `x` `[B, k]` and
+/// radii `rad` `[B, k]`: `[B, rows]`.
+fn exact_objective(net: &Network, x: &Tensor, rad: &Tensor, rows: &[Vec<f64>]) -> Result<Tensor, String> {
+    let ball = InfBall::new(x, Epsilon::Tensor(rad.clone())).map_err(|e| e.to_string())?;
+    let dual = net.dual(x, Box::new(ball), &DualOptions::default()).map_err(|e| e.to_string())?;
+    dual.objective(&rows_tensor(rows, x.dim(0).map_err(|e| e.to_string())?)?).map_err(|e| e.to_string())
+}
+
+/// `rows` (each `m` long) for each of `b` boxes: `[b, rows, m]`.
+pub(crate) fn rows_tensor(rows: &[Vec<f64>], b: usize) -> Result<Tensor, String> {
+    let (n, m) = (rows.len(), rows[0].len());
+    let flat: Vec<f64> = rows.iter().flatten().copied().collect();
+    Tensor::from_vec(flat, (1, n, m), &Device::Cpu)
+        .and_then(|c| c.broadcast_as((b, n, m))?.contiguous())
+        .map_err(|e| e.to_string())
+}
+
+/// Centres `[B, k]` and radii `[B, k]` of the boxes as l_inf balls ([`box_ball`]).
+pub(crate) fn balls(boxes: &[InputBox]) -> Result<(Tensor, Tensor), String> {
+    let b = boxes.len();
+    let k = boxes[0].0.len();
+    let mut mid = Vec::with_capacity(b * k);
+    let mut rad = Vec::with_capacity(b * k);
+    for (lo, hi) in boxes {
+        if lo.len() != k || hi.len() != k {
+            return Err(format!("boxes of different sizes ({k} and {}/{})", lo.len(), hi.len()));
+        }
+        let (m, r) = box_ball(lo, hi);
+        mid.extend(m);
+        rad.extend(r);
+    }
+    let dev = Device::Cpu;
+    let x = Tensor::from_vec(mid, (b, k), &dev).map_err(|e| e.to_string())?;
+    let r = Tensor::from_vec(rad, (b, k), &dev).map_err(|e| e.to_string())?;
+    Ok((x, r))
 }

@@ -9,7 +9,7 @@
 //! bound's linear function; halving feature `i` shrinks its radius by `ρ_i / 2`, so
 //! `s_i ρ_i` estimates what a split along `i` gains.
 
-use crate::bounds::{box_ball, BoundMethod, BoundsAndSensitivity, InputBox};
+use crate::bounds::{balls, rows_tensor, BoundMethod, BoundsAndSensitivity, InputBox};
 use candle_core::{DType, Device, Tensor, Var};
 use dual_core::bounds::{BoundOptions, Method, Spec};
 use dual_layers::{Epsilon, InfBall};
@@ -32,37 +32,12 @@ impl FamilyBound {
 
     /// The bounds `[B, n]` for centre `x` and radius `rad`.
     fn run(&self, net: &Network, x: &Tensor, rad: &Tensor, rows: &[Vec<f64>]) -> Result<Tensor, String> {
-        let b = x.dim(0).map_err(|e| e.to_string())?;
-        let (n, m) = (rows.len(), rows[0].len());
-        let flat: Vec<f64> = rows.iter().flatten().copied().collect();
-        let c = Tensor::from_vec(flat, (1, n, m), x.device())
-            .and_then(|c| c.broadcast_as((b, n, m))?.contiguous())
-            .map_err(|e| e.to_string())?;
+        let c = rows_tensor(rows, x.dim(0).map_err(|e| e.to_string())?)?;
         let spec = Spec::new(c).map_err(|e| e.to_string())?;
         let ball = InfBall::new(x, Epsilon::Tensor(rad.clone())).map_err(|e| e.to_string())?;
         let out = net.spec_bounds(x, Box::new(ball), &spec, self.method, &self.opts).map_err(|e| e.to_string())?;
         out.lower.to_dtype(DType::F64).map_err(|e| e.to_string())
     }
-}
-
-/// Centre `[B, k]` and radius `[B, k]` of the boxes.
-pub(crate) fn balls(boxes: &[InputBox]) -> Result<(Tensor, Tensor), String> {
-    let b = boxes.len();
-    let k = boxes[0].0.len();
-    let mut mid = Vec::with_capacity(b * k);
-    let mut rad = Vec::with_capacity(b * k);
-    for (lo, hi) in boxes {
-        if lo.len() != k || hi.len() != k {
-            return Err(format!("boxes of different sizes ({k} and {}/{})", lo.len(), hi.len()));
-        }
-        let (m, r) = box_ball(lo, hi);
-        mid.extend(m);
-        rad.extend(r);
-    }
-    let dev = Device::Cpu;
-    let x = Tensor::from_vec(mid, (b, k), &dev).map_err(|e| e.to_string())?;
-    let r = Tensor::from_vec(rad, (b, k), &dev).map_err(|e| e.to_string())?;
-    Ok((x, r))
 }
 
 /// `lb(m, ρ)` from `f` (`[B, n]` for centre `m` and radius `ρ`), and `|∂lb_best/∂ρ|` per box,

@@ -26,6 +26,12 @@ pub struct Domain {
     pub depth: usize,
 }
 
+/// A sub-domain's bounds per row: its own or its parent's, whichever is larger (the parent's
+/// hold on the child's set; a NaN on one side yields the other, as `f64::max` does).
+pub fn keep_larger(child: &[f64], parent: &[f64]) -> Vec<f64> {
+    child.iter().zip(parent).map(|(c, p)| c.max(*p)).collect()
+}
+
 /// `max_k (lb_k − r_k)` (−∞ without rows, and NaN bounds count as −∞).
 pub fn margin(lb: &[f64], rhs: &[f64]) -> f64 {
     lb.iter()

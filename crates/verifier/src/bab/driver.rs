@@ -16,7 +16,7 @@
 //! ([`super::clock::RoundClock`]), so a run ends close to its deadline.
 
 use super::clock::RoundClock;
-use super::domain::{margin, Domain, DomainQueue};
+use super::domain::{keep_larger, margin, Domain, DomainQueue};
 use super::input_split::{choose_feature, halve};
 use crate::answer::Answer;
 use crate::bounds::{BoundMethod, InputBox};
@@ -220,14 +220,14 @@ impl InputBab<'_> {
             for (k, ((lo, hi), (lb, sens))) in boxes.into_iter().zip(bounds).enumerate() {
                 let parent = &parents[k / 2];
                 // The parent's bounds hold on the child (a sub-box): keep the larger per row.
-                let lb: Vec<f64> = lb.iter().zip(&parent.lb).map(|(c, p)| c.max(*p)).collect();
+                let lb = keep_larger(&lb, &parent.lb);
                 if is_proved(&lb, &w.bound_rhs) {
                     stats.proved += 1;
                     continue;
                 }
                 let centre: Vec<f64> = lo.iter().zip(&hi).map(|(l, h)| 0.5 * (l + h)).collect();
                 // The dense chain's own f64 pass screens the centre; the graph confirms a hit.
-                let hit = chain.as_ref().is_none_or(|c| self.prop.violated_by(&centre, &c.forward(&centre)).is_some());
+                let hit = chain.as_ref().is_none_or(|c| c.may_violate(self.prop, &centre));
                 if hit {
                     if let Some(a) = confirm(self.model, Some(self.net), self.prop, &centre, &w.lo, &w.hi, self.sound) {
                         return a;

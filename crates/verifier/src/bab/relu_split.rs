@@ -20,7 +20,7 @@
 
 use super::beta::{BetaOptions, Decision, DomainBounder, LayerBox, Pending};
 use super::clock::RoundClock;
-use super::domain::margin;
+use super::domain::{keep_larger, margin};
 use super::layer_alpha::tighten_layers;
 use super::leaf_lp::leaf_point;
 use super::BabStats;
@@ -109,14 +109,8 @@ fn choose_splits(
     let mut best: Vec<f64> = vec![f64::NEG_INFINITY; parents.len()];
     for (k, &(pi, c)) in owner.iter().enumerate() {
         let parent = &parents[pi].lb;
-        let worse = lbs[2 * k..2 * k + 2]
-            .iter()
-            .map(|lb| {
-                let kept: Vec<f64> =
-                    lb.iter().zip(parent).map(|(a, b)| if a.is_nan() { *b } else { a.max(*b) }).collect();
-                tree.margin(&kept)
-            })
-            .fold(f64::INFINITY, f64::min);
+        let worse =
+            lbs[2 * k..2 * k + 2].iter().map(|lb| tree.margin(&keep_larger(lb, parent))).fold(f64::INFINITY, f64::min);
         if worse > best[pi] {
             best[pi] = worse;
             chosen[pi] = Some(c);
@@ -339,7 +333,7 @@ fn run(
         return Ok(Answer::Timeout);
     };
     let r = r.remove(0);
-    let lb0: Vec<f64> = r.lb.iter().zip(&root_lb).map(|(a, b)| a.max(*b)).collect();
+    let lb0 = keep_larger(&r.lb, &root_lb);
     if tree.closed(&lb0) {
         stats.proved += 1;
         return Ok(Answer::Unsat);
@@ -430,7 +424,7 @@ fn run(
         let keep_alpha = queue.len() < KEEP_ALPHA_UP_TO;
         let mut screened = 0;
         for (((child, r), pi), retries) in children.into_iter().zip(res).zip(child_parent).zip(retries) {
-            let lb: Vec<f64> = r.lb.iter().zip(&parents[pi].lb).map(|(a, b)| a.max(*b)).collect();
+            let lb = keep_larger(&r.lb, &parents[pi].lb);
             if tree.closed(&lb) {
                 stats.proved += 1;
                 continue;
@@ -438,7 +432,7 @@ fn run(
             // The open domain's primal point: the dense chain's f64 pass screens it (without a
             // chain, the graph checks a few per round); the graph confirms a hit.
             let hit = match &chain {
-                Some(c) => prop.violated_by(&r.primal, &c.forward(&r.primal)).is_some(),
+                Some(c) => c.may_violate(prop, &r.primal),
                 None => {
                     screened += 1;
                     screened <= PRIMAL_CHECKS_WITHOUT_CHAIN
