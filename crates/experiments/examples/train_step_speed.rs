@@ -69,9 +69,12 @@ fn worker(arch: &str, bound: &str, dir: &Path, repeats: usize) -> Result<()> {
         // The bound alone, as auto_LiRPA's `compute_bounds` (no forward pass of the batch).
         let (lower, _) = margin_bounds_with_layers(&net, &x, &y, EPS, Norm::Linf, true, m)?;
         let loss = bound_cross_entropy(&lower, &y)?;
-        let grads = loss.backward()?;
+        let done = (loss.to_scalar::<f32>()? as f64, uncertified_fraction(&lower, &y)?);
+        drop(lower);
+        // Consumed: the backward pass frees the bound's graph as it goes (as PyTorch does).
+        let grads = loss.backward_consuming()?;
         opt.step(&grads)?;
-        Ok((loss.to_scalar::<f32>()? as f64, uncertified_fraction(&lower, &y)?))
+        Ok(done)
     })?;
     let r = WorkerReport {
         implementation: "rust".into(),
@@ -106,7 +109,8 @@ fn profile(arch: &str, bound: &str, steps: usize) -> Result<()> {
         let loss = bound_cross_entropy(&lower, &y)?;
         let _ = loss.to_scalar::<f32>()?;
         let t3 = Instant::now();
-        let grads = loss.backward()?;
+        drop(lower);
+        let grads = loss.backward_consuming()?;
         let t4 = Instant::now();
         opt.step(&grads)?;
         let t5 = Instant::now();

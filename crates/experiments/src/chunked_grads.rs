@@ -69,8 +69,7 @@ pub fn mean_loss_grads_in_chunks(
         let l = if end - start == n { l } else { (l * share)? };
         loss += l.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         stat += s * share;
-        let g = detached(l.backward()?)?;
-        drop(l);
+        let g = l.backward_consuming()?;
         match grads.as_mut() {
             None => grads = Some(g),
             Some(acc) => acc.extend(g)?,
@@ -78,19 +77,4 @@ pub fn mean_loss_grads_in_chunks(
         start = end;
     }
     Ok(ChunkedGrads { loss, stat, grads: grads.expect("at least one chunk") })
-}
-
-/// The same gradients, detached: Candle's backward pass leaves each variable's gradient with the
-/// operation that made it (e.g. `g ⊙ x` for an input `x` of the forward pass), so an undetached
-/// gradient keeps the chunk's whole forward graph alive.
-pub fn detached(g: GradStore) -> Result<GradStore> {
-    let mut out = g;
-    let ids: Vec<_> = out.get_ids().copied().collect();
-    for id in ids {
-        if let Some(t) = out.get_id(id) {
-            let t = t.detach();
-            out.insert_id(id, t);
-        }
-    }
-    Ok(out)
 }

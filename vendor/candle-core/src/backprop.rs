@@ -163,10 +163,32 @@ impl Tensor {
     }
 
     pub fn backward(&self) -> Result<GradStore> {
-        let sorted_nodes = self.sorted_nodes();
+        let nodes: Vec<Tensor> = self.sorted_nodes().into_iter().cloned().collect();
         let mut grads = GradStore::new();
         grads.insert(self, self.ones_like()?.contiguous()?);
-        for node in sorted_nodes.iter() {
+        backward_nodes(nodes, grads)
+    }
+
+    /// [`Tensor::backward`] that consumes the root (patch, see PATCHED.md): each node of the graph
+    /// is released as soon as its gradient has been passed on and no one else holds it, so the
+    /// forward tensors are freed during the pass (as PyTorch frees saved tensors), not after it.
+    /// The same gradients.
+    pub fn backward_consuming(self) -> Result<GradStore> {
+        let nodes: Vec<Tensor> = self.sorted_nodes().into_iter().cloned().collect();
+        let mut grads = GradStore::new();
+        grads.insert(&self, self.ones_like()?.contiguous()?);
+        drop(self);
+        backward_nodes(nodes, grads)
+    }
+}
+
+/// The backward pass over `nodes` (topologically sorted, the root first), each dropped once
+/// processed.
+fn backward_nodes(nodes: Vec<Tensor>, mut grads: GradStore) -> Result<GradStore> {
+    {
+        for owned in nodes.into_iter() {
+            let node_ref = &owned;
+            let node = &node_ref;
             if node.is_variable() {
                 continue;
             }
@@ -724,14 +746,24 @@ impl GradStore {
     /// Adds `grad` to the gradient of `tensor`. The first contribution is stored as it is (made
     /// contiguous if it is a view, as a sum would be), without the zero-filled tensor and the
     /// addition that `or_insert` followed by `add` costs.
+    ///
+    /// A `tensor` that is neither a variable nor the result of a tracked op (a constant) gets no
+    /// entry: nothing reads it, and it would keep its gradient alive until the store is dropped.
+    /// The stored gradient is detached (unless `CANDLE_GRAD_DO_NOT_DETACH`), so it holds no
+    /// forward tensor alive through its op.
     fn accumulate(&mut self, tensor: &Tensor, grad: &Tensor) -> Result<()> {
+        if !tensor.is_variable() && tensor.op().is_none() {
+            return Ok(());
+        }
+        let detach = !CANDLE_GRAD_DO_NOT_DETACH.with(|b| *b);
+        let keep = |t: Tensor| if detach { t.detach() } else { t };
         match self.0.entry(tensor.id()) {
             Entry::Occupied(mut entry) => {
                 let sum = entry.get().add(grad)?;
-                entry.insert(sum);
+                entry.insert(keep(sum));
             }
             Entry::Vacant(entry) => {
-                entry.insert(grad.contiguous()?);
+                entry.insert(keep(grad.contiguous()?));
             }
         }
         Ok(())

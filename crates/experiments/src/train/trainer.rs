@@ -525,7 +525,8 @@ pub fn train_with(
             };
             let (mut lv, mut grads) = match step {
                 StepLoss::Graph(loss) => {
-                    (loss.to_dtype(DType::F64)?.to_scalar::<f64>()?, crate::chunked_grads::detached(loss.backward()?)?)
+                    // The loss is consumed: the pass frees the forward graph as it goes.
+                    (loss.to_dtype(DType::F64)?.to_scalar::<f64>()?, loss.backward_consuming()?)
                 }
                 StepLoss::Done(lv, grads) => (lv, grads),
             };
