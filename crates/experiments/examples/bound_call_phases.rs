@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::Instant;
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: hybrid_alloc::Hybrid = hybrid_alloc::Hybrid;
 
 fn main() -> Result<()> {
     let method: Method = std::env::args().nth(1).unwrap_or("ibp".into()).parse()?;

@@ -13,7 +13,7 @@ use experiments::workloads::{median, run_workload, Workload};
 use std::path::Path;
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: hybrid_alloc::Hybrid = hybrid_alloc::Hybrid;
 
 /// User + system CPU time of this process so far, in seconds (from `/proc/self/stat`; 0 where
 /// that is not readable). On a noisy machine CPU time compares two builds better than wall time.

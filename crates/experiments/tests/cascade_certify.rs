@@ -11,7 +11,7 @@ use serde_json::Value;
 use std::path::PathBuf;
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: hybrid_alloc::Hybrid = hybrid_alloc::Hybrid;
 
 /// 6×6 one-channel images of two classes (top half brighter or darker), of varied contrast.
 fn blobs(n: usize, seed: u64) -> Dataset {
