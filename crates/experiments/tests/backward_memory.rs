@@ -84,6 +84,17 @@ fn constants_get_no_gradient_entry() {
         vec![2.0 * 1.5 * 9.0, 2.0 * -2.0 * 16.0]
     );
     assert!(g.get(&c).is_none(), "a constant got a gradient entry");
+    // Matmul and division skip the constant's side (none is computed) and keep the variable's.
+    let m = Var::from_tensor(&Tensor::new(&[[1.0f64, 2.0], [3.0, 4.0]], &Device::Cpu).unwrap()).unwrap();
+    let k = Tensor::new(&[[0.5f64], [-1.0]], &Device::Cpu).unwrap();
+    let loss = (m.as_tensor().matmul(&k).unwrap() / &Tensor::new(&[[2.0f64], [4.0]], &Device::Cpu).unwrap())
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    let g = loss.backward_consuming().unwrap();
+    // d/dM_ij of Σ_i (M k)_i / d_i = k_j / d_i.
+    assert_eq!(values(g.get(m.as_tensor()).expect("the variable's gradient")), vec![0.25, -0.5, 0.125, -0.25]);
+    assert!(g.get(&k).is_none(), "a constant matmul operand got a gradient entry");
 }
 
 /// IBP's training loss on `mnist-large` (batch 50): `backward` holds the bound's whole graph

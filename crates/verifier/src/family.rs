@@ -53,7 +53,8 @@ pub(crate) fn with_sensitivity(
     }
     let (x, rad) = balls(boxes)?;
     let rad = Var::from_tensor(&rad).map_err(|e| e.to_string())?;
-    let lb = f(&x, rad.as_tensor())?.to_dtype(DType::F64).map_err(|e| e.to_string())?;
+    // Parameters as constants (`nets::no_grad`): only the radius's gradient is read.
+    let lb = nets::no_grad(|| f(&x, rad.as_tensor()))?.to_dtype(DType::F64).map_err(|e| e.to_string())?;
     let vals = lb.to_vec2::<f64>().map_err(|e| e.to_string())?;
     let (b, n) = (vals.len(), rows.len());
     let mut mask = vec![0f64; b * n];

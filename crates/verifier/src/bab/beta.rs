@@ -204,7 +204,7 @@ impl<'a> DomainBounder<'a> {
         let k = lo.len();
         let (mid, rad) = crate::bounds::box_ball(lo, hi);
         let x1 = Tensor::from_vec(mid, (1, k), &Device::Cpu).map_err(err)?;
-        let nodes = net.dual_nodes(&x1).map_err(err)?;
+        let nodes = nets::no_grad(|| net.dual_nodes(&x1)).map_err(err)?;
         let outs = net.forward_all(&x1).map_err(err)?;
         let shapes: Vec<Vec<usize>> = outs.iter().map(|o| o.dims()[1..].to_vec()).collect();
         let layers = nodes
@@ -293,7 +293,8 @@ impl<'a> DomainBounder<'a> {
         let xb = self.x1.broadcast_as((b, k)).and_then(|t| t.contiguous()).map_err(err)?;
         let dt = xb.dtype();
         let rb = Tensor::from_vec(self.rad.repeat(b), (b, k), &dev).map_err(err)?;
-        let nodes = self.net.dual_nodes(&xb).map_err(err)?;
+        // Parameters as constants: no gradient is made for them (only α, β, the bounds and the centre's).
+        let nodes = nets::no_grad(|| self.net.dual_nodes(&xb)).map_err(err)?;
         // The centre as a variable: the bound's gradient in it is the input coefficient Λ.
         let xv = Var::from_tensor(&xb).map_err(err)?;
         let ball = InfBall::new(xv.as_tensor(), Epsilon::Tensor(rb)).map_err(err)?;

@@ -59,7 +59,7 @@ pub fn tighten_layers(
     let (mid, rad) = crate::bounds::box_ball(lo, hi);
     let x1 = Tensor::from_vec(mid, (1, k), &dev).map_err(err)?;
     let r1 = Tensor::from_vec(rad, (1, k), &dev).map_err(err)?;
-    let nodes = net.dual_nodes(&x1).map_err(err)?;
+    let nodes = nets::no_grad(|| net.dual_nodes(&x1)).map_err(err)?;
     let ball = InfBall::new(&x1, Epsilon::Tensor(r1)).map_err(err)?;
     let net1 = Net { nodes: &nodes, x: &x1, input: &ball };
     let dt = x1.dtype();

@@ -179,7 +179,7 @@ fn root_bounds(
     let (n, m) = (rows.len(), rows[0].len());
     let x1 = Tensor::from_vec(mid, (1, k), &dev).map_err(err)?;
     let r1 = Tensor::from_vec(rad, (1, k), &dev).map_err(err)?;
-    let nodes1 = net.dual_nodes(&x1).map_err(err)?;
+    let nodes1 = nets::no_grad(|| net.dual_nodes(&x1)).map_err(err)?;
     let ball1 = InfBall::new(&x1, Epsilon::Tensor(r1)).map_err(err)?;
     let c1 = Tensor::from_vec(rows.iter().flatten().copied().collect(), (1, n, m), &dev).map_err(err)?;
     let root = nets::no_grad(|| {
