@@ -324,10 +324,34 @@ impl DenseChain {
         z
     }
 
+    /// [`DenseChain::forward`] of every point of `xs` (the same numbers): each weight row is
+    /// read once for all points, not once per point, so the pass runs from cache.
+    pub fn forward_many(&self, xs: &[&[f64]]) -> Vec<Vec<f64>> {
+        let mut z: Vec<Vec<f64>> = xs.iter().map(|x| x.to_vec()).collect();
+        for (li, layer) in self.layers.iter().enumerate() {
+            if li > 0 {
+                z.iter_mut().flatten().for_each(|v| *v = v.max(0.0));
+            }
+            let mut next = vec![vec![0.0; layer.n_out]; z.len()];
+            for (o, (row, b)) in layer.w.chunks_exact(layer.n_in).zip(&layer.b).enumerate() {
+                for (zp, np) in z.iter().zip(next.iter_mut()) {
+                    np[o] = b + dot(row, zp);
+                }
+            }
+            z = next;
+        }
+        z
+    }
+
     /// Does the chain's own f64 pass put `(x, f(x))` in `prop`'s unsafe set? A cheap screen of
     /// a candidate counterexample: only the graph's forward pass may confirm one.
     pub(crate) fn may_violate(&self, prop: &Property, x: &[f64]) -> bool {
         prop.violated_by(x, &self.forward(x)).is_some()
+    }
+
+    /// [`DenseChain::may_violate`] of every point of `xs`, by one [`DenseChain::forward_many`].
+    pub(crate) fn may_violate_many(&self, prop: &Property, xs: &[&[f64]]) -> Vec<bool> {
+        self.forward_many(xs).iter().zip(xs).map(|(y, x)| prop.violated_by(x, y).is_some()).collect()
     }
 
     /// [`DenseChain::bound_box`] on every box (in parallel over rayon's threads).

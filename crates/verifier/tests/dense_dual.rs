@@ -188,3 +188,25 @@ fn other_networks_go_through_the_tensor_engine_and_bad_rows_are_refused() {
     let e = DenseExactDual.lower_bounds(&chain, &[(vec![0.0; 4], vec![1.0; 4])], &rows).unwrap_err();
     assert!(e.contains("4/4 features") && e.contains("3 inputs"), "{e}");
 }
+
+/// The chain's batched forward pass (the primal points' screen in ReLU splitting) equals its
+/// one-point pass bit for bit and the network's own forward pass to rounding.
+#[test]
+fn forward_many_is_the_forward_pass_of_each_point() {
+    let mut rng = StdRng::seed_from_u64(41);
+    for widths in SHAPES {
+        let net = random_net(widths, &mut rng);
+        let chain = DenseChain::from_network(&net).expect("a dense chain");
+        let xs: Vec<Vec<f64>> = (0..7).map(|_| (0..widths[0]).map(|_| rng.random_range(-2.0..2.0)).collect()).collect();
+        let refs: Vec<&[f64]> = xs.iter().map(|x| x.as_slice()).collect();
+        let many = chain.forward_many(&refs);
+        assert_eq!(many.len(), xs.len());
+        for (x, y) in xs.iter().zip(&many) {
+            assert_eq!(y, &chain.forward(x), "{widths:?}: batched and one-point passes differ");
+            for (a, b) in y.iter().zip(forward(&net, x)) {
+                assert!((a - b).abs() <= 1e-9 * (1.0 + b.abs()), "{widths:?}: {a} vs the network's {b}");
+            }
+        }
+        assert!(chain.forward_many(&[]).is_empty());
+    }
+}

@@ -446,9 +446,17 @@ impl<'a> DomainBounder<'a> {
                 let DualNode::Activation(act) = &nodes[t - 1] else {
                     return Err(format!("layer {t} is not an activation"));
                 };
+                // The layer bounds are variables only for the last iterate's branching gradient;
+                // the Adam steps read α's and β's gradients alone, so before it they are constants
+                // (the same values, no gradient made for them).
                 let (lt, ut) = &lu_vars[li];
+                let (lt, ut) = if it == iterations {
+                    (lt.as_tensor().clone(), ut.as_tensor().clone())
+                } else {
+                    (lt.as_tensor().detach(), ut.as_tensor().detach())
+                };
                 let a = alphas[li].0.as_tensor();
-                relax[*t] = Some(act.linear_relax(lt.as_tensor(), ut.as_tensor(), SlopeRule::Given(a)).map_err(err)?);
+                relax[*t] = Some(act.linear_relax(&lt, &ut, SlopeRule::Given(a)).map_err(err)?);
                 if let Some((bv, s, _)) = &betas[li] {
                     // β_j s_j on the activation's input ẑ (output t − 1).
                     extra.push((t - 1, bv.as_tensor().broadcast_mul(s).map_err(err)?));

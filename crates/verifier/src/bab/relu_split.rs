@@ -422,22 +422,24 @@ fn run(
         retries.extend(again_parent.iter().map(|&pi| parents[pi].retries + 1));
         child_parent.extend(again_parent);
         let keep_alpha = queue.len() < KEEP_ALPHA_UP_TO;
-        let mut screened = 0;
+        let mut open = Vec::with_capacity(children.len());
         for (((child, r), pi), retries) in children.into_iter().zip(res).zip(child_parent).zip(retries) {
             let lb = keep_larger(&r.lb, &parents[pi].lb);
             if tree.closed(&lb) {
                 stats.proved += 1;
-                continue;
+            } else {
+                open.push((child, r, lb, retries));
             }
-            // The open domain's primal point: the dense chain's f64 pass screens it (without a
-            // chain, the graph checks a few per round); the graph confirms a hit.
-            let hit = match &chain {
-                Some(c) => c.may_violate(prop, &r.primal),
-                None => {
-                    screened += 1;
-                    screened <= PRIMAL_CHECKS_WITHOUT_CHAIN
-                }
-            };
+        }
+        // The open domains' primal points: the dense chain's f64 pass screens them, all in one
+        // pass (without a chain, the graph checks a few per round); the graph confirms a hit.
+        let hits = match &chain {
+            Some(c) => {
+                c.may_violate_many(prop, &open.iter().map(|(_, r, _, _)| r.primal.as_slice()).collect::<Vec<_>>())
+            }
+            None => (0..open.len()).map(|i| i < PRIMAL_CHECKS_WITHOUT_CHAIN).collect(),
+        };
+        for ((child, r, lb, retries), hit) in open.into_iter().zip(hits) {
             if hit {
                 if let Some(a) = check_counterexample(model, prop, &r.primal, &ws[0].lo, &ws[0].hi) {
                     return Ok(a);
