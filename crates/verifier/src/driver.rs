@@ -121,7 +121,7 @@ pub fn verify_with_stats(
     let net = model.to_network("onnx", &candle_core::Device::Cpu).ok();
     let opts = VerifyOptions { timeout: opts.timeout.saturating_sub(start.elapsed()), ..opts.clone() };
     let mut stats = BabStats::default();
-    let a = verify_inner(model, net.as_ref(), prop, method, &opts, &mut stats);
+    let a = on_worker(|| verify_inner(model, net.as_ref(), prop, method, &opts, &mut stats));
     (a, stats)
 }
 
@@ -134,26 +134,19 @@ pub fn verify_lowered(
     method: &dyn BoundMethod,
     opts: &VerifyOptions,
 ) -> Answer {
-    verify_inner(model, net, prop, method, opts, &mut BabStats::default())
+    on_worker(|| verify_inner(model, net, prop, method, opts, &mut BabStats::default()))
+}
+
+/// Runs `f` on a worker thread of rayon's pool: every parallel pass of the bounds (rayon's
+/// `par_iter`, the kernels, Candle's ops with `CANDLE_NUM_THREADS=1`) then starts where it is
+/// called, instead of handing its work to the pool and sleeping until it is done — on one
+/// thread two context switches per pass. Measured on mnistfc `256x4`/prop 9 (0.03), one thread:
+/// 31.7k–32.1k → 35.5k–37.0k domains bounded in the first 20.5 s of ReLU splitting.
+fn on_worker<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    rayon::scope(|_| f())
 }
 
 fn verify_inner(
-    model: &Model,
-    net: Option<&Network>,
-    prop: &Property,
-    method: &dyn BoundMethod,
-    opts: &VerifyOptions,
-    stats: &mut BabStats,
-) -> Answer {
-    // On a worker thread of rayon's pool: every parallel pass of the bounds (rayon's `par_iter`,
-    // the kernels, Candle's ops with `CANDLE_NUM_THREADS=1`) then starts where it is called,
-    // instead of handing its work to the pool and sleeping until it is done — on one thread two
-    // context switches per pass. Measured on mnistfc `256x4`/prop 9 (0.03), one thread: 31.7k–32.1k
-    // → 35.5k–37.0k domains bounded in the first 20.5 s of ReLU splitting.
-    rayon::scope(|_| verify_on_worker(model, net, prop, method, opts, stats))
-}
-
-fn verify_on_worker(
     model: &Model,
     net: Option<&Network>,
     prop: &Property,
