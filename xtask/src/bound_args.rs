@@ -25,6 +25,10 @@ pub struct BoundArgs {
     /// the root with their own α (0: CROWN ∩ IBP layer bounds, as α-CROWN keeps them).
     #[arg(long, default_value_t = 20)]
     layer_alpha: usize,
+    /// ReLU splitting: Adam steps on α and β per bounded domain (β-CROWN's optimisation; more
+    /// steps, tighter bounds and smaller trees, each domain dearer).
+    #[arg(long, default_value_t = verifier::bab::BetaOptions::default().iterations, value_parser = crate::parse::at_least_one)]
+    beta_iterations: usize,
     /// ReLU splitting: the clauses over one box share one tree (default: one tree per clause, in turn).
     #[arg(long)]
     one_tree: bool,
@@ -63,6 +67,7 @@ impl BoundArgs {
             relu_one_tree: self.one_tree,
             beta: verifier::bab::BetaOptions {
                 layer_alpha: self.layer_alpha,
+                iterations: self.beta_iterations,
                 candidates: self.branch_candidates,
                 ..defaults.beta.clone()
             },

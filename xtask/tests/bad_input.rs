@@ -644,6 +644,9 @@ fn verify_sound_refuses_a_bound_it_does_not_check() {
         xtask(&d, &a)
     };
     refused(&verify(&["--sound", "--method", "crown"]), &["--sound", "--method crown"]);
+    // Counts of branch-and-bound steps are at least 1, refused with the flag's name.
+    refused(&verify(&["--beta-iterations", "0"]), &["--beta-iterations"]);
+    refused(&verify(&["--branch-candidates", "0"]), &["--branch-candidates"]);
     let t = succeeded(&verify(&["--sound", "--timeout", "30"]));
     assert!(t.contains("unsat"), "{t}");
 }
