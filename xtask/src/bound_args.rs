@@ -29,6 +29,10 @@ pub struct BoundArgs {
     /// steps, tighter bounds and smaller trees, each domain dearer).
     #[arg(long, default_value_t = verifier::bab::BetaOptions::default().iterations, value_parser = crate::parse::at_least_one)]
     beta_iterations: usize,
+    /// ReLU splitting: more Adam steps for a child whose bound is no better than its parent's
+    /// (0: none).
+    #[arg(long, default_value_t = verifier::bab::BetaOptions::default().stuck_iterations)]
+    stuck_iterations: usize,
     /// ReLU splitting: the clauses over one box share one tree (default: one tree per clause, in turn).
     #[arg(long)]
     one_tree: bool,
@@ -68,6 +72,7 @@ impl BoundArgs {
             beta: verifier::bab::BetaOptions {
                 layer_alpha: self.layer_alpha,
                 iterations: self.beta_iterations,
+                stuck_iterations: self.stuck_iterations,
                 candidates: self.branch_candidates,
                 ..defaults.beta.clone()
             },

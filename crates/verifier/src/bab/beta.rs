@@ -58,6 +58,11 @@ pub struct BetaOptions {
     pub iterations: usize,
     /// Adam steps at the root domain.
     pub root_iterations: usize,
+    /// More Adam steps, continuing from its α and β, for a child whose bound is no better than
+    /// its parent's (0: none). Measured on mnistfc `256x4`, one core: prop 10 (0.05) unsat in
+    /// 42.6 s with 12 against 73.8 s without (51.6 s with 20 steps for every domain), prop 3
+    /// (0.03) 76.3 s against 81.5 s (135.4 s).
+    pub stuck_iterations: usize,
     /// Adam's learning rate for α.
     pub lr_alpha: f64,
     /// Adam's learning rate for β.
@@ -83,6 +88,7 @@ impl Default for BetaOptions {
             beta: true,
             iterations: 8,
             root_iterations: 20,
+            stuck_iterations: 12,
             lr_alpha: 0.1,
             lr_beta: 0.05,
             refresh: false,

@@ -410,6 +410,36 @@ fn run(
             stats.open += queue.len() + parents.len();
             return Ok(Answer::Timeout);
         };
+        // A child no better than its parent has its β under-optimised (a split can only tighten
+        // the relaxation): it gets more steps, from where it stopped ([`BetaOptions::stuck_iterations`]).
+        let extra = ro.beta.stuck_iterations;
+        if extra > 0 {
+            let stuck: Vec<usize> = (0..res.len())
+                .filter(|&i| {
+                    let pl = &parents[child_parent[i]].lb;
+                    !tree.closed(&res[i].lb) && tree.margin(&res[i].lb) <= tree.margin(pl)
+                })
+                .collect();
+            if !stuck.is_empty() {
+                let cont: Vec<Pending> = stuck
+                    .iter()
+                    .map(|&i| Pending {
+                        decisions: children[i].decisions.clone(),
+                        beta: res[i].beta.clone(),
+                        alpha: Some(Rc::new(res[i].alpha.clone())),
+                        bounds: Rc::new(res[i].bounds.clone()),
+                        refresh_above: usize::MAX,
+                    })
+                    .collect();
+                let Some(more) = bounder.bound(&cont, extra, deadline)? else {
+                    stats.open += queue.len() + parents.len();
+                    return Ok(Answer::Timeout);
+                };
+                for (i, r) in stuck.into_iter().zip(more) {
+                    res[i] = r;
+                }
+            }
+        }
         clock.record(take, t0.elapsed());
         let Some(res_again) = bounder.bound(&again, RETRY_FACTOR * ro.beta.iterations.max(1), deadline)? else {
             stats.open += queue.len() + parents.len();
