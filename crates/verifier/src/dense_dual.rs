@@ -312,20 +312,13 @@ impl DenseChain {
         Some(maps)
     }
 
-    /// The chain's forward pass in f64.
+    /// The chain's forward pass in f64 ([`DenseChain::forward_many`] of one point).
     pub fn forward(&self, x: &[f64]) -> Vec<f64> {
-        let mut z = x.to_vec();
-        for li in 0..self.layers.len() {
-            if li > 0 {
-                z.iter_mut().for_each(|v| *v = v.max(0.0));
-            }
-            z = self.layer_forward(li, &z);
-        }
-        z
+        self.forward_many(&[x]).pop().unwrap_or_default()
     }
 
-    /// [`DenseChain::forward`] of every point of `xs` (the same numbers): each weight row is
-    /// read once for all points, not once per point, so the pass runs from cache.
+    /// The chain's forward pass in f64 of every point of `xs`: each weight row is read once for
+    /// all points, not once per point, so the pass runs from cache.
     pub fn forward_many(&self, xs: &[&[f64]]) -> Vec<Vec<f64>> {
         let mut z: Vec<Vec<f64>> = xs.iter().map(|x| x.to_vec()).collect();
         for (li, layer) in self.layers.iter().enumerate() {
@@ -346,7 +339,7 @@ impl DenseChain {
     /// Does the chain's own f64 pass put `(x, f(x))` in `prop`'s unsafe set? A cheap screen of
     /// a candidate counterexample: only the graph's forward pass may confirm one.
     pub(crate) fn may_violate(&self, prop: &Property, x: &[f64]) -> bool {
-        prop.violated_by(x, &self.forward(x)).is_some()
+        self.may_violate_many(prop, &[x])[0]
     }
 
     /// [`DenseChain::may_violate`] of every point of `xs`, by one [`DenseChain::forward_many`].

@@ -189,8 +189,9 @@ fn other_networks_go_through_the_tensor_engine_and_bad_rows_are_refused() {
     assert!(e.contains("4/4 features") && e.contains("3 inputs"), "{e}");
 }
 
-/// The chain's batched forward pass (the primal points' screen in ReLU splitting) equals its
-/// one-point pass bit for bit and the network's own forward pass to rounding.
+/// The chain's forward pass over a batch of points (the primal points' screen in ReLU
+/// splitting) gives each point what it gets alone, bit for bit, and the network's own forward
+/// pass to rounding.
 #[test]
 fn forward_many_is_the_forward_pass_of_each_point() {
     let mut rng = StdRng::seed_from_u64(41);

@@ -766,7 +766,7 @@ impl GradStore {
     /// The stored gradient is detached (unless `CANDLE_GRAD_DO_NOT_DETACH`), so it holds no
     /// forward tensor alive through its op.
     fn accumulate(&mut self, tensor: &Tensor, grad: &Tensor) -> Result<()> {
-        if !tensor.is_variable() && tensor.op().is_none() {
+        if !tensor.track_op() {
             return Ok(());
         }
         let detach = !CANDLE_GRAD_DO_NOT_DETACH.with(|b| *b);

@@ -421,13 +421,14 @@ fn run(
                 })
                 .collect();
             if !stuck.is_empty() {
+                // Its α, β and bounds move into the continuation (its result replaces them).
                 let cont: Vec<Pending> = stuck
                     .iter()
                     .map(|&i| Pending {
                         decisions: children[i].decisions.clone(),
-                        beta: res[i].beta.clone(),
-                        alpha: Some(Rc::new(res[i].alpha.clone())),
-                        bounds: Rc::new(res[i].bounds.clone()),
+                        beta: std::mem::take(&mut res[i].beta),
+                        alpha: Some(Rc::new(std::mem::take(&mut res[i].alpha))),
+                        bounds: Rc::new(std::mem::take(&mut res[i].bounds)),
                         refresh_above: usize::MAX,
                     })
                     .collect();
