@@ -33,6 +33,13 @@ pub struct BoundArgs {
     /// (0: none).
     #[arg(long, default_value_t = verifier::bab::BetaOptions::default().stuck_iterations)]
     stuck_iterations: usize,
+    /// ReLU splitting: activations (from the second) whose unstable units' bounds are refined at
+    /// the root by a small tree of their own over the activations below (0: none).
+    #[arg(long, default_value_t = verifier::bab::BetaOptions::default().refine_layers)]
+    refine_layers: usize,
+    /// ReLU splitting: domains per unit and side in those trees.
+    #[arg(long, default_value_t = verifier::bab::BetaOptions::default().refine_domains, value_parser = crate::parse::at_least_one)]
+    refine_domains: usize,
     /// ReLU splitting: the clauses over one box share one tree (default: one tree per clause, in turn).
     #[arg(long)]
     one_tree: bool,
@@ -71,6 +78,8 @@ impl BoundArgs {
             relu_one_tree: self.one_tree,
             beta: verifier::bab::BetaOptions {
                 layer_alpha: self.layer_alpha,
+                refine_layers: self.refine_layers,
+                refine_domains: self.refine_domains,
                 iterations: self.beta_iterations,
                 stuck_iterations: self.stuck_iterations,
                 candidates: self.branch_candidates,

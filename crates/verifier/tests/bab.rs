@@ -586,6 +586,66 @@ fn intermediate_alpha_bounds_contain_samples_and_are_no_looser_than_crown() {
 }
 
 #[test]
+fn refined_layer_bounds_contain_the_grid_and_are_no_looser_than_alpha() {
+    // Random nets of 3–4 hidden layers on a 2-D box: the layer bounds refined by a tree per unit
+    // must contain the pre-activations of every point of a dense grid (the box's range to the
+    // grid's resolution), never be looser than α-CROWN's layer bounds alone, and be strictly
+    // tighter on some units.
+    let mut rng = StdRng::seed_from_u64(1919);
+    let (mut units, mut tighter, mut stabilised) = (0, 0, 0);
+    for k in 0..20 {
+        let h = rng.random_range(4..9);
+        let depth = rng.random_range(3..5);
+        let layers = random_layers(&mut rng, h, depth, 1);
+        let m = mlp(&layers);
+        let net = m.to_network("r", &candle_core::Device::Cpu).unwrap();
+        let lo = vec![rng.random_range(-1.0..0.0), rng.random_range(-1.0..0.0)];
+        let hi = vec![lo[0] + rng.random_range(0.3..1.5), lo[1] + rng.random_range(0.3..1.5)];
+        let rows = vec![vec![1.0]];
+        let alpha = BetaOptions { refine_layers: 0, ..BetaOptions::default() };
+        let refined = BetaOptions { refine_layers: depth, refine_domains: 24, ..BetaOptions::default() };
+        let before = verifier::bab::relu_root_layers(&net, &lo, &hi, &rows, &alpha).unwrap();
+        let after = verifier::bab::relu_root_layers(&net, &lo, &hi, &rows, &refined).unwrap();
+        assert_eq!(after.len(), depth, "net {k}: one bound pair per activation");
+        for (li, ((l0, u0), (l1, u1))) in before.iter().zip(&after).enumerate() {
+            for j in 0..h {
+                let tol = 1e-9 * (1.0 + l0[j].abs() + u0[j].abs());
+                assert!(l1[j] >= l0[j] - tol && u1[j] <= u0[j] + tol, "net {k} layer {li} unit {j}: looser than α's");
+                units += 1;
+                if l1[j] > l0[j] + 1e-6 || u1[j] < u0[j] - 1e-6 {
+                    tighter += 1;
+                }
+                if l0[j] < 0.0 && u0[j] > 0.0 && !(l1[j] < 0.0 && u1[j] > 0.0) {
+                    stabilised += 1;
+                }
+            }
+        }
+        let n = 200;
+        for (i, j) in (0..=n).flat_map(|i| (0..=n).map(move |j| (i, j))) {
+            let x = [lo[0] + (hi[0] - lo[0]) * i as f64 / n as f64, lo[1] + (hi[1] - lo[1]) * j as f64 / n as f64];
+            for (li, z) in pre_activations(&layers, &x).iter().enumerate() {
+                let (l, u) = &after[li];
+                for q in 0..h {
+                    let tol = 1e-7 * (1.0 + z[q].abs());
+                    assert!(
+                        l[q] <= z[q] + tol && z[q] <= u[q] + tol,
+                        "net {k} layer {li} unit {q}: {} outside [{}, {}] at {x:?}",
+                        z[q],
+                        l[q],
+                        u[q]
+                    );
+                }
+            }
+        }
+    }
+    eprintln!("units {units}, tighter {tighter}, stabilised {stabilised}");
+    assert!(
+        tighter >= 20 && stabilised >= 3,
+        "refinement tightened {tighter} and stabilised {stabilised} of {units} units"
+    );
+}
+
+#[test]
 fn one_tree_over_several_clauses_never_unsat_where_the_grid_violates() {
     // The clauses `Y_j ≥ t_j` (j = 0, 1, 2) of one disjunction, in one ReLU-splitting tree (even
     // nets: a domain closes only when every clause is proved on it) or one tree per clause

@@ -80,6 +80,11 @@ pub struct BetaOptions {
     /// ([`super::layer_alpha::tighten_layers`]; 0: CROWN's layer bounds with α-CROWN's final
     /// bound, as before).
     pub layer_alpha: usize,
+    /// Activations (from the second) whose unstable units' bounds are refined at the root by a
+    /// tree each over the activations below ([`super::refine`]; 0: none).
+    pub refine_layers: usize,
+    /// Domains bounded per unit and side in [`super::refine`]'s trees.
+    pub refine_domains: usize,
 }
 
 impl Default for BetaOptions {
@@ -94,6 +99,8 @@ impl Default for BetaOptions {
             refresh: false,
             candidates: 1,
             layer_alpha: 20,
+            refine_layers: 0,
+            refine_domains: 64,
         }
     }
 }
@@ -148,10 +155,12 @@ pub struct DomainBounder<'a> {
     rad: Vec<f64>,
     rows_flat: Vec<f64>,
     rows: usize,
-    outputs: usize,
     rhs: Vec<f64>,
     /// Groups of rows (clauses): a domain is closed when every group has a proved row.
     groups: Vec<std::ops::Range<usize>>,
+    /// The output the rows bound (the network's last; an activation's input when an
+    /// intermediate layer's bounds are refined).
+    top: usize,
     /// Per activation: its output index `t` and shape.
     layers: Vec<(usize, Vec<usize>)>,
     shapes: Vec<Vec<usize>>,
@@ -196,7 +205,7 @@ impl Adam {
 }
 
 impl<'a> DomainBounder<'a> {
-    /// The bounder for the box `[lo, hi]` and `rows` (each `outputs` long) with right-hand sides
+    /// The bounder for the box `[lo, hi]` and `rows` (each as long as the output) with right-hand sides
     /// `rhs` (for branching on the row nearest to proving); `layers` are the activations'
     /// output indices with their shapes.
     pub fn new(
@@ -207,16 +216,38 @@ impl<'a> DomainBounder<'a> {
         rhs: &[f64],
         opts: BetaOptions,
     ) -> Result<Self, String> {
+        Self::at_output(net, None, lo, hi, rows, rhs, opts)
+    }
+
+    /// [`DomainBounder::new`] for rows over output `top` of the network (`None`: the last):
+    /// the domains then split and relax only the activations below it, whose outputs `t ≤ top`.
+    pub fn at_output(
+        net: &'a Network,
+        top: Option<usize>,
+        lo: &[f64],
+        hi: &[f64],
+        rows: &[Vec<f64>],
+        rhs: &[f64],
+        opts: BetaOptions,
+    ) -> Result<Self, String> {
         let k = lo.len();
         let (mid, rad) = crate::bounds::box_ball(lo, hi);
         let x1 = Tensor::from_vec(mid, (1, k), &Device::Cpu).map_err(err)?;
         let nodes = nets::no_grad(|| net.dual_nodes(&x1)).map_err(err)?;
+        let top = top.unwrap_or(nodes.len());
+        if top == 0 || top > nodes.len() {
+            return Err(format!("output {top} of a network of {} layers", nodes.len()));
+        }
         let outs = net.forward_all(&x1).map_err(err)?;
         let shapes: Vec<Vec<usize>> = outs.iter().map(|o| o.dims()[1..].to_vec()).collect();
+        let width: usize = shapes[top].iter().product();
+        if let Some(r) = rows.iter().find(|r| r.len() != width) {
+            return Err(format!("a row of {} numbers for output {top} of {width}", r.len()));
+        }
         let layers = nodes
             .iter()
             .enumerate()
-            .filter(|(_, n)| matches!(n, DualNode::Activation(_)))
+            .filter(|(i, n)| matches!(n, DualNode::Activation(_)) && *i < top)
             .map(|(i, _)| (i + 1, shapes[i].clone()))
             .collect();
         Ok(DomainBounder {
@@ -227,9 +258,9 @@ impl<'a> DomainBounder<'a> {
             rad,
             rows_flat: rows.iter().flatten().copied().collect(),
             rows: rows.len(),
-            outputs: rows.first().map_or(0, |r| r.len()),
             rhs: rhs.to_vec(),
             groups: std::iter::once(0..rows.len()).collect(),
+            top,
             layers,
             shapes,
             opts,
@@ -295,7 +326,7 @@ impl<'a> DomainBounder<'a> {
         }
         let dev = Device::Cpu;
         let k = self.rad.len();
-        let (n, m) = (self.rows, self.outputs);
+        let n = self.rows;
         let xb = self.x1.broadcast_as((b, k)).and_then(|t| t.contiguous()).map_err(err)?;
         let dt = xb.dtype();
         let rb = Tensor::from_vec(self.rad.repeat(b), (b, k), &dev).map_err(err)?;
@@ -436,8 +467,9 @@ impl<'a> DomainBounder<'a> {
                 betas.push(None);
             }
         }
-        let c =
-            Tensor::from_vec(self.rows_flat.repeat(b), (b, n, m), &dev).and_then(|t| t.to_dtype(dt)).map_err(err)?;
+        let c = Tensor::from_vec(self.rows_flat.repeat(b), with_b(&self.shapes[self.top], Some(n)), &dev)
+            .and_then(|t| t.to_dtype(dt))
+            .map_err(err)?;
 
         // 3. Projected Adam; the best iterate per row is kept.
         let mut best: Option<Vec<Vec<f64>>> = None;
@@ -468,7 +500,7 @@ impl<'a> DomainBounder<'a> {
                     extra.push((t - 1, bv.as_tensor().broadcast_mul(s).map_err(err)?));
                 }
             }
-            let lb = backward_lower_with_terms(&netb, &relax, nodes.len(), c.clone(), &extra).map_err(err)?;
+            let lb = backward_lower_with_terms(&netb, &relax, self.top, c.clone(), &extra).map_err(err)?;
             let vals = lb.to_dtype(DType::F64).and_then(|t| t.to_vec2::<f64>()).map_err(err)?;
             if probe {
                 return Ok(Some(Bounded::Probe(vals)));

@@ -51,6 +51,22 @@ pub fn tighten_layers(
     lr: f64,
     deadline: Instant,
 ) -> Result<LayerAlphaStats, String> {
+    tighten_layers_in(net, lo, hi, layers, 0..layers.len(), iterations, lr, deadline)
+}
+
+/// [`tighten_layers`] on the activations in `range` only (the first has no α below it and is
+/// skipped), from the bottom up.
+#[allow(clippy::too_many_arguments)]
+pub fn tighten_layers_in(
+    net: &Network,
+    lo: &[f64],
+    hi: &[f64],
+    layers: &mut LayerBox,
+    range: std::ops::Range<usize>,
+    iterations: usize,
+    lr: f64,
+    deadline: Instant,
+) -> Result<LayerAlphaStats, String> {
     let k = lo.len();
     if hi.len() != k {
         return Err(format!("a box of {k} lower and {} upper corners", hi.len()));
@@ -83,7 +99,7 @@ pub fn tighten_layers(
     let to_t = |v: &[f64], shape: Vec<usize>| {
         Tensor::from_vec(v.to_vec(), shape, &dev).and_then(|t| t.to_dtype(dt)).map_err(err)
     };
-    'layers: for li in 1..acts.len() {
+    'layers: for li in range.start.max(1)..range.end.min(acts.len()) {
         let top = acts[li] - 1;
         let units = unstable(&layers[li].0, &layers[li].1);
         if units.is_empty() {

@@ -7,6 +7,7 @@
 //! * [`clock`]: how many domains a round may take to end by the deadline;
 //! * [`domain`]: a sub-domain with its bounds, and the queue (worst margin first);
 //! * [`layer_alpha`]: the intermediate layers' bounds at the root, tightened by their own α;
+//! * [`refine`]: the intermediate layers' bounds at the root, tightened by a tree per unit;
 //! * `leaf_lp`: on a leaf with every ReLU fixed, the LP's worst point as a candidate counterexample;
 //! * [`input_split`]: which input feature to halve (the bound's sensitivity × the radius);
 //! * [`driver`]: the batched loop over input boxes;
@@ -19,6 +20,7 @@ pub mod driver;
 pub mod input_split;
 pub mod layer_alpha;
 pub(crate) mod leaf_lp;
+pub mod refine;
 pub(crate) mod relu_split;
 
 pub use beta::BetaOptions;

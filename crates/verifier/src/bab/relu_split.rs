@@ -23,6 +23,7 @@ use super::clock::RoundClock;
 use super::domain::{keep_larger, margin};
 use super::layer_alpha::tighten_layers;
 use super::leaf_lp::leaf_point;
+use super::refine::refine_layers;
 use super::BabStats;
 use crate::answer::Answer;
 use crate::dense_dual::DenseChain;
@@ -194,7 +195,20 @@ fn root_bounds(
         layers.push((l, u));
     }
     let lb = root.lower.to_dtype(DType::F64).and_then(|t| t.to_vec2::<f64>()).map_err(err)?.remove(0);
-    if opts.layer_alpha > 0 {
+    if opts.refine_layers > 0 {
+        let t0 = Instant::now();
+        let st = refine_layers(net, lo, hi, &mut layers, opts, deadline)?;
+        if progress {
+            eprintln!(
+                "  relu root: layer α and trees ({} trees, {} domains) in {:.2} s, unstable units per activation {:?} -> {:?}",
+                st.trees,
+                st.domains,
+                t0.elapsed().as_secs_f64(),
+                st.unstable_before,
+                st.unstable_after
+            );
+        }
+    } else if opts.layer_alpha > 0 {
         let t0 = Instant::now();
         let st = tighten_layers(net, lo, hi, &mut layers, opts.layer_alpha, opts.lr_alpha, deadline)?;
         if progress {
