@@ -549,8 +549,8 @@ fn intermediate_alpha_bounds_contain_samples_and_are_no_looser_than_crown() {
         let lo = vec![rng.random_range(-1.0..0.0), rng.random_range(-1.0..0.0)];
         let hi = vec![lo[0] + rng.random_range(0.3..1.5), lo[1] + rng.random_range(0.3..1.5)];
         let rows = vec![vec![1.0]];
-        let base = BetaOptions { layer_alpha: 0, ..BetaOptions::default() };
-        let opt = BetaOptions { layer_alpha: 30, ..BetaOptions::default() };
+        let base = BetaOptions { layer_alpha: 0, refine_layers: 0, ..BetaOptions::default() };
+        let opt = BetaOptions { layer_alpha: 30, refine_layers: 0, ..BetaOptions::default() };
         let before = verifier::bab::relu_root_layers(&net, &lo, &hi, &rows, &base).unwrap();
         let after = verifier::bab::relu_root_layers(&net, &lo, &hi, &rows, &opt).unwrap();
         assert_eq!(before.len(), depth, "net {k}: one bound pair per activation");

@@ -99,7 +99,7 @@ impl Default for BetaOptions {
             refresh: false,
             candidates: 1,
             layer_alpha: 20,
-            refine_layers: 0,
+            refine_layers: 16,
             refine_domains: 64,
         }
     }

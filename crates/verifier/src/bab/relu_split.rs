@@ -44,6 +44,9 @@ use vnnlib::Property;
 /// numbers each); they then start from CROWN's slopes.
 const KEEP_ALPHA_UP_TO: usize = 8192;
 
+/// The share of the time left at the root that refining the layer bounds may take.
+const REFINE_SHARE: f64 = 0.5;
+
 /// Open domains per round whose primal point the graph checks when the network is not a dense
 /// chain (a dense chain screens every one with its own forward pass).
 const PRIMAL_CHECKS_WITHOUT_CHAIN: usize = 4;
@@ -197,7 +200,9 @@ fn root_bounds(
     let lb = root.lower.to_dtype(DType::F64).and_then(|t| t.to_vec2::<f64>()).map_err(err)?.remove(0);
     if opts.refine_layers > 0 {
         let t0 = Instant::now();
-        let st = refine_layers(net, lo, hi, &mut layers, opts, deadline)?;
+        // At most half the time left: the trees tighten the start, the main tree proves.
+        let until = t0 + deadline.saturating_duration_since(t0).mul_f64(REFINE_SHARE);
+        let st = refine_layers(net, lo, hi, &mut layers, opts, until)?;
         if progress {
             eprintln!(
                 "  relu root: layer α and trees ({} trees, {} domains) in {:.2} s, unstable units per activation {:?} -> {:?}",
