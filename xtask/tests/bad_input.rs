@@ -647,6 +647,7 @@ fn verify_sound_refuses_a_bound_it_does_not_check() {
     // Counts of branch-and-bound steps are at least 1, refused with the flag's name.
     refused(&verify(&["--beta-iterations", "0"]), &["--beta-iterations"]);
     refused(&verify(&["--branch-candidates", "0"]), &["--branch-candidates"]);
+    refused(&verify(&["--refine-domains", "0"]), &["--refine-domains"]);
     let t = succeeded(&verify(&["--sound", "--timeout", "30"]));
     assert!(t.contains("unsat"), "{t}");
 }

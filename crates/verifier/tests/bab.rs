@@ -607,6 +607,12 @@ fn refined_layer_bounds_contain_the_grid_and_are_no_looser_than_alpha() {
         let before = verifier::bab::relu_root_layers(&net, &lo, &hi, &rows, &alpha).unwrap();
         let after = verifier::bab::relu_root_layers(&net, &lo, &hi, &rows, &refined).unwrap();
         assert_eq!(after.len(), depth, "net {k}: one bound pair per activation");
+        // The cut network's bounder refuses outputs it does not have and rows of the wrong length.
+        let cut = |top: Option<usize>, row: Vec<f64>| {
+            verifier::bab::beta::DomainBounder::at_output(&net, top, &lo, &hi, &[row], &[0.0], alpha.clone()).err()
+        };
+        assert!(cut(Some(99), vec![1.0]).is_some() && cut(Some(0), vec![1.0]).is_some());
+        assert!(cut(Some(1), vec![1.0; h + 1]).is_some() && cut(Some(1), vec![1.0; h]).is_none());
         for (li, ((l0, u0), (l1, u1))) in before.iter().zip(&after).enumerate() {
             for j in 0..h {
                 let tol = 1e-9 * (1.0 + l0[j].abs() + u0[j].abs());
