@@ -533,6 +533,67 @@ fn backward_pass_with_extra_terms_bounds_the_extended_objective() {
     }
 }
 
+/// A random net of 3–4 hidden layers of 4–8 units on a random 2-D box, with its root layer
+/// bounds under two settings (each made from the net's depth).
+struct LayerCase {
+    layers: Layers,
+    net: nets::Network,
+    lo: Vec<f64>,
+    hi: Vec<f64>,
+    h: usize,
+    before: verifier::bab::beta::LayerBox,
+    after: verifier::bab::beta::LayerBox,
+}
+
+fn layer_case(rng: &mut StdRng, base: impl Fn(usize) -> BetaOptions, opt: impl Fn(usize) -> BetaOptions) -> LayerCase {
+    let h = rng.random_range(4..9);
+    let depth = rng.random_range(3..5);
+    let layers = random_layers(rng, h, depth, 1);
+    let net = mlp(&layers).to_network("r", &candle_core::Device::Cpu).unwrap();
+    let lo = vec![rng.random_range(-1.0..0.0), rng.random_range(-1.0..0.0)];
+    let hi = vec![lo[0] + rng.random_range(0.3..1.5), lo[1] + rng.random_range(0.3..1.5)];
+    let rows = vec![vec![1.0]];
+    let before = verifier::bab::relu_root_layers(&net, &lo, &hi, &rows, &base(depth)).unwrap();
+    let after = verifier::bab::relu_root_layers(&net, &lo, &hi, &rows, &opt(depth)).unwrap();
+    assert_eq!((before.len(), after.len()), (depth, depth), "one bound pair per activation");
+    LayerCase { layers, net, lo, hi, h, before, after }
+}
+
+impl LayerCase {
+    /// Asserts `after` is nowhere looser than `before`; counts the units, those strictly tighter,
+    /// and those unstable before and stable after.
+    fn tightening(&self, k: usize) -> (usize, usize, usize) {
+        let (mut units, mut tighter, mut stabilised) = (0, 0, 0);
+        for (li, ((l0, u0), (l1, u1))) in self.before.iter().zip(&self.after).enumerate() {
+            for j in 0..self.h {
+                let tol = 1e-9 * (1.0 + l0[j].abs() + u0[j].abs());
+                assert!(l1[j] >= l0[j] - tol && u1[j] <= u0[j] + tol, "net {k} layer {li} unit {j}: looser");
+                units += 1;
+                tighter += usize::from(l1[j] > l0[j] + 1e-6 || u1[j] < u0[j] - 1e-6);
+                stabilised += usize::from(l0[j] < 0.0 && u0[j] > 0.0 && !(l1[j] < 0.0 && u1[j] > 0.0));
+            }
+        }
+        (units, tighter, stabilised)
+    }
+
+    /// Asserts every pre-activation at `x` lies in `after`'s bounds (to `rel` of its size).
+    fn assert_contains(&self, k: usize, x: &[f64], rel: f64) {
+        for (li, z) in pre_activations(&self.layers, x).iter().enumerate() {
+            let (l, u) = &self.after[li];
+            for q in 0..self.h {
+                let tol = rel * (1.0 + z[q].abs());
+                assert!(
+                    l[q] <= z[q] + tol && z[q] <= u[q] + tol,
+                    "net {k} layer {li} unit {q}: {} outside [{}, {}] at {x:?}",
+                    z[q],
+                    l[q],
+                    u[q]
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn intermediate_alpha_bounds_contain_samples_and_are_no_looser_than_crown() {
     // Random nets of 3–4 hidden layers: the root's layer bounds tightened by their own α must
@@ -541,43 +602,17 @@ fn intermediate_alpha_bounds_contain_samples_and_are_no_looser_than_crown() {
     let mut rng = StdRng::seed_from_u64(18);
     let (mut units, mut tighter, mut samples_checked) = (0, 0, 0);
     for k in 0..25 {
-        let h = rng.random_range(4..9);
-        let depth = rng.random_range(3..5);
-        let layers = random_layers(&mut rng, h, depth, 1);
-        let m = mlp(&layers);
-        let net = m.to_network("r", &candle_core::Device::Cpu).unwrap();
-        let lo = vec![rng.random_range(-1.0..0.0), rng.random_range(-1.0..0.0)];
-        let hi = vec![lo[0] + rng.random_range(0.3..1.5), lo[1] + rng.random_range(0.3..1.5)];
-        let rows = vec![vec![1.0]];
-        let base = BetaOptions { layer_alpha: 0, refine_layers: 0, ..BetaOptions::default() };
-        let opt = BetaOptions { layer_alpha: 30, refine_layers: 0, ..BetaOptions::default() };
-        let before = verifier::bab::relu_root_layers(&net, &lo, &hi, &rows, &base).unwrap();
-        let after = verifier::bab::relu_root_layers(&net, &lo, &hi, &rows, &opt).unwrap();
-        assert_eq!(before.len(), depth, "net {k}: one bound pair per activation");
-        for (li, ((l0, u0), (l1, u1))) in before.iter().zip(&after).enumerate() {
-            for j in 0..h {
-                assert!(l1[j] >= l0[j] && u1[j] <= u0[j], "net {k} layer {li} unit {j}: looser than CROWN's");
-                units += 1;
-                if l1[j] > l0[j] + 1e-6 || u1[j] < u0[j] - 1e-6 {
-                    tighter += 1;
-                }
-            }
-        }
+        let c = layer_case(
+            &mut rng,
+            |_| BetaOptions { layer_alpha: 0, refine_layers: 0, ..BetaOptions::default() },
+            |_| BetaOptions { layer_alpha: 30, refine_layers: 0, ..BetaOptions::default() },
+        );
+        let (n, t, _) = c.tightening(k);
+        units += n;
+        tighter += t;
         for _ in 0..2000 {
-            let x: Vec<f64> = lo.iter().zip(&hi).map(|(l, h)| l + rng.random::<f64>() * (h - l)).collect();
-            for (li, z) in pre_activations(&layers, &x).iter().enumerate() {
-                let (l, u) = &after[li];
-                for j in 0..h {
-                    let tol = 1e-5 * (1.0 + z[j].abs());
-                    assert!(
-                        l[j] <= z[j] + tol && z[j] <= u[j] + tol,
-                        "net {k} layer {li} unit {j}: {} outside [{}, {}]",
-                        z[j],
-                        l[j],
-                        u[j]
-                    );
-                }
-            }
+            let x: Vec<f64> = c.lo.iter().zip(&c.hi).map(|(l, h)| l + rng.random::<f64>() * (h - l)).collect();
+            c.assert_contains(k, &x, 1e-5);
             samples_checked += 1;
         }
     }
@@ -593,55 +628,31 @@ fn refined_layer_bounds_contain_the_grid_and_are_no_looser_than_alpha() {
     // tighter on some units.
     let mut rng = StdRng::seed_from_u64(1919);
     let (mut units, mut tighter, mut stabilised) = (0, 0, 0);
+    let alpha = BetaOptions { refine_layers: 0, ..BetaOptions::default() };
     for k in 0..20 {
-        let h = rng.random_range(4..9);
-        let depth = rng.random_range(3..5);
-        let layers = random_layers(&mut rng, h, depth, 1);
-        let m = mlp(&layers);
-        let net = m.to_network("r", &candle_core::Device::Cpu).unwrap();
-        let lo = vec![rng.random_range(-1.0..0.0), rng.random_range(-1.0..0.0)];
-        let hi = vec![lo[0] + rng.random_range(0.3..1.5), lo[1] + rng.random_range(0.3..1.5)];
-        let rows = vec![vec![1.0]];
-        let alpha = BetaOptions { refine_layers: 0, ..BetaOptions::default() };
-        let refined = BetaOptions { refine_layers: depth, refine_domains: 24, ..BetaOptions::default() };
-        let before = verifier::bab::relu_root_layers(&net, &lo, &hi, &rows, &alpha).unwrap();
-        let after = verifier::bab::relu_root_layers(&net, &lo, &hi, &rows, &refined).unwrap();
-        assert_eq!(after.len(), depth, "net {k}: one bound pair per activation");
+        let c = layer_case(
+            &mut rng,
+            |_| alpha.clone(),
+            |depth| BetaOptions { refine_layers: depth, refine_domains: 24, ..BetaOptions::default() },
+        );
         // The cut network's bounder refuses outputs it does not have and rows of the wrong length.
         let cut = |top: Option<usize>, row: Vec<f64>| {
-            verifier::bab::beta::DomainBounder::at_output(&net, top, &lo, &hi, &[row], &[0.0], alpha.clone()).err()
+            verifier::bab::beta::DomainBounder::at_output(&c.net, top, &c.lo, &c.hi, &[row], &[0.0], alpha.clone())
+                .err()
         };
         assert!(cut(Some(99), vec![1.0]).is_some() && cut(Some(0), vec![1.0]).is_some());
-        assert!(cut(Some(1), vec![1.0; h + 1]).is_some() && cut(Some(1), vec![1.0; h]).is_none());
-        for (li, ((l0, u0), (l1, u1))) in before.iter().zip(&after).enumerate() {
-            for j in 0..h {
-                let tol = 1e-9 * (1.0 + l0[j].abs() + u0[j].abs());
-                assert!(l1[j] >= l0[j] - tol && u1[j] <= u0[j] + tol, "net {k} layer {li} unit {j}: looser than α's");
-                units += 1;
-                if l1[j] > l0[j] + 1e-6 || u1[j] < u0[j] - 1e-6 {
-                    tighter += 1;
-                }
-                if l0[j] < 0.0 && u0[j] > 0.0 && !(l1[j] < 0.0 && u1[j] > 0.0) {
-                    stabilised += 1;
-                }
-            }
-        }
-        let n = 200;
-        for (i, j) in (0..=n).flat_map(|i| (0..=n).map(move |j| (i, j))) {
-            let x = [lo[0] + (hi[0] - lo[0]) * i as f64 / n as f64, lo[1] + (hi[1] - lo[1]) * j as f64 / n as f64];
-            for (li, z) in pre_activations(&layers, &x).iter().enumerate() {
-                let (l, u) = &after[li];
-                for q in 0..h {
-                    let tol = 1e-7 * (1.0 + z[q].abs());
-                    assert!(
-                        l[q] <= z[q] + tol && z[q] <= u[q] + tol,
-                        "net {k} layer {li} unit {q}: {} outside [{}, {}] at {x:?}",
-                        z[q],
-                        l[q],
-                        u[q]
-                    );
-                }
-            }
+        assert!(cut(Some(1), vec![1.0; c.h + 1]).is_some() && cut(Some(1), vec![1.0; c.h]).is_none());
+        let (n, t, st) = c.tightening(k);
+        units += n;
+        tighter += t;
+        stabilised += st;
+        let g = 200;
+        for (i, j) in (0..=g).flat_map(|i| (0..=g).map(move |j| (i, j))) {
+            let x = [
+                c.lo[0] + (c.hi[0] - c.lo[0]) * i as f64 / g as f64,
+                c.lo[1] + (c.hi[1] - c.lo[1]) * j as f64 / g as f64,
+            ];
+            c.assert_contains(k, &x, 1e-7);
         }
     }
     eprintln!("units {units}, tighter {tighter}, stabilised {stabilised}");

@@ -78,7 +78,8 @@ impl Leaf {
 /// flattened) in place: α-CROWN on every activation (`opts.layer_alpha` steps), then bottom up,
 /// for activations `1..=opts.refine_layers`, a tree per unstable unit and side (see the module
 /// doc) and α-CROWN again on the activation above.
-/// Stops at `deadline` with the bounds tightened so far (all valid).
+/// Stops at `deadline` with the bounds tightened so far (all valid). With `progress`, a line on
+/// stderr per refined activation.
 pub fn refine_layers(
     net: &Network,
     lo: &[f64],
@@ -86,7 +87,9 @@ pub fn refine_layers(
     layers: &mut LayerBox,
     opts: &BetaOptions,
     deadline: Instant,
+    progress: bool,
 ) -> Result<RefineStats, String> {
+    let t0 = Instant::now();
     let x1 = Tensor::from_vec(lo.to_vec(), (1, lo.len()), &Device::Cpu).map_err(|e| e.to_string())?;
     let nodes = nets::no_grad(|| net.dual_nodes(&x1)).map_err(|e| e.to_string())?;
     // Per activation: the output index of its input.
@@ -113,7 +116,17 @@ pub fn refine_layers(
             tighten_layers_in(net, lo, hi, layers, li..li + 1, opts.layer_alpha, opts.lr_alpha, deadline)?;
         }
         if li <= opts.refine_layers {
+            let before = unstable(&layers[li].0, &layers[li].1).len();
             refine_layer(net, lo, hi, layers, li, top, opts, deadline, &mut stats)?;
+            if progress {
+                eprintln!(
+                    "  relu root {:.1} s: activation {li} refined, {before} -> {} unstable ({} trees, {} domains so far)",
+                    t0.elapsed().as_secs_f64(),
+                    unstable(&layers[li].0, &layers[li].1).len(),
+                    stats.trees,
+                    stats.domains
+                );
+            }
         }
     }
     stats.unstable_after = layers.iter().map(|(l, u)| unstable(l, u).len()).collect();

@@ -202,7 +202,7 @@ fn root_bounds(
         let t0 = Instant::now();
         // At most half the time left: the trees tighten the start, the main tree proves.
         let until = t0 + deadline.saturating_duration_since(t0).mul_f64(REFINE_SHARE);
-        let st = refine_layers(net, lo, hi, &mut layers, opts, until)?;
+        let st = refine_layers(net, lo, hi, &mut layers, opts, until, progress)?;
         if progress {
             eprintln!(
                 "  relu root: layer α and trees ({} trees, {} domains) in {:.2} s, unstable units per activation {:?} -> {:?}",
