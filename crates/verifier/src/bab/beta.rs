@@ -120,6 +120,29 @@ pub struct Pending {
     pub refresh_above: usize,
 }
 
+impl Pending {
+    /// The two children of splitting a domain (its `decisions`, `beta`, `alpha` and layer
+    /// `bounds`) on unit `(li, j)`: `ẑ_j ≥ 0` first, then `ẑ_j ≤ 0`, each with the parent's α
+    /// and β (the new decision's β 0 for each of the `rows`), the layers above `li` refreshed
+    /// when [`BetaOptions::refresh`] is on.
+    pub fn children(
+        decisions: &[Decision],
+        beta: &[f32],
+        alpha: Option<&Rc<Vec<Vec<f32>>>>,
+        bounds: &Rc<LayerBox>,
+        (li, j): (usize, usize),
+        rows: usize,
+    ) -> [Pending; 2] {
+        [true, false].map(|active| {
+            let mut decisions = decisions.to_vec();
+            decisions.push((li, j, active));
+            let mut beta = beta.to_vec();
+            beta.extend(std::iter::repeat_n(0.0, rows));
+            Pending { decisions, beta, alpha: alpha.cloned(), bounds: bounds.clone(), refresh_above: li }
+        })
+    }
+}
+
 /// What bounding a domain gives.
 pub struct BoundedDomain {
     /// Lower bounds per row (the best iterate's).

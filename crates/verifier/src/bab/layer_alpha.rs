@@ -35,7 +35,8 @@ pub struct LayerAlphaStats {
     pub unstable_after: Vec<usize>,
 }
 
-fn unstable(l: &[f64], u: &[f64]) -> Vec<usize> {
+/// The units with `l < 0 < u`.
+pub(crate) fn unstable(l: &[f64], u: &[f64]) -> Vec<usize> {
     (0..l.len()).filter(|&j| l[j] < 0.0 && u[j] > 0.0).collect()
 }
 

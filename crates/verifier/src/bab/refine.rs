@@ -21,7 +21,7 @@
 //! as the MIP refinement of α,β-CROWN's `bab-refine` mode does for its first layers.
 
 use super::beta::{BetaOptions, BoundedDomain, Decision, DomainBounder, LayerBox, Pending};
-use super::layer_alpha::tighten_layers_in;
+use super::layer_alpha::{tighten_layers_in, unstable};
 use candle_core::{Device, Tensor};
 use dual_core::DualNode;
 use nets::Network;
@@ -41,10 +41,6 @@ pub struct RefineStats {
     pub domains: usize,
 }
 
-fn unstable(l: &[f64], u: &[f64]) -> Vec<usize> {
-    (0..l.len()).filter(|&j| l[j] < 0.0 && u[j] > 0.0).collect()
-}
-
 /// Leaves split per round of one tree (their children bounded in one batch).
 const SPLITS_PER_ROUND: usize = 8;
 
@@ -60,9 +56,8 @@ struct Leaf {
 
 impl Leaf {
     fn from_bounded(decisions: Vec<Decision>, d: BoundedDomain, parent_lb: f64) -> Self {
-        let lb = d.lb.first().copied().unwrap_or(f64::NEG_INFINITY);
-        // The parent's bound holds on the child's set (NaN yields the other side).
-        let lb = if lb.is_nan() { parent_lb } else { lb.max(parent_lb) };
+        // The parent's bound holds on the child's set (`f64::max` yields the other side of a NaN).
+        let lb = d.lb.first().copied().unwrap_or(f64::NEG_INFINITY).max(parent_lb);
         Leaf {
             decisions,
             beta: d.beta,
@@ -77,7 +72,8 @@ impl Leaf {
 /// Tightens every activation's bounds in `layers` (valid on `[lo, hi]`, per activation of `net`,
 /// flattened) in place: α-CROWN on every activation (`opts.layer_alpha` steps), then bottom up,
 /// for activations `1..=opts.refine_layers`, a tree per unstable unit and side (see the module
-/// doc) and α-CROWN again on the activation above.
+/// doc) and α-CROWN again on the activation above (with `opts.refine_layers = 0`, α-CROWN's
+/// pass alone: [`super::layer_alpha::tighten_layers`]).
 /// Stops at `deadline` with the bounds tightened so far (all valid). With `progress`, a line on
 /// stderr per refined activation.
 pub fn refine_layers(
@@ -202,20 +198,8 @@ fn tree_min(
         let parents: Vec<Leaf> = leaves.drain(..take).collect();
         let mut pending = Vec::with_capacity(2 * take);
         for p in &parents {
-            let (li, j) = p.split.expect("a split was checked");
-            for active in [true, false] {
-                let mut decisions = p.decisions.clone();
-                decisions.push((li, j, active));
-                let mut beta = p.beta.clone();
-                beta.push(0.0);
-                pending.push(Pending {
-                    decisions,
-                    beta,
-                    alpha: Some(p.alpha.clone()),
-                    bounds: p.bounds.clone(),
-                    refresh_above: usize::MAX,
-                });
-            }
+            let unit = p.split.expect("a split was checked");
+            pending.extend(Pending::children(&p.decisions, &p.beta, Some(&p.alpha), &p.bounds, unit, 1));
         }
         let Some(children) = bounder.bound(&pending, opts.iterations, deadline)? else {
             leaves.extend(parents);

@@ -21,7 +21,6 @@
 use super::beta::{BetaOptions, Decision, DomainBounder, LayerBox, Pending};
 use super::clock::RoundClock;
 use super::domain::{keep_larger, margin};
-use super::layer_alpha::tighten_layers;
 use super::leaf_lp::leaf_point;
 use super::refine::refine_layers;
 use super::BabStats;
@@ -74,14 +73,8 @@ type Unit = (usize, usize);
 
 /// The two children of splitting `p` on unit `(li, j)`: `ẑ_j ≥ 0` first, then `ẑ_j ≤ 0`, each
 /// with the parent's α and β (the new decision's β 0 for each of the `n` rows).
-fn children_of(p: &ReluDomain, (li, j): (usize, usize), n: usize) -> [Pending; 2] {
-    [true, false].map(|active| {
-        let mut decisions = p.decisions.clone();
-        decisions.push((li, j, active));
-        let mut beta = p.beta.clone();
-        beta.extend(std::iter::repeat_n(0.0, n));
-        Pending { decisions, beta, alpha: p.alpha.clone(), bounds: p.bounds.clone(), refresh_above: li }
-    })
+fn children_of(p: &ReluDomain, unit: (usize, usize), n: usize) -> [Pending; 2] {
+    Pending::children(&p.decisions, &p.beta, p.alpha.as_ref(), &p.bounds, unit, n)
 }
 
 /// The unit each parent is split on: its best-scored candidate, or with several candidates the
@@ -167,7 +160,8 @@ pub(crate) fn relu_bab(
 }
 
 /// The α-CROWN bound of `rows` over `[lo, hi]` and its layer bounds (flattened, per
-/// activation), with `opts.layer_alpha > 0` tightened by [`tighten_layers`].
+/// activation), tightened by [`refine_layers`] (α with `opts.layer_alpha > 0`, trees with
+/// `opts.refine_layers > 0`).
 fn root_bounds(
     net: &Network,
     lo: &[f64],
@@ -198,10 +192,13 @@ fn root_bounds(
         layers.push((l, u));
     }
     let lb = root.lower.to_dtype(DType::F64).and_then(|t| t.to_vec2::<f64>()).map_err(err)?.remove(0);
-    if opts.refine_layers > 0 {
+    if opts.layer_alpha > 0 || opts.refine_layers > 0 {
         let t0 = Instant::now();
-        // At most half the time left: the trees tighten the start, the main tree proves.
-        let until = t0 + deadline.saturating_duration_since(t0).mul_f64(REFINE_SHARE);
+        // Trees take at most half the time left: they tighten the start, the main tree proves.
+        let until = match opts.refine_layers {
+            0 => deadline,
+            _ => t0 + deadline.saturating_duration_since(t0).mul_f64(REFINE_SHARE),
+        };
         let st = refine_layers(net, lo, hi, &mut layers, opts, until, progress)?;
         if progress {
             eprintln!(
@@ -213,24 +210,13 @@ fn root_bounds(
                 st.unstable_after
             );
         }
-    } else if opts.layer_alpha > 0 {
-        let t0 = Instant::now();
-        let st = tighten_layers(net, lo, hi, &mut layers, opts.layer_alpha, opts.lr_alpha, deadline)?;
-        if progress {
-            eprintln!(
-                "  relu root: layer α in {:.2} s, unstable units per activation {:?} -> {:?}",
-                t0.elapsed().as_secs_f64(),
-                st.unstable_before,
-                st.unstable_after
-            );
-        }
     }
     Ok((lb, layers))
 }
 
 /// The layer bounds (flattened, per activation) the root of ReLU splitting starts from on
 /// `[lo, hi]` with the rows `rows`: α-CROWN's (CROWN ∩ IBP), with `opts.layer_alpha > 0`
-/// tightened by [`tighten_layers`]. For tests: they must contain every pre-activation on the box.
+/// tightened by [`refine_layers`]. For tests: they must contain every pre-activation on the box.
 pub fn relu_root_layers(
     net: &Network,
     lo: &[f64],
